@@ -1,0 +1,103 @@
+// Package config holds agua's configuration schema, its defaults, TOML loading
+// and validation.
+//
+// The Config struct is the single source of truth: `agua config example`
+// prints a commented TOML file and `agua config doc` the reference page
+// (docs/config.md), both generated from the struct tags (`toml` for the key,
+// `doc` for the description) and from Default(). Validation reports every
+// problem, each with the file and line of the key when it came from a file.
+package config
+
+import (
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// Config is the whole of agua's configuration.
+type Config struct {
+	DataDir  string `toml:"data_dir" doc:"Folder for accounts, mail, certificates, shield state and the admin socket. Relative paths are relative to the working directory."`
+	Hostname string `toml:"hostname" doc:"Name of this server in the SMTP banner and Received headers."`
+
+	Log      LogConfig      `toml:"log" doc:"Logging."`
+	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate. Empty paths mean a self-signed certificate kept in <data_dir>/tls, generated on first start."`
+	Accounts AccountsConfig `toml:"accounts" doc:"Accounts directory."`
+	SMTP     SMTPConfig     `toml:"smtp" doc:"SMTP: MX (port 25), submission with STARTTLS (587) and implicit TLS (465)."`
+	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
+	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
+}
+
+// LogConfig configures slog output.
+type LogConfig struct {
+	Level  string `toml:"level" doc:"debug, info, warn or error."`
+	Format string `toml:"format" doc:"text or json."`
+}
+
+// TLSConfig names the certificate files.
+type TLSConfig struct {
+	CertFile string `toml:"cert_file" doc:"PEM certificate chain. Empty: self-signed in <data_dir>/tls/cert.pem."`
+	KeyFile  string `toml:"key_file" doc:"PEM private key. Empty: self-signed in <data_dir>/tls/key.pem."`
+}
+
+// AccountsConfig configures the accounts directory.
+type AccountsConfig struct {
+	Database     string   `toml:"database" doc:"SQLite database file. Empty: <data_dir>/agua.db."`
+	DefaultQuota ByteSize `toml:"default_quota" doc:"Mailbox quota for users whose own quota is 0."`
+	Demo         bool     `toml:"demo" doc:"On first start with an empty directory, create domain example.test and user demo@example.test and print its password once."`
+}
+
+// SMTPConfig configures the SMTP listeners and their limits.
+type SMTPConfig struct {
+	Listen            []string `toml:"listen" doc:"MX listeners (host:port): accept mail for local domains only, no AUTH needed."`
+	SubmissionListen  []string `toml:"submission_listen" doc:"Submission listeners with STARTTLS (RFC 6409): AUTH required to send."`
+	SubmissionsListen []string `toml:"submissions_listen" doc:"Submission listeners with implicit TLS (RFC 8314)."`
+
+	MaxMessageSize    ByteSize      `toml:"max_message_size" doc:"Largest message accepted (announced with SIZE, RFC 1870)."`
+	MaxRecipients     int           `toml:"max_recipients" doc:"Recipients per message; more get 452 4.5.3 (RFC 5321 4.5.3.1.8)."`
+	MaxCommandLength  int           `toml:"max_command_length" doc:"Longest command line in bytes including CRLF (RFC 5321 minimum is 512)."`
+	MaxLineLength     int           `toml:"max_line_length" doc:"Longest line of message data in bytes (RFC 5321 minimum is 1000)."`
+	CommandTimeout    time.Duration `toml:"command_timeout" doc:"Time allowed to wait for each command (RFC 5321 4.5.3.2 suggests 5m)."`
+	DataTimeout       time.Duration `toml:"data_timeout" doc:"Time allowed between blocks of message data."`
+	SessionTimeout    time.Duration `toml:"session_timeout" doc:"Whole-session limit: the connection is closed with 421 when it runs out."`
+	MaxErrors         int           `toml:"max_errors" doc:"Protocol errors allowed before 421 and close."`
+	BannerDelay       time.Duration `toml:"banner_delay" doc:"Wait this long before the banner on MX listeners; a client that speaks first is a pre-greet talker (reported to the shield). 0 disables."`
+	AuthDelay         time.Duration `toml:"auth_failure_delay" doc:"Fixed delay before answering a failed AUTH."`
+	AllowInsecureAuth bool          `toml:"allow_insecure_auth_loopback" doc:"Offer AUTH without TLS to clients on loopback addresses (useful for local scripts)."`
+	MaxConns          int           `toml:"max_connections" doc:"Connection ceiling per SMTP listener (the shield reserves part of it for known-good clients)."`
+}
+
+// AdminConfig configures the admin API.
+type AdminConfig struct {
+	Socket string `toml:"socket" doc:"Unix socket of the admin API. Empty: <data_dir>/admin.sock."`
+}
+
+// Default returns the embedded defaults: loopback listeners on unprivileged
+// ports and data in ./agua-data.
+func Default() Config {
+	sh := shield.DefaultConfig()
+	sh.RuleFiles = []string{"shield.rules"}
+	return Config{
+		DataDir:  "agua-data",
+		Hostname: "localhost",
+		Log:      LogConfig{Level: "info", Format: "text"},
+		Accounts: AccountsConfig{DefaultQuota: 1 << 30, Demo: true},
+		SMTP: SMTPConfig{
+			Listen:            []string{"127.0.0.1:2525"},
+			SubmissionListen:  []string{"127.0.0.1:2587"},
+			SubmissionsListen: []string{"127.0.0.1:2465"},
+			MaxMessageSize:    25 << 20,
+			MaxRecipients:     100,
+			MaxCommandLength:  2048,
+			MaxLineLength:     8192,
+			CommandTimeout:    5 * time.Minute,
+			DataTimeout:       5 * time.Minute,
+			SessionTimeout:    30 * time.Minute,
+			MaxErrors:         10,
+			BannerDelay:       0,
+			AuthDelay:         time.Second,
+			AllowInsecureAuth: true,
+			MaxConns:          1000,
+		},
+		Shield: sh,
+	}
+}

@@ -1,0 +1,242 @@
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Problem is one thing wrong with a configuration, located where possible.
+type Problem struct {
+	File string // "" when not from a file
+	Line int    // 0 when unknown
+	Key  string // dotted key, e.g. "smtp.max_recipients"
+	Msg  string
+}
+
+func (p Problem) String() string {
+	var b strings.Builder
+	if p.File != "" {
+		b.WriteString(p.File)
+		if p.Line > 0 {
+			b.WriteString(":" + strconv.Itoa(p.Line))
+		}
+		b.WriteString(": ")
+	}
+	if p.Key != "" {
+		b.WriteString(p.Key + ": ")
+	}
+	b.WriteString(p.Msg)
+	return b.String()
+}
+
+// Error carries every problem found in one configuration.
+type Error struct{ Problems []Problem }
+
+func (e *Error) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = p.String()
+	}
+	return fmt.Sprintf("%d config problem(s):\n  %s", len(lines), strings.Join(lines, "\n  "))
+}
+
+// Load reads a TOML file over the defaults and validates the result. The
+// returned error is an *Error listing every problem with file and line.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, err
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load for bytes already read; name is used in problem locations.
+func Parse(name string, data []byte) (Config, error) {
+	cfg := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	if err != nil {
+		p := Problem{File: name, Msg: err.Error()}
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			p.Line = pe.Position.Line
+			p.Msg = pe.Message
+		}
+		return Config{}, &Error{Problems: []Problem{p}}
+	}
+	lines := keyLines(data)
+	var probs []Problem
+	for _, k := range md.Undecoded() {
+		key := k.String()
+		probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: "unknown key"})
+	}
+	for _, p := range cfg.Validate() {
+		p.File = name
+		p.Line = lines.find(p.Key)
+		probs = append(probs, p)
+	}
+	if len(probs) > 0 {
+		return Config{}, &Error{Problems: probs}
+	}
+	return cfg, nil
+}
+
+// Validate checks every value and returns all problems, each naming its key.
+// Zero never silently means "unlimited": limits must be positive.
+func (c Config) Validate() []Problem {
+	var ps []Problem
+	bad := func(key, format string, a ...any) {
+		ps = append(ps, Problem{Key: key, Msg: fmt.Sprintf(format, a...)})
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+	if c.Hostname == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
+		bad("hostname", "must be a host name")
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.Log.Level)); err != nil {
+		bad("log.level", "must be debug, info, warn or error, not %q", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format", "must be text or json, not %q", c.Log.Format)
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "cert_file and key_file must be set together")
+	}
+	if c.Accounts.DefaultQuota <= 0 {
+		bad("accounts.default_quota", "must be > 0")
+	}
+	s := c.SMTP
+	for _, l := range []struct {
+		key   string
+		addrs []string
+	}{{"smtp.listen", s.Listen}, {"smtp.submission_listen", s.SubmissionListen}, {"smtp.submissions_listen", s.SubmissionsListen}} {
+		for _, a := range l.addrs {
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				bad(l.key, "%q is not host:port", a)
+			}
+		}
+	}
+	if len(s.Listen)+len(s.SubmissionListen)+len(s.SubmissionsListen) == 0 {
+		bad("smtp", "no listener configured")
+	}
+	positive := []struct {
+		key string
+		v   int64
+	}{
+		{"smtp.max_message_size", int64(s.MaxMessageSize)},
+		{"smtp.max_recipients", int64(s.MaxRecipients)},
+		{"smtp.max_errors", int64(s.MaxErrors)},
+		{"smtp.command_timeout", int64(s.CommandTimeout)},
+		{"smtp.data_timeout", int64(s.DataTimeout)},
+		{"smtp.session_timeout", int64(s.SessionTimeout)},
+		{"smtp.max_connections", int64(s.MaxConns)},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			bad(p.key, "must be > 0")
+		}
+	}
+	if s.MaxCommandLength < 512 {
+		bad("smtp.max_command_length", "must be at least 512 (RFC 5321 4.5.3.1.4)")
+	}
+	if s.MaxLineLength < 1000 {
+		bad("smtp.max_line_length", "must be at least 1000 (RFC 5321 4.5.3.1.6)")
+	}
+	if s.BannerDelay < 0 || s.BannerDelay > s.CommandTimeout {
+		bad("smtp.banner_delay", "must be between 0 and command_timeout")
+	}
+	if s.AuthDelay < 0 {
+		bad("smtp.auth_failure_delay", "must not be negative")
+	}
+	for _, err := range c.Shield.Validate() {
+		ps = append(ps, shieldProblem(err))
+	}
+	return ps
+}
+
+// shieldProblem turns a shield validation error ("limits.per_ip_conns: must
+// be > 0") into a Problem keyed under [shield].
+func shieldProblem(err error) Problem {
+	msg := err.Error()
+	if k, rest, ok := strings.Cut(msg, ": "); ok && !strings.ContainsAny(k, " \t") {
+		return Problem{Key: "shield." + k, Msg: rest}
+	}
+	return Problem{Key: "shield", Msg: msg}
+}
+
+// Resolve makes a path relative to the data folder absolute-ish: absolute
+// paths stay, relative ones are joined to DataDir.
+func (c Config) Resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.DataDir, p)
+}
+
+// lineIndex maps dotted keys to the line where they are set.
+type lineIndex map[string]int
+
+// keyLines scans TOML text for table headers and key assignments. It is a
+// locator for error messages, not a parser: the real parsing is done by
+// BurntSushi/toml, which does not expose key positions.
+func keyLines(data []byte) lineIndex {
+	idx := lineIndex{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	table := ""
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "" || line[0] == '#':
+		case strings.HasPrefix(line, "["):
+			t := strings.Trim(line, "[] ")
+			if i := strings.Index(t, "]"); i >= 0 {
+				t = t[:i]
+			}
+			table = strings.TrimSpace(t)
+			if _, ok := idx[table]; !ok {
+				idx[table] = n
+			}
+		default:
+			k, _, ok := strings.Cut(line, "=")
+			if !ok {
+				continue
+			}
+			k = strings.Trim(strings.TrimSpace(k), `"'`)
+			full := k
+			if table != "" {
+				full = table + "." + k
+			}
+			if _, ok := idx[full]; !ok {
+				idx[full] = n
+			}
+		}
+	}
+	return idx
+}
+
+// find returns the line of key or of its closest enclosing table.
+func (idx lineIndex) find(key string) int {
+	for k := key; k != ""; {
+		if n, ok := idx[k]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
+}

@@ -1,0 +1,246 @@
+package smtpd
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+func (ss *session) cmdEHLO(arg string) error { return ss.greet(arg, true) }
+func (ss *session) cmdHELO(arg string) error { return ss.greet(arg, false) }
+
+// greet handles EHLO/HELO; RFC 5321 4.1.4: it also resets any transaction.
+func (ss *session) greet(arg string, extended bool) error {
+	if arg == "" || strings.ContainsAny(arg, " \t") && !strings.HasPrefix(arg, "[") {
+		return Errorf(501, "5.5.4", "Syntax: EHLO hostname")
+	}
+	ss.info.Helo = arg
+	ss.env = Envelope{}
+	ss.state = stateReady
+	greeting := fmt.Sprintf("%s Hello %s", ss.srv.cfg.Hostname, arg)
+	if !extended {
+		ss.replyLine(250, "", greeting)
+		return nil
+	}
+	lines := []string{greeting,
+		"PIPELINING",
+		"SIZE " + strconv.FormatInt(ss.srv.cfg.MaxMessageSize, 10),
+		"8BITMIME",
+		"SMTPUTF8",
+		"ENHANCEDSTATUSCODES",
+	}
+	if ss.srv.cfg.TLS != nil && !ss.info.TLS {
+		lines = append(lines, "STARTTLS")
+	}
+	if ss.authOffered() {
+		lines = append(lines, "AUTH PLAIN LOGIN")
+	}
+	ss.replyLines(250, lines)
+	return nil
+}
+
+// authOffered: AUTH only on submission listeners, and only over TLS unless
+// the loopback exception applies (RFC 4954 4, RFC 8314 3).
+func (ss *session) authOffered() bool {
+	if ss.info.Mode == ModeMX || ss.info.User != "" {
+		return false
+	}
+	return ss.info.TLS || ss.srv.cfg.AllowInsecureAuthLoopback && isLoopback(ss.conn.RemoteAddr())
+}
+
+func isLoopback(a net.Addr) bool {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.IsLoopback()
+	}
+	return false
+}
+
+func (ss *session) cmdSTARTTLS(arg string) error {
+	if ss.srv.cfg.TLS == nil || ss.info.TLS {
+		return Errorf(502, "5.5.1", "STARTTLS not available")
+	}
+	if arg != "" {
+		return errSyntax
+	}
+	// RFC 3207 / CVE-2011-0411: anything pipelined after STARTTLS would be
+	// read as if it came over TLS. Refuse instead of acting on it.
+	if ss.r.Buffered() > 0 {
+		return Errorf(554, "5.5.1", "Commands pipelined after STARTTLS are not allowed")
+	}
+	ss.replyLine(220, "2.0.0", "Ready to start TLS")
+	if err := ss.flush(); err != nil {
+		return errQuit
+	}
+	tc := tls.Server(ss.conn, ss.srv.cfg.TLS)
+	ss.setReadDeadline(ss.srv.cfg.CommandTimeout)
+	if err := tc.HandshakeContext(ss.ctx); err != nil {
+		ss.log.Debug("starttls handshake failed", "err", err)
+		shield.Report(ss.conn, shield.ProtocolError)
+		return errQuit
+	}
+	ss.conn = tc
+	ss.r.Reset(tc)
+	ss.w.Reset(tc)
+	// RFC 3207 4.2: forget everything learned before TLS.
+	ss.info.TLS = true
+	ss.info.Helo = ""
+	ss.env = Envelope{}
+	ss.state = stateConnected
+	return nil
+}
+
+func (ss *session) cmdMAIL(arg string) error {
+	if ss.info.Mode != ModeMX && ss.info.User == "" {
+		if !ss.info.TLS && !ss.authOffered() {
+			return errNeedTLS
+		}
+		return errNeedAuth
+	}
+	path, params, err := parsePathArg(arg, "FROM:")
+	if err != nil {
+		return err
+	}
+	from, err := parseReversePath(path)
+	if err != nil {
+		return err
+	}
+	env := Envelope{From: from}
+	for _, p := range params {
+		k, v, _ := strings.Cut(p, "=")
+		switch strings.ToUpper(k) {
+		case "SIZE": // RFC 1870 6
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return errSyntax
+			}
+			if n > ss.srv.cfg.MaxMessageSize {
+				return errTooBig
+			}
+		case "BODY": // RFC 6152
+			if u := strings.ToUpper(v); u != "7BIT" && u != "8BITMIME" {
+				return Errorf(555, "5.5.4", "Unsupported BODY type")
+			}
+		case "SMTPUTF8": // RFC 6531 3.4
+			if v != "" {
+				return errSyntax
+			}
+			env.SMTPUTF8 = true
+		case "AUTH": // RFC 4954 5: accepted and not trusted.
+		default:
+			return Errorf(555, "5.5.4", "Unsupported MAIL parameter %s", sanitize(k))
+		}
+	}
+	if !env.SMTPUTF8 && !isASCII(from) {
+		return errUTF8Addr
+	}
+	if err := ss.srv.backend.CheckSender(ss.ctx, &ss.info, from); err != nil {
+		return err
+	}
+	ss.env = env
+	ss.state = stateMail
+	ss.replyLine(250, "2.1.0", "Sender OK")
+	return nil
+}
+
+func (ss *session) cmdRCPT(arg string) error {
+	path, params, err := parsePathArg(arg, "TO:")
+	if err != nil {
+		return err
+	}
+	if len(params) > 0 {
+		return Errorf(555, "5.5.4", "Unsupported RCPT parameter")
+	}
+	rcpt, err := parseForwardPath(path)
+	if err != nil {
+		return err
+	}
+	if !ss.env.SMTPUTF8 && !isASCII(rcpt) {
+		return errUTF8Addr
+	}
+	// RFC 5321 4.5.3.1.8: 452 for too many recipients, the client retries
+	// the rest later.
+	if len(ss.env.Recipients) >= ss.srv.cfg.MaxRecipients {
+		ss.reply(errTooManyRcpts)
+		return nil
+	}
+	for _, r := range ss.env.Recipients {
+		if strings.EqualFold(r, rcpt) {
+			ss.replyLine(250, "2.1.5", "Recipient OK (duplicate)")
+			return nil
+		}
+	}
+	if err := ss.srv.backend.CheckRecipient(ss.ctx, &ss.info, &ss.env, rcpt); err != nil {
+		e := AsError(err)
+		if e.Enhanced == "5.1.1" {
+			// Harvesting shows as many unknown recipients.
+			if !ss.report(shield.UnknownRecipient) {
+				return errQuit
+			}
+		}
+		ss.reply(e)
+		if e.Cause != nil {
+			ss.log.Warn("smtp rcpt failed", "err", e.Cause)
+		}
+		return nil
+	}
+	if !ss.report(shield.RecipientAccepted) {
+		return errQuit
+	}
+	ss.env.Recipients = append(ss.env.Recipients, rcpt)
+	ss.state = stateRcpt
+	ss.replyLine(250, "2.1.5", "Recipient OK")
+	return nil
+}
+
+func (ss *session) cmdRSET(arg string) error {
+	ss.resetTransaction()
+	ss.replyLine(250, "2.0.0", "OK")
+	return nil
+}
+
+func (ss *session) cmdNOOP(arg string) error {
+	ss.replyLine(250, "2.0.0", "OK")
+	return nil
+}
+
+// cmdVRFY: RFC 5321 3.5.3 allows 252 to avoid confirming addresses, which
+// is what a harvesting-resistant server does.
+func (ss *session) cmdVRFY(arg string) error {
+	ss.replyLine(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+	return nil
+}
+
+func (ss *session) cmdHELP(arg string) error {
+	ss.replyLine(214, "2.0.0", "See RFC 5321; agua")
+	return nil
+}
+
+func (ss *session) cmdQUIT(arg string) error {
+	ss.replyLine(221, "2.0.0", ss.srv.cfg.Hostname+" closing connection")
+	return errQuit
+}
+
+func sanitize(s string) string {
+	if len(s) > 32 {
+		s = s[:32]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}

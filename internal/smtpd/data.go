@@ -1,0 +1,206 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// memSpoolLimit is how much of a message is kept in memory before the rest
+// goes to a temporary file, so a thousand concurrent large DATA transfers
+// cannot exhaust memory.
+const memSpoolLimit = 256 << 10
+
+func (ss *session) cmdDATA(arg string) error {
+	if arg != "" {
+		return errSyntax
+	}
+	ss.replyLine(354, "", "Start mail input; end with <CRLF>.<CRLF>")
+	if err := ss.flush(); err != nil {
+		return errQuit
+	}
+	sp := &spool{dir: ss.srv.cfg.SpoolDir}
+	defer sp.Close()
+	msgID := newID()
+	sp.Write([]byte(ss.receivedHeader(msgID)))
+	bad, err := ss.readData(sp)
+	if err != nil {
+		ss.readFailed(err)
+		return errQuit
+	}
+	if sp.err != nil {
+		ss.resetTransaction()
+		return &Error{Code: 451, Enhanced: "4.3.0", Msg: "Temporary local problem, try again later", Cause: sp.err}
+	}
+	if bad != nil {
+		ss.resetTransaction()
+		ss.reply(bad)
+		if bad != errTooBig && !ss.report(shield.ProtocolError) {
+			return errQuit
+		}
+		return nil
+	}
+	env := ss.env
+	start := time.Now()
+	if err := ss.srv.backend.Deliver(ss.ctx, &ss.info, &env, sp, sp.Size()); err != nil {
+		ss.resetTransaction()
+		return err
+	}
+	ss.log.Info("smtp message accepted", "id", msgID, "from", env.From, "rcpts", len(env.Recipients), "size", sp.Size(), "took", time.Since(start).Round(time.Microsecond))
+	ss.replyLine(250, "2.0.0", "OK queued as "+msgID)
+	ss.resetTransaction()
+	if h := ss.srv.hooks.Delivered; h != nil {
+		h(&ss.info, &env, sp.Size())
+	}
+	if !ss.report(shield.MessageAccepted) {
+		return errQuit
+	}
+	return nil
+}
+
+// readData reads the message up to the lone "." line. RFC 5321 4.1.1.4:
+// only CRLF.CRLF ends the data; a bare LF or CR anywhere is refused
+// (SMTP smuggling), never treated as a line end. Dot-stuffing is undone
+// (4.5.2). Oversize messages and overlong lines are read to the end and
+// then refused, so the session stays in sync.
+func (ss *session) readData(w io.Writer) (bad *Error, err error) {
+	cfg := ss.srv.cfg
+	var size int64
+	var line []byte
+	tooLong := false
+	for {
+		ss.setReadDeadline(cfg.DataTimeout)
+		frag, rerr := ss.r.ReadSlice('\n')
+		if rerr != nil && rerr != bufio.ErrBufferFull {
+			return nil, rerr
+		}
+		if !tooLong {
+			if len(line)+len(frag) > cfg.MaxLineLength {
+				tooLong = true
+				line = line[:0]
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		if rerr == bufio.ErrBufferFull {
+			continue
+		}
+		if tooLong {
+			tooLong = false
+			if bad == nil {
+				bad = errDataLine
+			}
+			continue
+		}
+		n := len(line)
+		crlf := n >= 2 && line[n-2] == '\r'
+		if crlf && n == 3 && line[0] == '.' {
+			return bad, nil
+		}
+		if !crlf || bytes.IndexByte(line[:n-2], '\r') >= 0 {
+			if bad == nil {
+				bad = errBareLF
+			}
+		}
+		body := line
+		if body[0] == '.' {
+			body = body[1:]
+		}
+		size += int64(len(body))
+		if size > cfg.MaxMessageSize && bad == nil {
+			bad = errTooBig
+		}
+		if bad == nil {
+			w.Write(body)
+		}
+		line = line[:0]
+	}
+}
+
+// receivedHeader is the trace field of RFC 5321 4.4, with the protocol
+// keyword of RFC 3848 / RFC 6531 7.
+func (ss *session) receivedHeader(id string) string {
+	proto := "ESMTP"
+	if ss.env.SMTPUTF8 {
+		proto = "UTF8SMTP"
+	}
+	if ss.info.TLS {
+		proto += "S"
+	}
+	if ss.info.User != "" {
+		proto += "A"
+	}
+	host := ss.conn.RemoteAddr().String()
+	if h, _, ok := strings.Cut(host, "]:"); ok { // [::1]:port
+		host = h + "]"
+	} else if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		host = "[" + host[:i] + "]"
+	}
+	return fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (agua) with %s id %s;\r\n\t%s\r\n",
+		sanitize(ss.info.Helo), host, ss.srv.cfg.Hostname, proto, id, time.Now().Format(time.RFC1123Z))
+}
+
+// spool buffers one message in memory, spilling to a temporary file past
+// memSpoolLimit. It implements io.ReaderAt for the backend.
+type spool struct {
+	dir  string
+	mem  bytes.Buffer
+	file *os.File
+	size int64
+	err  error
+}
+
+func (s *spool) Write(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.file == nil && s.mem.Len()+len(p) > memSpoolLimit {
+		f, err := os.CreateTemp(s.dir, "agua-spool-*")
+		if err != nil {
+			s.err = err
+			return 0, err
+		}
+		os.Remove(f.Name()) // anonymous: gone when closed, even after a crash
+		if _, err := f.Write(s.mem.Bytes()); err != nil {
+			f.Close()
+			s.err = err
+			return 0, err
+		}
+		s.mem = bytes.Buffer{}
+		s.file = f
+	}
+	var n int
+	var err error
+	if s.file != nil {
+		n, err = s.file.Write(p)
+	} else {
+		n, err = s.mem.Write(p)
+	}
+	s.size += int64(n)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
+}
+
+func (s *spool) ReadAt(p []byte, off int64) (int, error) {
+	if s.file != nil {
+		return s.file.ReadAt(p, off)
+	}
+	return bytes.NewReader(s.mem.Bytes()).ReadAt(p, off)
+}
+
+func (s *spool) Size() int64 { return s.size }
+
+func (s *spool) Close() error {
+	if s.file != nil {
+		return s.file.Close()
+	}
+	return nil
+}

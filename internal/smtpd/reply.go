@@ -1,0 +1,71 @@
+package smtpd
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error is an SMTP reply carried as an error: a code (RFC 5321 4.2), an
+// enhanced status code (RFC 3463, announced per RFC 2034), client-safe text,
+// and an internal cause that is logged but never sent to the client.
+type Error struct {
+	Code     int
+	Enhanced string // "5.1.1"; "" for replies that carry none (e.g. 220, 221 before EHLO)
+	Msg      string
+	Cause    error
+}
+
+func (e *Error) Error() string {
+	s := fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Msg)
+	if e.Cause != nil {
+		s += ": " + e.Cause.Error()
+	}
+	return s
+}
+
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Temporary reports a 4xx reply.
+func (e *Error) Temporary() bool { return e.Code >= 400 && e.Code < 500 }
+
+// Errorf builds an *Error.
+func Errorf(code int, enhanced, format string, a ...any) *Error {
+	return &Error{Code: code, Enhanced: enhanced, Msg: fmt.Sprintf(format, a...)}
+}
+
+// AsError turns any error into a reply: an *Error anywhere in the chain is
+// used as is; anything else becomes 451 4.3.0 with the cause kept internal.
+func AsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return &Error{Code: 451, Enhanced: "4.3.0", Msg: "Temporary local problem, try again later", Cause: err}
+}
+
+// Replies used by the session. Keeping them here makes the protocol's
+// vocabulary readable in one place.
+var (
+	errBadSequence    = Errorf(503, "5.5.1", "Bad sequence of commands")
+	errSyntax         = Errorf(501, "5.5.4", "Syntax error in parameters or arguments")
+	errUnknownCommand = Errorf(500, "5.5.2", "Command not recognized")
+	errLineTooLong    = Errorf(500, "5.5.2", "Line too long")
+	errNeedEHLO       = Errorf(503, "5.5.1", "Send EHLO or HELO first")
+	errNeedTLS        = Errorf(530, "5.7.0", "Must issue a STARTTLS command first")
+	errNeedAuth       = Errorf(530, "5.7.0", "Authentication required")
+	errTooManyRcpts   = Errorf(452, "4.5.3", "Too many recipients")
+	errNestedMail     = Errorf(503, "5.5.1", "Sender already specified")
+	errAuthFailed     = Errorf(535, "5.7.8", "Authentication credentials invalid")
+	errAuthCancelled  = Errorf(501, "5.0.0", "Authentication cancelled")
+	errAuthBase64     = Errorf(501, "5.5.2", "Cannot decode base64 response")
+	errAuthMech       = Errorf(504, "5.5.4", "Unrecognized authentication mechanism")
+	errAlreadyAuth    = Errorf(503, "5.5.1", "Already authenticated")
+	errTooBig         = Errorf(552, "5.3.4", "Message size exceeds fixed maximum message size")
+	errBareLF         = Errorf(554, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
+	errDataLine       = Errorf(554, "5.6.0", "Message contains a line longer than allowed")
+	errUTF8Addr       = Errorf(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter (RFC 6531)")
+	errTooManyErrors  = Errorf(421, "4.7.0", "Too many errors, closing connection")
+	errTimeout        = Errorf(421, "4.4.2", "Timeout exceeded, closing connection")
+	errSessionTimeout = Errorf(421, "4.4.2", "Session time limit exceeded, closing connection")
+	errInternal       = Errorf(421, "4.3.0", "Internal error, closing connection")
+)

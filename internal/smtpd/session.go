@@ -1,0 +1,375 @@
+package smtpd
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// state is where a session stands; each command lists the states it is
+// allowed in (RFC 5321 4.1.4 ordering).
+type state uint8
+
+const (
+	stateConnected state = 1 << iota // banner sent, no EHLO/HELO yet
+	stateReady                       // greeted, no transaction
+	stateMail                        // MAIL FROM accepted
+	stateRcpt                        // at least one RCPT TO accepted
+)
+
+const anyState = stateConnected | stateReady | stateMail | stateRcpt
+
+type command struct {
+	handler func(*session, string) error
+	states  state
+}
+
+// commands is the one table of verbs; dispatch checks the state here.
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"EHLO":     {(*session).cmdEHLO, anyState},
+		"HELO":     {(*session).cmdHELO, anyState},
+		"STARTTLS": {(*session).cmdSTARTTLS, stateReady},
+		"AUTH":     {(*session).cmdAUTH, stateReady},
+		"MAIL":     {(*session).cmdMAIL, stateReady},
+		"RCPT":     {(*session).cmdRCPT, stateMail | stateRcpt},
+		"DATA":     {(*session).cmdDATA, stateRcpt},
+		"RSET":     {(*session).cmdRSET, anyState},
+		"NOOP":     {(*session).cmdNOOP, anyState},
+		"VRFY":     {(*session).cmdVRFY, anyState},
+		"EXPN":     {(*session).cmdVRFY, anyState},
+		"HELP":     {(*session).cmdHELP, anyState},
+		"QUIT":     {(*session).cmdQUIT, anyState},
+	}
+}
+
+// httpVerbs are answered with an error and a close: a web client or proxy
+// abuse probe on a mail port (cross-protocol attacks).
+var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
+
+// errQuit ends a session after its reply has been written.
+var errQuit = errors.New("quit")
+
+type session struct {
+	srv      *Server
+	conn     net.Conn
+	r        *bufio.Reader
+	w        *bufio.Writer
+	log      *slog.Logger
+	info     Session
+	state    state
+	env      Envelope
+	errors   int
+	deadline time.Time // whole-session deadline
+	ctx      context.Context
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	id := newID()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ss := &session{
+		srv:      s,
+		conn:     c,
+		info:     Session{ID: id, Mode: s.mode, RemoteAddr: c.RemoteAddr()},
+		state:    stateConnected,
+		deadline: time.Now().Add(s.cfg.SessionTimeout),
+		ctx:      ctx,
+	}
+	ss.log = s.log.With("conn", id, "remote", c.RemoteAddr().String(), "listener", s.mode.String())
+	defer c.Close()
+	// The shield may want this connection gone mid-session (newly denied
+	// address, ban, lockdown, eviction): closing the socket ends the loop.
+	if sc := shield.FromConn(c); sc != nil {
+		go func() {
+			select {
+			case <-sc.Done():
+				ss.log.Info("smtp session closed by shield")
+				c.Close()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			s.panics.Add(1)
+			ss.log.Error("smtp session panic", "panic", v, "stack", string(debug.Stack()))
+			ss.reply(errInternal)
+		}
+	}()
+	if s.mode == ModeSubmissions {
+		tc := tls.Server(c, s.cfg.TLS)
+		tc.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			ss.log.Debug("tls handshake failed", "err", err)
+			shield.Report(c, shield.ProtocolError)
+			return
+		}
+		ss.conn = tc
+		ss.info.TLS = true
+	}
+	ss.r = bufio.NewReaderSize(ss.conn, 4096)
+	ss.w = bufio.NewWriterSize(ss.conn, 4096)
+	ss.log.Debug("smtp session start")
+	ss.run()
+	ss.log.Debug("smtp session end", "errors", ss.errors)
+}
+
+func (ss *session) run() {
+	s := ss.srv
+	if s.mode == ModeMX && s.cfg.BannerDelay > 0 && ss.pregreet() {
+		return
+	}
+	ss.replyLine(220, "", s.cfg.Hostname+" ESMTP agua")
+	if ss.flush() != nil {
+		return
+	}
+	for {
+		line, err := ss.readLine(s.cfg.MaxCommandLength, s.cfg.CommandTimeout)
+		if err != nil {
+			if errors.Is(err, errLineTooLong) {
+				if ss.fail(errLineTooLong) {
+					return
+				}
+				continue
+			}
+			ss.readFailed(err)
+			return
+		}
+		err = ss.dispatch(line)
+		if errors.Is(err, errQuit) {
+			ss.flush()
+			return
+		}
+		if err != nil {
+			if ss.fail(err) {
+				return
+			}
+		}
+		// PIPELINING (RFC 2920 3.1): answer a group of commands in one
+		// write, flushing only when the client has sent nothing more.
+		if ss.r.Buffered() == 0 {
+			if ss.flush() != nil {
+				return
+			}
+		}
+	}
+}
+
+// pregreet waits BannerDelay for silence. A client that talks first is not
+// a patient SMTP client (postscreen's PREGREET test): report and refuse.
+func (ss *session) pregreet() bool {
+	ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.BannerDelay))
+	_, err := ss.r.Peek(1)
+	ss.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	if err != nil {
+		return true // closed while waiting
+	}
+	shield.Report(ss.conn, shield.PreGreet)
+	ss.log.Info("smtp pregreet talker")
+	ss.reply(Errorf(554, "5.5.1", "Protocol error: you spoke before the greeting"))
+	ss.flush()
+	return true
+}
+
+// dispatch runs one command line through the command table.
+func (ss *session) dispatch(line string) error {
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	cmd, ok := commands[verb]
+	if !ok {
+		if httpVerbs[verb] {
+			shield.Report(ss.conn, shield.ProtocolError)
+			ss.log.Info("smtp http request on mail port", "verb", verb)
+			ss.reply(Errorf(554, "5.7.0", "This is an SMTP server, not an HTTP server; closing"))
+			return errQuit
+		}
+		if verb == "BDAT" {
+			return Errorf(502, "5.5.1", "CHUNKING is not offered")
+		}
+		return errUnknownCommand
+	}
+	if ss.state&cmd.states == 0 {
+		if ss.state == stateConnected {
+			return errNeedEHLO
+		}
+		return errBadSequence
+	}
+	return cmd.handler(ss, strings.TrimSpace(arg))
+}
+
+// fail answers a failed command. Protocol errors count towards MaxErrors and
+// are reported to the shield; policy refusals (unknown user, relay) are
+// reported by their handlers. It returns true when the session must end.
+func (ss *session) fail(err error) bool {
+	e := AsError(err)
+	if e.Cause != nil {
+		ss.log.Warn("smtp command failed", "code", e.Code, "err", e.Cause)
+	}
+	if isProtocolError(e) {
+		ss.errors++
+		if d := shield.Report(ss.conn, shield.ProtocolError); d.Action != shield.Allow {
+			return ss.shieldEnds(d)
+		}
+		if ss.errors >= ss.srv.cfg.MaxErrors {
+			ss.reply(errTooManyErrors)
+			ss.flush()
+			ss.log.Info("smtp too many errors", "errors", ss.errors)
+			return true
+		}
+	}
+	ss.reply(e)
+	return e.Code == 421
+}
+
+func isProtocolError(e *Error) bool {
+	switch e {
+	case errBadSequence, errSyntax, errUnknownCommand, errLineTooLong, errNeedEHLO, errNestedMail, errAuthBase64, errAuthMech:
+		return true
+	}
+	return e.Code == 500 || e.Code == 501 || e.Code == 502
+}
+
+// shieldEnds answers a shield decision taken mid-session and reports that
+// the session must end.
+func (ss *session) shieldEnds(d shield.Decision) bool {
+	ss.log.Info("smtp session ended by shield", "action", d.Action.String(), "source", d.Source)
+	if d.Action == shield.Reject {
+		ss.reply(Errorf(421, "4.7.0", "%s", d.Reason))
+		ss.flush()
+	}
+	return true
+}
+
+// report tells the shield about behaviour and says whether to go on.
+func (ss *session) report(ev shield.Event) bool {
+	d := shield.Report(ss.conn, ev)
+	if d.Action == shield.Allow {
+		return true
+	}
+	ss.shieldEnds(d)
+	return false
+}
+
+func (ss *session) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		if time.Now().After(ss.deadline) {
+			ss.reply(errSessionTimeout)
+		} else {
+			ss.reply(errTimeout)
+		}
+		ss.flush()
+		ss.log.Info("smtp timeout", "state", ss.state)
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
+	default:
+		ss.log.Debug("smtp read failed", "err", err)
+	}
+}
+
+// readLine reads one CRLF (or LF) terminated line of at most max bytes,
+// without the terminator. An overlong line is consumed and reported as
+// errLineTooLong; the buffer never grows beyond the bufio size.
+func (ss *session) readLine(max int, timeout time.Duration) (string, error) {
+	ss.setReadDeadline(timeout)
+	var buf []byte
+	tooLong := false
+	for {
+		frag, err := ss.r.ReadSlice('\n')
+		if !tooLong {
+			if len(buf)+len(frag) > max {
+				tooLong = true
+				buf = nil
+			} else {
+				buf = append(buf, frag...)
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		break
+	}
+	if tooLong {
+		return "", errLineTooLong
+	}
+	buf = buf[:len(buf)-1]
+	if n := len(buf); n > 0 && buf[n-1] == '\r' {
+		buf = buf[:n-1]
+	}
+	return string(buf), nil
+}
+
+func (ss *session) setReadDeadline(timeout time.Duration) {
+	d := time.Now().Add(timeout)
+	if d.After(ss.deadline) {
+		d = ss.deadline
+	}
+	ss.conn.SetReadDeadline(d)
+}
+
+// reply writes e (buffered). Multi-line replies use replyLines.
+func (ss *session) reply(e *Error) {
+	ss.replyLine(e.Code, e.Enhanced, e.Msg)
+}
+
+func (ss *session) replyLine(code int, enhanced, msg string) {
+	if enhanced != "" {
+		fmt.Fprintf(ss.w, "%d %s %s\r\n", code, enhanced, msg)
+	} else {
+		fmt.Fprintf(ss.w, "%d %s\r\n", code, msg)
+	}
+}
+
+// replyLines writes a multi-line reply (RFC 5321 4.2.1).
+func (ss *session) replyLines(code int, lines []string) {
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		fmt.Fprintf(ss.w, "%d%s%s\r\n", code, sep, l)
+	}
+}
+
+func (ss *session) flush() error {
+	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.CommandTimeout))
+	return ss.w.Flush()
+}
+
+func (ss *session) resetTransaction() {
+	ss.env = Envelope{}
+	if ss.state&(stateMail|stateRcpt) != 0 {
+		ss.state = stateReady
+	}
+}
