@@ -1,0 +1,165 @@
+package directory
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"fmt"
+	"strings"
+
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// argon2id parameters: the OWASP minimum (m=19 MiB, t=2, p=1). Memory is
+// kept modest on purpose: a login flood makes many verifications at once,
+// and the hasher semaphore multiplies this figure by its size.
+const (
+	argonMemory  = 19456 // KiB
+	argonTime    = 2
+	argonThreads = 1
+	argonSaltLen = 16
+	argonKeyLen  = 32
+)
+
+// Bounds on parameters read from stored hashes, so that one odd imported hash
+// cannot make a verification take gigabytes or minutes.
+const (
+	maxArgonMemory  = 256 * 1024 // KiB
+	maxArgonTime    = 16
+	maxArgonThreads = 16
+)
+
+// maxPasswordLen bounds the work an attacker can make us do per attempt.
+const maxPasswordLen = 1024
+
+var b64 = base64.RawStdEncoding
+
+// hashPassword returns the argon2id PHC string of password.
+func hashPassword(password string) (string, error) {
+	salt := make([]byte, argonSaltLen)
+	if _, err := rand.Read(salt); err != nil {
+		return "", fmt.Errorf("reading random salt: %w", err)
+	}
+	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s",
+		argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key)), nil
+}
+
+// verifyPassword reports whether password matches the stored hash, which is
+// an argon2id PHC string or a bcrypt hash. An unsupported or malformed hash
+// is an error, not a mismatch, so that the operator hears of it.
+func verifyPassword(hash, password string) (bool, error) {
+	switch {
+	case strings.HasPrefix(hash, "$argon2id$"):
+		return verifyArgon2id(hash, password)
+	case strings.HasPrefix(hash, "$2a$"), strings.HasPrefix(hash, "$2b$"), strings.HasPrefix(hash, "$2y$"):
+		// bcrypt only looks at the first 72 bytes; GenerateFromPassword
+		// refuses longer ones but Compare silently truncates, which is what
+		// the system that made the hash did too.
+		err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password))
+		switch err {
+		case nil:
+			return true, nil
+		case bcrypt.ErrMismatchedHashAndPassword:
+			return false, nil
+		default:
+			return false, fmt.Errorf("bcrypt hash: %w", err)
+		}
+	default:
+		return false, fmt.Errorf("unsupported password hash scheme %q", schemeOf(hash))
+	}
+}
+
+// schemeOf returns the "$scheme$" prefix of a hash for error messages,
+// never the hash itself.
+func schemeOf(hash string) string {
+	if !strings.HasPrefix(hash, "$") {
+		return "(none)"
+	}
+	if i := strings.IndexByte(hash[1:], '$'); i >= 0 {
+		return hash[:i+2]
+	}
+	return "(malformed)"
+}
+
+func verifyArgon2id(hash, password string) (bool, error) {
+	// $argon2id$v=19$m=19456,t=2,p=1$salt$hash
+	parts := strings.Split(hash, "$")
+	if len(parts) != 6 || parts[0] != "" {
+		return false, fmt.Errorf("malformed argon2id hash")
+	}
+	var version int
+	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
+		return false, fmt.Errorf("argon2id hash has unsupported version %q", parts[2])
+	}
+	var m, t, p uint32
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil {
+		return false, fmt.Errorf("argon2id hash has malformed parameters %q", parts[3])
+	}
+	if m == 0 || t == 0 || p == 0 || m > maxArgonMemory || t > maxArgonTime || p > maxArgonThreads {
+		return false, fmt.Errorf("argon2id hash parameters %q are out of the supported range", parts[3])
+	}
+	salt, err := b64.DecodeString(parts[4])
+	if err != nil || len(salt) < 8 {
+		return false, fmt.Errorf("argon2id hash has a malformed salt")
+	}
+	want, err := b64.DecodeString(parts[5])
+	if err != nil || len(want) < 16 || len(want) > 128 {
+		return false, fmt.Errorf("argon2id hash has a malformed key")
+	}
+	got := argon2.IDKey([]byte(password), salt, t, m, uint8(p), uint32(len(want)))
+	return subtle.ConstantTimeCompare(got, want) == 1, nil
+}
+
+// hasher bounds the number of hash computations running at once: each
+// argon2id call holds argonMemory KiB, so a login flood must queue here
+// rather than exhaust memory and CPU.
+type hasher struct {
+	sem chan struct{}
+}
+
+func newHasher(n int) *hasher {
+	return &hasher{sem: make(chan struct{}, n)}
+}
+
+// acquire waits for a slot, honouring ctx, and returns the function that
+// gives it back.
+func (h *hasher) acquire(ctx context.Context) (release func(), err error) {
+	select {
+	case h.sem <- struct{}{}:
+		return func() { <-h.sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (h *hasher) hash(ctx context.Context, password string) (string, error) {
+	release, err := h.acquire(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	return hashPassword(password)
+}
+
+func (h *hasher) verify(ctx context.Context, hash, password string) (bool, error) {
+	release, err := h.acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	return verifyPassword(hash, password)
+}
+
+// checkNewPassword validates a password being set.
+func checkNewPassword(password string) error {
+	if password == "" {
+		return newErr(ErrInvalid, "password is empty")
+	}
+	if len(password) > maxPasswordLen {
+		return newErr(ErrInvalid, fmt.Sprintf("password is longer than %d bytes", maxPasswordLen))
+	}
+	return nil
+}

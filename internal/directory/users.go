@@ -1,0 +1,222 @@
+package directory
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// AddUser adds a user with password and quota in bytes (0 = the default
+// quota). Its domain must be local; ErrExists if the address is already a
+// user or an alias.
+func (d *Directory) AddUser(ctx context.Context, address, password string, quota int64) error {
+	addr, domain, err := normaliseAddress(address)
+	if err != nil {
+		return err
+	}
+	if err := checkNewPassword(password); err != nil {
+		return err
+	}
+	if quota < 0 {
+		return newErr(ErrInvalid, "quota must not be negative (0 means the default quota)")
+	}
+	// Hash outside the transaction: it takes tens of milliseconds and the
+	// write lock is shared with every other process.
+	hash, err := d.hasher.hash(ctx, password)
+	if err != nil {
+		return err
+	}
+	return d.tx(ctx, func(tx *sql.Tx) error {
+		if err := requireDomain(ctx, tx, domain); err != nil {
+			return err
+		}
+		if ok, err := exists(ctx, tx, `SELECT 1 FROM users WHERE address = ?`, addr); err != nil {
+			return err
+		} else if ok {
+			return newErr(ErrExists, "user "+addr+" already exists")
+		}
+		// A user would shadow the alias (Resolve prefers users), so the
+		// operator must choose.
+		if ok, err := exists(ctx, tx, `SELECT 1 FROM aliases WHERE source = ?`, addr); err != nil {
+			return err
+		} else if ok {
+			return newErr(ErrExists, addr+" is already an alias; remove the alias first")
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO users (address, domain, password, quota, created) VALUES (?, ?, ?, ?, ?)`,
+			addr, domain, hash, quota, time.Now().Unix()); err != nil {
+			return fmt.Errorf("adding user %s: %w", addr, err)
+		}
+		return nil
+	})
+}
+
+// SetPassword replaces a user's password. ErrNotFound for an unknown user.
+func (d *Directory) SetPassword(ctx context.Context, address, password string) error {
+	addr, _, err := normaliseAddress(address)
+	if err != nil {
+		return err
+	}
+	if err := checkNewPassword(password); err != nil {
+		return err
+	}
+	hash, err := d.hasher.hash(ctx, password)
+	if err != nil {
+		return err
+	}
+	return d.updateUser(ctx, addr, `UPDATE users SET password = ? WHERE address = ?`, hash, addr)
+}
+
+// SetQuota sets a user's quota in bytes (0 = the default quota).
+func (d *Directory) SetQuota(ctx context.Context, address string, quota int64) error {
+	addr, _, err := normaliseAddress(address)
+	if err != nil {
+		return err
+	}
+	if quota < 0 {
+		return newErr(ErrInvalid, "quota must not be negative (0 means the default quota)")
+	}
+	return d.updateUser(ctx, addr, `UPDATE users SET quota = ? WHERE address = ?`, quota, addr)
+}
+
+// RemoveUser removes a user. Its mail is left alone (the caller owns the
+// store) and aliases pointing at it stay until removed; Resolve skips them.
+func (d *Directory) RemoveUser(ctx context.Context, address string) error {
+	addr, _, err := normaliseAddress(address)
+	if err != nil {
+		return err
+	}
+	return d.updateUser(ctx, addr, `DELETE FROM users WHERE address = ?`, addr)
+}
+
+// updateUser runs a statement that must touch exactly the user addr.
+func (d *Directory) updateUser(ctx context.Context, addr, query string, args ...any) error {
+	res, err := d.db.ExecContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("updating user %s: %w", addr, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("updating user %s: %w", addr, err)
+	}
+	if n == 0 {
+		return newErr(ErrNotFound, "no user "+addr)
+	}
+	return nil
+}
+
+const userColumns = `address, domain, quota, created`
+
+func (d *Directory) scanUser(row interface{ Scan(...any) error }) (User, error) {
+	var u User
+	var created int64
+	if err := row.Scan(&u.Address, &u.Domain, &u.QuotaSet, &created); err != nil {
+		return User{}, err
+	}
+	u.Created = time.Unix(created, 0)
+	u.Quota = u.QuotaSet
+	if u.Quota == 0 {
+		u.Quota = d.defaultQuota
+	}
+	return u, nil
+}
+
+// GetUser returns a user. ErrNotFound for an unknown user.
+func (d *Directory) GetUser(ctx context.Context, address string) (User, error) {
+	addr, _, err := normaliseAddress(address)
+	if err != nil {
+		return User{}, err
+	}
+	return d.getUser(ctx, d.db, addr)
+}
+
+func (d *Directory) getUser(ctx context.Context, q querier, addr string) (User, error) {
+	u, err := d.scanUser(q.QueryRowContext(ctx, `SELECT `+userColumns+` FROM users WHERE address = ?`, addr))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return User{}, newErr(ErrNotFound, "no user "+addr)
+	case err != nil:
+		return User{}, fmt.Errorf("reading user %s: %w", addr, err)
+	}
+	return u, nil
+}
+
+// ListUsers returns the users of domain, or of all domains when domain is "",
+// sorted by address. ErrNotFound if domain is not local.
+func (d *Directory) ListUsers(ctx context.Context, domain string) ([]User, error) {
+	query := `SELECT ` + userColumns + ` FROM users ORDER BY domain, address`
+	var args []any
+	if domain != "" {
+		dom, err := normaliseDomain(domain)
+		if err != nil {
+			return nil, err
+		}
+		if err := requireDomain(ctx, d.db, dom); err != nil {
+			return nil, err
+		}
+		query = `SELECT ` + userColumns + ` FROM users WHERE domain = ? ORDER BY address`
+		args = append(args, dom)
+	}
+	rows, err := d.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing users: %w", err)
+	}
+	defer rows.Close()
+	var users []User
+	for rows.Next() {
+		u, err := d.scanUser(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing users: %w", err)
+		}
+		users = append(users, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing users: %w", err)
+	}
+	return users, nil
+}
+
+// Authenticate checks a user's password. It returns ErrAuthFailed for a
+// wrong password, an unknown user and a malformed address alike, and does the
+// same hashing work in every case so that timing does not tell them apart.
+// Other errors (database, ctx, a corrupt stored hash) are returned as they
+// are: they are the operator's problem, not the client's.
+func (d *Directory) Authenticate(ctx context.Context, address, password string) (User, error) {
+	hash := d.dummyHash
+	var user User
+	found := false
+	addr, _, err := normaliseAddress(address)
+	if err == nil && password != "" && len(password) <= maxPasswordLen {
+		var stored string
+		row := d.db.QueryRowContext(ctx, `SELECT `+userColumns+`, password FROM users WHERE address = ?`, addr)
+		var created int64
+		err := row.Scan(&user.Address, &user.Domain, &user.QuotaSet, &created, &stored)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return User{}, fmt.Errorf("reading user %s: %w", addr, err)
+		default:
+			found = true
+			hash = stored
+			user.Created = time.Unix(created, 0)
+			user.Quota = user.QuotaSet
+			if user.Quota == 0 {
+				user.Quota = d.defaultQuota
+			}
+		}
+	}
+	// The password given for an unusable address or length still costs one
+	// verification, of a bounded-length stand-in.
+	if len(password) > maxPasswordLen {
+		password = password[:maxPasswordLen]
+	}
+	ok, err := d.hasher.verify(ctx, hash, password)
+	if err != nil {
+		return User{}, fmt.Errorf("verifying password of %s: %w", addr, err)
+	}
+	if !ok || !found {
+		return User{}, ErrAuthFailed
+	}
+	return user, nil
+}
