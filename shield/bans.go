@@ -1,0 +1,386 @@
+package shield
+
+import (
+	"errors"
+	"math"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/gaissmai/bart"
+)
+
+// ban is one active ban. Bans live in an immutable bart table snapshot;
+// only hits changes in place.
+type ban struct {
+	prefix   netip.Prefix
+	reason   string // event name ("auth_failure") or the operator's text for manual bans
+	action   Action
+	created  time.Time
+	expires  time.Time
+	count    int // escalation level: 1 for a first offence
+	manual   bool
+	hits     atomic.Int64
+	decision Decision // precomputed, so refusing a banned client allocates nothing
+}
+
+// BanInfo describes one active ban.
+type BanInfo struct {
+	Prefix  netip.Prefix `json:"prefix"`
+	Reason  string       `json:"reason"`
+	Action  Action       `json:"action"`
+	Manual  bool         `json:"manual"`
+	Created time.Time    `json:"created"`
+	Expires time.Time    `json:"expires"`
+	Count   int          `json:"count"` // how many times this offender was banned (escalation level)
+	Hits    int64        `json:"hits"`  // connections refused since the ban
+}
+
+func (b *ban) info() BanInfo {
+	return BanInfo{Prefix: b.prefix, Reason: b.reason, Action: b.action, Manual: b.manual,
+		Created: b.created, Expires: b.expires, Count: b.count, Hits: b.hits.Load()}
+}
+
+// offender is the escalation history of an address or prefix.
+type offender struct {
+	count int
+	last  int64 // unix nanoseconds of the last ban
+}
+
+// banLookup returns the most specific unexpired ban covering addr.
+func (s *Shield) banLookup(addr netip.Addr, now time.Time) *ban {
+	t := s.bans.Load()
+	b, ok := t.Lookup(addr)
+	if !ok {
+		return nil
+	}
+	if now.Before(b.expires) {
+		return b
+	}
+	// The most specific ban expired but has not been swept yet; a wider
+	// one may still hold.
+	var found *ban
+	for _, sb := range t.Supernets(hostPrefix(addr)) {
+		if now.Before(sb.expires) {
+			found = sb
+			break
+		}
+	}
+	return found
+}
+
+// newBan builds a ban with its refusal decision.
+func newBan(p netip.Prefix, reason string, action Action, temporary, manual bool, created time.Time, ttl time.Duration, count int) *ban {
+	b := &ban{prefix: p, reason: reason, action: action, created: created, expires: created.Add(ttl), count: count, manual: manual}
+	text := reasonBannedManual
+	if !manual {
+		for ev := AuthFailure; int(ev) < numEvents; ev++ {
+			if ev.String() == reason && banReasons[ev] != "" {
+				text = banReasons[ev]
+			}
+		}
+	}
+	b.decision = Decision{Action: action, Temporary: temporary, Reason: text, Source: "ban:" + reason}
+	return b
+}
+
+// escalate records one more offence of p and returns the ban duration and
+// escalation level.
+func (s *Shield) escalate(p netip.Prefix, now time.Time) (time.Duration, int) {
+	ns := now.UnixNano()
+	count := 1
+	s.offenders.do(p, true, func(o *offender, _ bool) {
+		if o.last != 0 && ns-o.last > s.cfg.OffenderTTL.Nanoseconds() {
+			o.count = 0
+		}
+		o.count++
+		o.last = ns
+		count = o.count
+	})
+	ttl := float64(s.cfg.BanTTL) * math.Pow(s.cfg.BanFactor, float64(count-1))
+	if ttl > float64(s.cfg.BanMaxTTL) || math.IsInf(ttl, 0) || math.IsNaN(ttl) {
+		ttl = float64(s.cfg.BanMaxTTL)
+	}
+	return time.Duration(ttl), count
+}
+
+// putBan stores b under banMu, keeping the table bounded.
+func (s *Shield) putBan(b *ban, now time.Time) bool {
+	t := s.bans.Load()
+	if old, ok := t.Get(b.prefix); ok {
+		b.hits.Store(old.hits.Load())
+	} else if t.Size() >= s.cfg.TableSize {
+		t = s.sweep(t, now)
+		if t.Size() >= s.cfg.TableSize {
+			s.dropped++
+			s.bans.Store(t)
+			return false
+		}
+	}
+	s.bans.Store(t.InsertPersist(b.prefix, b))
+	s.issued[b.reason]++
+	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
+		"action", b.action.String(), "count", b.count)
+	return true
+}
+
+// sweep removes expired bans from t and returns the new table.
+func (s *Shield) sweep(t *bart.Table[*ban], now time.Time) *bart.Table[*ban] {
+	var expired []*ban
+	for _, b := range t.All() {
+		if !now.Before(b.expires) {
+			expired = append(expired, b)
+		}
+	}
+	for _, b := range expired {
+		t = t.DeletePersist(b.prefix)
+		s.log.Info("shield unban", "addr", b.prefix.String(), "reason", b.reason, "cause", "expired", "hits", b.hits.Load())
+	}
+	return t
+}
+
+// expireBans sweeps expired bans.
+func (s *Shield) expireBans(now time.Time) {
+	s.banMu.Lock()
+	defer s.banMu.Unlock()
+	s.bans.Store(s.sweep(s.bans.Load(), now))
+}
+
+// banBehaviour bans addr for crossing ev's threshold, then its prefix if
+// enough of the prefix's addresses are banned. The reporting connection is
+// not closed (its caller answers and closes); others from addr are.
+func (s *Shield) banBehaviour(addr netip.Addr, ev Event, now time.Time, except *Conn) Decision {
+	hp := hostPrefix(addr)
+	s.banMu.Lock()
+	ttl, count := s.escalate(hp, now)
+	b := newBan(hp, ev.String(), s.cfg.BanAction, temporaryEvent(ev), false, now, ttl, count)
+	s.putBan(b, now)
+	net := s.netPrefix(addr)
+	var prefixBan *ban
+	if !temporaryEvent(ev) {
+		prefixBan = s.maybeBanPrefix(net, ev, now)
+	}
+	s.banMu.Unlock()
+	if prefixBan != nil {
+		s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")
+	} else {
+		s.kick(func(c *Conn) bool { return c.addr == addr }, except, "ban")
+	}
+	return b.decision
+}
+
+// maybeBanPrefix bans net when PrefixBanThreshold of its addresses are
+// banned. Called under banMu.
+func (s *Shield) maybeBanPrefix(net netip.Prefix, ev Event, now time.Time) *ban {
+	t := s.bans.Load()
+	if b, ok := t.Get(net); ok && now.Before(b.expires) {
+		return nil
+	}
+	if s.pol.Load().trusted.LookupPrefix(net) {
+		return nil
+	}
+	n := 0
+	for p, b := range t.Subnets(net) {
+		if p.Bits() == p.Addr().BitLen() && now.Before(b.expires) {
+			n++
+		}
+	}
+	if n < s.cfg.PrefixBanThreshold {
+		return nil
+	}
+	ttl, count := s.escalate(net, now)
+	b := newBan(net, ev.String(), s.cfg.BanAction, false, false, now, ttl, count)
+	if !s.putBan(b, now) {
+		return nil
+	}
+	return b
+}
+
+// Ban bans p for ttl (ttl <= 0: Config.BanTTL) with the given client action
+// (Allow: Config.BanAction). A prefix covered by an allow rule or a trusted
+// proxy cannot be banned.
+func (s *Shield) Ban(p netip.Prefix, ttl time.Duration, reason string, action Action) error {
+	if !p.IsValid() {
+		return errors.New("invalid prefix")
+	}
+	p = canonPrefix(p)
+	pol := s.pol.Load()
+	if pol.allow.LookupPrefix(p) {
+		return errors.New("prefix is allowlisted")
+	}
+	if pol.trusted.LookupPrefix(p) {
+		return errors.New("prefix is a trusted proxy")
+	}
+	if action == Allow {
+		action = s.cfg.BanAction
+	}
+	if action > Tarpit {
+		return errors.New("invalid action")
+	}
+	if ttl <= 0 {
+		ttl = s.cfg.BanTTL
+	}
+	reason = strings.TrimSpace(reason)
+	if reason == "" {
+		reason = "manual"
+	}
+	now := s.now()
+	b := newBan(p, reason, action, false, true, now, ttl, 1)
+	s.banMu.Lock()
+	ok := s.putBan(b, now)
+	s.banMu.Unlock()
+	if !ok {
+		return errors.New("ban table full")
+	}
+	s.kick(func(c *Conn) bool { return p.Contains(c.addr) && !pol.exempt(c.addr) }, nil, "ban")
+	return nil
+}
+
+// Unban lifts the ban on exactly p.
+func (s *Shield) Unban(p netip.Prefix) bool {
+	if !p.IsValid() {
+		return false
+	}
+	p = canonPrefix(p)
+	s.banMu.Lock()
+	defer s.banMu.Unlock()
+	t := s.bans.Load()
+	b, ok := t.Get(p)
+	if !ok {
+		return false
+	}
+	s.bans.Store(t.DeletePersist(p))
+	s.log.Info("shield unban", "addr", p.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
+	return true
+}
+
+// UnbanReason lifts every ban with the given reason and returns how many.
+func (s *Shield) UnbanReason(reason string) int {
+	return s.unbanWhere(func(b *ban) bool { return b.reason == reason })
+}
+
+// UnbanAll lifts every ban and returns how many.
+func (s *Shield) UnbanAll() int { return s.unbanWhere(func(*ban) bool { return true }) }
+
+func (s *Shield) unbanWhere(match func(*ban) bool) int {
+	s.banMu.Lock()
+	defer s.banMu.Unlock()
+	t := s.bans.Load()
+	var gone []*ban
+	for _, b := range t.All() {
+		if match(b) {
+			gone = append(gone, b)
+		}
+	}
+	for _, b := range gone {
+		t = t.DeletePersist(b.prefix)
+		s.log.Info("shield unban", "addr", b.prefix.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
+	}
+	s.bans.Store(t)
+	return len(gone)
+}
+
+// Bans lists the active bans, most recent first.
+func (s *Shield) Bans() []BanInfo {
+	now := s.now()
+	var out []BanInfo
+	for _, b := range s.bans.Load().All() {
+		if now.Before(b.expires) {
+			out = append(out, b.info())
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out
+}
+
+// report records ev from addr. c is the reporting connection, or nil.
+func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decision {
+	if !ev.valid() {
+		return allow
+	}
+	ns := now.UnixNano()
+	pol := s.pol.Load()
+	if ev == AuthSuccess || ev == MessageAccepted {
+		s.markKnownGood(addr, ns)
+		if c != nil {
+			c.knownGood = true
+		}
+	}
+	if pol.exempt(addr) {
+		return allow
+	}
+	if b := s.banLookup(addr, now); b != nil && !s.cfg.DryRun {
+		return b.decision
+	}
+	if ev == AuthSuccess {
+		s.ips.do(addr, false, func(v *ipState, _ bool) { v.events[AuthFailure] = window{} })
+		return allow
+	}
+	th := s.cfg.Thresholds.byEvent(ev)
+	var n int32
+	s.ips.do(addr, true, func(v *ipState, _ bool) {
+		n = v.events[ev].add(ns, th.Window.Nanoseconds())
+		if n >= int32(th.Count) {
+			v.events[ev] = window{}
+		}
+	})
+	if n < int32(th.Count) {
+		return allow
+	}
+	if th.DryRun || s.cfg.DryRun {
+		d := newBan(hostPrefix(addr), ev.String(), s.cfg.BanAction, temporaryEvent(ev), false, now, 0, 0).decision
+		s.log.Info("shield would ban", "addr", addr.String(), "reason", ev.String(), "count", n, "window", th.Window.String())
+		return s.wouldBlock(addr, d, true)
+	}
+	return s.banBehaviour(addr, ev, now, c)
+}
+
+// markKnownGood remembers addr as known-good until now+KnownGoodTTL.
+func (s *Shield) markKnownGood(addr netip.Addr, ns int64) {
+	until := ns + s.cfg.KnownGoodTTL.Nanoseconds()
+	s.knownGood.do(addr, true, func(v *int64, _ bool) { *v = until })
+}
+
+// isKnownGood reports whether addr authenticated or delivered accepted mail
+// within KnownGoodTTL.
+func (s *Shield) isKnownGood(addr netip.Addr, ns int64) bool {
+	good := false
+	s.knownGood.do(addr, false, func(v *int64, _ bool) { good = *v > ns })
+	return good
+}
+
+// reportAccount counts a failed login on account for AccountDelay.
+func (s *Shield) reportAccount(account string, now time.Time) {
+	if account == "" {
+		return
+	}
+	account = strings.ToLower(account)
+	s.accounts.do(account, true, func(w *window, _ bool) {
+		w.add(now.UnixNano(), s.cfg.AccountDelayWindow.Nanoseconds())
+	})
+}
+
+// AccountDelay returns how long to wait before answering a failed login on
+// account: 0 with no recent failures, then 100ms doubling with each failure
+// from any address within AccountDelayWindow, capped at AccountDelayMax.
+// The account is never locked (Dovecot-style): the real user only ever
+// waits when they get their password wrong, if callers delay failures only.
+func (s *Shield) AccountDelay(account string) time.Duration {
+	if account == "" {
+		return 0
+	}
+	account = strings.ToLower(account)
+	var n int32
+	ns := s.now().UnixNano()
+	s.accounts.do(account, false, func(w *window, _ bool) { n = w.current(ns, s.cfg.AccountDelayWindow.Nanoseconds()) })
+	if n <= 0 {
+		return 0
+	}
+	d := 100 * time.Millisecond
+	for i := int32(1); i < n && d < s.cfg.AccountDelayMax; i++ {
+		d *= 2
+	}
+	return min(d, s.cfg.AccountDelayMax)
+}

@@ -1,0 +1,230 @@
+package shield
+
+import (
+	"net/netip"
+	"time"
+)
+
+// ipState is what the shield remembers about one address.
+type ipState struct {
+	conns  int32
+	rate   bucket
+	reqs   bucket
+	events [numEvents]window
+}
+
+// prefixState is what the shield remembers about one prefix.
+type prefixState struct {
+	conns int32
+	rate  bucket
+}
+
+// judge applies trusted proxies, rules, lockdown and bans: everything that
+// needs no per-connection accounting. exempt is true for trusted proxies and
+// allowlisted addresses, which are never limited or banned. With count, ban
+// hits and dry-run matches are recorded.
+func (s *Shield) judge(addr netip.Addr, now time.Time, count bool) (d Decision, exempt bool) {
+	p := s.pol.Load()
+	if p.trusted.Lookup(addr) {
+		return allow, true
+	}
+	if r := p.lookup(addr); r != nil {
+		if r.allow {
+			return allow, true
+		}
+		rd := Decision{Action: r.action, Reason: reasonDenied, Source: r.source}
+		if !r.dryRun && !s.cfg.DryRun {
+			return rd, false
+		}
+		d = s.wouldBlock(addr, rd, count)
+	}
+	if s.lockdown.Load() && !s.isKnownGood(addr, now.UnixNano()) {
+		return Decision{Action: Drop, Reason: reasonLockdown, Source: "lockdown"}, false
+	}
+	if b := s.banLookup(addr, now); b != nil {
+		if count {
+			b.hits.Add(1)
+		}
+		if s.cfg.DryRun {
+			return s.wouldBlock(addr, b.decision, count), false
+		}
+		return b.decision, false
+	}
+	return d, false
+}
+
+// wouldBlock turns a refusal into a dry-run allow, recording it when count.
+func (s *Shield) wouldBlock(addr netip.Addr, d Decision, count bool) Decision {
+	if count {
+		s.agg.add(hostPrefix(addr), d.Source, d.Action, true)
+	}
+	d.Action = Allow
+	d.DryRun = true
+	return d
+}
+
+// enforce applies global dry-run to a limit refusal.
+func (s *Shield) enforce(addr netip.Addr, d Decision, count bool) Decision {
+	if s.cfg.DryRun {
+		return s.wouldBlock(addr, d, count)
+	}
+	return d
+}
+
+// admit decides on a new connection to l from addr and, when it is allowed,
+// takes its slots: per address, per prefix, per listener. The returned
+// release gives back exactly the slots taken.
+func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision, release func(), knownGood bool) {
+	d, exempt := s.judge(addr, now, true)
+	if d.Action != Allow {
+		return d, nil, false
+	}
+	dry := d // a dry-run match to report if nothing else refuses
+	if exempt {
+		l.active.Add(1)
+		return d, func() { l.active.Add(-1) }, true
+	}
+	ns := now.UnixNano()
+	knownGood = s.isKnownGood(addr, ns)
+	lim := &s.cfg.Limits
+
+	// Per address: rate first (every attempt costs a token), then concurrency.
+	var refusal Decision
+	ipNode := s.ips.doNode(addr, func(v *ipState, _ bool) {
+		if !v.rate.take(ns, lim.PerIPRate, lim.PerIPBurst) {
+			refusal = Decision{Action: Reject, Temporary: true, Reason: reasonRate, Source: "limit:per_ip_rate"}
+			return
+		}
+		if v.conns >= int32(lim.PerIPConns) {
+			refusal = Decision{Action: Reject, Temporary: true, Reason: reasonPerIPConns, Source: "limit:per_ip_conns"}
+			return
+		}
+		v.conns++
+	})
+	if refusal.Action != Allow {
+		if d = s.enforce(addr, refusal, true); d.Action != Allow {
+			return d, nil, knownGood
+		}
+		ipNode = nil // dry run: admitted without a slot
+		dry = d
+	}
+	pfx := s.netPrefix(addr)
+	var pr Decision
+	pfxNode := s.prefixes.doNode(pfx, func(v *prefixState, _ bool) {
+		if !v.rate.take(ns, lim.PerPrefixRate, lim.PerPrefixBurst) {
+			pr = Decision{Action: Reject, Temporary: true, Reason: reasonPrefixRate, Source: "limit:per_prefix_rate"}
+			return
+		}
+		if v.conns >= int32(lim.PerPrefixConns) {
+			pr = Decision{Action: Reject, Temporary: true, Reason: reasonPerPrefix, Source: "limit:per_prefix_conns"}
+			return
+		}
+		v.conns++
+	})
+	if pr.Action != Allow {
+		if d = s.enforce(addr, pr, true); d.Action != Allow {
+			if ipNode != nil {
+				withNode(ipNode, func(v *ipState) { v.conns-- })
+			}
+			return d, nil, knownGood
+		}
+		pfxNode = nil
+		dry = d
+	}
+	releaseAddr := func() {
+		if ipNode != nil {
+			withNode(ipNode, func(v *ipState) { v.conns-- })
+		}
+		if pfxNode != nil {
+			withNode(pfxNode, func(v *prefixState) { v.conns-- })
+		}
+	}
+	if !l.take(knownGood) && !(knownGood && s.evictFor(l, now) && l.take(true)) {
+		releaseAddr()
+		return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, knownGood
+	}
+	return dry, func() {
+		releaseAddr()
+		l.active.Add(-1)
+	}, knownGood
+}
+
+// peekLimits is admit without side effects, for Decide and Why.
+func (s *Shield) peekLimits(addr netip.Addr, l *listener, now time.Time) Decision {
+	ns := now.UnixNano()
+	lim := &s.cfg.Limits
+	var refusal Decision
+	s.ips.do(addr, false, func(v *ipState, _ bool) {
+		switch {
+		case v.rate.peek(ns, lim.PerIPRate, lim.PerIPBurst) < 1:
+			refusal = Decision{Action: Reject, Temporary: true, Reason: reasonRate, Source: "limit:per_ip_rate"}
+		case v.conns >= int32(lim.PerIPConns):
+			refusal = Decision{Action: Reject, Temporary: true, Reason: reasonPerIPConns, Source: "limit:per_ip_conns"}
+		}
+	})
+	if refusal.Action == Allow {
+		s.prefixes.do(s.netPrefix(addr), false, func(v *prefixState, _ bool) {
+			switch {
+			case v.rate.peek(ns, lim.PerPrefixRate, lim.PerPrefixBurst) < 1:
+				refusal = Decision{Action: Reject, Temporary: true, Reason: reasonPrefixRate, Source: "limit:per_prefix_rate"}
+			case v.conns >= int32(lim.PerPrefixConns):
+				refusal = Decision{Action: Reject, Temporary: true, Reason: reasonPerPrefix, Source: "limit:per_prefix_conns"}
+			}
+		})
+	}
+	if refusal.Action != Allow {
+		return s.enforce(addr, refusal, false)
+	}
+	if l != nil {
+		kg := s.isKnownGood(addr, ns)
+		if int(l.active.Load()) >= l.ceiling(kg) {
+			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}
+		}
+	}
+	return allow
+}
+
+// Decide returns what Accept on the named listener would decide for addr
+// now, without side effects. listener "" skips the capacity check.
+func (s *Shield) Decide(addr netip.Addr, listener string) Decision {
+	addr = unmap(addr)
+	now := s.now()
+	d, exempt := s.judge(addr, now, false)
+	if d.Action != Allow || exempt {
+		return d
+	}
+	if ld := s.peekLimits(addr, s.listenerByName(listener), now); ld.Action != Allow || ld.DryRun {
+		return ld
+	}
+	return d
+}
+
+// evictFor closes the oldest idle unauthenticated connection of a client
+// that is not known-good, to make room on l for a known-good client.
+func (s *Shield) evictFor(l *listener, now time.Time) bool {
+	ns := now.UnixNano()
+	idle := s.cfg.Limits.EvictIdle.Nanoseconds()
+	var victim *Conn
+	var oldest int64
+	l.mu.Lock()
+	for c := range l.conns {
+		last := c.lastActive.Load()
+		if c.authed.Load() || c.knownGood || ns-last < idle {
+			continue
+		}
+		if victim == nil || last < oldest {
+			victim, oldest = c, last
+		}
+	}
+	l.mu.Unlock()
+	if victim == nil {
+		return false
+	}
+	victim.kick() // releases its listener slot
+	l.stats.evicted.Add(1)
+	s.agg.add(hostPrefix(victim.addr), "evicted:capacity", Drop, false)
+	return true
+}
+
+// hostPrefix is addr as a single-address prefix, the aggregation key.
+func hostPrefix(addr netip.Addr) netip.Prefix { return netip.PrefixFrom(addr, addr.BitLen()) }

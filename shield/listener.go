@@ -1,0 +1,455 @@
+package shield
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// ListenerConfig configures one wrapped listener.
+type ListenerConfig struct {
+	Name          string                       // "smtp", "submission", "pop3", "admin" ...: used in logs, stats and Decide
+	MaxConns      int                          // ceiling of concurrent connections on this listener; 0 = Config.Limits.MaxConns (never unlimited)
+	Reject        func(c net.Conn, d Decision) // writes a short protocol-correct refusal; the shield sets a write deadline (Limits.RejectTimeout) before and closes after; nil = close silently
+	ProxyProtocol bool                         // accept PROXY v1/v2 headers, only from Config.TrustedProxies; other peers' bytes are left untouched
+}
+
+// listenerStats are the counters of one listener or middleware name.
+type listenerStats struct {
+	accepted, rejected, dropped, tarpitted, evicted atomic.Uint64
+}
+
+// listener is a shield-wrapped net.Listener.
+type listener struct {
+	s        *Shield
+	inner    net.Listener
+	lc       ListenerConfig
+	max      int
+	reserved int
+	stats    *listenerStats
+	active   atomic.Int64
+
+	mu    sync.Mutex
+	conns map[*Conn]struct{}
+
+	start   sync.Once
+	ch      chan acceptResult
+	done    chan struct{}
+	closeMu sync.Once
+}
+
+type acceptResult struct {
+	c   *Conn
+	err error
+}
+
+// Listener wraps inner. Accept decides before it returns, before any TLS or
+// banner: refused connections are answered, dropped or tarpitted inside and
+// never returned. Admitted connections are *Conn.
+func (s *Shield) Listener(inner net.Listener, lc ListenerConfig) net.Listener {
+	if lc.Name == "" {
+		lc.Name = inner.Addr().String()
+	}
+	l := &listener{
+		s:     s,
+		inner: inner,
+		lc:    lc,
+		max:   lc.MaxConns,
+		stats: s.statsFor(lc.Name),
+		conns: make(map[*Conn]struct{}),
+		ch:    make(chan acceptResult),
+		done:  make(chan struct{}),
+	}
+	if l.max <= 0 {
+		l.max = s.cfg.Limits.MaxConns
+	}
+	l.reserved = int(float64(l.max) * s.cfg.ReservedKnownGood)
+	s.lnMu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.lnMu.Unlock()
+	return l
+}
+
+// listenerByName returns the first listener with that name, or nil.
+func (s *Shield) listenerByName(name string) *listener {
+	if name == "" {
+		return nil
+	}
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	for _, l := range s.listeners {
+		if l.lc.Name == name {
+			return l
+		}
+	}
+	return nil
+}
+
+// ceiling is how many connections may be open when a client of this kind
+// arrives: known-good clients may use the reserved share.
+func (l *listener) ceiling(knownGood bool) int {
+	if knownGood {
+		return l.max
+	}
+	return l.max - l.reserved
+}
+
+// take claims a listener slot if below the ceiling.
+func (l *listener) take(knownGood bool) bool {
+	limit := int64(l.ceiling(knownGood))
+	for {
+		n := l.active.Load()
+		if n >= limit {
+			return false
+		}
+		if l.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (l *listener) Addr() net.Addr { return l.inner.Addr() }
+
+func (l *listener) Close() error {
+	l.closeMu.Do(func() { close(l.done) })
+	return l.inner.Close()
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	l.start.Do(func() { go l.loop() })
+	select {
+	case r := <-l.ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		return r.c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// loop accepts from the inner listener and hands admitted connections to
+// Accept. Refusals are handled here without ever waiting on a client.
+func (l *listener) loop() {
+	for {
+		c, err := l.inner.Accept()
+		if err != nil {
+			select {
+			case l.ch <- acceptResult{err: err}:
+			case <-l.done:
+				return
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		addr := addrOf(c.RemoteAddr())
+		if l.lc.ProxyProtocol && l.s.pol.Load().trusted.Lookup(addr) {
+			go l.proxied(c)
+			continue
+		}
+		l.admit(c, addr, nil, nil)
+	}
+}
+
+// proxied reads a PROXY header from a trusted proxy and admits the client
+// it names.
+func (l *listener) proxied(c net.Conn) {
+	br := bufio.NewReaderSize(c, 256)
+	h, err := proxyproto.ReadHeaderTimeout(c, br, l.s.cfg.Limits.ProxyTimeout)
+	addr := addrOf(c.RemoteAddr())
+	var remote net.Addr
+	switch {
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
+		// The proxy's own connection (e.g. a health check): judge the proxy.
+	case err != nil:
+		l.s.agg.add(hostPrefix(addr), "proxy:bad_header", Drop, false)
+		l.stats.dropped.Add(1)
+		c.Close()
+		return
+	case h.Command.IsProxy():
+		if src, ok := h.SourceAddr.(*net.TCPAddr); ok {
+			addr = unmap(src.AddrPort().Addr())
+			remote = src
+		}
+	}
+	l.admit(c, addr, remote, br)
+}
+
+// admit decides on c and either hands it to Accept or handles the refusal.
+func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.Reader) {
+	s := l.s
+	now := s.now()
+	d, release, knownGood := s.admit(l, addr, now)
+	if d.Action != Allow {
+		l.refuse(c, addr, d)
+		return
+	}
+	if d.DryRun {
+		// Already counted as "would block" by the aggregator.
+	}
+	sc := &Conn{Conn: c, s: s, l: l, addr: addr, remote: remote, since: now, release: release,
+		knownGood: knownGood, done: make(chan struct{}), id: s.connIDs.Add(1)}
+	if r != nil && r.Buffered() > 0 {
+		sc.r = r
+	}
+	sc.lastActive.Store(now.UnixNano())
+	l.mu.Lock()
+	l.conns[sc] = struct{}{}
+	l.mu.Unlock()
+	select {
+	case l.ch <- acceptResult{c: sc}:
+		l.stats.accepted.Add(1)
+	case <-l.done:
+		sc.Close()
+	}
+}
+
+// refuse carries out a refusal: reject, drop or tarpit.
+func (l *listener) refuse(c net.Conn, addr netip.Addr, d Decision) {
+	s := l.s
+	agg := hostPrefix(addr)
+	if d.Source == "limit:per_prefix_conns" || d.Source == "limit:per_prefix_rate" {
+		agg = s.netPrefix(addr)
+	}
+	action := d.Action
+	if action == Tarpit && !s.holdTarpit(c) {
+		action = Drop
+	}
+	if action == Reject && (l.lc.Reject == nil || s.pendingRejects.Add(1) > int64(s.cfg.Limits.MaxPendingRejects)) {
+		if l.lc.Reject != nil {
+			s.pendingRejects.Add(-1)
+		}
+		action = Drop
+	}
+	s.agg.add(agg, d.Source, action, false)
+	switch action {
+	case Reject:
+		l.stats.rejected.Add(1)
+		go func() {
+			defer s.pendingRejects.Add(-1)
+			c.SetWriteDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
+			c.SetReadDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
+			l.lc.Reject(c, d)
+			c.Close()
+		}()
+	case Tarpit:
+		l.stats.tarpitted.Add(1)
+	default:
+		l.stats.dropped.Add(1)
+		dropConn(c)
+	}
+}
+
+// dropConn closes c at once. On TCP it resets the connection (linger 0) so
+// a flood of dropped clients leaves no TIME_WAIT state behind.
+func dropConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// tarpitConn is one held connection.
+type tarpitConn struct{ c net.Conn }
+
+// holdTarpit holds c silently until TarpitHold, reading and discarding.
+// It returns false when TarpitMaxHeld connections are already held.
+func (s *Shield) holdTarpit(c net.Conn) bool {
+	if s.tarpitHeld.Add(1) > int64(s.cfg.TarpitMaxHeld) {
+		s.tarpitHeld.Add(-1)
+		return false
+	}
+	t := &tarpitConn{c: c}
+	s.tarpitMu.Lock()
+	s.tarpits[t] = struct{}{}
+	s.tarpitMu.Unlock()
+	go func() {
+		defer func() {
+			s.tarpitMu.Lock()
+			delete(s.tarpits, t)
+			s.tarpitMu.Unlock()
+			s.tarpitHeld.Add(-1)
+			dropConn(c)
+		}()
+		// Socket deadlines run on the real clock.
+		c.SetReadDeadline(time.Now().Add(s.cfg.TarpitHold))
+		var buf [128]byte
+		for {
+			if _, err := c.Read(buf[:]); err != nil {
+				return
+			}
+		}
+	}()
+	return true
+}
+
+// addrOf returns the unmapped IP of a net.Addr, or the zero Addr.
+func addrOf(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return unmap(a.AddrPort().Addr())
+	case *net.UDPAddr:
+		return unmap(a.AddrPort().Addr())
+	}
+	if a == nil {
+		return netip.Addr{}
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return unmap(ap.Addr())
+}
+
+// Conn is an admitted connection. RemoteAddr returns the real client, after
+// the PROXY protocol.
+type Conn struct {
+	net.Conn
+	s         *Shield
+	l         *listener
+	id        uint64
+	addr      netip.Addr
+	remote    net.Addr // client address from a PROXY header, or nil
+	r         *bufio.Reader
+	since     time.Time
+	knownGood bool
+
+	lastActive atomic.Int64
+	authed     atomic.Bool
+	release    func()
+	relOnce    sync.Once
+	closeOnce  sync.Once
+	done       chan struct{}
+	doneOnce   sync.Once
+}
+
+// Addr returns the client's address, unmapped (IPv4-mapped IPv6 as IPv4).
+func (c *Conn) Addr() netip.Addr { return c.addr }
+
+// RemoteAddr returns the client's address: from the PROXY header when a
+// trusted proxy sent one.
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.remote != nil {
+		return c.remote
+	}
+	return c.Conn.RemoteAddr()
+}
+
+// NetConn returns the underlying connection.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
+// Read reads from the client and records activity for idle eviction.
+func (c *Conn) Read(b []byte) (int, error) {
+	var n int
+	var err error
+	if c.r != nil {
+		n, err = c.r.Read(b)
+		if err == nil && c.r.Buffered() == 0 {
+			c.r = nil
+		}
+	} else {
+		n, err = c.Conn.Read(b)
+	}
+	if n > 0 {
+		c.lastActive.Store(c.s.now().UnixNano())
+	}
+	return n, err
+}
+
+// Close closes the connection and releases its slots exactly once.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		err = c.Conn.Close()
+		c.unregister()
+	})
+	return err
+}
+
+// unregister releases the slots and forgets the connection, once.
+func (c *Conn) unregister() {
+	c.relOnce.Do(func() {
+		if c.release != nil {
+			c.release()
+		}
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
+}
+
+// kick is the shield closing the connection: Done is closed, the socket
+// closed and the slots released.
+func (c *Conn) kick() {
+	c.doneOnce.Do(func() { close(c.done) })
+	c.Conn.Close()
+	c.unregister()
+}
+
+// Done is closed when the shield wants this connection gone: its address was
+// newly denied by a reloaded rule (CloseOnDeny), banned, evicted to make
+// room, or locked out. The socket is closed too.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Report records a behaviour of this connection's client. If the decision's
+// Action is not Allow the caller answers (Temporary: a 421-style temporary
+// refusal) and closes.
+func (c *Conn) Report(ev Event) Decision {
+	if ev == AuthSuccess {
+		c.authed.Store(true)
+	}
+	return c.s.report(c, c.addr, ev, c.s.now())
+}
+
+// ReportAuth records a login attempt on account: AuthFailure or AuthSuccess
+// for the address, plus per-account failure tracking for AccountDelay. A
+// success marks the connection authenticated.
+func (c *Conn) ReportAuth(account string, ok bool) Decision {
+	if ok {
+		return c.Report(AuthSuccess)
+	}
+	c.s.reportAccount(account, c.s.now())
+	return c.Report(AuthFailure)
+}
+
+// FromConn returns the shield connection beneath c (unwrapping *tls.Conn
+// and any wrapper with a NetConn method), or nil.
+func FromConn(c net.Conn) *Conn {
+	for range 8 {
+		switch x := c.(type) {
+		case *Conn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// Report records ev for the client of c; a no-op Allow when c did not come
+// from a shield listener.
+func Report(c net.Conn, ev Event) Decision {
+	if sc := FromConn(c); sc != nil {
+		return sc.Report(ev)
+	}
+	return allow
+}
+
+// ReportAuth is Conn.ReportAuth for any net.Conn; a no-op Allow when c did
+// not come from a shield listener.
+func ReportAuth(c net.Conn, account string, ok bool) Decision {
+	if sc := FromConn(c); sc != nil {
+		return sc.ReportAuth(account, ok)
+	}
+	return allow
+}

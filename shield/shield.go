@@ -1,0 +1,271 @@
+package shield
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/gaissmai/bart"
+)
+
+// Options are the parts of a Shield that are not configuration.
+type Options struct {
+	Logger   *slog.Logger     // nil = slog.Default()
+	StateDir string           // where bans, offender history and known-good addresses persist (JSON, atomic write, every SaveInterval and on Close); "" = no persistence
+	Now      func() time.Time // clock; nil = time.Now
+}
+
+// Shield is the defence layer. One Shield serves any number of listeners
+// and HTTP handlers; per-address and per-prefix state is shared between them.
+type Shield struct {
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
+	stateDir string
+
+	pol     atomic.Pointer[policy]
+	bans    atomic.Pointer[bart.Table[*ban]] // immutable snapshot, replaced by writers under banMu
+	banMu   sync.Mutex
+	issued  map[string]uint64 // bans issued by reason, under banMu
+	dropped uint64            // bans not issued because the table was full, under banMu
+
+	ips       *lru[netip.Addr, ipState]
+	prefixes  *lru[netip.Prefix, prefixState]
+	offenders *lru[netip.Prefix, offender]
+	knownGood *lru[netip.Addr, int64] // until, unix nanoseconds
+	accounts  *lru[string, window]
+
+	lockdown atomic.Bool
+
+	lnMu      sync.Mutex
+	listeners []*listener
+	stats     map[string]*listenerStats
+
+	tarpitHeld     atomic.Int64
+	tarpitMu       sync.Mutex
+	tarpits        map[*tarpitConn]struct{}
+	pendingRejects atomic.Int64
+	connIDs        atomic.Uint64
+
+	agg *aggregator
+
+	reloadMu      sync.Mutex
+	reloadsOK     atomic.Uint64
+	reloadsFailed atomic.Uint64
+	watcher       *fsnotify.Watcher
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	wg        sync.WaitGroup
+}
+
+// New validates cfg, loads the rules (an error names every bad line as
+// file:line: reason), restores state from opts.StateDir and starts watching
+// the rule files.
+func New(cfg Config, opts Options) (*Shield, error) {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("shield config: %w", errors.Join(errs...))
+	}
+	s := &Shield{
+		cfg:      cfg,
+		log:      opts.Logger,
+		now:      opts.Now,
+		stateDir: opts.StateDir,
+		issued:   make(map[string]uint64),
+		stats:    make(map[string]*listenerStats),
+		tarpits:  make(map[*tarpitConn]struct{}),
+		closed:   make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	n := cfg.TableSize
+	s.ips = newLRU[netip.Addr, ipState](n, hashAddr)
+	s.ips.keep = func(v *ipState) bool { return v.conns > 0 }
+	s.prefixes = newLRU[netip.Prefix, prefixState](n, hashPrefix)
+	s.prefixes.keep = func(v *prefixState) bool { return v.conns > 0 }
+	s.offenders = newLRU[netip.Prefix, offender](n, hashPrefix)
+	s.knownGood = newLRU[netip.Addr, int64](n, hashAddr)
+	s.accounts = newLRU[string, window](n, hashString)
+	s.bans.Store(new(bart.Table[*ban]))
+	s.agg = newAggregator()
+	s.lockdown.Store(cfg.Lockdown)
+
+	p, err := compilePolicy(&s.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("shield rules: %w", err)
+	}
+	s.pol.Store(p)
+	if s.stateDir != "" {
+		if err := s.loadState(); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.startWatcher(); err != nil {
+		// Not fatal: explicit Reload still works.
+		s.log.Warn("shield watch failed", "err", err)
+	}
+	s.wg.Add(1)
+	go s.housekeeping()
+	return s, nil
+}
+
+// Close stops the watcher and housekeeping, flushes the aggregated logs,
+// releases held tarpits and saves state. Listeners are closed by their owner.
+func (s *Shield) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		if s.watcher != nil {
+			s.watcher.Close()
+		}
+		s.wg.Wait()
+		s.agg.flush(s.log, s.cfg.LogInterval)
+		s.tarpitMu.Lock()
+		for t := range s.tarpits {
+			t.c.Close()
+		}
+		s.tarpitMu.Unlock()
+		if s.stateDir != "" {
+			err = s.saveState()
+		}
+	})
+	return err
+}
+
+// housekeeping flushes logs, expires bans and saves state on their intervals.
+func (s *Shield) housekeeping() {
+	defer s.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastLog, lastSave := time.Now(), time.Now()
+	for {
+		select {
+		case <-s.closed:
+			return
+		case t := <-tick.C:
+			s.expireBans(s.now())
+			if t.Sub(lastLog) >= s.cfg.LogInterval {
+				s.agg.flush(s.log, s.cfg.LogInterval)
+				lastLog = t
+			}
+			if s.stateDir != "" && t.Sub(lastSave) >= s.cfg.SaveInterval {
+				if err := s.saveState(); err != nil {
+					s.log.Error("shield save failed", "err", err)
+				}
+				lastSave = t
+			}
+		}
+	}
+}
+
+// Reload re-reads the rule files. On error the old rules stay in force and
+// the error lists every bad line as file:line: reason.
+func (s *Shield) Reload() error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	p, err := compilePolicy(&s.cfg)
+	if err != nil {
+		s.reloadsFailed.Add(1)
+		s.log.Error("shield reload failed", "err", err)
+		return err
+	}
+	s.pol.Store(p)
+	s.reloadsOK.Add(1)
+	s.log.Info("shield reload", "rules", len(p.rules))
+	if s.cfg.CloseOnDeny && !s.cfg.DryRun {
+		s.kick(func(c *Conn) bool {
+			r := p.lookup(c.addr)
+			return r != nil && !r.allow && !r.dryRun && !p.trusted.Lookup(c.addr)
+		}, nil, "rule")
+	}
+	return nil
+}
+
+// SetLockdown turns lockdown on or off. Turning it on closes the open
+// connections of clients that are neither allowlisted nor known-good.
+func (s *Shield) SetLockdown(on bool) {
+	if s.lockdown.Swap(on) == on {
+		return
+	}
+	s.log.Warn("shield lockdown", "on", on)
+	if !on {
+		return
+	}
+	now := s.now().UnixNano()
+	p := s.pol.Load()
+	s.kick(func(c *Conn) bool {
+		return !p.exempt(c.addr) && !s.isKnownGood(c.addr, now)
+	}, nil, "lockdown")
+}
+
+// Lockdown reports whether lockdown is on.
+func (s *Shield) Lockdown() bool { return s.lockdown.Load() }
+
+// exempt reports whether addr is a trusted proxy or allowlisted.
+func (p *policy) exempt(addr netip.Addr) bool {
+	if p.trusted.Lookup(addr) {
+		return true
+	}
+	r := p.lookup(addr)
+	return r != nil && r.allow
+}
+
+// netPrefix returns the prefix that groups addr for per-prefix limits and
+// prefix bans.
+func (s *Shield) netPrefix(addr netip.Addr) netip.Prefix {
+	bits := s.cfg.IPv6Prefix
+	if addr.Is4() {
+		bits = s.cfg.IPv4Prefix
+	}
+	p, _ := addr.Prefix(bits)
+	return p
+}
+
+// statsFor returns the counters of a listener or middleware name.
+func (s *Shield) statsFor(name string) *listenerStats {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	st := s.stats[name]
+	if st == nil {
+		st = new(listenerStats)
+		s.stats[name] = st
+	}
+	return st
+}
+
+// kick closes every live connection matching match, except one.
+func (s *Shield) kick(match func(*Conn) bool, except *Conn, why string) int {
+	s.lnMu.Lock()
+	lns := append([]*listener(nil), s.listeners...)
+	s.lnMu.Unlock()
+	var victims []*Conn
+	for _, l := range lns {
+		l.mu.Lock()
+		for c := range l.conns {
+			if c != except && match(c) {
+				victims = append(victims, c)
+			}
+		}
+		l.mu.Unlock()
+	}
+	for _, c := range victims {
+		c.kick()
+		c.l.stats.evicted.Add(1)
+	}
+	if len(victims) > 0 {
+		s.log.Info("shield closed connections", "count", len(victims), "cause", why)
+	}
+	return len(victims)
+}
+
+// unmap returns addr without IPv4-in-IPv6 mapping and without zone.
+func unmap(addr netip.Addr) netip.Addr { return addr.Unmap().WithZone("") }
