@@ -1,0 +1,230 @@
+package maildir
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// mailbox is the in-memory state of one Maildir: whether its folders exist
+// and its usage. All fields are guarded by mu.
+type mailbox struct {
+	name string
+	path string
+
+	mu       sync.Mutex
+	dirsMade bool
+	loaded   bool      // bytes and count are valid as of scanned
+	scanned  time.Time // when new/ and cur/ were last listed
+	bytes    int64     // committed bytes in new/ and cur/
+	count    int       // committed messages
+	reserved int64     // bytes of deliveries in progress
+}
+
+// mailbox returns the state of name, creating it on first use.
+func (s *Store) mailbox(name string) *mailbox {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	mb := s.mailboxes[name]
+	if mb == nil {
+		mb = &mailbox{name: name, path: s.MaildirPath(name)}
+		s.mailboxes[name] = mb
+	}
+	return mb
+}
+
+// Usage returns the bytes and number of messages in mailbox's new/ and cur/
+// folders, from memory when the figure is less than a minute old.
+func (s *Store) Usage(mailbox string) (bytes int64, count int, err error) {
+	mb := s.mailbox(mailbox)
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if err := mb.refresh(s.now()); err != nil {
+		return 0, 0, err
+	}
+	return mb.bytes, mb.count, nil
+}
+
+// Forget drops the usage of mailbox so that the next use lists its folders
+// again: call it after deleting messages (POP3, IMAP, user removal).
+// Reservations of deliveries in progress are kept.
+func (s *Store) Forget(mailbox string) {
+	s.mu.Lock()
+	mb := s.mailboxes[mailbox]
+	s.mu.Unlock()
+	if mb == nil {
+		return
+	}
+	mb.mu.Lock()
+	mb.loaded = false
+	mb.dirsMade = false // the folders may have been removed too
+	mb.mu.Unlock()
+}
+
+// refresh lists the folders if the usage is unknown or stale. mb.mu is held.
+//
+// The listing runs under the lock, so a commit to this mailbox waits for it;
+// that keeps the count exact (a file is either listed or added by its
+// commit, never both) at the cost of a pause of a few milliseconds per
+// 10,000 messages, once a minute.
+func (mb *mailbox) refresh(now time.Time) error {
+	if mb.loaded && now.Sub(mb.scanned) < usageMaxAge {
+		return nil
+	}
+	var bytes int64
+	var count int
+	for _, sub := range []string{"new", "cur"} {
+		dir := filepath.Join(mb.path, sub)
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("maildir: listing %s: %w", dir, err)
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if strings.HasPrefix(name, ".") {
+				continue
+			}
+			if size, ok := sizeFromName(name); ok {
+				bytes += size
+				count++
+				continue
+			}
+			info, err := os.Lstat(filepath.Join(dir, name))
+			if err != nil {
+				continue // deleted while we listed
+			}
+			if info.Mode().IsRegular() {
+				bytes += info.Size()
+				count++
+			}
+		}
+	}
+	mb.bytes, mb.count = bytes, count
+	mb.loaded, mb.scanned = true, now
+	return nil
+}
+
+// sizeFromName reads the Dovecot ",S=<size>" field of a Maildir file name,
+// which sits in the part before the ":2," info.
+func sizeFromName(name string) (int64, bool) {
+	base, _, _ := strings.Cut(name, ":")
+	i := strings.Index(base, ",S=")
+	if i < 0 {
+		return 0, false
+	}
+	digits := base[i+3:]
+	if j := strings.IndexByte(digits, ','); j >= 0 {
+		digits = digits[:j]
+	}
+	size, err := strconv.ParseInt(digits, 10, 64)
+	if err != nil || size < 0 {
+		return 0, false
+	}
+	return size, true
+}
+
+// reserve sets aside size bytes for a delivery if the quota allows it.
+func (mb *mailbox) reserve(s *Store, size, quota int64) error {
+	if size > quota {
+		return &QuotaError{Mailbox: mb.name, Permanent: true}
+	}
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if err := mb.refresh(s.now()); err != nil {
+		return err
+	}
+	if mb.bytes+mb.reserved+size > quota {
+		return &QuotaError{Mailbox: mb.name}
+	}
+	mb.reserved += size
+	return nil
+}
+
+// release gives back a reservation of a delivery that did not happen.
+func (mb *mailbox) release(size int64) {
+	mb.mu.Lock()
+	mb.reserved -= size
+	mb.mu.Unlock()
+}
+
+// commitRename moves f from tmp/ to new/ and turns its reservation into
+// usage, under the lock so that a concurrent listing counts it exactly once.
+func (mb *mailbox) commitRename(f *file) error {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if err := os.Rename(f.tmpPath, f.newPath); err != nil {
+		return fmt.Errorf("maildir: moving %s to new/: %w", f.tmpPath, err)
+	}
+	f.renamed = true
+	mb.reserved -= f.size
+	mb.bytes += f.size
+	mb.count++
+	return nil
+}
+
+// undo removes a renamed file of a failed delivery from new/ and its usage.
+// Files not renamed are left to Deliver, which removes them from tmp/.
+func (mb *mailbox) undo(s *Store, f *file) {
+	if !f.renamed {
+		return
+	}
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if err := os.Remove(f.newPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// The message stays visible although the sender was told it
+		// failed; it will retry, and the recipient may see it twice.
+		s.log.Error("maildir: cannot remove file of failed delivery from new/", "file", f.newPath, "err", err)
+		mb.loaded = false
+		return
+	}
+	mb.bytes -= f.size
+	mb.count--
+}
+
+// ensureDirs creates the mailbox's tmp/, new/ and cur/ folders on first use
+// and returns the mailbox folder. Newly created folders are fsynced into
+// their parents so that the first delivery's directory entries are durable.
+func (mb *mailbox) ensureDirs() (string, error) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if mb.dirsMade {
+		return mb.path, nil
+	}
+	if _, err := os.Stat(filepath.Join(mb.path, "cur")); err != nil {
+		// Find the topmost folder that is missing, create everything, then
+		// sync each parent whose entries changed.
+		var created []string
+		for p := mb.path; ; p = filepath.Dir(p) {
+			if _, err := os.Stat(p); err == nil {
+				break
+			}
+			created = append(created, p)
+			if filepath.Dir(p) == p {
+				break
+			}
+		}
+		for _, sub := range []string{"tmp", "new", "cur"} {
+			if err := os.MkdirAll(filepath.Join(mb.path, sub), dirPerm); err != nil {
+				return "", fmt.Errorf("maildir: creating %s: %w", mb.path, err)
+			}
+		}
+		if err := syncDir(mb.path); err != nil {
+			return "", err
+		}
+		for _, p := range created {
+			if err := syncDir(filepath.Dir(p)); err != nil {
+				return "", err
+			}
+		}
+	}
+	mb.dirsMade = true
+	return mb.path, nil
+}

@@ -1,0 +1,372 @@
+package maildir
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTest(t testing.TB) *Store {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "mail"), Options{Hostname: "mx/1:test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func message(body string) Message {
+	return Message{R: strings.NewReader(body), Size: int64(len(body))}
+}
+
+func rcpt(mailbox string, quota int64) Recipient {
+	return Recipient{Mailbox: mailbox, Quota: quota, Prefix: []byte("Delivered-To: " + mailbox + "\r\n")}
+}
+
+// files returns the names and contents of the files in mailbox's sub folder.
+func files(t *testing.T, s *Store, mailbox, sub string) map[string]string {
+	t.Helper()
+	dir := filepath.Join(s.MaildirPath(mailbox), sub)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = string(b)
+	}
+	return out
+}
+
+const body = "Subject: hi\r\n\r\nHello\r\n"
+
+func TestDeliver(t *testing.T) {
+	s := openTest(t)
+	err := s.Deliver(context.Background(), message(body), []Recipient{rcpt("alice@example.org", 1<<20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := s.MaildirPath("alice@example.org")
+	if want := filepath.Join(s.root, "example.org", "alice"); dir != want {
+		t.Errorf("MaildirPath = %s, want %s", dir, want)
+	}
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if info, err := os.Stat(filepath.Join(dir, sub)); err != nil || !info.IsDir() {
+			t.Errorf("%s/: %v", sub, err)
+		}
+	}
+	got := files(t, s, "alice@example.org", "new")
+	if len(got) != 1 {
+		t.Fatalf("new/ holds %d files", len(got))
+	}
+	want := "Delivered-To: alice@example.org\r\n" + body
+	for name, content := range got {
+		if content != want {
+			t.Errorf("content = %q, want %q", content, want)
+		}
+		if !strings.HasSuffix(name, fmt.Sprintf(",S=%d", len(want))) {
+			t.Errorf("name %q lacks ,S=%d", name, len(want))
+		}
+		if !strings.Contains(name, `.mx\0571\072test,`) {
+			t.Errorf("name %q lacks the escaped host name", name)
+		}
+		if !strings.Contains(name, ".M") || !strings.Contains(name, "P") || !strings.Contains(name, "Q") {
+			t.Errorf("name %q is not <secs>.M<usec>P<pid>Q<n>.<host>", name)
+		}
+	}
+	if n := len(files(t, s, "alice@example.org", "tmp")); n != 0 {
+		t.Errorf("tmp/ holds %d files", n)
+	}
+	bytes, count, err := s.Usage("alice@example.org")
+	if err != nil || bytes != int64(len(want)) || count != 1 {
+		t.Errorf("Usage = %d, %d, %v", bytes, count, err)
+	}
+}
+
+func TestMaildirPathEscapes(t *testing.T) {
+	s := openTest(t)
+	for _, m := range []string{"../x@example.org", "a/b@example.org", "a@..", "..@example.org", "a@ex/ample"} {
+		p := s.MaildirPath(m)
+		rel, err := filepath.Rel(s.root, p)
+		if err != nil || strings.HasPrefix(rel, "..") || strings.Count(rel, string(filepath.Separator)) != 1 {
+			t.Errorf("MaildirPath(%q) = %q escapes or nests", m, p)
+		}
+	}
+}
+
+func TestConcurrentDeliveriesOneMailbox(t *testing.T) {
+	s := openTest(t)
+	const n = 60
+	size := int64(len("Delivered-To: a@example.org\r\n") + len(body))
+	quota := size * 40 // room for 40 of the 60
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, full := 0, 0
+	delivered := map[int]bool{}
+	for i := range n {
+		wg.Go(func() {
+			msg := message(fmt.Sprintf("Subject: %02d\r\n\r\nHello\r\n", i))
+			err := s.Deliver(context.Background(), msg, []Recipient{rcpt("a@example.org", quota)})
+			mu.Lock()
+			defer mu.Unlock()
+			var qe *QuotaError
+			switch {
+			case err == nil:
+				ok++
+				delivered[i] = true
+			case errors.As(err, &qe) && !qe.Permanent:
+				full++
+			default:
+				t.Errorf("delivery %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if ok != 40 || full != 20 {
+		t.Errorf("%d delivered, %d full; want 40 and 20", ok, full)
+	}
+	got := files(t, s, "a@example.org", "new")
+	if len(got) != 40 {
+		t.Errorf("new/ holds %d files, want 40", len(got))
+	}
+	seen := map[string]int{}
+	for _, content := range got {
+		seen[content]++
+	}
+	for i := range delivered {
+		content := fmt.Sprintf("Delivered-To: a@example.org\r\nSubject: %02d\r\n\r\nHello\r\n", i)
+		if seen[content] != 1 {
+			t.Errorf("delivery %d is in new/ %d times", i, seen[content])
+		}
+	}
+	if n := len(files(t, s, "a@example.org", "tmp")); n != 0 {
+		t.Errorf("tmp/ holds %d files", n)
+	}
+	s.Forget("a@example.org")
+	bytes, count, err := s.Usage("a@example.org")
+	if err != nil || bytes != 40*size || count != 40 {
+		t.Errorf("Usage after rescan = %d, %d, %v", bytes, count, err)
+	}
+}
+
+func TestQuota(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	a, b := rcpt("a@example.org", 1000), rcpt("b@example.org", 100)
+	size := int64(len(b.Prefix) + len(body))
+	b.Quota = size + 10
+
+	// b has room for exactly one message.
+	if err := s.Deliver(ctx, message(body), []Recipient{b}); err != nil {
+		t.Fatal(err)
+	}
+	// Now b is full: temporary, and a gets nothing either.
+	err := s.Deliver(ctx, message(body), []Recipient{a, b})
+	var qe *QuotaError
+	if !errors.As(err, &qe) || qe.Permanent || qe.Mailbox != "b@example.org" {
+		t.Fatalf("full mailbox: %v", err)
+	}
+	if n := len(files(t, s, "a@example.org", "new")) + len(files(t, s, "a@example.org", "tmp")); n != 0 {
+		t.Errorf("a got %d files from a refused delivery", n)
+	}
+	// Larger than the whole quota: permanent.
+	big := strings.Repeat("x", 2000)
+	err = s.Deliver(ctx, message(big), []Recipient{a})
+	if !errors.As(err, &qe) || !qe.Permanent {
+		t.Fatalf("too big: %v", err)
+	}
+	if !strings.Contains(qe.Error(), "a@example.org") {
+		t.Errorf("error %q does not name the mailbox", qe)
+	}
+	// Reservations were released: a still takes a message that fits.
+	if err := s.Deliver(ctx, message(body), []Recipient{a}); err != nil {
+		t.Fatal(err)
+	}
+	used, _, _ := s.Usage("a@example.org")
+	if used != int64(len(a.Prefix)+len(body)) {
+		t.Errorf("a uses %d bytes", used)
+	}
+}
+
+func TestMultiRecipientAllOrNothing(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	rcpts := []Recipient{rcpt("a@example.org", 1<<20), rcpt("b@example.net", 1<<20), rcpt("c@example.org", 1<<20)}
+	if err := s.Deliver(ctx, message(body), rcpts); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rcpts {
+		got := files(t, s, r.Mailbox, "new")
+		if len(got) != 1 {
+			t.Fatalf("%s has %d files", r.Mailbox, len(got))
+		}
+		for _, content := range got {
+			if content != string(r.Prefix)+body {
+				t.Errorf("%s content %q", r.Mailbox, content)
+			}
+		}
+	}
+
+	// Make c's new/ unusable: the rename fails after a and b were renamed
+	// in the same commit, and everything is taken back.
+	cnew := filepath.Join(s.MaildirPath("c@example.org"), "new")
+	if err := os.RemoveAll(cnew); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cnew, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Deliver(ctx, message(body), rcpts); err == nil {
+		t.Fatal("delivery with a broken mailbox succeeded")
+	}
+	for _, r := range rcpts[:2] {
+		if n := len(files(t, s, r.Mailbox, "new")); n != 1 {
+			t.Errorf("%s has %d files in new/ after a failed delivery, want 1", r.Mailbox, n)
+		}
+		if n := len(files(t, s, r.Mailbox, "tmp")); n != 0 {
+			t.Errorf("%s has %d files in tmp/ after a failed delivery", r.Mailbox, n)
+		}
+		used, count, _ := s.Usage(r.Mailbox)
+		if count != 1 || used != int64(len(r.Prefix)+len(body)) {
+			t.Errorf("%s usage %d, %d after a failed delivery", r.Mailbox, used, count)
+		}
+	}
+	if n := len(files(t, s, "c@example.org", "tmp")); n != 0 {
+		t.Errorf("c has %d files in tmp/", n)
+	}
+}
+
+func TestTmpCleanup(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "mail")
+	tmp := filepath.Join(root, "example.org", "a", "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, fresh := filepath.Join(tmp, "old"), filepath.Join(tmp, "fresh")
+	for _, p := range []string{old, fresh} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-37 * time.Hour)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(root, Options{Hostname: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("old tmp file still there: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh tmp file removed: %v", err)
+	}
+}
+
+func TestUsageAfterExternalChanges(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	r := rcpt("a@example.org", 1<<20)
+	for range 3 {
+		if err := s.Deliver(ctx, message(body), []Recipient{r}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	size := int64(len(r.Prefix) + len(body))
+	// Another program (an IMAP server, mutt) moves one to cur/ with flags,
+	// deletes one, and drops in a file without ,S=.
+	dir := s.MaildirPath("a@example.org")
+	names := files(t, s, "a@example.org", "new")
+	i := 0
+	for name := range names {
+		switch i {
+		case 0:
+			os.Rename(filepath.Join(dir, "new", name), filepath.Join(dir, "cur", name+":2,S"))
+		case 1:
+			os.Remove(filepath.Join(dir, "new", name))
+		}
+		i++
+	}
+	os.WriteFile(filepath.Join(dir, "cur", "123.external:2,"), []byte("12345"), 0o600)
+
+	used, count, _ := s.Usage("a@example.org")
+	if used != 3*size || count != 3 {
+		t.Errorf("cached usage = %d, %d; want the old figure", used, count)
+	}
+	s.Forget("a@example.org")
+	used, count, _ = s.Usage("a@example.org")
+	if used != 2*size+5 || count != 3 {
+		t.Errorf("usage after Forget = %d, %d; want %d, 3", used, count, 2*size+5)
+	}
+	// Without Forget, a figure older than a minute is recomputed.
+	os.Remove(filepath.Join(dir, "cur", "123.external:2,"))
+	now = now.Add(2 * usageMaxAge)
+	used, count, _ = s.Usage("a@example.org")
+	if used != 2*size || count != 2 {
+		t.Errorf("usage after expiry = %d, %d; want %d, 2", used, count, 2*size)
+	}
+}
+
+func TestSizeFromName(t *testing.T) {
+	for name, want := range map[string]int64{
+		"1.M2P3Q4.host,S=123":          123,
+		"1.M2P3Q4.host,S=123:2,FS":     123,
+		"1.M2P3Q4.host,S=123,W=130:2,": 123,
+		"1.M2P3Q4.host:2,S":            -1,
+		"1.M2P3Q4.host,S=abc":          -1,
+	} {
+		got, ok := sizeFromName(name)
+		if !ok {
+			got = -1
+		}
+		if got != want {
+			t.Errorf("sizeFromName(%q) = %d, want %d", name, got, want)
+		}
+	}
+}
+
+func TestCloseDrains(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "mail"), Options{Hostname: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() {
+			errs <- s.Deliver(context.Background(), message(body), []Recipient{rcpt("a@example.org", 1<<20)})
+		})
+	}
+	wg.Wait()
+	s.Close()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if err := s.Deliver(context.Background(), message(body), []Recipient{rcpt("a@example.org", 1<<20)}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Deliver after Close: %v", err)
+	}
+	if n := len(files(t, s, "a@example.org", "new")); n != 20 {
+		t.Errorf("new/ holds %d files", n)
+	}
+}
