@@ -76,7 +76,10 @@ func (s *Shield) Middleware(name string, next http.Handler) http.Handler {
 			st.dropped.Add(1)
 			if hj, ok := w.(http.Hijacker); ok {
 				if c, _, err := hj.Hijack(); err == nil {
-					dropConn(underlying(c))
+					if tc, ok := underlying(c).(*net.TCPConn); ok {
+						tc.SetLinger(0)
+					}
+					c.Close() // through the wrappers, so a *Conn releases its slots
 					return
 				}
 			}
