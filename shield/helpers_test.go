@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -291,4 +292,22 @@ func writeFile(t *testing.T, name, data string) {
 	if err := os.Rename(tmp, name); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// expectDropped dials from src and fails unless the connection is closed
+// with nothing written. A drop resets the connection, which the client may
+// already see while connecting.
+func expectDropped(t *testing.T, addr, src string) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNRESET) {
+			return
+		}
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cl := &client{t: t, c: c, br: bufio.NewReader(c)}
+	cl.expectClosed()
 }
