@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // committer runs the group commits until the queue is closed and empty.
@@ -31,11 +33,27 @@ func (s *Store) committer() {
 	}
 }
 
-// flush commits a batch: rename every file from tmp/ to new/, fsync each
-// distinct new/ folder once, then tell each delivery its outcome. The file
-// data was fsynced by the delivering goroutine before it queued.
+// flush commits a batch and tells each delivery its outcome:
+//
+//  1. make the files' data durable: one syncfs(2), or nothing in FsyncEach
+//     mode, where each delivering goroutine fsynced its own files;
+//  2. rename every file from tmp/ to new/;
+//  3. make the new names durable: one more syncfs, or one fsync per distinct
+//     new/ folder in FsyncEach mode.
+//
+// A delivery whose step fails gets the error, and any of its files already
+// in new/ are removed again.
 func (s *Store) flush(batch []*commit) {
 	errs := make([]error, len(batch))
+	if !s.fsyncEach {
+		if err := s.syncfs(); err != nil {
+			// Nothing was renamed: Deliver removes the tmp/ files.
+			for _, c := range batch {
+				c.err <- err
+			}
+			return
+		}
+	}
 	dirs := map[string][]int{} // new/ folder → deliveries with a file in it
 	for i, c := range batch {
 		for _, f := range c.files {
@@ -49,29 +67,41 @@ func (s *Store) flush(batch []*commit) {
 			}
 		}
 	}
-	for dir, users := range dirs {
-		if err := syncDir(dir); err != nil {
-			for _, i := range users {
-				if errs[i] == nil {
-					errs[i] = err
+	if s.fsyncEach {
+		for dir, users := range dirs {
+			if err := syncDir(dir); err != nil {
+				for _, i := range users {
+					if errs[i] == nil {
+						errs[i] = err
+					}
 				}
+			}
+		}
+	} else if err := s.syncfs(); err != nil {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
 			}
 		}
 	}
 	for i, c := range batch {
 		if errs[i] != nil {
-			s.undo(c)
+			for _, f := range c.files {
+				f.mb.undo(s, f)
+			}
 		}
 		c.err <- errs[i]
 	}
 }
 
-// undo removes every file of a failed delivery, from new/ or tmp/, and gives
-// back its quota.
-func (s *Store) undo(c *commit) {
-	for _, f := range c.files {
-		f.mb.undo(s, f)
+// syncfs flushes the file system holding the store. Since Linux 5.8 it
+// reports writeback errors that happened on the file system since the last
+// call on the same open file, so a failed write of any batch file is seen.
+func (s *Store) syncfs() error {
+	if err := unix.Syncfs(int(s.rootFD.Fd())); err != nil {
+		return fmt.Errorf("maildir: syncfs: %w", err)
 	}
+	return nil
 }
 
 func syncDir(dir string) error {

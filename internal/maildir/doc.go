@@ -19,29 +19,36 @@
 // # Durability
 //
 // Deliver returns nil only when the data of every file and its directory
-// entry in new/ are on disk. Each delivery writes its files into tmp/,
-// fsyncs them (in the delivering goroutine, so that the kernel merges the
-// concurrent flushes into a few journal commits) and then hands them to one
-// committer goroutine. The committer takes everything that queued while it
-// was busy (up to Options.MaxBatch deliveries, without waiting for more),
-// renames all of the batch's files from tmp/ to new/, and fsyncs each distinct
-// new/ folder once. Twenty concurrent deliveries to one mailbox thus cost one
-// directory fsync, not twenty.
+// entry in new/ are on disk. Each delivery writes its files into tmp/ and
+// hands them to one committer goroutine, which takes everything that queued
+// while it was busy (up to Options.MaxBatch deliveries, without waiting for
+// more) and commits the batch in three steps:
 //
-// Why this is crash-safe: a file's data is durable before its name appears
-// in new/ (fsync precedes rename), and rename is atomic, so a reader never
-// sees a partial message in new/ even after a crash. A crash before the
-// directory fsync can lose the rename, leaving the complete file in tmp/;
-// since Deliver had not returned, the sender had no acknowledgement and will
-// retry. Such leftovers are removed at Open when older than 36 hours, as the
-// Maildir specification advises. On any error before the commit, the tmp/
-// files are removed; if a rename or the directory fsync fails, the files
-// already renamed for that delivery are removed from new/ again (best effort,
-// logged), so a failed delivery leaves nothing behind for any recipient.
+//  1. syncfs(2) on the store's file system: the data of every file of the
+//     batch is on disk;
+//  2. rename every file from tmp/ to new/ (RENAME_NOREPLACE);
+//  3. syncfs again: the new directory entries are on disk.
 //
-// A single syncfs(2) per batch was the other candidate; it is not used
-// because it flushes every dirty page of the whole file system, including
-// other programs' writes, which makes delivery latency depend on neighbours.
+// Two flushes per batch, whatever its size, is what makes thousands of
+// durable deliveries a second possible with twenty concurrent senders; with
+// an fsync per file the journal commits many times per batch and creating
+// files stalls behind it (see BenchmarkDeliverParallel). The price is that
+// syncfs also writes other programs' dirty data on the same file system,
+// and that before Linux 5.8 it did not report write errors. Options.FsyncEach
+// selects the classic scheme instead: each delivering goroutine fsyncs its
+// own files (concurrent fsyncs still share journal commits), and the commit
+// fsyncs each distinct new/ folder once.
+//
+// Why either is crash-safe: a file's data is durable before its name appears
+// in new/ (step 1 precedes step 2), and rename is atomic, so a reader never
+// sees a partial message in new/, even after a crash. A crash before step 3
+// can lose the rename, leaving the complete file in tmp/; Deliver had not
+// returned, so the sender had no acknowledgement and will retry. Such
+// leftovers are removed at Open when older than 36 hours, as the Maildir
+// specification advises. On an error before the commit the tmp/ files are
+// removed; if a rename or step 3 fails, the delivery's files already in new/
+// are removed again (best effort, logged), so a failed delivery leaves
+// nothing behind for any recipient.
 //
 // # Quota
 //

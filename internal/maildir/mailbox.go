@@ -3,6 +3,7 @@ package maildir
 import (
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -160,7 +161,7 @@ func (mb *mailbox) release(size int64) {
 func (mb *mailbox) commitRename(f *file) error {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	if err := os.Rename(f.tmpPath, f.newPath); err != nil {
+	if err := renameNoReplace(f.tmpPath, f.newPath); err != nil {
 		return fmt.Errorf("maildir: moving %s to new/: %w", f.tmpPath, err)
 	}
 	f.renamed = true
@@ -227,4 +228,22 @@ func (mb *mailbox) ensureDirs() (string, error) {
 	}
 	mb.dirsMade = true
 	return mb.path, nil
+}
+
+// renameNoReplace renames old to new but never replaces an existing new:
+// a name collision must fail loudly rather than lose a message.
+func renameNoReplace(old, new string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, old, unix.AT_FDCWD, new, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
+		// Old kernels and some file systems lack RENAME_NOREPLACE; the
+		// unique names make a collision practically impossible.
+		if _, serr := os.Lstat(new); serr == nil {
+			return &os.LinkError{Op: "rename", Old: old, New: new, Err: os.ErrExist}
+		}
+		return os.Rename(old, new)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: old, New: new, Err: err}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package maildir
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,12 +15,26 @@ import (
 
 func openTest(t testing.TB) *Store {
 	t.Helper()
-	s, err := Open(filepath.Join(t.TempDir(), "mail"), Options{Hostname: "mx/1:test"})
+	s, err := Open(filepath.Join(t.TempDir(), "mail"), Options{Hostname: "mx/1:test", FsyncEach: testFsyncEach})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// testFsyncEach selects the durability mode for openTest; the tests run in
+// both modes.
+var testFsyncEach bool
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if code != 0 || flag.Lookup("test.bench").Value.String() != "" {
+		os.Exit(code) // benchmarks choose their mode themselves
+	}
+	testFsyncEach = true
+	os.Exit(m.Run())
 }
 
 func message(body string) Message {
