@@ -112,7 +112,11 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 	if old, ok := t.Get(b.prefix); ok {
 		b.hits.Store(old.hits.Load())
 	} else if t.Size() >= s.cfg.TableSize {
-		t = s.sweep(t, now)
+		// Sweeping is O(bans): at most once a second when full.
+		if now.Sub(s.lastSweep) >= time.Second || now.Before(s.lastSweep) {
+			t = s.sweep(t, now)
+			s.lastSweep = now
+		}
 		if t.Size() >= s.cfg.TableSize {
 			s.dropped++
 			s.bans.Store(t)

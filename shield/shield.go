@@ -28,11 +28,12 @@ type Shield struct {
 	now      func() time.Time
 	stateDir string
 
-	pol     atomic.Pointer[policy]
-	bans    atomic.Pointer[bart.Table[*ban]] // immutable snapshot, replaced by writers under banMu
-	banMu   sync.Mutex
-	issued  map[string]uint64 // bans issued by reason, under banMu
-	dropped uint64            // bans not issued because the table was full, under banMu
+	pol       atomic.Pointer[policy]
+	bans      atomic.Pointer[bart.Table[*ban]] // immutable snapshot, replaced by writers under banMu
+	banMu     sync.Mutex
+	issued    map[string]uint64 // bans issued by reason, under banMu
+	dropped   uint64            // bans not issued because the table was full, under banMu
+	lastSweep time.Time         // under banMu
 
 	ips       *lru[netip.Addr, ipState]
 	prefixes  *lru[netip.Prefix, prefixState]
