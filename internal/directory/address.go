@@ -94,12 +94,15 @@ func normaliseAliasSource(from string) (addr, domain string, err error) {
 	return normaliseAddress(f)
 }
 
-// atext of RFC 5322 3.2.3 besides letters and digits.
-const atextSpecials = "!#$%&'*+-/=?^_`{|}~"
+// atext of RFC 5322 3.2.3 besides letters and digits, without "/": local
+// parts name mailbox folders, and a slash in a folder name is an accident
+// waiting to happen for little gain.
+const atextSpecials = "!#$%&'*+-=?^_`{|}~"
 
 // checkLocalPart checks a dot-atom local part (RFC 5321 4.1.2) whose atext is
 // extended with UTF-8 by RFC 6531 3.3. Quoted local parts are refused: they
 // are legal but almost only used by spammers, and they complicate paths.
+// "/" is refused too (see atextSpecials).
 func checkLocalPart(local, addr string) error {
 	if local == "" {
 		return newErr(ErrInvalid, "address "+quote(addr)+" has an empty local part")

@@ -56,8 +56,8 @@ func Open(path string, opts Options) (*Directory, error) {
 	if opts.DefaultQuota <= 0 {
 		return nil, newErr(ErrInvalid, "default quota must be greater than zero")
 	}
-	if path == "" || strings.ContainsAny(path, "?#") {
-		return nil, newErr(ErrInvalid, fmt.Sprintf("database path %q must be non-empty and free of ? and #", path))
+	if path == "" {
+		return nil, newErr(ErrInvalid, "database path is empty")
 	}
 	log := opts.Logger
 	if log == nil {
@@ -66,8 +66,10 @@ func Open(path string, opts Options) (*Directory, error) {
 	// WAL lets the server read while the CLI writes; immediate transactions
 	// take the write lock at BEGIN so two writers queue on busy_timeout
 	// instead of failing when a read lock cannot be upgraded.
+	// The path goes into a URI (file:...), where %, ? and # are special.
+	uriPath := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
 	dsn := fmt.Sprintf("file:%s?_busy_timeout=%d&_journal_mode=WAL&_txlock=immediate&_foreign_keys=1",
-		path, busyTimeout.Milliseconds())
+		uriPath, busyTimeout.Milliseconds())
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)

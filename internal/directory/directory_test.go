@@ -3,6 +3,7 @@ package directory
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -271,6 +272,20 @@ func TestStoredHashFormats(t *testing.T) {
 	for _, bad := range []string{"plain", "$1$abc$def", "$argon2id$v=19$m=99999999,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "$argon2id$v=16$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"} {
 		if _, err := verifyPassword(bad, "x"); err == nil {
 			t.Errorf("verifyPassword(%q) accepted a bad hash", bad)
+		}
+	}
+}
+
+func TestOddPaths(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"a b.db", "a%41b.db", "a?b.db", "a#b.db"} {
+		d, err := Open(filepath.Join(dir, name), Options{DefaultQuota: testQuota})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		d.Close()
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 }
