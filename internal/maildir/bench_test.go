@@ -37,6 +37,7 @@ func BenchmarkDeliverSerial(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(s.committed.Load())/float64(max(s.batches.Load(), 1)), "msgs/batch")
 }
 
 // BenchmarkDeliverParallel measures 20 concurrent senders, each to its own
@@ -63,6 +64,7 @@ func BenchmarkDeliverParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(s.committed.Load())/float64(max(s.batches.Load(), 1)), "msgs/batch")
 }
 
 func BenchmarkDeliverParallelFsyncEach(b *testing.B) {

@@ -29,6 +29,8 @@ func (s *Store) committer() {
 			}
 		}
 		s.flush(batch)
+		s.batches.Add(1)
+		s.committed.Add(int64(len(batch)))
 		clear(batch)
 	}
 }

@@ -87,6 +87,8 @@ type Store struct {
 	maxBatch  int
 	now       func() time.Time // for tests
 	fsyncEach bool
+	batches   atomic.Int64 // commits made, for benchmarks
+	committed atomic.Int64 // deliveries in them
 	rootFD    *os.File // the open root folder, for syncfs
 
 	mu        sync.Mutex
