@@ -89,7 +89,7 @@ type Store struct {
 	fsyncEach bool
 	batches   atomic.Int64 // commits made, for benchmarks
 	committed atomic.Int64 // deliveries in them
-	rootFD    *os.File // the open root folder, for syncfs
+	rootFD    *os.File     // the open root folder, for syncfs
 
 	mu        sync.Mutex
 	mailboxes map[string]*mailbox
