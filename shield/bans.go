@@ -211,7 +211,7 @@ func (s *Shield) Ban(p netip.Prefix, ttl time.Duration, reason string, action Ac
 	}
 	p = canonPrefix(p)
 	pol := s.pol.Load()
-	if pol.allow.LookupPrefix(p) {
+	if r := pol.lookupPrefix(p); r != nil && r.allow {
 		return errors.New("prefix is allowlisted")
 	}
 	if pol.trusted.LookupPrefix(p) {

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -24,20 +25,84 @@ type rule struct {
 
 // policy is an immutable compiled snapshot of all rules. It is swapped as a
 // whole through an atomic.Pointer; readers never lock.
+//
+// Single-address rules, the bulk of any blocklist, live in a map; wider
+// prefixes in a bart table. A host rule is the longest possible prefix, so
+// checking the map first and the table second is a longest-prefix match,
+// and loading a million lines stays well under a second.
 type policy struct {
-	table   *bart.Table[uint32] // prefix -> index into rules
+	hosts4  []uint64            // /32 rules, sorted: address<<32 | index into rules
+	hosts6  map[[16]byte]uint32 // /128 rules -> index into rules
+	table   *bart.Table[uint32] // wider prefixes -> index into rules
 	rules   []rule
-	allow   *bart.Lite // allow rules and Config.Allow, for Ban checks
 	trusted *bart.Lite // Config.TrustedProxies
 }
 
 // lookup returns the longest-prefix rule for addr, or nil.
 func (p *policy) lookup(addr netip.Addr) *rule {
-	i, ok := p.table.Lookup(addr)
-	if !ok {
-		return nil
+	var i uint32
+	var ok bool
+	if addr.Is4() {
+		i, ok = searchHosts4(p.hosts4, addr4(addr))
+	} else {
+		i, ok = p.hosts6[addr.As16()]
 	}
-	return &p.rules[i]
+	if ok {
+		return &p.rules[i]
+	}
+	if i, ok := p.table.Lookup(addr); ok {
+		return &p.rules[i]
+	}
+	return nil
+}
+
+// lookupPrefix returns the most specific rule covering all of pfx, or nil.
+func (p *policy) lookupPrefix(pfx netip.Prefix) *rule {
+	if pfx.IsSingleIP() {
+		return p.lookup(pfx.Addr())
+	}
+	if i, ok := p.table.LookupPrefix(pfx); ok {
+		return &p.rules[i]
+	}
+	return nil
+}
+
+// size returns the number of distinct prefixes with a rule.
+func (p *policy) size() int { return len(p.hosts4) + len(p.hosts6) + p.table.Size() }
+
+// searchHosts4 binary-searches the sorted address<<32|index keys.
+func searchHosts4(keys []uint64, a uint32) (uint32, bool) {
+	lo, hi := 0, len(keys)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if uint32(keys[m]>>32) < a {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo < len(keys) && uint32(keys[lo]>>32) == a {
+		return uint32(keys[lo]), true
+	}
+	return 0, false
+}
+
+// sortHosts4 sorts the keys and keeps, for each address, the last rule.
+func sortHosts4(keys []uint64) []uint64 {
+	slices.Sort(keys)
+	out := keys[:0]
+	for i, k := range keys {
+		if i+1 < len(keys) && keys[i+1]>>32 == k>>32 {
+			continue // a later line for the same address wins
+		}
+		out = append(out, k)
+	}
+	return slices.Clip(out)
+}
+
+func addr4(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 // ruleError is one bad rule line.
@@ -161,16 +226,18 @@ func parseRuleLine(line string) (parsedLine, error) {
 
 // policyBuilder accumulates rules and errors.
 type policyBuilder struct {
-	cfg   *Config
-	table *bart.Table[uint32]
-	rules []rule
-	allow *bart.Lite
-	errs  []error
-	more  int
+	cfg    *Config
+	hosts4 []uint64
+	hosts6 map[[16]byte]uint32
+	table  *bart.Table[uint32]
+	rules  []rule
+	errs   []error
+	more   int
 }
 
 func newPolicyBuilder(cfg *Config, sizeHint int) *policyBuilder {
-	return &policyBuilder{cfg: cfg, table: new(bart.Table[uint32]), rules: make([]rule, 0, sizeHint), allow: new(bart.Lite)}
+	return &policyBuilder{cfg: cfg, hosts4: make([]uint64, 0, sizeHint), hosts6: make(map[[16]byte]uint32), table: new(bart.Table[uint32]),
+		rules: make([]rule, 0, sizeHint)}
 }
 
 func (b *policyBuilder) fail(source, reason string) {
@@ -181,17 +248,28 @@ func (b *policyBuilder) fail(source, reason string) {
 	b.errs = append(b.errs, ruleError{Source: source, Reason: reason})
 }
 
-// add compiles one line; a later rule for the same prefix replaces an earlier one.
-func (b *policyBuilder) add(line string, source func() string) {
-	pl, err := parseRuleLine(line)
+// add compiles one inline line; a later rule for the same prefix replaces
+// an earlier one.
+func (b *policyBuilder) add(line string, source string) {
+	r, ok, err := b.parse(line)
 	if err != nil {
-		b.fail(source(), err.Error())
+		b.fail(source, err.Error())
 		return
 	}
-	if pl.empty {
-		return
+	if ok {
+		r.source = source
+		b.insert(r)
 	}
-	r := rule{prefix: pl.prefix, allow: pl.allow, dryRun: pl.dryRun, text: pl.text, source: source()}
+}
+
+// parse turns a line into a rule without its source; ok is false for an
+// empty or comment line.
+func (b *policyBuilder) parse(line string) (r rule, ok bool, err error) {
+	pl, err := parseRuleLine(line)
+	if err != nil || pl.empty {
+		return r, false, err
+	}
+	r = rule{prefix: pl.prefix, allow: pl.allow, dryRun: pl.dryRun, text: pl.text}
 	if !pl.allow {
 		r.action = b.cfg.DefaultAction
 		if pl.actionSet {
@@ -200,21 +278,24 @@ func (b *policyBuilder) add(line string, source func() string) {
 		if r.action == Allow {
 			r.action = Reject
 		}
-	} else {
-		b.allow.Insert(pl.prefix)
 	}
-	b.insert(r)
+	return r, true, nil
 }
 
 func (b *policyBuilder) insert(r rule) {
-	b.table.Modify(r.prefix, func(old uint32, exists bool) (uint32, bool) {
-		if exists {
-			b.rules[old] = r
-			return old, false
+	// A replaced rule stays in the slice, unreferenced; policy.size counts
+	// distinct prefixes.
+	b.rules = append(b.rules, r)
+	i := uint32(len(b.rules) - 1)
+	if a := r.prefix.Addr(); r.prefix.IsSingleIP() {
+		if a.Is4() {
+			b.hosts4 = append(b.hosts4, uint64(addr4(a))<<32|uint64(i))
+		} else {
+			b.hosts6[a.As16()] = i
 		}
-		b.rules = append(b.rules, r)
-		return uint32(len(b.rules) - 1), false
-	})
+		return
+	}
+	b.table.Insert(r.prefix, i)
 }
 
 // addFile compiles a rules file. A missing file is empty.
@@ -227,6 +308,16 @@ func (b *policyBuilder) addFile(name string) error {
 		return err
 	}
 	text := string(data)
+	lines := strings.Count(text, "\n") + 1
+	if need := len(b.rules) + lines; need > cap(b.rules) {
+		b.rules = append(make([]rule, 0, need), b.rules...)
+		b.hosts4 = append(make([]uint64, 0, need), b.hosts4...)
+	}
+	// Every rule's "file:line" source is a substring of one arena string,
+	// so a million rules cost no per-rule allocation for it.
+	first := len(b.rules)
+	arena := make([]byte, 0, lines*(len(name)+8))
+	offs := make([]uint32, 0, lines) // arena end offset of each rule's source, in rule order
 	lineNo := 0
 	for len(text) > 0 {
 		lineNo++
@@ -236,8 +327,25 @@ func (b *policyBuilder) addFile(name string) error {
 		} else {
 			line, text = text, ""
 		}
-		n := lineNo
-		b.add(line, func() string { return name + ":" + strconv.Itoa(n) })
+		r, ok, err := b.parse(line)
+		if err != nil {
+			b.fail(name+":"+strconv.Itoa(lineNo), err.Error())
+			continue
+		}
+		if !ok {
+			continue
+		}
+		arena = append(arena, name...)
+		arena = append(arena, ':')
+		arena = strconv.AppendInt(arena, int64(lineNo), 10)
+		offs = append(offs, uint32(len(arena)))
+		b.insert(r)
+	}
+	all := string(arena)
+	start := uint32(0)
+	for i, end := range offs {
+		b.rules[first+i].source = all[start:end]
+		start = end
 	}
 	return nil
 }
@@ -248,7 +356,7 @@ func (b *policyBuilder) addFile(name string) error {
 func compilePolicy(cfg *Config) (*policy, error) {
 	b := newPolicyBuilder(cfg, len(cfg.Rules)+len(cfg.Allow))
 	for i, line := range cfg.Rules {
-		b.add(line, func() string { return "config:rules[" + strconv.Itoa(i) + "]" })
+		b.add(line, "config:rules["+strconv.Itoa(i)+"]")
 	}
 	for _, name := range cfg.RuleFiles {
 		if err := b.addFile(name); err != nil {
@@ -264,7 +372,6 @@ func compilePolicy(cfg *Config) (*policy, error) {
 			b.fail(src, err.Error())
 			continue
 		}
-		b.allow.Insert(p)
 		b.insert(rule{prefix: p, allow: true, source: src, text: "allow " + a})
 	}
 	trusted := new(bart.Lite)
@@ -279,5 +386,5 @@ func compilePolicy(cfg *Config) (*policy, error) {
 	if len(b.errs) > 0 {
 		return nil, &RulesError{Lines: b.errs, More: b.more}
 	}
-	return &policy{table: b.table, rules: b.rules, allow: b.allow, trusted: trusted}, nil
+	return &policy{hosts4: sortHosts4(b.hosts4), hosts6: b.hosts6, table: b.table, rules: b.rules, trusted: trusted}, nil
 }

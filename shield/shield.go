@@ -181,7 +181,7 @@ func (s *Shield) Reload() error {
 	}
 	s.pol.Store(p)
 	s.reloadsOK.Add(1)
-	s.log.Info("shield reload", "rules", len(p.rules))
+	s.log.Info("shield reload", "rules", p.size())
 	if s.cfg.CloseOnDeny && !s.cfg.DryRun {
 		s.kick(func(c *Conn) bool {
 			r := p.lookup(c.addr)

@@ -141,7 +141,7 @@ type Stats struct {
 func (s *Shield) Stats() Stats {
 	st := Stats{Listeners: make(map[string]ListenerStats), BansIssued: make(map[string]uint64),
 		ReloadsOK: s.reloadsOK.Load(), ReloadsFailed: s.reloadsFailed.Load(), TarpitHeld: s.tarpitHeld.Load(),
-		Rules: len(s.pol.Load().rules), Lockdown: s.lockdown.Load()}
+		Rules: s.pol.Load().size(), Lockdown: s.lockdown.Load()}
 	s.lnMu.Lock()
 	for name, c := range s.stats {
 		st.Listeners[name] = ListenerStats{Accepted: c.accepted.Load(), Rejected: c.rejected.Load(), Dropped: c.dropped.Load(),
