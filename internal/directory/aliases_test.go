@@ -225,3 +225,26 @@ func TestTwoHandles(t *testing.T) {
 	_, err = server.Resolve(ctx, "alice@example.org")
 	wantErr(t, err, ErrNoSuchUser)
 }
+
+// TestConcurrentOpen is the server and the CLI starting at the same moment
+// on a database that does not exist yet.
+func TestConcurrentOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agua.db")
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			d, err := Open(path, Options{DefaultQuota: testQuota})
+			if err == nil {
+				_, err = d.ListDomains(context.Background())
+				d.Close()
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		must(t, err)
+	}
+}
