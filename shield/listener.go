@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -235,10 +236,16 @@ func (l *listener) refuse(c net.Conn, addr netip.Addr, d Decision) {
 		l.stats.rejected.Add(1)
 		go func() {
 			defer s.pendingRejects.Add(-1)
+			defer c.Close()
+			defer func() {
+				// A bug in a Reject callback must not take the server down.
+				if v := recover(); v != nil {
+					s.log.Error("shield reject callback panicked", "listener", l.lc.Name, "panic", v, "stack", string(debug.Stack()))
+				}
+			}()
 			c.SetWriteDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
 			c.SetReadDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
 			l.lc.Reject(c, d)
-			c.Close()
 		}()
 	case Tarpit:
 		l.stats.tarpitted.Add(1)
