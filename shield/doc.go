@@ -31,13 +31,7 @@
 //     addresses are served.
 //   - Dry run, per rule ("dry-run"), per threshold or global: log "shield
 //     would block" and enforce nothing.
-//   - Logs that stay small: denials are counted per (address or prefix,
-//     source, action) and logged once per Config.LogInterval:
-//
-//     msg="shield denied" addr=203.0.113.7 count=21998 source=shield.rules:12 action=drop interval=1m0s
-//
-//     Bans, unbans and reloads are one stable line each: msg="shield ban",
-//     msg="shield unban", msg="shield reload", msg="shield reload failed".
+//   - Logs that stay small: see Logs below.
 //   - PROXY protocol v1/v2 from Config.TrustedProxies: the shield judges the
 //     client the proxy names, never the proxy.
 //   - Every table keyed by something a client controls is bounded
@@ -45,6 +39,17 @@
 //
 // Allowlisted addresses (allow rules, Config.Allow) and trusted proxies are
 // never refused, limited or banned.
+//
+// # Logs
+//
+// Denials are counted per (address or prefix, source, action) and logged
+// once per Config.LogInterval, never once per connection:
+//
+//	msg="shield denied" addr=203.0.113.7 count=21998 source=shield.rules:12 action=drop interval=1m0s
+//
+// Bans, unbans and reloads are one stable line each: msg="shield ban",
+// msg="shield unban", msg="shield reload", msg="shield reload failed". The
+// shield logs through Options.Logger.
 //
 // # Use from a TCP service
 //
