@@ -385,3 +385,42 @@ func TestCloseDrains(t *testing.T) {
 		t.Errorf("new/ holds %d files", n)
 	}
 }
+
+func TestWriteFailureLeavesNothing(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	a, b := rcpt("a@example.org", 1<<20), rcpt("b@example.org", 1<<20)
+	if err := s.Deliver(ctx, message(body), []Recipient{b}); err != nil {
+		t.Fatal(err)
+	}
+	// b's tmp/ becomes a file: creating b's copy fails after a's was written.
+	btmp := filepath.Join(s.MaildirPath("b@example.org"), "tmp")
+	if err := os.Remove(btmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(btmp, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Deliver(ctx, message(body), []Recipient{a, b}); err == nil {
+		t.Fatal("delivery succeeded")
+	}
+	if n := len(files(t, s, "a@example.org", "new")) + len(files(t, s, "a@example.org", "tmp")); n != 0 {
+		t.Errorf("a has %d files after a failed delivery", n)
+	}
+	// The reservation was released: a full-quota message still fits in a.
+	full := strings.Repeat("x", 1<<20-len(a.Prefix))
+	if err := s.Deliver(ctx, message(full), []Recipient{a}); err != nil {
+		t.Errorf("reservation leaked: %v", err)
+	}
+
+	// A cancelled context stops the delivery before anything is written.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	c := rcpt("c@example.org", 1<<20)
+	if err := s.Deliver(cctx, message(body), []Recipient{c}); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled delivery: %v", err)
+	}
+	if n := len(files(t, s, "c@example.org", "new")) + len(files(t, s, "c@example.org", "tmp")); n != 0 {
+		t.Errorf("c has %d files after a cancelled delivery", n)
+	}
+}
