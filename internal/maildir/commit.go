@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,8 +48,16 @@ func (s *Store) committer() {
 // in new/ are removed again.
 func (s *Store) flush(batch []*commit) {
 	errs := make([]error, len(batch))
+	var fss []*os.File // the file systems the batch wrote to, usually one
 	if !s.fsyncEach {
-		if err := s.syncfs(); err != nil {
+		for _, c := range batch {
+			for _, f := range c.files {
+				if !slices.Contains(fss, f.fs) {
+					fss = append(fss, f.fs)
+				}
+			}
+		}
+		if err := syncfs(fss); err != nil {
 			// Nothing was renamed: Deliver removes the tmp/ files.
 			for _, c := range batch {
 				c.err <- err
@@ -79,7 +88,7 @@ func (s *Store) flush(batch []*commit) {
 				}
 			}
 		}
-	} else if err := s.syncfs(); err != nil {
+	} else if err := syncfs(fss); err != nil {
 		for i := range errs {
 			if errs[i] == nil {
 				errs[i] = err
@@ -96,12 +105,15 @@ func (s *Store) flush(batch []*commit) {
 	}
 }
 
-// syncfs flushes the file system holding the store. Since Linux 5.8 it
-// reports writeback errors that happened on the file system since the last
-// call on the same open file, so a failed write of any batch file is seen.
-func (s *Store) syncfs() error {
-	if err := unix.Syncfs(int(s.rootFD.Fd())); err != nil {
-		return fmt.Errorf("maildir: syncfs: %w", err)
+// syncfs flushes the given file systems. Since Linux 5.8 syncfs reports the
+// writeback errors that happened on a file system since the last call on the
+// same open file, so a failed write of any batch file is seen: the Store
+// keeps one open file per file system for its whole life.
+func syncfs(fss []*os.File) error {
+	for _, fd := range fss {
+		if err := unix.Syncfs(int(fd.Fd())); err != nil {
+			return fmt.Errorf("maildir: syncfs %s: %w", fd.Name(), err)
+		}
 	}
 	return nil
 }

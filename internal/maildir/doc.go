@@ -3,7 +3,9 @@
 //
 // # Format
 //
-// Mailbox local@domain lives in root/domain/local/ with the standard tmp/,
+// Mailbox local@domain lives in root/domain/local/ (a "/", "\\", control
+// character or leading dot in either part is written as \ooo, so no name
+// can reach outside its folder) with the standard tmp/,
 // new/ and cur/ folders, so mutt, Dovecot and other Maildir readers can use
 // it directly (https://cr.yp.to/proto/maildir.html, and Maildir++ for the
 // folders an IMAP server adds below). Files hold the message as received, CRLF
@@ -24,7 +26,8 @@
 // while it was busy (up to Options.MaxBatch deliveries, without waiting for
 // more) and commits the batch in three steps:
 //
-//  1. syncfs(2) on the store's file system: the data of every file of the
+//  1. syncfs(2) on each file system the batch wrote to (usually one; a
+//     domain folder may be a mount point): the data of every file of the
 //     batch is on disk;
 //  2. rename every file from tmp/ to new/ (RENAME_NOREPLACE);
 //  3. syncfs again: the new directory entries are on disk.

@@ -20,6 +20,7 @@ type mailbox struct {
 
 	mu       sync.Mutex
 	dirsMade bool
+	fs       *os.File  // from Store.fsFor, set with dirsMade
 	loaded   bool      // bytes and count are valid as of scanned
 	scanned  time.Time // when new/ and cur/ were last listed
 	bytes    int64     // committed bytes in new/ and cur/
@@ -191,17 +192,18 @@ func (mb *mailbox) undo(s *Store, f *file) {
 }
 
 // ensureDirs creates the mailbox's tmp/, new/ and cur/ folders on first use
-// and returns the mailbox folder. Newly created folders are fsynced into
-// their parents so that the first delivery's directory entries are durable.
-func (mb *mailbox) ensureDirs() (string, error) {
+// and returns the mailbox folder and an open folder on its file system.
+// Newly created folders are fsynced into their parents so that the first
+// delivery's directory entries are durable.
+func (mb *mailbox) ensureDirs(s *Store) (string, *os.File, error) {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
 	if mb.dirsMade {
-		return mb.path, nil
+		return mb.path, mb.fs, nil
 	}
 	if _, err := os.Stat(filepath.Join(mb.path, "cur")); err != nil {
-		// Find the topmost folder that is missing, create everything, then
-		// sync each parent whose entries changed.
+		// Find the folders that are missing, create everything, then sync
+		// each parent whose entries changed.
 		var created []string
 		for p := mb.path; ; p = filepath.Dir(p) {
 			if _, err := os.Stat(p); err == nil {
@@ -214,20 +216,28 @@ func (mb *mailbox) ensureDirs() (string, error) {
 		}
 		for _, sub := range []string{"tmp", "new", "cur"} {
 			if err := os.MkdirAll(filepath.Join(mb.path, sub), dirPerm); err != nil {
-				return "", fmt.Errorf("maildir: creating %s: %w", mb.path, err)
+				return "", nil, fmt.Errorf("maildir: creating %s: %w", mb.path, err)
 			}
 		}
 		if err := syncDir(mb.path); err != nil {
-			return "", err
+			return "", nil, err
 		}
 		for _, p := range created {
 			if err := syncDir(filepath.Dir(p)); err != nil {
-				return "", err
+				return "", nil, err
 			}
 		}
 	}
-	mb.dirsMade = true
-	return mb.path, nil
+	var st unix.Stat_t
+	if err := unix.Stat(mb.path, &st); err != nil {
+		return "", nil, fmt.Errorf("maildir: stat %s: %w", mb.path, err)
+	}
+	fs, err := s.fsFor(uint64(st.Dev), mb.path)
+	if err != nil {
+		return "", nil, err
+	}
+	mb.dirsMade, mb.fs = true, fs
+	return mb.path, fs, nil
 }
 
 // renameNoReplace renames old to new but never replaces an existing new:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"log/slog"
 	"os"
@@ -89,7 +90,9 @@ type Store struct {
 	fsyncEach bool
 	batches   atomic.Int64 // commits made, for benchmarks
 	committed atomic.Int64 // deliveries in them
-	rootFD    *os.File     // the open root folder, for syncfs
+
+	fsMu  sync.Mutex
+	fsFDs map[uint64]*os.File // device → an open folder on it, for syncfs
 
 	mu        sync.Mutex
 	mailboxes map[string]*mailbox
@@ -130,6 +133,11 @@ func Open(root string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("maildir: opening root: %w", err)
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(rootFD.Fd()), &st); err != nil {
+		rootFD.Close()
+		return nil, fmt.Errorf("maildir: stat root: %w", err)
+	}
 	s := &Store{
 		root: root,
 		// Maildir spec: "/" and ":" in the host name are written in octal.
@@ -138,7 +146,7 @@ func Open(root string, opts Options) (*Store, error) {
 		log:       log,
 		maxBatch:  maxBatch,
 		fsyncEach: opts.FsyncEach,
-		rootFD:    rootFD,
+		fsFDs:     map[uint64]*os.File{uint64(st.Dev): rootFD},
 		now:       time.Now,
 		mailboxes: map[string]*mailbox{},
 		queue:     make(chan *commit, maxBatch),
@@ -163,7 +171,32 @@ func (s *Store) Close() error {
 	if !first {
 		return nil
 	}
-	return s.rootFD.Close()
+	s.fsMu.Lock()
+	defer s.fsMu.Unlock()
+	var err error
+	for _, fd := range s.fsFDs {
+		if cerr := fd.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// fsFor returns an open folder on the file system of dir (device dev), for
+// syncfs: a domain or mailbox folder may be a mount point or a symbolic link
+// to another file system, and syncing the root's would not cover it.
+func (s *Store) fsFor(dev uint64, dir string) (*os.File, error) {
+	s.fsMu.Lock()
+	defer s.fsMu.Unlock()
+	if fd := s.fsFDs[dev]; fd != nil {
+		return fd, nil
+	}
+	fd, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("maildir: opening %s: %w", dir, err)
+	}
+	s.fsFDs[dev] = fd
+	return fd, nil
 }
 
 // MaildirPath returns the folder of mailbox (local@domain):
@@ -256,6 +289,7 @@ func (s *Store) uniqueName(size int64) string {
 // file is one recipient's copy of a delivery.
 type file struct {
 	mb      *mailbox
+	fs      *os.File // a folder on the file system holding the file
 	size    int64
 	tmpPath string
 	newPath string
@@ -342,12 +376,13 @@ func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (er
 }
 
 // writeTmp writes prefix and the message to a new file in the tmp/ folder of
-// f's mailbox and fsyncs it.
+// f's mailbox, and fsyncs it in FsyncEach mode.
 func (s *Store) writeTmp(f *file, msg Message, prefix []byte) (err error) {
-	dir, err := f.mb.ensureDirs()
+	dir, fs, err := f.mb.ensureDirs(s)
 	if err != nil {
 		return err
 	}
+	f.fs = fs
 	name := s.uniqueName(f.size)
 	f.tmpPath = filepath.Join(dir, "tmp", name)
 	f.newPath = filepath.Join(dir, "new", name)
