@@ -3,7 +3,7 @@
 //
 // # Format
 //
-// Mailbox local@domain lives in root/domain/local/ (a "/", "\\", control
+// Mailbox local@domain lives in root/domain/local/ (a "/", "\", control
 // character or leading dot in either part is written as \ooo, so no name
 // can reach outside its folder) with the standard tmp/,
 // new/ and cur/ folders, so mutt, Dovecot and other Maildir readers can use
