@@ -3,6 +3,7 @@ package shield
 import (
 	"bufio"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -86,15 +87,20 @@ func BenchmarkDecide1MRules(b *testing.B) {
 	file := millionRules(b)
 	cfg := DefaultConfig()
 	cfg.RuleFiles = []string{file}
-	s, err := New(cfg, Options{})
+	s, err := New(cfg, Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
 	r := rand.New(rand.NewPCG(3, 4))
 	addrs := make([]netip.Addr, 4096)
+	hosts := s.pol.Load().hosts4
 	for i := range addrs {
-		if i%2 == 0 {
+		if i%4 == 0 {
+			// An address with a host rule (deny or allow).
+			k := uint32(hosts[r.IntN(len(hosts))] >> 32)
+			addrs[i] = netip.AddrFrom4([4]byte{byte(k >> 24), byte(k >> 16), byte(k >> 8), byte(k)})
+		} else if i%2 == 0 {
 			addrs[i] = netip.AddrFrom4([4]byte{byte(1 + r.IntN(222)), byte(r.IntN(256)), byte(r.IntN(256)), byte(r.IntN(256))})
 		} else {
 			var a [16]byte
@@ -123,7 +129,7 @@ func BenchmarkAdmitDenied(b *testing.B) {
 	cfg := DefaultConfig()
 	cfg.RuleFiles = []string{file}
 	cfg.Rules = []string{"deny 203.0.113.0/24 drop"}
-	s, err := New(cfg, Options{})
+	s, err := New(cfg, Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
