@@ -90,3 +90,6 @@ func (b ByteSize) String() string {
 	}
 	return strconv.FormatInt(n, 10)
 }
+
+// MarshalText writes the size as String does.
+func (b ByteSize) MarshalText() ([]byte, error) { return []byte(b.String()), nil }

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/directory"
+	"github.com/agua-mail/agua/internal/server"
+)
+
+// withDirectory opens the accounts database for a CLI verb. The running
+// server reads the same database on every lookup, so changes apply live.
+func withDirectory(e *env, fn func(ctx context.Context, d *directory.Directory, pos []string) error) error {
+	pos, err := e.parse()
+	if err != nil {
+		return err
+	}
+	d, err := server.OpenDirectory(e.cfg, newLogger(e.cfg, e.stderr))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return fn(context.Background(), d, pos)
+}
+
+func cmdDomain(e *env) error {
+	return withDirectory(e, func(ctx context.Context, d *directory.Directory, pos []string) error {
+		if len(pos) == 0 {
+			return usagef("domain add|remove NAME, or domain list")
+		}
+		switch {
+		case pos[0] == "list" && len(pos) == 1:
+			ds, err := d.ListDomains(ctx)
+			for _, name := range ds {
+				fmt.Fprintln(e.stdout, name)
+			}
+			return err
+		case pos[0] == "add" && len(pos) == 2:
+			if err := d.AddDomain(ctx, pos[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "domain %s added\n", strings.ToLower(pos[1]))
+			return nil
+		case pos[0] == "remove" && len(pos) == 2:
+			if err := d.RemoveDomain(ctx, pos[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "domain %s removed\n", strings.ToLower(pos[1]))
+			return nil
+		}
+		return usagef("domain add|remove NAME, or domain list")
+	})
+}
+
+// readPassword reads one line from stdin (so scripts can pipe it).
+func readPassword(e *env) (string, error) {
+	line, err := bufio.NewReader(e.stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	pass := strings.TrimRight(line, "\r\n")
+	if pass == "" {
+		return "", errors.New("no password on standard input (pipe it: echo 'secret' | agua user add ...)")
+	}
+	return pass, nil
+}
+
+func cmdUser(e *env) error {
+	var quota config.ByteSize
+	e.flags.TextVar(&quota, "quota", config.ByteSize(0), "quota for user add, e.g. 2GiB (0 = default quota)")
+	return withDirectory(e, func(ctx context.Context, d *directory.Directory, pos []string) error {
+		const help = "user add|passwd|remove ADDRESS, user quota ADDRESS SIZE, or user list [DOMAIN]"
+		if len(pos) == 0 {
+			return usagef(help)
+		}
+		switch {
+		case pos[0] == "add" && len(pos) == 2:
+			pass, err := readPassword(e)
+			if err != nil {
+				return err
+			}
+			if err := d.AddUser(ctx, pos[1], pass, int64(quota)); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "user %s added\n", strings.ToLower(pos[1]))
+			return nil
+		case pos[0] == "passwd" && len(pos) == 2:
+			pass, err := readPassword(e)
+			if err != nil {
+				return err
+			}
+			if err := d.SetPassword(ctx, pos[1], pass); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "password of %s changed\n", strings.ToLower(pos[1]))
+			return nil
+		case pos[0] == "quota" && len(pos) == 3:
+			q, err := config.ParseByteSize(pos[2])
+			if err != nil {
+				return err
+			}
+			if err := d.SetQuota(ctx, pos[1], int64(q)); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "quota of %s set to %s\n", strings.ToLower(pos[1]), q)
+			return nil
+		case pos[0] == "remove" && len(pos) == 2:
+			if err := d.RemoveUser(ctx, pos[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "user %s removed (its Maildir is kept)\n", strings.ToLower(pos[1]))
+			return nil
+		case pos[0] == "list" && len(pos) <= 2:
+			domain := ""
+			if len(pos) == 2 {
+				domain = pos[1]
+			}
+			us, err := d.ListUsers(ctx, domain)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ADDRESS\tQUOTA\tCREATED")
+			for _, u := range us {
+				q := config.ByteSize(u.Quota).String()
+				if u.QuotaSet == 0 {
+					q += " (default)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Address, q, u.Created.Format("2006-01-02"))
+			}
+			return tw.Flush()
+		}
+		return usagef(help)
+	})
+}
+
+func cmdAlias(e *env) error {
+	return withDirectory(e, func(ctx context.Context, d *directory.Directory, pos []string) error {
+		const help = "alias add|remove FROM TO, or alias list [DOMAIN]"
+		if len(pos) == 0 {
+			return usagef(help)
+		}
+		switch {
+		case pos[0] == "add" && len(pos) == 3:
+			if err := d.AddAlias(ctx, pos[1], pos[2]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "alias %s -> %s added\n", strings.ToLower(pos[1]), strings.ToLower(pos[2]))
+			return nil
+		case pos[0] == "remove" && len(pos) == 3:
+			if err := d.RemoveAlias(ctx, pos[1], pos[2]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "alias %s -> %s removed\n", strings.ToLower(pos[1]), strings.ToLower(pos[2]))
+			return nil
+		case pos[0] == "list" && len(pos) <= 2:
+			domain := ""
+			if len(pos) == 2 {
+				domain = pos[1]
+			}
+			as, err := d.ListAliases(ctx, domain)
+			for _, a := range as {
+				fmt.Fprintf(e.stdout, "%s -> %s\n", a.From, a.To)
+			}
+			return err
+		}
+		return usagef(help)
+	})
+}

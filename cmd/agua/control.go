@@ -1,0 +1,214 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/server"
+	"github.com/agua-mail/agua/shield"
+)
+
+// client parses the verb's flags and returns an admin API client for the
+// server that uses the same config/data folder.
+func (e *env) client() ([]string, *admin.Client, error) {
+	pos, err := e.parse()
+	if err != nil {
+		return nil, nil, err
+	}
+	return pos, admin.NewClient(server.AdminSocket(e.cfg)), nil
+}
+
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cmdStatus(e *env) error {
+	_, c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var st json.RawMessage
+	if err := c.Do("GET", "/v1/status", nil, &st); err != nil {
+		return err
+	}
+	return printJSON(e, st)
+}
+
+func cmdReload(e *env) error {
+	_, c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var out map[string]string
+	if err := c.Do("POST", "/v1/reload", nil, &out); err != nil {
+		return fmt.Errorf("reload refused, the previous rules stay in force:\n%w", err)
+	}
+	fmt.Fprintln(e.stdout, out["result"])
+	return nil
+}
+
+func cmdBlock(e *env) error {
+	var req admin.BanRequest
+	e.flags.StringVar(&req.For, "for", "24h", "how long the block lasts")
+	e.flags.StringVar(&req.Reason, "reason", "manual", "why (shown in bans and why)")
+	e.flags.StringVar(&req.Action, "action", "reject", "reject, drop or tarpit")
+	pos, c, err := e.client()
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit]")
+	}
+	req.Prefix = pos[0]
+	var out map[string]string
+	if err := c.Do("POST", "/v1/bans", req, &out); err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, out["result"])
+	return nil
+}
+
+func cmdUnblock(e *env) error {
+	reason := e.flags.String("reason", "", "lift every ban with this reason (e.g. auth_failure)")
+	all := e.flags.Bool("all", false, "lift every ban")
+	pos, c, err := e.client()
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	switch {
+	case *all && len(pos) == 0 && *reason == "":
+		q.Set("all", "true")
+	case *reason != "" && len(pos) == 0:
+		q.Set("reason", *reason)
+	case len(pos) == 1 && !*all && *reason == "":
+		q.Set("prefix", pos[0])
+	default:
+		return usagef("unblock CIDR | -reason TEXT | -all")
+	}
+	var out map[string]any
+	if err := c.Do("DELETE", "/v1/bans?"+q.Encode(), nil, &out); err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, out["result"])
+	return nil
+}
+
+func cmdBans(e *env) error {
+	asJSON := e.flags.Bool("json", false, "print JSON")
+	_, c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var bans []shield.BanInfo
+	if err := c.Do("GET", "/v1/bans", nil, &bans); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, bans)
+	}
+	if len(bans) == 0 {
+		fmt.Fprintln(e.stdout, "no bans")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PREFIX\tREASON\tACTION\tCOUNT\tHITS\tEXPIRES")
+	for _, b := range bans {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s (in %s)\n", b.Prefix, b.Reason, b.Action, b.Count, b.Hits,
+			b.Expires.Format(time.DateTime), time.Until(b.Expires).Round(time.Second))
+	}
+	return tw.Flush()
+}
+
+func cmdWhy(e *env) error {
+	asJSON := e.flags.Bool("json", false, "print JSON")
+	pos, c, err := e.client()
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("why IP")
+	}
+	var ex json.RawMessage
+	if err := c.Do("GET", "/v1/why?ip="+url.QueryEscape(pos[0]), nil, &ex); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, ex)
+	}
+	var x shield.Explanation
+	if err := json.Unmarshal(ex, &x); err != nil {
+		return err
+	}
+	fmt.Fprint(e.stdout, formatWhy(x))
+	return nil
+}
+
+// formatWhy renders an explanation for a person at a terminal.
+func formatWhy(x shield.Explanation) string {
+	var b strings.Builder
+	verdict := "served"
+	if x.Decision.Action != shield.Allow {
+		verdict = fmt.Sprintf("%s (%s) by %s", x.Decision.Action, x.Decision.Reason, x.Decision.Source)
+	}
+	fmt.Fprintf(&b, "%s: %s\n", x.Addr, verdict)
+	if x.Decision.DryRun {
+		fmt.Fprintf(&b, "  dry run: would be blocked by %s\n", x.Decision.Source)
+	}
+	if r := x.Rule; r != nil {
+		kind := "deny"
+		if r.Allow {
+			kind = "allow"
+		}
+		fmt.Fprintf(&b, "  rule:      %s %s (%s) at %s: %q\n", kind, r.Prefix, r.Action, r.Source, r.Text)
+	} else {
+		b.WriteString("  rule:      none matches\n")
+	}
+	if bn := x.Ban; bn != nil {
+		fmt.Fprintf(&b, "  ban:       %s for %s (%s), expires %s (in %s), ban #%d, %d refused since\n",
+			bn.Prefix, bn.Reason, bn.Action, bn.Expires.Format(time.DateTime), time.Until(bn.Expires).Round(time.Second), bn.Count, bn.Hits)
+	} else {
+		b.WriteString("  ban:       none\n")
+	}
+	fmt.Fprintf(&b, "  known-good: %v   allowlisted: %v   trusted proxy: %v   lockdown: %v\n", x.KnownGood, x.Allowlisted, x.TrustedProxy, x.Lockdown)
+	c := x.Counters
+	fmt.Fprintf(&b, "  counters:  %d conn(s) from this address, %d from %s; rate tokens left %.1f (address), %.1f (prefix)\n",
+		c.IPConns, c.PrefixConns, c.Prefix, c.IPTokens, c.PrefixTokens)
+	for ev, n := range c.Events {
+		fmt.Fprintf(&b, "  events:    %s = %d in the current window\n", ev, n)
+	}
+	return b.String()
+}
+
+func cmdLockdown(e *env) error {
+	pos, c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var st admin.LockdownRequest
+	switch {
+	case len(pos) == 0:
+		if err := c.Do("GET", "/v1/lockdown", nil, &st); err != nil {
+			return err
+		}
+	case len(pos) == 1 && (pos[0] == "on" || pos[0] == "off"):
+		if err := c.Do("POST", "/v1/lockdown", admin.LockdownRequest{On: pos[0] == "on"}, &st); err != nil {
+			return err
+		}
+	default:
+		return usagef("lockdown [on|off]")
+	}
+	if st.On {
+		fmt.Fprintln(e.stdout, "lockdown: on (only allowlisted and known-good clients are served; others are dropped)")
+	} else {
+		fmt.Fprintln(e.stdout, "lockdown: off")
+	}
+	return nil
+}

@@ -1,0 +1,174 @@
+// Command agua is a multi-domain mail server that keeps serving its real
+// users while it is attacked. This file only parses flags and wires
+// packages; see README.md for the verbs.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/server"
+)
+
+const usage = `agua — a mail server that stays up under attack
+
+Usage: agua VERB [flags] [args]   (every verb takes -config FILE and -data DIR)
+
+Server:
+  serve                         run the server (embedded defaults without -config)
+  status                        show the running server's state
+  reload                        reload the shield rule files now
+
+Config:
+  config example                print a complete commented config
+  config check FILE             validate a config; every problem with file:line
+  config doc                    print the config reference (Markdown)
+
+Accounts:
+  domain add|remove NAME        add or remove a local domain
+  domain list
+  user add ADDRESS [-quota SIZE]   add a user; password read from stdin
+  user passwd ADDRESS           set a password read from stdin
+  user quota ADDRESS SIZE       set a quota (0 = default)
+  user list [DOMAIN]
+  user remove ADDRESS
+  alias add FROM TO             FROM may be @domain (catch-all)
+  alias remove FROM TO
+  alias list [DOMAIN]
+
+Shield (talk to the running server):
+  block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit]
+  unblock CIDR | -reason TEXT | -all
+  bans [-json]                  list bans with reason, count and expiry
+  why IP [-json]                which rule, ban or limit applies to IP, and why
+  lockdown [on|off]             serve only allowlisted and known-good clients
+
+  version
+`
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// env is what every verb gets: its arguments, the streams, and the loaded
+// configuration (after -config and -data).
+type env struct {
+	args          []string
+	stdin         io.Reader
+	stdout        io.Writer
+	stderr        io.Writer
+	cfg           config.Config
+	flags         *flag.FlagSet
+	cfgPath, data string
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	verbs := map[string]func(*env) error{
+		"serve": cmdServe, "status": cmdStatus, "reload": cmdReload,
+		"config": cmdConfig, "domain": cmdDomain, "user": cmdUser, "alias": cmdAlias,
+		"block": cmdBlock, "unblock": cmdUnblock, "bans": cmdBans, "why": cmdWhy, "lockdown": cmdLockdown,
+		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
+	}
+	verb, ok := verbs[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "agua: unknown verb %q\n\n%s", args[0], usage)
+		return 2
+	}
+	e := &env{args: args[1:], stdin: stdin, stdout: stdout, stderr: stderr}
+	e.flags = flag.NewFlagSet("agua "+args[0], flag.ContinueOnError)
+	e.flags.SetOutput(stderr)
+	e.flags.StringVar(&e.cfgPath, "config", "", "config file (TOML); default: embedded defaults")
+	e.flags.StringVar(&e.data, "data", "", "data folder; overrides data_dir")
+	if err := verb(e); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "agua:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg + " (see `agua help`)" }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// parse parses flags anywhere among the arguments (Go's flag package stops
+// at the first positional one) and loads the configuration. It returns the
+// positional arguments.
+func (e *env) parse() ([]string, error) {
+	var pos []string
+	rest := e.args
+	for {
+		if err := e.flags.Parse(rest); err != nil {
+			return nil, err
+		}
+		rest = e.flags.Args()
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		rest = rest[1:]
+	}
+	cfg := config.Default()
+	if e.cfgPath != "" {
+		var err error
+		if cfg, err = config.Load(e.cfgPath); err != nil {
+			return nil, err
+		}
+	}
+	if e.data != "" {
+		cfg.DataDir = e.data
+	}
+	e.cfg = cfg
+	return pos, nil
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(cfg.Log.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdServe(e *env) error {
+	pos, err := e.parse()
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("serve takes no arguments")
+	}
+	log := newLogger(e.cfg, e.stderr)
+	server.Version = version
+	srv, err := server.New(e.cfg, log, e.stdout)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return srv.Serve(ctx)
+}

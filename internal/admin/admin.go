@@ -1,0 +1,199 @@
+// Package admin is agua's admin API: JSON over HTTP, served on a unix socket
+// in the data folder. The CLI verbs (agua block, unblock, bans, why, reload,
+// lockdown, status) are clients of this API, so there is one implementation
+// of each operation.
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// Server holds what the API operates on.
+type Server struct {
+	Shield *shield.Shield
+	Status func() any // server-wide status (version, uptime, listeners, sessions)
+	Log    *slog.Logger
+}
+
+// BanRequest is the body of POST /v1/bans.
+type BanRequest struct {
+	Prefix string `json:"prefix"` // an address or CIDR
+	For    string `json:"for"`    // duration, e.g. "1h"; "" = 24h
+	Reason string `json:"reason"`
+	Action string `json:"action"` // reject, drop or tarpit; "" = reject
+}
+
+// LockdownRequest is the body of POST /v1/lockdown.
+type LockdownRequest struct {
+	On bool `json:"on"`
+}
+
+// Handler returns the API routes.
+func (a *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", a.status)
+	mux.HandleFunc("POST /v1/reload", a.reload)
+	mux.HandleFunc("GET /v1/bans", a.bans)
+	mux.HandleFunc("POST /v1/bans", a.ban)
+	mux.HandleFunc("DELETE /v1/bans", a.unban)
+	mux.HandleFunc("GET /v1/why", a.why)
+	mux.HandleFunc("GET /v1/lockdown", a.lockdownGet)
+	mux.HandleFunc("POST /v1/lockdown", a.lockdownSet)
+	mux.HandleFunc("GET /v1/conns", a.conns)
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// apiError is the body of every failed request.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func fail(w http.ResponseWriter, code int, format string, a ...any) {
+	writeJSON(w, code, apiError{Error: fmt.Sprintf(format, a...)})
+}
+
+func (a *Server) status(w http.ResponseWriter, r *http.Request) {
+	var st any
+	if a.Status != nil {
+		st = a.Status()
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *Server) reload(w http.ResponseWriter, r *http.Request) {
+	if err := a.Shield.Reload(); err != nil {
+		fail(w, http.StatusUnprocessableEntity, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"result": "rules reloaded"})
+}
+
+func (a *Server) bans(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.Shield.Bans())
+}
+
+// ParsePrefix accepts "192.0.2.7", "192.0.2.0/24", "2001:db8::/32".
+func ParsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+		}
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked(), nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+	}
+	ip = ip.Unmap()
+	return netip.PrefixFrom(ip, ip.BitLen()), nil
+}
+
+func (a *Server) ban(w http.ResponseWriter, r *http.Request) {
+	var req BanRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+		fail(w, http.StatusBadRequest, "bad request body: %v", err)
+		return
+	}
+	p, err := ParsePrefix(req.Prefix)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	ttl := 24 * time.Hour
+	if req.For != "" {
+		if ttl, err = time.ParseDuration(req.For); err != nil || ttl <= 0 {
+			fail(w, http.StatusBadRequest, "bad duration %q (use e.g. 30m, 12h)", req.For)
+			return
+		}
+	}
+	act := shield.Reject
+	if req.Action != "" {
+		if act, err = shield.ParseAction(req.Action); err != nil {
+			fail(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+	}
+	reason := req.Reason
+	if reason == "" {
+		reason = "manual"
+	}
+	if err := a.Shield.Ban(p, ttl, reason, act); err != nil {
+		fail(w, http.StatusConflict, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"result": fmt.Sprintf("%s blocked for %s (%s, %s)", p, ttl, reason, act)})
+}
+
+func (a *Server) unban(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	switch {
+	case q.Get("all") == "true":
+		n := a.Shield.UnbanAll()
+		writeJSON(w, http.StatusOK, map[string]any{"result": fmt.Sprintf("%d ban(s) lifted", n), "lifted": n})
+	case q.Get("reason") != "":
+		n := a.Shield.UnbanReason(q.Get("reason"))
+		writeJSON(w, http.StatusOK, map[string]any{"result": fmt.Sprintf("%d ban(s) lifted", n), "lifted": n})
+	case q.Get("prefix") != "":
+		p, err := ParsePrefix(q.Get("prefix"))
+		if err != nil {
+			fail(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+		if !a.Shield.Unban(p) {
+			fail(w, http.StatusNotFound, "%s is not banned (see `agua bans`; rules in shield.rules are lifted by editing the file)", p)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"result": fmt.Sprintf("%s unblocked", p), "lifted": 1})
+	default:
+		fail(w, http.StatusBadRequest, "say which bans to lift: prefix=, reason= or all=true")
+	}
+}
+
+func (a *Server) why(w http.ResponseWriter, r *http.Request) {
+	ip, err := netip.ParseAddr(strings.TrimSpace(r.URL.Query().Get("ip")))
+	if err != nil {
+		fail(w, http.StatusBadRequest, "ip=%q is not an IP address", r.URL.Query().Get("ip"))
+		return
+	}
+	writeJSON(w, http.StatusOK, a.Shield.Why(ip.Unmap()))
+}
+
+func (a *Server) lockdownGet(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, LockdownRequest{On: a.Shield.Lockdown()})
+}
+
+func (a *Server) lockdownSet(w http.ResponseWriter, r *http.Request) {
+	var req LockdownRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<12)).Decode(&req); err != nil {
+		fail(w, http.StatusBadRequest, "bad request body: %v", err)
+		return
+	}
+	a.Shield.SetLockdown(req.On)
+	writeJSON(w, http.StatusOK, req)
+}
+
+func (a *Server) conns(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.Shield.Conns())
+}
+
+// ErrNotRunning is returned by the client when no server answers.
+var ErrNotRunning = errors.New("agua is not running")

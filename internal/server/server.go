@@ -1,0 +1,385 @@
+// Package server wires agua together for `agua serve`: the data folder, the
+// accounts directory, the mail store, TLS, the shield and the protocol
+// listeners, plus the admin API socket and signal handling.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/directory"
+	"github.com/agua-mail/agua/internal/maildir"
+	"github.com/agua-mail/agua/internal/smtpd"
+	"github.com/agua-mail/agua/internal/tlsutil"
+	"github.com/agua-mail/agua/shield"
+)
+
+// Version is set by the binary.
+var Version = "dev"
+
+// Server is a running agua.
+type Server struct {
+	cfg     config.Config
+	log     *slog.Logger
+	started time.Time
+
+	dir    *directory.Directory
+	store  *maildir.Store
+	shield *shield.Shield
+
+	listeners []boundListener
+	smtp      []*smtpd.Server
+	admin     *http.Server
+	adminLn   net.Listener
+}
+
+type boundListener struct {
+	name string
+	ln   net.Listener
+	srv  *smtpd.Server
+}
+
+// Paths derived from the config.
+func DatabasePath(cfg config.Config) string {
+	if cfg.Accounts.Database != "" {
+		return cfg.Resolve(cfg.Accounts.Database)
+	}
+	return filepath.Join(cfg.DataDir, "agua.db")
+}
+
+// AdminSocket is where the admin API listens.
+func AdminSocket(cfg config.Config) string {
+	if cfg.Admin.Socket != "" {
+		return cfg.Resolve(cfg.Admin.Socket)
+	}
+	return filepath.Join(cfg.DataDir, "admin.sock")
+}
+
+// OpenDirectory opens the accounts database of cfg (also used by the CLI).
+func OpenDirectory(cfg config.Config, log *slog.Logger) (*directory.Directory, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, err
+	}
+	return directory.Open(DatabasePath(cfg), directory.Options{DefaultQuota: int64(cfg.Accounts.DefaultQuota), Logger: log})
+}
+
+// New prepares everything and binds every listener, so that a port already
+// in use is reported before anything is served. out receives the one-time
+// demo account message.
+func New(cfg config.Config, log *slog.Logger, out io.Writer) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, started: time.Now()}
+	if err := s.open(out); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) open(out io.Writer) (err error) {
+	cfg, log := s.cfg, s.log
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o750); err != nil {
+		return fmt.Errorf("data folder: %w", err)
+	}
+	if s.dir, err = OpenDirectory(cfg, log); err != nil {
+		return fmt.Errorf("accounts: %w", err)
+	}
+	if cfg.Accounts.Demo {
+		if err := s.createDemo(out); err != nil {
+			return fmt.Errorf("demo account: %w", err)
+		}
+	}
+	certFile, keyFile := cfg.Resolve(cfg.TLS.CertFile), cfg.Resolve(cfg.TLS.KeyFile)
+	if certFile == "" {
+		certFile, keyFile = filepath.Join(cfg.DataDir, "tls", "cert.pem"), filepath.Join(cfg.DataDir, "tls", "key.pem")
+	}
+	tlsCfg, created, err := tlsutil.LoadOrCreate(certFile, keyFile, []string{cfg.Hostname})
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("generated a self-signed TLS certificate", "cert", certFile)
+	}
+	if s.store, err = maildir.Open(filepath.Join(cfg.DataDir, "mail"), maildir.Options{Logger: log, Hostname: cfg.Hostname}); err != nil {
+		return fmt.Errorf("mail store: %w", err)
+	}
+	if s.shield, err = s.openShield(); err != nil {
+		return err
+	}
+	if err := s.listenSMTP(tlsCfg); err != nil {
+		return err
+	}
+	if err := s.listenAdmin(); err != nil {
+		return err
+	}
+	return nil
+}
+
+const rulesHeader = `# agua shield rules: one rule per line, changes apply within a second.
+#   deny 203.0.113.7             refuse with the default action
+#   deny 198.51.100.0/24 drop     close at once, send nothing
+#   deny 2001:db8::/32 tarpit     hold the connection open silently
+#   allow 192.0.2.10             never limited or banned
+#   deny 10.9.0.0/16 dry-run      only log "would block"
+`
+
+func (s *Server) openShield() (*shield.Shield, error) {
+	sc := s.cfg.Shield
+	files := make([]string, len(sc.RuleFiles))
+	for i, f := range sc.RuleFiles {
+		files[i] = s.cfg.Resolve(f)
+		if _, err := os.Stat(files[i]); errors.Is(err, os.ErrNotExist) && filepath.Dir(files[i]) == filepath.Clean(s.cfg.DataDir) {
+			os.WriteFile(files[i], []byte(rulesHeader), 0o640)
+		}
+	}
+	sc.RuleFiles = files
+	sh, err := shield.New(sc, shield.Options{Logger: s.log, StateDir: filepath.Join(s.cfg.DataDir, "shield")})
+	if err != nil {
+		return nil, fmt.Errorf("shield: %w", err)
+	}
+	return sh, nil
+}
+
+func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
+	c := s.cfg.SMTP
+	return smtpd.Config{
+		Hostname:                  s.cfg.Hostname,
+		TLS:                       tlsCfg,
+		MaxMessageSize:            int64(c.MaxMessageSize),
+		MaxRecipients:             c.MaxRecipients,
+		MaxCommandLength:          c.MaxCommandLength,
+		MaxLineLength:             c.MaxLineLength,
+		CommandTimeout:            c.CommandTimeout,
+		DataTimeout:               c.DataTimeout,
+		SessionTimeout:            c.SessionTimeout,
+		MaxErrors:                 c.MaxErrors,
+		BannerDelay:               c.BannerDelay,
+		AuthFailureDelay:          c.AuthDelay,
+		AllowInsecureAuthLoopback: c.AllowInsecureAuth,
+		SpoolDir:                  filepath.Join(s.cfg.DataDir, "tmp"),
+	}
+}
+
+func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
+	backend := &mailBackend{dir: s.dir, store: s.store, hostname: s.cfg.Hostname}
+	hooks := smtpd.Hooks{AccountDelay: s.shield.AccountDelay}
+	for _, group := range []struct {
+		mode  smtpd.Mode
+		addrs []string
+	}{
+		{smtpd.ModeMX, s.cfg.SMTP.Listen},
+		{smtpd.ModeSubmission, s.cfg.SMTP.SubmissionListen},
+		{smtpd.ModeSubmissions, s.cfg.SMTP.SubmissionsListen},
+	} {
+		if len(group.addrs) == 0 {
+			continue
+		}
+		srv, err := smtpd.NewServer(group.mode, s.smtpConfig(tlsCfg), backend, hooks, s.log)
+		if err != nil {
+			return err
+		}
+		s.smtp = append(s.smtp, srv)
+		var reject func(net.Conn, shield.Decision)
+		if group.mode != smtpd.ModeSubmissions { // no plaintext reply on a TLS port
+			reject = smtpReject(s.cfg.Hostname)
+		}
+		for _, addr := range group.addrs {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("%s listener: %w", group.mode, err)
+			}
+			sl := s.shield.Listener(ln, shield.ListenerConfig{Name: group.mode.String(), MaxConns: s.cfg.SMTP.MaxConns, Reject: reject})
+			s.listeners = append(s.listeners, boundListener{name: group.mode.String(), ln: sl, srv: srv})
+		}
+	}
+	return nil
+}
+
+// smtpReject answers a refused connection instead of the banner
+// (RFC 5321 3.1: 554 for policy; 421 for a temporary refusal).
+func smtpReject(hostname string) func(net.Conn, shield.Decision) {
+	return func(c net.Conn, d shield.Decision) {
+		if d.Temporary {
+			fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", hostname, d.Reason)
+			return
+		}
+		fmt.Fprintf(c, "554 5.7.1 %s %s\r\n", hostname, d.Reason)
+	}
+}
+
+func (s *Server) listenAdmin() error {
+	path := AdminSocket(s.cfg)
+	// A socket left by a killed server is removed; a live one means another
+	// agua is using this data folder.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("another agua is already running with this data folder (admin socket %s answers)", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	os.Chmod(path, 0o600)
+	s.adminLn = ln
+	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log}
+	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return nil
+}
+
+// Status is what `agua status` shows.
+type Status struct {
+	Version   string            `json:"version"`
+	PID       int               `json:"pid"`
+	Started   time.Time         `json:"started"`
+	Uptime    string            `json:"uptime"`
+	Listeners map[string]string `json:"listeners"`
+	Sessions  int64             `json:"smtp_sessions"`
+	Lockdown  bool              `json:"lockdown"`
+	Shield    shield.Stats      `json:"shield"`
+}
+
+func (s *Server) status() any {
+	st := Status{Version: Version, PID: os.Getpid(), Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(),
+		Listeners: map[string]string{}, Lockdown: s.shield.Lockdown(), Shield: s.shield.Stats()}
+	for _, l := range s.listeners {
+		st.Listeners[l.ln.Addr().String()] = l.name
+	}
+	for _, srv := range s.smtp {
+		st.Sessions += srv.Sessions()
+	}
+	return st
+}
+
+// Addr returns the bound address of the first listener named name ("smtp",
+// "submission", "submissions"), for tests that listen on port 0.
+func (s *Server) Addr(name string) string {
+	for _, l := range s.listeners {
+		if l.name == name {
+			return l.ln.Addr().String()
+		}
+	}
+	return ""
+}
+
+// Shield returns the server's shield.
+func (s *Server) Shield() *shield.Shield { return s.shield }
+
+// Serve runs until ctx ends, then shuts down gracefully. SIGHUP reloads the
+// shield rules.
+func (s *Server) Serve(ctx context.Context) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var wg sync.WaitGroup
+	errc := make(chan error, len(s.listeners)+1)
+	for _, l := range s.listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- l.srv.Serve(l.ln)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	for _, l := range s.listeners {
+		s.log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
+	}
+	s.log.Info("agua started", "version", Version, "data", s.cfg.DataDir, "admin", AdminSocket(s.cfg))
+	for {
+		select {
+		case <-hup:
+			if err := s.shield.Reload(); err != nil {
+				s.log.Error("reload on SIGHUP failed; previous rules stay", "err", err)
+			}
+			continue
+		case <-ctx.Done():
+		case err := <-errc:
+			if err != nil {
+				s.log.Error("listener failed", "err", err)
+			}
+		}
+		break
+	}
+	s.log.Info("shutting down")
+	for _, l := range s.listeners {
+		l.ln.Close()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.admin.Shutdown(sctx)
+	for _, srv := range s.smtp {
+		srv.Shutdown(sctx)
+	}
+	wg.Wait()
+	return s.Close()
+}
+
+// Close releases everything New opened.
+func (s *Server) Close() error {
+	for _, l := range s.listeners {
+		l.ln.Close()
+	}
+	if s.adminLn != nil {
+		s.adminLn.Close()
+		os.Remove(AdminSocket(s.cfg))
+	}
+	var errs []error
+	if s.shield != nil {
+		errs = append(errs, s.shield.Close())
+		s.shield = nil
+	}
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+		s.store = nil
+	}
+	if s.dir != nil {
+		errs = append(errs, s.dir.Close())
+		s.dir = nil
+	}
+	return errors.Join(errs...)
+}
+
+// createDemo makes domain example.test and user demo@example.test on the
+// first start, printing the generated password once.
+func (s *Server) createDemo(out io.Writer) error {
+	ctx := context.Background()
+	domains, err := s.dir.ListDomains(ctx)
+	if err != nil || len(domains) > 0 {
+		return err
+	}
+	var b [12]byte
+	rand.Read(b[:])
+	pass := base64.RawURLEncoding.EncodeToString(b[:])
+	if err := s.dir.AddDomain(ctx, "example.test"); err != nil {
+		return err
+	}
+	if err := s.dir.AddUser(ctx, "demo@example.test", pass, 0); err != nil {
+		return err
+	}
+	if err := s.dir.AddAlias(ctx, "postmaster@example.test", "demo@example.test"); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nFirst start: created domain example.test and user demo@example.test\n  password: %s\n(shown only this once; change it with `agua user passwd demo@example.test`)\n\n", pass)
+	return nil
+}
