@@ -76,6 +76,11 @@ type AdminConfig struct {
 func Default() Config {
 	sh := shield.DefaultConfig()
 	sh.RuleFiles = []string{"shield.rules"}
+	// The machine itself (local scripts, webmail on the same host) is
+	// trusted, as Postfix's mynetworks does. Other loopback addresses are
+	// judged like anyone else, which is what the attack tests use. Behind a
+	// proxy on the same host, use PROXY protocol (trusted_proxies) instead.
+	sh.Allow = []string{"127.0.0.1", "::1"}
 	return Config{
 		DataDir:  "agua-data",
 		Hostname: "localhost",

@@ -94,13 +94,25 @@ func (b *mailBackend) CheckRecipient(ctx context.Context, s *smtpd.Session, env 
 	return nil
 }
 
-// resolve maps a recipient to local mailboxes; the bare "postmaster"
-// (RFC 5321 4.1.1.3) is postmaster at the server's host name.
+// resolve maps a recipient to local mailboxes. The bare "postmaster"
+// (RFC 5321 4.1.1.3: must be accepted) is postmaster at the server's host
+// name when that is a local domain, else at the first local domain.
 func (b *mailBackend) resolve(ctx context.Context, rcpt string) ([]directory.User, error) {
-	if strings.EqualFold(rcpt, "postmaster") {
-		rcpt = "postmaster@" + b.hostname
+	if !strings.EqualFold(rcpt, "postmaster") {
+		return b.dir.Resolve(ctx, rcpt)
 	}
-	return b.dir.Resolve(ctx, rcpt)
+	users, err := b.dir.Resolve(ctx, "postmaster@"+b.hostname)
+	if !errors.Is(err, directory.ErrNotLocal) {
+		return users, err
+	}
+	domains, err := b.dir.ListDomains(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(domains) == 0 {
+		return nil, directory.ErrNoSuchUser
+	}
+	return b.dir.Resolve(ctx, "postmaster@"+domains[0])
 }
 
 func (b *mailBackend) Deliver(ctx context.Context, s *smtpd.Session, env *smtpd.Envelope, msg io.ReaderAt, size int64) error {

@@ -1,0 +1,253 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/directory"
+)
+
+// testServer is a real agua on loopback ports chosen by the kernel, with a
+// second handle on its accounts database (as the CLI would have).
+type testServer struct {
+	srv  *Server
+	cfg  config.Config
+	dir  *directory.Directory
+	logs *logBuffer
+}
+
+const (
+	testDomain = "example.test"
+	testUser   = "alice@example.test"
+	testPass   = "correct horse battery"
+)
+
+func startServer(t *testing.T, mutate func(*config.Config)) *testServer {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.Accounts.Demo = false
+	cfg.SMTP.Listen = []string{"127.0.0.1:0"}
+	cfg.SMTP.SubmissionListen = []string{"127.0.0.1:0"}
+	cfg.SMTP.SubmissionsListen = []string{"127.0.0.1:0"}
+	cfg.SMTP.AuthDelay = 0
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if probs := cfg.Validate(); len(probs) > 0 {
+		t.Fatalf("test config invalid: %v", probs)
+	}
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := New(cfg, log, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	dir, err := OpenDirectory(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("server did not shut down")
+		}
+		dir.Close()
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs.String())
+		}
+	})
+	ts := &testServer{srv: srv, cfg: cfg, dir: dir, logs: logs}
+	ctxb := context.Background()
+	if err := dir.AddDomain(ctxb, testDomain); err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.AddUser(ctxb, testUser, testPass, 0); err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+// logBuffer collects the server's log for failed tests.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// messages returns the files delivered to a mailbox (new/ and cur/).
+func (ts *testServer) messages(t *testing.T, mailbox string) []string {
+	t.Helper()
+	local, domain, _ := strings.Cut(mailbox, "@")
+	var out []string
+	for _, sub := range []string{"new", "cur"} {
+		dir := filepath.Join(ts.cfg.DataDir, "mail", domain, local, sub)
+		ents, err := os.ReadDir(dir)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, string(b))
+		}
+	}
+	return out
+}
+
+// client speaks SMTP line by line, as a test script would.
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dial(t *testing.T, addr string) *client {
+	t.Helper()
+	return dialFrom(t, addr, "")
+}
+
+// dialFrom connects from a chosen loopback source address ("" = default).
+func dialFrom(t *testing.T, addr, src string) *client {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &client{t: t, conn: c, r: bufio.NewReader(c)}
+}
+
+func (c *client) send(line string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, line+"\r\n"); err != nil {
+		c.t.Fatalf("send %q: %v", line, err)
+	}
+}
+
+func (c *client) raw(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, s); err != nil {
+		c.t.Fatalf("send raw: %v", err)
+	}
+}
+
+// reply reads one (possibly multi-line) reply and returns its lines.
+func (c *client) reply() ([]string, error) {
+	var lines []string
+	for {
+		l, err := c.r.ReadString('\n')
+		if err != nil {
+			return lines, err
+		}
+		l = strings.TrimRight(l, "\r\n")
+		lines = append(lines, l)
+		if len(l) < 4 || l[3] != '-' {
+			return lines, nil
+		}
+	}
+}
+
+// expect reads a reply whose last line starts with prefix.
+func (c *client) expect(prefix string) string {
+	c.t.Helper()
+	lines, err := c.reply()
+	if err != nil {
+		c.t.Fatalf("want %q, read error %v (got %q)", prefix, err, lines)
+	}
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, prefix) {
+		c.t.Fatalf("want reply %q, got %q", prefix, lines)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cmd sends a line and expects a reply prefix.
+func (c *client) cmd(line, prefix string) string {
+	c.t.Helper()
+	c.send(line)
+	return c.expect(prefix)
+}
+
+// expectClosed checks the server closed the connection.
+func (c *client) expectClosed() {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := c.r.ReadString('\n')
+	if err == nil {
+		c.t.Fatalf("want connection closed, got %q", b)
+	}
+}
+
+func (c *client) startTLS() {
+	c.t.Helper()
+	c.cmd("STARTTLS", "220 2.0.0")
+	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.conn = tc
+	c.r = bufio.NewReader(tc)
+}
+
+func plainAuth(user, pass string) string {
+	return base64Std("\x00" + user + "\x00" + pass)
+}
+
+// deliver runs one full transaction and returns the reply to the data.
+func (c *client) deliver(from string, rcpts []string, body string) string {
+	c.t.Helper()
+	c.cmd(fmt.Sprintf("MAIL FROM:<%s>", from), "250")
+	for _, r := range rcpts {
+		c.cmd(fmt.Sprintf("RCPT TO:<%s>", r), "250")
+	}
+	c.cmd("DATA", "354")
+	c.raw(body)
+	c.raw(".\r\n")
+	lines, err := c.reply()
+	if err != nil {
+		c.t.Fatalf("after data: %v", err)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func base64Std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
