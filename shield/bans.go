@@ -309,7 +309,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if ev == AuthSuccess || ev == MessageAccepted {
 		s.markKnownGood(addr, ns)
 		if c != nil {
-			c.knownGood = true
+			c.knownGood.Store(true)
 		}
 	}
 	if pol.exempt(addr) {

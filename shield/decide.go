@@ -209,7 +209,7 @@ func (s *Shield) evictFor(l *listener, now time.Time) bool {
 	l.mu.Lock()
 	for c := range l.conns {
 		last := c.lastActive.Load()
-		if c.authed.Load() || c.knownGood || ns-last < idle {
+		if c.authed.Load() || c.knownGood.Load() || ns-last < idle {
 			continue
 		}
 		if victim == nil || last < oldest {

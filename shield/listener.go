@@ -197,7 +197,8 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 		// Already counted as "would block" by the aggregator.
 	}
 	sc := &Conn{Conn: c, s: s, l: l, addr: addr, remote: remote, since: now, release: release,
-		knownGood: knownGood, done: make(chan struct{}), id: s.connIDs.Add(1)}
+		done: make(chan struct{}), id: s.connIDs.Add(1)}
+	sc.knownGood.Store(knownGood)
 	if r != nil && r.Buffered() > 0 {
 		sc.r = r
 	}
@@ -327,7 +328,7 @@ type Conn struct {
 	remote    net.Addr // client address from a PROXY header, or nil
 	r         *bufio.Reader
 	since     time.Time
-	knownGood bool
+	knownGood atomic.Bool // known-good when admitted, or since (AuthSuccess, MessageAccepted)
 
 	lastActive atomic.Int64
 	authed     atomic.Bool

@@ -106,7 +106,7 @@ func (s *Shield) Conns() []ConnInfo {
 		l.mu.Lock()
 		for c := range l.conns {
 			out = append(out, ConnInfo{ID: c.id, Listener: l.lc.Name, Addr: c.addr, Since: c.since,
-				LastActivity: time.Unix(0, c.lastActive.Load()), Authenticated: c.authed.Load(), KnownGood: c.knownGood})
+				LastActivity: time.Unix(0, c.lastActive.Load()), Authenticated: c.authed.Load(), KnownGood: c.knownGood.Load()})
 		}
 		l.mu.Unlock()
 	}
