@@ -1,0 +1,131 @@
+package shield
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWhyIsJSON(t *testing.T) {
+	cfg := testConfig()
+	cfg.Rules = []string{"deny 192.0.2.0/24 tarpit"}
+	h := newHarness(t, cfg, Options{})
+	h.s.report(nil, mustAddr("192.0.2.7"), ProtocolError, h.clock.Now())
+	h.s.report(nil, mustAddr("198.51.100.7"), PreGreet, h.clock.Now())
+
+	e := h.s.Why(mustAddr("192.0.2.7"))
+	if e.Rule == nil || e.Rule.Source != "config:rules[0]" || e.Rule.Text != "deny 192.0.2.0/24 tarpit" ||
+		e.Decision.Action != Tarpit || e.Counters.Events["protocol_error"] != 1 || e.Counters.Prefix.String() != "192.0.2.0/24" {
+		t.Fatalf("%+v", e)
+	}
+	b, err := json.Marshal(h.s.Why(mustAddr("198.51.100.7")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"ban":{"prefix":"198.51.100.7/32","reason":"pregreet","action":"reject"`, `"decision":{"action":"reject"`,
+		`"source":"ban:pregreet"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("missing %s in %s", want, b)
+		}
+	}
+	if _, err := json.Marshal(h.s.Stats()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConnsAndStats(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "pop3"})
+	c := dialFrom(t, srv.addr, "127.91.0.1")
+	c.expect("220")
+	c.cmd("AUTH carol good")
+	conns := h.s.Conns()
+	if len(conns) != 1 || conns[0].Listener != "pop3" || conns[0].Addr != mustAddr("127.91.0.1") || !conns[0].Authenticated {
+		t.Fatalf("%+v", conns)
+	}
+	c.cmd("QUIT")
+	eventually(t, "conn gone", func() bool { return len(h.s.Conns()) == 0 })
+	st := h.s.Stats()
+	if st.Listeners["pop3"].Accepted != 1 || st.Listeners["pop3"].Active != 0 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+func TestCorruptStateIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, stateFile), []byte("{not json"), 0o600)
+	if _, err := New(testConfig(), Options{StateDir: dir}); err == nil || !strings.Contains(err.Error(), stateFile) {
+		t.Fatalf("want an error naming the state file, got %v", err)
+	}
+}
+
+func TestRejectCallbackPanicIsContained(t *testing.T) {
+	cfg := testConfig()
+	cfg.Rules = []string{"deny 127.92.0.1"}
+	h := newHarness(t, cfg, Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp", Reject: func(net.Conn, Decision) { panic("boom") }})
+	dialFrom(t, srv.addr, "127.92.0.1").expectClosed()
+	dialFrom(t, srv.addr, "127.92.0.2").expect("220")
+	eventually(t, "panic logged", func() bool { return strings.Contains(h.logs.String(), "shield reject callback panicked") })
+}
+
+func TestBadProxyHeaderFromTrustedProxyIsDropped(t *testing.T) {
+	cfg := testConfig()
+	cfg.TrustedProxies = []string{"127.93.0.1"}
+	h := newHarness(t, cfg, Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp", ProxyProtocol: true})
+	c := dialFrom(t, srv.addr, "127.93.0.1")
+	fmt.Fprintf(c.c, "PROXY TCP4 nonsense\r\n")
+	c.expectClosed()
+	if st := h.s.Stats().Listeners["smtp"]; st.Dropped != 1 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+func TestIPv6Listener(t *testing.T) {
+	inner, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback:", err)
+	}
+	inner.Close()
+	cfg := testConfig()
+	cfg.Rules = []string{"deny ::1/128"}
+	h := newHarness(t, cfg, Options{})
+	inner, err = net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := h.s.Listener(inner, ListenerConfig{Name: "smtp", Reject: replyReject})
+	defer ln.Close()
+	go ln.Accept()
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, _ := c.Read(buf)
+	if !strings.HasPrefix(string(buf[:n]), "554 5.7.1 access denied") {
+		t.Fatalf("%q", buf[:n])
+	}
+}
+
+// TestListenerCloseUnblocksAccept: closing the wrapped listener ends Accept
+// with net.ErrClosed.
+func TestListenerCloseUnblocksAccept(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	inner, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln := h.s.Listener(inner, ListenerConfig{Name: "x"})
+	errc := make(chan error)
+	go func() { _, err := ln.Accept(); errc <- err }()
+	ln.Close()
+	if err := <-errc; err == nil {
+		t.Fatal("Accept returned no error after Close")
+	}
+}
