@@ -54,16 +54,8 @@ func runDialog(t *testing.T, ts *testServer, script string) {
 		case strings.HasPrefix(line, "raw: "):
 			c.raw(unescape(line[5:]))
 		case strings.HasPrefix(line, "s: "):
-			lines, err := c.reply()
-			want, has, _ := strings.Cut(line[3:], " | ")
-			if err != nil || !strings.HasPrefix(lines[len(lines)-1], want) {
-				t.Fatalf("line %d: want %q, got %q (err %v)", n+1, want, lines, err)
-			}
-			for _, h := range strings.Split(has, " | ") {
-				if !strings.Contains(strings.Join(lines, "\n"), h) {
-					t.Fatalf("line %d: reply lacks %q: %q", n+1, h, lines)
-				}
-			}
+			t.Logf("line %d", n+1)
+			c.expect(line[3:])
 		case line == "closed":
 			c.expectClosed()
 		default:

@@ -187,18 +187,25 @@ func (c *client) reply() ([]string, error) {
 	}
 }
 
-// expect reads a reply whose last line starts with prefix.
-func (c *client) expect(prefix string) string {
+// expect reads a reply whose last line starts with prefix; "250 | SIZE |
+// AUTH" also requires each text after " | " somewhere in the reply.
+func (c *client) expect(want string) string {
 	c.t.Helper()
+	prefix, has, _ := strings.Cut(want, " | ")
 	lines, err := c.reply()
 	if err != nil {
-		c.t.Fatalf("want %q, read error %v (got %q)", prefix, err, lines)
+		c.t.Fatalf("want %q, read error %v (got %q)", want, err, lines)
 	}
-	last := lines[len(lines)-1]
-	if !strings.HasPrefix(last, prefix) {
-		c.t.Fatalf("want reply %q, got %q", prefix, lines)
+	all := strings.Join(lines, "\n")
+	if !strings.HasPrefix(lines[len(lines)-1], prefix) {
+		c.t.Fatalf("want reply %q, got %q", want, lines)
 	}
-	return strings.Join(lines, "\n")
+	for _, h := range strings.Split(has, " | ") {
+		if !strings.Contains(all, h) {
+			c.t.Fatalf("reply lacks %q: %q", h, lines)
+		}
+	}
+	return all
 }
 
 // cmd sends a line and expects a reply prefix.
@@ -251,3 +258,15 @@ func (c *client) deliver(from string, rcpts []string, body string) string {
 }
 
 func base64Std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func appendFile(t *testing.T, path, text string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(text); err != nil {
+		t.Fatal(err)
+	}
+}

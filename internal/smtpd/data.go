@@ -74,6 +74,9 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 	var size int64
 	var line []byte
 	tooLong := false
+	// A "." line ends the data only if the line before it ended in CRLF:
+	// "<LF>.<CRLF>" is the classic smuggling sequence (CVE-2023-51766 class).
+	prevCRLF := true
 	for {
 		ss.setReadDeadline(cfg.DataTimeout)
 		frag, rerr := ss.r.ReadSlice('\n')
@@ -93,6 +96,7 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 		}
 		if tooLong {
 			tooLong = false
+			prevCRLF = true
 			if bad == nil {
 				bad = errDataLine
 			}
@@ -100,9 +104,10 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 		}
 		n := len(line)
 		crlf := n >= 2 && line[n-2] == '\r'
-		if crlf && n == 3 && line[0] == '.' {
+		if crlf && n == 3 && line[0] == '.' && prevCRLF {
 			return bad, nil
 		}
+		prevCRLF = crlf
 		if !crlf || bytes.IndexByte(line[:n-2], '\r') >= 0 {
 			if bad == nil {
 				bad = errBareLF

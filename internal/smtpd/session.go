@@ -149,17 +149,14 @@ func (ss *session) run() {
 	}
 	for {
 		line, err := ss.readLine(s.cfg.MaxCommandLength, s.cfg.CommandTimeout)
-		if err != nil {
-			if errors.Is(err, errLineTooLong) {
-				if ss.fail(errLineTooLong) {
-					return
-				}
-				continue
-			}
+		switch {
+		case errors.Is(err, errLineTooLong):
+		case err != nil:
 			ss.readFailed(err)
 			return
+		default:
+			err = ss.dispatch(line)
 		}
-		err = ss.dispatch(line)
 		if errors.Is(err, errQuit) {
 			ss.flush()
 			return
