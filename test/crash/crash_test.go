@@ -1,0 +1,415 @@
+// Package crash tests that agua keeps its promise about acknowledged mail
+// when it is killed: a message answered with 250 after DATA (RFC 5321
+// 4.1.1.4, 6.1: the server has taken responsibility for it) is in the
+// recipient's Maildir exactly once, complete, after any number of SIGKILLs
+// and restarts on the same data folder. Messages that were being sent when
+// the server died may or may not be there, but never twice and never
+// partial.
+package crash
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/mail"
+	"net/smtp"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/agua-mail/agua/test/internal/harness"
+)
+
+func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+
+const (
+	rcpt   = "crash@crash.test"
+	sender = "sender@remote.test"
+
+	workers = 8
+	// msgTimeout bounds one transaction on the client side; it only keeps a
+	// hung server from hanging the test.
+	msgTimeout = 15 * time.Second
+	// progressTimeout bounds the wait for the first acknowledged message
+	// after a (re)start: a server that answers banners but never delivers
+	// fails the test instead of hanging it.
+	progressTimeout = 20 * time.Second
+	// bigEvery makes every bigEvery-th message larger than the SMTP
+	// server's in-memory spool (256 KiB), so the file-spool path is killed
+	// mid-way too.
+	bigEvery = 16
+)
+
+// ledger records what the clients sent and what the server acknowledged.
+type ledger struct {
+	mu        sync.Mutex
+	attempted map[string][32]byte // token → SHA-256 of the body sent
+	acked     map[string]bool
+	nacked    atomic.Int64 // acknowledged count, read without the lock
+	refusals  []string     // SMTP error replies (a healthy server sends none)
+}
+
+func (l *ledger) attempt(tok string, body []byte) {
+	l.mu.Lock()
+	l.attempted[tok] = sha256.Sum256(body)
+	l.mu.Unlock()
+}
+
+func (l *ledger) ack(tok string) {
+	l.mu.Lock()
+	l.acked[tok] = true
+	l.mu.Unlock()
+	l.nacked.Add(1)
+}
+
+func (l *ledger) refused(tok string, err error) {
+	l.mu.Lock()
+	l.refusals = append(l.refusals, fmt.Sprintf("%s: %v", tok, err))
+	l.mu.Unlock()
+}
+
+// TestKill9 delivers concurrently over the MX port while killing the server
+// with SIGKILL at random moments and restarting it on the same data folder,
+// then checks every acknowledged message is in the Maildir exactly once and
+// intact.
+func TestKill9(t *testing.T) {
+	rounds := 5
+	if testing.Short() {
+		rounds = 2
+	}
+	srv := harness.New(t, harness.Options{})
+	srv.AddUser(t, rcpt, "crash-test-password")
+	srv.Start(t)
+
+	led := &ledger{attempted: map[string][32]byte{}, acked: map[string]bool{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	stopClients := sync.OnceFunc(func() {
+		cancel()
+		wg.Wait()
+	})
+	t.Cleanup(stopClients) // also on t.Fatal in the kill loop
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &client{id: w, addr: srv.SMTP, led: led, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))}
+			c.run(ctx)
+		}()
+	}
+
+	for round := 1; round <= rounds; round++ {
+		waitProgress(t, srv, led, fmt.Sprintf("start %d", round))
+		delay := 300*time.Millisecond + rand.N(1200*time.Millisecond)
+		time.Sleep(delay)
+		pid := srv.PID()
+		srv.Kill(t)
+		t.Logf("round %d: SIGKILL pid %d after %v more; %d acknowledged so far", round, pid, delay.Round(time.Millisecond), led.nacked.Load())
+		srv.Start(t) // a restart failure after kill -9 is a bug; Start fails the test with the log
+	}
+	// After the last restart the server must still take mail.
+	waitProgress(t, srv, led, "the last restart")
+	time.Sleep(300 * time.Millisecond)
+	stopClients()
+	srv.Stop(t)
+
+	checkMaildir(t, srv, led)
+}
+
+// waitProgress waits until at least one more message is acknowledged, so
+// that each kill lands while deliveries are under way.
+func waitProgress(t *testing.T, srv *harness.Server, led *ledger, what string) {
+	t.Helper()
+	start := led.nacked.Load()
+	deadline := time.Now().Add(progressTimeout)
+	for led.nacked.Load() == start {
+		if time.Now().After(deadline) {
+			t.Fatalf("no message acknowledged within %v after %s\nlog:\n%s", progressTimeout, what, srv.LogTail(40))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// client is one sending goroutine. Even ids use net/smtp; odd ids speak the
+// protocol directly with PIPELINING (RFC 2920), sending MAIL, RCPT and DATA
+// in one write.
+type client struct {
+	id   int
+	addr string
+	led  *ledger
+	rng  *rand.Rand
+	seq  int
+}
+
+func (c *client) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		conn, err := net.DialTimeout("tcp", c.addr, time.Second)
+		if err != nil {
+			// The server is down between a kill and its restart.
+			sleepCtx(ctx, 10*time.Millisecond+rand.N(30*time.Millisecond))
+			continue
+		}
+		// Closing the connection unblocks any read when the test ends.
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		n := 1 + c.rng.IntN(5) // messages on this connection
+		if c.id%2 == 0 {
+			c.sendNetSMTP(conn, n)
+		} else {
+			c.sendPipelined(conn, n)
+		}
+		stop()
+		conn.Close()
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// message builds a message with a unique token in Subject, Message-ID and
+// body. The body has a line starting with "." (dot-stuffing, RFC 5321
+// 4.5.2) and ends with "END <token>", so a truncated copy is recognised.
+func (c *client) message() (tok string, header, body []byte) {
+	c.seq++
+	tok = fmt.Sprintf("w%d-%05d-%08x", c.id, c.seq, c.rng.Uint32())
+	lines := 1 + c.rng.IntN(60)
+	if c.seq%bigEvery == 0 {
+		lines = 4000 // about 300 KiB
+	}
+	var b bytes.Buffer
+	for i := range lines {
+		fmt.Fprintf(&b, "line %04d of %s: the quick brown fox jumps over the lazy dog 0123456789\r\n", i, tok)
+		if i == lines/2 {
+			fmt.Fprintf(&b, ".dot line of %s\r\n", tok)
+		}
+	}
+	fmt.Fprintf(&b, "END %s\r\n", tok)
+	header = fmt.Appendf(nil, "From: <%s>\r\nTo: <%s>\r\nSubject: crash test %s\r\nMessage-ID: <%s@crash.test>\r\nDate: %s\r\n\r\n",
+		sender, rcpt, tok, tok, time.Now().Format(time.RFC1123Z))
+	return tok, header, b.Bytes()
+}
+
+func (c *client) sendNetSMTP(conn net.Conn, n int) {
+	conn.SetDeadline(time.Now().Add(msgTimeout))
+	sc, err := smtp.NewClient(conn, "localhost")
+	if err != nil {
+		return
+	}
+	if err := sc.Hello("client.crash.test"); err != nil {
+		return
+	}
+	for range n {
+		conn.SetDeadline(time.Now().Add(msgTimeout))
+		tok, header, body := c.message()
+		c.led.attempt(tok, body)
+		if err := sc.Mail(sender); err != nil {
+			c.fail(tok, err)
+			return
+		}
+		if err := sc.Rcpt(rcpt); err != nil {
+			c.fail(tok, err)
+			return
+		}
+		w, err := sc.Data()
+		if err != nil {
+			c.fail(tok, err)
+			return
+		}
+		w.Write(header)
+		w.Write(body)
+		if err := w.Close(); err != nil { // reads the reply to the final "."
+			c.fail(tok, err)
+			return
+		}
+		c.led.ack(tok)
+	}
+	sc.Quit()
+}
+
+// fail records an SMTP error reply; network errors (the server was killed)
+// are expected and only mean "not acknowledged".
+func (c *client) fail(tok string, err error) {
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		c.led.refused(tok, err)
+	}
+}
+
+func (c *client) sendPipelined(conn net.Conn, n int) {
+	conn.SetDeadline(time.Now().Add(msgTimeout))
+	r := bufio.NewReader(conn)
+	if code, _, err := readReply(r); err != nil || code != 220 {
+		return
+	}
+	fmt.Fprintf(conn, "EHLO client.crash.test\r\n")
+	if code, text, err := readReply(r); err != nil || code != 250 || !strings.Contains(text, "PIPELINING") {
+		if err == nil {
+			c.fail("EHLO", &textproto.Error{Code: code, Msg: text + " (PIPELINING expected)"})
+		}
+		return
+	}
+	for range n {
+		conn.SetDeadline(time.Now().Add(msgTimeout))
+		tok, header, body := c.message()
+		c.led.attempt(tok, body)
+		if _, err := fmt.Fprintf(conn, "MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", sender, rcpt); err != nil {
+			return
+		}
+		for _, want := range []int{250, 250, 354} {
+			code, text, err := readReply(r)
+			if err != nil {
+				return
+			}
+			if code != want {
+				c.fail(tok, &textproto.Error{Code: code, Msg: text})
+				return
+			}
+		}
+		var data bytes.Buffer
+		data.Write(header)
+		for line := range bytes.Lines(body) {
+			if line[0] == '.' {
+				data.WriteByte('.')
+			}
+			data.Write(line)
+		}
+		data.WriteString(".\r\n")
+		if _, err := conn.Write(data.Bytes()); err != nil {
+			return
+		}
+		code, text, err := readReply(r)
+		if err != nil {
+			return
+		}
+		if code != 250 {
+			c.fail(tok, &textproto.Error{Code: code, Msg: text})
+			return
+		}
+		c.led.ack(tok)
+	}
+	fmt.Fprintf(conn, "QUIT\r\n")
+	readReply(r)
+}
+
+// readReply reads a possibly multi-line reply (RFC 5321 4.2.1).
+func readReply(r *bufio.Reader) (code int, text string, err error) {
+	var lines []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return 0, "", err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 {
+			return 0, "", fmt.Errorf("short reply line %q", line)
+		}
+		code, err = strconv.Atoi(line[:3])
+		if err != nil {
+			return 0, "", fmt.Errorf("bad reply line %q", line)
+		}
+		lines = append(lines, line[4:])
+		if line[3] == ' ' {
+			return code, strings.Join(lines, "\n"), nil
+		}
+	}
+}
+
+// checkMaildir scans new/ and cur/ of the recipient: every acknowledged
+// token exactly once, nothing unknown, nothing twice, every file complete.
+func checkMaildir(t *testing.T, srv *harness.Server, led *ledger) {
+	t.Helper()
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	for _, r := range led.refusals {
+		t.Errorf("SMTP error reply from a healthy server: %s", r)
+	}
+
+	found := map[string]int{}
+	for _, f := range srv.Messages(t, rcpt) {
+		name := filepath.Base(f.Path)
+		// Maildir names carry ",S=<size>" (see internal/maildir): a
+		// shorter file is a torn write.
+		if i := strings.LastIndex(name, ",S="); i >= 0 {
+			size, _, _ := strings.Cut(name[i+3:], ":")
+			if want, err := strconv.Atoi(size); err != nil || want != len(f.Data) {
+				t.Errorf("%s: name says %s bytes, file has %d", name, size, len(f.Data))
+			}
+		}
+		msg, err := mail.ReadMessage(bytes.NewReader(f.Data))
+		if err != nil {
+			t.Errorf("%s: not a message (%v); %d bytes", name, err, len(f.Data))
+			continue
+		}
+		tok, ok := strings.CutPrefix(msg.Header.Get("Subject"), "crash test ")
+		if !ok {
+			t.Errorf("%s: unexpected Subject %q", name, msg.Header.Get("Subject"))
+			continue
+		}
+		if id := msg.Header.Get("Message-Id"); id != "<"+tok+"@crash.test>" {
+			t.Errorf("%s: Message-ID %q does not match Subject token %s", name, id, tok)
+		}
+		body, _ := readAll(msg)
+		if !bytes.HasSuffix(body, []byte("\r\nEND "+tok+"\r\n")) {
+			t.Errorf("%s: token %s: body does not end with its END line (truncated?); %d bytes, ends %q",
+				name, tok, len(body), tail(body, 60))
+		}
+		sum, sent := led.attempted[tok]
+		switch {
+		case !sent:
+			t.Errorf("%s: token %s was never sent", name, tok)
+		case sum != sha256.Sum256(body):
+			t.Errorf("%s: token %s: body differs from what was sent (%d bytes)", name, tok, len(body))
+		}
+		found[tok]++
+	}
+
+	var missing, dup, unackedPresent int
+	for tok, n := range found {
+		if n > 1 {
+			dup++
+			t.Errorf("token %s delivered %d times (acknowledged: %v)", tok, n, led.acked[tok])
+		}
+		if !led.acked[tok] {
+			unackedPresent++
+		}
+	}
+	for tok := range led.acked {
+		if found[tok] == 0 {
+			missing++
+			t.Errorf("acknowledged token %s is not in the Maildir", tok)
+		}
+	}
+	tmp, _ := os.ReadDir(filepath.Join(srv.Maildir(rcpt), "tmp"))
+	t.Logf("sent %d, acknowledged %d, found %d distinct; acknowledged but missing %d, duplicated %d, unacknowledged but present %d, left in tmp/ %d",
+		len(led.attempted), len(led.acked), len(found), missing, dup, unackedPresent, len(tmp))
+	if len(led.acked) == 0 {
+		t.Error("nothing was acknowledged: the test proved nothing")
+	}
+}
+
+func readAll(msg *mail.Message) ([]byte, error) {
+	var b bytes.Buffer
+	_, err := b.ReadFrom(msg.Body)
+	return b.Bytes(), err
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}

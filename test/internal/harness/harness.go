@@ -1,0 +1,450 @@
+// Package harness runs the real agua binary for the end-to-end tests below
+// test/: it builds cmd/agua once per test binary, writes a config with free
+// loopback ports, runs CLI verbs (`agua domain add`, `agua user add`) and
+// starts, kills (SIGKILL) and stops (SIGTERM) `agua serve` as a subprocess.
+//
+// Every wait is bounded by a deadline, so a broken server fails a test
+// instead of hanging the suite, and every subprocess is killed at cleanup.
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Deadlines for the subprocesses. They bound waits so a broken server cannot
+// hang the suite; no test asserts how long anything takes.
+const (
+	buildTimeout = 5 * time.Minute
+	cliTimeout   = 30 * time.Second
+	readyTimeout = 30 * time.Second
+	stopTimeout  = 20 * time.Second
+	killTimeout  = 10 * time.Second
+	dialTimeout  = time.Second
+)
+
+var (
+	workDir   string // set by Main; holds the built binary
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Main runs the tests of a package that uses the harness; call it from
+// TestMain: os.Exit(harness.Main(m)). The binary is built on first use, so
+// a run that selects no end-to-end test builds nothing.
+func Main(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "agua-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		return 1
+	}
+	workDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	return code
+}
+
+// Binary returns the path of the agua binary, building it on first call.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if workDir == "" {
+		t.Fatal("harness: TestMain must call harness.Main")
+	}
+	buildOnce.Do(func() {
+		binPath, buildErr = build(workDir)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func build(dir string) (string, error) {
+	out := filepath.Join(dir, "agua")
+	args := []string{"build", "-o", out}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	args = append(args, "github.com/agua-mail/agua/cmd/agua")
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	// go test puts $GOROOT/bin first in PATH, so this is the same toolchain.
+	cmd := exec.CommandContext(ctx, "go", args...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("harness: go %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+	return out, nil
+}
+
+// Options shape the generated config.
+type Options struct {
+	// SMTP holds extra lines for the [smtp] table, e.g.
+	// "allow_insecure_auth_loopback = false".
+	SMTP string
+	// Extra is appended after every generated table (whole tables only).
+	Extra string
+}
+
+// Server is one agua data folder and config, and the `agua serve` process
+// running on it, if any.
+type Server struct {
+	Bin        string
+	Dir        string // working folder: config, log, data
+	DataDir    string
+	ConfigPath string
+	LogPath    string // stdout and stderr of every start, appended
+
+	// Listener addresses (127.0.0.1:port).
+	SMTP, Submission, Submissions string
+
+	proc   *process
+	starts int
+}
+
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+	err  error         // from Wait, valid after done
+}
+
+// New writes a config with free loopback ports into a fresh temporary
+// folder. Nothing runs until Start. The server is killed at cleanup, and
+// its log is shown if the test failed.
+func New(t testing.TB, opts Options) *Server {
+	t.Helper()
+	s := &Server{Bin: Binary(t), Dir: t.TempDir()}
+	s.DataDir = filepath.Join(s.Dir, "data")
+	s.ConfigPath = filepath.Join(s.Dir, "agua.toml")
+	s.LogPath = filepath.Join(s.Dir, "agua.log")
+	ports := FreePorts(t, 3)
+	s.SMTP, s.Submission, s.Submissions = ports[0], ports[1], ports[2]
+	cfg := fmt.Sprintf(`# written by test/internal/harness
+data_dir = %q
+hostname = "localhost"
+
+[log]
+level = "info"
+
+[accounts]
+demo = false
+
+[smtp]
+listen = [%q]
+submission_listen = [%q]
+submissions_listen = [%q]
+%s
+%s
+`, s.DataDir, s.SMTP, s.Submission, s.Submissions, opts.SMTP, opts.Extra)
+	if err := os.WriteFile(s.ConfigPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Registered after t.TempDir, so it runs before the folder is removed.
+	t.Cleanup(func() {
+		if s.running() {
+			s.proc.cmd.Process.Kill()
+			s.waitExit(killTimeout)
+		}
+		if t.Failed() {
+			t.Logf("agua log (%s), last lines:\n%s", s.LogPath, s.LogTail(80))
+		}
+	})
+	return s
+}
+
+// FreePorts returns n distinct free loopback addresses. Another program may
+// take one before agua binds it; Start then fails with "address already in
+// use", which is rare enough not to retry.
+func FreePorts(t testing.TB, n int) []string {
+	t.Helper()
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln) // held until all are chosen, so they differ
+		addrs[i] = ln.Addr().String()
+	}
+	return addrs
+}
+
+// Agua runs a CLI verb with -config, stdin as its standard input, and
+// returns its standard output; a non-zero exit fails the test.
+func (s *Server) Agua(t testing.TB, stdin, verb string, args ...string) string {
+	t.Helper()
+	out, err := s.TryAgua(stdin, verb, args...)
+	if err != nil {
+		t.Fatalf("agua %s %s: %v\n%s", verb, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// TryAgua is Agua returning the error (and stdout plus stderr) instead of
+// failing.
+func (s *Server) TryAgua(stdin, verb string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.Bin, append([]string{verb, "-config", s.ConfigPath}, args...)...)
+	cmd.Dir = s.Dir
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return stdout.String(), nil
+}
+
+// AddUser creates the user's domain if needed and the user with password.
+func (s *Server) AddUser(t testing.TB, addr, password string) {
+	t.Helper()
+	_, domain, ok := strings.Cut(addr, "@")
+	if !ok {
+		t.Fatalf("harness: bad address %q", addr)
+	}
+	if !strings.Contains(s.Agua(t, "", "domain", "list"), domain+"\n") {
+		s.Agua(t, "", "domain", "add", domain)
+	}
+	s.Agua(t, password+"\n", "user", "add", addr)
+}
+
+// Start runs `agua serve -config FILE` and returns once the MX and
+// submission listeners answer with a 220 banner and the implicit-TLS
+// listener accepts connections. A server that exits or does not answer
+// within the deadline fails the test with its log.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	if s.running() {
+		t.Fatal("harness: Start while agua is running")
+	}
+	s.starts++
+	logf, err := os.OpenFile(s.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(logf, "===== harness: start %d at %s\n", s.starts, time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(s.Bin, "serve", "-config", s.ConfigPath)
+	cmd.Dir = s.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf // *os.File: no copying goroutines
+	err = cmd.Start()
+	logf.Close() // the child has its own descriptor
+	if err != nil {
+		t.Fatalf("harness: starting agua: %v", err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	s.proc = p
+
+	deadline := time.Now().Add(readyTimeout)
+	for _, check := range []struct {
+		addr   string
+		banner bool
+	}{{s.SMTP, true}, {s.Submission, true}, {s.Submissions, false}} {
+		for {
+			err := probe(check.addr, check.banner)
+			if err == nil {
+				break
+			}
+			select {
+			case <-p.done:
+				t.Fatalf("harness: agua serve (start %d) exited before it was ready: %v\nlog:\n%s", s.starts, p.err, s.LogTail(40))
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("harness: agua serve (start %d) not ready after %v: %s: %v\nlog:\n%s", s.starts, readyTimeout, check.addr, err, s.LogTail(40))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// probe connects to addr and, if banner, reads a 220 greeting.
+func probe(addr string, banner bool) error {
+	c, err := net.DialTimeout("tcp", addr, dialTimeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if !banner {
+		return nil
+	}
+	c.SetDeadline(time.Now().Add(dialTimeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "220 ") {
+		return fmt.Errorf("banner %q", strings.TrimSpace(line))
+	}
+	fmt.Fprintf(c, "QUIT\r\n")
+	return nil
+}
+
+// PID returns the process id of the running server, or 0.
+func (s *Server) PID() int {
+	if !s.running() {
+		return 0
+	}
+	return s.proc.cmd.Process.Pid
+}
+
+func (s *Server) running() bool {
+	if s.proc == nil {
+		return false
+	}
+	select {
+	case <-s.proc.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Exited reports whether a started server has exited on its own, and how.
+func (s *Server) Exited() (bool, error) {
+	if s.proc == nil {
+		return false, nil
+	}
+	select {
+	case <-s.proc.done:
+		return true, s.proc.err
+	default:
+		return false, nil
+	}
+}
+
+func (s *Server) waitExit(d time.Duration) bool {
+	select {
+	case <-s.proc.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Kill sends SIGKILL, as a crash or the OOM killer would, and waits for
+// the process to be gone. A server that had already exited fails the test.
+func (s *Server) Kill(t testing.TB) {
+	t.Helper()
+	if !s.running() {
+		t.Fatalf("harness: Kill: agua is not running (exit: %v)", s.procErr())
+	}
+	if err := s.proc.cmd.Process.Kill(); err != nil {
+		t.Fatalf("harness: kill: %v", err)
+	}
+	if !s.waitExit(killTimeout) {
+		t.Fatalf("harness: agua still running %v after SIGKILL", killTimeout)
+	}
+}
+
+// Stop sends SIGTERM and waits for a clean exit (status 0); a server that
+// does not stop in time is killed and fails the test.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if !s.running() {
+		t.Fatalf("harness: Stop: agua is not running (exit: %v)", s.procErr())
+	}
+	s.proc.cmd.Process.Signal(syscall.SIGTERM)
+	if !s.waitExit(stopTimeout) {
+		s.proc.cmd.Process.Kill()
+		s.waitExit(killTimeout)
+		t.Fatalf("harness: agua did not exit within %v of SIGTERM; killed", stopTimeout)
+	}
+	if s.proc.err != nil {
+		t.Errorf("harness: agua exited after SIGTERM with %v\nlog:\n%s", s.proc.err, s.LogTail(40))
+	}
+}
+
+func (s *Server) procErr() error {
+	if s.proc == nil {
+		return errors.New("never started")
+	}
+	if ok, err := s.Exited(); ok {
+		return err
+	}
+	return nil
+}
+
+// LogTail returns the last n lines of the server log.
+func (s *Server) LogTail(n int) string {
+	b, err := os.ReadFile(s.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	lines := strings.SplitAfter(string(b), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "")
+}
+
+// Log returns the whole server log.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(s.LogPath)
+	return string(b)
+}
+
+// CertPath is the self-signed certificate agua generates on first start.
+func (s *Server) CertPath() string { return filepath.Join(s.DataDir, "tls", "cert.pem") }
+
+// Maildir returns the Maildir folder of a plain ASCII address
+// (data/mail/<domain>/<local>), as documented in docs/ARCHITECTURE.md.
+func (s *Server) Maildir(addr string) string {
+	local, domain, _ := strings.Cut(strings.ToLower(addr), "@")
+	return filepath.Join(s.DataDir, "mail", domain, local)
+}
+
+// MailFile is one message file of a Maildir.
+type MailFile struct {
+	Path string
+	Data []byte
+}
+
+// Messages returns every file in the new/ and cur/ folders of addr's
+// Maildir (a missing folder counts as empty).
+func (s *Server) Messages(t testing.TB, addr string) []MailFile {
+	t.Helper()
+	var out []MailFile
+	for _, sub := range []string{"new", "cur"} {
+		dir := filepath.Join(s.Maildir(addr), sub)
+		ents, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			p := filepath.Join(dir, e.Name())
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, MailFile{Path: p, Data: b})
+		}
+	}
+	return out
+}
