@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -287,5 +289,40 @@ func TestOddPaths(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestAuthenticateFlood checks that many concurrent logins queue on the
+// hasher and all get their answer.
+func TestAuthenticateFlood(t *testing.T) {
+	ctx := context.Background()
+	d, _ := openTest(t)
+	must(t, d.AddDomain(ctx, "example.org"))
+	must(t, d.AddUser(ctx, "alice@example.org", "pw", 0))
+	var wg sync.WaitGroup
+	var ok, failed atomic.Int32
+	for i := range 3 * cap(d.hasher.sem) {
+		wg.Go(func() {
+			pw := "pw"
+			if i%2 == 1 {
+				pw = "wrong"
+			}
+			_, err := d.Authenticate(ctx, "alice@example.org", pw)
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, ErrAuthFailed):
+				failed.Add(1)
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := 3 * cap(d.hasher.sem); int(ok.Load()) != (n+1)/2 || int(failed.Load()) != n/2 {
+		t.Errorf("%d ok, %d failed of %d", ok.Load(), failed.Load(), n)
+	}
+	if len(d.hasher.sem) != 0 {
+		t.Errorf("%d hasher slots still taken", len(d.hasher.sem))
 	}
 }

@@ -305,7 +305,8 @@ type commit struct {
 var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
 // Deliver writes msg into the Maildir of every recipient, each copy after
-// its own Prefix, and returns when every file and directory entry is on
+// its own Prefix (a mailbox listed twice gets two copies: the caller
+// deduplicates), and returns when every file and directory entry is on
 // disk. If any recipient's quota does not allow the message (*QuotaError),
 // or anything fails, nothing is delivered to anyone. ctx is honoured until
 // the files are handed to the committer; after that Deliver waits for the
