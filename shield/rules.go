@@ -6,9 +6,12 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"unsafe"
 
 	"github.com/gaissmai/bart"
 )
@@ -307,20 +310,77 @@ func (b *policyBuilder) addFile(name string) error {
 	if err != nil {
 		return err
 	}
-	text := string(data)
+	// data is never written again, so the rules' text can share it.
+	text := unsafe.String(unsafe.SliceData(data), len(data))
 	lines := strings.Count(text, "\n") + 1
 	if need := len(b.rules) + lines; need > cap(b.rules) {
 		b.rules = append(make([]rule, 0, need), b.rules...)
 		b.hosts4 = append(make([]uint64, 0, need), b.hosts4...)
 	}
+	// Large files are parsed in parallel chunks; rules are then inserted in
+	// file order, so a later line still replaces an earlier one.
+	n := 1
+	if lines >= parallelLines {
+		n = min(runtime.GOMAXPROCS(0), 4)
+	}
+	chunks := make([]parsedChunk, n)
+	var wg sync.WaitGroup
+	pos, lineNo := 0, 1
+	for i := range chunks {
+		end := len(text)
+		if i < n-1 {
+			end = len(text) * (i + 1) / n
+			if j := strings.IndexByte(text[end:], '\n'); j >= 0 {
+				end += j + 1
+			} else {
+				end = len(text)
+			}
+			end = max(end, pos)
+		}
+		part, first := text[pos:end], lineNo
+		lineNo += strings.Count(part, "\n")
+		pos = end
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			chunks[i] = b.parseChunk(name, part, first)
+		}()
+	}
+	wg.Wait()
+	for _, c := range chunks {
+		for _, e := range c.errs {
+			b.fail(e.Source, e.Reason)
+		}
+		b.more += c.more
+		for _, r := range c.rules {
+			b.insert(r)
+		}
+	}
+	return nil
+}
+
+// parallelLines is the file size from which rules files are parsed in
+// parallel.
+const parallelLines = 50_000
+
+// parsedChunk is one parsed part of a rules file.
+type parsedChunk struct {
+	rules []rule
+	errs  []ruleError
+	more  int
+}
+
+// parseChunk parses text, whose first line is number firstLine of file name.
+// It only reads b.
+func (b *policyBuilder) parseChunk(name, text string, firstLine int) parsedChunk {
+	var c parsedChunk
+	lines := strings.Count(text, "\n") + 1
+	c.rules = make([]rule, 0, lines)
 	// Every rule's "file:line" source is a substring of one arena string,
 	// so a million rules cost no per-rule allocation for it.
-	first := len(b.rules)
 	arena := make([]byte, 0, lines*(len(name)+8))
 	offs := make([]uint32, 0, lines) // arena end offset of each rule's source, in rule order
-	lineNo := 0
-	for len(text) > 0 {
-		lineNo++
+	for lineNo := firstLine; len(text) > 0; lineNo++ {
 		var line string
 		if i := strings.IndexByte(text, '\n'); i >= 0 {
 			line, text = text[:i], text[i+1:]
@@ -329,7 +389,11 @@ func (b *policyBuilder) addFile(name string) error {
 		}
 		r, ok, err := b.parse(line)
 		if err != nil {
-			b.fail(name+":"+strconv.Itoa(lineNo), err.Error())
+			if len(c.errs) < maxRuleErrors {
+				c.errs = append(c.errs, ruleError{Source: name + ":" + strconv.Itoa(lineNo), Reason: err.Error()})
+			} else {
+				c.more++
+			}
 			continue
 		}
 		if !ok {
@@ -339,15 +403,15 @@ func (b *policyBuilder) addFile(name string) error {
 		arena = append(arena, ':')
 		arena = strconv.AppendInt(arena, int64(lineNo), 10)
 		offs = append(offs, uint32(len(arena)))
-		b.insert(r)
+		c.rules = append(c.rules, r)
 	}
-	all := string(arena)
+	all := unsafe.String(unsafe.SliceData(arena), len(arena)) // arena is not written again
 	start := uint32(0)
 	for i, end := range offs {
-		b.rules[first+i].source = all[start:end]
+		c.rules[i].source = all[start:end]
 		start = end
 	}
-	return nil
+	return c
 }
 
 // compilePolicy builds a policy from the config's inline rules, allow list,
