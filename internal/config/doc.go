@@ -12,11 +12,13 @@ import (
 
 // Example returns a complete, commented TOML configuration holding the
 // defaults, generated from the schema. It parses back to Default().
-func Example() string {
+func Example() string { return render(Default()) }
+
+// render writes c as commented TOML.
+func render(c Config) string {
 	var b strings.Builder
 	b.WriteString("# agua configuration. Every key is shown with its default value.\n")
 	b.WriteString("# Generated from the schema by `agua config example`; check yours with `agua config check FILE`.\n")
-	c := Default()
 	walk("", reflect.ValueOf(c), func(table, doc string) {
 		fmt.Fprintf(&b, "\n%s[%s]\n", comment(doc), table)
 	}, func(table, key, doc string, v reflect.Value) {

@@ -1,0 +1,135 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleParsesToDefault(t *testing.T) {
+	got, err := Parse("example.toml", []byte(Example()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Compared as rendered TOML: an empty list parses as an empty slice
+	// where the default has nil, which means the same.
+	if r := render(got); r != Example() {
+		t.Fatalf("example does not round-trip:\n%s", r)
+	}
+	got.SMTP.MaxRecipients++
+	if render(got) == Example() {
+		t.Fatal("render ignores a changed value")
+	}
+}
+
+func TestDefaultIsValid(t *testing.T) {
+	if ps := Default().Validate(); len(ps) > 0 {
+		t.Fatal(ps)
+	}
+}
+
+// Every problem is reported, each with file, line and key.
+func TestCheckReportsEveryProblemWithLocation(t *testing.T) {
+	src := `data_dir = "x"
+
+[smtp]
+max_recipients = 0
+max_message_size = "12 parsecs"
+`
+	_, err := Parse("bad.toml", []byte(src))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	// The size is a decode error: reported alone, with its line.
+	if len(ce.Problems) != 1 || ce.Problems[0].Line != 5 {
+		t.Fatalf("problems: %v", ce.Problems)
+	}
+
+	src = `data_dir = ""
+hostnme = "typo"
+
+[smtp]
+max_recipients = 0
+max_command_length = 100
+listen = ["nonsense"]
+
+[shield.limits]
+per_ip_conns = 0
+`
+	_, err = Parse("bad.toml", []byte(src))
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	want := map[string]int{
+		"data_dir":                   1,
+		"hostnme":                    2,
+		"smtp.max_recipients":        5,
+		"smtp.max_command_length":    6,
+		"smtp.listen":                7,
+		"shield.limits.per_ip_conns": 10,
+	}
+	got := map[string]int{}
+	for _, p := range ce.Problems {
+		if p.File != "bad.toml" {
+			t.Errorf("problem without file: %v", p)
+		}
+		got[p.Key] = p.Line
+	}
+	for k, line := range want {
+		if got[k] != line {
+			t.Errorf("%s: want line %d, got %d (all: %v)", k, line, got[k], ce.Problems)
+		}
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"512": 512, "64KiB": 64 << 10, "25MiB": 25 << 20, "1g": 1 << 30, "10MB": 10e6, "1.5KiB": 1536} {
+		got, err := ParseByteSize(in)
+		if err != nil || got != want {
+			t.Errorf("%s: got %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "abc", "1 parsec"} {
+		if _, err := ParseByteSize(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+	cfg, err := Parse("x", []byte("[smtp]\nmax_message_size = 1048576\ncommand_timeout = \"90s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.SMTP.MaxMessageSize != 1<<20 || cfg.SMTP.CommandTimeout != 90*time.Second {
+		t.Fatalf("got %v %v", cfg.SMTP.MaxMessageSize, cfg.SMTP.CommandTimeout)
+	}
+}
+
+// docs/config.md is generated; it must match the schema.
+func TestReferenceIsCurrent(t *testing.T) {
+	b, err := os.ReadFile("../../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != Reference() {
+		t.Fatal("docs/config.md is stale: run `go run ./cmd/agua config doc > docs/config.md`")
+	}
+}
+
+// Every TOML example in the docs parses (CoreDNS readme_test style).
+func TestDocExamplesParse(t *testing.T) {
+	block := regexp.MustCompile("(?s)```toml\n(.*?)```")
+	for _, f := range []string{"../../README.md", "../../docs/config.md"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range block.FindAllStringSubmatch(string(b), -1) {
+			if _, err := Parse(f, []byte(m[1])); err != nil {
+				t.Errorf("%s: toml block %d: %v\n%s", f, i+1, err, strings.TrimSpace(m[1]))
+			}
+		}
+	}
+}
