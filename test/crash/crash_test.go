@@ -116,7 +116,9 @@ func TestKill9(t *testing.T) {
 		pid := srv.PID()
 		srv.Kill(t)
 		t.Logf("round %d: SIGKILL pid %d after %v more; %d acknowledged so far", round, pid, delay.Round(time.Millisecond), led.nacked.Load())
+		restart := time.Now()
 		srv.Start(t) // a restart failure after kill -9 is a bug; Start fails the test with the log
+		t.Logf("round %d: restarted in %v", round, time.Since(restart).Round(time.Millisecond))
 	}
 	// After the last restart the server must still take mail.
 	waitProgress(t, srv, led, "the last restart")
