@@ -169,27 +169,29 @@ func parseRuleLine(line string) (parsedLine, error) {
 	}
 	var fields [5]string
 	n := 0
-	for rest := line; rest != ""; {
-		rest = strings.TrimLeft(rest, " \t")
-		if rest == "" {
-			break
+	for i := 0; i < len(line); {
+		if c := line[i]; c == ' ' || c == '\t' || c == '\r' {
+			i++
+			continue
 		}
-		end := strings.IndexAny(rest, " \t")
-		if end < 0 {
-			end = len(rest)
+		j := i
+		for j < len(line) && line[j] != ' ' && line[j] != '\t' && line[j] != '\r' {
+			j++
 		}
 		if n == len(fields) {
 			return pl, errors.New("too many words")
 		}
-		fields[n] = rest[:end]
+		fields[n] = line[i:j]
 		n++
-		rest = rest[end:]
+		i = j
 	}
 	f := fields[:n]
 	verb := "deny"
-	switch strings.ToLower(f[0]) {
-	case "allow", "deny":
-		verb = strings.ToLower(f[0])
+	switch {
+	case f[0] == "deny" || strings.EqualFold(f[0], "deny"):
+		f = f[1:]
+	case f[0] == "allow" || strings.EqualFold(f[0], "allow"):
+		verb = "allow"
 		f = f[1:]
 	}
 	if len(f) == 0 {
@@ -215,7 +217,14 @@ func parseRuleLine(line string) (parsedLine, error) {
 			if pl.actionSet {
 				return pl, fmt.Errorf("second action %q", w)
 			}
-			pl.action, _ = ParseAction(lw)
+			switch lw {
+			case "reject":
+				pl.action = Reject
+			case "drop":
+				pl.action = Drop
+			default:
+				pl.action = Tarpit
+			}
 			pl.actionSet = true
 		default:
 			return pl, fmt.Errorf("unknown word %q (want reject, drop, tarpit or dry-run)", w)
