@@ -99,11 +99,6 @@ func (s *Server) open(out io.Writer) (err error) {
 	if s.dir, err = OpenDirectory(cfg, log); err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
-	if cfg.Accounts.Demo {
-		if err := s.createDemo(out); err != nil {
-			return fmt.Errorf("demo account: %w", err)
-		}
-	}
 	certFile, keyFile := cfg.Resolve(cfg.TLS.CertFile), cfg.Resolve(cfg.TLS.KeyFile)
 	if certFile == "" {
 		certFile, keyFile = filepath.Join(cfg.DataDir, "tls", "cert.pem"), filepath.Join(cfg.DataDir, "tls", "key.pem")
@@ -126,6 +121,13 @@ func (s *Server) open(out io.Writer) (err error) {
 	}
 	if err := s.listenAdmin(); err != nil {
 		return err
+	}
+	// Last, once every port is bound: a start that fails must not use up
+	// the one-time display of the demo password.
+	if cfg.Accounts.Demo {
+		if err := s.createDemo(out); err != nil {
+			return fmt.Errorf("demo account: %w", err)
+		}
 	}
 	return nil
 }

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/server"
+)
+
+// agua runs the CLI in-process and returns its exit code and output.
+func agua(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func mustAgua(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	code, out, errs := agua(t, stdin, args...)
+	if code != 0 {
+		t.Fatalf("agua %v: exit %d\n%s%s", args, code, out, errs)
+	}
+	return out
+}
+
+func TestAccountVerbs(t *testing.T) {
+	data := t.TempDir()
+	mustAgua(t, "", "domain", "add", "Example.ORG", "-data", data)
+	if out := mustAgua(t, "", "domain", "list", "-data", data); out != "example.org\n" {
+		t.Fatalf("domain list: %q", out)
+	}
+	mustAgua(t, "pw-one\n", "user", "add", "ann@example.org", "-data", data, "-quota", "10MiB")
+	out := mustAgua(t, "", "user", "list", "-data", data)
+	if !strings.Contains(out, "ann@example.org") || !strings.Contains(out, "10MiB") {
+		t.Fatalf("user list: %q", out)
+	}
+	mustAgua(t, "pw-two\n", "user", "passwd", "ann@example.org", "-data", data)
+	mustAgua(t, "", "user", "quota", "ann@example.org", "0", "-data", data)
+	if out := mustAgua(t, "", "user", "list", "-data", data); !strings.Contains(out, "(default)") {
+		t.Fatalf("quota reset: %q", out)
+	}
+	mustAgua(t, "", "alias", "add", "@example.org", "ann@example.org", "-data", data)
+	mustAgua(t, "", "alias", "add", "info@example.org", "ann@example.org", "-data", data)
+	if out := mustAgua(t, "", "alias", "list", "-data", data); !strings.Contains(out, "@example.org -> ann@example.org") {
+		t.Fatalf("alias list: %q", out)
+	}
+
+	// Errors are clear and exit non-zero.
+	for _, tc := range []struct {
+		stdin string
+		args  []string
+		want  string
+	}{
+		{"", []string{"user", "add", "bob@example.org"}, "no password on standard input"},
+		{"x\n", []string{"user", "add", "bob@nowhere.example"}, "not a local domain"},
+		{"", []string{"domain", "remove", "example.org"}, ""},
+		{"", []string{"domain", "frobnicate"}, "domain add|remove"},
+		{"", []string{"nonsense"}, "unknown verb"},
+	} {
+		code, _, errs := agua(t, tc.stdin, append(tc.args, "-data", data)...)
+		if code == 0 || !strings.Contains(errs, tc.want) {
+			t.Errorf("agua %v: exit %d, stderr %q, want it to mention %q", tc.args, code, errs, tc.want)
+		}
+	}
+	mustAgua(t, "", "alias", "remove", "info@example.org", "ann@example.org", "-data", data)
+	mustAgua(t, "", "alias", "remove", "@example.org", "ann@example.org", "-data", data)
+	mustAgua(t, "", "user", "remove", "ann@example.org", "-data", data)
+	mustAgua(t, "", "domain", "remove", "example.org", "-data", data)
+}
+
+func TestConfigVerbs(t *testing.T) {
+	example := mustAgua(t, "", "config", "example")
+	dir := t.TempDir()
+	good := filepath.Join(dir, "agua.toml")
+	os.WriteFile(good, []byte(example), 0o644)
+	if out := mustAgua(t, "", "config", "check", good); !strings.Contains(out, "OK") {
+		t.Fatalf("check: %q", out)
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[smtp]\nmax_errors = 0\nmax_recipients = -1\n"), 0o644)
+	code, _, errs := agua(t, "", "config", "check", bad)
+	if code == 0 || !strings.Contains(errs, "bad.toml:2: smtp.max_errors") || !strings.Contains(errs, "bad.toml:3: smtp.max_recipients") {
+		t.Fatalf("check bad: exit %d\n%s", code, errs)
+	}
+}
+
+// The shield verbs talk to a running server; without one they say so.
+func TestShieldVerbs(t *testing.T) {
+	data := t.TempDir()
+	code, _, errs := agua(t, "", "bans", "-data", data)
+	if code == 0 || !strings.Contains(errs, "agua is not running") {
+		t.Fatalf("bans without server: %d %q", code, errs)
+	}
+
+	cfg := config.Default()
+	cfg.DataDir = data
+	cfg.SMTP.Listen = []string{"127.0.0.1:0"}
+	cfg.SMTP.SubmissionListen = nil
+	cfg.SMTP.SubmissionsListen = nil
+	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("server did not stop")
+		}
+	}()
+
+	out := mustAgua(t, "", "block", "192.0.2.0/24", "-for", "2h", "-reason", "scanner", "-action", "drop", "-data", data)
+	if !strings.Contains(out, "192.0.2.0/24 blocked") {
+		t.Fatalf("block: %q", out)
+	}
+	out = mustAgua(t, "", "bans", "-data", data)
+	if !strings.Contains(out, "192.0.2.0/24") || !strings.Contains(out, "scanner") || !strings.Contains(out, "drop") {
+		t.Fatalf("bans: %q", out)
+	}
+	out = mustAgua(t, "", "why", "192.0.2.77", "-data", data)
+	if !strings.Contains(out, "drop") || !strings.Contains(out, "ban:scanner") {
+		t.Fatalf("why: %q", out)
+	}
+	if out := mustAgua(t, "", "why", "198.51.100.1", "-data", data); !strings.Contains(out, "served") {
+		t.Fatalf("why for a clean address: %q", out)
+	}
+	code, _, errs = agua(t, "", "why", "not-an-ip", "-data", data)
+	if code == 0 || !strings.Contains(errs, "not an IP address") {
+		t.Fatalf("why bad ip: %d %q", code, errs)
+	}
+	mustAgua(t, "", "unblock", "192.0.2.0/24", "-data", data)
+	if out := mustAgua(t, "", "bans", "-data", data); !strings.Contains(out, "no bans") {
+		t.Fatalf("after unblock: %q", out)
+	}
+	code, _, errs = agua(t, "", "unblock", "192.0.2.0/24", "-data", data)
+	if code == 0 || !strings.Contains(errs, "not banned") {
+		t.Fatalf("unblock twice: %d %q", code, errs)
+	}
+	mustAgua(t, "", "block", "198.51.100.7", "-reason", "x", "-data", data)
+	mustAgua(t, "", "block", "198.51.100.8", "-reason", "x", "-data", data)
+	if out := mustAgua(t, "", "unblock", "-reason", "x", "-data", data); !strings.Contains(out, "2 ban(s) lifted") {
+		t.Fatalf("unblock by reason: %q", out)
+	}
+
+	if out := mustAgua(t, "", "lockdown", "on", "-data", data); !strings.Contains(out, "lockdown: on") {
+		t.Fatalf("lockdown on: %q", out)
+	}
+	if out := mustAgua(t, "", "lockdown", "-data", data); !strings.Contains(out, "lockdown: on") {
+		t.Fatalf("lockdown: %q", out)
+	}
+	mustAgua(t, "", "lockdown", "off", "-data", data)
+
+	rules := filepath.Join(data, "shield.rules")
+	os.WriteFile(rules, []byte("deny 203.0.113.0/24\nthis is not a rule\n"), 0o644)
+	code, _, errs = agua(t, "", "reload", "-data", data)
+	if code == 0 || !strings.Contains(errs, "shield.rules:2") {
+		t.Fatalf("reload of a bad file: %d %q", code, errs)
+	}
+	os.WriteFile(rules, []byte("deny 203.0.113.0/24\n"), 0o644)
+	mustAgua(t, "", "reload", "-data", data)
+	if out := mustAgua(t, "", "why", "203.0.113.5", "-data", data); !strings.Contains(out, "shield.rules:1") {
+		t.Fatalf("why after reload: %q", out)
+	}
+	if out := mustAgua(t, "", "status", "-data", data); !strings.Contains(out, `"smtp"`) {
+		t.Fatalf("status: %q", out)
+	}
+}
