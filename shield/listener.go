@@ -339,6 +339,15 @@ type Conn struct {
 // Addr returns the client's address, unmapped (IPv4-mapped IPv6 as IPv4).
 func (c *Conn) Addr() netip.Addr { return c.addr }
 
+// ID returns the connection's number, unique within the Shield, for logs.
+func (c *Conn) ID() uint64 { return c.id }
+
+// Listener returns the name of the listener that accepted the connection.
+func (c *Conn) Listener() string { return c.l.lc.Name }
+
+// Authenticated reports whether ReportAuth succeeded on this connection.
+func (c *Conn) Authenticated() bool { return c.authed.Load() }
+
 // RemoteAddr returns the client's address: from the PROXY header when a
 // trusted proxy sent one.
 func (c *Conn) RemoteAddr() net.Addr {
