@@ -129,3 +129,46 @@ func TestListenerCloseUnblocksAccept(t *testing.T) {
 		t.Fatal("Accept returned no error after Close")
 	}
 }
+
+// TestReleaseExactlyOnce: closing twice, or closing after the shield kicked
+// the connection, gives back each slot once.
+func TestReleaseExactlyOnce(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	inner, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln := h.s.Listener(inner, ListenerConfig{Name: "x"})
+	defer ln.Close()
+	accepted := make(chan *Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c.(*Conn)
+		}
+	}()
+	for range 2 {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.94.0.1")}}).Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	a, b := <-accepted, <-accepted
+	if got := h.s.Why(mustAddr("127.94.0.1")).Counters.IPConns; got != 2 {
+		t.Fatalf("ip conns %d", got)
+	}
+	a.Close()
+	a.Close()
+	h.s.Ban(mustPrefix("127.94.0.1/32"), time.Hour, "test", Drop) // kicks b
+	select {
+	case <-b.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed by the ban")
+	}
+	b.Close()
+	e := h.s.Why(mustAddr("127.94.0.1"))
+	if e.Counters.IPConns != 0 || e.Counters.PrefixConns != 0 || h.s.Stats().Listeners["x"].Active != 0 {
+		t.Fatalf("slots not released exactly once: %+v active %d", e.Counters, h.s.Stats().Listeners["x"].Active)
+	}
+}
