@@ -23,6 +23,7 @@ type Config struct {
 	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate. Empty paths mean a self-signed certificate kept in <data_dir>/tls, generated on first start."`
 	Accounts AccountsConfig `toml:"accounts" doc:"Accounts directory."`
 	SMTP     SMTPConfig     `toml:"smtp" doc:"SMTP: MX (port 25), submission with STARTTLS (587) and implicit TLS (465)."`
+	POP3     POP3Config     `toml:"pop3" doc:"POP3 (RFC 1939) with STLS (110) and implicit TLS (995)."`
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
 }
@@ -66,6 +67,20 @@ type SMTPConfig struct {
 	MaxConns          int           `toml:"max_connections" doc:"Connection ceiling per SMTP listener (the shield reserves part of it for known-good clients)."`
 }
 
+// POP3Config configures the POP3 listeners and their limits.
+type POP3Config struct {
+	Listen            []string      `toml:"listen" doc:"POP3 listeners with STLS (RFC 2595), host:port."`
+	TLSListen         []string      `toml:"tls_listen" doc:"POP3 listeners with implicit TLS (RFC 8314), host:port."`
+	PreAuthTimeout    time.Duration `toml:"preauth_timeout" doc:"Time allowed for each command before login."`
+	IdleTimeout       time.Duration `toml:"idle_timeout" doc:"Time allowed for each command after login (RFC 1939 3: at least 10 minutes)."`
+	SessionTimeout    time.Duration `toml:"session_timeout" doc:"Whole-session limit."`
+	MaxLineLength     int           `toml:"max_line_length" doc:"Longest command line in bytes, including CRLF (RFC 2449 4 allows 255 for commands; SASL responses need more)."`
+	MaxErrors         int           `toml:"max_errors" doc:"Protocol errors allowed before -ERR and close."`
+	AuthDelay         time.Duration `toml:"auth_failure_delay" doc:"Fixed delay before answering a failed login."`
+	AllowInsecureAuth bool          `toml:"allow_insecure_auth_loopback" doc:"Allow USER/PASS and AUTH without TLS for clients on loopback addresses."`
+	MaxConns          int           `toml:"max_connections" doc:"Connection ceiling per POP3 listener (the shield reserves part of it for known-good clients)."`
+}
+
 // AdminConfig configures the admin API.
 type AdminConfig struct {
 	Socket string `toml:"socket" doc:"Unix socket of the admin API. Empty: <data_dir>/admin.sock."`
@@ -99,6 +114,18 @@ func Default() Config {
 			SessionTimeout:    30 * time.Minute,
 			MaxErrors:         10,
 			BannerDelay:       0,
+			AuthDelay:         time.Second,
+			AllowInsecureAuth: true,
+			MaxConns:          1000,
+		},
+		POP3: POP3Config{
+			Listen:            []string{"127.0.0.1:2110"},
+			TLSListen:         []string{"127.0.0.1:2995"},
+			PreAuthTimeout:    30 * time.Second,
+			IdleTimeout:       10 * time.Minute,
+			SessionTimeout:    time.Hour,
+			MaxLineLength:     1024,
+			MaxErrors:         10,
 			AuthDelay:         time.Second,
 			AllowInsecureAuth: true,
 			MaxConns:          1000,

@@ -127,6 +127,37 @@ func (c Config) Validate() []Problem {
 			}
 		}
 	}
+	for _, l := range []struct {
+		key   string
+		addrs []string
+	}{{"pop3.listen", c.POP3.Listen}, {"pop3.tls_listen", c.POP3.TLSListen}} {
+		for _, a := range l.addrs {
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				bad(l.key, "%q is not host:port", a)
+			}
+		}
+	}
+	p3 := c.POP3
+	for _, p := range []struct {
+		key string
+		v   int64
+	}{
+		{"pop3.preauth_timeout", int64(p3.PreAuthTimeout)},
+		{"pop3.idle_timeout", int64(p3.IdleTimeout)},
+		{"pop3.session_timeout", int64(p3.SessionTimeout)},
+		{"pop3.max_errors", int64(p3.MaxErrors)},
+		{"pop3.max_connections", int64(p3.MaxConns)},
+	} {
+		if p.v <= 0 {
+			bad(p.key, "must be > 0")
+		}
+	}
+	if p3.MaxLineLength < 255 {
+		bad("pop3.max_line_length", "must be at least 255 (RFC 2449 4)")
+	}
+	if p3.AuthDelay < 0 {
+		bad("pop3.auth_failure_delay", "must not be negative")
+	}
 	if len(s.Listen)+len(s.SubmissionListen)+len(s.SubmissionsListen) == 0 {
 		bad("smtp", "no listener configured")
 	}
