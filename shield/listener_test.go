@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -320,5 +321,63 @@ func TestReportThroughWrappers(t *testing.T) {
 	defer b.Close()
 	if FromConn(a) != nil || Report(a, ProtocolError).Action != Allow {
 		t.Fatal("plain conn must be a no-op")
+	}
+}
+
+// TestFloodDoesNotStarveGoodClient: while thousands of connections from
+// denied, rate-limited and banned addresses hammer the listener, a good
+// client's session goes on and new good clients get in.
+func TestFloodDoesNotStarveGoodClient(t *testing.T) {
+	cfg := testConfig()
+	cfg.Rules = []string{"deny 127.95.1.0/24 drop", "deny 127.95.2.0/24 reject"}
+	cfg.Limits.PerIPRate = 1
+	cfg.Limits.PerIPBurst = 1
+	cfg.Limits.PerPrefixRate = 1000
+	cfg.Limits.PerPrefixBurst = 1000
+	h := newHarness(t, cfg, Options{})
+	h.s.Ban(mustPrefix("127.95.3.0/24"), time.Hour, "flood", Tarpit)
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp"})
+
+	good := dialFrom(t, srv.addr, "127.95.0.1")
+	good.expect("220")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var attempts atomic.Int64
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			net3 := byte(1 + w%4) // 1: drop, 2: reject, 3: banned (tarpit, capped), 4: rate-limited
+			for i := 0; i < 500; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 95, net3, byte(1+i%200))}, Timeout: 5 * time.Second}
+				c, err := d.Dial("tcp", srv.addr)
+				if err != nil {
+					continue // reset by a drop
+				}
+				c.SetDeadline(time.Now().Add(50 * time.Millisecond))
+				c.Read(make([]byte, 64))
+				c.Close()
+				attempts.Add(1)
+			}
+		}()
+	}
+	eventually(t, "flood under way", func() bool { return attempts.Load() > 300 })
+	for i := range 50 {
+		if r := good.cmd("NOOP"); r != "250 ok" {
+			t.Fatalf("good session broken at %d: %q", i, r)
+		}
+	}
+	dialFrom(t, srv.addr, "127.95.0.2").expect("220")
+	close(stop)
+	wg.Wait()
+	st := h.s.Stats().Listeners["smtp"]
+	if st.Dropped == 0 || st.Rejected == 0 || st.Tarpitted == 0 {
+		t.Fatalf("flood not refused: %+v", st)
 	}
 }
