@@ -88,7 +88,9 @@ func TestKill9(t *testing.T) {
 	if testing.Short() {
 		rounds = 2
 	}
-	srv := harness.New(t, harness.Options{})
+	// Save the shield state every second (the shortest allowed), so kills
+	// also land around its writes and restarts must load what they left.
+	srv := harness.New(t, harness.Options{Extra: "[shield]\nsave_interval = \"1s\"\n"})
 	srv.AddUser(t, rcpt, "crash-test-password")
 	srv.Start(t)
 

@@ -74,7 +74,7 @@ func Binary(t testing.TB) string {
 
 func build(dir string) (string, error) {
 	out := filepath.Join(dir, "agua")
-	args := []string{"build", "-o", out}
+	args := []string{"build", "-buildvcs=false", "-o", out}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
