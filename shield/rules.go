@@ -237,19 +237,19 @@ func parseRuleLine(line string) (parsedLine, error) {
 }
 
 // policyBuilder accumulates rules and errors.
+//
+// Rules are stored in b.rules in the order they are given (inline rules,
+// then each file, then Config.Allow); a rule's index is its position, so a
+// higher index is a later rule and wins for the same prefix. The lookup
+// structures are filled at the end, in finish.
 type policyBuilder struct {
 	cfg    *Config
-	hosts4 []uint64
-	hosts6 map[[16]byte]uint32
-	table  *bart.Table[uint32]
 	rules  []rule
+	hosts4 []uint64 // address<<32 | index, unsorted
+	hosts6 []uint32 // indexes of /128 rules, in order
+	nets   []uint32 // indexes of wider rules, in order
 	errs   []error
 	more   int
-}
-
-func newPolicyBuilder(cfg *Config, sizeHint int) *policyBuilder {
-	return &policyBuilder{cfg: cfg, hosts4: make([]uint64, 0, sizeHint), hosts6: make(map[[16]byte]uint32), table: new(bart.Table[uint32]),
-		rules: make([]rule, 0, sizeHint)}
 }
 
 func (b *policyBuilder) fail(source, reason string) {
@@ -260,8 +260,7 @@ func (b *policyBuilder) fail(source, reason string) {
 	b.errs = append(b.errs, ruleError{Source: source, Reason: reason})
 }
 
-// add compiles one inline line; a later rule for the same prefix replaces
-// an earlier one.
+// add compiles one inline line.
 func (b *policyBuilder) add(line string, source string) {
 	r, ok, err := b.parse(line)
 	if err != nil {
@@ -270,7 +269,21 @@ func (b *policyBuilder) add(line string, source string) {
 	}
 	if ok {
 		r.source = source
-		b.insert(r)
+		b.push(r)
+	}
+}
+
+// push appends r and indexes it.
+func (b *policyBuilder) push(r rule) {
+	b.rules = append(b.rules, r)
+	i := uint32(len(b.rules) - 1)
+	switch a := r.prefix.Addr(); {
+	case !r.prefix.IsSingleIP():
+		b.nets = append(b.nets, i)
+	case a.Is4():
+		b.hosts4 = append(b.hosts4, uint64(addr4(a))<<32|uint64(i))
+	default:
+		b.hosts6 = append(b.hosts6, i)
 	}
 }
 
@@ -294,23 +307,16 @@ func (b *policyBuilder) parse(line string) (r rule, ok bool, err error) {
 	return r, true, nil
 }
 
-func (b *policyBuilder) insert(r rule) {
-	// A replaced rule stays in the slice, unreferenced; policy.size counts
-	// distinct prefixes.
-	b.rules = append(b.rules, r)
-	i := uint32(len(b.rules) - 1)
-	if a := r.prefix.Addr(); r.prefix.IsSingleIP() {
-		if a.Is4() {
-			b.hosts4 = append(b.hosts4, uint64(addr4(a))<<32|uint64(i))
-		} else {
-			b.hosts6[a.As16()] = i
-		}
-		return
-	}
-	b.table.Insert(r.prefix, i)
-}
+// parallelLines is the file size from which rules files are parsed in
+// parallel.
+const parallelLines = 50_000
 
 // addFile compiles a rules file. A missing file is empty.
+//
+// The rule of line L is stored at b.rules[base+L-1] (comment and bad lines
+// leave an unused zero slot), so large files are parsed in parallel chunks
+// that write straight into their own part of b.rules, and file order is
+// kept without copying.
 func (b *policyBuilder) addFile(name string) error {
 	data, err := os.ReadFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -322,12 +328,8 @@ func (b *policyBuilder) addFile(name string) error {
 	// data is never written again, so the rules' text can share it.
 	text := unsafe.String(unsafe.SliceData(data), len(data))
 	lines := strings.Count(text, "\n") + 1
-	if need := len(b.rules) + lines; need > cap(b.rules) {
-		b.rules = append(make([]rule, 0, need), b.rules...)
-		b.hosts4 = append(make([]uint64, 0, need), b.hosts4...)
-	}
-	// Large files are parsed in parallel chunks; rules are then inserted in
-	// file order, so a later line still replaces an earlier one.
+	base := len(b.rules)
+	b.rules = slices.Grow(b.rules, lines)[:base+lines]
 	n := 1
 	if lines >= parallelLines {
 		n = min(runtime.GOMAXPROCS(0), 4)
@@ -352,7 +354,7 @@ func (b *policyBuilder) addFile(name string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			chunks[i] = b.parseChunk(name, part, first)
+			chunks[i] = b.parseChunk(name, part, first, base)
 		}()
 	}
 	wg.Wait()
@@ -361,34 +363,34 @@ func (b *policyBuilder) addFile(name string) error {
 			b.fail(e.Source, e.Reason)
 		}
 		b.more += c.more
-		for _, r := range c.rules {
-			b.insert(r)
-		}
+		b.hosts4 = append(b.hosts4, c.hosts4...)
+		b.hosts6 = append(b.hosts6, c.hosts6...)
+		b.nets = append(b.nets, c.nets...)
 	}
 	return nil
 }
 
-// parallelLines is the file size from which rules files are parsed in
-// parallel.
-const parallelLines = 50_000
-
-// parsedChunk is one parsed part of a rules file.
+// parsedChunk is what parsing one part of a rules file found besides the
+// rules themselves.
 type parsedChunk struct {
-	rules []rule
-	errs  []ruleError
-	more  int
+	hosts4 []uint64
+	hosts6 []uint32
+	nets   []uint32
+	errs   []ruleError
+	more   int
 }
 
-// parseChunk parses text, whose first line is number firstLine of file name.
-// It only reads b.
-func (b *policyBuilder) parseChunk(name, text string, firstLine int) parsedChunk {
+// parseChunk parses text, whose first line is number firstLine of file name,
+// storing line L's rule at b.rules[base+L-1]. Chunks write disjoint parts
+// of b.rules and read nothing else of b but the config.
+func (b *policyBuilder) parseChunk(name, text string, firstLine, base int) parsedChunk {
 	var c parsedChunk
-	lines := strings.Count(text, "\n") + 1
-	c.rules = make([]rule, 0, lines)
 	// Every rule's "file:line" source is a substring of one arena string,
 	// so a million rules cost no per-rule allocation for it.
+	lines := strings.Count(text, "\n") + 1
 	arena := make([]byte, 0, lines*(len(name)+8))
-	offs := make([]uint32, 0, lines) // arena end offset of each rule's source, in rule order
+	type src struct{ idx, end uint32 }
+	srcs := make([]src, 0, lines)
 	for lineNo := firstLine; len(text) > 0; lineNo++ {
 		var line string
 		if i := strings.IndexByte(text, '\n'); i >= 0 {
@@ -408,26 +410,55 @@ func (b *policyBuilder) parseChunk(name, text string, firstLine int) parsedChunk
 		if !ok {
 			continue
 		}
+		idx := uint32(base + lineNo - 1)
+		b.rules[idx] = r
 		arena = append(arena, name...)
 		arena = append(arena, ':')
 		arena = strconv.AppendInt(arena, int64(lineNo), 10)
-		offs = append(offs, uint32(len(arena)))
-		c.rules = append(c.rules, r)
+		srcs = append(srcs, src{idx, uint32(len(arena))})
+		switch a := r.prefix.Addr(); {
+		case !r.prefix.IsSingleIP():
+			c.nets = append(c.nets, idx)
+		case a.Is4():
+			c.hosts4 = append(c.hosts4, uint64(addr4(a))<<32|uint64(idx))
+		default:
+			c.hosts6 = append(c.hosts6, idx)
+		}
 	}
 	all := unsafe.String(unsafe.SliceData(arena), len(arena)) // arena is not written again
 	start := uint32(0)
-	for i, end := range offs {
-		c.rules[i].source = all[start:end]
-		start = end
+	for _, s := range srcs {
+		b.rules[s.idx].source = all[start:s.end]
+		start = s.end
 	}
 	return c
+}
+
+// finish builds the lookup structures. The host keys are sorted while the
+// prefix table is built.
+func (b *policyBuilder) finish(trusted *bart.Lite) *policy {
+	p := &policy{rules: b.rules, trusted: trusted, table: new(bart.Table[uint32]),
+		hosts6: make(map[[16]byte]uint32, len(b.hosts6))}
+	done := make(chan struct{})
+	go func() {
+		p.hosts4 = sortHosts4(b.hosts4)
+		close(done)
+	}()
+	for _, i := range b.nets {
+		p.table.Insert(b.rules[i].prefix, i) // in order: a later rule replaces
+	}
+	for _, i := range b.hosts6 {
+		p.hosts6[b.rules[i].prefix.Addr().As16()] = i
+	}
+	<-done
+	return p
 }
 
 // compilePolicy builds a policy from the config's inline rules, allow list,
 // trusted proxies and rule files. On bad lines it returns a *RulesError
 // listing them all and no policy.
 func compilePolicy(cfg *Config) (*policy, error) {
-	b := newPolicyBuilder(cfg, len(cfg.Rules)+len(cfg.Allow))
+	b := &policyBuilder{cfg: cfg}
 	for i, line := range cfg.Rules {
 		b.add(line, "config:rules["+strconv.Itoa(i)+"]")
 	}
@@ -436,8 +467,8 @@ func compilePolicy(cfg *Config) (*policy, error) {
 			return nil, err
 		}
 	}
-	// Config.Allow is applied last so that it wins over any rule for the
-	// same prefix.
+	// Config.Allow comes last so that it wins over any rule for the same
+	// prefix.
 	for i, a := range cfg.Allow {
 		src := "config:allow[" + strconv.Itoa(i) + "]"
 		p, err := parsePrefix(a)
@@ -445,7 +476,7 @@ func compilePolicy(cfg *Config) (*policy, error) {
 			b.fail(src, err.Error())
 			continue
 		}
-		b.insert(rule{prefix: p, allow: true, source: src, text: "allow " + a})
+		b.push(rule{prefix: p, allow: true, source: src, text: "allow " + a})
 	}
 	trusted := new(bart.Lite)
 	for i, a := range cfg.TrustedProxies {
@@ -459,5 +490,5 @@ func compilePolicy(cfg *Config) (*policy, error) {
 	if len(b.errs) > 0 {
 		return nil, &RulesError{Lines: b.errs, More: b.more}
 	}
-	return &policy{hosts4: sortHosts4(b.hosts4), hosts6: b.hosts6, table: b.table, rules: b.rules, trusted: trusted}, nil
+	return b.finish(trusted), nil
 }
