@@ -205,6 +205,13 @@ func TestInterop(t *testing.T) {
 		expectExit(t, out, code, 0)
 		expectDelivered(t, srv, local, tok, "python starttls body "+tok)
 	})
+	t.Run("python/submission-auth-login-initial-response", func(t *testing.T) {
+		tok := token(t)
+		out, code := py(t, "send", "--port", sub, "--tls", "--cafile", srv.CertPath(), "--user", user, "--password", password,
+			"--mech", "LOGIN", "--from", user, "--to", user, "--subject", tok, "--body", "python auth login body "+tok)
+		expectExit(t, out, code, 0)
+		expectDelivered(t, srv, user, tok, "python auth login body "+tok)
+	})
 	t.Run("python/submissions-implicit-tls-login", func(t *testing.T) {
 		tok := token(t)
 		out, code := py(t, "send", "--port", subs, "--ssl", "--cafile", srv.CertPath(), "--user", user, "--password", password,

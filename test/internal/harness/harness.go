@@ -57,13 +57,23 @@ func Main(m *testing.M) int {
 	return code
 }
 
-// Binary returns the path of the agua binary, building it on first call.
+// BinaryEnv names an environment variable that may hold the path of an
+// agua binary to test instead of building cmd/agua from this tree (CI can
+// build once and test that exact binary).
+const BinaryEnv = "AGUA_TEST_BINARY"
+
+// Binary returns the path of the agua binary, building it on first call
+// unless BinaryEnv names one.
 func Binary(t testing.TB) string {
 	t.Helper()
 	if workDir == "" {
 		t.Fatal("harness: TestMain must call harness.Main")
 	}
 	buildOnce.Do(func() {
+		if p := os.Getenv(BinaryEnv); p != "" {
+			binPath, buildErr = filepath.Abs(p)
+			return
+		}
 		binPath, buildErr = build(workDir)
 	})
 	if buildErr != nil {
@@ -156,6 +166,14 @@ submissions_listen = [%q]
 		if s.running() {
 			s.proc.cmd.Process.Kill()
 			s.waitExit(killTimeout)
+		}
+		// A race report (binary built with -race) or a recovered session
+		// panic is a bug even when every client got what it expected.
+		log := s.Log()
+		for _, bad := range []string{"WARNING: DATA RACE", "session panic"} {
+			if i := strings.Index(log, bad); i >= 0 {
+				t.Errorf("agua log contains %q:\n%s", bad, log[i:min(len(log), i+4000)])
+			}
 		}
 		if t.Failed() {
 			t.Logf("agua log (%s), last lines:\n%s", s.LogPath, s.LogTail(80))

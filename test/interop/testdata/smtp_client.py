@@ -5,7 +5,7 @@ Modes (each prints one result line and exits 0 when the expected outcome
 happened, 1 otherwise):
 
   send     deliver one message; --tls starttls (STARTTLS), --ssl (implicit
-           TLS), --user/--password log in
+           TLS), --user/--password log in (--mech to pick the mechanism)
   badpass  STARTTLS, then a login that must fail with SMTPAuthenticationError
   noauth   plain connection; AUTH must not be advertised and login() must
            raise SMTPNotSupportedError
@@ -47,6 +47,7 @@ def main():
     p.add_argument("--cafile")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--mech", choices=["PLAIN", "LOGIN"], help="one mechanism instead of login()'s choice")
     p.add_argument("--from", dest="sender")
     p.add_argument("--to")
     p.add_argument("--subject", default="interop")
@@ -56,7 +57,12 @@ def main():
     s = connect(a)
     try:
         if a.mode == "send":
-            if a.user:
+            if a.user and a.mech:
+                # smtplib sends LOGIN's user name as an initial response
+                # (AUTH LOGIN <base64>), unlike swaks and curl.
+                s.user, s.password = a.user, a.password
+                s.auth(a.mech, getattr(s, "auth_" + a.mech.lower()))
+            elif a.user:
                 s.login(a.user, a.password)
             msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\n%s\r\n"
                    % (a.sender, a.to, a.subject, a.body))
