@@ -2,6 +2,7 @@ package shield
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -239,4 +240,44 @@ func FuzzParseRules(f *testing.F) {
 			t.Fatalf("%q parsed but did not compile: %v", line, err)
 		}
 	})
+}
+
+// TestLargeFileChunks: a file big enough to be parsed in parallel chunks
+// keeps file order (a later line wins) and exact line numbers.
+func TestLargeFileChunks(t *testing.T) {
+	const n = 3 * parallelLines
+	lines := make([]string, n)
+	for i := range lines {
+		lines[i] = fmt.Sprintf("deny 10.%d.%d.%d # filler", 100+i>>16, i>>8&255, i&255)
+	}
+	lines[0] = "deny 10.0.0.1"
+	lines[4] = "deny 10.9.9.0/24 tarpit"
+	lines[n/2] = "allow 10.0.0.1"
+	lines[n-10] = "deny 10.9.9.0/24 drop"
+	lines[n-2] = "deny 10.0.0.300"
+	file := filepath.Join(t.TempDir(), "big.rules")
+	writeFile(t, file, strings.Join(lines, "\n")+"\n")
+	cfg := testConfig()
+	cfg.RuleFiles = []string{file}
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%s:%d: bad address", file, n-1)) {
+		t.Fatalf("want the bad line named, got %v", err)
+	}
+	lines[n-2] = "# fixed"
+	writeFile(t, file, strings.Join(lines, "\n")+"\n")
+	h := newHarness(t, cfg, Options{})
+	if d := h.s.Decide(mustAddr("10.0.0.1"), ""); d.Action != Allow {
+		t.Fatalf("later allow must win: %+v", d)
+	}
+	if r := h.s.Why(mustAddr("10.0.0.1")).Rule; r == nil || r.Source != fmt.Sprintf("%s:%d", file, n/2+1) {
+		t.Fatalf("%+v", r)
+	}
+	if d := h.s.Decide(mustAddr("10.9.9.9"), ""); d.Action != Drop || d.Source != fmt.Sprintf("%s:%d", file, n-9) {
+		t.Fatalf("later /24 must win: %+v", d)
+	}
+	if d := h.s.Decide(mustAddr("10.100.1.2"), ""); d.Action != Reject || d.Source != fmt.Sprintf("%s:%d", file, 0x102+1) {
+		t.Fatalf("%+v", d)
+	}
+	if got := h.s.Stats().Rules; got != n-3 {
+		t.Fatalf("rules %d, want %d", got, n-3)
+	}
 }
