@@ -61,4 +61,19 @@
 // noticed. Deliver reserves the bytes of every recipient before writing
 // anything, so two concurrent deliveries cannot both pass a check only one of
 // them fits; if any recipient is over quota nothing is written for anyone.
+//
+// # Reading
+//
+// Store.Folder opens a folder of a mailbox (INBOX, or a Maildir++ folder
+// ".Name" for IMAP) for POP3 and IMAP sessions: List returns its messages
+// with stable UIDs and a UIDVALIDITY, Open reads one, MarkSeen moves
+// messages from new/ to cur/ as the Maildir specification asks of a reader,
+// SetFlags edits the ":2,<flags>" info, Delete unlinks (and fsyncs the
+// folder), and Lock is the POP3 maildrop lock. UIDs are kept in the
+// folder's agua-uidlist file (Dovecot's dovecot-uidlist is the model; see
+// index.go), replaced atomically and fsynced before a new UID is handed
+// out, so they survive restarts and are shared by every protocol. A listing
+// reads new/ or cur/ again only when its modification time changed (or is
+// too recent to trust), and takes sizes from ",S=" in names: a warm listing
+// of 10,000 messages costs two stat calls (see BenchmarkList10k*).
 package maildir

@@ -97,6 +97,8 @@ type Store struct {
 	mu        sync.Mutex
 	mailboxes map[string]*mailbox
 
+	folders folderTable // UID indexes of open folders (folder.go)
+
 	closeMu sync.RWMutex // held for reading while sending to queue
 	closed  bool
 	queue   chan *commit
