@@ -92,7 +92,7 @@ func (s *Shield) escalate(p netip.Prefix, now time.Time) (time.Duration, int) {
 	ns := now.UnixNano()
 	count := 1
 	s.offenders.do(p, true, func(o *offender, _ bool) {
-		if o.last != 0 && ns-o.last > s.cfg.OffenderTTL.Nanoseconds() {
+		if o.count < 0 || (o.last != 0 && ns-o.last > s.cfg.OffenderTTL.Nanoseconds()) {
 			o.count = 0
 		}
 		o.count++

@@ -190,6 +190,9 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 	now := s.now()
 	d, release, knownGood := s.admit(l, addr, now)
 	if d.Action != Allow {
+		if remote != nil {
+			c = &proxiedConn{Conn: c, remote: remote} // so Reject sees the client
+		}
 		l.refuse(c, addr, d)
 		return
 	}
@@ -253,10 +256,20 @@ func (l *listener) refuse(c net.Conn, addr netip.Addr, d Decision) {
 	}
 }
 
+// proxiedConn is a refused connection from a trusted proxy, showing the
+// client's address.
+type proxiedConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c *proxiedConn) RemoteAddr() net.Addr { return c.remote }
+func (c *proxiedConn) NetConn() net.Conn    { return c.Conn }
+
 // dropConn closes c at once. On TCP it resets the connection (linger 0) so
 // a flood of dropped clients leaves no TIME_WAIT state behind.
 func dropConn(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
+	if tc, ok := underlying(c).(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
 	c.Close()

@@ -3,6 +3,7 @@ package shield
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -171,4 +172,27 @@ func TestReleaseExactlyOnce(t *testing.T) {
 	if e.Counters.IPConns != 0 || e.Counters.PrefixConns != 0 || h.s.Stats().Listeners["x"].Active != 0 {
 		t.Fatalf("slots not released exactly once: %+v active %d", e.Counters, h.s.Stats().Listeners["x"].Active)
 	}
+}
+
+func FuzzLoadState(f *testing.F) {
+	f.Add([]byte(`{"version":1,"bans":[{"prefix":"192.0.2.1/32","reason":"pregreet","action":"reject","created":"2026-01-02T03:04:05Z","expires":"2026-01-02T04:04:05Z","count":1}],"known_good":[{"addr":"192.0.2.9","until":"2027-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"bans":[{"prefix":"::ffff:1.2.3.4/120","action":"tarpit","expires":"2099-01-01T00:00:00Z"}],"offenders":[{"prefix":"10.0.0.0/8","count":-5}]}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, stateFile), data, 0o600)
+		clock := newFakeClock()
+		cfg := testConfig()
+		cfg.TableSize = 100
+		s, err := New(cfg, Options{StateDir: dir, Now: clock.Now, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			return
+		}
+		s.Decide(mustAddr("192.0.2.1"), "")
+		s.report(nil, mustAddr("10.1.2.3"), PreGreet, clock.Now())
+		s.Bans()
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

@@ -127,20 +127,33 @@ func (s *Shield) loadState() error {
 		if !pb.Prefix.IsValid() || !now.Before(pb.Expires) || t.Size() >= s.cfg.TableSize {
 			continue
 		}
-		b := newBan(canonPrefix(pb.Prefix), pb.Reason, pb.Action, pb.Temp, pb.Manual, pb.Created, pb.Expires.Sub(pb.Created), pb.Count)
+		ttl := pb.Expires.Sub(pb.Created)
+		if !pb.Manual && ttl > s.cfg.BanMaxTTL {
+			ttl = s.cfg.BanMaxTTL // the config may have lowered it since
+		}
+		if pb.Action == Allow || pb.Action > Tarpit {
+			pb.Action = s.cfg.BanAction
+		}
+		if pb.Reason == "" {
+			pb.Reason = "manual"
+		}
+		b := newBan(canonPrefix(pb.Prefix), pb.Reason, pb.Action, pb.Temp, pb.Manual, pb.Created, ttl, max(pb.Count, 1))
+		if !now.Before(b.expires) {
+			continue
+		}
 		t = t.InsertPersist(b.prefix, b)
 	}
 	s.bans.Store(t)
 	s.banMu.Unlock()
 	for _, o := range st.Offenders {
 		if o.Prefix.IsValid() && now.Sub(o.Last) <= s.cfg.OffenderTTL {
-			s.offenders.do(o.Prefix, true, func(v *offender, _ bool) { *v = offender{count: o.Count, last: o.Last.UnixNano()} })
+			s.offenders.do(canonPrefix(o.Prefix), true, func(v *offender, _ bool) { *v = offender{count: max(o.Count, 0), last: o.Last.UnixNano()} })
 		}
 	}
 	for _, g := range st.KnownGood {
 		if g.Addr.IsValid() && now.Before(g.Until) {
-			u := g.Until.UnixNano()
-			s.knownGood.do(g.Addr, true, func(v *int64, _ bool) { *v = u })
+			u := min(g.Until.UnixNano(), now.Add(s.cfg.KnownGoodTTL).UnixNano())
+			s.knownGood.do(unmap(g.Addr), true, func(v *int64, _ bool) { *v = u })
 		}
 	}
 	return nil
