@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -264,8 +263,6 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
-
-var _ = io.EOF
 
 // eventually polls cond until it holds or a generous limit passes (it does
 // not assert a duration: the limit only keeps a broken test from hanging).

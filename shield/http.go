@@ -35,6 +35,7 @@ func ConnFromRequest(r *http.Request) *Conn {
 // closes the connection without an answer. The client address is the
 // *Conn's when the server's listener is a shield listener (which also makes
 // r.RemoteAddr the real client after the PROXY protocol), else r.RemoteAddr.
+// Requests without an IP address (e.g. over a unix socket) pass untouched.
 func (s *Shield) Middleware(name string, next http.Handler) http.Handler {
 	st := s.statsFor(name)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
