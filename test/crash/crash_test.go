@@ -21,6 +21,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,7 @@ func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
 
 const (
 	rcpt   = "crash@crash.test"
+	rcpt2  = "second@crash.test" // every multiEvery-th message also goes here
 	sender = "sender@remote.test"
 
 	workers = 8
@@ -49,20 +51,27 @@ const (
 	// server's in-memory spool (256 KiB), so the file-spool path is killed
 	// mid-way too.
 	bigEvery = 16
+	// multiEvery makes every multiEvery-th message go to two mailboxes.
+	multiEvery = 4
 )
 
 // ledger records what the clients sent and what the server acknowledged.
 type ledger struct {
 	mu        sync.Mutex
-	attempted map[string][32]byte // token → SHA-256 of the body sent
+	attempted map[string]sent // by token
 	acked     map[string]bool
 	nacked    atomic.Int64 // acknowledged count, read without the lock
 	refusals  []string     // SMTP error replies (a healthy server sends none)
 }
 
-func (l *ledger) attempt(tok string, body []byte) {
+type sent struct {
+	sum   [32]byte // SHA-256 of the body
+	rcpts []string
+}
+
+func (l *ledger) attempt(tok string, body []byte, rcpts []string) {
 	l.mu.Lock()
-	l.attempted[tok] = sha256.Sum256(body)
+	l.attempted[tok] = sent{sha256.Sum256(body), rcpts}
 	l.mu.Unlock()
 }
 
@@ -92,9 +101,10 @@ func TestKill9(t *testing.T) {
 	// also land around its writes and restarts must load what they left.
 	srv := harness.New(t, harness.Options{Extra: "[shield]\nsave_interval = \"1s\"\n"})
 	srv.AddUser(t, rcpt, "crash-test-password")
+	srv.AddUser(t, rcpt2, "crash-test-password")
 	srv.Start(t)
 
-	led := &ledger{attempted: map[string][32]byte{}, acked: map[string]bool{}}
+	led := &ledger{attempted: map[string]sent{}, acked: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	stopClients := sync.OnceFunc(func() {
@@ -187,9 +197,13 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // message builds a message with a unique token in Subject, Message-ID and
 // body. The body has a line starting with "." (dot-stuffing, RFC 5321
 // 4.5.2) and ends with "END <token>", so a truncated copy is recognised.
-func (c *client) message() (tok string, header, body []byte) {
+func (c *client) message() (tok string, rcpts []string, header, body []byte) {
 	c.seq++
 	tok = fmt.Sprintf("w%d-%05d-%08x", c.id, c.seq, c.rng.Uint32())
+	rcpts = []string{rcpt}
+	if c.seq%multiEvery == 0 {
+		rcpts = append(rcpts, rcpt2)
+	}
 	lines := 1 + c.rng.IntN(60)
 	if c.seq%bigEvery == 0 {
 		lines = 4000 // about 300 KiB
@@ -203,8 +217,8 @@ func (c *client) message() (tok string, header, body []byte) {
 	}
 	fmt.Fprintf(&b, "END %s\r\n", tok)
 	header = fmt.Appendf(nil, "From: <%s>\r\nTo: <%s>\r\nSubject: crash test %s\r\nMessage-ID: <%s@crash.test>\r\nDate: %s\r\n\r\n",
-		sender, rcpt, tok, tok, time.Now().Format(time.RFC1123Z))
-	return tok, header, b.Bytes()
+		sender, strings.Join(rcpts, ">, <"), tok, tok, time.Now().Format(time.RFC1123Z))
+	return tok, rcpts, header, b.Bytes()
 }
 
 func (c *client) sendNetSMTP(conn net.Conn, n int) {
@@ -218,15 +232,17 @@ func (c *client) sendNetSMTP(conn net.Conn, n int) {
 	}
 	for range n {
 		conn.SetDeadline(time.Now().Add(msgTimeout))
-		tok, header, body := c.message()
-		c.led.attempt(tok, body)
+		tok, rcpts, header, body := c.message()
+		c.led.attempt(tok, body, rcpts)
 		if err := sc.Mail(sender); err != nil {
 			c.fail(tok, err)
 			return
 		}
-		if err := sc.Rcpt(rcpt); err != nil {
-			c.fail(tok, err)
-			return
+		for _, r := range rcpts {
+			if err := sc.Rcpt(r); err != nil {
+				c.fail(tok, err)
+				return
+			}
 		}
 		w, err := sc.Data()
 		if err != nil {
@@ -268,12 +284,21 @@ func (c *client) sendPipelined(conn net.Conn, n int) {
 	}
 	for range n {
 		conn.SetDeadline(time.Now().Add(msgTimeout))
-		tok, header, body := c.message()
-		c.led.attempt(tok, body)
-		if _, err := fmt.Fprintf(conn, "MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", sender, rcpt); err != nil {
+		tok, rcpts, header, body := c.message()
+		c.led.attempt(tok, body, rcpts)
+		var cmds bytes.Buffer
+		fmt.Fprintf(&cmds, "MAIL FROM:<%s>\r\n", sender)
+		want := []int{250}
+		for _, r := range rcpts {
+			fmt.Fprintf(&cmds, "RCPT TO:<%s>\r\n", r)
+			want = append(want, 250)
+		}
+		cmds.WriteString("DATA\r\n")
+		want = append(want, 354)
+		if _, err := conn.Write(cmds.Bytes()); err != nil {
 			return
 		}
-		for _, want := range []int{250, 250, 354} {
+		for _, want := range want {
 			code, text, err := readReply(r)
 			if err != nil {
 				return
@@ -332,77 +357,127 @@ func readReply(r *bufio.Reader) (code int, text string, err error) {
 	}
 }
 
-// checkMaildir scans new/ and cur/ of the recipient: every acknowledged
-// token exactly once, nothing unknown, nothing twice, every file complete.
+// checkMaildir scans new/ and cur/ of both mailboxes: every acknowledged
+// token exactly once in each of its recipients' Maildirs, nothing unknown,
+// nothing twice, every file complete.
 func checkMaildir(t *testing.T, srv *harness.Server, led *ledger) {
 	t.Helper()
 	led.mu.Lock()
 	defer led.mu.Unlock()
+	// Report the first problems in full, then only count them.
+	const maxReports = 25
+	problems := 0
+	errorf := func(format string, a ...any) {
+		t.Helper()
+		if problems++; problems <= maxReports {
+			t.Errorf(format, a...)
+		}
+	}
+	defer func() {
+		if problems > maxReports {
+			t.Errorf("... and %d more problems", problems-maxReports)
+		}
+	}()
+
 	for _, r := range led.refusals {
-		t.Errorf("SMTP error reply from a healthy server: %s", r)
+		errorf("SMTP error reply from a healthy server: %s", r)
 	}
 
-	found := map[string]int{}
-	for _, f := range srv.Messages(t, rcpt) {
-		name := filepath.Base(f.Path)
-		// Maildir names carry ",S=<size>" (see internal/maildir): a
-		// shorter file is a torn write.
-		if i := strings.LastIndex(name, ",S="); i >= 0 {
-			size, _, _ := strings.Cut(name[i+3:], ":")
-			if want, err := strconv.Atoi(size); err != nil || want != len(f.Data) {
-				t.Errorf("%s: name says %s bytes, file has %d", name, size, len(f.Data))
+	found := map[string]map[string]int{} // mailbox → token → copies
+	for _, mbox := range []string{rcpt, rcpt2} {
+		found[mbox] = map[string]int{}
+		for _, f := range srv.Messages(t, mbox) {
+			if tok, ok := checkFile(errorf, f, led); ok {
+				found[mbox][tok]++
 			}
 		}
-		msg, err := mail.ReadMessage(bytes.NewReader(f.Data))
-		if err != nil {
-			t.Errorf("%s: not a message (%v); %d bytes", name, err, len(f.Data))
-			continue
-		}
-		tok, ok := strings.CutPrefix(msg.Header.Get("Subject"), "crash test ")
-		if !ok {
-			t.Errorf("%s: unexpected Subject %q", name, msg.Header.Get("Subject"))
-			continue
-		}
-		if id := msg.Header.Get("Message-Id"); id != "<"+tok+"@crash.test>" {
-			t.Errorf("%s: Message-ID %q does not match Subject token %s", name, id, tok)
-		}
-		body, _ := readAll(msg)
-		if !bytes.HasSuffix(body, []byte("\r\nEND "+tok+"\r\n")) {
-			t.Errorf("%s: token %s: body does not end with its END line (truncated?); %d bytes, ends %q",
-				name, tok, len(body), tail(body, 60))
-		}
-		sum, sent := led.attempted[tok]
-		switch {
-		case !sent:
-			t.Errorf("%s: token %s was never sent", name, tok)
-		case sum != sha256.Sum256(body):
-			t.Errorf("%s: token %s: body differs from what was sent (%d bytes)", name, tok, len(body))
-		}
-		found[tok]++
 	}
 
-	var missing, dup, unackedPresent int
-	for tok, n := range found {
-		if n > 1 {
-			dup++
-			t.Errorf("token %s delivered %d times (acknowledged: %v)", tok, n, led.acked[tok])
+	var missing, dup, unackedPresent, partial, tmpLeft int
+	for mbox, toks := range found {
+		for tok, n := range toks {
+			if n > 1 {
+				dup++
+				errorf("token %s delivered %d times to %s (acknowledged: %v)", tok, n, mbox, led.acked[tok])
+			}
+			if !slices.Contains(led.attempted[tok].rcpts, mbox) {
+				errorf("token %s is in the Maildir of %s, which it was not sent to", tok, mbox)
+			}
 		}
-		if !led.acked[tok] {
-			unackedPresent++
-		}
+		tmp, _ := os.ReadDir(filepath.Join(srv.Maildir(mbox), "tmp"))
+		tmpLeft += len(tmp)
 	}
-	for tok := range led.acked {
-		if found[tok] == 0 {
+	distinct := 0
+	for tok, s := range led.attempted {
+		copies := 0
+		for _, mbox := range s.rcpts {
+			if found[mbox][tok] > 0 {
+				copies++
+			}
+		}
+		if copies > 0 {
+			distinct++
+		}
+		switch {
+		case led.acked[tok] && copies < len(s.rcpts):
 			missing++
-			t.Errorf("acknowledged token %s is not in the Maildir", tok)
+			errorf("acknowledged token %s is in %d of the Maildirs of %v", tok, copies, s.rcpts)
+		case !led.acked[tok] && copies > 0:
+			unackedPresent++
+			if copies < len(s.rcpts) {
+				// Killed between the renames of one delivery: allowed, as
+				// the sender had no acknowledgement and retries.
+				partial++
+			}
 		}
 	}
-	tmp, _ := os.ReadDir(filepath.Join(srv.Maildir(rcpt), "tmp"))
-	t.Logf("sent %d, acknowledged %d, found %d distinct; acknowledged but missing %d, duplicated %d, unacknowledged but present %d, left in tmp/ %d",
-		len(led.attempted), len(led.acked), len(found), missing, dup, unackedPresent, len(tmp))
+	t.Logf("sent %d, acknowledged %d, found %d distinct; acknowledged but missing %d, duplicated %d, "+
+		"unacknowledged but present %d (%d in only some of their mailboxes), left in tmp/ %d",
+		len(led.attempted), len(led.acked), distinct, missing, dup, unackedPresent, partial, tmpLeft)
 	if len(led.acked) == 0 {
 		t.Error("nothing was acknowledged: the test proved nothing")
 	}
+}
+
+// checkFile checks that one Maildir file is a complete copy of a message
+// the clients sent, and returns its token.
+func checkFile(errorf func(string, ...any), f harness.MailFile, led *ledger) (string, bool) {
+	name := filepath.Base(f.Path)
+	// Maildir names carry ",S=<size>" (see internal/maildir): a shorter
+	// file is a torn write.
+	if i := strings.LastIndex(name, ",S="); i >= 0 {
+		size, _, _ := strings.Cut(name[i+3:], ":")
+		if want, err := strconv.Atoi(size); err != nil || want != len(f.Data) {
+			errorf("%s: name says %s bytes, file has %d", f.Path, size, len(f.Data))
+		}
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(f.Data))
+	if err != nil {
+		errorf("%s: not a message (%v); %d bytes", f.Path, err, len(f.Data))
+		return "", false
+	}
+	tok, ok := strings.CutPrefix(msg.Header.Get("Subject"), "crash test ")
+	if !ok {
+		errorf("%s: unexpected Subject %q", f.Path, msg.Header.Get("Subject"))
+		return "", false
+	}
+	if id := msg.Header.Get("Message-Id"); id != "<"+tok+"@crash.test>" {
+		errorf("%s: Message-ID %q does not match Subject token %s", f.Path, id, tok)
+	}
+	body, _ := readAll(msg)
+	if !bytes.HasSuffix(body, []byte("\r\nEND "+tok+"\r\n")) {
+		errorf("%s: token %s: body does not end with its END line (truncated?); %d bytes, ends %q",
+			f.Path, tok, len(body), tail(body, 60))
+	}
+	s, sent := led.attempted[tok]
+	switch {
+	case !sent:
+		errorf("%s: token %s was never sent", f.Path, tok)
+		return "", false
+	case s.sum != sha256.Sum256(body):
+		errorf("%s: token %s: body differs from what was sent (%d bytes)", f.Path, tok, len(body))
+	}
+	return tok, true
 }
 
 func readAll(msg *mail.Message) ([]byte, error) {
