@@ -78,6 +78,14 @@ func TestInterop(t *testing.T) {
 		expectDelivered(t, srv, user, tok, "swaks mx body "+tok)
 	})
 
+	t.Run("swaks/mx-pipelining", func(t *testing.T) {
+		needSwaks(t, false)
+		tok := token(t)
+		out, code := swaks(t, mx, "--pipeline", "--from", remote, "--to", user, "--header", "Subject: "+tok, "--body", "swaks pipelined body "+tok)
+		expectExit(t, out, code, 0)
+		expectDelivered(t, srv, user, tok, "swaks pipelined body "+tok)
+	})
+
 	for _, mech := range []string{"LOGIN", "PLAIN"} {
 		t.Run("swaks/submission-starttls-"+mech, func(t *testing.T) {
 			needSwaks(t, true)
@@ -154,6 +162,33 @@ func TestInterop(t *testing.T) {
 		expectExit(t, out, code, 0)
 		expectDelivered(t, srv, user, tok, "curl mx body "+tok)
 	})
+	t.Run("curl/mx-two-recipients", func(t *testing.T) {
+		need(t, "curl")
+		tok := token(t)
+		file := crlfMessage(t, remote, user, tok, "curl two recipients body "+tok)
+		out, code := curl(t, "smtp://127.0.0.1:"+mx+"/"+helo, "--mail-from", remote, "--mail-rcpt", user, "--mail-rcpt", local, "-T", file)
+		expectExit(t, out, code, 0)
+		expectDelivered(t, srv, user, tok, "curl two recipients body "+tok)
+		expectDelivered(t, srv, local, tok, "curl two recipients body "+tok)
+	})
+	// agua refuses bare LF in DATA (RFC 5321 2.3.8; SMTP smuggling), so a
+	// file with Unix line endings needs curl's --crlf.
+	t.Run("curl/mx-bare-lf-refused-crlf-accepted", func(t *testing.T) {
+		need(t, "curl")
+		tok := token(t)
+		file := filepath.Join(t.TempDir(), "lf.eml")
+		msg := fmt.Sprintf("From: <%s>\nTo: <%s>\nSubject: %s\n\ncurl lf body %s\n", remote, user, tok, tok)
+		if err := os.WriteFile(file, []byte(msg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, code := curl(t, "smtp://127.0.0.1:"+mx+"/"+helo, "--mail-from", remote, "--mail-rcpt", user, "-T", file, "-v")
+		expectFailed(t, out, code)
+		expectContains(t, out, "554 5.6.0")
+		expectNotDelivered(t, srv, user, tok)
+		out, code = curl(t, "smtp://127.0.0.1:"+mx+"/"+helo, "--crlf", "--mail-from", remote, "--mail-rcpt", user, "-T", file)
+		expectExit(t, out, code, 0)
+		expectDelivered(t, srv, user, tok, "curl lf body "+tok+"\r\n")
+	})
 	t.Run("curl/smtps", func(t *testing.T) {
 		need(t, "curl")
 		tok := token(t)
@@ -194,9 +229,12 @@ func TestInterop(t *testing.T) {
 	}
 	t.Run("python/mx", func(t *testing.T) {
 		tok := token(t)
-		out, code := py(t, "send", "--port", mx, "--from", remote, "--to", user, "--subject", tok, "--body", "python mx body "+tok)
+		// smtplib turns "\n" into CRLF and dot-stuffs (RFC 5321 4.5.2);
+		// agua must store the lines as they were.
+		body := "python mx body " + tok + "\n.leading dot\n..two dots\n."
+		out, code := py(t, "send", "--port", mx, "--from", remote, "--to", user, "--subject", tok, "--body", body)
 		expectExit(t, out, code, 0)
-		expectDelivered(t, srv, user, tok, "python mx body "+tok)
+		expectDelivered(t, srv, user, tok, strings.ReplaceAll(body, "\n", "\r\n")+"\r\n")
 	})
 	t.Run("python/submission-starttls-login", func(t *testing.T) {
 		tok := token(t)
