@@ -51,6 +51,10 @@ Shield (talk to the running server):
   why IP [-json]                which rule, ban or limit applies to IP, and why
   lockdown [on|off]             serve only allowlisted and known-good clients
 
+Load and attacks (against agua or any SMTP server on this machine):
+  bench [-target 127.0.0.1:2525] [-legit 20] [-duration 10s] [-attack banner,slowloris,...]
+        [-attack-src 127.66.0.0/16] [-attack-conns 50] [-json]   (agua bench -h for all flags)
+
   version
 `
 
@@ -81,6 +85,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"serve": cmdServe, "status": cmdStatus, "reload": cmdReload,
 		"config": cmdConfig, "domain": cmdDomain, "user": cmdUser, "alias": cmdAlias,
 		"block": cmdBlock, "unblock": cmdUnblock, "bans": cmdBans, "why": cmdWhy, "lockdown": cmdLockdown,
+		"bench":   cmdBench,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]

@@ -99,6 +99,9 @@ func (s *Server) serveConn(c net.Conn) {
 		deadline: time.Now().Add(s.cfg.SessionTimeout),
 		ctx:      ctx,
 	}
+	// Abuse seen by one session (HTTP verbs, pregreet, error limits, shield
+	// endings) is logged at debug level only: the shield counts it and logs
+	// aggregated lines, so a flood cannot flood the log.
 	ss.log = s.log.With("conn", id, "remote", c.RemoteAddr().String(), "listener", s.mode.String())
 	defer c.Close()
 	// The shield may want this connection gone mid-session (newly denied
@@ -107,7 +110,7 @@ func (s *Server) serveConn(c net.Conn) {
 		go func() {
 			select {
 			case <-sc.Done():
-				ss.log.Info("smtp session closed by shield")
+				ss.log.Debug("smtp session closed by shield")
 				c.Close()
 			case <-ctx.Done():
 			}
@@ -190,7 +193,7 @@ func (ss *session) pregreet() bool {
 		return true // closed while waiting
 	}
 	shield.Report(ss.conn, shield.PreGreet)
-	ss.log.Info("smtp pregreet talker")
+	ss.log.Debug("smtp pregreet talker")
 	ss.reply(Errorf(554, "5.5.1", "Protocol error: you spoke before the greeting"))
 	ss.flush()
 	return true
@@ -204,7 +207,7 @@ func (ss *session) dispatch(line string) error {
 	if !ok {
 		if httpVerbs[verb] {
 			shield.Report(ss.conn, shield.ProtocolError)
-			ss.log.Info("smtp http request on mail port", "verb", verb)
+			ss.log.Debug("smtp http request on mail port", "verb", verb)
 			ss.reply(Errorf(554, "5.7.0", "This is an SMTP server, not an HTTP server; closing"))
 			return errQuit
 		}
@@ -238,7 +241,7 @@ func (ss *session) fail(err error) bool {
 		if ss.errors >= ss.srv.cfg.MaxErrors {
 			ss.reply(errTooManyErrors)
 			ss.flush()
-			ss.log.Info("smtp too many errors", "errors", ss.errors)
+			ss.log.Debug("smtp too many errors", "errors", ss.errors)
 			return true
 		}
 	}
@@ -257,7 +260,7 @@ func isProtocolError(e *Error) bool {
 // shieldEnds answers a shield decision taken mid-session and reports that
 // the session must end.
 func (ss *session) shieldEnds(d shield.Decision) bool {
-	ss.log.Info("smtp session ended by shield", "action", d.Action.String(), "source", d.Source)
+	ss.log.Debug("smtp session ended by shield", "action", d.Action.String(), "source", d.Source)
 	if d.Action == shield.Reject {
 		ss.reply(Errorf(421, "4.7.0", "%s", d.Reason))
 		ss.flush()
@@ -285,7 +288,7 @@ func (ss *session) readFailed(err error) {
 			ss.reply(errTimeout)
 		}
 		ss.flush()
-		ss.log.Info("smtp timeout", "state", ss.state)
+		ss.log.Debug("smtp timeout", "state", ss.state)
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
 	default:
 		ss.log.Debug("smtp read failed", "err", err)

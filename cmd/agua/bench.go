@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/bench"
+	"github.com/agua-mail/agua/internal/server"
+)
+
+func cmdBench(e *env) error {
+	var cfg bench.Config
+	f := e.flags
+	f.StringVar(&cfg.Target, "target", "127.0.0.1:2525", "host:port of the server under test (legitimate clients)")
+	f.StringVar(&cfg.Proto, "proto", "smtp", "legitimate protocol: smtp (MX) or submission (STARTTLS + AUTH PLAIN)")
+	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
+	f.IntVar(&cfg.Legit, "legit", 20, "concurrent legitimate clients (0 = attack only)")
+	legitSrc := f.String("legit-src", "", "comma-separated source addresses of legitimate clients (default: the kernel's choice, 127.0.0.1)")
+	f.IntVar(&cfg.PerSession, "per-session", 1, "messages per legitimate session")
+	f.IntVar(&cfg.MsgSize, "size", 2048, "message size in bytes")
+	f.StringVar(&cfg.From, "from", "bench@bench.example", "MAIL FROM of legitimate mail")
+	f.StringVar(&cfg.Rcpt, "rcpt", "demo@example.test", "recipient of legitimate mail (its domain is harvested by -attack harvest)")
+	f.StringVar(&cfg.User, "user", "", "AUTH user for -proto submission (and the account -attack brute guesses)")
+	f.StringVar(&cfg.Pass, "pass", "", "AUTH password for -proto submission")
+	attacks := f.String("attack", "", "comma-separated attack scenarios: "+strings.Join(scenarioList(), ", "))
+	f.StringVar(&cfg.AttackTarget, "attack-target", "", "host:port attacked (default: -target)")
+	f.StringVar(&cfg.TLSTarget, "tls-target", "127.0.0.1:2465", "implicit-TLS host:port for -attack tls")
+	attackSrc := f.String("attack-src", "127.66.0.0/16", "attacker source addresses: one address or a loopback CIDR (a botnet)")
+	f.IntVar(&cfg.AttackConns, "attack-conns", 50, "concurrent attackers per scenario (for slowloris: sockets held)")
+	f.IntVar(&cfg.AttackRate, "attack-rate", 0, "attempts per second per scenario (0 = as fast as possible)")
+	pid := f.Int("pid", -1, "target process to sample RSS/threads/open files from /proc (-1: ask the local agua's admin socket, 0: none)")
+	asJSON := f.Bool("json", false, "print the report as JSON")
+	quiet := f.Bool("quiet", false, "no progress line")
+	pos, err := e.parse()
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("bench takes flags only")
+	}
+	if *legitSrc != "" {
+		for _, s := range strings.Split(*legitSrc, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(s))
+			if err != nil {
+				return fmt.Errorf("-legit-src: %q is not an address", s)
+			}
+			cfg.LegitSrc = append(cfg.LegitSrc, a)
+		}
+	}
+	if *attacks != "" {
+		cfg.Attacks = strings.Split(*attacks, ",")
+	}
+	if p, err := netip.ParsePrefix(*attackSrc); err == nil {
+		cfg.AttackSrc = p
+	} else if a, err := netip.ParseAddr(*attackSrc); err == nil {
+		cfg.AttackSrc = netip.PrefixFrom(a, a.BitLen())
+	} else {
+		return fmt.Errorf("-attack-src: %q is not an address or CIDR", *attackSrc)
+	}
+	if !cfg.AttackSrc.Addr().IsLoopback() && len(cfg.Attacks) > 0 {
+		return fmt.Errorf("-attack-src %s is not a loopback range: the simulator only attacks from this machine's own addresses", cfg.AttackSrc)
+	}
+	cfg.PID = *pid
+	if cfg.PID < 0 {
+		cfg.PID = 0
+		var st server.Status
+		if admin.NewClient(server.AdminSocket(e.cfg)).Do("GET", "/v1/status", nil, &st) == nil {
+			cfg.PID = st.PID
+		}
+	}
+	if !*quiet {
+		cfg.Progress = func(r bench.Report) { fmt.Fprintf(e.stderr, "\r%s   ", bench.Progress(r)) }
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	rep, err := bench.Run(ctx, cfg)
+	if !*quiet {
+		fmt.Fprintln(e.stderr)
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	bench.WriteText(e.stdout, rep)
+	return nil
+}
+
+func scenarioList() []string {
+	var out []string
+	for n := range bench.Scenarios {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,331 @@
+// Package bench is agua's load and attack simulator (`agua bench`): it
+// drives a target mail server — agua or any other — with legitimate clients
+// and attackers at once, and reports what each side got. It speaks the
+// protocols on the wire and knows nothing of agua's internals, so the same
+// run can measure Postfix or Dovecot.
+//
+// All traffic goes to the target address, normally on loopback; attackers
+// spread over many loopback source addresses (127.0.0.0/8) to act as a
+// botnet.
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config describes one run.
+type Config struct {
+	Target     string        // host:port for legitimate clients (SMTP MX or submission)
+	Proto      string        // legitimate protocol: "smtp" (default) or "submission" (STARTTLS + AUTH)
+	Duration   time.Duration // how long to run
+	Legit      int           // concurrent legitimate clients (0 = none)
+	LegitSrc   []netip.Addr  // their source addresses, round-robin ("" = kernel's choice)
+	PerSession int           // messages per legitimate session (>= 1)
+	MsgSize    int           // bytes per message body
+	From, Rcpt string        // envelope of legitimate mail
+	User, Pass string        // AUTH credentials for Proto "submission"
+	Helo       string
+
+	Attacks      []string     // scenario names (see Scenarios)
+	AttackTarget string       // host:port attacked ("" = Target)
+	TLSTarget    string       // implicit-TLS host:port for the "tls" scenario
+	AttackSrc    netip.Prefix // source addresses of the attackers
+	AttackConns  int          // concurrent attacker workers per scenario
+	AttackRate   int          // attempts per second per scenario (0 = as fast as possible)
+	HoldTimeout  time.Duration
+
+	PID      int          // target process to sample from /proc (0 = none)
+	Progress func(Report) // called about once a second with the figures so far
+}
+
+func (c *Config) setDefaults() {
+	if c.Proto == "" {
+		c.Proto = "smtp"
+	}
+	if c.Duration <= 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.PerSession <= 0 {
+		c.PerSession = 1
+	}
+	if c.MsgSize <= 0 {
+		c.MsgSize = 2048
+	}
+	if c.From == "" {
+		c.From = "bench@bench.example"
+	}
+	if c.Helo == "" {
+		c.Helo = "bench.example"
+	}
+	if c.AttackTarget == "" {
+		c.AttackTarget = c.Target
+	}
+	if c.AttackConns <= 0 {
+		c.AttackConns = 50
+	}
+	if c.HoldTimeout <= 0 {
+		c.HoldTimeout = 3 * time.Second
+	}
+	if !c.AttackSrc.IsValid() {
+		c.AttackSrc = netip.MustParsePrefix("127.66.0.0/16")
+	}
+}
+
+// Report is the outcome of a run (and its progress snapshots).
+type Report struct {
+	Elapsed  time.Duration   `json:"elapsed"`
+	Legit    LegitReport     `json:"legit"`
+	Attacks  []AttackReport  `json:"attacks,omitempty"`
+	Resource *ResourceReport `json:"resources,omitempty"`
+}
+
+// LegitReport is what the legitimate clients got.
+type LegitReport struct {
+	Sessions     int64            `json:"sessions"`
+	OK           int64            `json:"ok"`
+	Messages     int64            `json:"messages"` // messages acknowledged with 250
+	SessionsPerS float64          `json:"sessions_per_s"`
+	MessagesPerS float64          `json:"messages_per_s"`
+	SuccessPct   float64          `json:"success_pct"`
+	P50          time.Duration    `json:"p50"`
+	P99          time.Duration    `json:"p99"`
+	Max          time.Duration    `json:"max"`
+	Failures     map[string]int64 `json:"failures,omitempty"` // by cause
+}
+
+// AttackReport is what one scenario's attackers got.
+type AttackReport struct {
+	Scenario  string           `json:"scenario"`
+	Attempts  int64            `json:"attempts"`
+	PerS      float64          `json:"attempts_per_s"`
+	Outcomes  map[string]int64 `json:"outcomes"` // served, refused, dropped, held, dial_failed, ...
+	MaxHeld   int64            `json:"max_held,omitempty"`
+	Addresses int              `json:"addresses"`
+}
+
+// counter is a concurrency-safe map of named counts.
+type counter struct {
+	mu sync.Mutex
+	m  map[string]int64
+}
+
+func (c *counter) add(k string) {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]int64{}
+	}
+	c.m[k]++
+	c.mu.Unlock()
+}
+
+func (c *counter) snapshot() map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int64, len(c.m))
+	for k, v := range c.m {
+		out[k] = v
+	}
+	return out
+}
+
+// legitStats accumulates legitimate results.
+type legitStats struct {
+	sessions, ok, messages atomic.Int64
+	failures               counter
+	mu                     sync.Mutex
+	lat                    []time.Duration
+}
+
+const maxSamples = 1 << 20
+
+func (s *legitStats) record(d time.Duration, msgs int, cause string) {
+	s.sessions.Add(1)
+	s.messages.Add(int64(msgs))
+	if cause != "" {
+		s.failures.add(cause)
+		return
+	}
+	s.ok.Add(1)
+	s.mu.Lock()
+	if len(s.lat) < maxSamples {
+		s.lat = append(s.lat, d)
+	}
+	s.mu.Unlock()
+}
+
+func (s *legitStats) report(elapsed time.Duration) LegitReport {
+	r := LegitReport{Sessions: s.sessions.Load(), OK: s.ok.Load(), Messages: s.messages.Load(), Failures: s.failures.snapshot()}
+	secs := elapsed.Seconds()
+	if secs > 0 {
+		r.SessionsPerS = float64(r.Sessions) / secs
+		r.MessagesPerS = float64(r.Messages) / secs
+	}
+	if r.Sessions > 0 {
+		r.SuccessPct = 100 * float64(r.OK) / float64(r.Sessions)
+	}
+	s.mu.Lock()
+	lat := append([]time.Duration(nil), s.lat...)
+	s.mu.Unlock()
+	if len(lat) > 0 {
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		r.P50 = lat[len(lat)/2]
+		r.P99 = lat[min(len(lat)-1, len(lat)*99/100)]
+		r.Max = lat[len(lat)-1]
+	}
+	return r
+}
+
+type attackStats struct {
+	name     string
+	attempts atomic.Int64
+	held     atomic.Int64
+	maxHeld  atomic.Int64
+	outcomes counter
+	addrs    int
+}
+
+func (a *attackStats) report(elapsed time.Duration) AttackReport {
+	r := AttackReport{Scenario: a.name, Attempts: a.attempts.Load(), Outcomes: a.outcomes.snapshot(), MaxHeld: a.maxHeld.Load(), Addresses: a.addrs}
+	if s := elapsed.Seconds(); s > 0 {
+		r.PerS = float64(r.Attempts) / s
+	}
+	return r
+}
+
+// Run executes the benchmark until cfg.Duration has passed or ctx ends.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.setDefaults()
+	for _, a := range cfg.Attacks {
+		if _, ok := Scenarios[a]; !ok {
+			return nil, fmt.Errorf("unknown attack scenario %q (have %s)", a, scenarioNames())
+		}
+	}
+	if cfg.Legit == 0 && len(cfg.Attacks) == 0 {
+		return nil, fmt.Errorf("nothing to do: set legitimate clients and/or attacks")
+	}
+	if cfg.Target == "" {
+		return nil, fmt.Errorf("no target address")
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	start := time.Now()
+	legit := &legitStats{}
+	var attacks []*attackStats
+	var wg sync.WaitGroup
+	var sampler *resourceSampler
+	if cfg.PID > 0 {
+		sampler = newResourceSampler(cfg.PID)
+	}
+	for i := 0; i < cfg.Legit; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runLegit(ctx, &cfg, i, legit)
+		}()
+	}
+	for _, name := range cfg.Attacks {
+		st := &attackStats{name: name}
+		attacks = append(attacks, st)
+		src := newAddrPool(cfg.AttackSrc)
+		st.addrs = src.size()
+		var limiter <-chan time.Time
+		if cfg.AttackRate > 0 {
+			t := time.NewTicker(time.Second / time.Duration(cfg.AttackRate))
+			defer t.Stop()
+			limiter = t.C
+		}
+		for w := 0; w < cfg.AttackConns; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runAttacker(ctx, &cfg, Scenarios[name], src, st, limiter)
+			}()
+		}
+	}
+	snapshot := func() Report {
+		el := time.Since(start)
+		r := Report{Elapsed: el, Legit: legit.report(el)}
+		for _, a := range attacks {
+			r.Attacks = append(r.Attacks, a.report(el))
+		}
+		if sampler != nil {
+			r.Resource = sampler.report()
+		}
+		return r
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+loop:
+	for {
+		select {
+		case <-tick.C:
+			if sampler != nil {
+				sampler.sample()
+			}
+			if cfg.Progress != nil {
+				cfg.Progress(snapshot())
+			}
+		case <-done:
+			break loop
+		}
+	}
+	if sampler != nil {
+		sampler.sample()
+	}
+	r := snapshot()
+	return &r, nil
+}
+
+// addrPool hands out source addresses from a prefix, round-robin.
+type addrPool struct {
+	base netip.Addr
+	n    uint64
+	next atomic.Uint64
+}
+
+func newAddrPool(p netip.Prefix) *addrPool {
+	bits := p.Addr().BitLen() - p.Bits()
+	n := uint64(1)
+	if bits > 0 {
+		n = uint64(1) << min(bits, 24)
+	}
+	return &addrPool{base: p.Masked().Addr(), n: n}
+}
+
+func (a *addrPool) size() int { return int(a.n) }
+
+// get returns the next usable address (skipping .0 and .255 style ends).
+func (a *addrPool) get() netip.Addr {
+	for {
+		i := a.next.Add(1) % a.n
+		if a.n > 2 && (i == 0 || i == a.n-1) {
+			continue
+		}
+		b := a.base.As16()
+		v := binary.BigEndian.Uint64(b[8:]) + i
+		binary.BigEndian.PutUint64(b[8:], v)
+		addr := netip.AddrFrom16(b)
+		if a.base.Is4() {
+			addr = addr.Unmap()
+		}
+		return addr
+	}
+}
+
+func dialFrom(ctx context.Context, src netip.Addr, target string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	if src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	}
+	return d.DialContext(ctx, "tcp", target)
+}
