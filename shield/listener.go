@@ -396,6 +396,11 @@ func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		err = c.Conn.Close()
+		select {
+		case <-c.done:
+			err = nil // the shield closed it already
+		default:
+		}
 		c.unregister()
 	})
 	return err
