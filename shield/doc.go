@@ -40,6 +40,11 @@
 // Allowlisted addresses (allow rules, Config.Allow) and trusted proxies are
 // never refused, limited or banned.
 //
+// Specifications: the PROXY protocol, versions 1 and 2 (HAProxy's
+// proxy-protocol.txt), read with github.com/pires/go-proxyproto. No RFC
+// governs the rest; behaviour follows Postfix postscreen (pregreet, tarpit),
+// Dovecot (per-account delay without lockout) and fail2ban (escalating bans).
+//
 // # Logs
 //
 // Denials are counted per (address or prefix, source, action) and logged
