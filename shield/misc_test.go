@@ -1,6 +1,7 @@
 package shield
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -195,4 +196,36 @@ func FuzzLoadState(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestReportThroughTLS: Report finds the shield conn beneath a *tls.Conn.
+func TestReportThroughTLS(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	inner, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln := h.s.Listener(inner, ListenerConfig{Name: "imaps"})
+	defer ln.Close()
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err == nil {
+			defer c.Close()
+			<-finished // keep it open while the server reports
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := tls.Server(c, &tls.Config{})
+	if FromConn(tc) != c.(*Conn) {
+		t.Fatal("FromConn did not unwrap *tls.Conn")
+	}
+	if d := Report(tc, PreGreet); d.Source != "ban:pregreet" {
+		t.Fatalf("%+v", d)
+	}
+	if d := ReportAuth(tc, "x", true); d.Source != "ban:pregreet" {
+		t.Fatalf("banned address must stay banned after auth: %+v", d)
+	}
 }
