@@ -252,6 +252,14 @@ func (s *Server) AddUser(t testing.TB, addr, password string) {
 // within the deadline fails the test with its log.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
+	s.Launch(t)
+	s.WaitReady(t)
+}
+
+// Launch starts `agua serve` and returns at once, for tests that act
+// during start-up; WaitReady waits for it to serve.
+func (s *Server) Launch(t testing.TB) {
+	t.Helper()
 	if s.running() {
 		t.Fatal("harness: Start while agua is running")
 	}
@@ -275,7 +283,15 @@ func (s *Server) Start(t testing.TB) {
 		close(p.done)
 	}()
 	s.proc = p
+}
 
+// WaitReady waits until a launched server serves, as Start describes.
+func (s *Server) WaitReady(t testing.TB) {
+	t.Helper()
+	p := s.proc
+	if p == nil {
+		t.Fatal("harness: WaitReady before Launch")
+	}
 	deadline := time.Now().Add(readyTimeout)
 	for _, check := range []struct {
 		addr   string
