@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/agua-mail/agua/internal/config"
@@ -160,6 +161,7 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 }
 
 func cmdServe(e *env) error {
+	cpuProfile := e.flags.String("cpuprofile", "", "write a CPU profile to this file until the server stops (for diagnosis)")
 	pos, err := e.parse()
 	if err != nil {
 		return err
@@ -172,6 +174,17 @@ func cmdServe(e *env) error {
 	srv, err := server.New(e.cfg, log, e.stdout)
 	if err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

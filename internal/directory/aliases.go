@@ -100,13 +100,13 @@ func (d *Directory) ListAliases(ctx context.Context, domain string) ([]Alias, er
 		if err != nil {
 			return nil, err
 		}
-		if err := requireDomain(ctx, d.db, dom); err != nil {
+		if err := requireDomain(ctx, d.q, dom); err != nil {
 			return nil, err
 		}
 		query = `SELECT source, target FROM aliases WHERE domain = ? ORDER BY source, target`
 		args = append(args, dom)
 	}
-	rows, err := d.db.QueryContext(ctx, query, args...)
+	rows, err := d.q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing aliases: %w", err)
 	}
@@ -135,7 +135,7 @@ func (d *Directory) Resolve(ctx context.Context, address string) ([]User, error)
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := isLocalDomain(ctx, d.db, domain); err != nil {
+	if ok, err := isLocalDomain(ctx, d.q, domain); err != nil {
 		return nil, err
 	} else if !ok {
 		return nil, newErr(ErrNotLocal, "domain "+domain+" is not local")
@@ -167,7 +167,7 @@ func (r *resolver) expand(ctx context.Context, addr string, depth int, top bool)
 		return nil
 	}
 	r.seen[addr] = true
-	u, err := r.d.getUser(ctx, r.d.db, addr)
+	u, err := r.d.getUser(ctx, r.d.q, addr)
 	switch {
 	case err == nil:
 		if !r.found[u.Address] {
@@ -212,7 +212,7 @@ func isNotFound(err error) bool {
 }
 
 func (d *Directory) aliasTargets(ctx context.Context, source string) ([]string, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT target FROM aliases WHERE source = ? ORDER BY target`, source)
+	rows, err := d.q.QueryContext(ctx, `SELECT target FROM aliases WHERE source = ? ORDER BY target`, source)
 	if err != nil {
 		return nil, fmt.Errorf("reading alias %s: %w", source, err)
 	}

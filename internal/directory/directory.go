@@ -40,6 +40,7 @@ type Alias struct {
 // several processes may open the same file.
 type Directory struct {
 	db           *sql.DB
+	q            *stmtCache // read queries, prepared once
 	defaultQuota int64
 	log          *slog.Logger
 	hasher       *hasher
@@ -77,6 +78,7 @@ func Open(path string, opts Options) (*Directory, error) {
 	db.SetMaxOpenConns(8)
 	d := &Directory{
 		db:           db,
+		q:            newStmtCache(db),
 		defaultQuota: opts.DefaultQuota,
 		log:          log,
 		hasher:       newHasher(2 * runtime.GOMAXPROCS(0)),
@@ -94,6 +96,7 @@ func Open(path string, opts Options) (*Directory, error) {
 
 // Close closes the database.
 func (d *Directory) Close() error {
+	d.q.Close()
 	return d.db.Close()
 }
 
@@ -259,7 +262,7 @@ func (d *Directory) RemoveDomain(ctx context.Context, name string) error {
 
 // ListDomains returns the local domains in alphabetical order.
 func (d *Directory) ListDomains(ctx context.Context) ([]string, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT name FROM domains ORDER BY name`)
+	rows, err := d.q.QueryContext(ctx, `SELECT name FROM domains ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("listing domains: %w", err)
 	}
@@ -285,5 +288,5 @@ func (d *Directory) IsLocalDomain(ctx context.Context, name string) (bool, error
 	if err != nil {
 		return false, nil
 	}
-	return isLocalDomain(ctx, d.db, domain)
+	return isLocalDomain(ctx, d.q, domain)
 }

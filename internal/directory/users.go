@@ -128,7 +128,7 @@ func (d *Directory) GetUser(ctx context.Context, address string) (User, error) {
 	if err != nil {
 		return User{}, err
 	}
-	return d.getUser(ctx, d.db, addr)
+	return d.getUser(ctx, d.q, addr)
 }
 
 func (d *Directory) getUser(ctx context.Context, q querier, addr string) (User, error) {
@@ -152,13 +152,13 @@ func (d *Directory) ListUsers(ctx context.Context, domain string) ([]User, error
 		if err != nil {
 			return nil, err
 		}
-		if err := requireDomain(ctx, d.db, dom); err != nil {
+		if err := requireDomain(ctx, d.q, dom); err != nil {
 			return nil, err
 		}
 		query = `SELECT ` + userColumns + ` FROM users WHERE domain = ? ORDER BY address`
 		args = append(args, dom)
 	}
-	rows, err := d.db.QueryContext(ctx, query, args...)
+	rows, err := d.q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing users: %w", err)
 	}
@@ -189,7 +189,7 @@ func (d *Directory) Authenticate(ctx context.Context, address, password string) 
 	addr, _, err := normaliseAddress(address)
 	if err == nil && password != "" && len(password) <= maxPasswordLen {
 		var stored string
-		row := d.db.QueryRowContext(ctx, `SELECT `+userColumns+`, password FROM users WHERE address = ?`, addr)
+		row := d.q.QueryRowContext(ctx, `SELECT `+userColumns+`, password FROM users WHERE address = ?`, addr)
 		var created int64
 		err := row.Scan(&user.Address, &user.Domain, &user.QuotaSet, &created, &stored)
 		switch {
