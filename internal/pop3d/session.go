@@ -1,0 +1,398 @@
+package pop3d
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// state is where a session stands (RFC 1939 3). The UPDATE state is not
+// one a command can run in: QUIT in TRANSACTION enters it, applies the
+// deletions and ends the session.
+type state uint8
+
+const (
+	stateAuthorization state = 1 << iota // greeting sent, not logged in
+	stateTransaction                     // logged in, maildrop locked
+)
+
+const anyState = stateAuthorization | stateTransaction
+
+func (s state) String() string {
+	switch s {
+	case stateAuthorization:
+		return "authorization"
+	case stateTransaction:
+		return "transaction"
+	}
+	return "unknown"
+}
+
+type command struct {
+	handler func(*session, string) error
+	states  state
+}
+
+// commands is the one table of verbs; dispatch checks the state here.
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"CAPA": {(*session).cmdCAPA, anyState},
+		"QUIT": {(*session).cmdQUIT, anyState},
+		"STLS": {(*session).cmdSTLS, stateAuthorization},
+		"USER": {(*session).cmdUSER, stateAuthorization},
+		"PASS": {(*session).cmdPASS, stateAuthorization},
+		"AUTH": {(*session).cmdAUTH, stateAuthorization},
+		"STAT": {(*session).cmdSTAT, stateTransaction},
+		"LIST": {(*session).cmdLIST, stateTransaction},
+		"UIDL": {(*session).cmdUIDL, stateTransaction},
+		"RETR": {(*session).cmdRETR, stateTransaction},
+		"TOP":  {(*session).cmdTOP, stateTransaction},
+		"DELE": {(*session).cmdDELE, stateTransaction},
+		"RSET": {(*session).cmdRSET, stateTransaction},
+		"NOOP": {(*session).cmdNOOP, stateTransaction},
+	}
+}
+
+// httpVerbs are answered with an error and a close: a web client or proxy
+// abuse probe on a mail port (cross-protocol attacks).
+var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
+
+// errQuit ends a session after its reply has been written.
+var errQuit = errors.New("quit")
+
+type session struct {
+	srv      *Server
+	conn     net.Conn
+	r        *bufio.Reader
+	w        *bufio.Writer
+	tw       *timedWriter
+	log      *slog.Logger
+	info     Session
+	state    state
+	errors   int
+	deadline time.Time // whole-session deadline
+	ctx      context.Context
+
+	user string // from USER, waiting for PASS
+
+	// TRANSACTION state.
+	drop      Maildrop
+	msgs      []Message
+	deleted   []bool
+	retrieved []bool
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	id := newID()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ss := &session{
+		srv:      s,
+		conn:     c,
+		info:     Session{ID: id, Listener: s.name, RemoteAddr: c.RemoteAddr()},
+		state:    stateAuthorization,
+		deadline: time.Now().Add(s.cfg.SessionTimeout),
+		ctx:      ctx,
+	}
+	ss.log = s.log.With("conn", id, "remote", c.RemoteAddr().String(), "proto", "pop3", "listener", s.name)
+	defer c.Close()
+	// The shield may want this connection gone mid-session (newly denied
+	// address, ban, lockdown, eviction): closing the socket ends the loop.
+	if sc := shield.FromConn(c); sc != nil {
+		go func() {
+			select {
+			case <-sc.Done():
+				ss.log.Info("pop3 session closed by shield")
+				cancel()
+				c.Close()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	// A session that did not QUIT changes nothing: only the lock goes.
+	defer func() {
+		if ss.drop != nil {
+			if err := ss.drop.Close(); err != nil {
+				ss.log.Warn("pop3 maildrop close failed", "err", err)
+			}
+		}
+	}()
+	defer func() {
+		if v := recover(); v != nil {
+			s.panics.Add(1)
+			ss.log.Error("pop3 session panic", "panic", v, "stack", string(debug.Stack()))
+			if ss.w != nil {
+				ss.reply(errInternal)
+				ss.flush()
+			}
+		}
+	}()
+	if s.cfg.ImplicitTLS {
+		tc := tls.Server(c, s.cfg.TLS)
+		tc.SetDeadline(time.Now().Add(s.cfg.PreAuthTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			ss.log.Debug("tls handshake failed", "err", err)
+			shield.Report(c, shield.ProtocolError)
+			return
+		}
+		tc.SetDeadline(time.Time{})
+		ss.conn = tc
+		ss.info.TLS = true
+	}
+	ss.r = bufio.NewReaderSize(ss.conn, 4096)
+	ss.tw = &timedWriter{c: ss.conn, timeout: s.cfg.PreAuthTimeout}
+	ss.w = bufio.NewWriterSize(ss.tw, 4096)
+	ss.log.Debug("pop3 session start")
+	ss.run()
+	ss.log.Debug("pop3 session end", "errors", ss.errors, "state", ss.state.String())
+}
+
+// timedWriter gives every write to the client a fresh deadline, so a
+// large RETR may take long while a stalled client cannot hold the session.
+type timedWriter struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (t *timedWriter) Write(p []byte) (int, error) {
+	t.c.SetWriteDeadline(time.Now().Add(t.timeout))
+	return t.c.Write(p)
+}
+
+// commandTimeout is the time allowed for each command in the current
+// state (mox: 30 s before login, 30 min after).
+func (ss *session) commandTimeout() time.Duration {
+	if ss.state == stateTransaction {
+		return ss.srv.cfg.IdleTimeout
+	}
+	return ss.srv.cfg.PreAuthTimeout
+}
+
+func (ss *session) run() {
+	ss.ok("%s POP3 agua ready", ss.srv.cfg.Hostname)
+	if ss.flush() != nil {
+		return
+	}
+	for {
+		line, err := ss.readLine()
+		switch {
+		case errors.Is(err, errLineTooLong):
+		case err != nil:
+			ss.readFailed(err)
+			return
+		default:
+			err = ss.dispatch(line)
+		}
+		if errors.Is(err, errQuit) {
+			ss.flush()
+			return
+		}
+		if err != nil && ss.fail(err) {
+			return
+		}
+		// PIPELINING (RFC 2449 6.6): answer a group of commands in one
+		// write, flushing only when the client has sent nothing more.
+		if ss.r.Buffered() == 0 {
+			if ss.flush() != nil {
+				return
+			}
+		}
+	}
+}
+
+// dispatch runs one command line through the command table. RFC 1939 3:
+// keywords are case-insensitive and separated from arguments by one
+// space.
+func (ss *session) dispatch(line string) error {
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	// RFC 1939 7: PASS must follow USER directly.
+	if verb != "PASS" {
+		ss.user = ""
+	}
+	cmd, ok := commands[verb]
+	if !ok {
+		if httpVerbs[verb] {
+			ss.log.Info("pop3 http request on mail port", "verb", verb)
+			shield.Report(ss.conn, shield.ProtocolError)
+			ss.reply(errHTTP)
+			return errQuit
+		}
+		return errUnknownCommand
+	}
+	if ss.state&cmd.states == 0 {
+		return errBadState
+	}
+	return cmd.handler(ss, arg)
+}
+
+// fail answers a failed command. Protocol errors and failed logins count
+// towards MaxErrors; protocol errors are reported to the shield. It
+// returns true when the session must end.
+func (ss *session) fail(err error) bool {
+	e := AsError(err)
+	if e.Cause != nil {
+		ss.log.Warn("pop3 command failed", "reply", e.line(), "err", e.Cause)
+	}
+	if e.kind != kindPlain {
+		ss.errors++
+		if e.kind == kindProtocol {
+			if d := shield.Report(ss.conn, shield.ProtocolError); d.Action != shield.Allow {
+				return ss.shieldEnds(d)
+			}
+		}
+		if ss.errors >= ss.srv.cfg.MaxErrors {
+			ss.reply(errTooManyErrors)
+			ss.flush()
+			ss.log.Info("pop3 too many errors", "errors", ss.errors)
+			return true
+		}
+	}
+	ss.reply(e)
+	return false
+}
+
+// shieldEnds answers a shield decision taken mid-session and reports that
+// the session must end: -ERR [SYS/TEMP] for a temporary refusal, -ERR
+// [AUTH] for a policy one, nothing for drop and tarpit.
+func (ss *session) shieldEnds(d shield.Decision) bool {
+	ss.log.Info("pop3 session ended by shield", "action", d.Action.String(), "source", d.Source)
+	if d.Action == shield.Reject {
+		code := "AUTH"
+		if d.Temporary {
+			code = "SYS/TEMP"
+		}
+		ss.reply(Errorf(code, "%s", d.Reason))
+		ss.flush()
+	}
+	return true
+}
+
+func (ss *session) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		if time.Now().After(ss.deadline) {
+			ss.reply(errSessionTimeout)
+		} else {
+			ss.reply(errTimeout)
+		}
+		ss.flush()
+		ss.log.Info("pop3 timeout", "state", ss.state.String())
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
+	default:
+		ss.log.Debug("pop3 read failed", "err", err)
+	}
+}
+
+// readLine reads one CRLF (or LF) terminated line of at most MaxLineLength
+// bytes including the terminator, without it. An overlong line is consumed
+// and reported as errLineTooLong; the buffer never grows beyond the bufio
+// size.
+func (ss *session) readLine() (string, error) {
+	max := ss.srv.cfg.MaxLineLength
+	ss.setReadDeadline(ss.commandTimeout())
+	var buf []byte
+	tooLong := false
+	for {
+		frag, err := ss.r.ReadSlice('\n')
+		if !tooLong {
+			if len(buf)+len(frag) > max {
+				tooLong = true
+				buf = nil
+			} else {
+				buf = append(buf, frag...)
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		break
+	}
+	if tooLong {
+		return "", errLineTooLong
+	}
+	buf = buf[:len(buf)-1]
+	if n := len(buf); n > 0 && buf[n-1] == '\r' {
+		buf = buf[:n-1]
+	}
+	return string(buf), nil
+}
+
+func (ss *session) setReadDeadline(timeout time.Duration) {
+	d := time.Now().Add(timeout)
+	if d.After(ss.deadline) {
+		d = ss.deadline
+	}
+	ss.conn.SetReadDeadline(d)
+}
+
+// ok writes a positive reply (buffered).
+func (ss *session) ok(format string, a ...any) {
+	ss.w.WriteString("+OK")
+	if format != "" {
+		ss.w.WriteByte(' ')
+		if len(a) == 0 {
+			ss.w.WriteString(format)
+		} else {
+			fmt.Fprintf(ss.w, format, a...)
+		}
+	}
+	ss.w.WriteString("\r\n")
+}
+
+// reply writes a negative reply (buffered).
+func (ss *session) reply(e *Error) {
+	ss.w.WriteString("-ERR ")
+	ss.w.WriteString(e.line())
+	ss.w.WriteString("\r\n")
+}
+
+// line writes one line of a multi-line response; the caller byte-stuffs
+// (RFC 1939 3) where the content is not its own.
+func (ss *session) line(s string) {
+	ss.w.WriteString(s)
+	ss.w.WriteString("\r\n")
+}
+
+// end terminates a multi-line response.
+func (ss *session) end() { ss.w.WriteString(".\r\n") }
+
+func (ss *session) flush() error {
+	ss.tw.timeout = ss.commandTimeout()
+	return ss.w.Flush()
+}
+
+// resetConn switches reader and writer to c (after STLS).
+func (ss *session) resetConn(c net.Conn) {
+	ss.conn = c
+	ss.r.Reset(c)
+	ss.tw.c = c
+	ss.w.Reset(ss.tw)
+}
