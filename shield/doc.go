@@ -9,8 +9,9 @@
 //     (Config.Rules) or in rule files (Config.RuleFiles) that are reloaded on
 //     change (fsnotify, debounced) and on [Shield.Reload]. The longest prefix
 //     wins. Rules compile into an immutable snapshot swapped atomically, so
-//     the accept path takes no global lock and refusing a client allocates
-//     nothing. A reload that fails keeps the old rules and names every bad
+//     the accept path takes no global lock, and deciding to refuse a client
+//     (and counting it for the logs) allocates nothing; a dropped client
+//     costs no more. A reload that fails keeps the old rules and names every bad
 //     line as file:line: reason. A million rules load in under a second.
 //   - Limits per listener, per address and per prefix (Config.IPv4Prefix,
 //     Config.IPv6Prefix): concurrent connections and a connection-rate token
