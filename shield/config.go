@@ -17,7 +17,7 @@ type Config struct {
 	DefaultAction  Action   `toml:"default_action" doc:"action of a deny rule that names none: reject, drop or tarpit"`
 	CloseOnDeny    bool     `toml:"close_on_deny" doc:"close open connections of addresses that a reloaded rule newly denies"`
 	Lockdown       bool     `toml:"lockdown" doc:"serve only allowlisted and known-good addresses, drop everyone else silently"`
-	DryRun         bool     `toml:"dry_run" doc:"log what would be refused (\"shield would block\") but enforce nothing"`
+	DryRun         bool     `toml:"dry_run" doc:"log what rules, bans and limits would refuse (\"shield would block\") but enforce none of them; lockdown and listener capacity still apply"`
 
 	IPv4Prefix int `toml:"ipv4_prefix" doc:"IPv4 prefix length that groups addresses into one network for per-prefix limits and prefix bans"`
 	IPv6Prefix int `toml:"ipv6_prefix" doc:"IPv6 prefix length that groups addresses into one network for per-prefix limits and prefix bans"`
