@@ -49,13 +49,13 @@ func configFields(t *testing.T) (keys []string, defaults, docs map[string]string
 }
 
 func TestConfigTagsAndREADME(t *testing.T) {
-	keys, defaults, _ := configFields(t)
+	keys, defaults, docs := configFields(t)
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range keys {
-		row := fmt.Sprintf("| `%s` | `%s` |", k, defaults[k])
+		row := fmt.Sprintf("| `%s` | `%s` | %s |", k, defaults[k], docs[k])
 		if !strings.Contains(string(readme), row) {
 			t.Errorf("README.md lacks the row %s", row)
 		}
