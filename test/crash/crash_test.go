@@ -100,26 +100,7 @@ func TestKill9(t *testing.T) {
 	// Save the shield state every second (the shortest allowed), so kills
 	// also land around its writes and restarts must load what they left.
 	srv := harness.New(t, harness.Options{Extra: "[shield]\nsave_interval = \"1s\"\n"})
-	srv.AddUser(t, rcpt, "crash-test-password")
-	srv.AddUser(t, rcpt2, "crash-test-password")
-	srv.Start(t)
-
-	led := &ledger{attempted: map[string]sent{}, acked: map[string]bool{}}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	stopClients := sync.OnceFunc(func() {
-		cancel()
-		wg.Wait()
-	})
-	t.Cleanup(stopClients) // also on t.Fatal in the kill loop
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := &client{id: w, addr: srv.SMTP, led: led, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))}
-			c.run(ctx)
-		}()
-	}
+	led, stopClients := startClients(t, srv)
 
 	for round := 1; round <= rounds; round++ {
 		waitProgress(t, srv, led, fmt.Sprintf("start %d", round))
@@ -139,6 +120,32 @@ func TestKill9(t *testing.T) {
 	srv.Stop(t)
 
 	checkMaildir(t, srv, led)
+}
+
+// startClients adds the recipients, starts the server and the sending
+// goroutines; stop ends them (it also runs at cleanup).
+func startClients(t *testing.T, srv *harness.Server) (led *ledger, stop func()) {
+	t.Helper()
+	srv.AddUser(t, rcpt, "crash-test-password")
+	srv.AddUser(t, rcpt2, "crash-test-password")
+	srv.Start(t)
+	led = &ledger{attempted: map[string]sent{}, acked: map[string]bool{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	stop = sync.OnceFunc(func() {
+		cancel()
+		wg.Wait()
+	})
+	t.Cleanup(stop) // also on t.Fatal
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &client{id: w, addr: srv.SMTP, led: led, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))}
+			c.run(ctx)
+		}()
+	}
+	return led, stop
 }
 
 // waitProgress waits until at least one more message is acknowledged, so

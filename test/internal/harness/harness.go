@@ -398,18 +398,36 @@ func (s *Server) Kill(t testing.TB) {
 // does not stop in time is killed and fails the test.
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
-	if !s.running() {
-		t.Fatalf("harness: Stop: agua is not running (exit: %v)", s.procErr())
+	s.Terminate(t)
+	if err := s.Wait(t); err != nil {
+		t.Errorf("harness: agua exited after SIGTERM with %v\nlog:\n%s", err, s.LogTail(40))
 	}
-	s.proc.cmd.Process.Signal(syscall.SIGTERM)
+}
+
+// Terminate sends SIGTERM and returns at once.
+func (s *Server) Terminate(t testing.TB) {
+	t.Helper()
+	if !s.running() {
+		t.Fatalf("harness: Terminate: agua is not running (exit: %v)", s.procErr())
+	}
+	if err := s.proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("harness: SIGTERM: %v", err)
+	}
+}
+
+// Wait waits for the server to exit and returns how it exited; one still
+// running after the stop deadline is killed and fails the test.
+func (s *Server) Wait(t testing.TB) error {
+	t.Helper()
+	if s.proc == nil {
+		t.Fatal("harness: Wait before Launch")
+	}
 	if !s.waitExit(stopTimeout) {
 		s.proc.cmd.Process.Kill()
 		s.waitExit(killTimeout)
-		t.Fatalf("harness: agua did not exit within %v of SIGTERM; killed", stopTimeout)
+		t.Fatalf("harness: agua did not exit within %v; killed\nlog:\n%s", stopTimeout, s.LogTail(40))
 	}
-	if s.proc.err != nil {
-		t.Errorf("harness: agua exited after SIGTERM with %v\nlog:\n%s", s.proc.err, s.LogTail(40))
-	}
+	return s.proc.err
 }
 
 func (s *Server) procErr() error {
