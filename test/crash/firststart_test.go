@@ -16,17 +16,6 @@ import (
 	"github.com/agua-mail/agua/test/internal/harness"
 )
 
-// knownBugsEnv runs tests of bugs that are known and not fixed yet; they
-// are skipped otherwise so the suite stays green.
-const knownBugsEnv = "AGUA_TEST_KNOWN_BUGS"
-
-func skipKnownBug(t *testing.T, note string) {
-	t.Helper()
-	if os.Getenv(knownBugsEnv) == "" {
-		t.Skipf("KNOWN BUG, skipped (set %s=1 to run): %s", knownBugsEnv, note)
-	}
-}
-
 const certBug = "a SIGKILL while the first start writes the self-signed certificate " +
 	"(internal/tlsutil.generate: key.pem, then cert.pem, plain os.WriteFile, no rename, no fsync) " +
 	"leaves key.pem without cert.pem, or an empty file, and every later `agua serve` fails with " +
@@ -36,7 +25,7 @@ const certBug = "a SIGKILL while the first start writes the self-signed certific
 // self-signed certificate, then restarts it on the same data folder: it
 // must start, whatever state the kill left.
 func TestKill9DuringFirstStart(t *testing.T) {
-	skipKnownBug(t, certBug)
+	harness.SkipKnownBug(t, certBug)
 	attempts := 20
 	if testing.Short() {
 		attempts = 5
@@ -70,7 +59,7 @@ func TestKill9DuringFirstStart(t *testing.T) {
 // TestStartAfterTornCertificate starts agua on data folders holding what a
 // kill during certificate generation leaves behind, without timing luck.
 func TestStartAfterTornCertificate(t *testing.T) {
-	skipKnownBug(t, certBug)
+	harness.SkipKnownBug(t, certBug)
 	for _, tc := range []struct {
 		name  string
 		files map[string]string // name in data/tls → content

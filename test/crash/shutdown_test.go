@@ -34,7 +34,7 @@ const shutdownBug = "after SIGTERM, agua closes its listeners but keeps serving 
 // is closed), a connected client's next command must get 421 or a closed
 // connection, not start a new transaction.
 func TestStopRefusesNewTransactions(t *testing.T) {
-	skipKnownBug(t, shutdownBug)
+	harness.SkipKnownBug(t, shutdownBug)
 	srv := harness.New(t, harness.Options{})
 	srv.AddUser(t, rcpt, "crash-test-password")
 	srv.Start(t)

@@ -119,6 +119,7 @@ type Server struct {
 
 	// Listener addresses (127.0.0.1:port).
 	SMTP, Submission, Submissions string
+	POP3, POP3S                   string
 
 	proc   *process
 	starts int
@@ -139,8 +140,9 @@ func New(t testing.TB, opts Options) *Server {
 	s.DataDir = filepath.Join(s.Dir, "data")
 	s.ConfigPath = filepath.Join(s.Dir, "agua.toml")
 	s.LogPath = filepath.Join(s.Dir, "agua.log")
-	ports := FreePorts(t, 3)
+	ports := FreePorts(t, 5)
 	s.SMTP, s.Submission, s.Submissions = ports[0], ports[1], ports[2]
+	s.POP3, s.POP3S = ports[3], ports[4]
 	cfg := fmt.Sprintf(`# written by test/internal/harness
 data_dir = %q
 hostname = "localhost"
@@ -151,13 +153,17 @@ level = "info"
 [accounts]
 demo = false
 
+[pop3]
+listen = [%q]
+tls_listen = [%q]
+
 [smtp]
 listen = [%q]
 submission_listen = [%q]
 submissions_listen = [%q]
 %s
 %s
-`, s.DataDir, s.SMTP, s.Submission, s.Submissions, opts.SMTP, opts.Extra)
+`, s.DataDir, s.POP3, s.POP3S, s.SMTP, s.Submission, s.Submissions, opts.SMTP, opts.Extra)
 	if err := os.WriteFile(s.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -499,4 +505,17 @@ func (s *Server) Messages(t testing.TB, addr string) []MailFile {
 		}
 	}
 	return out
+}
+
+// KnownBugsEnv, when set, runs the tests of known agua bugs, which are
+// skipped otherwise so the suite stays green until they are fixed.
+const KnownBugsEnv = "AGUA_TEST_KNOWN_BUGS"
+
+// SkipKnownBug skips the test with a visible note describing the bug,
+// unless KnownBugsEnv is set.
+func SkipKnownBug(t testing.TB, note string) {
+	t.Helper()
+	if os.Getenv(KnownBugsEnv) == "" {
+		t.Skipf("KNOWN BUG, skipped (set %s=1 to run): %s", KnownBugsEnv, note)
+	}
 }
