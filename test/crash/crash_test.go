@@ -4,7 +4,12 @@
 // recipient's Maildir exactly once, complete, after any number of SIGKILLs
 // and restarts on the same data folder. Messages that were being sent when
 // the server died may or may not be there, but never twice and never
-// partial.
+// partial. The same holds for a graceful stop (SIGTERM) under load, and a
+// kill during the very first start must not leave a data folder agua
+// cannot start on.
+//
+// The tests run the real binary (see test/internal/harness) and take
+// 15-20 s plus the build; -short runs fewer kill rounds.
 package crash
 
 import (
