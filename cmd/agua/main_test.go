@@ -106,6 +106,8 @@ func TestShieldVerbs(t *testing.T) {
 	cfg.SMTP.Listen = []string{"127.0.0.1:0"}
 	cfg.SMTP.SubmissionListen = nil
 	cfg.SMTP.SubmissionsListen = nil
+	cfg.POP3.Listen = nil
+	cfg.POP3.TLSListen = nil
 	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
 	if err != nil {
 		t.Fatal(err)

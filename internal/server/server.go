@@ -25,6 +25,7 @@ import (
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/maildir"
+	"github.com/agua-mail/agua/internal/pop3d"
 	"github.com/agua-mail/agua/internal/smtpd"
 	"github.com/agua-mail/agua/internal/tlsutil"
 	"github.com/agua-mail/agua/shield"
@@ -45,6 +46,7 @@ type Server struct {
 
 	listeners []boundListener
 	smtp      []*smtpd.Server
+	pop3      []*pop3d.Server
 	admin     *http.Server
 	adminLn   net.Listener
 }
@@ -52,7 +54,7 @@ type Server struct {
 type boundListener struct {
 	name string
 	ln   net.Listener
-	srv  *smtpd.Server
+	srv  interface{ Serve(net.Listener) error } // *smtpd.Server, *pop3d.Server
 }
 
 // Paths derived from the config.
@@ -117,6 +119,9 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	if err := s.listenSMTP(tlsCfg); err != nil {
+		return err
+	}
+	if err := s.listenPOP3(tlsCfg); err != nil {
 		return err
 	}
 	if err := s.listenAdmin(); err != nil {
@@ -252,6 +257,7 @@ type Status struct {
 	Uptime    string            `json:"uptime"`
 	Listeners map[string]string `json:"listeners"`
 	Sessions  int64             `json:"smtp_sessions"`
+	POP3      int64             `json:"pop3_sessions"`
 	Lockdown  bool              `json:"lockdown"`
 	Shield    shield.Stats      `json:"shield"`
 }
@@ -265,11 +271,14 @@ func (s *Server) status() any {
 	for _, srv := range s.smtp {
 		st.Sessions += srv.Sessions()
 	}
+	for _, srv := range s.pop3 {
+		st.POP3 += srv.Sessions()
+	}
 	return st
 }
 
 // Addr returns the bound address of the first listener named name ("smtp",
-// "submission", "submissions"), for tests that listen on port 0.
+// "submission", "submissions", "pop3", "pop3s"), for tests that listen on port 0.
 func (s *Server) Addr(name string) string {
 	for _, l := range s.listeners {
 		if l.name == name {
@@ -331,6 +340,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	s.admin.Shutdown(sctx)
 	for _, srv := range s.smtp {
+		srv.Shutdown(sctx)
+	}
+	for _, srv := range s.pop3 {
 		srv.Shutdown(sctx)
 	}
 	wg.Wait()
