@@ -3,6 +3,7 @@ package shield
 import (
 	"bufio"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -247,6 +248,12 @@ func (l *listener) refuse(c net.Conn, addr netip.Addr, d Decision) {
 			c.SetWriteDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
 			c.SetReadDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
 			l.lc.Reject(c, d)
+			// Closing with unread client data would reset the connection,
+			// and some stacks then discard the refusal. Half-close and
+			// drain a little first (lingering close), within the deadline.
+			if cw, ok := underlying(c).(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+				io.CopyN(io.Discard, c, 4096)
+			}
 		}()
 	case Tarpit:
 		l.stats.tarpitted.Add(1)

@@ -378,3 +378,21 @@ func TestFloodDoesNotStarveGoodClient(t *testing.T) {
 		t.Fatalf("flood not refused: %+v", st)
 	}
 }
+
+// TestRejectReachesEagerClient: a client that talks before reading still
+// gets the refusal, not a reset (the shield half-closes and drains instead
+// of closing with unread data).
+func TestRejectReachesEagerClient(t *testing.T) {
+	cfg := testConfig()
+	cfg.Rules = []string{"deny 127.96.0.0/24"}
+	h := newHarness(t, cfg, Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp"})
+	for i := range 20 {
+		c := dialFrom(t, srv.addr, fmt.Sprintf("127.96.0.%d", i+1))
+		fmt.Fprintf(c.c, "EHLO eager.example\r\nMAIL FROM:<a@b>\r\n")
+		time.Sleep(5 * time.Millisecond) // let the data arrive before the refusal is written
+		if l := c.expect("554"); !strings.Contains(l, "access denied") {
+			t.Fatal(l)
+		}
+	}
+}
