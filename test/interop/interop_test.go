@@ -72,7 +72,7 @@ func TestInterop(t *testing.T) {
 
 	t.Run("swaks/mx", func(t *testing.T) {
 		needSwaks(t, false)
-		tok := token(t)
+		tok := token()
 		out, code := swaks(t, mx, "--from", remote, "--to", user, "--header", "Subject: "+tok, "--body", "swaks mx body "+tok)
 		expectExit(t, out, code, 0)
 		expectDelivered(t, srv, user, tok, "swaks mx body "+tok)
@@ -80,7 +80,7 @@ func TestInterop(t *testing.T) {
 
 	t.Run("swaks/mx-pipelining", func(t *testing.T) {
 		needSwaks(t, false)
-		tok := token(t)
+		tok := token()
 		out, code := swaks(t, mx, "--pipeline", "--from", remote, "--to", user, "--header", "Subject: "+tok, "--body", "swaks pipelined body "+tok)
 		expectExit(t, out, code, 0)
 		expectDelivered(t, srv, user, tok, "swaks pipelined body "+tok)
@@ -89,7 +89,7 @@ func TestInterop(t *testing.T) {
 	for _, mech := range []string{"LOGIN", "PLAIN"} {
 		t.Run("swaks/submission-starttls-"+mech, func(t *testing.T) {
 			needSwaks(t, true)
-			tok := token(t)
+			tok := token()
 			out, code := swaks(t, sub, append(auth(mech), "--tls", "--from", user, "--to", local,
 				"--header", "Subject: "+tok, "--body", "swaks submission body "+tok)...)
 			expectExit(t, out, code, 0)
@@ -100,7 +100,7 @@ func TestInterop(t *testing.T) {
 
 	t.Run("swaks/submission-nonlocal-refused", func(t *testing.T) {
 		needSwaks(t, true)
-		tok := token(t)
+		tok := token()
 		out, code := swaks(t, sub, append(auth("PLAIN"), "--tls", "--from", user, "--to", remote,
 			"--header", "Subject: "+tok)...)
 		expectFailed(t, out, code)
@@ -110,7 +110,7 @@ func TestInterop(t *testing.T) {
 
 	t.Run("swaks/mx-relay-refused", func(t *testing.T) {
 		needSwaks(t, false)
-		tok := token(t)
+		tok := token()
 		out, code := swaks(t, mx, "--from", "mallory@elsewhere.test", "--to", remote, "--header", "Subject: "+tok)
 		expectFailed(t, out, code)
 		expectContains(t, out, "550 5.7.1")
@@ -119,7 +119,7 @@ func TestInterop(t *testing.T) {
 
 	t.Run("swaks/submission-sender-not-owned-refused", func(t *testing.T) {
 		needSwaks(t, true)
-		tok := token(t)
+		tok := token()
 		out, code := swaks(t, sub, append(auth("LOGIN"), "--tls", "--from", local, "--to", local,
 			"--header", "Subject: "+tok)...)
 		expectFailed(t, out, code)
@@ -130,7 +130,7 @@ func TestInterop(t *testing.T) {
 	for _, mech := range []string{"PLAIN", "LOGIN"} {
 		t.Run("swaks/submissions-implicit-tls-"+mech, func(t *testing.T) {
 			needSwaks(t, true)
-			tok := token(t)
+			tok := token()
 			out, code := swaks(t, subs, append(auth(mech), "--tlsc", "--from", user, "--to", user,
 				"--header", "Subject: "+tok, "--body", "swaks implicit tls body "+tok)...)
 			expectExit(t, out, code, 0)
@@ -144,7 +144,7 @@ func TestInterop(t *testing.T) {
 	// other side.
 	t.Run("swaks/submission-plaintext-auth-loopback", func(t *testing.T) {
 		needSwaks(t, false)
-		tok := token(t)
+		tok := token()
 		out, code := swaks(t, sub, append(auth("PLAIN"), "--from", user, "--to", user,
 			"--header", "Subject: "+tok, "--body", "plaintext loopback body "+tok)...)
 		expectExit(t, out, code, 0)
@@ -156,7 +156,7 @@ func TestInterop(t *testing.T) {
 	}
 	t.Run("curl/mx", func(t *testing.T) {
 		need(t, "curl")
-		tok := token(t)
+		tok := token()
 		file := crlfMessage(t, remote, user, tok, "curl mx body "+tok)
 		out, code := curl(t, "smtp://127.0.0.1:"+mx+"/"+helo, "--mail-from", remote, "--mail-rcpt", user, "-T", file)
 		expectExit(t, out, code, 0)
@@ -164,7 +164,7 @@ func TestInterop(t *testing.T) {
 	})
 	t.Run("curl/mx-two-recipients", func(t *testing.T) {
 		need(t, "curl")
-		tok := token(t)
+		tok := token()
 		file := crlfMessage(t, remote, user, tok, "curl two recipients body "+tok)
 		out, code := curl(t, "smtp://127.0.0.1:"+mx+"/"+helo, "--mail-from", remote, "--mail-rcpt", user, "--mail-rcpt", local, "-T", file)
 		expectExit(t, out, code, 0)
@@ -175,7 +175,7 @@ func TestInterop(t *testing.T) {
 	// file with Unix line endings needs curl's --crlf.
 	t.Run("curl/mx-bare-lf-refused-crlf-accepted", func(t *testing.T) {
 		need(t, "curl")
-		tok := token(t)
+		tok := token()
 		file := filepath.Join(t.TempDir(), "lf.eml")
 		msg := fmt.Sprintf("From: <%s>\nTo: <%s>\nSubject: %s\n\ncurl lf body %s\n", remote, user, tok, tok)
 		if err := os.WriteFile(file, []byte(msg), 0o600); err != nil {
@@ -191,7 +191,7 @@ func TestInterop(t *testing.T) {
 	})
 	t.Run("curl/smtps", func(t *testing.T) {
 		need(t, "curl")
-		tok := token(t)
+		tok := token()
 		file := crlfMessage(t, user, local, tok, "curl smtps body "+tok)
 		out, code := curl(t, "smtps://127.0.0.1:"+subs+"/"+helo, "-k", "--user", user+":"+password,
 			"--mail-from", user, "--mail-rcpt", local, "-T", file)
@@ -200,7 +200,7 @@ func TestInterop(t *testing.T) {
 	})
 	t.Run("curl/submission-starttls", func(t *testing.T) {
 		need(t, "curl")
-		tok := token(t)
+		tok := token()
 		file := crlfMessage(t, user, user, tok, "curl starttls body "+tok)
 		out, code := curl(t, "smtp://127.0.0.1:"+sub+"/"+helo, "--ssl-reqd", "-k", "--user", user+":"+password,
 			"--mail-from", user, "--mail-rcpt", user, "-T", file, "-v")
@@ -210,7 +210,7 @@ func TestInterop(t *testing.T) {
 	})
 	t.Run("curl/smtps-wrong-password-refused", func(t *testing.T) {
 		need(t, "curl")
-		tok := token(t)
+		tok := token()
 		file := crlfMessage(t, victim, victim, tok, "never "+tok)
 		out, code := curl(t, "smtps://127.0.0.1:"+subs+"/"+helo, "-k", "--user", victim+":wrong",
 			"--mail-from", victim, "--mail-rcpt", victim, "-T", file, "-v")
@@ -228,7 +228,7 @@ func TestInterop(t *testing.T) {
 		return run(t, "python3", append([]string{script}, args...)...)
 	}
 	t.Run("python/mx", func(t *testing.T) {
-		tok := token(t)
+		tok := token()
 		// smtplib turns "\n" into CRLF and dot-stuffs (RFC 5321 4.5.2);
 		// agua must store the lines as they were.
 		body := "python mx body " + tok + "\n.leading dot\n..two dots\n."
@@ -237,21 +237,21 @@ func TestInterop(t *testing.T) {
 		expectDelivered(t, srv, user, tok, strings.ReplaceAll(body, "\n", "\r\n")+"\r\n")
 	})
 	t.Run("python/submission-starttls-login", func(t *testing.T) {
-		tok := token(t)
+		tok := token()
 		out, code := py(t, "send", "--port", sub, "--tls", "--cafile", srv.CertPath(), "--user", user, "--password", password,
 			"--from", user, "--to", local, "--subject", tok, "--body", "python starttls body "+tok)
 		expectExit(t, out, code, 0)
 		expectDelivered(t, srv, local, tok, "python starttls body "+tok)
 	})
 	t.Run("python/submission-auth-login-initial-response", func(t *testing.T) {
-		tok := token(t)
+		tok := token()
 		out, code := py(t, "send", "--port", sub, "--tls", "--cafile", srv.CertPath(), "--user", user, "--password", password,
 			"--mech", "LOGIN", "--from", user, "--to", user, "--subject", tok, "--body", "python auth login body "+tok)
 		expectExit(t, out, code, 0)
 		expectDelivered(t, srv, user, tok, "python auth login body "+tok)
 	})
 	t.Run("python/submissions-implicit-tls-login", func(t *testing.T) {
-		tok := token(t)
+		tok := token()
 		out, code := py(t, "send", "--port", subs, "--ssl", "--cafile", srv.CertPath(), "--user", user, "--password", password,
 			"--from", user, "--to", user, "--subject", tok, "--body", "python implicit tls body "+tok)
 		expectExit(t, out, code, 0)
@@ -319,7 +319,7 @@ func TestInsecureAuthOff(t *testing.T) {
 
 	t.Run("swaks-without-tls-refused", func(t *testing.T) {
 		needSwaks(t, false)
-		tok := token(t)
+		tok := token()
 		out, code := run(t, "swaks", "--server", "127.0.0.1", "--port", sub, "--helo", helo, "--timeout", strconv.Itoa(timeout),
 			"--auth", "PLAIN", "--auth-user", user, "--auth-password", password,
 			"--from", user, "--to", user, "--header", "Subject: "+tok)
@@ -334,7 +334,7 @@ func TestInsecureAuthOff(t *testing.T) {
 
 	t.Run("swaks-with-tls-accepted", func(t *testing.T) {
 		needSwaks(t, true)
-		tok := token(t)
+		tok := token()
 		out, code := run(t, "swaks", "--server", "127.0.0.1", "--port", sub, "--helo", helo, "--timeout", strconv.Itoa(timeout),
 			"--tls", "--auth", "PLAIN", "--auth-user", user, "--auth-password", password,
 			"--from", user, "--to", user, "--header", "Subject: "+tok, "--body", "after tls "+tok)
@@ -351,15 +351,13 @@ func TestInsecureAuthOff(t *testing.T) {
 	})
 }
 
-// need returns the path of tool, or skips the test when it is missing; with
-// CI=true a missing tool fails the test instead.
-func need(t *testing.T, tool string) string {
+// need skips the test when tool is not in PATH; with CI=true a missing tool
+// fails the test instead.
+func need(t *testing.T, tool string) {
 	t.Helper()
-	p, err := exec.LookPath(tool)
-	if err != nil {
+	if _, err := exec.LookPath(tool); err != nil {
 		missing(t, "%s not found in PATH (Debian: apt-get install swaks libnet-ssleay-perl curl python3)", tool)
 	}
-	return p
 }
 
 func missing(t *testing.T, format string, a ...any) {
@@ -473,7 +471,7 @@ func ehloLines(out string) string {
 }
 
 // token returns a unique marker for one subtest's message.
-func token(t *testing.T) string {
+func token() string {
 	var b [6]byte
 	rand.Read(b[:])
 	return "interop-" + hex.EncodeToString(b[:])

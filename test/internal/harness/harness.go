@@ -120,6 +120,7 @@ type Server struct {
 	// Listener addresses (127.0.0.1:port).
 	SMTP, Submission, Submissions string
 	POP3, POP3S                   string
+	Admin                         string // HTTP admin listener
 
 	proc   *process
 	starts int
@@ -140,9 +141,10 @@ func New(t testing.TB, opts Options) *Server {
 	s.DataDir = filepath.Join(s.Dir, "data")
 	s.ConfigPath = filepath.Join(s.Dir, "agua.toml")
 	s.LogPath = filepath.Join(s.Dir, "agua.log")
-	ports := FreePorts(t, 5)
+	ports := FreePorts(t, 6)
 	s.SMTP, s.Submission, s.Submissions = ports[0], ports[1], ports[2]
 	s.POP3, s.POP3S = ports[3], ports[4]
+	s.Admin = ports[5]
 	cfg := fmt.Sprintf(`# written by test/internal/harness
 data_dir = %q
 hostname = "localhost"
@@ -152,6 +154,9 @@ level = "info"
 
 [accounts]
 demo = false
+
+[admin]
+listen = %q
 
 [pop3]
 listen = [%q]
@@ -163,7 +168,7 @@ submission_listen = [%q]
 submissions_listen = [%q]
 %s
 %s
-`, s.DataDir, s.POP3, s.POP3S, s.SMTP, s.Submission, s.Submissions, opts.SMTP, opts.Extra)
+`, s.DataDir, s.Admin, s.POP3, s.POP3S, s.SMTP, s.Submission, s.Submissions, opts.SMTP, opts.Extra)
 	if err := os.WriteFile(s.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
