@@ -311,3 +311,15 @@ func TestFolderConcurrentDelivery(t *testing.T) {
 		t.Fatalf("%d messages, last UID %d", len(l.Messages), l.Messages[len(l.Messages)-1].UID)
 	}
 }
+
+func TestNaturalCompare(t *testing.T) {
+	sorted := []string{"1700000000.M99P1Q10.h", "1700000000.M123P1Q2.h", "1700000000.M123P1Q10.h", "1700000001.M5P1Q1.h", "1700000001.M5P1Q1.hx", "1700000010.M0P1Q1.h"}
+	for i := range sorted {
+		for j := range sorted {
+			c := naturalCompare(sorted[i], sorted[j])
+			if (i < j && c >= 0) || (i > j && c <= 0) || (i == j && c != 0) {
+				t.Errorf("naturalCompare(%q, %q) = %d", sorted[i], sorted[j], c)
+			}
+		}
+	}
+}

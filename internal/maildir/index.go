@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -204,7 +203,8 @@ func (ix *index) reconcile(seen map[string]found, listed [2]bool, now time.Time)
 			added = append(added, e)
 		}
 	}
-	sort.Slice(added, func(i, j int) bool { return added[i].key < added[j].key })
+	// Delivery order: names start with the time ("<seconds>.M<micro>P...").
+	slices.SortFunc(added, func(a, b *entry) int { return naturalCompare(a.key, b.key) })
 	if uint64(ix.next)+uint64(len(added)) > maxUID {
 		// UIDs ran out: start over under a new UIDVALIDITY.
 		ix.log.Warn("maildir: UIDs exhausted, renumbering folder", "folder", ix.dir)
@@ -222,6 +222,41 @@ func (ix *index) reconcile(seen map[string]found, listed [2]bool, now time.Time)
 		ix.keys[e.key] = e
 	}
 	ix.dirty = true
+}
+
+// naturalCompare orders names with runs of digits compared as numbers, so
+// "1700000000.M99P1" comes before "1700000000.M123P1".
+func naturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		if isDigit(a[0]) && isDigit(b[0]) {
+			na, ra := digitRun(a)
+			nb, rb := digitRun(b)
+			if c := len(na) - len(nb); c != 0 { // no leading zeros in Maildir names
+				return c
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = ra, rb
+			continue
+		}
+		if a[0] != b[0] {
+			return int(a[0]) - int(b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) - len(b)
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// digitRun splits s after its leading digits, without leading zeros.
+func digitRun(s string) (digits, rest string) {
+	i := 0
+	for i < len(s) && isDigit(s[i]) {
+		i++
+	}
+	return strings.TrimLeft(s[:i], "0"), s[i:]
 }
 
 // setSize reads the size from the name's ",S=", or from stat for names
