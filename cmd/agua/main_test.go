@@ -106,6 +106,7 @@ func TestShieldVerbs(t *testing.T) {
 	cfg.SMTP.Listen = []string{"127.0.0.1:0"}
 	cfg.SMTP.SubmissionListen = nil
 	cfg.SMTP.SubmissionsListen = nil
+	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.POP3.Listen = nil
 	cfg.POP3.TLSListen = nil
 	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)

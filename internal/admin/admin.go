@@ -49,6 +49,7 @@ func (a *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/lockdown", a.lockdownGet)
 	mux.HandleFunc("POST /v1/lockdown", a.lockdownSet)
 	mux.HandleFunc("GET /v1/conns", a.conns)
+	mux.HandleFunc("GET /v1/live", a.live)
 	return mux
 }
 

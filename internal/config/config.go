@@ -83,7 +83,10 @@ type POP3Config struct {
 
 // AdminConfig configures the admin API.
 type AdminConfig struct {
-	Socket string `toml:"socket" doc:"Unix socket of the admin API. Empty: <data_dir>/admin.sock."`
+	Socket string `toml:"socket" doc:"Unix socket of the admin API used by the CLI (file permissions guard it). Empty: <data_dir>/admin.sock."`
+	Listen string `toml:"listen" doc:"HTTP listener (host:port) for the admin API, /metrics and the dashboard. Empty: none. Off loopback it needs tls = true and a token."`
+	Token  string `toml:"token" doc:"Bearer token for the HTTP admin API, /metrics and the dashboard. Empty: generated once into <data_dir>/admin.token."`
+	TLS    bool   `toml:"tls" doc:"Serve the HTTP admin listener over TLS with the server certificate."`
 }
 
 // Default returns the embedded defaults: loopback listeners on unprivileged
@@ -118,6 +121,7 @@ func Default() Config {
 			AllowInsecureAuth: true,
 			MaxConns:          1000,
 		},
+		Admin: AdminConfig{Listen: "127.0.0.1:8025"},
 		POP3: POP3Config{
 			Listen:            []string{"127.0.0.1:2110"},
 			TLSListen:         []string{"127.0.0.1:2995"},

@@ -158,6 +158,18 @@ func (c Config) Validate() []Problem {
 	if p3.AuthDelay < 0 {
 		bad("pop3.auth_failure_delay", "must not be negative")
 	}
+	if a := c.Admin.Listen; a != "" {
+		host, port, err := net.SplitHostPort(a)
+		ip := net.ParseIP(host)
+		switch {
+		case err != nil || port == "":
+			bad("admin.listen", "%q is not host:port", a)
+		case (ip == nil || !ip.IsLoopback()) && host != "localhost" && (c.Admin.Token == "" || !c.Admin.TLS):
+			// The admin API can lift bans and switch lockdown: never expose
+			// it off loopback without both.
+			bad("admin.listen", "%q is not a loopback address: set admin.token and admin.tls = true to listen there", a)
+		}
+	}
 	if len(s.Listen)+len(s.SubmissionListen)+len(s.SubmissionsListen) == 0 {
 		bad("smtp", "no listener configured")
 	}

@@ -44,6 +44,7 @@ func startServer(t *testing.T, mutate func(*config.Config)) *testServer {
 	cfg.SMTP.SubmissionListen = []string{"127.0.0.1:0"}
 	cfg.SMTP.SubmissionsListen = []string{"127.0.0.1:0"}
 	cfg.SMTP.AuthDelay = 0
+	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.POP3.Listen = []string{"127.0.0.1:0"}
 	cfg.POP3.TLSListen = []string{"127.0.0.1:0"}
 	cfg.POP3.AuthDelay = 0

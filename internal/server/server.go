@@ -21,10 +21,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/agua-mail/agua/internal/admin"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/maildir"
+	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
 	"github.com/agua-mail/agua/internal/smtpd"
 	"github.com/agua-mail/agua/internal/tlsutil"
@@ -49,6 +49,9 @@ type Server struct {
 	pop3      []*pop3d.Server
 	admin     *http.Server
 	adminLn   net.Listener
+	web       *http.Server // admin API over TCP, /metrics, dashboard
+	webLn     net.Listener
+	metrics   *metrics.Metrics
 }
 
 type boundListener struct {
@@ -118,13 +121,14 @@ func (s *Server) open(out io.Writer) (err error) {
 	if s.shield, err = s.openShield(); err != nil {
 		return err
 	}
+	s.metrics = metrics.New(s.shield, s.sessionCounts)
 	if err := s.listenSMTP(tlsCfg); err != nil {
 		return err
 	}
 	if err := s.listenPOP3(tlsCfg); err != nil {
 		return err
 	}
-	if err := s.listenAdmin(); err != nil {
+	if err := s.listenAdmin(tlsCfg); err != nil {
 		return err
 	}
 	// Last, once every port is bound: a start that fails must not use up
@@ -184,7 +188,14 @@ func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
 
 func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	backend := &mailBackend{dir: s.dir, store: s.store, hostname: s.cfg.Hostname}
-	hooks := smtpd.Hooks{AccountDelay: s.shield.AccountDelay}
+	hooks := smtpd.Hooks{
+		AccountDelay: s.shield.AccountDelay,
+		Auth:         func(ss *smtpd.Session, ok bool) { s.metrics.Auth(ss.Mode.String(), ok) },
+		Delivered: func(ss *smtpd.Session, _ *smtpd.Envelope, size int64, took time.Duration) {
+			s.metrics.Delivered(ss.Mode.String(), size, took)
+		},
+		Refused: func(ss *smtpd.Session, code int) { s.metrics.Refused(ss.Mode.String(), code) },
+	}
 	for _, group := range []struct {
 		mode  smtpd.Mode
 		addrs []string
@@ -229,25 +240,6 @@ func smtpReject(hostname string) func(net.Conn, shield.Decision) {
 	}
 }
 
-func (s *Server) listenAdmin() error {
-	path := AdminSocket(s.cfg)
-	// A socket left by a killed server is removed; a live one means another
-	// agua is using this data folder.
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("another agua is already running with this data folder (admin socket %s answers)", path)
-	}
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	os.Chmod(path, 0o600)
-	s.adminLn = ln
-	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log}
-	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	return nil
-}
 
 // Status is what `agua status` shows.
 type Status struct {
@@ -280,6 +272,9 @@ func (s *Server) status() any {
 // Addr returns the bound address of the first listener named name ("smtp",
 // "submission", "submissions", "pop3", "pop3s"), for tests that listen on port 0.
 func (s *Server) Addr(name string) string {
+	if name == "admin" && s.webLn != nil {
+		return s.webLn.Addr().String()
+	}
 	for _, l := range s.listeners {
 		if l.name == name {
 			return l.ln.Addr().String()
@@ -313,6 +308,16 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- err
 		}
 	}()
+	if s.web != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.web.Serve(s.webLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+		s.log.Info("listening", "listener", "admin", "addr", s.webLn.Addr().String())
+	}
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
 	}
@@ -339,6 +344,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s.admin.Shutdown(sctx)
+	if s.web != nil {
+		s.web.Shutdown(sctx)
+	}
 	for _, srv := range s.smtp {
 		srv.Shutdown(sctx)
 	}
@@ -353,6 +361,9 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Close() error {
 	for _, l := range s.listeners {
 		l.ln.Close()
+	}
+	if s.webLn != nil {
+		s.webLn.Close()
 	}
 	if s.adminLn != nil {
 		s.adminLn.Close()

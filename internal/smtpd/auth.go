@@ -52,6 +52,9 @@ func (ss *session) cmdAUTH(arg string) error {
 			return e
 		}
 		ss.log.Info("smtp auth failed", "user", sanitize(user))
+		if h := ss.srv.hooks.Auth; h != nil {
+			h(&ss.info, false)
+		}
 		d := shield.ReportAuth(ss.conn, user, false)
 		time.Sleep(ss.srv.cfg.AuthFailureDelay)
 		if d.Action != shield.Allow {
@@ -63,6 +66,9 @@ func (ss *session) cmdAUTH(arg string) error {
 	}
 	ss.info.User = canonical
 	ss.log.Info("smtp auth ok", "user", canonical)
+	if h := ss.srv.hooks.Auth; h != nil {
+		h(&ss.info, true)
+	}
 	if d := shield.ReportAuth(ss.conn, canonical, true); d.Action != shield.Allow {
 		ss.shieldEnds(d)
 		return errQuit

@@ -40,6 +40,7 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	if bad != nil {
 		ss.resetTransaction()
+		ss.refused(bad.Code)
 		ss.reply(bad)
 		if bad != errTooBig && !ss.report(shield.ProtocolError) {
 			return errQuit
@@ -50,18 +51,26 @@ func (ss *session) cmdDATA(arg string) error {
 	start := time.Now()
 	if err := ss.srv.backend.Deliver(ss.ctx, &ss.info, &env, sp, sp.Size()); err != nil {
 		ss.resetTransaction()
+		ss.refused(AsError(err).Code)
 		return err
 	}
-	ss.log.Info("smtp message accepted", "id", msgID, "from", env.From, "rcpts", len(env.Recipients), "size", sp.Size(), "took", time.Since(start).Round(time.Microsecond))
+	took := time.Since(start)
+	ss.log.Info("smtp message accepted", "id", msgID, "from", env.From, "rcpts", len(env.Recipients), "size", sp.Size(), "took", took.Round(time.Microsecond))
 	ss.replyLine(250, "2.0.0", "OK queued as "+msgID)
 	ss.resetTransaction()
 	if h := ss.srv.hooks.Delivered; h != nil {
-		h(&ss.info, &env, sp.Size())
+		h(&ss.info, &env, sp.Size(), took)
 	}
 	if !ss.report(shield.MessageAccepted) {
 		return errQuit
 	}
 	return nil
+}
+
+func (ss *session) refused(code int) {
+	if h := ss.srv.hooks.Refused; h != nil {
+		h(&ss.info, code)
+	}
 }
 
 // readData reads the message up to the lone "." line. RFC 5321 4.1.1.4:

@@ -134,8 +134,13 @@ type Hooks struct {
 	// AccountDelay returns an extra delay before answering an auth attempt
 	// for account (per-account brute-force protection).
 	AccountDelay func(account string) time.Duration
-	// Delivered is called after a message is accepted.
-	Delivered func(s *Session, env *Envelope, size int64)
+	// Delivered is called after a message is accepted; took is the time
+	// the backend needed to make it durable.
+	Delivered func(s *Session, env *Envelope, size int64, took time.Duration)
+	// Refused is called when a message is refused after DATA.
+	Refused func(s *Session, code int)
+	// Auth is called after each authentication attempt.
+	Auth func(s *Session, ok bool)
 }
 
 // Server serves SMTP on any number of listeners.

@@ -1,0 +1,210 @@
+// agua dashboard: polls /v1/live every second with the bearer token kept
+// in sessionStorage; draws a connections/s chart; blocks, unblocks and
+// switches lockdown through the admin API. No external resources.
+"use strict";
+
+const $ = (s) => document.querySelector(s);
+let token = sessionStorage.getItem("agua-token") || "";
+let prev = null;
+const history = []; // {served, refused} per second
+const maxPoints = 120;
+let timer = null;
+
+async function api(method, path, body) {
+  const opts = { method, headers: { Authorization: "Bearer " + token } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, opts);
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const err = new Error(data.error || resp.statusText);
+    err.status = resp.status;
+    throw err;
+  }
+  return data;
+}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function showApp(on) {
+  $("#login").hidden = on;
+  $("#app").hidden = !on;
+  $("#lockdown-toggle").hidden = !on;
+  $("#logout").hidden = !on;
+}
+
+async function refresh() {
+  let live;
+  try {
+    live = await api("GET", "/v1/live");
+  } catch (e) {
+    if (e.status === 401) {
+      stop();
+      showApp(false);
+      $("#login-error").textContent = "Token refused.";
+    }
+    return;
+  }
+  showApp(true);
+  render(live);
+}
+
+function render(live) {
+  const st = live.status || {};
+  $("#uptime").textContent = (st.version ? "agua " + st.version + " · " : "") + (st.uptime ? "up " + st.uptime : "");
+  const badge = $("#lockdown-badge");
+  badge.textContent = live.lockdown ? "LOCKDOWN ON" : "lockdown off";
+  badge.className = "badge " + (live.lockdown ? "on" : "off");
+  $("#lockdown-toggle").textContent = live.lockdown ? "Lockdown off" : "Lockdown on";
+  $("#lockdown-toggle").dataset.on = live.lockdown ? "1" : "0";
+
+  const names = Object.keys(live.listeners).sort();
+  const dt = prev ? (new Date(live.time) - new Date(prev.time)) / 1000 : 0;
+  let servedRate = 0, refusedRate = 0;
+  const rows = names.map((name) => {
+    const l = live.listeners[name];
+    const p = prev && prev.listeners[name];
+    let s = 0, r = 0;
+    if (p && dt > 0) {
+      s = (l.accepted - p.accepted) / dt;
+      r = (l.rejected + l.dropped + l.tarpitted - p.rejected - p.dropped - p.tarpitted) / dt;
+    }
+    servedRate += s;
+    refusedRate += r;
+    const tr = el("tr");
+    tr.dataset.listener = name;
+    for (const v of [name, l.active, s.toFixed(0), r.toFixed(0), l.accepted, l.rejected, l.dropped, l.tarpitted, l.evicted]) tr.append(el("td", String(v)));
+    return tr;
+  });
+  fill($("#listeners tbody"), rows);
+  if (prev) {
+    history.push({ served: servedRate, refused: refusedRate });
+    if (history.length > maxPoints) history.shift();
+    draw();
+  }
+  prev = live;
+
+  const talkerRows = (list) => list.map((t) => {
+    const tr = el("tr");
+    tr.dataset.prefix = t.prefix;
+    tr.append(el("td", t.prefix, t.banned ? "banned" : ""), el("td", String(t.connections)), el("td", String(t.authenticated)));
+    const td = el("td");
+    if (!t.banned) {
+      const b = el("button", "Block");
+      b.className = "block-talker";
+      b.addEventListener("click", () => block(t.prefix, "1h", "dashboard", "drop"));
+      td.append(b);
+    }
+    tr.append(td);
+    return tr;
+  });
+  fill($("#top-addrs tbody"), talkerRows(live.top_addresses || []));
+  fill($("#top-nets tbody"), talkerRows(live.top_networks || []));
+
+  $("#ban-count").textContent = "(" + live.bans.length + ")";
+  fill($("#bans tbody"), live.bans.map((b) => {
+    const tr = el("tr");
+    tr.dataset.prefix = b.prefix;
+    const exp = new Date(b.expires);
+    const mins = Math.max(0, Math.round((exp - Date.now()) / 60000));
+    for (const v of [b.prefix, b.reason, b.action, b.count, b.hits, exp.toLocaleTimeString() + " (" + mins + " min)"]) tr.append(el("td", String(v)));
+    const td = el("td");
+    const u = el("button", "Unblock");
+    u.className = "unblock";
+    u.addEventListener("click", async () => {
+      try { await api("DELETE", "/v1/bans?prefix=" + encodeURIComponent(b.prefix)); } catch (e) { alert(e.message); }
+      refresh();
+    });
+    td.append(u);
+    tr.append(td);
+    return tr;
+  }));
+}
+
+function draw() {
+  const c = $("#chart");
+  const ctx = c.getContext("2d");
+  const w = c.width, h = c.height, pad = 30;
+  ctx.clearRect(0, 0, w, h);
+  const peak = Math.max(10, ...history.map((p) => Math.max(p.served, p.refused)));
+  ctx.strokeStyle = "#e3e8ec";
+  ctx.fillStyle = "#6b7b88";
+  ctx.font = "11px sans-serif";
+  for (let i = 0; i <= 4; i++) {
+    const y = h - pad - (i / 4) * (h - 2 * pad);
+    ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(w - 5, y); ctx.stroke();
+    ctx.fillText(String(Math.round((peak * i) / 4)), 2, y + 4);
+  }
+  const line = (key, color) => {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    history.forEach((p, i) => {
+      const x = pad + (i / (maxPoints - 1)) * (w - pad - 5);
+      const y = h - pad - (p[key] / peak) * (h - 2 * pad);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  };
+  line("served", "#1565c0");
+  line("refused", "#c62828");
+}
+
+async function block(cidr, dur, reason, action) {
+  try {
+    const r = await api("POST", "/v1/bans", { prefix: cidr, for: dur, reason, action });
+    $("#block-result").textContent = r.result;
+  } catch (e) {
+    $("#block-result").textContent = e.message;
+  }
+  refresh();
+}
+
+function start() {
+  stop();
+  refresh();
+  timer = setInterval(refresh, 1000);
+}
+
+function stop() {
+  if (timer) clearInterval(timer);
+  timer = null;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    token = $("#token").value.trim();
+    sessionStorage.setItem("agua-token", token);
+    $("#login-error").textContent = "";
+    start();
+  });
+  $("#logout").addEventListener("click", () => {
+    token = "";
+    sessionStorage.removeItem("agua-token");
+    stop();
+    showApp(false);
+  });
+  $("#block-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    block($("#block-cidr").value.trim(), $("#block-for").value.trim(), $("#block-reason").value.trim(), $("#block-action").value);
+  });
+  $("#lockdown-toggle").addEventListener("click", async () => {
+    const on = $("#lockdown-toggle").dataset.on !== "1";
+    if (on && !confirm("Lockdown: only allowlisted and known-good clients will be served. Continue?")) return;
+    try { await api("POST", "/v1/lockdown", { on }); } catch (e) { alert(e.message); }
+    refresh();
+  });
+  if (token) start();
+});

@@ -1,0 +1,115 @@
+package server
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/shield"
+)
+
+// AdminTokenFile is where the generated admin token is kept.
+func AdminTokenFile(dataDir string) string { return filepath.Join(dataDir, "admin.token") }
+
+// adminToken returns the configured token, or the one generated on first
+// start into <data_dir>/admin.token (mode 0600).
+func (s *Server) adminToken() (string, error) {
+	if s.cfg.Admin.Token != "" {
+		return s.cfg.Admin.Token, nil
+	}
+	path := AdminTokenFile(s.cfg.DataDir)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var b [24]byte
+	rand.Read(b[:])
+	tok := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	s.log.Info("generated the admin token for the dashboard and HTTP API", "file", path)
+	return tok, nil
+}
+
+// listenAdmin binds the admin unix socket (the CLI's way in) and, when
+// configured, the HTTP admin listener behind the shield.
+func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
+	path := AdminSocket(s.cfg)
+	// A socket left by a killed server is removed; a live one means another
+	// agua is using this data folder.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("another agua is already running with this data folder (admin socket %s answers)", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	os.Chmod(path, 0o600)
+	s.adminLn = ln
+	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log}
+	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	if s.cfg.Admin.Listen == "" {
+		return nil
+	}
+	token, err := s.adminToken()
+	if err != nil {
+		return err
+	}
+	tcp, err := net.Listen("tcp", s.cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	var wrapped net.Listener = s.shield.Listener(tcp, shield.ListenerConfig{Name: "admin", MaxConns: 200, Reject: httpReject})
+	if s.cfg.Admin.TLS {
+		wrapped = tls.NewListener(wrapped, tlsCfg)
+	}
+	s.webLn = wrapped
+	s.web = &http.Server{
+		Handler:           s.shield.Middleware("admin", api.HTTPHandler(token, s.metrics.Handler())),
+		ConnContext:       shield.ConnContext,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          nil,
+	}
+	return nil
+}
+
+// httpReject answers a refused HTTP connection (429 when temporary).
+func httpReject(c net.Conn, d shield.Decision) {
+	code, text := 403, "Forbidden"
+	if d.Temporary {
+		code, text = 429, "Too Many Requests"
+	}
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s\n", code, text, len(d.Reason)+1, d.Reason)
+}
+
+// sessionCounts reports running protocol sessions by listener name.
+func (s *Server) sessionCounts() map[string]int64 {
+	out := map[string]int64{}
+	seen := map[any]bool{}
+	for _, l := range s.listeners {
+		if seen[l.srv] {
+			continue
+		}
+		seen[l.srv] = true
+		if c, ok := l.srv.(interface{ Sessions() int64 }); ok {
+			out[l.name] += c.Sessions()
+		}
+	}
+	return out
+}
+
