@@ -14,9 +14,9 @@ import (
 // reply codes visible (the failure causes are the point of the report),
 // which net/smtp hides behind errors.
 type smtpConn struct {
-	c    net.Conn
-	r    *bufio.Reader
-	w    *bufio.Writer
+	c       net.Conn
+	r       *bufio.Reader
+	w       *bufio.Writer
 	ext     map[string]string // being collected during EHLO
 	extDone map[string]string // EHLO keywords of the server
 	last    string            // last reply line, for failure causes

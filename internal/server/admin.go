@@ -112,4 +112,3 @@ func (s *Server) sessionCounts() map[string]int64 {
 	}
 	return out
 }
-

@@ -240,7 +240,6 @@ func smtpReject(hostname string) func(net.Conn, shield.Decision) {
 	}
 }
 
-
 // Status is what `agua status` shows.
 type Status struct {
 	Version   string            `json:"version"`
