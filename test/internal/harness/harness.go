@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -117,10 +119,14 @@ type Server struct {
 	ConfigPath string
 	LogPath    string // stdout and stderr of every start, appended
 
-	// Listener addresses (127.0.0.1:port).
+	// Listener addresses (127.0.0.1:port), from Addrs.
 	SMTP, Submission, Submissions string
-	POP3, POP3S                   string
-	Admin                         string // HTTP admin listener
+	POP3, POP3S                   string // "" if the binary has no POP3
+	Admin                         string // HTTP admin listener, "" if none
+
+	// Addrs holds the free port given to every listener key of the
+	// binary's config, by dotted key ("smtp.listen", "pop3.tls_listen").
+	Addrs map[string]string
 
 	proc   *process
 	starts int
@@ -132,43 +138,105 @@ type process struct {
 	err  error         // from Wait, valid after done
 }
 
+// listenerKey is a config key whose default is a host:port, or a list of
+// them: a listener that must get a free port so tests can run in parallel.
+type listenerKey struct {
+	table, key string
+	list       bool
+}
+
+var (
+	keysOnce    sync.Once
+	keys        []listenerKey
+	keysErr     error
+	tableRe     = regexp.MustCompile(`^\[([A-Za-z0-9_.]+)\]$`)
+	listenValRe = regexp.MustCompile(`^([A-Za-z0-9_]+) = (\[)?"(?:\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):[0-9]+"`)
+)
+
+// listenerKeys reads `agua config example` (generated from the config
+// schema) and returns every key whose default is an address with a port,
+// so a listener added to agua later gets a free port here without a
+// change to the harness.
+func listenerKeys(t testing.TB, bin string) []listenerKey {
+	t.Helper()
+	keysOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, "config", "example").Output()
+		if err != nil {
+			keysErr = fmt.Errorf("harness: agua config example: %v", err)
+			return
+		}
+		table := ""
+		for line := range strings.Lines(string(out)) {
+			line = strings.TrimSpace(line)
+			if m := tableRe.FindStringSubmatch(line); m != nil {
+				table = m[1]
+				continue
+			}
+			if m := listenValRe.FindStringSubmatch(line); m != nil {
+				keys = append(keys, listenerKey{table: table, key: m[1], list: m[2] == "["})
+			}
+		}
+	})
+	if keysErr != nil {
+		t.Fatal(keysErr)
+	}
+	return keys
+}
+
 // New writes a config with free loopback ports into a fresh temporary
 // folder. Nothing runs until Start. The server is killed at cleanup, and
 // its log is shown if the test failed.
 func New(t testing.TB, opts Options) *Server {
 	t.Helper()
-	s := &Server{Bin: Binary(t), Dir: t.TempDir()}
+	s := &Server{Bin: Binary(t), Dir: t.TempDir(), Addrs: map[string]string{}}
 	s.DataDir = filepath.Join(s.Dir, "data")
 	s.ConfigPath = filepath.Join(s.Dir, "agua.toml")
 	s.LogPath = filepath.Join(s.Dir, "agua.log")
-	ports := FreePorts(t, 6)
-	s.SMTP, s.Submission, s.Submissions = ports[0], ports[1], ports[2]
-	s.POP3, s.POP3S = ports[3], ports[4]
-	s.Admin = ports[5]
-	cfg := fmt.Sprintf(`# written by test/internal/harness
-data_dir = %q
-hostname = "localhost"
 
-[log]
-level = "info"
+	// Tables in the order of the example, with the harness's own keys.
+	tables := map[string][]string{
+		"":         {fmt.Sprintf("data_dir = %q", s.DataDir), `hostname = "localhost"`},
+		"log":      {`level = "info"`},
+		"accounts": {"demo = false"},
+	}
+	order := []string{"", "log", "accounts"}
+	lks := listenerKeys(t, s.Bin)
+	ports := FreePorts(t, len(lks))
+	for i, k := range lks {
+		if _, ok := tables[k.table]; !ok {
+			order = append(order, k.table)
+		}
+		val := strconv.Quote(ports[i])
+		if k.list {
+			val = "[" + val + "]"
+		}
+		tables[k.table] = append(tables[k.table], k.key+" = "+val)
+		s.Addrs[strings.TrimPrefix(k.table+"."+k.key, ".")] = ports[i]
+	}
+	if _, ok := tables["smtp"]; !ok {
+		order = append(order, "smtp")
+	}
+	tables["smtp"] = append(tables["smtp"], opts.SMTP)
+	var b strings.Builder
+	b.WriteString("# written by test/internal/harness\n")
+	for _, table := range order {
+		if table != "" {
+			fmt.Fprintf(&b, "\n[%s]\n", table)
+		}
+		for _, line := range tables[table] {
+			b.WriteString(line + "\n")
+		}
+	}
+	b.WriteString(opts.Extra + "\n")
+	cfg := b.String()
 
-[accounts]
-demo = false
-
-[admin]
-listen = %q
-
-[pop3]
-listen = [%q]
-tls_listen = [%q]
-
-[smtp]
-listen = [%q]
-submission_listen = [%q]
-submissions_listen = [%q]
-%s
-%s
-`, s.DataDir, s.Admin, s.POP3, s.POP3S, s.SMTP, s.Submission, s.Submissions, opts.SMTP, opts.Extra)
+	s.SMTP, s.Submission, s.Submissions = s.Addrs["smtp.listen"], s.Addrs["smtp.submission_listen"], s.Addrs["smtp.submissions_listen"]
+	s.POP3, s.POP3S, s.Admin = s.Addrs["pop3.listen"], s.Addrs["pop3.tls_listen"], s.Addrs["admin.listen"]
+	if s.SMTP == "" || s.Submission == "" || s.Submissions == "" {
+		t.Fatalf("harness: agua config example lacks an SMTP listener key; found %v", lks)
+	}
 	if err := os.WriteFile(s.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
