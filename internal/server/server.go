@@ -104,16 +104,21 @@ func (s *Server) open(out io.Writer) (err error) {
 	if s.dir, err = OpenDirectory(cfg, log); err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
-	certFile, keyFile := cfg.Resolve(cfg.TLS.CertFile), cfg.Resolve(cfg.TLS.KeyFile)
-	if certFile == "" {
-		certFile, keyFile = filepath.Join(cfg.DataDir, "tls", "cert.pem"), filepath.Join(cfg.DataDir, "tls", "key.pem")
-	}
-	tlsCfg, created, err := tlsutil.LoadOrCreate(certFile, keyFile, []string{cfg.Hostname})
-	if err != nil {
-		return err
-	}
-	if created {
-		log.Info("generated a self-signed TLS certificate", "cert", certFile)
+	var tlsCfg *tls.Config
+	if cfg.TLS.CertFile != "" {
+		// The operator's certificate: never replaced by a generated one.
+		if tlsCfg, err = tlsutil.Load(cfg.Resolve(cfg.TLS.CertFile), cfg.Resolve(cfg.TLS.KeyFile)); err != nil {
+			return err
+		}
+	} else {
+		certFile, keyFile := filepath.Join(cfg.DataDir, "tls", "cert.pem"), filepath.Join(cfg.DataDir, "tls", "key.pem")
+		var created bool
+		if tlsCfg, created, err = tlsutil.LoadOrCreate(certFile, keyFile, []string{cfg.Hostname}); err != nil {
+			return err
+		}
+		if created {
+			log.Info("generated a self-signed TLS certificate", "cert", certFile)
+		}
 	}
 	if s.store, err = maildir.Open(filepath.Join(cfg.DataDir, "mail"), maildir.Options{Logger: log, Hostname: cfg.Hostname}); err != nil {
 		return fmt.Errorf("mail store: %w", err)

@@ -85,9 +85,11 @@ func (ss *session) cmdSTARTTLS(arg string) error {
 	ss.conn = tc
 	ss.r.Reset(tc)
 	ss.w.Reset(tc)
-	// RFC 3207 4.2: forget everything learned before TLS.
+	// RFC 3207 4.2: forget everything learned before TLS, including an
+	// authentication done in the clear (the loopback exception).
 	ss.info.TLS = true
 	ss.info.Helo = ""
+	ss.info.User = ""
 	ss.env = Envelope{}
 	ss.state = stateConnected
 	return nil

@@ -68,4 +68,5 @@ var (
 	errTimeout        = Errorf(421, "4.4.2", "Timeout exceeded, closing connection")
 	errSessionTimeout = Errorf(421, "4.4.2", "Session time limit exceeded, closing connection")
 	errInternal       = Errorf(421, "4.3.0", "Internal error, closing connection")
+	errShuttingDown   = Errorf(421, "4.3.2", "Service shutting down, try again later")
 )

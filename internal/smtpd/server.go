@@ -153,6 +153,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
+	idle     map[*session]struct{} // sessions waiting for a command
 	closing  atomic.Bool
 	wg       sync.WaitGroup
 	nextID   atomic.Uint64
@@ -169,7 +170,7 @@ func NewServer(mode Mode, cfg Config, backend Backend, hooks Hooks, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{cfg: cfg, mode: mode, backend: backend, hooks: hooks, log: log, conns: map[net.Conn]struct{}{}}, nil
+	return &Server{cfg: cfg, mode: mode, backend: backend, hooks: hooks, log: log, conns: map[net.Conn]struct{}{}, idle: map[*session]struct{}{}}, nil
 }
 
 // Serve accepts connections until the listener is closed. For
@@ -226,16 +227,33 @@ func (s *Server) track(c net.Conn, add bool) bool {
 	return true
 }
 
-// Shutdown stops new sessions, waits for running ones until ctx ends, then
-// closes whatever is left. Listeners are closed by their owner.
+// Shutdown stops new sessions and ends running ones cleanly: a session
+// waiting for a command is answered 421 4.3.2 at once (RFC 5321 3.8); one
+// in the middle of a transaction finishes it, then gets the 421. When ctx
+// ends first, whatever is left is closed. Listeners are closed by their
+// owner.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	// Wake idle sessions by expiring their read deadline. Repeated, because
+	// a session may set a fresh deadline just after one wake-up.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		for ss := range s.idle {
+			ss.conn.SetReadDeadline(time.Now())
+		}
+		s.mu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-tick.C:
+			continue
+		case <-ctx.Done():
+		}
+		break
 	}
 	s.mu.Lock()
 	for c := range s.conns {
@@ -244,6 +262,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	return ctx.Err()
+}
+
+// setIdle records whether a session waits for a command.
+func (s *Server) setIdle(ss *session, idle bool) {
+	s.mu.Lock()
+	if idle {
+		s.idle[ss] = struct{}{}
+	} else {
+		delete(s.idle, ss)
+	}
+	s.mu.Unlock()
 }
 
 // Sessions returns the number of sessions running now.

@@ -150,10 +150,20 @@ func (ss *session) run() {
 	if ss.flush() != nil {
 		return
 	}
+	defer s.setIdle(ss, false)
 	for {
+		if s.closing.Load() {
+			ss.reply(errShuttingDown)
+			ss.flush()
+			return
+		}
+		s.setIdle(ss, true)
 		line, err := ss.readLine(s.cfg.MaxCommandLength, s.cfg.CommandTimeout)
+		s.setIdle(ss, false)
 		switch {
 		case errors.Is(err, errLineTooLong):
+		case err != nil && s.closing.Load() && isTimeout(err):
+			continue // woken by Shutdown: the loop answers 421
 		case err != nil:
 			ss.readFailed(err)
 			return
@@ -276,6 +286,11 @@ func (ss *session) report(ev shield.Event) bool {
 	}
 	ss.shieldEnds(d)
 	return false
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (ss *session) readFailed(err error) {

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -19,27 +18,29 @@ import (
 	"time"
 )
 
-// LoadOrCreate returns a TLS server config for certFile/keyFile. When both
-// files are missing a self-signed ECDSA P-256 certificate valid for hostnames
-// (plus localhost, 127.0.0.1 and ::1) is written there first (key mode 0600).
-// created reports whether that happened.
-func LoadOrCreate(certFile, keyFile string, hostnames []string) (cfg *tls.Config, created bool, err error) {
-	_, errC := os.Stat(certFile)
-	_, errK := os.Stat(keyFile)
-	if errors.Is(errC, os.ErrNotExist) && errors.Is(errK, os.ErrNotExist) {
-		if err := generate(certFile, keyFile, hostnames); err != nil {
-			return nil, false, err
-		}
-		created = true
-	}
+// Load returns a TLS server config for an operator's certificate files.
+func Load(certFile, keyFile string) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, false, fmt.Errorf("tls: load %s and %s: %w", certFile, keyFile, err)
+		return nil, fmt.Errorf("tls: load %s and %s: %w", certFile, keyFile, err)
 	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-	}, created, nil
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// LoadOrCreate returns a TLS server config for agua's own self-signed pair
+// at certFile/keyFile. When the pair is missing or unusable (e.g. torn by a
+// crash during the very first start) a new self-signed ECDSA P-256
+// certificate valid for hostnames (plus localhost, 127.0.0.1 and ::1) is
+// written, each file atomically (key mode 0600). created reports that.
+func LoadOrCreate(certFile, keyFile string, hostnames []string) (cfg *tls.Config, created bool, err error) {
+	if cfg, err := Load(certFile, keyFile); err == nil {
+		return cfg, false, nil
+	}
+	if err := generate(certFile, keyFile, hostnames); err != nil {
+		return nil, false, err
+	}
+	cfg, err = Load(certFile, keyFile)
+	return cfg, err == nil, err
 }
 
 func generate(certFile, keyFile string, hostnames []string) error {
@@ -87,8 +88,41 @@ func generate(certFile, keyFile string, hostnames []string) error {
 	if err := os.MkdirAll(filepath.Dir(keyFile), 0o700); err != nil {
 		return err
 	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := writeAtomic(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return writeAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+// writeAtomic writes data to a temporary file, syncs it and renames it over
+// path, so a crash leaves the old file or the new one, never a torn one.
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }
