@@ -125,7 +125,27 @@ var migrations = []string{
 	CREATE INDEX aliases_domain ON aliases(domain);`,
 }
 
+// migrate brings the schema up to date. SQLite can answer SQLITE_BUSY at
+// once, without calling the busy handler, while another process creates the
+// same new database and switches it to WAL; so the first start of the
+// server and a CLI call at the same moment retry here for busyTimeout.
 func (d *Directory) migrate(ctx context.Context) error {
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		err := d.migrateOnce(ctx)
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func isBusy(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked")
+}
+
+func (d *Directory) migrateOnce(ctx context.Context) error {
 	return d.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 			return fmt.Errorf("creating schema_version: %w", err)
