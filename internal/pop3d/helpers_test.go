@@ -168,7 +168,7 @@ type testServer struct {
 	srv     *Server
 	backend *fakeBackend
 	addr    string
-	logs    *bytes.Buffer
+	logs    *logBuf
 }
 
 // startTest serves on 127.0.0.1:0 with test-friendly limits.
@@ -178,9 +178,8 @@ func startTest(t *testing.T, mutate func(*Config)) *testServer {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	var logs bytes.Buffer
-	var logMu sync.Mutex
-	log := slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &logBuf{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := newFakeBackend()
 	srv, err := NewServer(cfg, b, Hooks{}, log)
 	if err != nil {
@@ -200,23 +199,28 @@ func startTest(t *testing.T, mutate func(*Config)) *testServer {
 			t.Errorf("%d sessions panicked", srv.Panics())
 		}
 		if t.Failed() {
-			logMu.Lock()
 			t.Logf("server log:\n%s", logs.String())
-			logMu.Unlock()
 		}
 	})
-	return &testServer{srv: srv, backend: b, addr: ln.Addr().String(), logs: &logs}
+	return &testServer{srv: srv, backend: b, addr: ln.Addr().String(), logs: logs}
 }
 
-type lockedWriter struct {
-	w  io.Writer
-	mu *sync.Mutex
+// logBuf collects the server's log; sessions write while tests read.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
-func (l lockedWriter) Write(p []byte) (int, error) {
+func (l *logBuf) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(p)
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // client speaks POP3 line by line.
