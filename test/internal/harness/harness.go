@@ -85,6 +85,15 @@ func Binary(t testing.TB) string {
 }
 
 func build(dir string) (string, error) {
+	// go test runs packages in parallel: serialise their builds so the
+	// second one is a build-cache hit instead of compiling everything
+	// again on the same cores.
+	if lock, err := os.OpenFile(filepath.Join(os.TempDir(), "agua-e2e-build.lock"), os.O_CREATE|os.O_RDWR, 0o600); err == nil {
+		defer lock.Close()
+		if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX) == nil {
+			defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+		}
+	}
 	out := filepath.Join(dir, "agua")
 	args := []string{"build", "-buildvcs=false", "-o", out}
 	if raceEnabled {
