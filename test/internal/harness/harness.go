@@ -117,6 +117,8 @@ type Options struct {
 	SMTP string
 	// Extra is appended after every generated table (whole tables only).
 	Extra string
+	// Demo keeps the demo account of a first start ([accounts] demo).
+	Demo bool
 }
 
 // Server is one agua data folder and config, and the `agua serve` process
@@ -208,7 +210,7 @@ func New(t testing.TB, opts Options) *Server {
 	tables := map[string][]string{
 		"":         {fmt.Sprintf("data_dir = %q", s.DataDir), `hostname = "localhost"`},
 		"log":      {`level = "info"`},
-		"accounts": {"demo = false"},
+		"accounts": {fmt.Sprintf("demo = %t", opts.Demo)},
 	}
 	order := []string{"", "log", "accounts"}
 	lks := listenerKeys(t, s.Bin)
