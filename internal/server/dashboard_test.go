@@ -1,0 +1,138 @@
+package server
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/agua-mail/agua/internal/bench"
+)
+
+// chromium returns the browser's path, skipping the test when it is
+// missing outside CI (under CI=true a missing browser is a failure).
+func chromium(t *testing.T) string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium is not installed (.ci/run installs it)")
+	}
+	t.Skip("SKIPPED: chromium is not installed; apt-get install chromium to run the dashboard test")
+	return ""
+}
+
+// TestDashboardEndToEnd drives the dashboard in real headless Chromium:
+// sign in with the token, watch a live slowloris from agua bench appear
+// among the top addresses, block that address from the page and see its
+// connections refused.
+func TestDashboardEndToEnd(t *testing.T) {
+	browser := chromium(t)
+	ts := startServer(t, nil)
+	tok, err := os.ReadFile(AdminTokenFile(ts.cfg.DataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 1100),
+	)
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelA()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	defer cancelT()
+
+	url := "http://" + ts.srv.Addr("admin") + "/"
+	if err := chromedp.Run(ctx,
+		chromedp.Navigate(url),
+		chromedp.WaitVisible("#token", chromedp.ByQuery),
+		chromedp.SendKeys("#token", "wrong-token", chromedp.ByQuery),
+		chromedp.Click("#login-btn", chromedp.ByQuery),
+		chromedp.WaitVisible("#login-error", chromedp.ByQuery),
+	); err != nil {
+		t.Fatal(err)
+	}
+	var loginErr string
+	chromedp.Run(ctx, chromedp.Sleep(500*time.Millisecond), chromedp.Text("#login-error", &loginErr, chromedp.ByQuery))
+	if !strings.Contains(loginErr, "refused") {
+		t.Errorf("wrong token: login error %q", loginErr)
+	}
+	if err := chromedp.Run(ctx,
+		chromedp.SetValue("#token", strings.TrimSpace(string(tok)), chromedp.ByQuery),
+		chromedp.Click("#login-btn", chromedp.ByQuery),
+		chromedp.WaitVisible("#app", chromedp.ByQuery),
+		chromedp.WaitVisible(`#listeners tr[data-listener="smtp"]`, chromedp.ByQuery),
+	); err != nil {
+		t.Fatal(err)
+	}
+
+	// A slowloris from one address, held open by agua bench.
+	attacker := netip.MustParseAddr("127.0.0.200")
+	bctx, stopAttack := context.WithCancel(context.Background())
+	defer stopAttack()
+	go bench.Run(bctx, bench.Config{
+		Target: ts.srv.Addr("smtp"), Duration: time.Minute,
+		Attacks: []string{"slowloris"}, AttackSrc: netip.PrefixFrom(attacker, 32), AttackConns: 8,
+	})
+	if err := chromedp.Run(ctx,
+		chromedp.WaitVisible(`#top-addrs tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
+	); err != nil {
+		t.Fatalf("the attacker never showed among the top addresses: %v", err)
+	}
+
+	if err := chromedp.Run(ctx,
+		chromedp.SetValue("#block-cidr", "127.0.0.200", chromedp.ByQuery),
+		chromedp.SetValue("#block-action", "reject", chromedp.ByQuery),
+		chromedp.Click("#block-btn", chromedp.ByQuery),
+		chromedp.WaitVisible(`#bans tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
+	); err != nil {
+		t.Fatalf("block from the page: %v", err)
+	}
+	if dir := os.Getenv("AGUA_SCREENSHOT_DIR"); dir != "" {
+		var png []byte
+		chromedp.Run(ctx, chromedp.Sleep(2*time.Second), chromedp.FullScreenshot(&png, 100))
+		os.WriteFile(filepath.Join(dir, "dashboard.png"), png, 0o644)
+	}
+	stopAttack()
+
+	// The blocked address is refused now; another is still served.
+	c := dialFrom(t, ts.srv.Addr("smtp"), "127.0.0.200")
+	c.expect("554 5.7.1")
+	ok := dialFrom(t, ts.srv.Addr("smtp"), "127.0.0.201")
+	ok.expect("220 ")
+
+	// Unblock from the page.
+	if err := chromedp.Run(ctx,
+		chromedp.Click(`#bans tr[data-prefix="127.0.0.200/32"] button.unblock`, chromedp.ByQuery),
+		chromedp.WaitNotPresent(`#bans tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
+	); err != nil {
+		t.Fatalf("unblock from the page: %v", err)
+	}
+	conn, err := net.DialTimeout("tcp", ts.srv.Addr("smtp"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if bans := ts.srv.Shield().Bans(); len(bans) != 0 {
+		t.Fatalf("bans after unblock: %+v", bans)
+	}
+}
