@@ -3,6 +3,7 @@ package pop3d
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"io"
 	"log/slog"
@@ -402,3 +403,26 @@ func FuzzSession(f *testing.F) {
 type pipeConn struct{ net.Conn }
 
 func (pipeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
+
+// Shutdown answers idle sessions at once and deletes nothing for them.
+func TestShutdown(t *testing.T) {
+	ts := startTest(t, nil)
+	a := dial(t, ts.addr)
+	a.expect("+OK")
+	a.login()
+	a.cmd("DELE 1", "+OK")
+	b := dial(t, ts.addr)
+	b.expect("+OK")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	for _, c := range []*client{a, b} {
+		c.expect("-ERR [SYS/TEMP] Server shutting down")
+		c.expectClosed()
+	}
+	if n := ts.backend.count(testUser); n != 3 || ts.backend.locked(testUser) {
+		t.Fatalf("after shutdown: %d messages, locked %v", n, ts.backend.locked(testUser))
+	}
+}

@@ -91,6 +91,7 @@ var (
 	errTimeout        = Errorf("", "Disconnected for inactivity")
 	errSessionTimeout = Errorf("", "Session time limit exceeded, closing connection")
 	errInternal       = Errorf("SYS/TEMP", "Internal error, closing connection")
+	errShuttingDown   = Errorf("SYS/TEMP", "Server shutting down, try again later")
 	errUpdateFailed   = Errorf("SYS/TEMP", "Some deleted messages were not removed")
 	errHTTP           = protoErr("This is a POP3 server, not an HTTP server; closing")
 )

@@ -147,6 +147,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
+	idle     map[*session]struct{} // sessions waiting for a command
 	closing  atomic.Bool
 	wg       sync.WaitGroup
 	panics   atomic.Uint64
@@ -166,7 +167,7 @@ func NewServer(cfg Config, backend Backend, hooks Hooks, log *slog.Logger) (*Ser
 	if cfg.ImplicitTLS {
 		name = "pop3s"
 	}
-	return &Server{cfg: cfg, name: name, backend: backend, hooks: hooks, log: log, conns: map[net.Conn]struct{}{}}, nil
+	return &Server{cfg: cfg, name: name, backend: backend, hooks: hooks, log: log, conns: map[net.Conn]struct{}{}, idle: map[*session]struct{}{}}, nil
 }
 
 // Name returns "pop3" or "pop3s".
@@ -219,17 +220,33 @@ func (s *Server) track(c net.Conn, add bool) bool {
 	return true
 }
 
-// Shutdown stops new sessions, waits for running ones until ctx ends, then
-// closes whatever is left (those sessions delete nothing: no QUIT).
-// Listeners are closed by their owner.
+// Shutdown stops new sessions and ends running ones cleanly: a session
+// waiting for a command is answered -ERR [SYS/TEMP] at once; one sending a
+// message or applying its QUIT finishes first. Sessions ended this way
+// delete nothing (no QUIT, RFC 1939 6). When ctx ends first, whatever is
+// left is closed. Listeners are closed by their owner.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	// Wake idle sessions by expiring their read deadline. Repeated, because
+	// a session may set a fresh deadline just after one wake-up.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		for ss := range s.idle {
+			ss.conn.SetReadDeadline(time.Now())
+		}
+		s.mu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-tick.C:
+			continue
+		case <-ctx.Done():
+		}
+		break
 	}
 	s.mu.Lock()
 	for c := range s.conns {
@@ -238,6 +255,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	return ctx.Err()
+}
+
+// setIdle records whether a session waits for a command.
+func (s *Server) setIdle(ss *session, idle bool) {
+	s.mu.Lock()
+	if idle {
+		s.idle[ss] = struct{}{}
+	} else {
+		delete(s.idle, ss)
+	}
+	s.mu.Unlock()
 }
 
 // Sessions returns the number of sessions running now.

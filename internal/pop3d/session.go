@@ -196,10 +196,21 @@ func (ss *session) run() {
 	if ss.flush() != nil {
 		return
 	}
+	s := ss.srv
+	defer s.setIdle(ss, false)
 	for {
+		if s.closing.Load() {
+			ss.reply(errShuttingDown)
+			ss.flush()
+			return
+		}
+		s.setIdle(ss, true)
 		line, err := ss.readLine()
+		s.setIdle(ss, false)
 		switch {
 		case errors.Is(err, errLineTooLong):
+		case err != nil && s.closing.Load() && isTimeout(err):
+			continue // woken by Shutdown: the loop answers
 		case err != nil:
 			ss.readFailed(err)
 			return
@@ -289,6 +300,11 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 		ss.flush()
 	}
 	return true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (ss *session) readFailed(err error) {
