@@ -26,6 +26,7 @@ Usage: agua VERB [flags] [args]   (every verb takes -config FILE and -data DIR)
 Server:
   serve                         run the server (embedded defaults without -config)
   status                        show the running server's state
+  top [-interval 1s] [-once]    live terminal view: listeners, rates, top talkers, bans
   reload                        reload the shield rule files now
 
 Config:
@@ -87,6 +88,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"config": cmdConfig, "domain": cmdDomain, "user": cmdUser, "alias": cmdAlias,
 		"block": cmdBlock, "unblock": cmdUnblock, "bans": cmdBans, "why": cmdWhy, "lockdown": cmdLockdown,
 		"bench":   cmdBench,
+		"top":     cmdTop,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]

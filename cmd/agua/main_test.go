@@ -177,6 +177,10 @@ func TestShieldVerbs(t *testing.T) {
 	if out := mustAgua(t, "", "why", "203.0.113.5", "-data", data); !strings.Contains(out, "shield.rules:1") {
 		t.Fatalf("why after reload: %q", out)
 	}
+	mustAgua(t, "", "block", "192.0.2.9", "-reason", "top-test", "-data", data)
+	if out := mustAgua(t, "", "top", "-once", "-data", data); !strings.Contains(out, "LISTENER") || !strings.Contains(out, "smtp") || !strings.Contains(out, "192.0.2.9/32") {
+		t.Fatalf("top: %q", out)
+	}
 	if out := mustAgua(t, "", "status", "-data", data); !strings.Contains(out, `"smtp"`) {
 		t.Fatalf("status: %q", out)
 	}
