@@ -388,8 +388,9 @@ func (ix *index) write() error {
 	var b bytes.Buffer
 	b.Grow(32 + len(ix.entries)*64)
 	fmt.Fprintf(&b, "%s V%d N%d\n", uidlistMagic, ix.validity, ix.next)
+	var num [10]byte
 	for _, e := range ix.entries {
-		b.WriteString(strconv.FormatUint(uint64(e.uid), 10))
+		b.Write(strconv.AppendUint(num[:0], uint64(e.uid), 10))
 		b.WriteByte(' ')
 		b.WriteString(e.key)
 		b.WriteByte('\n')
