@@ -66,7 +66,13 @@ type ledger struct {
 	attempted map[string]sent // by token
 	acked     map[string]bool
 	nacked    atomic.Int64 // acknowledged count, read without the lock
-	refusals  []string     // SMTP error replies (a healthy server sends none)
+	refusals  []refusal    // SMTP error replies (a healthy server sends none)
+	stopping  bool         // SIGTERM sent: 421 is a fair answer (RFC 5321 3.8)
+}
+
+type refusal struct {
+	tok string
+	err error
 }
 
 type sent struct {
@@ -88,8 +94,21 @@ func (l *ledger) ack(tok string) {
 }
 
 func (l *ledger) refused(tok string, err error) {
+	var te *textproto.Error
+	if !errors.As(err, &te) {
+		return // a network error: the server was killed
+	}
 	l.mu.Lock()
-	l.refusals = append(l.refusals, fmt.Sprintf("%s: %v", tok, err))
+	if !(l.stopping && te.Code == 421) {
+		l.refusals = append(l.refusals, refusal{tok, err})
+	}
+	l.mu.Unlock()
+}
+
+// stop records that the server is being stopped gracefully.
+func (l *ledger) stop() {
+	l.mu.Lock()
+	l.stopping = true
 	l.mu.Unlock()
 }
 
@@ -275,10 +294,7 @@ func (c *client) sendNetSMTP(conn net.Conn, n int) {
 // fail records an SMTP error reply; network errors (the server was killed)
 // are expected and only mean "not acknowledged".
 func (c *client) fail(tok string, err error) {
-	var te *textproto.Error
-	if errors.As(err, &te) {
-		c.led.refused(tok, err)
-	}
+	c.led.refused(tok, err)
 }
 
 func (c *client) sendPipelined(conn net.Conn, n int) {
@@ -392,7 +408,7 @@ func checkMaildir(t *testing.T, srv *harness.Server, led *ledger) {
 	}()
 
 	for _, r := range led.refusals {
-		errorf("SMTP error reply from a healthy server: %s", r)
+		errorf("SMTP error reply from a healthy server: %s: %v", r.tok, r.err)
 	}
 
 	found := map[string]map[string]int{} // mailbox → token → copies

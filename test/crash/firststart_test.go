@@ -17,17 +17,13 @@ import (
 	"github.com/agua-mail/agua/test/internal/harness"
 )
 
-const certBug = "a SIGKILL while the first start writes the self-signed certificate " +
-	"(internal/tlsutil.generate: key.pem, then cert.pem, plain os.WriteFile, no rename, no fsync) " +
-	"leaves key.pem without cert.pem, or an empty file, and every later `agua serve` fails with " +
-	"\"tls: load ...\" until an operator deletes data/tls"
-
 // TestKill9DuringFirstStart kills agua while its first start generates the
 // self-signed certificate, then restarts it on the same data folder: it
-// must start, whatever state the kill left.
+// must start, whatever state the kill left. (It did not before 726a569:
+// key.pem and cert.pem were written in place one after the other, and a
+// kill between them left a folder agua refused to start on.)
 func TestKill9DuringFirstStart(t *testing.T) {
-	harness.SkipKnownBug(t, certBug)
-	attempts := 20
+	attempts := 10
 	if testing.Short() {
 		attempts = 5
 	}
@@ -58,9 +54,9 @@ func TestKill9DuringFirstStart(t *testing.T) {
 }
 
 // TestStartAfterTornCertificate starts agua on data folders holding what a
-// kill during certificate generation leaves behind, without timing luck.
+// kill during certificate generation could leave behind before 726a569,
+// without timing luck: the self-signed pair must be made again.
 func TestStartAfterTornCertificate(t *testing.T) {
-	harness.SkipKnownBug(t, certBug)
 	for _, tc := range []struct {
 		name  string
 		files map[string]string // name in data/tls → content
