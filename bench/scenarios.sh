@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the legitimate load alone, then under each attack scenario, against
+# one SMTP target, and writes one JSON report per run into OUT_DIR.
+#
+#   bench/scenarios.sh LABEL SMTP_ADDR [TLS_ADDR] [OUT_DIR]
+#
+# Environment: AGUA (agua binary, default: go build), DURATION (10s),
+# LEGIT (10), ATTACK_CONNS (200), ATTACK_SRC (127.66.0.0/16), SCENARIOS,
+# PID (target process for RSS sampling; 0 = none), RCPT, PER_SESSION (1).
+set -euo pipefail
+label=${1:?label}; smtp=${2:?smtp host:port}; tls=${3:-127.0.0.1:2465}
+out=${4:-bench/results/$label}
+mkdir -p "$out"
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${AGUA:-}" ]; then
+  AGUA=$(mktemp -d)/agua
+  (cd "$root" && go build -o "$AGUA" ./cmd/agua)
+fi
+dur=${DURATION:-10s}
+legit=${LEGIT:-10}
+conns=${ATTACK_CONNS:-200}
+src=${ATTACK_SRC:-127.66.0.0/16}
+rcpt=${RCPT:-demo@example.test}
+pid=${PID:-0}
+per=${PER_SESSION:-1}
+scenarios=${SCENARIOS:-connect banner slowloris pregreet harvest flood junk http tls}
+
+run() { # name, extra args...
+  local name=$1; shift
+  echo "== $label: $name" >&2
+  "$AGUA" bench -quiet -json -target "$smtp" -tls-target "$tls" -duration "$dur" \
+    -legit "$legit" -per-session "$per" -rcpt "$rcpt" -pid "$pid" "$@" > "$out/$name.json"
+  sleep 2 # let sockets in TIME_WAIT and bans settle between runs
+}
+
+run baseline
+for s in $scenarios; do
+  run "$s" -attack "$s" -attack-conns "$conns" -attack-src "$src"
+done
+python3 "$root/bench/summarize.py" "$out"
