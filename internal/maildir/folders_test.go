@@ -1,0 +1,88 @@
+package maildir
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFolderManagement(t *testing.T) {
+	s := openTest(t)
+	if err := s.CreateDefaultFolders(box, []string{"Sent", "Trash"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateFolder(box, "Sent"); !errors.Is(err, ErrFolderExists) {
+		t.Fatalf("create twice: %v", err)
+	}
+	if err := s.DeleteFolder(box, "Trash"); err != nil {
+		t.Fatal(err)
+	}
+	// The defaults are made once: a deleted one stays deleted.
+	if err := s.CreateDefaultFolders(box, []string{"Sent", "Trash"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"A", "A.B", "A.B.C"} {
+		if err := s.CreateFolder(box, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RenameFolder(box, "A", "Z"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RenameFolder(box, "Z", "Z.Q"); !errors.Is(err, ErrBadFolder) {
+		t.Fatalf("rename below itself: %v", err)
+	}
+	got, err := s.ListFolders(box)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"Sent", "Z", "Z.B", "Z.B.C"}; !slices.Equal(got, want) {
+		t.Fatalf("folders %v, want %v", got, want)
+	}
+	for _, bad := range []string{"", "..", "../x", "a/b", ".x", "x.", "a..b", "a\x00b", "INBOX"} {
+		if err := s.CreateFolder(box, bad); !errors.Is(err, ErrBadFolder) {
+			t.Errorf("CreateFolder(%q) = %v, want ErrBadFolder", bad, err)
+		}
+	}
+}
+
+func TestFolderAppendCopy(t *testing.T) {
+	s := openTest(t)
+	if err := s.CreateFolder(box, "Sent"); err != nil {
+		t.Fatal(err)
+	}
+	sent := openFolder(t, s, box, "Sent")
+	inbox := openFolder(t, s, box, "")
+	msg := "Subject: hi\r\n\r\nhello\r\n"
+	date := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	uid, validity, err := sent.Append(strings.NewReader(msg), int64(len(msg)), "SR", date)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := list(t, sent)
+	if uid != 1 || validity != l.UIDValidity || len(l.Messages) != 1 || l.Messages[0].Flags != "RS" {
+		t.Fatalf("append: uid %d validity %d listing %+v", uid, validity, l)
+	}
+	if mt, err := sent.ModTime(uid); err != nil || !mt.Equal(date) {
+		t.Fatalf("mod time %v %v", mt, err)
+	}
+	if _, _, err := sent.Append(strings.NewReader(msg), int64(len(msg))+5, "", time.Time{}); err == nil {
+		t.Fatal("short message accepted")
+	}
+	src, dst, v, err := sent.CopyTo(inbox, []uint32{uid, 99})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(src, []uint32{uid}) || len(dst) != 1 || v != list(t, inbox).UIDValidity {
+		t.Fatalf("copy: %v %v %d", src, dst, v)
+	}
+	body, err := inbox.ReadMessage(dst[0])
+	if err != nil || string(body) != msg {
+		t.Fatalf("copied body %q %v", body, err)
+	}
+	if b, n, err := s.FolderUsage(box); err != nil || n != 2 || b != 2*int64(len(msg)) {
+		t.Fatalf("usage %d %d %v", b, n, err)
+	}
+}
