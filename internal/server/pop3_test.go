@@ -425,3 +425,16 @@ func TestPOP3ShieldClosesSession(t *testing.T) {
 	other.do("STAT", "+OK 1 ")
 	other.do("QUIT", "+OK")
 }
+
+// Refusals at accept time: a rate or connection limit is a temporary
+// [SYS/TEMP]; on the POP3S port nothing is written before TLS.
+func TestPOP3RejectAtAccept(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Shield.Limits.PerIPConns = 1 })
+	first := dialPOP(t, ts.srv.Addr("pop3"), "127.0.0.90")
+	second := &pop{dialFrom(t, ts.srv.Addr("pop3"), "127.0.0.90")}
+	second.line("-ERR [SYS/TEMP] too many connections from your address, try again later")
+	second.expectClosed()
+	tlsSecond := &pop{dialFrom(t, ts.srv.Addr("pop3s"), "127.0.0.90")}
+	tlsSecond.expectClosed()
+	first.do("QUIT", "+OK")
+}
