@@ -174,6 +174,11 @@ type testServer struct {
 // startTest serves on 127.0.0.1:0 with test-friendly limits.
 func startTest(t *testing.T, mutate func(*Config)) *testServer {
 	t.Helper()
+	return startTestHooks(t, mutate, Hooks{})
+}
+
+func startTestHooks(t *testing.T, mutate func(*Config), hooks Hooks) *testServer {
+	t.Helper()
 	cfg := Config{Hostname: "pop.example.test", TLS: testTLS(t), AllowInsecureAuthLoopback: true, MaxErrors: 10}
 	if mutate != nil {
 		mutate(&cfg)
@@ -181,7 +186,7 @@ func startTest(t *testing.T, mutate func(*Config)) *testServer {
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := newFakeBackend()
-	srv, err := NewServer(cfg, b, Hooks{}, log)
+	srv, err := NewServer(cfg, b, hooks, log)
 	if err != nil {
 		t.Fatal(err)
 	}

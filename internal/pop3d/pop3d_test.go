@@ -331,11 +331,10 @@ func TestPanicRecovered(t *testing.T) {
 // never waits because of an attack on their account.
 func TestAccountDelayOnFailureOnly(t *testing.T) {
 	var asked atomic.Int32
-	ts := startTest(t, nil)
-	ts.srv.hooks.AccountDelay = func(account string) time.Duration {
+	ts := startTestHooks(t, nil, Hooks{AccountDelay: func(account string) time.Duration {
 		asked.Add(1)
 		return time.Millisecond
-	}
+	}})
 	c := dial(t, ts.addr)
 	c.expect("+OK")
 	c.cmd("USER "+testUser, "+OK")
