@@ -127,6 +127,8 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 	s.issued[b.reason]++
 	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
 		"action", b.action.String(), "count", b.count)
+	s.historyBan(BanEvent{Time: now, Kind: "ban", Prefix: b.prefix, Reason: b.reason, Action: b.action,
+		TTL: b.expires.Sub(b.created), Count: b.count, Manual: b.manual})
 	return true
 }
 
@@ -141,6 +143,7 @@ func (s *Shield) sweep(t *bart.Table[*ban], now time.Time) *bart.Table[*ban] {
 	for _, b := range expired {
 		t = t.DeletePersist(b.prefix)
 		s.log.Info("shield unban", "addr", b.prefix.String(), "reason", b.reason, "cause", "expired", "hits", b.hits.Load())
+		s.historyUnban(b, "expired", b.expires)
 	}
 	return t
 }
@@ -257,6 +260,7 @@ func (s *Shield) Unban(p netip.Prefix) bool {
 	}
 	s.bans.Store(t.DeletePersist(p))
 	s.log.Info("shield unban", "addr", p.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
+	s.historyUnban(b, "manual", s.now())
 	return true
 }
 
@@ -281,6 +285,7 @@ func (s *Shield) unbanWhere(match func(*ban) bool) int {
 	for _, b := range gone {
 		t = t.DeletePersist(b.prefix)
 		s.log.Info("shield unban", "addr", b.prefix.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
+		s.historyUnban(b, "manual", s.now())
 	}
 	s.bans.Store(t)
 	return len(gone)
@@ -304,6 +309,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if !ev.valid() {
 		return allow
 	}
+	s.act.event(addr, ev)
 	ns := now.UnixNano()
 	pol := s.pol.Load()
 	if ev == AuthSuccess || ev == MessageAccepted {

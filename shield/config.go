@@ -42,6 +42,10 @@ type Config struct {
 	LogInterval  time.Duration `toml:"log_interval" doc:"denials are counted and logged once per interval as one line per address or prefix, source and action"`
 	SaveInterval time.Duration `toml:"save_interval" doc:"how often bans, offender history and known-good addresses are written to the state folder"`
 
+	HistoryRetention    time.Duration `toml:"history_retention" doc:"how long the event history (per address and minute: events, refusals, admissions; bans and unbans) is kept for reports, at most 2160h (90 days)"`
+	HistoryMaxAddresses int           `toml:"history_max_addresses" doc:"most addresses (and most ban and unban events) the event history keeps; beyond, the oldest minutes are dropped first, then new addresses count in the timeline only"`
+	HistoryMaxRecords   int           `toml:"history_max_records" doc:"most (address, minute) records the event history keeps; the oldest minutes are dropped first"`
+
 	Limits     LimitsConfig     `toml:"limits" doc:"connection limits"`
 	Thresholds ThresholdsConfig `toml:"thresholds" doc:"behaviour thresholds; crossing one bans the address"`
 }
@@ -104,25 +108,28 @@ func (t *ThresholdsConfig) byEvent(ev Event) *Threshold {
 // DefaultConfig returns safe defaults for every field.
 func DefaultConfig() Config {
 	return Config{
-		DefaultAction:      Reject,
-		CloseOnDeny:        true,
-		IPv4Prefix:         24,
-		IPv6Prefix:         64,
-		TableSize:          100_000,
-		BanTTL:             10 * time.Minute,
-		BanFactor:          2,
-		BanMaxTTL:          24 * time.Hour,
-		BanAction:          Reject,
-		OffenderTTL:        7 * 24 * time.Hour,
-		PrefixBanThreshold: 5,
-		KnownGoodTTL:       30 * 24 * time.Hour,
-		ReservedKnownGood:  0.2,
-		TarpitHold:         5 * time.Minute,
-		TarpitMaxHeld:      10_000,
-		AccountDelayMax:    5 * time.Second,
-		AccountDelayWindow: 15 * time.Minute,
-		LogInterval:        time.Minute,
-		SaveInterval:       time.Minute,
+		DefaultAction:       Reject,
+		CloseOnDeny:         true,
+		IPv4Prefix:          24,
+		IPv6Prefix:          64,
+		TableSize:           100_000,
+		BanTTL:              10 * time.Minute,
+		BanFactor:           2,
+		BanMaxTTL:           24 * time.Hour,
+		BanAction:           Reject,
+		OffenderTTL:         7 * 24 * time.Hour,
+		PrefixBanThreshold:  5,
+		KnownGoodTTL:        30 * 24 * time.Hour,
+		ReservedKnownGood:   0.2,
+		TarpitHold:          5 * time.Minute,
+		TarpitMaxHeld:       10_000,
+		AccountDelayMax:     5 * time.Second,
+		AccountDelayWindow:  15 * time.Minute,
+		LogInterval:         time.Minute,
+		SaveInterval:        time.Minute,
+		HistoryRetention:    7 * 24 * time.Hour,
+		HistoryMaxAddresses: 100_000,
+		HistoryMaxRecords:   200_000,
 		Limits: LimitsConfig{
 			MaxConns:          1000,
 			PerIPConns:        20,
@@ -225,6 +232,11 @@ func (c Config) Validate() []error {
 	positiveDur("account_delay_window", c.AccountDelayWindow)
 	positiveDur("log_interval", c.LogInterval)
 	positiveDur("save_interval", c.SaveInterval)
+	if c.HistoryRetention < time.Minute || c.HistoryRetention > maxHistoryRetention {
+		bad("history_retention", "must be between 1m and 2160h (90 days)")
+	}
+	positiveInt("history_max_addresses", c.HistoryMaxAddresses)
+	positiveInt("history_max_records", c.HistoryMaxRecords)
 
 	l := c.Limits
 	positiveInt("limits.max_conns", l.MaxConns)

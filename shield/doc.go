@@ -37,6 +37,10 @@
 //     client the proxy names, never the proxy.
 //   - Every table keyed by something a client controls is bounded
 //     (Config.TableSize, least recently used forgotten first).
+//   - A bounded, persisted event history for reports ([Shield.History],
+//     [Shield.Timeline]): per address and minute, events, refusals and
+//     admissions, plus bans and unbans (Config.HistoryRetention,
+//     Config.HistoryMaxRecords, Config.HistoryMaxAddresses).
 //
 // Allowlisted addresses (allow rules, Config.Allow) and trusted proxies are
 // never refused, limited or banned.

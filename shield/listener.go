@@ -197,6 +197,7 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 		l.refuse(c, addr, d)
 		return
 	}
+	s.act.admitted(addr, knownGood)
 	sc := &Conn{Conn: c, s: s, l: l, addr: addr, remote: remote, since: now, release: release,
 		done: make(chan struct{}), id: s.connIDs.Add(1)}
 	sc.knownGood.Store(knownGood)

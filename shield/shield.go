@@ -53,7 +53,9 @@ type Shield struct {
 	pendingRejects atomic.Int64
 	connIDs        atomic.Uint64
 
-	agg *aggregator
+	agg  *aggregator
+	act  *activity
+	hist *history
 
 	reloadMu      sync.Mutex
 	reloadsOK     atomic.Uint64
@@ -97,7 +99,9 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	s.knownGood = newLRU[netip.Addr, int64](n, hashAddr)
 	s.accounts = newLRU[string, window](n, hashString)
 	s.bans.Store(new(bart.Table[*ban]))
-	s.agg = newAggregator()
+	s.agg = newAggregator(s.now)
+	s.act = newActivity(s.now)
+	s.hist = newHistory(&s.cfg, s.log)
 	s.lockdown.Store(cfg.Lockdown)
 
 	p, err := compilePolicy(&s.cfg)
@@ -108,6 +112,10 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	if s.stateDir != "" {
 		if err := s.loadState(); err != nil {
 			return nil, err
+		}
+		if err := s.hist.open(histPath(s.stateDir), s.now()); err != nil {
+			// Not fatal: the history is for reports; bans do not depend on it.
+			s.log.Error("shield history not loaded", "err", err)
 		}
 	}
 	if err := s.startWatcher(); err != nil {
@@ -129,7 +137,9 @@ func (s *Shield) Close() error {
 			s.watcher.Close()
 		}
 		s.wg.Wait()
-		s.agg.flush(s.log, s.cfg.LogInterval)
+		s.flushLogs()
+		s.foldHistory()
+		s.hist.close()
 		s.tarpitMu.Lock()
 		for t := range s.tarpits {
 			t.c.Close()
@@ -142,12 +152,18 @@ func (s *Shield) Close() error {
 	return err
 }
 
-// housekeeping flushes logs, expires bans and saves state on their intervals.
+// flushLogs logs the aggregated denials and folds them into the history.
+func (s *Shield) flushLogs() {
+	s.hist.fold(s.agg.flush(s.log, s.cfg.LogInterval), s.act.take(), s.now())
+}
+
+// housekeeping flushes logs, expires bans, folds the history and saves state
+// on their intervals.
 func (s *Shield) housekeeping() {
 	defer s.wg.Done()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	lastLog, lastSave := time.Now(), time.Now()
+	lastLog, lastSave, lastFold := time.Now(), time.Now(), time.Now()
 	for {
 		select {
 		case <-s.closed:
@@ -155,8 +171,12 @@ func (s *Shield) housekeeping() {
 		case t := <-tick.C:
 			s.expireBans(s.now())
 			if t.Sub(lastLog) >= s.cfg.LogInterval {
-				s.agg.flush(s.log, s.cfg.LogInterval)
-				lastLog = t
+				s.flushLogs()
+				lastLog, lastFold = t, t
+			}
+			if t.Sub(lastFold) >= min(s.cfg.SaveInterval, time.Minute) {
+				s.foldHistory()
+				lastFold = t
 			}
 			if s.stateDir != "" && t.Sub(lastSave) >= s.cfg.SaveInterval {
 				if err := s.saveState(); err != nil {

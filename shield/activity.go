@@ -1,0 +1,93 @@
+package shield
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// activity counts admitted connections and reported events per (address,
+// minute) between history folds. Like the denial aggregator it is sharded,
+// bounded, and allocates nothing for a key already seen.
+type activity struct {
+	shards [16]actShard
+	now    func() time.Time
+}
+
+type actKey struct {
+	addr   netip.Addr // invalid: overflow, counted in the timeline only
+	minute int64
+}
+
+type actVal struct {
+	first, last  int64 // unix nanoseconds
+	admitted     uint32
+	admittedGood uint32 // admitted while known-good
+	events       [numEvents]uint32
+}
+
+type actShard struct {
+	mu sync.Mutex
+	m  map[actKey]actVal
+}
+
+// maxActKeys bounds the distinct keys per shard between folds.
+const maxActKeys = 1024
+
+func newActivity(now func() time.Time) *activity {
+	a := &activity{now: now}
+	for i := range a.shards {
+		a.shards[i].m = make(map[actKey]actVal)
+	}
+	return a
+}
+
+func (a *activity) add(addr netip.Addr, fn func(*actVal)) {
+	ns := a.now().UnixNano()
+	k := actKey{addr: addr, minute: unixMinute(ns)}
+	sh := &a.shards[hashAddr(addr)%uint64(len(a.shards))]
+	sh.mu.Lock()
+	v, ok := sh.m[k]
+	if !ok && len(sh.m) >= maxActKeys {
+		k.addr = netip.Addr{}
+		v = sh.m[k]
+	}
+	if v.first == 0 {
+		v.first = ns
+	}
+	v.last = ns
+	fn(&v)
+	sh.m[k] = v
+	sh.mu.Unlock()
+}
+
+// admitted counts one admitted connection from addr.
+func (a *activity) admitted(addr netip.Addr, knownGood bool) {
+	a.add(addr, func(v *actVal) {
+		v.admitted++
+		if knownGood {
+			v.admittedGood++
+		}
+	})
+}
+
+// event counts one reported event from addr.
+func (a *activity) event(addr netip.Addr, ev Event) {
+	a.add(addr, func(v *actVal) { v.events[ev]++ })
+}
+
+// take returns and resets the counts.
+func (a *activity) take() map[actKey]actVal {
+	out := make(map[actKey]actVal)
+	for i := range a.shards {
+		sh := &a.shards[i]
+		sh.mu.Lock()
+		m := sh.m
+		sh.m = make(map[actKey]actVal)
+		sh.mu.Unlock()
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}

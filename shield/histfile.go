@@ -1,0 +1,284 @@
+package shield
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+)
+
+// historyFile is the name of the persisted history inside Options.StateDir:
+// JSON lines, appended on every fold (then fsync), and rewritten whole
+// (temporary file, fsync, rename) at start and when it has grown to twice
+// its compacted size. A torn last line after a crash is skipped.
+const historyFile = "shield-history.jsonl"
+
+func histPath(stateDir string) string { return filepath.Join(stateDir, historyFile) }
+
+// histLine is one line of the history file. Kinds: "d" a folded delta (a
+// record and the timeline), "b" a ban or unban (with the timeline); in a
+// compacted file "r" a record, "t" the timeline of a minute, "B" a ban or
+// unban, each without touching the timeline.
+type histLine struct {
+	K  string       `json:"k"`
+	A  netip.Prefix `json:"a,omitzero"`
+	M  int64        `json:"m,omitempty"` // unix minute
+	F  int64        `json:"f,omitempty"` // first, unix ns
+	L  int64        `json:"l,omitempty"` // last, unix ns
+	Ad uint64       `json:"ad,omitempty"`
+	Ag uint64       `json:"ag,omitempty"`
+	E  []uint64     `json:"e,omitempty"` // by Event number
+	R  []lineRef    `json:"r,omitempty"`
+	RA []uint64     `json:"ra,omitempty"` // "t": refused by action, [0] = would block
+	S  []lineRef    `json:"s,omitempty"`  // "t": refused by source class
+	Bn uint64       `json:"bn,omitempty"`
+	Un uint64       `json:"un,omitempty"`
+	B  *BanEvent    `json:"b,omitempty"`
+}
+
+type lineRef struct {
+	S string `json:"s"`
+	A Action `json:"a,omitempty"`
+	D bool   `json:"d,omitempty"`
+	N uint64 `json:"n"`
+}
+
+func appendLine(buf []byte, l histLine) []byte {
+	b, err := json.Marshal(l)
+	if err != nil {
+		return buf
+	}
+	buf = append(buf, b...)
+	return append(buf, '\n')
+}
+
+func eventsSlice[T uint32 | uint64](ev [numEvents]T) []uint64 {
+	if ev == [numEvents]T{} {
+		return nil
+	}
+	out := make([]uint64, numEvents)
+	for i, n := range ev {
+		out[i] = uint64(n)
+	}
+	return out
+}
+
+func deltaLine(kind string, where netip.Prefix, r *histRec) histLine {
+	l := histLine{K: kind, A: where, M: r.minute, F: r.first, L: r.last, Ad: uint64(r.admitted), Ag: uint64(r.admittedGood),
+		E: eventsSlice(r.events)}
+	for _, rc := range r.refused {
+		l.R = append(l.R, lineRef{S: rc.source, A: rc.action, D: rc.dryRun, N: uint64(rc.n)})
+	}
+	return l
+}
+
+func (l *histLine) rec() *histRec {
+	r := &histRec{minute: l.M, first: l.F, last: l.L, admitted: clamp32(l.Ad), admittedGood: clamp32(l.Ag)}
+	for i := 0; i < len(l.E) && i < numEvents; i++ {
+		r.events[i] = clamp32(l.E[i])
+	}
+	for _, x := range l.R {
+		if x.A <= Tarpit {
+			r.addRefusal(refCount{source: x.S, action: x.A, dryRun: x.D, n: clamp32(x.N)})
+		}
+	}
+	return r
+}
+
+func clamp32(n uint64) uint32 { return uint32(min(n, uint64(^uint32(0)))) }
+
+func banLine(kind string, e BanEvent) histLine { return histLine{K: kind, B: &e} }
+
+func totalsLine(m int64, t *minuteTotals) histLine {
+	l := histLine{K: "t", M: m, Ad: t.admitted, Ag: t.admittedGood, E: eventsSlice(t.events), Bn: t.bans, Un: t.unbans}
+	if t.refused != [4]uint64{} {
+		l.RA = t.refused[:]
+	}
+	for _, sc := range t.sources {
+		l.S = append(l.S, lineRef{S: sc.class, N: sc.n})
+	}
+	return l
+}
+
+func (l *histLine) totals() *minuteTotals {
+	t := &minuteTotals{admitted: l.Ad, admittedGood: l.Ag, bans: l.Bn, unbans: l.Un}
+	for i := 0; i < len(l.E) && i < numEvents; i++ {
+		t.events[i] = l.E[i]
+	}
+	for i := 0; i < len(l.RA) && i < len(t.refused); i++ {
+		t.refused[i] = l.RA[i]
+	}
+	for _, s := range l.S {
+		t.addSource(s.S, s.N)
+	}
+	return t
+}
+
+// open loads the history file, compacts it and opens it for appending.
+func (h *history) open(path string, now time.Time) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.path = path
+	if err := h.loadLocked(path, now); err != nil {
+		return err
+	}
+	return h.compactLocked()
+}
+
+// load reads a history file (read-only use).
+func (h *history) load(path string, now time.Time) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.loadLocked(path, now)
+}
+
+func (h *history) loadLocked(path string, now time.Time) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("shield history: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	bad := 0
+	for sc.Scan() {
+		var l histLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			bad++
+			continue
+		}
+		switch l.K {
+		case "d", "r":
+			h.apply(l.A, l.rec(), l.K == "d")
+		case "t":
+			if h.totals[l.M] == nil {
+				h.totals[l.M] = l.totals()
+			}
+		case "b", "B":
+			if l.B != nil && l.B.Prefix.IsValid() {
+				h.addBan(*l.B, l.K == "b")
+			}
+		default:
+			bad++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		bad++
+	}
+	if bad > 0 {
+		h.log.Warn("shield history: unreadable lines skipped", "file", path, "lines", bad)
+	}
+	h.expire(now)
+	return nil
+}
+
+// compactLocked rewrites the file from memory: temporary file, fsync,
+// rename, fsync of the folder; then reopens it for appending.
+func (h *history) compactLocked() error {
+	if h.path == "" {
+		return nil
+	}
+	var buf bytes.Buffer
+	mins := make([]int64, 0, len(h.totals))
+	for m := range h.totals {
+		mins = append(mins, m)
+	}
+	sort.Slice(mins, func(i, j int) bool { return mins[i] < mins[j] })
+	w := func(l histLine) { buf.Write(appendLine(nil, l)) }
+	for _, m := range mins {
+		w(totalsLine(m, h.totals[m]))
+	}
+	addrs := make([]netip.Prefix, 0, len(h.addrs))
+	for p := range h.addrs {
+		addrs = append(addrs, p)
+	}
+	sort.Slice(addrs, func(i, j int) bool { return prefixLess(addrs[i], addrs[j]) })
+	for _, p := range addrs {
+		for i := range h.addrs[p].recs {
+			w(deltaLine("r", p, &h.addrs[p].recs[i]))
+		}
+	}
+	for _, b := range h.bans {
+		w(banLine("B", b))
+	}
+	dir := filepath.Dir(h.path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("shield history: %w", err)
+	}
+	f, err := os.CreateTemp(dir, historyFile+".tmp*")
+	if err != nil {
+		return fmt.Errorf("shield history: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(buf.Bytes())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, h.path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("shield history: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	if h.file != nil {
+		h.file.Close()
+	}
+	h.file, err = os.OpenFile(h.path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		h.file = nil
+		return fmt.Errorf("shield history: %w", err)
+	}
+	h.size = int64(buf.Len())
+	h.compact = h.size
+	return nil
+}
+
+// persist appends lines and syncs; the file is compacted once it has grown
+// to twice its compacted size (and at least 1 MiB).
+func (h *history) persist(lines []byte, _ time.Time) {
+	if h.file == nil || len(lines) == 0 {
+		return
+	}
+	_, err := h.file.Write(lines)
+	if err == nil {
+		err = h.file.Sync()
+	}
+	if err != nil {
+		h.log.Error("shield history save failed", "err", err)
+		return
+	}
+	h.size += int64(len(lines))
+	if h.size > 2*h.compact+1<<20 {
+		if err := h.compactLocked(); err != nil {
+			h.log.Error("shield history compaction failed", "err", err)
+		}
+	}
+}
+
+// close closes the file.
+func (h *history) close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.file != nil {
+		h.file.Close()
+		h.file = nil
+	}
+}
