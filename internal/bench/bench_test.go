@@ -102,7 +102,7 @@ func TestBenchScenarios(t *testing.T) {
 		"pregreet":  "refused",             // talked first: 554, then banned
 		"harvest":   "refused",             // banned after 5 unknown recipients: later attempts refused at accept
 		"slowloris": "closed_by_server",    // the banner then the command timeout / limits
-		"junk":      "refused", // protocol errors ban the address
+		"junk":      "refused",             // protocol errors ban the address
 	}
 	for sc, want := range expect {
 		if outcomes[sc][want] == 0 {

@@ -22,6 +22,7 @@ type Config struct {
 	Log      LogConfig      `toml:"log" doc:"Logging."`
 	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate. Empty paths mean a self-signed certificate kept in <data_dir>/tls, generated on first start."`
 	Accounts AccountsConfig `toml:"accounts" doc:"Accounts directory."`
+	Store    StoreConfig    `toml:"store" doc:"Mail store (Maildir) durability."`
 	SMTP     SMTPConfig     `toml:"smtp" doc:"SMTP: MX (port 25), submission with STARTTLS (587) and implicit TLS (465)."`
 	POP3     POP3Config     `toml:"pop3" doc:"POP3 (RFC 1939) with STLS (110) and implicit TLS (995)."`
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
@@ -45,6 +46,12 @@ type AccountsConfig struct {
 	Database     string   `toml:"database" doc:"SQLite database file. Empty: <data_dir>/agua.db."`
 	DefaultQuota ByteSize `toml:"default_quota" doc:"Mailbox quota for users whose own quota is 0."`
 	Demo         bool     `toml:"demo" doc:"On first start with an empty directory, create domain example.test and user demo@example.test and print its password once."`
+}
+
+// StoreConfig configures how deliveries reach the disk. Either way a
+// message is on disk (data and directory entry) before the 250 reply.
+type StoreConfig struct {
+	Sync string `toml:"sync" doc:"How a batch of concurrent deliveries is made durable: \"syncfs\" (two syncfs(2) calls per batch, fastest on a file system of its own) or \"fsync\" (each file fsynced, then each folder once; better when the data folder shares a file system with other busy writers)."`
 }
 
 // SMTPConfig configures the SMTP listeners and their limits.
@@ -104,6 +111,7 @@ func Default() Config {
 		Hostname: "localhost",
 		Log:      LogConfig{Level: "info", Format: "text"},
 		Accounts: AccountsConfig{DefaultQuota: 1 << 30, Demo: true},
+		Store:    StoreConfig{Sync: "syncfs"},
 		SMTP: SMTPConfig{
 			Listen:            []string{"127.0.0.1:2525"},
 			SubmissionListen:  []string{"127.0.0.1:2587"},

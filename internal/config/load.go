@@ -113,6 +113,9 @@ func (c Config) Validate() []Problem {
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "cert_file and key_file must be set together")
 	}
+	if c.Store.Sync != "syncfs" && c.Store.Sync != "fsync" {
+		bad("store.sync", "must be syncfs or fsync, not %q", c.Store.Sync)
+	}
 	if c.Accounts.DefaultQuota <= 0 {
 		bad("accounts.default_quota", "must be > 0")
 	}

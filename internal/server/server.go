@@ -120,7 +120,7 @@ func (s *Server) open(out io.Writer) (err error) {
 			log.Info("generated a self-signed TLS certificate", "cert", certFile)
 		}
 	}
-	if s.store, err = maildir.Open(filepath.Join(cfg.DataDir, "mail"), maildir.Options{Logger: log, Hostname: cfg.Hostname}); err != nil {
+	if s.store, err = maildir.Open(filepath.Join(cfg.DataDir, "mail"), maildir.Options{Logger: log, Hostname: cfg.Hostname, FsyncEach: cfg.Store.Sync == "fsync"}); err != nil {
 		return fmt.Errorf("mail store: %w", err)
 	}
 	if s.shield, err = s.openShield(); err != nil {
