@@ -50,6 +50,7 @@ func (a *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/lockdown", a.lockdownSet)
 	mux.HandleFunc("GET /v1/conns", a.conns)
 	mux.HandleFunc("GET /v1/live", a.live)
+	mux.HandleFunc("GET /v1/history", a.history)
 	return mux
 }
 

@@ -1,0 +1,49 @@
+package admin
+
+import (
+	"net/http"
+	"strings"
+	"time"
+)
+
+// maxHistorySince bounds how far back GET /v1/history looks.
+const maxHistorySince = 90 * 24 * time.Hour
+
+// ParseSince reads a period as a duration back from now ("24h", "90m") or
+// as an RFC 3339 time.
+func ParseSince(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return now.Add(-min(d, maxHistorySince)), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return t, nil
+}
+
+// history serves GET /v1/history?since=24h&step=1m: the shield's event
+// history (per address, a timeline, bans and unbans) for reports.
+func (a *Server) history(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	now := time.Now()
+	since := now.Add(-24 * time.Hour)
+	if v := q.Get("since"); v != "" {
+		var err error
+		if since, err = ParseSince(v, now); err != nil {
+			fail(w, http.StatusBadRequest, "since=%q: use a duration (24h) or an RFC 3339 time", v)
+			return
+		}
+	}
+	step := time.Minute
+	if v := q.Get("step"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Minute {
+			fail(w, http.StatusBadRequest, "step=%q: use a duration of at least 1m", v)
+			return
+		}
+		step = d
+	}
+	writeJSON(w, http.StatusOK, a.Shield.HistorySnapshot(since, step))
+}
