@@ -1,0 +1,345 @@
+// Package imapd is agua's IMAP server: IMAP4rev1 (RFC 3501) and IMAP4rev2
+// (RFC 9051) over the same Maildirs SMTP delivers to and POP3 reads, with
+// IDLE (RFC 2177), UIDPLUS (RFC 4315), MOVE (RFC 6851), LITERAL+ (RFC 7888),
+// NAMESPACE (RFC 2342), SPECIAL-USE (RFC 6154), ENABLE (RFC 5161),
+// UNSELECT (RFC 3691), CHILDREN (RFC 3348), ESEARCH (RFC 4731), LIST-EXTENDED
+// (RFC 5258), LIST-STATUS (RFC 5819), STATUS=SIZE (RFC 8438), APPENDLIMIT
+// (RFC 7889), STARTTLS (RFC 3501 6.2.1) and implicit TLS (RFC 8314).
+//
+// The protocol engine is github.com/emersion/go-imap/v2's imapserver; this
+// package is the session backend (session.go, fetch.go) and the layer that
+// connects the engine to the shield (conn.go). The engine has no hooks for
+// the shield, so each connection gets its own imapserver.Server, which
+// makes three per-connection decisions possible with the engine as it is:
+//
+//   - whether logins are allowed without TLS (Options.InsecureAuth: only
+//     for loopback clients when AllowInsecureAuthLoopback is set, so others
+//     see LOGINDISABLED until STARTTLS, RFC 3501 6.2.3);
+//   - a logger that knows the connection, so a command line the engine
+//     cannot parse (it closes the connection) is reported to the shield;
+//   - the connection it reads and writes, which is ours (watchConn): it
+//     applies agua's timeouts in place of the engine's fixed ones (30 s /
+//     35 min), counts every BAD reply as a protocol error towards the
+//     shield and Config.MaxErrors, and says "* BYE" before closing a session
+//     the shield or a shutdown ends.
+//
+// Logins are reported from Session.Login (LOGIN and AUTHENTICATE PLAIN).
+// After STARTTLS the engine wraps our connection in TLS, so BAD replies can
+// no longer be read there: protocol errors after STARTTLS are not counted
+// (logins still are); on the implicit-TLS port agua terminates TLS itself
+// and sees everything. The engine has no QUOTA (RFC 9208), ID (RFC 2971) or
+// CONDSTORE (RFC 7162) commands, so they are not offered.
+//
+// Storage: the package talks to a Store and an Authenticator (interfaces);
+// NewMaildirStore adapts internal/maildir. Mailbox names are Maildir++
+// folder names with "." as the hierarchy delimiter (names.go validates them
+// so that no name reaches outside the user's Maildir). UIDs and
+// UIDVALIDITY come from the folder's agua-uidlist, shared with POP3;
+// flags are the Maildir info flags (":2,FRS"): \Seen S, \Answered R,
+// \Flagged F, \Deleted T, \Draft D. Keywords are not kept.
+package imapd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// Config holds the limits of one server. Zero values are replaced by safe
+// defaults in NewServer; none of them means "unlimited".
+type Config struct {
+	Hostname string
+	// TLS enables STARTTLS, or is used for every connection when
+	// ImplicitTLS is set.
+	TLS         *tls.Config
+	ImplicitTLS bool
+	// PreAuthTimeout bounds each command before login; IdleTimeout each
+	// command after, and an IDLE (RFC 3501 5.4: at least 30 minutes);
+	// SessionTimeout the whole connection.
+	PreAuthTimeout time.Duration
+	IdleTimeout    time.Duration
+	SessionTimeout time.Duration
+	// MaxErrors BAD replies and failed logins end the session.
+	MaxErrors int
+	// AuthFailureDelay is waited before answering a failed login, on top
+	// of Hooks.AccountDelay.
+	AuthFailureDelay time.Duration
+	// AllowInsecureAuthLoopback allows LOGIN and AUTHENTICATE without TLS
+	// for clients on loopback addresses.
+	AllowInsecureAuthLoopback bool
+	// MaxMessageSize is the largest APPEND (announced as APPENDLIMIT).
+	MaxMessageSize int64
+	// IdlePoll is how often an IDLE session looks for changes.
+	IdlePoll time.Duration
+	// DefaultFolders are created at a user's first login, with their
+	// SPECIAL-USE attribute where the name is a known one.
+	DefaultFolders []string
+}
+
+func (c *Config) setDefaults() {
+	defD := func(p *time.Duration, v time.Duration) {
+		if *p <= 0 {
+			*p = v
+		}
+	}
+	if c.Hostname == "" {
+		c.Hostname = "localhost"
+	}
+	defD(&c.PreAuthTimeout, 30*time.Second)
+	defD(&c.IdleTimeout, 30*time.Minute)
+	defD(&c.SessionTimeout, 24*time.Hour)
+	defD(&c.IdlePoll, time.Second)
+	if c.MaxErrors <= 0 {
+		c.MaxErrors = 10
+	}
+	if c.AuthFailureDelay < 0 {
+		c.AuthFailureDelay = 0
+	}
+	if c.MaxMessageSize <= 0 || c.MaxMessageSize > 1<<32-1 {
+		c.MaxMessageSize = 25 << 20
+	}
+	if c.DefaultFolders == nil {
+		c.DefaultFolders = []string{"Sent", "Drafts", "Trash", "Junk"}
+	}
+}
+
+// ErrAuthFailed is returned by an Authenticator for wrong credentials;
+// any other error is a temporary failure.
+var ErrAuthFailed = errors.New("imapd: authentication failed")
+
+// Authenticator checks credentials.
+type Authenticator interface {
+	// Authenticate returns the canonical user (the mailbox name) and its
+	// quota in bytes.
+	Authenticate(ctx context.Context, user, password string) (canonical string, quota int64, err error)
+}
+
+// Hooks let the embedding service steer sessions. All are optional.
+type Hooks struct {
+	// AccountDelay returns an extra delay before answering a failed login
+	// on account (the shield's per-account protection).
+	AccountDelay func(account string) time.Duration
+	// Auth is told about every login attempt (metrics).
+	Auth func(ok bool)
+}
+
+// Server serves IMAP on any number of listeners.
+type Server struct {
+	cfg   Config
+	name  string
+	auth  Authenticator
+	store Store
+	hooks Hooks
+	log   *slog.Logger
+	caps  imap.CapSet
+
+	mu       sync.Mutex
+	conns    map[*watchConn]struct{}
+	closing  atomic.Bool
+	wg       sync.WaitGroup
+	panics   atomic.Uint64
+	sessions atomic.Int64
+}
+
+// NewServer returns a server; ImplicitTLS needs a TLS config.
+func NewServer(cfg Config, auth Authenticator, store Store, hooks Hooks, log *slog.Logger) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.ImplicitTLS && cfg.TLS == nil {
+		return nil, errors.New("imapd: implicit TLS needs a TLS config")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	name := "imap"
+	if cfg.ImplicitTLS {
+		name = "imaps"
+	}
+	caps := imap.CapSet{}
+	for _, c := range []imap.Cap{
+		imap.CapIMAP4rev1, imap.CapIMAP4rev2, imap.CapNamespace, imap.CapUIDPlus,
+		imap.CapMove, imap.CapSpecialUse, imap.CapLiteralPlus, imap.CapChildren,
+		imap.CapESearch, imap.CapListExtended, imap.CapListStatus, imap.CapStatusSize,
+	} {
+		caps[c] = struct{}{}
+	}
+	return &Server{cfg: cfg, name: name, auth: auth, store: store, hooks: hooks, log: log, caps: caps,
+		conns: map[*watchConn]struct{}{}}, nil
+}
+
+// Name returns "imap" or "imaps".
+func (s *Server) Name() string { return s.name }
+
+// Sessions returns the number of connections being served.
+func (s *Server) Sessions() int64 { return s.sessions.Load() }
+
+// Panics returns how many sessions ended in a recovered panic.
+func (s *Server) Panics() uint64 { return s.panics.Load() }
+
+// Serve accepts connections until the listener is closed. With
+// ImplicitTLS, pass the plain listener: each handshake runs in its
+// session's goroutine, under the pre-login timeout.
+func (s *Server) Serve(ln net.Listener) error {
+	var tempDelay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+			s.log.Warn("imap accept failed", "err", err)
+			time.Sleep(tempDelay)
+			continue
+		}
+		tempDelay = 0
+		if s.closing.Load() {
+			c.Close()
+			continue
+		}
+		s.wg.Add(1)
+		s.sessions.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.sessions.Add(-1)
+			s.serveConn(c)
+		}()
+	}
+}
+
+// Shutdown stops serving: every session gets "* BYE" at the next reply
+// boundary and is closed (IMAP clients reconnect on their own; nothing is
+// lost, as every change is on disk when its command completes). It waits
+// for the sessions to end until ctx does.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	s.mu.Lock()
+	for w := range s.conns {
+		w.bye("Server shutting down")
+	}
+	s.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for w := range s.conns {
+		w.Close()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+func (s *Server) track(w *watchConn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing.Load() {
+			return false
+		}
+		s.conns[w] = struct{}{}
+	} else {
+		delete(s.conns, w)
+	}
+	return true
+}
+
+func (s *Server) serveConn(raw net.Conn) {
+	id := newID()
+	log := s.log.With("conn", id, "remote", raw.RemoteAddr().String(), "proto", "imap", "listener", s.name)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer raw.Close()
+	deadline := time.Now().Add(s.cfg.SessionTimeout)
+
+	var c net.Conn = raw
+	isTLS := false
+	if s.cfg.ImplicitTLS {
+		tc := tls.Server(raw, s.cfg.TLS)
+		tc.SetDeadline(time.Now().Add(s.cfg.PreAuthTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			log.Debug("tls handshake failed", "err", err)
+			shield.Report(raw, shield.ProtocolError)
+			return
+		}
+		tc.SetDeadline(time.Time{})
+		c, isTLS = tc, true
+	}
+	w := newWatchConn(c, raw, s, log, deadline)
+	if !s.track(w, true) {
+		return
+	}
+	defer s.track(w, false)
+	// The shield may want this connection gone mid-session (newly denied
+	// address, ban, lockdown, eviction).
+	if sc := shield.FromConn(raw); sc != nil {
+		go func() {
+			select {
+			case <-sc.Done():
+				log.Info("imap session closed by shield")
+				w.bye("Connection closed by policy")
+			case <-ctx.Done():
+			}
+		}()
+	}
+
+	sess := &session{srv: s, conn: w, log: log, ctx: ctx, tls: isTLS, closed: make(chan struct{})}
+	insecure := isTLS || s.cfg.AllowInsecureAuthLoopback && isLoopback(raw.RemoteAddr())
+	var tlsCfg *tls.Config
+	if !s.cfg.ImplicitTLS {
+		tlsCfg = s.cfg.TLS
+	}
+	engine := imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return sess, nil, nil
+		},
+		Caps:         s.caps,
+		Logger:       &engineLogger{w: w, log: log, srv: s},
+		TLSConfig:    tlsCfg,
+		InsecureAuth: insecure,
+	})
+	log.Debug("imap session start", "tls", isTLS)
+	engine.Serve(&oneConnListener{c: w})
+	// Serve returns once the connection is closed; the engine's goroutine
+	// then calls Session.Close.
+	<-sess.closed
+	log.Debug("imap session end", "user", sess.user, "errors", w.errors.Load())
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// oneConnListener hands the engine one connection, then blocks until that
+// connection is closed.
+type oneConnListener struct {
+	c    *watchConn
+	once sync.Once
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	var first bool
+	l.once.Do(func() { first = true })
+	if first {
+		return l.c, nil
+	}
+	<-l.c.closed
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
