@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/shield"
 )
 
 // pop is a POP3 client over the test client's connection.
@@ -437,4 +438,22 @@ func TestPOP3RejectAtAccept(t *testing.T) {
 	tlsSecond := &pop{dialFrom(t, ts.srv.Addr("pop3s"), "127.0.0.90")}
 	tlsSecond.expectClosed()
 	first.do("QUIT", "+OK")
+}
+
+// With ban_action = drop, the session that crosses the threshold is
+// closed without a reply, and so are later connections.
+func TestPOP3BanDrop(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) {
+		c.Shield.Thresholds.AuthFailure.Count = 2
+		c.Shield.BanAction = shield.Drop
+	})
+	addr := ts.srv.Addr("pop3")
+	p := dialPOP(t, addr, "127.0.0.95")
+	p.do("USER "+testUser, "+OK")
+	p.do("PASS wrong1", "-ERR [AUTH] Authentication failed")
+	p.do("USER "+testUser, "+OK")
+	p.send("PASS wrong2")
+	p.expectClosed()
+	again := dialFrom(t, addr, "127.0.0.95")
+	again.expectClosed()
 }
