@@ -25,6 +25,7 @@ type Config struct {
 	Store    StoreConfig    `toml:"store" doc:"Mail store (Maildir) durability."`
 	SMTP     SMTPConfig     `toml:"smtp" doc:"SMTP: MX (port 25), submission with STARTTLS (587) and implicit TLS (465)."`
 	POP3     POP3Config     `toml:"pop3" doc:"POP3 (RFC 1939) with STLS (110) and implicit TLS (995)."`
+	IMAP     IMAPConfig     `toml:"imap" doc:"IMAP (RFC 3501, RFC 9051) with STARTTLS (143) and implicit TLS (993)."`
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
 }
@@ -88,6 +89,20 @@ type POP3Config struct {
 	MaxConns          int           `toml:"max_connections" doc:"Connection ceiling per POP3 listener (the shield reserves part of it for known-good clients)."`
 }
 
+// IMAPConfig configures the IMAP listeners and their limits.
+type IMAPConfig struct {
+	Listen            []string      `toml:"listen" doc:"IMAP listeners with STARTTLS, host:port."`
+	TLSListen         []string      `toml:"tls_listen" doc:"IMAP listeners with implicit TLS (RFC 8314), host:port."`
+	PreAuthTimeout    time.Duration `toml:"preauth_timeout" doc:"Time allowed for each command before login."`
+	IdleTimeout       time.Duration `toml:"idle_timeout" doc:"Time allowed for each command after login, and for an IDLE (RFC 3501 5.4: at least 30 minutes)."`
+	SessionTimeout    time.Duration `toml:"session_timeout" doc:"Whole-connection limit."`
+	MaxErrors         int           `toml:"max_errors" doc:"BAD replies and failed logins allowed before * BYE and close."`
+	MaxMessageSize    ByteSize      `toml:"max_message_size" doc:"Largest message APPEND accepts (announced as APPENDLIMIT, at most 4GiB-1)."`
+	AuthDelay         time.Duration `toml:"auth_failure_delay" doc:"Fixed delay before answering a failed login."`
+	AllowInsecureAuth bool          `toml:"allow_insecure_auth_loopback" doc:"Allow LOGIN and AUTHENTICATE without TLS for clients on loopback addresses; elsewhere LOGINDISABLED until STARTTLS."`
+	MaxConns          int           `toml:"max_connections" doc:"Connection ceiling per IMAP listener (the shield reserves part of it for known-good clients)."`
+}
+
 // AdminConfig configures the admin API.
 type AdminConfig struct {
 	Socket string `toml:"socket" doc:"Unix socket of the admin API used by the CLI (file permissions guard it). Empty: <data_dir>/admin.sock."`
@@ -138,6 +153,18 @@ func Default() Config {
 			SessionTimeout:    time.Hour,
 			MaxLineLength:     1024,
 			MaxErrors:         10,
+			AuthDelay:         time.Second,
+			AllowInsecureAuth: true,
+			MaxConns:          1000,
+		},
+		IMAP: IMAPConfig{
+			Listen:            []string{"127.0.0.1:2143"},
+			TLSListen:         []string{"127.0.0.1:2993"},
+			PreAuthTimeout:    30 * time.Second,
+			IdleTimeout:       30 * time.Minute,
+			SessionTimeout:    24 * time.Hour,
+			MaxErrors:         10,
+			MaxMessageSize:    25 << 20,
 			AuthDelay:         time.Second,
 			AllowInsecureAuth: true,
 			MaxConns:          1000,

@@ -161,6 +161,38 @@ func (c Config) Validate() []Problem {
 	if p3.AuthDelay < 0 {
 		bad("pop3.auth_failure_delay", "must not be negative")
 	}
+	for _, l := range []struct {
+		key   string
+		addrs []string
+	}{{"imap.listen", c.IMAP.Listen}, {"imap.tls_listen", c.IMAP.TLSListen}} {
+		for _, a := range l.addrs {
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				bad(l.key, "%q is not host:port", a)
+			}
+		}
+	}
+	im := c.IMAP
+	for _, p := range []struct {
+		key string
+		v   int64
+	}{
+		{"imap.preauth_timeout", int64(im.PreAuthTimeout)},
+		{"imap.idle_timeout", int64(im.IdleTimeout)},
+		{"imap.session_timeout", int64(im.SessionTimeout)},
+		{"imap.max_errors", int64(im.MaxErrors)},
+		{"imap.max_message_size", int64(im.MaxMessageSize)},
+		{"imap.max_connections", int64(im.MaxConns)},
+	} {
+		if p.v <= 0 {
+			bad(p.key, "must be > 0")
+		}
+	}
+	if im.MaxMessageSize > 1<<32-1 {
+		bad("imap.max_message_size", "must be below 4GiB (APPENDLIMIT is a 32-bit number)")
+	}
+	if im.AuthDelay < 0 {
+		bad("imap.auth_failure_delay", "must not be negative")
+	}
 	if a := c.Admin.Listen; a != "" {
 		host, port, err := net.SplitHostPort(a)
 		ip := net.ParseIP(host)
