@@ -109,6 +109,8 @@ func TestShieldVerbs(t *testing.T) {
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.POP3.Listen = nil
 	cfg.POP3.TLSListen = nil
+	cfg.IMAP.Listen = nil
+	cfg.IMAP.TLSListen = nil
 	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
 	if err != nil {
 		t.Fatal(err)

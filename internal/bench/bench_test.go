@@ -24,6 +24,8 @@ func startAgua(t *testing.T, mutate func(*config.Config)) *server.Server {
 	cfg.SMTP.SubmissionsListen = []string{"127.0.0.1:0"}
 	cfg.POP3.Listen = nil
 	cfg.POP3.TLSListen = nil
+	cfg.IMAP.Listen = nil
+	cfg.IMAP.TLSListen = nil
 	cfg.Admin.Listen = ""
 	cfg.SMTP.AuthDelay = 0
 	if mutate != nil {

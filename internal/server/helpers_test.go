@@ -48,6 +48,9 @@ func startServer(t *testing.T, mutate func(*config.Config)) *testServer {
 	cfg.POP3.Listen = []string{"127.0.0.1:0"}
 	cfg.POP3.TLSListen = []string{"127.0.0.1:0"}
 	cfg.POP3.AuthDelay = 0
+	cfg.IMAP.Listen = []string{"127.0.0.1:0"}
+	cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}
+	cfg.IMAP.AuthDelay = 0
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -266,6 +266,8 @@ func testConfig(t *testing.T) config.Config {
 	cfg.POP3.Listen = []string{"127.0.0.1:0"}
 	cfg.POP3.TLSListen = []string{"127.0.0.1:0"}
 	cfg.POP3.AuthDelay = 0
+	cfg.IMAP.Listen = nil
+	cfg.IMAP.TLSListen = nil
 	return cfg
 }
 

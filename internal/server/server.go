@@ -23,6 +23,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
+	"github.com/agua-mail/agua/internal/imapd"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
@@ -47,6 +48,7 @@ type Server struct {
 	listeners []boundListener
 	smtp      []*smtpd.Server
 	pop3      []*pop3d.Server
+	imap      []*imapd.Server
 	admin     *http.Server
 	adminLn   net.Listener
 	web       *http.Server // admin API over TCP, /metrics, dashboard
@@ -131,6 +133,9 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	if err := s.listenPOP3(tlsCfg); err != nil {
+		return err
+	}
+	if err := s.listenIMAP(tlsCfg); err != nil {
 		return err
 	}
 	if err := s.listenAdmin(tlsCfg); err != nil {
@@ -254,6 +259,7 @@ type Status struct {
 	Listeners map[string]string `json:"listeners"`
 	Sessions  int64             `json:"smtp_sessions"`
 	POP3      int64             `json:"pop3_sessions"`
+	IMAP      int64             `json:"imap_sessions"`
 	Lockdown  bool              `json:"lockdown"`
 	Shield    shield.Stats      `json:"shield"`
 }
@@ -270,11 +276,14 @@ func (s *Server) status() any {
 	for _, srv := range s.pop3 {
 		st.POP3 += srv.Sessions()
 	}
+	for _, srv := range s.imap {
+		st.IMAP += srv.Sessions()
+	}
 	return st
 }
 
 // Addr returns the bound address of the first listener named name ("smtp",
-// "submission", "submissions", "pop3", "pop3s"), for tests that listen on port 0.
+// "submission", "submissions", "pop3", "pop3s", "imap", "imaps"), for tests that listen on port 0.
 func (s *Server) Addr(name string) string {
 	if name == "admin" && s.webLn != nil {
 		return s.webLn.Addr().String()
@@ -355,6 +364,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		srv.Shutdown(sctx)
 	}
 	for _, srv := range s.pop3 {
+		srv.Shutdown(sctx)
+	}
+	for _, srv := range s.imap {
 		srv.Shutdown(sctx)
 	}
 	wg.Wait()

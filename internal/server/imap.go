@@ -1,0 +1,91 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/agua-mail/agua/internal/directory"
+	"github.com/agua-mail/agua/internal/imapd"
+	"github.com/agua-mail/agua/shield"
+)
+
+// listenIMAP binds the IMAP (STARTTLS) and IMAPS (implicit TLS) listeners
+// behind the shield. The TLS handshake of IMAPS runs in each session's
+// goroutine, never in Accept.
+func (s *Server) listenIMAP(tlsCfg *tls.Config) error {
+	c := s.cfg.IMAP
+	auth := imapAuth{s.dir}
+	store := imapd.NewMaildirStore(s.store)
+	hooks := imapd.Hooks{
+		AccountDelay: s.shield.AccountDelay,
+		Auth:         func(ok bool) { s.metrics.Auth("imap", ok) },
+	}
+	for _, group := range []struct {
+		implicit bool
+		addrs    []string
+	}{
+		{false, c.Listen},
+		{true, c.TLSListen},
+	} {
+		if len(group.addrs) == 0 {
+			continue
+		}
+		srv, err := imapd.NewServer(imapd.Config{
+			Hostname:                  s.cfg.Hostname,
+			TLS:                       tlsCfg,
+			ImplicitTLS:               group.implicit,
+			PreAuthTimeout:            c.PreAuthTimeout,
+			IdleTimeout:               c.IdleTimeout,
+			SessionTimeout:            c.SessionTimeout,
+			MaxErrors:                 c.MaxErrors,
+			MaxMessageSize:            int64(c.MaxMessageSize),
+			AuthFailureDelay:          c.AuthDelay,
+			AllowInsecureAuthLoopback: c.AllowInsecureAuth,
+		}, auth, store, hooks, s.log)
+		if err != nil {
+			return err
+		}
+		s.imap = append(s.imap, srv)
+		var reject func(net.Conn, shield.Decision)
+		if !group.implicit { // no plaintext reply on a TLS port
+			reject = imapReject
+		}
+		for _, addr := range group.addrs {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("%s listener: %w", srv.Name(), err)
+			}
+			sl := s.shield.Listener(ln, shield.ListenerConfig{Name: srv.Name(), MaxConns: c.MaxConns, Reject: reject})
+			s.listeners = append(s.listeners, boundListener{name: srv.Name(), ln: sl, srv: srv})
+		}
+	}
+	return nil
+}
+
+// imapReject answers a refused connection instead of the greeting
+// (RFC 3501 7.1.5: BYE, then close).
+func imapReject(c net.Conn, d shield.Decision) {
+	if d.Temporary {
+		fmt.Fprintf(c, "* BYE [UNAVAILABLE] %s, try again later\r\n", d.Reason)
+		return
+	}
+	fmt.Fprintf(c, "* BYE %s\r\n", d.Reason)
+}
+
+// imapAuth checks IMAP logins against the accounts directory.
+type imapAuth struct{ dir *directory.Directory }
+
+func (a imapAuth) Authenticate(ctx context.Context, user, pass string) (string, int64, error) {
+	u, err := a.dir.Authenticate(ctx, user, pass)
+	switch {
+	case err == nil:
+		return u.Address, u.Quota, nil
+	case errors.Is(err, directory.ErrAuthFailed), errors.Is(err, directory.ErrInvalid):
+		return "", 0, imapd.ErrAuthFailed
+	default:
+		return "", 0, err
+	}
+}
