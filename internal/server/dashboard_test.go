@@ -56,7 +56,10 @@ func TestDashboardEndToEnd(t *testing.T) {
 	)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	defer cancelA()
-	ctx, cancel := chromedp.NewContext(actx)
+	// The pinned chromedp's protocol types lag the browser: it cannot decode
+	// a few new event fields and says so on every event. Those events are not
+	// used here, so its error log is dropped (test failures still show).
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(func(string, ...any) {}))
 	defer cancel()
 	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
 	defer cancelT()

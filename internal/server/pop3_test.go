@@ -268,6 +268,7 @@ func testConfig(t *testing.T) config.Config {
 	cfg.POP3.AuthDelay = 0
 	cfg.IMAP.Listen = nil
 	cfg.IMAP.TLSListen = nil
+	cfg.Admin.Listen = "" // the default 127.0.0.1:8025 would collide across tests
 	return cfg
 }
 
