@@ -128,6 +128,9 @@ func (ss *session) login(user, pass string) error {
 			return e
 		}
 		ss.log.Info("pop3 auth failed", "user", sanitize(user))
+		if f := ss.srv.hooks.Auth; f != nil {
+			f(&ss.info, false)
+		}
 		d := shield.ReportAuth(ss.conn, user, false)
 		wait := ss.srv.cfg.AuthFailureDelay
 		if f := ss.srv.hooks.AccountDelay; f != nil {
@@ -139,6 +142,9 @@ func (ss *session) login(user, pass string) error {
 			return errQuit
 		}
 		return errAuthFailed
+	}
+	if f := ss.srv.hooks.Auth; f != nil {
+		f(&ss.info, true)
 	}
 	if d := shield.ReportAuth(ss.conn, canonical, true); d.Action != shield.Allow {
 		ss.shieldEnds(d)

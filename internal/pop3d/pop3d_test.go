@@ -330,11 +330,20 @@ func TestPanicRecovered(t *testing.T) {
 // The per-account delay is asked for failed logins only, so the real user
 // never waits because of an attack on their account.
 func TestAccountDelayOnFailureOnly(t *testing.T) {
-	var asked atomic.Int32
-	ts := startTestHooks(t, nil, Hooks{AccountDelay: func(account string) time.Duration {
-		asked.Add(1)
-		return time.Millisecond
-	}})
+	var asked, okAuth, failedAuth atomic.Int32
+	ts := startTestHooks(t, nil, Hooks{
+		AccountDelay: func(account string) time.Duration {
+			asked.Add(1)
+			return time.Millisecond
+		},
+		Auth: func(s *Session, ok bool) {
+			if ok {
+				okAuth.Add(1)
+			} else {
+				failedAuth.Add(1)
+			}
+		},
+	})
 	c := dial(t, ts.addr)
 	c.expect("+OK")
 	c.cmd("USER "+testUser, "+OK")
@@ -345,6 +354,9 @@ func TestAccountDelayOnFailureOnly(t *testing.T) {
 	c.login()
 	if asked.Load() != 1 {
 		t.Fatalf("AccountDelay asked %d times after a success", asked.Load())
+	}
+	if okAuth.Load() != 1 || failedAuth.Load() != 1 {
+		t.Fatalf("Auth hook: %d successes, %d failures", okAuth.Load(), failedAuth.Load())
 	}
 }
 

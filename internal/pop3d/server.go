@@ -135,6 +135,9 @@ type Hooks struct {
 	// AccountDelay returns an extra delay before answering a failed login
 	// on account (per-account brute-force protection).
 	AccountDelay func(account string) time.Duration
+	// Auth is called after every credential check that got an answer
+	// (not after temporary failures), for metrics.
+	Auth func(s *Session, ok bool)
 }
 
 // Server serves POP3 on any number of listeners.

@@ -21,7 +21,10 @@ import (
 func (s *Server) listenPOP3(tlsCfg *tls.Config) error {
 	c := s.cfg.POP3
 	backend := &pop3Backend{dir: s.dir, store: s.store, log: s.log}
-	hooks := pop3d.Hooks{AccountDelay: s.shield.AccountDelay}
+	hooks := pop3d.Hooks{
+		AccountDelay: s.shield.AccountDelay,
+		Auth:         func(ss *pop3d.Session, ok bool) { s.metrics.Auth(ss.Listener, ok) },
+	}
 	for _, group := range []struct {
 		implicit bool
 		addrs    []string

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -438,8 +439,16 @@ func TestPOP3RejectAtAccept(t *testing.T) {
 	second := &pop{dialFrom(t, ts.srv.Addr("pop3"), "127.0.0.90")}
 	second.line("-ERR [SYS/TEMP] too many connections from your address, try again later")
 	second.expectClosed()
-	tlsSecond := &pop{dialFrom(t, ts.srv.Addr("pop3s"), "127.0.0.90")}
-	tlsSecond.expectClosed()
+	// POP3S: closed (or reset) without a byte.
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.90")}}
+	if conn, err := d.Dial("tcp", ts.srv.Addr("pop3s")); err == nil {
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := conn.Read(make([]byte, 64))
+		conn.Close()
+		if n != 0 {
+			t.Fatalf("POP3S refusal wrote %d bytes in clear", n)
+		}
+	}
 	first.do("QUIT", "+OK")
 }
 
