@@ -572,4 +572,3 @@ func matchHeader(fields gomessage.HeaderFields, pattern string) bool {
 	}
 	return false
 }
-

@@ -47,7 +47,7 @@ type selected struct {
 }
 
 var (
-	_ imapserver.SessionIMAP4rev2    = (*session)(nil)
+	_ imapserver.SessionIMAP4rev2   = (*session)(nil)
 	_ imapserver.SessionAppendLimit = (*session)(nil)
 )
 
@@ -358,6 +358,7 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 			data.Attrs = append(data.Attrs, imap.MailboxAttrSubscribed)
 		}
 		use, special := specialUse[n]
+		special = special && exists[n]
 		if options.SelectSpecialUse && !special {
 			continue
 		}
