@@ -78,6 +78,10 @@ func AdminSocket(cfg config.Config) string {
 	return filepath.Join(cfg.DataDir, "admin.sock")
 }
 
+// ShieldStateDir is where the shield keeps its bans, known-good addresses
+// and event history.
+func ShieldStateDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "shield") }
+
 // OpenDirectory opens the accounts database of cfg (also used by the CLI).
 func OpenDirectory(cfg config.Config, log *slog.Logger) (*directory.Directory, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
@@ -169,7 +173,7 @@ func (s *Server) openShield() (*shield.Shield, error) {
 		}
 	}
 	sc.RuleFiles = files
-	sh, err := shield.New(sc, shield.Options{Logger: s.log, StateDir: filepath.Join(s.cfg.DataDir, "shield")})
+	sh, err := shield.New(sc, shield.Options{Logger: s.log, StateDir: ShieldStateDir(s.cfg)})
 	if err != nil {
 		return nil, fmt.Errorf("shield: %w", err)
 	}
