@@ -323,3 +323,34 @@ func TestNaturalCompare(t *testing.T) {
 		}
 	}
 }
+
+// Open and Delete find a message another program renamed since the last
+// listing (a flag change), without a new listing.
+func TestFolderRenamedBehindOurBack(t *testing.T) {
+	s := openTest(t)
+	deliverN(t, s, box, 2)
+	f := openFolder(t, s, box, "")
+	list(t, f)
+	if err := f.MarkSeen([]uint32{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	cur := filepath.Join(s.MaildirPath(box), "cur")
+	for name := range files(t, s, box, "cur") {
+		if err := os.Rename(filepath.Join(cur, name), filepath.Join(cur, name+"RS")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := f.ReadMessage(1)
+	if err != nil || !strings.Contains(string(b), "body 0") {
+		t.Fatalf("read after external rename: %q %v", b, err)
+	}
+	if err := f.Delete([]uint32{2}); err != nil {
+		t.Fatal(err)
+	}
+	if got := files(t, s, box, "cur"); len(got) != 1 {
+		t.Fatalf("cur/ after delete: %v", got)
+	}
+	if l := list(t, f); len(l.Messages) != 1 || l.Messages[0].UID != 1 || l.Messages[0].Flags != "RS" {
+		t.Fatalf("listing: %+v", l.Messages)
+	}
+}
