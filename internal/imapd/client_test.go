@@ -246,4 +246,3 @@ func FuzzFolderName(f *testing.F) {
 		}
 	})
 }
-
