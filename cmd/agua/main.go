@@ -53,6 +53,14 @@ Shield (talk to the running server):
   why IP [-json]                which rule, ban or limit applies to IP, and why
   lockdown [on|off]             serve only allowlisted and known-good clients
 
+Reports (from the running server, or from the data folder when it is stopped):
+  report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48]
+        [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
+                                offending addresses by network: one email per network
+                                for its abuse desk, CSV, or XARF v4 JSON
+  report attack [-since 1h] [-step 1m] [-format text|json] [-top 10]
+                                timeline, peaks, what the shield did, legitimate traffic served
+
 Load and attacks (against agua or any SMTP server on this machine):
   bench [-target 127.0.0.1:2525] [-legit 20] [-duration 10s] [-attack banner,slowloris,...]
         [-attack-src 127.66.0.0/16] [-attack-conns 50] [-json]   (agua bench -h for all flags)
@@ -88,6 +96,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"config": cmdConfig, "domain": cmdDomain, "user": cmdUser, "alias": cmdAlias,
 		"block": cmdBlock, "unblock": cmdUnblock, "bans": cmdBans, "why": cmdWhy, "lockdown": cmdLockdown,
 		"bench":   cmdBench,
+		"report":  cmdReport,
 		"top":     cmdTop,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}

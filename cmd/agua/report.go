@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/report"
+	"github.com/agua-mail/agua/internal/server"
+	"github.com/agua-mail/agua/shield"
+)
+
+const reportUsage = "report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48] [-min 10] [-resolver HOST:PORT]\n" +
+	"       report attack [-since 1h] [-step 1m] [-format text|json]"
+
+// cmdReport prints an abuse or attack report from the shield's event
+// history: from the running server, or from the state folder when it is
+// stopped.
+func cmdReport(e *env) error {
+	if len(e.args) == 0 {
+		return usagef("%s", reportUsage)
+	}
+	kind := e.args[0]
+	e.args = e.args[1:]
+	switch kind {
+	case "abuse":
+		return reportAbuse(e)
+	case "attack":
+		return reportAttack(e)
+	}
+	return usagef("unknown report %q: %s", kind, reportUsage)
+}
+
+// history fetches the history since the given period back from now.
+func (e *env) history(since string, step time.Duration) (shield.HistorySnapshot, error) {
+	now := time.Now()
+	from, err := admin.ParseSince(since, now)
+	if err != nil {
+		return shield.HistorySnapshot{}, usagef("-since %q: use a duration (24h) or an RFC 3339 time", since)
+	}
+	var snap shield.HistorySnapshot
+	c := admin.NewClient(server.AdminSocket(e.cfg))
+	q := url.Values{"since": {from.UTC().Format(time.RFC3339)}, "step": {step.String()}}
+	err = c.Do("GET", "/v1/history?"+q.Encode(), nil, &snap)
+	if errors.Is(err, admin.ErrNotRunning) {
+		// The server is stopped: read what it saved.
+		dir := server.ShieldStateDir(e.cfg)
+		snap, err := shield.ReadHistory(dir, from, step, now)
+		if err != nil {
+			return snap, fmt.Errorf("agua is not running and %s holds no shield history: %w", dir, err)
+		}
+		return snap, nil
+	}
+	return snap, err
+}
+
+func reportAbuse(e *env) error {
+	since := e.flags.String("since", "24h", "period: a duration back from now, or an RFC 3339 time")
+	format := e.flags.String("format", "text", "text (one email per network), csv (one row per address) or xarf (XARF v4 JSON)")
+	p4 := e.flags.Int("prefix4", 24, "IPv4 network size that groups addresses")
+	p6 := e.flags.Int("prefix6", 48, "IPv6 network size that groups addresses")
+	minimum := e.flags.Uint64("min", 10, "offences (events and refused connections) an address needs to be reported, unless it was banned")
+	resolver := e.flags.String("resolver", "", "DNS server (HOST:PORT) for reverse lookups of the offenders; empty: no lookups")
+	contact := e.flags.String("contact", "", "reply address named in the reports (default postmaster@HOSTNAME)")
+	pos, err := e.parse()
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("%s", reportUsage)
+	}
+	if *p4 < 8 || *p4 > 32 || *p6 < 16 || *p6 > 128 {
+		return usagef("-prefix4 must be 8..32 and -prefix6 16..128")
+	}
+	var write func(*report.AbuseReport) error
+	switch *format {
+	case "text":
+		write = func(r *report.AbuseReport) error { return r.WriteText(e.stdout) }
+	case "csv":
+		write = func(r *report.AbuseReport) error { return r.WriteCSV(e.stdout) }
+	case "xarf":
+		write = func(r *report.AbuseReport) error { return r.WriteXARF(e.stdout) }
+	default:
+		return usagef("-format must be text, csv or xarf")
+	}
+	snap, err := e.history(*since, time.Minute)
+	if err != nil {
+		return err
+	}
+	opts := report.AbuseOptions{Hostname: e.cfg.Hostname, Contact: *contact, Prefix4: *p4, Prefix6: *p6, Min: max(*minimum, 1)}
+	if *resolver != "" {
+		opts.Resolver = &report.Resolver{Server: *resolver, Timeout: 2 * time.Second, Max: 200}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return write(report.Abuse(ctx, snap, opts))
+}
+
+func reportAttack(e *env) error {
+	since := e.flags.String("since", "1h", "period: a duration back from now, or an RFC 3339 time")
+	step := e.flags.Duration("step", time.Minute, "timeline step (whole minutes)")
+	format := e.flags.String("format", "text", "text or json")
+	top := e.flags.Int("top", 10, "offending networks listed")
+	pos, err := e.parse()
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("%s", reportUsage)
+	}
+	if *format != "text" && *format != "json" {
+		return usagef("-format must be text or json")
+	}
+	if *step < time.Minute {
+		return usagef("-step must be at least 1m")
+	}
+	snap, err := e.history(*since, *step)
+	if err != nil {
+		return err
+	}
+	r := report.Attack(snap, report.AttackOptions{Hostname: e.cfg.Hostname, Top: *top})
+	if *format == "json" {
+		return r.WriteJSON(e.stdout)
+	}
+	return r.WriteText(e.stdout)
+}
