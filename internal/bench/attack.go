@@ -81,7 +81,9 @@ func greet(ctx context.Context, cfg *Config, src netip.Addr, target string) (net
 	case err != nil:
 		c.Close()
 		return nil, nil, "dropped"
-	case code == 220:
+	case code == 220, strings.HasPrefix(s.last, "+OK"), strings.HasPrefix(s.last, "* OK"):
+		// An SMTP banner, or a POP3/IMAP greeting when those ports are
+		// the target of a protocol-agnostic flood.
 		return c, s, "served"
 	default:
 		c.Close()

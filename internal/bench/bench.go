@@ -23,16 +23,19 @@ import (
 
 // Config describes one run.
 type Config struct {
-	Target     string        // host:port for legitimate clients (SMTP MX or submission)
-	Proto      string        // legitimate protocol: "smtp" (default) or "submission" (STARTTLS + AUTH)
-	Duration   time.Duration // how long to run
-	Legit      int           // concurrent legitimate clients (0 = none)
-	LegitSrc   []netip.Addr  // their source addresses, round-robin ("" = kernel's choice)
-	PerSession int           // messages per legitimate session (>= 1)
-	MsgSize    int           // bytes per message body
-	From, Rcpt string        // envelope of legitimate mail
-	User, Pass string        // AUTH credentials for Proto "submission"
-	Helo       string
+	Target      string        // host:port for legitimate clients (SMTP MX or submission)
+	Proto       string        // legitimate protocol: "smtp" (default), "submission" (STARTTLS + AUTH), "pop3" or "imap"
+	TLS         bool          // pop3/imap: upgrade with STLS/STARTTLS first
+	MaxFetch    int           // pop3/imap: messages fetched per session at most (default 20)
+	Duration    time.Duration // how long to run
+	Legit       int           // concurrent legitimate clients (0 = none)
+	LegitSrc    []netip.Addr  // their source addresses, round-robin ("" = kernel's choice)
+	PerSession  int           // messages per legitimate session (>= 1)
+	MaxSessions int           // sessions per legitimate client, then it stops (0 = until the end of the run)
+	MsgSize     int           // bytes per message body
+	From, Rcpt  string        // envelope of legitimate mail
+	User, Pass  string        // AUTH credentials for Proto "submission"
+	Helo        string
 
 	Attacks      []string     // scenario names (see Scenarios)
 	AttackTarget string       // host:port attacked ("" = Target)
@@ -55,6 +58,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PerSession <= 0 {
 		c.PerSession = 1
+	}
+	if c.MaxFetch <= 0 {
+		c.MaxFetch = 20
 	}
 	if c.MsgSize <= 0 {
 		c.MsgSize = 2048
@@ -213,6 +219,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.Target == "" {
 		return nil, fmt.Errorf("no target address")
+	}
+	switch cfg.Proto {
+	case "smtp", "submission":
+	case "pop3", "imap":
+		if cfg.Legit > 0 && (cfg.User == "" || cfg.Pass == "") {
+			return nil, fmt.Errorf("-proto %s needs -user and -pass", cfg.Proto)
+		}
+	default:
+		return nil, fmt.Errorf("unknown protocol %q (smtp, submission, pop3, imap)", cfg.Proto)
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()

@@ -157,3 +157,33 @@ func TestBenchTLSFlood(t *testing.T) {
 		t.Fatalf("tls outcomes: %v", o)
 	}
 }
+
+// Legitimate POP3 and IMAP sessions against a real agua with mail in the
+// box: every session logs in and fetches the messages.
+func TestBenchMailboxProtocols(t *testing.T) {
+	srv := startAgua(t, func(c *config.Config) {
+		c.POP3.Listen = []string{"127.0.0.1:0"}
+		c.IMAP.Listen = []string{"127.0.0.1:0"}
+	})
+	// Fill the mailbox through SMTP, as a sender would.
+	if _, err := bench.Run(context.Background(), bench.Config{
+		Target: srv.Addr("smtp"), Duration: 5 * time.Second, Legit: 1, Rcpt: "demo@example.test", MaxSessions: 3,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// One client: POP3 locks the maildrop, a second one would rightly get
+	// -ERR [IN-USE] (RFC 1939 8).
+	for _, proto := range []string{"pop3", "imap"} {
+		rep, err := bench.Run(context.Background(), bench.Config{
+			Target: srv.Addr(proto), Proto: proto, Duration: 5 * time.Second, Legit: 1, MaxSessions: 10,
+			User: "demo@example.test", Pass: "bench password",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := rep.Legit
+		if l.Sessions == 0 || l.OK != l.Sessions || l.Messages != 3*l.OK {
+			t.Errorf("%s: %+v", proto, l)
+		}
+	}
+}

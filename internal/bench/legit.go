@@ -20,9 +20,18 @@ func runLegit(ctx context.Context, cfg *Config, i int, st *legitStats) {
 	}
 	rcpt := cfg.Rcpt
 	body := message(cfg.From, rcpt, cfg.MsgSize)
-	for ctx.Err() == nil {
+	for done := 0; ctx.Err() == nil && (cfg.MaxSessions == 0 || done < cfg.MaxSessions); done++ {
 		start := time.Now()
-		n, cause := legitSession(ctx, cfg, src, rcpt, body)
+		var n int
+		var cause string
+		switch cfg.Proto {
+		case "pop3":
+			n, cause = popSession(ctx, cfg, src)
+		case "imap":
+			n, cause = imapSession(ctx, cfg, src)
+		default:
+			n, cause = legitSession(ctx, cfg, src, rcpt, body)
+		}
 		if ctx.Err() != nil && cause != "" {
 			return // cut short by the end of the run: not a failure
 		}

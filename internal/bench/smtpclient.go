@@ -35,8 +35,8 @@ func (s *smtpConn) reply() (int, error) {
 		}
 		line = strings.TrimRight(line, "\r\n")
 		s.last = line
-		if len(line) < 3 {
-			return 0, fmt.Errorf("malformed reply %q", line)
+		if len(line) < 3 || line[0] < '0' || line[0] > '9' {
+			return 0, nil // not SMTP (e.g. a POP3 or IMAP greeting): see s.last
 		}
 		var code int
 		fmt.Sscanf(line[:3], "%d", &code)
