@@ -32,8 +32,12 @@ type Config struct {
 
 // LogConfig configures slog output.
 type LogConfig struct {
-	Level  string `toml:"level" doc:"debug, info, warn or error."`
-	Format string `toml:"format" doc:"text or json."`
+	Level      string        `toml:"level" doc:"debug, info, warn or error."`
+	Format     string        `toml:"format" doc:"text or json."`
+	File       string        `toml:"file" doc:"Log file, rotated by size and age. Empty: standard error."`
+	MaxSize    ByteSize      `toml:"max_size" doc:"Rotate the log file when it reaches this size (whole MiB, at least 1MiB)."`
+	MaxAge     time.Duration `toml:"max_age" doc:"Delete rotated log files older than this (whole days, rounded up)."`
+	MaxBackups int           `toml:"max_backups" doc:"Most rotated log files kept."`
 }
 
 // TLSConfig names the certificate files.
@@ -124,7 +128,7 @@ func Default() Config {
 	return Config{
 		DataDir:  "agua-data",
 		Hostname: "localhost",
-		Log:      LogConfig{Level: "info", Format: "text"},
+		Log:      LogConfig{Level: "info", Format: "text", MaxSize: 100 << 20, MaxAge: 7 * 24 * time.Hour, MaxBackups: 10},
 		Accounts: AccountsConfig{DefaultQuota: 1 << 30, Demo: true},
 		Store:    StoreConfig{Sync: "syncfs"},
 		SMTP: SMTPConfig{

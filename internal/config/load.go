@@ -110,6 +110,15 @@ func (c Config) Validate() []Problem {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		bad("log.format", "must be text or json, not %q", c.Log.Format)
 	}
+	if c.Log.MaxSize < 1<<20 {
+		bad("log.max_size", "must be at least 1MiB")
+	}
+	if c.Log.MaxAge <= 0 {
+		bad("log.max_age", "must be > 0 (e.g. \"168h\")")
+	}
+	if c.Log.MaxBackups <= 0 {
+		bad("log.max_backups", "must be > 0")
+	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "cert_file and key_file must be set together")
 	}
