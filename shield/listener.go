@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -124,7 +125,11 @@ func (l *listener) Close() error {
 }
 
 func (l *listener) Accept() (net.Conn, error) {
-	l.start.Do(func() { go l.loop() })
+	l.start.Do(func() {
+		for range acceptLoops() {
+			go l.loop()
+		}
+	})
 	select {
 	case r := <-l.ch:
 		if r.err != nil {
@@ -135,6 +140,12 @@ func (l *listener) Accept() (net.Conn, error) {
 		return nil, net.ErrClosed
 	}
 }
+
+// acceptLoops is how many goroutines accept from one listener. Under a
+// connection flood the kernel's accept queue fills faster than one
+// goroutine empties it on a busy machine, and a full queue drops SYNs of
+// legitimate clients too; accept(2) is safe to call concurrently.
+func acceptLoops() int { return max(2, runtime.GOMAXPROCS(0)) }
 
 // loop accepts from the inner listener and hands admitted connections to
 // Accept. Refusals are handled here without ever waiting on a client.
