@@ -180,7 +180,12 @@ func cmdServe(e *env) error {
 	if len(pos) > 0 {
 		return usagef("serve takes no arguments")
 	}
-	log := newLogger(e.cfg, e.stderr)
+	logw, logc, err := logOutput(e.cfg, e.stderr)
+	if err != nil {
+		return err
+	}
+	defer logc.Close()
+	log := newLogger(e.cfg, logw)
 	server.Version = version
 	srv, err := server.New(e.cfg, log, e.stdout)
 	if err != nil {

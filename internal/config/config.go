@@ -34,7 +34,7 @@ type Config struct {
 type LogConfig struct {
 	Level      string        `toml:"level" doc:"debug, info, warn or error."`
 	Format     string        `toml:"format" doc:"text or json."`
-	File       string        `toml:"file" doc:"Log file, rotated by size and age. Empty: standard error."`
+	File       string        `toml:"file" doc:"Log file of agua serve, rotated by size and age; a relative path is inside data_dir. Empty: standard error."`
 	MaxSize    ByteSize      `toml:"max_size" doc:"Rotate the log file when it reaches this size (whole MiB, at least 1MiB)."`
 	MaxAge     time.Duration `toml:"max_age" doc:"Delete rotated log files older than this (whole days, rounded up)."`
 	MaxBackups int           `toml:"max_backups" doc:"Most rotated log files kept."`
