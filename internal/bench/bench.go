@@ -33,8 +33,8 @@ type Config struct {
 	PerSession  int           // messages per legitimate session (>= 1)
 	MaxSessions int           // sessions per legitimate client, then it stops (0 = until the end of the run)
 	MsgSize     int           // bytes per message body
-	From, Rcpt  string        // envelope of legitimate mail
-	User, Pass  string        // AUTH credentials for Proto "submission"
+	From, Rcpt  string        // envelope of legitimate mail; "%d" in Rcpt is the client's number (0, 1, ...)
+	User, Pass  string        // login for "submission", "pop3" and "imap"; "%d" in User is the client's number
 	Helo        string
 
 	Attacks      []string     // scenario names (see Scenarios)

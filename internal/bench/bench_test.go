@@ -187,3 +187,35 @@ func TestBenchMailboxProtocols(t *testing.T) {
 		}
 	}
 }
+
+// "%d" in -user and -rcpt gives each legitimate client a mailbox of its
+// own, so that concurrent POP3 clients do not meet the maildrop lock.
+func TestBenchPerClientMailbox(t *testing.T) {
+	var cfg config.Config
+	srv := startAgua(t, func(c *config.Config) { c.POP3.Listen = []string{"127.0.0.1:0"}; cfg = *c })
+	d, err := server.OpenDirectory(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"user0@example.test", "user1@example.test"} {
+		if err := d.AddUser(context.Background(), u, "bench password", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Close()
+	if _, err := bench.Run(context.Background(), bench.Config{
+		Target: srv.Addr("smtp"), Duration: 5 * time.Second, Legit: 2, Rcpt: "user%d@example.test", MaxSessions: 2,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := bench.Run(context.Background(), bench.Config{
+		Target: srv.Addr("pop3"), Proto: "pop3", Duration: 5 * time.Second, Legit: 2, MaxSessions: 5,
+		User: "user%d@example.test", Pass: "bench password",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := rep.Legit; l.Sessions != 10 || l.OK != l.Sessions || l.Messages != 2*l.OK {
+		t.Errorf("pop3: %+v", l)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -18,6 +19,12 @@ func runLegit(ctx context.Context, cfg *Config, i int, st *legitStats) {
 	if len(cfg.LegitSrc) > 0 {
 		src = cfg.LegitSrc[i%len(cfg.LegitSrc)]
 	}
+	// A "%d" in the login or the recipient is the client's number, so that
+	// each client can have a mailbox of its own (POP3 locks the maildrop:
+	// RFC 1939 8).
+	own := *cfg
+	own.User, own.Rcpt = perClient(cfg.User, i), perClient(cfg.Rcpt, i)
+	cfg = &own
 	rcpt := cfg.Rcpt
 	body := message(cfg.From, rcpt, cfg.MsgSize)
 	for done := 0; ctx.Err() == nil && (cfg.MaxSessions == 0 || done < cfg.MaxSessions); done++ {
@@ -44,6 +51,11 @@ func runLegit(ctx context.Context, cfg *Config, i int, st *legitStats) {
 			}
 		}
 	}
+}
+
+// perClient replaces "%d" in s with client number i.
+func perClient(s string, i int) string {
+	return strings.ReplaceAll(s, "%d", strconv.Itoa(i))
 }
 
 // legitSession runs one session and returns how many messages were
