@@ -396,3 +396,24 @@ func TestRejectReachesEagerClient(t *testing.T) {
 		}
 	}
 }
+
+// TestBotnetLogsRollUp: a botnet of 300 addresses in one /24, all denied,
+// is one log line for the network, not 300 lines.
+func TestBotnetLogsRollUp(t *testing.T) {
+	cfg := testConfig()
+	cfg.Rules = []string{"deny 127.53.0.0/16 drop"}
+	h := newHarness(t, cfg, Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp"})
+	for i := range 300 {
+		expectDropped(t, srv.addr, fmt.Sprintf("127.53.%d.%d", 7, 1+i%250))
+	}
+	for i := range 5 { // a few from another network stay per address
+		expectDropped(t, srv.addr, fmt.Sprintf("127.53.9.%d", 1+i))
+	}
+	h.s.agg.flush(h.s.log, time.Minute)
+	logs := h.logs.String()
+	lines := strings.Count(logs, `msg="shield denied"`)
+	if !strings.Contains(logs, `addr=127.53.7.0/24 count=300 source=config:rules[0] action=drop interval=1m0s addresses=250`) || lines != 6 {
+		t.Fatalf("%d lines:\n%s", lines, logs)
+	}
+}

@@ -16,6 +16,7 @@ import (
 type aggregator struct {
 	shards [16]aggShard
 	now    func() time.Time
+	netOf  func(netip.Addr) netip.Prefix // the network of an address, for roll-up lines
 }
 
 type aggKey struct {
@@ -113,19 +114,76 @@ func (a *aggregator) flush(log *slog.Logger, interval time.Duration) []aggEntry 
 			total[k] += v.log
 		}
 	}
-	keys := make([]aggKey, 0, len(total))
-	for k := range total {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return total[keys[i]] > total[keys[j]] })
-	for _, k := range keys {
+	for _, l := range a.rollup(total) {
 		msg := "shield denied"
-		if k.dryRun {
+		if l.key.dryRun {
 			msg = "shield would block"
 		}
-		log.Info(msg, "addr", whereString(k.where), "count", total[k], "source", k.source, "action", k.action.String(), "interval", interval.String())
+		args := []any{"addr", whereString(l.key.where), "count", l.count, "source", l.key.source, "action", l.key.action.String(), "interval", interval.String()}
+		if l.addrs > 1 {
+			args = append(args, "addresses", l.addrs)
+		}
+		log.Info(msg, args...)
 	}
 	return hist
+}
+
+// Roll-up limits: a network with more than rollupAddrs refused addresses
+// in one interval is logged as one line for the network (a botnet in one
+// ISP range), and at most maxLogLines lines are written per interval, the
+// rest summed into one line for addr "*".
+const (
+	rollupAddrs = 8
+	maxLogLines = 50
+)
+
+type logLine struct {
+	key   aggKey
+	count uint64
+	addrs int
+}
+
+// rollup turns per-address counts into the lines to log, biggest first.
+func (a *aggregator) rollup(total map[aggKey]uint64) []logLine {
+	groups := make(map[aggKey][]aggKey)
+	var lines []logLine
+	for k, n := range total {
+		if !k.where.IsValid() || !k.where.IsSingleIP() || a.netOf == nil {
+			lines = append(lines, logLine{k, n, 1})
+			continue
+		}
+		g := k
+		g.where = a.netOf(k.where.Addr())
+		groups[g] = append(groups[g], k)
+	}
+	for g, ks := range groups {
+		if len(ks) <= rollupAddrs {
+			for _, k := range ks {
+				lines = append(lines, logLine{k, total[k], 1})
+			}
+			continue
+		}
+		l := logLine{key: g, addrs: len(ks)}
+		for _, k := range ks {
+			l.count += total[k]
+		}
+		lines = append(lines, l)
+	}
+	sort.Slice(lines, func(i, j int) bool {
+		if lines[i].count != lines[j].count {
+			return lines[i].count > lines[j].count
+		}
+		return whereString(lines[i].key.where) < whereString(lines[j].key.where)
+	})
+	if len(lines) > maxLogLines {
+		rest := logLine{key: aggKey{source: "*", action: lines[maxLogLines].key.action}}
+		for _, l := range lines[maxLogLines-1:] {
+			rest.count += l.count
+			rest.addrs += l.addrs
+		}
+		lines = append(lines[:maxLogLines-1], rest)
+	}
+	return lines
 }
 
 // whereString prints an aggregation key: the address alone for a

@@ -100,6 +100,7 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	s.accounts = newLRU[string, window](n, hashString)
 	s.bans.Store(new(bart.Table[*ban]))
 	s.agg = newAggregator(s.now)
+	s.agg.netOf = s.netPrefix
 	s.act = newActivity(s.now)
 	s.hist = newHistory(&s.cfg, s.log)
 	s.lockdown.Store(cfg.Lockdown)
