@@ -42,7 +42,9 @@ func newActivity(now func() time.Time) *activity {
 	return a
 }
 
-func (a *activity) add(addr netip.Addr, fn func(*actVal)) {
+// add counts for addr: one admission (admitted, known-good) and/or one
+// event (ev != 0). No closures here: the value stays on the stack.
+func (a *activity) add(addr netip.Addr, admitted, knownGood bool, ev Event) {
 	ns := a.now().UnixNano()
 	k := actKey{addr: addr, minute: unixMinute(ns)}
 	sh := &a.shards[hashAddr(addr)%uint64(len(a.shards))]
@@ -56,25 +58,24 @@ func (a *activity) add(addr netip.Addr, fn func(*actVal)) {
 		v.first = ns
 	}
 	v.last = ns
-	fn(&v)
+	if admitted {
+		v.admitted++
+		if knownGood {
+			v.admittedGood++
+		}
+	}
+	if ev.valid() {
+		v.events[ev]++
+	}
 	sh.m[k] = v
 	sh.mu.Unlock()
 }
 
 // admitted counts one admitted connection from addr.
-func (a *activity) admitted(addr netip.Addr, knownGood bool) {
-	a.add(addr, func(v *actVal) {
-		v.admitted++
-		if knownGood {
-			v.admittedGood++
-		}
-	})
-}
+func (a *activity) admitted(addr netip.Addr, knownGood bool) { a.add(addr, true, knownGood, 0) }
 
 // event counts one reported event from addr.
-func (a *activity) event(addr netip.Addr, ev Event) {
-	a.add(addr, func(v *actVal) { v.events[ev]++ })
-}
+func (a *activity) event(addr netip.Addr, ev Event) { a.add(addr, false, false, ev) }
 
 // take returns and resets the counts.
 func (a *activity) take() map[actKey]actVal {

@@ -425,7 +425,8 @@ func (h *history) addTotals(d *histRec) {
 			t.refused[Allow] += uint64(rc.n)
 			continue
 		}
-		if rc.action <= Tarpit {
+		// An eviction closes an admitted connection: not a refusal.
+		if rc.action <= Tarpit && !strings.HasPrefix(rc.source, "evicted:") {
 			t.refused[rc.action] += uint64(rc.n)
 		}
 		t.addSource(sourceClass(rc.source), uint64(rc.n))

@@ -1,6 +1,7 @@
 package shield
 
 import (
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -226,5 +227,36 @@ func TestLogVolumeUnderFlood(t *testing.T) {
 	t.Logf("%d refused connections, %d log lines", n, lines)
 	if lines > 20 {
 		t.Errorf("%d log lines for %d refused connections:\n%s", lines, n, h.logs)
+	}
+}
+
+// BenchmarkHistoryCount is the history's cost on the accept path: one
+// admitted connection and one event counted (no allocation for a key
+// already seen this minute).
+func BenchmarkHistoryCount(b *testing.B) {
+	s, err := New(testConfig(), Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	addr := mustAddr("192.0.2.7")
+	b.ReportAllocs()
+	for b.Loop() {
+		s.act.admitted(addr, false)
+		s.act.event(addr, AuthFailure)
+	}
+}
+
+// TestHistoryCountDoesNotAllocate: counting an admission or an event for a
+// key already seen this minute allocates nothing.
+func TestHistoryCountDoesNotAllocate(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	addr := mustAddr("192.0.2.7")
+	h.s.act.admitted(addr, true)
+	if n := testing.AllocsPerRun(100, func() {
+		h.s.act.admitted(addr, true)
+		h.s.act.event(addr, UnknownRecipient)
+	}); n != 0 {
+		t.Errorf("%v allocations per count", n)
 	}
 }
