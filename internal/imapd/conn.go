@@ -109,6 +109,13 @@ func (w *watchConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// isEncrypted reports whether STARTTLS happened.
+func (w *watchConn) isEncrypted() bool {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	return w.encrypted
+}
+
 // readFailed reports whether the connection's last read failed, so that a
 // close by the engine after a good read means a command it could not parse.
 func (w *watchConn) readFailed() bool { return w.lastErr.Load() != nil }

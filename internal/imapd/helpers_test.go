@@ -67,7 +67,7 @@ type testServer struct {
 }
 
 // startTest serves on 127.0.0.1:0 over a fresh Maildir store.
-func startTest(t *testing.T, mutate func(*Config)) *testServer {
+func startTest(t testing.TB, mutate func(*Config)) *testServer {
 	t.Helper()
 	cfg := Config{Hostname: "imap.example.test", TLS: testTLS(t), AllowInsecureAuthLoopback: true, IdlePoll: 50 * time.Millisecond}
 	if mutate != nil {

@@ -129,7 +129,7 @@ func (s *session) Login(user, pass string) error {
 	}
 	s.user, s.quota = canonical, quota
 	s.conn.authed.Store(true)
-	s.log.Info("imap login", "user", canonical, "tls", s.tls || s.conn.encrypted)
+	s.log.Info("imap login", "user", canonical, "tls", s.tls || s.conn.isEncrypted())
 	return nil
 }
 
