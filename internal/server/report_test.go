@@ -37,7 +37,7 @@ func TestFloodLogsAndHistory(t *testing.T) {
 			c.Close()
 		}
 	}
-	denied := regexp.MustCompile(`msg="shield denied" addr=127\.0\.9\.\d+ count=(\d+)`)
+	denied := regexp.MustCompile(`msg="shield denied" addr=127\.0\.9\.[0-9/]+ count=(\d+)`) // per address, or the /24 rolled up
 	counted := func() int {
 		sum := 0
 		for _, m := range denied.FindAllStringSubmatch(ts.logs.String(), -1) {
@@ -69,7 +69,7 @@ func TestFloodLogsAndHistory(t *testing.T) {
 	}
 
 	var snap shield.HistorySnapshot
-	q := url.Values{"since": {start.Add(-time.Minute).UTC().Format(time.RFC3339)}}
+	q := url.Values{"since": {start.Add(-time.Minute).UTC().Format(time.RFC3339)}, "offending": {"true"}}
 	if err := admin.NewClient(AdminSocket(ts.cfg)).Do("GET", "/v1/history?"+q.Encode(), nil, &snap); err != nil {
 		t.Fatal(err)
 	}
