@@ -6,7 +6,12 @@
 #
 # Environment: AGUA (agua binary, default: go build), DURATION (10s),
 # LEGIT (10), ATTACK_CONNS (200), ATTACK_SRC (127.66.0.0/16), SCENARIOS,
-# PID (target process for RSS sampling; 0 = none), RCPT, PER_SESSION (1).
+# PID (target process for RSS sampling; 0 = none), RCPT, PER_SESSION (1),
+# TREE_PID (a server's root process: its whole process tree's RSS, PSS and
+# CPU are sampled by bench/proctree.py into NAME.proc.json; for
+# multi-process servers such as Postfix), BETWEEN (a command run before each
+# run, e.g. "agua unblock -all" so that every scenario starts without the
+# previous one's bans).
 set -euo pipefail
 label=${1:?label}; smtp=${2:?smtp host:port}; tls=${3:-127.0.0.1:2465}
 out=${4:-bench/results/$label}
@@ -28,8 +33,15 @@ scenarios=${SCENARIOS:-connect banner slowloris pregreet harvest flood junk http
 run() { # name, extra args...
   local name=$1; shift
   echo "== $label: $name" >&2
+  if [ -n "${BETWEEN:-}" ]; then eval "$BETWEEN" >/dev/null 2>&1 || true; fi
+  local sampler=
+  if [ -n "${TREE_PID:-}" ]; then
+    python3 "$root/bench/proctree.py" "$TREE_PID" > "$out/$name.proc.json" &
+    sampler=$!
+  fi
   "$AGUA" bench -quiet -json -target "$smtp" -tls-target "$tls" -duration "$dur" \
     -legit "$legit" -per-session "$per" -rcpt "$rcpt" -pid "$pid" "$@" > "$out/$name.json"
+  if [ -n "$sampler" ]; then kill "$sampler"; wait "$sampler" || true; fi
   sleep 2 # let sockets in TIME_WAIT and bans settle between runs
 }
 

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# Side by side: agua against Postfix (SMTP) and Dovecot (POP3, IMAP), on
+# this machine, loopback only. Run as root from anywhere:
+#
+#   DURATION=8s bench/compare.sh [OUT_DIR]
+#
+# It builds agua, starts it on a data folder and ports of its own (so an
+# agua on the default ports is left alone), installs/configures/starts
+# Postfix and Dovecot (bench/postfix-dovecot.sh), then runs, against each:
+#   throughput  smtp-source (2 KiB, 2000 messages, 20 sessions) and
+#               `agua bench -legit 20` (durable 250s per second)
+#   scenarios   bench/scenarios.sh: legit SMTP alone, then under each attack
+#   mailbox     10 mailboxes x 20 messages; `agua bench -proto pop3|imap`
+#   slowloris   19,000 held connections + 5 legit clients
+#   deny        connection flood from a denied /16 (action drop)
+# and writes OUT_DIR/summary.md (bench/summarize.py -compare). Postfix,
+# Dovecot and this agua are stopped at the end (KEEP_RUNNING=1: not).
+#
+# Environment: DURATION (8s), STEPS ("throughput scenarios mailbox slowloris
+# deny"), WORK (/var/tmp/agua-bench: agua's data), SCENARIOS (see
+# scenarios.sh), SLOWLORIS_CONNS (19000), SLOWLORIS_DURATION (20s).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root/bench/results/compare-$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=${WORK:-/var/tmp/agua-bench}
+dur=${DURATION:-8s}
+steps=${STEPS:-throughput scenarios mailbox slowloris deny}
+pd="$root/bench/postfix-dovecot.sh"
+pass='bench password'
+users="demo user0 user1 user2 user3 user4 user5 user6 user7 user8 user9"
+
+# agua's ports: none of its defaults (an agua may already run on those).
+AG_SMTP=127.0.0.1:3525 AG_SUB=127.0.0.1:3587 AG_TLS=127.0.0.1:3465
+AG_POP3=127.0.0.1:3110 AG_POP3S=127.0.0.1:3995 AG_IMAP=127.0.0.1:3143 AG_IMAPS=127.0.0.1:3993
+PF_SMTP=127.0.0.1:2526 PF_TLS=127.0.0.1:2466 DC_POP3=127.0.0.1:2111 DC_IMAP=127.0.0.1:2144
+ATTACK_DENIED=127.81.0.0/16   # denied with "drop" in both (shield.rules / postscreen_access_list)
+SLOW_SRC=127.80.0.0/16
+
+log() { echo "== $(date -u +%T) $*" >&2; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
+
+agua=$work/agua
+cfg=$work/agua.toml
+agua_pid=
+start_agua() {
+  (ulimit -n 20000; exec "$agua" serve -config "$cfg" "$@" >> "$out/agua.log" 2>&1) &
+  agua_pid=$!
+  echo "$agua_pid" > "$work/agua.pid"
+  wait_port "$AG_SMTP"
+}
+stop_agua() {
+  if [ -n "$agua_pid" ] && kill -0 "$agua_pid" 2>/dev/null; then
+    kill -INT "$agua_pid"; wait "$agua_pid" 2>/dev/null || true
+  fi
+  agua_pid=
+}
+cleanup() {
+  stop_agua
+  kill "${loadavg_pid:-}" 2>/dev/null || true
+  [ "${KEEP_RUNNING:-0}" = 1 ] || "$pd" stop || true
+}
+trap cleanup EXIT
+
+postfix_pid() { tr -d ' \n' < /var/spool/postfix/pid/master.pid; }
+dovecot_pid() { cat /run/dovecot-agua-bench/master.pid; }
+
+# bench NAME TREE_PID ARGS...: one agua bench run, JSON into $out/NAME.json,
+# the server's process tree sampled into $out/NAME.proc.json.
+bench() {
+  local name=$1 tree=$2; shift 2
+  mkdir -p "$(dirname "$out/$name")"
+  log "bench $name"
+  python3 "$root/bench/proctree.py" "$tree" > "$out/$name.proc.json" &
+  local s=$!
+  "$agua" bench -quiet -json "$@" > "$out/$name.json" || true
+  kill "$s"; wait "$s" || true
+}
+
+setup() {
+  log "build agua ($(git -C "$root" rev-parse --short HEAD))"
+  mkdir -p "$work"
+  (cd "$root" && go build -o "$agua" ./cmd/agua)
+  rm -rf "$work/agua-data"
+  mkdir -p "$work/agua-data"
+  cat > "$cfg" <<EOF
+# agua under benchmark (bench/compare.sh): defaults, ports of its own.
+data_dir = "$work/agua-data"
+[log]
+level = "warn"
+[accounts]
+demo = false
+[smtp]
+listen = ["$AG_SMTP"]
+submission_listen = ["$AG_SUB"]
+submissions_listen = ["$AG_TLS"]
+[pop3]
+listen = ["$AG_POP3"]
+tls_listen = ["$AG_POP3S"]
+[imap]
+listen = ["$AG_IMAP"]
+tls_listen = ["$AG_IMAPS"]
+[admin]
+listen = ""
+EOF
+  echo "deny $ATTACK_DENIED drop   # bench/compare.sh: the denied-flood run" > "$work/agua-data/shield.rules"
+  "$agua" domain add example.test -config "$cfg" >/dev/null
+  for u in $users; do printf '%s\n' "$pass" | "$agua" user add "$u@example.test" -config "$cfg" >/dev/null; done
+  # Dovecot verifies the very argon2id hash agua stored (same parameters).
+  local hash
+  hash=$(sqlite3 "$work/agua-data/agua.db" "select password from users where address='demo@example.test'")
+  "$pd" install >/dev/null
+  "$pd" stop
+  USERS="$users" PASS_HASH="{ARGON2ID}$hash" DENY_SRC=$ATTACK_DENIED "$pd" configure
+  postsuper -d ALL >/dev/null 2>&1 || true
+  rm -rf /var/lib/agua-bench/vmail/example.test/*
+  : > /var/log/postfix-agua-bench.log
+  "$pd" start
+  start_agua
+  {
+    echo "date: $(date -u '+%F %T UTC')"
+    echo "nproc: $(nproc)"
+    echo "cpu: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+    echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB total, " $7 " MiB available"}')"
+    echo "kernel: $(uname -srm)"
+    echo "filesystem: $(df -T "$work" | awk 'NR==2 {print $1, $2}') (agua data, Postfix queue and Maildirs: same file system)"
+    echo "go: $(go version)"
+    echo "agua: $(git -C "$root" rev-parse HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!bench' ':!BENCHMARKS.md' || echo ' (+ uncommitted changes in the tree)')"
+    echo "postfix: $(postconf -h mail_version) (Debian $(dpkg-query -W -f '${Version}' postfix))"
+    echo "dovecot: $(dovecot --version) (Debian $(dpkg-query -W -f '${Version}' dovecot-core))"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  } > "$out/machine.txt"
+  cat "$out/machine.txt" >&2
+}
+
+# smtp-source against PORT, timed; for Postfix also the time until its
+# queue is empty (every message in its Maildir).
+smtp_source() {
+  local name=$1 addr=$2 tree=$3 drain=${4:-0}
+  log "smtp-source $name"
+  python3 "$root/bench/proctree.py" "$tree" > "$out/throughput/smtp-source-$name.proc.json" &
+  local s=$! t0 t1 t2
+  t0=$(date +%s.%N)
+  smtp-source -c -l 2048 -m 2000 -s 20 -f bench@bench.example -t demo@example.test "$addr" > "$out/throughput/smtp-source-$name.out" 2>&1 || true
+  t1=$(date +%s.%N)
+  t2=$t1
+  if [ "$drain" = 1 ]; then "$pd" fill-wait 600; t2=$(date +%s.%N); fi
+  kill "$s"; wait "$s" || true
+  python3 - "$name" "$t0" "$t1" "$t2" "$out/throughput/smtp-source-$name.out" > "$out/throughput/smtp-source-$name.json" <<'EOF'
+import json, re, sys
+name, t0, t1, t2, f = sys.argv[1], *map(float, sys.argv[2:5]), sys.argv[5]
+text = open(f, errors="replace").read()
+nums = [int(x) for x in re.findall(r"\d+", text.split("\n")[-1] if text else "")] or [0]
+errors = [l for l in text.splitlines() if "smtp-source:" in l]
+print(json.dumps({"name": name, "messages": 2000, "accept_s": round(t1 - t0, 3), "in_maildir_s": round(t2 - t0, 3),
+                  "accept_per_s": round(2000 / (t1 - t0), 1), "in_maildir_per_s": round(2000 / (t2 - t0), 1),
+                  "errors": errors[:5]}))
+EOF
+}
+
+throughput() {
+  mkdir -p "$out/throughput"
+  "$pd" fill-wait 600
+  smtp_source agua "$AG_SMTP" "$agua_pid"
+  smtp_source postfix "$PF_SMTP" "$(postfix_pid)" 1
+  bench throughput/agua "$agua_pid" -target "$AG_SMTP" -legit 20 -duration "$dur" -pid "$agua_pid"
+  local t0 t1
+  t0=$(date +%s.%N)
+  bench throughput/postfix "$(postfix_pid)" -target "$PF_SMTP" -legit 20 -duration "$dur" -pid 0
+  "$pd" fill-wait 600
+  t1=$(date +%s.%N)
+  python3 -c "print('{\"postfix_bench_run_plus_drain_s\": %.2f}' % ($t1 - $t0))" > "$out/throughput/postfix-drain.json"
+}
+
+scenarios() {
+  "$pd" fill-wait 600
+  PID=$agua_pid TREE_PID=$agua_pid DURATION=$dur AGUA=$agua \
+    BETWEEN="'$agua' unblock -all -config '$cfg'" \
+    "$root/bench/scenarios.sh" agua "$AG_SMTP" "$AG_TLS" "$out/scenarios/agua" > /dev/null
+  PID=0 TREE_PID=$(postfix_pid) DURATION=$dur AGUA=$agua \
+    "$root/bench/scenarios.sh" postfix "$PF_SMTP" "$PF_TLS" "$out/scenarios/postfix" > /dev/null
+  "$pd" fill-wait 600
+}
+
+mailbox() {
+  log "fill 10 mailboxes x 20 messages on each"
+  "$agua" bench -quiet -target "$AG_SMTP" -legit 10 -sessions 20 -rcpt 'user%d@example.test' -pid 0 -duration 120s > "$out/fill-agua.txt"
+  "$agua" bench -quiet -target "$PF_SMTP" -legit 10 -sessions 20 -rcpt 'user%d@example.test' -pid 0 -duration 120s > "$out/fill-postfix.txt"
+  "$pd" fill-wait 600
+  {
+    for u in user0 user9; do
+      echo "agua $u: $(find "$work/agua-data/mail/example.test/$u/new" "$work/agua-data/mail/example.test/$u/cur" -type f | wc -l) messages"
+      echo "postfix/dovecot $u: $(find /var/lib/agua-bench/vmail/example.test/$u/new /var/lib/agua-bench/vmail/example.test/$u/cur -type f | wc -l) messages"
+    done
+  } > "$out/fill-counts.txt"
+  for p in pop3 imap; do
+    local a d
+    [ $p = pop3 ] && { a=$AG_POP3; d=$DC_POP3; } || { a=$AG_IMAP; d=$DC_IMAP; }
+    bench mailbox/$p-agua "$agua_pid" -proto $p -target "$a" -legit 10 -user 'user%d@example.test' -pass "$pass" -duration "$dur" -pid "$agua_pid"
+    sleep 2
+    bench mailbox/$p-dovecot "$(dovecot_pid)" -proto $p -target "$d" -legit 10 -user 'user%d@example.test' -pass "$pass" -duration "$dur" -pid 0
+    sleep 2
+  done
+}
+
+slowloris() {
+  local n=${SLOWLORIS_CONNS:-19000} sd=${SLOWLORIS_DURATION:-20s}
+  "$agua" unblock -all -config "$cfg" >/dev/null 2>&1 || true
+  bench slowloris/agua "$agua_pid" -target "$AG_SMTP" -legit 5 -attack slowloris -attack-conns "$n" -attack-src "$SLOW_SRC" -duration "$sd" -pid "$agua_pid"
+  sleep 5
+  bench slowloris/postfix "$(postfix_pid)" -target "$PF_SMTP" -legit 5 -attack slowloris -attack-conns "$n" -attack-src "$SLOW_SRC" -duration "$sd" -pid 0
+  sleep 5
+  "$pd" fill-wait 600
+}
+
+deny() {
+  for sc in connect banner; do
+    bench deny/$sc-agua "$agua_pid" -target "$AG_SMTP" -legit 5 -attack $sc -attack-conns 50 -attack-src "$ATTACK_DENIED" -duration "$dur" -pid "$agua_pid"
+    sleep 2
+    local before after
+    before=$(grep -c 'DENYLISTED\|BLACKLISTED' /var/log/postfix-agua-bench.log || true)
+    bench deny/$sc-postfix "$(postfix_pid)" -target "$PF_SMTP" -legit 5 -attack $sc -attack-conns 50 -attack-src "$ATTACK_DENIED" -duration "$dur" -pid 0
+    after=$(grep -c 'DENYLISTED\|BLACKLISTED' /var/log/postfix-agua-bench.log || true)
+    echo "{\"postscreen_denylisted\": $((after - before))}" > "$out/deny/$sc-postfix.log.json"
+    sleep 2
+  done
+  "$agua" status -config "$cfg" > "$out/deny/agua-status.json" 2>&1 || true
+}
+
+# Load average once a second for the whole comparison.
+( while :; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg)"; sleep 1; done ) > "$out/loadavg.txt" &
+loadavg_pid=$!
+
+setup
+for s in $steps; do
+  "$s"
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
+python3 "$root/bench/summarize.py" -compare "$out" > "$out/summary.md"
+log "done: $out/summary.md"
