@@ -44,6 +44,18 @@ func (a *AddrHistory) RefusedTotal() uint64 {
 	return n
 }
 
+// Offending reports whether the address did anything a well-behaved client
+// does not: a failed login, an unknown recipient, a protocol error, a
+// pregreet, a refused connection (dry runs aside) or a ban.
+func (a *AddrHistory) Offending() bool {
+	for name, n := range a.Events {
+		if n > 0 && name != AuthSuccess.String() && name != MessageAccepted.String() && name != RecipientAccepted.String() {
+			return true
+		}
+	}
+	return a.RefusedTotal() > 0 || len(a.Bans) > 0
+}
+
 // Refusal counts refused connections of one decision source and action.
 type Refusal struct {
 	Source string `json:"source"` // "shield.rules:12", "ban:auth_failure", "limit:per_ip_rate", "capacity", "lockdown", ...

@@ -43,7 +43,8 @@ func (e *env) history(since string, step time.Duration) (shield.HistorySnapshot,
 	}
 	var snap shield.HistorySnapshot
 	c := admin.NewClient(server.AdminSocket(e.cfg))
-	q := url.Values{"since": {from.UTC().Format(time.RFC3339)}, "step": {step.String()}}
+	// Reports need only the addresses that misbehaved.
+	q := url.Values{"since": {from.UTC().Format(time.RFC3339)}, "step": {step.String()}, "offending": {"true"}}
 	err = c.Do("GET", "/v1/history?"+q.Encode(), nil, &snap)
 	if errors.Is(err, admin.ErrNotRunning) {
 		// The server is stopped: read what it saved.

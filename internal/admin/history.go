@@ -23,8 +23,10 @@ func ParseSince(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// history serves GET /v1/history?since=24h&step=1m: the shield's event
-// history (per address, a timeline, bans and unbans) for reports.
+// history serves GET /v1/history?since=24h&step=1m[&offending=true]: the
+// shield's event history (per address, a timeline, bans and unbans) for
+// reports; with offending=true only the addresses that misbehaved, which
+// keeps the answer small on a busy server.
 func (a *Server) history(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	now := time.Now()
@@ -45,5 +47,15 @@ func (a *Server) history(w http.ResponseWriter, r *http.Request) {
 		}
 		step = d
 	}
-	writeJSON(w, http.StatusOK, a.Shield.HistorySnapshot(since, step))
+	snap := a.Shield.HistorySnapshot(since, step)
+	if q.Get("offending") == "true" {
+		kept := snap.Addrs[:0]
+		for _, ah := range snap.Addrs {
+			if ah.Offending() {
+				kept = append(kept, ah)
+			}
+		}
+		snap.Addrs = kept
+	}
+	writeJSON(w, http.StatusOK, snap)
 }
