@@ -24,11 +24,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"io"
 	"log/slog"
 	"net"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -148,13 +147,7 @@ type Server struct {
 	hooks   Hooks
 	log     *slog.Logger
 
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	idle     map[*session]struct{} // sessions waiting for a command
-	closing  atomic.Bool
-	wg       sync.WaitGroup
-	panics   atomic.Uint64
-	sessions atomic.Int64
+	*connsrv.Tracker // accept loop, sessions, graceful shutdown
 }
 
 // NewServer returns a server; ImplicitTLS needs a TLS config.
@@ -170,7 +163,7 @@ func NewServer(cfg Config, backend Backend, hooks Hooks, log *slog.Logger) (*Ser
 	if cfg.ImplicitTLS {
 		name = "pop3s"
 	}
-	return &Server{cfg: cfg, name: name, backend: backend, hooks: hooks, log: log, conns: map[net.Conn]struct{}{}, idle: map[*session]struct{}{}}, nil
+	return &Server{cfg: cfg, name: name, backend: backend, hooks: hooks, log: log, Tracker: connsrv.New(name, log)}, nil
 }
 
 // Name returns "pop3" or "pop3s".
@@ -179,100 +172,4 @@ func (s *Server) Name() string { return s.name }
 // Serve accepts connections until the listener is closed. With
 // ImplicitTLS, pass the plain listener: each connection's handshake runs in
 // its session goroutine, under its deadlines, and never blocks Accept.
-func (s *Server) Serve(ln net.Listener) error {
-	var tempDelay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			// Timeouts, EMFILE and friends: back off rather than spin.
-			tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-			s.log.Warn("pop3 accept failed", "err", err)
-			time.Sleep(tempDelay)
-			continue
-		}
-		tempDelay = 0
-		if !s.track(c, true) {
-			c.Close()
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.track(c, false)
-			s.serveConn(c)
-		}()
-	}
-}
-
-func (s *Server) track(c net.Conn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.closing.Load() {
-			return false
-		}
-		s.conns[c] = struct{}{}
-		s.sessions.Add(1)
-	} else {
-		delete(s.conns, c)
-		s.sessions.Add(-1)
-	}
-	return true
-}
-
-// Shutdown stops new sessions and ends running ones cleanly: a session
-// waiting for a command is answered -ERR [SYS/TEMP] at once; one sending a
-// message or applying its QUIT finishes first. Sessions ended this way
-// delete nothing (no QUIT, RFC 1939 6). When ctx ends first, whatever is
-// left is closed. Listeners are closed by their owner.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.closing.Store(true)
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	// Wake idle sessions by expiring their read deadline. Repeated, because
-	// a session may set a fresh deadline just after one wake-up.
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		s.mu.Lock()
-		for ss := range s.idle {
-			ss.conn.SetReadDeadline(time.Now())
-		}
-		s.mu.Unlock()
-		select {
-		case <-done:
-			return nil
-		case <-tick.C:
-			continue
-		case <-ctx.Done():
-		}
-		break
-	}
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	<-done
-	return ctx.Err()
-}
-
-// setIdle records whether a session waits for a command.
-func (s *Server) setIdle(ss *session, idle bool) {
-	s.mu.Lock()
-	if idle {
-		s.idle[ss] = struct{}{}
-	} else {
-		delete(s.idle, ss)
-	}
-	s.mu.Unlock()
-}
-
-// Sessions returns the number of sessions running now.
-func (s *Server) Sessions() int64 { return s.sessions.Load() }
-
-// Panics returns how many sessions ended in a recovered panic.
-func (s *Server) Panics() uint64 { return s.panics.Load() }
+func (s *Server) Serve(ln net.Listener) error { return s.Tracker.Serve(ln, s.serveConn) }

@@ -8,6 +8,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"io"
 	"log/slog"
 	"net"
@@ -142,7 +143,7 @@ func (s *Server) serveConn(c net.Conn) {
 	}()
 	defer func() {
 		if v := recover(); v != nil {
-			s.panics.Add(1)
+			s.Panicked()
 			ss.log.Error("pop3 session panic", "panic", v, "stack", string(debug.Stack()))
 			if ss.w != nil {
 				ss.reply(errInternal)
@@ -197,19 +198,19 @@ func (ss *session) run() {
 		return
 	}
 	s := ss.srv
-	defer s.setIdle(ss, false)
+
 	for {
-		if s.closing.Load() {
+		if s.Closing() {
 			ss.reply(errShuttingDown)
 			ss.flush()
 			return
 		}
-		s.setIdle(ss, true)
+		s.SetIdle(ss.conn, true)
 		line, err := ss.readLine()
-		s.setIdle(ss, false)
+		s.SetIdle(ss.conn, false)
 		switch {
 		case errors.Is(err, errLineTooLong):
-		case err != nil && s.closing.Load() && isTimeout(err):
+		case err != nil && s.Closing() && connsrv.IsTimeout(err):
 			continue // woken by Shutdown: the loop answers
 		case err != nil:
 			ss.readFailed(err)
@@ -300,11 +301,6 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 		ss.flush()
 	}
 	return true
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (ss *session) readFailed(err error) {

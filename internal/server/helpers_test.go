@@ -277,3 +277,21 @@ func appendFile(t *testing.T, path, text string) {
 		t.Fatal(err)
 	}
 }
+
+// expectDropped dials from src and checks the server sent nothing and
+// closed. A drop resets the connection, and on loopback the reset can beat
+// connect() back, so a dial refused or reset counts as dropped too.
+func expectDropped(t *testing.T, addr, src string) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	if n, err := c.Read(buf); err == nil {
+		t.Fatalf("want the connection from %s dropped, got %q", src, buf[:n])
+	}
+}

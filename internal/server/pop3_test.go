@@ -466,6 +466,5 @@ func TestPOP3BanDrop(t *testing.T) {
 	p.do("USER "+testUser, "+OK")
 	p.send("PASS wrong2")
 	p.expectClosed()
-	again := dialFrom(t, addr, "127.0.0.95")
-	again.expectClosed()
+	expectDropped(t, addr, "127.0.0.95")
 }

@@ -20,11 +20,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"io"
 	"log/slog"
 	"net"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -151,14 +150,7 @@ type Server struct {
 	hooks   Hooks
 	log     *slog.Logger
 
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	idle     map[*session]struct{} // sessions waiting for a command
-	closing  atomic.Bool
-	wg       sync.WaitGroup
-	nextID   atomic.Uint64
-	panics   atomic.Uint64
-	sessions atomic.Int64
+	*connsrv.Tracker // accept loop, sessions, graceful shutdown
 }
 
 // NewServer returns a server for one mode.
@@ -170,113 +162,11 @@ func NewServer(mode Mode, cfg Config, backend Backend, hooks Hooks, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{cfg: cfg, mode: mode, backend: backend, hooks: hooks, log: log, conns: map[net.Conn]struct{}{}, idle: map[*session]struct{}{}}, nil
+	return &Server{cfg: cfg, mode: mode, backend: backend, hooks: hooks, log: log, Tracker: connsrv.New(mode.String(), log)}, nil
 }
 
 // Serve accepts connections until the listener is closed. For
 // ModeSubmissions, pass the plain listener: Serve wraps each connection in
 // TLS itself so the handshake runs in the session goroutine, under its
 // deadlines, and never blocks Accept.
-func (s *Server) Serve(ln net.Listener) error {
-	var tempDelay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-				time.Sleep(tempDelay)
-				continue
-			}
-			// EMFILE and friends: back off rather than spin.
-			tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-			s.log.Warn("smtp accept failed", "err", err)
-			time.Sleep(tempDelay)
-			continue
-		}
-		tempDelay = 0
-		if !s.track(c, true) {
-			c.Close()
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.track(c, false)
-			s.serveConn(c)
-		}()
-	}
-}
-
-func (s *Server) track(c net.Conn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.closing.Load() {
-			return false
-		}
-		s.conns[c] = struct{}{}
-		s.sessions.Add(1)
-	} else {
-		delete(s.conns, c)
-		s.sessions.Add(-1)
-	}
-	return true
-}
-
-// Shutdown stops new sessions and ends running ones cleanly: a session
-// waiting for a command is answered 421 4.3.2 at once (RFC 5321 3.8); one
-// in the middle of a transaction finishes it, then gets the 421. When ctx
-// ends first, whatever is left is closed. Listeners are closed by their
-// owner.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.closing.Store(true)
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	// Wake idle sessions by expiring their read deadline. Repeated, because
-	// a session may set a fresh deadline just after one wake-up.
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		s.mu.Lock()
-		for ss := range s.idle {
-			ss.conn.SetReadDeadline(time.Now())
-		}
-		s.mu.Unlock()
-		select {
-		case <-done:
-			return nil
-		case <-tick.C:
-			continue
-		case <-ctx.Done():
-		}
-		break
-	}
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	<-done
-	return ctx.Err()
-}
-
-// setIdle records whether a session waits for a command.
-func (s *Server) setIdle(ss *session, idle bool) {
-	s.mu.Lock()
-	if idle {
-		s.idle[ss] = struct{}{}
-	} else {
-		delete(s.idle, ss)
-	}
-	s.mu.Unlock()
-}
-
-// Sessions returns the number of sessions running now.
-func (s *Server) Sessions() int64 { return s.sessions.Load() }
-
-// Panics returns how many sessions ended in a recovered panic.
-func (s *Server) Panics() uint64 { return s.panics.Load() }
+func (s *Server) Serve(ln net.Listener) error { return s.Tracker.Serve(ln, s.serveConn) }

@@ -8,6 +8,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"io"
 	"log/slog"
 	"net"
@@ -118,7 +119,7 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			s.panics.Add(1)
+			s.Panicked()
 			ss.log.Error("smtp session panic", "panic", v, "stack", string(debug.Stack()))
 			ss.reply(errInternal)
 		}
@@ -150,19 +151,19 @@ func (ss *session) run() {
 	if ss.flush() != nil {
 		return
 	}
-	defer s.setIdle(ss, false)
+
 	for {
-		if s.closing.Load() {
+		if s.Closing() {
 			ss.reply(errShuttingDown)
 			ss.flush()
 			return
 		}
-		s.setIdle(ss, true)
+		s.SetIdle(ss.conn, true)
 		line, err := ss.readLine(s.cfg.MaxCommandLength, s.cfg.CommandTimeout)
-		s.setIdle(ss, false)
+		s.SetIdle(ss.conn, false)
 		switch {
 		case errors.Is(err, errLineTooLong):
-		case err != nil && s.closing.Load() && isTimeout(err):
+		case err != nil && s.Closing() && connsrv.IsTimeout(err):
 			continue // woken by Shutdown: the loop answers 421
 		case err != nil:
 			ss.readFailed(err)
@@ -286,11 +287,6 @@ func (ss *session) report(ev shield.Event) bool {
 	}
 	ss.shieldEnds(d)
 	return false
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (ss *session) readFailed(err error) {

@@ -1,0 +1,150 @@
+// Package connsrv runs the connection lifecycle that agua's line-protocol
+// servers (SMTP, POP3) share: the accept loop with back-off, one goroutine
+// per session, tracking of open and idle sessions, and the graceful
+// shutdown that wakes idle sessions at once (so they can answer "shutting
+// down") while sessions in the middle of a transaction finish it.
+package connsrv
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Tracker is embedded by a protocol server.
+type Tracker struct {
+	name string
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	idle     map[net.Conn]struct{} // sessions waiting for a command
+	closing  atomic.Bool
+	wg       sync.WaitGroup
+	sessions atomic.Int64
+	panics   atomic.Uint64
+}
+
+// New returns a tracker; name appears in its log lines ("smtp", "pop3").
+func New(name string, log *slog.Logger) *Tracker {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Tracker{name: name, log: log, conns: map[net.Conn]struct{}{}, idle: map[net.Conn]struct{}{}}
+}
+
+// Serve accepts connections until the listener is closed and runs handle
+// for each in its own goroutine. Temporary errors (EMFILE, timeouts) back
+// off up to a second rather than spin.
+func (t *Tracker) Serve(ln net.Listener, handle func(net.Conn)) error {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if t.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			t.log.Warn(t.name+" accept failed", "err", err)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if !t.track(c, true) {
+			c.Close()
+			continue
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			defer t.track(c, false)
+			handle(c)
+		}()
+	}
+}
+
+func (t *Tracker) track(c net.Conn, add bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if add {
+		if t.closing.Load() {
+			return false
+		}
+		t.conns[c] = struct{}{}
+		t.sessions.Add(1)
+	} else {
+		delete(t.conns, c)
+		t.sessions.Add(-1)
+	}
+	return true
+}
+
+// SetIdle records whether the session on c waits for a command; Shutdown
+// wakes idle sessions by expiring c's read deadline.
+func (t *Tracker) SetIdle(c net.Conn, idle bool) {
+	t.mu.Lock()
+	if idle {
+		t.idle[c] = struct{}{}
+	} else {
+		delete(t.idle, c)
+	}
+	t.mu.Unlock()
+}
+
+// Closing reports whether Shutdown has begun: sessions check it before
+// reading the next command.
+func (t *Tracker) Closing() bool { return t.closing.Load() }
+
+// Shutdown stops new sessions and waits for running ones, waking the idle
+// ones; when ctx ends first, whatever is left is closed. Listeners are
+// closed by their owner.
+func (t *Tracker) Shutdown(ctx context.Context) error {
+	t.closing.Store(true)
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	// Repeated, because a session may set a fresh deadline just after one
+	// wake-up.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		t.mu.Lock()
+		for c := range t.idle {
+			c.SetReadDeadline(time.Now())
+		}
+		t.mu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-tick.C:
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	t.mu.Lock()
+	for c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// Sessions returns the number of sessions running now.
+func (t *Tracker) Sessions() int64 { return t.sessions.Load() }
+
+// Panicked counts a session that ended in a recovered panic.
+func (t *Tracker) Panicked() { t.panics.Add(1) }
+
+// Panics returns how many sessions ended in a recovered panic.
+func (t *Tracker) Panics() uint64 { return t.panics.Load() }
+
+// IsTimeout reports a deadline error (including Shutdown's wake-up).
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
