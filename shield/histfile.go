@@ -125,11 +125,11 @@ func (l *histLine) totals() *minuteTotals {
 func (h *history) open(path string, now time.Time) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.path = path
 	if err := h.loadLocked(path, now); err != nil {
-		return err
+		return err // not persisted: an unreadable file is not overwritten
 	}
-	return h.compactLocked()
+	h.path = path
+	return h.compactLocked() // on failure, retried at the next fold
 }
 
 // load reads a history file (read-only use).
@@ -252,9 +252,19 @@ func (h *history) compactLocked() error {
 }
 
 // persist appends lines and syncs; the file is compacted once it has grown
-// to twice its compacted size (and at least 1 MiB).
-func (h *history) persist(lines []byte, _ time.Time) {
-	if h.file == nil || len(lines) == 0 {
+// to twice its compacted size (and at least 1 MiB). After a failed write
+// (disk full) the file is rewritten whole from memory at the next fold.
+func (h *history) persist(lines []byte) {
+	if h.path == "" {
+		return
+	}
+	if h.file == nil {
+		if err := h.compactLocked(); err != nil {
+			h.log.Error("shield history save failed", "err", err)
+		}
+		return
+	}
+	if len(lines) == 0 {
 		return
 	}
 	_, err := h.file.Write(lines)
@@ -263,6 +273,8 @@ func (h *history) persist(lines []byte, _ time.Time) {
 	}
 	if err != nil {
 		h.log.Error("shield history save failed", "err", err)
+		h.file.Close()
+		h.file = nil
 		return
 	}
 	h.size += int64(len(lines))
@@ -281,4 +293,5 @@ func (h *history) close() {
 		h.file.Close()
 		h.file = nil
 	}
+	h.path = "" // closed: nothing more is written
 }

@@ -349,12 +349,12 @@ func (h *history) fold(denials []aggEntry, act map[actKey]actVal, now time.Time)
 	for _, k := range keys {
 		d := deltas[k]
 		h.apply(k.where, d, true)
-		if h.file != nil {
+		if h.path != "" {
 			lines = appendLine(lines, deltaLine("d", k.where, d))
 		}
 	}
 	h.expire(now)
-	h.persist(lines, now)
+	h.persist(lines)
 }
 
 // apply adds a delta to the address's record and, with totals, to the
@@ -476,7 +476,7 @@ func (s *Shield) historyBan(e BanEvent) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.addBan(e, true)
-	if h.file != nil {
+	if h.path != "" {
 		// Written with the next fold: one fsync per fold, not per ban.
 		h.pending = appendLine(h.pending, banLine("b", e))
 	}

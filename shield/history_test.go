@@ -260,3 +260,24 @@ func TestHistoryCountDoesNotAllocate(t *testing.T) {
 		t.Errorf("%v allocations per count", n)
 	}
 }
+
+// TestHistoryRewritesAfterWriteError: after a failed append (disk full)
+// the next fold rewrites the whole file from memory.
+func TestHistoryRewritesAfterWriteError(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, testConfig(), Options{StateDir: dir})
+	h.s.report(nil, mustAddr("192.0.2.7"), PreGreet, h.clock.Now())
+	h.s.hist.mu.Lock()
+	h.s.hist.file.Close() // the next write fails
+	h.s.hist.mu.Unlock()
+	h.s.foldHistory()
+	if !strings.Contains(h.logs.String(), "shield history save failed") {
+		t.Fatalf("no error logged:\n%s", h.logs)
+	}
+	h.s.report(nil, mustAddr("192.0.2.8"), PreGreet, h.clock.Now())
+	h.s.foldHistory()
+	data, _ := os.ReadFile(filepath.Join(dir, historyFile))
+	if !strings.Contains(string(data), "192.0.2.7/32") || !strings.Contains(string(data), "192.0.2.8/32") {
+		t.Errorf("history file after the error:\n%s", data)
+	}
+}
