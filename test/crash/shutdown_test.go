@@ -26,12 +26,11 @@ func TestGracefulStopUnderLoad(t *testing.T) {
 	checkMaildir(t, srv, led)
 }
 
-// TestStopRefusesNewTransactions: once agua is shutting down (its listener
-// is closed), a connected client's next command must get 421 or a closed
-// connection, not start a new transaction (RFC 5321 3.8). Before 726a569
-// open sessions went on taking mail for up to 10 s and were then cut
-// without a reply.
-func TestStopRefusesNewTransactions(t *testing.T) {
+// TestStopAnswersIdleSessions: on SIGTERM an idle session is answered
+// "421 4.3.2" at once and closed (RFC 5321 3.8), without the client
+// sending anything. Before 726a569 open sessions went on taking mail for
+// up to 10 s and were then cut without a reply.
+func TestStopAnswersIdleSessions(t *testing.T) {
 	srv := harness.New(t, harness.Options{})
 	srv.AddUser(t, rcpt, "crash-test-password")
 	srv.Start(t)
@@ -41,6 +40,8 @@ func TestStopRefusesNewTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// A bound, not an expectation: agua used to cut idle sessions after
+	// 10 s without a reply, which must fail here, not pass late.
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	r := bufio.NewReader(conn)
 	if code, _, err := readReply(r); err != nil || code != 220 {
@@ -52,28 +53,13 @@ func TestStopRefusesNewTransactions(t *testing.T) {
 	}
 
 	srv.Terminate(t)
-	// Shutting down: the listener closes first.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", srv.SMTP, time.Second)
-		if err != nil {
-			break
-		}
-		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("the MX listener still accepts connections 10 s after SIGTERM")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	fmt.Fprintf(conn, "MAIL FROM:<%s>\r\n", sender)
 	code, text, err := readReply(r)
-	switch {
-	case err != nil:
-		t.Logf("connection closed after SIGTERM: %v", err)
-	case code == 421:
-		t.Logf("421 after SIGTERM: %s", text)
-	default:
-		t.Errorf("MAIL FROM after SIGTERM got %d %s, want 421 or a closed connection", code, strings.TrimSpace(text))
+	if err != nil {
+		t.Errorf("idle session after SIGTERM: %v, want an unsolicited 421", err)
+	} else if code != 421 {
+		t.Errorf("idle session after SIGTERM got %d %s, want 421", code, strings.TrimSpace(text))
+	} else {
+		t.Logf("after SIGTERM: 421 %s", text)
 	}
 	if err := srv.Wait(t); err != nil {
 		t.Errorf("agua exited with %v after SIGTERM", err)

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -272,9 +273,12 @@ func New(t testing.TB, opts Options) *Server {
 	return s
 }
 
-// FreePorts returns n distinct free loopback addresses. Another program may
-// take one before agua binds it; Start then fails with "address already in
-// use", which is rare enough not to retry.
+// FreePorts returns n distinct free loopback addresses. The ports are taken
+// below the kernel's ephemeral range when it leaves room, because a test
+// that kills agua restarts it on the same ports: an ephemeral port can
+// meanwhile become the source port of any outgoing connection on the
+// machine, and the restart would fail with "address already in use".
+// Another program may still take a port before agua binds it.
 func FreePorts(t testing.TB, n int) []string {
 	t.Helper()
 	var lns []net.Listener
@@ -283,16 +287,45 @@ func FreePorts(t testing.TB, n int) []string {
 			ln.Close()
 		}
 	}()
-	addrs := make([]string, n)
-	for i := range addrs {
+	addrs := make([]string, 0, n)
+	if lo, ok := ephemeralLow(); ok && lo > lowPortMin+1000 {
+		for tries := 0; len(addrs) < n && tries < 50*n; tries++ {
+			port := lowPortMin + mrand.IntN(lo-lowPortMin)
+			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+			if err != nil {
+				continue // in use
+			}
+			lns = append(lns, ln) // held until all are chosen, so they differ
+			addrs = append(addrs, ln.Addr().String())
+		}
+	}
+	for len(addrs) < n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		lns = append(lns, ln) // held until all are chosen, so they differ
-		addrs[i] = ln.Addr().String()
+		lns = append(lns, ln)
+		addrs = append(addrs, ln.Addr().String())
 	}
 	return addrs
+}
+
+// lowPortMin is the lowest port FreePorts picks itself, above the
+// well-known and most registered service ports.
+const lowPortMin = 20000
+
+// ephemeralLow returns the first port of Linux's ephemeral range.
+func ephemeralLow() (int, bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, false
+	}
+	lo, err := strconv.Atoi(f[0])
+	return lo, err == nil
 }
 
 // Agua runs a CLI verb with -config, stdin as its standard input, and
