@@ -24,6 +24,13 @@ var ErrFolderExists = errors.New("maildir: folder exists")
 // that a folder the user deleted is not created again at the next login.
 const defaultFoldersMarker = "agua-default-folders"
 
+// scratchName names a folder being created or removed: it starts with
+// "..", which no folder name can (an empty first level), so ListFolders
+// never shows it and no client can name it.
+func scratchName(what, unique string) string {
+	return "..agua-" + what + "-" + strings.ReplaceAll(unique, ",", "_")
+}
+
 func (s *Store) folderDir(mailbox, name string) (string, error) {
 	if !validFolderName(name) || strings.EqualFold(name, "INBOX") {
 		return "", fmt.Errorf("%w: %q", ErrBadFolder, name)
@@ -41,7 +48,7 @@ func (s *Store) CreateFolder(mailbox, name string) error {
 	if _, _, err := s.mailbox(mailbox).ensureDirs(s); err != nil {
 		return err
 	}
-	tmp := filepath.Join(s.MaildirPath(mailbox), ".agua-new-"+strings.ReplaceAll(s.uniqueName(0), ",", "_"))
+	tmp := filepath.Join(s.MaildirPath(mailbox), scratchName("new", s.uniqueName(0)))
 	// Build the folder under a temporary name, then rename it into place:
 	// a crash never leaves a half-made folder under the real name.
 	for _, sub := range []string{"tmp", "new", "cur"} {
@@ -79,7 +86,7 @@ func (s *Store) DeleteFolder(mailbox, name string) error {
 		return fmt.Errorf("%w: %s", ErrNoFolder, name)
 	}
 	// Rename away first (atomic: the name is gone at once), then remove.
-	gone := filepath.Join(s.MaildirPath(mailbox), ".agua-deleted-"+strings.ReplaceAll(s.uniqueName(0), ",", "_"))
+	gone := filepath.Join(s.MaildirPath(mailbox), scratchName("deleted", s.uniqueName(0)))
 	if err := os.Rename(dir, gone); err != nil {
 		return fmt.Errorf("maildir: deleting folder: %w", err)
 	}
@@ -154,7 +161,7 @@ func (s *Store) ListFolders(mailbox string) ([]string, error) {
 	var out []string
 	for _, e := range entries {
 		n := e.Name()
-		if !e.IsDir() || !strings.HasPrefix(n, ".") || strings.HasPrefix(n, ".agua-") || !validFolderName(n[1:]) {
+		if !e.IsDir() || !strings.HasPrefix(n, ".") || !validFolderName(n[1:]) {
 			continue
 		}
 		out = append(out, n[1:])

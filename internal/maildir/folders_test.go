@@ -23,7 +23,7 @@ func TestFolderManagement(t *testing.T) {
 	if err := s.CreateDefaultFolders(box, []string{"Sent", "Trash"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []string{"A", "A.B", "A.B.C"} {
+	for _, n := range []string{"A", "A.B", "A.B.C", "agua-new-x"} {
 		if err := s.CreateFolder(box, n); err != nil {
 			t.Fatal(err)
 		}
@@ -38,7 +38,7 @@ func TestFolderManagement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"Sent", "Z", "Z.B", "Z.B.C"}; !slices.Equal(got, want) {
+	if want := []string{"Sent", "Z", "Z.B", "Z.B.C", "agua-new-x"}; !slices.Equal(got, want) {
 		t.Fatalf("folders %v, want %v", got, want)
 	}
 	for _, bad := range []string{"", "..", "../x", "a/b", ".x", "x.", "a..b", "a\x00b", "INBOX"} {
