@@ -6,6 +6,7 @@
 package connsrv
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log/slog"
@@ -147,4 +148,42 @@ func (t *Tracker) Panics() uint64 { return t.panics.Load() }
 func IsTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// ErrLineTooLong is returned by ReadLine for a line over its limit.
+var ErrLineTooLong = errors.New("line too long")
+
+// ReadLine reads one CRLF (or LF) terminated line of at most max bytes and
+// returns it without the terminator. An overlong line is consumed to its
+// end and reported as ErrLineTooLong, so the session stays in step; memory
+// never grows past max whatever the client sends.
+func ReadLine(r *bufio.Reader, max int) (string, error) {
+	var buf []byte
+	tooLong := false
+	for {
+		frag, err := r.ReadSlice('\n')
+		if !tooLong {
+			if len(buf)+len(frag) > max {
+				tooLong = true
+				buf = nil
+			} else {
+				buf = append(buf, frag...)
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		break
+	}
+	if tooLong {
+		return "", ErrLineTooLong
+	}
+	buf = buf[:len(buf)-1]
+	if n := len(buf); n > 0 && buf[n-1] == '\r' {
+		buf = buf[:n-1]
+	}
+	return string(buf), nil
 }

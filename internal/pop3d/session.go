@@ -327,34 +327,11 @@ func (ss *session) readFailed(err error) {
 func (ss *session) readLine() (string, error) {
 	max := ss.srv.cfg.MaxLineLength
 	ss.setReadDeadline(ss.commandTimeout())
-	var buf []byte
-	tooLong := false
-	for {
-		frag, err := ss.r.ReadSlice('\n')
-		if !tooLong {
-			if len(buf)+len(frag) > max {
-				tooLong = true
-				buf = nil
-			} else {
-				buf = append(buf, frag...)
-			}
-		}
-		if err == bufio.ErrBufferFull {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		break
-	}
-	if tooLong {
+	line, err := connsrv.ReadLine(ss.r, max)
+	if errors.Is(err, connsrv.ErrLineTooLong) {
 		return "", errLineTooLong
 	}
-	buf = buf[:len(buf)-1]
-	if n := len(buf); n > 0 && buf[n-1] == '\r' {
-		buf = buf[:n-1]
-	}
-	return string(buf), nil
+	return line, err
 }
 
 func (ss *session) setReadDeadline(timeout time.Duration) {

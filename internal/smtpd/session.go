@@ -311,34 +311,11 @@ func (ss *session) readFailed(err error) {
 // errLineTooLong; the buffer never grows beyond the bufio size.
 func (ss *session) readLine(max int, timeout time.Duration) (string, error) {
 	ss.setReadDeadline(timeout)
-	var buf []byte
-	tooLong := false
-	for {
-		frag, err := ss.r.ReadSlice('\n')
-		if !tooLong {
-			if len(buf)+len(frag) > max {
-				tooLong = true
-				buf = nil
-			} else {
-				buf = append(buf, frag...)
-			}
-		}
-		if err == bufio.ErrBufferFull {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		break
-	}
-	if tooLong {
+	line, err := connsrv.ReadLine(ss.r, max)
+	if errors.Is(err, connsrv.ErrLineTooLong) {
 		return "", errLineTooLong
 	}
-	buf = buf[:len(buf)-1]
-	if n := len(buf); n > 0 && buf[n-1] == '\r' {
-		buf = buf[:n-1]
-	}
-	return string(buf), nil
+	return line, err
 }
 
 func (ss *session) setReadDeadline(timeout time.Duration) {
