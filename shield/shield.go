@@ -138,8 +138,7 @@ func (s *Shield) Close() error {
 			s.watcher.Close()
 		}
 		s.wg.Wait()
-		s.flushLogs()
-		s.foldHistory()
+		s.flushLogs() // folds the last counts into the history too
 		s.hist.close()
 		s.tarpitMu.Lock()
 		for t := range s.tarpits {
