@@ -60,15 +60,16 @@ func (sel *selected) resolve(numSet imap.NumSet) []msgRef {
 	return out
 }
 
+// staticRange replaces "*" (0) by max; "4:2" is "2:4" (RFC 3501 9,
+// seq-range).
 func staticRange(start, stop *uint32, max uint32) {
-	dyn := false
 	if *start == 0 {
-		*start, dyn = max, true
+		*start = max
 	}
 	if *stop == 0 {
-		*stop, dyn = max, true
+		*stop = max
 	}
-	if dyn && *start > *stop || *start > *stop {
+	if *start > *stop {
 		*start, *stop = *stop, *start
 	}
 }
@@ -288,11 +289,10 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 // (RFC 4315).
 func (s *session) copyTo(refs []msgRef, dest string) (*imap.CopyData, error) {
 	sel := s.sel
-	fn, ok := folderName(dest)
-	if !ok {
+	if _, ok := folderName(dest); !ok {
 		return nil, errBadName
 	}
-	if cur, _ := folderName(sel.name); cur == fn {
+	if sameMailbox(sel.name, dest) {
 		return nil, errSameMailbox
 	}
 	dst, _, err := s.folder(dest, errTryCreate)

@@ -381,7 +381,7 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 
 func (s *session) Status(name string, options *imap.StatusOptions) (*imap.StatusData, error) {
 	var f Folder
-	if s.sel != nil && strings.EqualFold(s.sel.name, name) {
+	if s.sel != nil && sameMailbox(s.sel.name, name) {
 		f = s.sel.f
 	} else {
 		nf, _, err := s.folder(name, errNoMailbox)
@@ -437,6 +437,13 @@ func (s *session) Status(name string, options *imap.StatusOptions) (*imap.Status
 		data.AppendLimit = &lim
 	}
 	return data, nil
+}
+
+// sameMailbox compares names: INBOX in any case, others exactly.
+func sameMailbox(a, b string) bool {
+	fa, oka := folderName(a)
+	fb, okb := folderName(b)
+	return oka && okb && fa == fb
 }
 
 func (s *session) Append(name string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
