@@ -238,10 +238,19 @@ func (r *AbuseReport) xarf(o *Offender) xarfReport {
 	switch {
 	case o.Auth > 0:
 		x.Type = "login_attack"
-	case o.Unknown > 0:
-		// Directory harvesting: probing which mailboxes exist.
+	case o.Unknown > 0 || o.Protocol > 0 || o.Pregreet > 0:
+		// Probing the service: which mailboxes exist (harvesting), how it
+		// answers garbage, whether it minds a client that does not wait.
 		x.Type = "reconnaissance"
-		x.ProbedResources = []string{"mailbox addresses (recipients that do not exist)"}
+		if o.Unknown > 0 {
+			x.ProbedResources = append(x.ProbedResources, "mailbox addresses (recipients that do not exist)")
+		}
+		if o.Protocol > 0 {
+			x.ProbedResources = append(x.ProbedResources, "the service's protocol (malformed or out-of-order commands)")
+		}
+		if o.Pregreet > 0 {
+			x.ProbedResources = append(x.ProbedResources, "the service's greeting (spoke before it)")
+		}
 	default:
 		x.Type = "ddos"
 		x.AttackVector = "connection_flood"
