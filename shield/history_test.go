@@ -3,6 +3,7 @@ package shield
 import (
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -279,5 +280,23 @@ func TestHistoryRewritesAfterWriteError(t *testing.T) {
 	data, _ := os.ReadFile(filepath.Join(dir, historyFile))
 	if !strings.Contains(string(data), "192.0.2.7/32") || !strings.Contains(string(data), "192.0.2.8/32") {
 		t.Errorf("history file after the error:\n%s", data)
+	}
+}
+
+// TestHistoryNamesABotnet: every address of a 20,000-address botnet refused
+// within one log interval is in the history, while the log stays short.
+func TestHistoryNamesABotnet(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	const n = 20_000
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		h.s.agg.add(hostPrefix(a), "ban:auth_failure", Drop, false)
+	}
+	h.s.flushLogs()
+	if got := len(h.s.History(h.clock.Now().Add(-time.Minute))); got != n {
+		t.Errorf("%d addresses in the history, want %d", got, n)
+	}
+	if lines := strings.Count(h.logs.String(), "\n"); lines > 60 {
+		t.Errorf("%d log lines", lines)
 	}
 }

@@ -45,9 +45,12 @@ type aggShard struct {
 	m  map[aggKey]aggVal
 }
 
-// maxAggKeys bounds the distinct keys per shard and interval; beyond it,
-// counts go to a per-(source, action) overflow key logged with addr=*.
-const maxAggKeys = 256
+// maxAggKeys bounds the distinct keys per shard and interval (65,536 in
+// all, a few MB); beyond it, counts go to a per-(source, action) overflow
+// key logged with addr=* and counted in the history's timeline only. It is
+// this large so the history can name every address of a botnet; the log
+// stays small through the roll-up below.
+const maxAggKeys = 4096
 
 func newAggregator(now func() time.Time) *aggregator {
 	a := &aggregator{now: now}
