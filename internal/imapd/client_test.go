@@ -2,6 +2,7 @@ package imapd
 
 import (
 	"crypto/tls"
+	"io"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -245,4 +246,51 @@ func FuzzFolderName(f *testing.F) {
 			t.Fatalf("name %q leaves the Maildir", fn)
 		}
 	})
+}
+
+// After STARTTLS the replies are still read: BAD replies end the session
+// after MaxErrors, with a BYE inside TLS.
+func TestErrorsCountedAfterSTARTTLS(t *testing.T) {
+	ts := startTest(t, func(c *Config) { c.MaxErrors = 3 })
+	c := dial(t, ts.addr)
+	c.expect("* OK")
+	c.startTLS()
+	c.send("a1 LOGIN")
+	c.expect("a1 BAD")
+	c.send("a2 SELECT INBOX")
+	c.expect("a2 BAD")
+	c.send("a3 LOGIN x")
+	c.expect("a3 BAD")
+	c.expect("* BYE Too many errors")
+	c.expectClosed()
+}
+
+// The tap tells the engine's reads from its writes by their caller.
+func TestTapDirection(t *testing.T) {
+	if got := tapDirectionVia(func(w io.Writer) { io.MultiWriter(io.Discard, w).Write([]byte("x")) }); got != dirOut {
+		t.Fatalf("io.MultiWriter: direction %d", got)
+	}
+	if got := tapDirectionVia(func(w io.Writer) { io.TeeReader(strings.NewReader("x"), w).Read(make([]byte, 1)) }); got != dirIn {
+		t.Fatalf("io.TeeReader: direction %d", got)
+	}
+	if got := tapDirectionVia(func(w io.Writer) { w.Write([]byte("x")) }); got != dirUnknown {
+		t.Fatalf("direct write: direction %d", got)
+	}
+}
+
+type dirRecorder struct{ dir int }
+
+func (d *dirRecorder) Write(p []byte) (int, error) {
+	d.dir = tapDirectionFrom()
+	return len(p), nil
+}
+
+// tapDirectionFrom is tapDirection as seen from a Write method, like
+// replyTap.Write.
+func tapDirectionFrom() int { return tapDirection() }
+
+func tapDirectionVia(f func(io.Writer)) int {
+	d := &dirRecorder{}
+	f(d)
+	return d.dir
 }

@@ -10,11 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/agua-mail/agua/shield"
 )
@@ -32,8 +35,7 @@ func newID() string {
 //   - replaces the engine's read deadlines by agua's: PreAuthTimeout per
 //     command before login, IdleTimeout after, never past the session
 //     deadline;
-//   - reads the replies while they are plaintext (everything on the
-//     implicit-TLS port, everything before STARTTLS on the other), skipping
+//   - reads the replies (through replyTap, also after STARTTLS), skipping
 //     literals, and reports each BAD reply (RFC 3501 7.1.3: a protocol-level
 //     error in the client's command) to the shield, ending the session after
 //     Config.MaxErrors;
@@ -49,12 +51,15 @@ type watchConn struct {
 	errors  atomic.Int32
 	lastErr atomic.Pointer[error] // last read error, nil if none
 
-	wmu       sync.Mutex
-	encrypted bool   // STARTTLS done: the bytes written are TLS records
-	head      []byte // the start of the current reply line
-	tail      []byte // its last bytes, for a literal's {n}
-	literal   int64  // bytes of a literal still to skip
-	ended     bool   // "* BYE" written or closed
+	engine atomic.Pointer[imapserver.Conn] // for its TLS connection after STARTTLS
+	ended  atomic.Bool                     // "* BYE" written or closed
+
+	smu       sync.Mutex // guards the reply scanner below
+	encrypted bool       // STARTTLS done: w.Conn carries TLS records
+	head      []byte     // the start of the current reply line
+	tail      []byte     // its last bytes, for a literal's {n}
+	literal   int64      // bytes of a literal still to skip
+	unknown   bool       // replyTap could not tell a direction (logged once)
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -111,8 +116,8 @@ func (w *watchConn) Read(p []byte) (int, error) {
 
 // isEncrypted reports whether STARTTLS happened.
 func (w *watchConn) isEncrypted() bool {
-	w.wmu.Lock()
-	defer w.wmu.Unlock()
+	w.smu.Lock()
+	defer w.smu.Unlock()
 	return w.encrypted
 }
 
@@ -121,19 +126,62 @@ func (w *watchConn) isEncrypted() bool {
 func (w *watchConn) readFailed() bool { return w.lastErr.Load() != nil }
 
 func (w *watchConn) Write(p []byte) (int, error) {
-	w.wmu.Lock()
-	defer w.wmu.Unlock()
-	if w.ended {
+	if w.ended.Load() {
 		return 0, net.ErrClosed
 	}
-	n, err := w.Conn.Write(p)
-	if !w.encrypted {
-		w.scan(p[:n])
-	}
-	return n, err
+	return w.Conn.Write(p)
 }
 
-// scan follows the reply stream line by line. w.wmu is held.
+// replyTap is the engine's DebugWriter: the engine copies every byte it
+// reads (io.TeeReader) and every byte it writes (io.MultiWriter, after
+// the connection took them) to it, in plaintext, also after STARTTLS. The
+// direction is told by the caller, so a client's bytes are never taken
+// for a reply; they are dropped here (they hold passwords).
+type replyTap struct{ w *watchConn }
+
+const (
+	dirUnknown = iota
+	dirIn
+	dirOut
+)
+
+func (t replyTap) Write(p []byte) (int, error) {
+	switch tapDirection() {
+	case dirOut:
+		t.w.smu.Lock()
+		t.w.scan(p)
+		t.w.smu.Unlock()
+	case dirUnknown:
+		t.w.smu.Lock()
+		if !t.w.unknown {
+			t.w.unknown = true
+			t.w.log.Warn("imap cannot tell replies from requests: protocol errors are not counted")
+		}
+		t.w.smu.Unlock()
+	}
+	return len(p), nil
+}
+
+// tapDirection finds which of the engine's wrappers called the tap.
+func tapDirection() int {
+	var pcs [8]uintptr
+	n := runtime.Callers(3, pcs[:]) // above runtime.Callers, tapDirection, replyTap.Write
+	frames := runtime.CallersFrames(pcs[:n])
+	for {
+		f, more := frames.Next()
+		switch f.Function {
+		case "io.(*multiWriter).Write":
+			return dirOut
+		case "io.(*teeReader).Read":
+			return dirIn
+		}
+		if !more {
+			return dirUnknown
+		}
+	}
+}
+
+// scan follows the reply stream line by line. w.smu is held.
 func (w *watchConn) scan(p []byte) {
 	for len(p) > 0 {
 		if w.literal > 0 {
@@ -161,7 +209,7 @@ func (w *watchConn) scan(p []byte) {
 	}
 }
 
-// endLine looks at one complete reply line. w.wmu is held.
+// endLine looks at one complete reply line. w.smu is held.
 func (w *watchConn) endLine() {
 	head, tail := string(w.head), string(w.tail)
 	w.head, w.tail = w.head[:0], w.tail[:0]
@@ -178,7 +226,7 @@ func (w *watchConn) endLine() {
 		return
 	}
 	if tag != "*" && strings.HasPrefix(rest, "OK Begin TLS negotiation now") {
-		w.encrypted = true // STARTTLS: from now on we see only TLS records
+		w.encrypted = true // STARTTLS: w.Conn now carries TLS records
 		return
 	}
 	if !strings.HasPrefix(rest, "BAD ") {
@@ -187,7 +235,7 @@ func (w *watchConn) endLine() {
 	w.protocolError(strings.TrimSpace(strings.TrimPrefix(rest, "BAD ")))
 }
 
-// protocolError counts a BAD reply; w.wmu is held.
+// protocolError counts a BAD reply; w.smu is held.
 func (w *watchConn) protocolError(text string) {
 	n := w.errors.Add(1)
 	w.log.Debug("imap protocol error", "reply", sanitize(text))
@@ -211,25 +259,37 @@ func (w *watchConn) countError() bool {
 // bye writes "* BYE text" if the reply stream is at a line boundary and
 // plaintext, then closes the connection.
 func (w *watchConn) bye(text string) {
-	w.wmu.Lock()
-	defer w.wmu.Unlock()
+	w.smu.Lock()
+	defer w.smu.Unlock()
 	w.byeLocked(shield.Decision{Action: shield.Reject}, text)
 }
 
 // byeLocked ends the session for decision d: "* BYE" for a reject (with
-// d.Reason, or text), nothing for drop and tarpit. w.wmu is held.
+// d.Reason, or text), nothing for drop and tarpit. w.smu is held.
 func (w *watchConn) byeLocked(d shield.Decision, text string) {
-	if w.ended {
+	if w.ended.Load() {
 		return
 	}
-	w.ended = true
 	if text == "" {
 		text = d.Reason
 	}
-	if d.Action == shield.Reject && !w.encrypted && w.literal == 0 && len(w.head) == 0 {
-		w.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		fmt.Fprintf(w.Conn, "* BYE %s\r\n", sanitize(text))
+	if d.Action == shield.Reject && w.literal == 0 && len(w.head) == 0 {
+		// Plaintext goes straight to w.Conn (raw, or ours on the
+		// implicit-TLS port); after STARTTLS through the engine's TLS
+		// connection, which writes through w.
+		var out io.Writer = w.Conn
+		if w.encrypted {
+			out = nil
+			if ec := w.engine.Load(); ec != nil {
+				out = ec.NetConn()
+			}
+		}
+		if out != nil {
+			w.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			fmt.Fprintf(out, "* BYE %s\r\n", sanitize(text))
+		}
 	}
+	w.ended.Store(true)
 	w.Close()
 }
 

@@ -303,13 +303,15 @@ func (s *Server) serveConn(raw net.Conn) {
 		tlsCfg = s.cfg.TLS
 	}
 	engine := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+		NewSession: func(ec *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			w.engine.Store(ec)
 			return sess, nil, nil
 		},
 		Caps:         s.caps,
 		Logger:       &engineLogger{w: w, log: log, srv: s},
 		TLSConfig:    tlsCfg,
 		InsecureAuth: insecure,
+		DebugWriter:  replyTap{w},
 	})
 	log.Debug("imap session start", "tls", isTLS)
 	engine.Serve(&oneConnListener{c: w})

@@ -107,9 +107,9 @@ func (s *session) Login(user, pass string) error {
 		s.sleep(wait)
 		if d.Action != shield.Allow {
 			s.log.Info("imap session ended by shield", "action", d.Action.String(), "source", d.Source)
-			s.conn.wmu.Lock()
+			s.conn.smu.Lock()
 			s.conn.byeLocked(d, "")
-			s.conn.wmu.Unlock()
+			s.conn.smu.Unlock()
 			return errSessionEnded
 		}
 		if s.conn.countError() {
@@ -119,9 +119,9 @@ func (s *session) Login(user, pass string) error {
 		return imapserver.ErrAuthFailed
 	}
 	if d := shield.ReportAuth(s.conn.raw, canonical, true); d.Action != shield.Allow {
-		s.conn.wmu.Lock()
+		s.conn.smu.Lock()
 		s.conn.byeLocked(d, "")
-		s.conn.wmu.Unlock()
+		s.conn.smu.Unlock()
 		return errSessionEnded
 	}
 	if err := s.srv.store.CreateDefaultFolders(canonical, s.srv.cfg.DefaultFolders); err != nil {
