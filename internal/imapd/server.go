@@ -10,25 +10,25 @@
 // package is the session backend (session.go, fetch.go) and the layer that
 // connects the engine to the shield (conn.go). The engine has no hooks for
 // the shield, so each connection gets its own imapserver.Server, which
-// makes three per-connection decisions possible with the engine as it is:
+// makes per-connection decisions possible with the engine as it is:
 //
 //   - whether logins are allowed without TLS (Options.InsecureAuth: only
 //     for loopback clients when AllowInsecureAuthLoopback is set, so others
 //     see LOGINDISABLED until STARTTLS, RFC 3501 6.2.3);
 //   - a logger that knows the connection, so a command line the engine
 //     cannot parse (it closes the connection) is reported to the shield;
+//   - a DebugWriter (replyTap) that sees the plaintext replies, also after
+//     STARTTLS, where the engine wraps the connection in TLS itself: every
+//     BAD reply counts as a protocol error towards the shield and
+//     Config.MaxErrors;
 //   - the connection it reads and writes, which is ours (watchConn): it
 //     applies agua's timeouts in place of the engine's fixed ones (30 s /
-//     35 min), counts every BAD reply as a protocol error towards the
-//     shield and Config.MaxErrors, and says "* BYE" before closing a session
-//     the shield or a shutdown ends.
+//     35 min) and says "* BYE" before closing a session the shield, a
+//     timeout or a shutdown ends.
 //
 // Logins are reported from Session.Login (LOGIN and AUTHENTICATE PLAIN).
-// After STARTTLS the engine wraps our connection in TLS, so BAD replies can
-// no longer be read there: protocol errors after STARTTLS are not counted
-// (logins still are); on the implicit-TLS port agua terminates TLS itself
-// and sees everything. The engine has no QUOTA (RFC 9208), ID (RFC 2971) or
-// CONDSTORE (RFC 7162) commands, so they are not offered.
+// The engine has no QUOTA (RFC 9208), ID (RFC 2971) or CONDSTORE
+// (RFC 7162) commands, so they are not offered.
 //
 // Storage: the package talks to a Store and an Authenticator (interfaces);
 // NewMaildirStore adapts internal/maildir. Mailbox names are Maildir++
