@@ -129,6 +129,7 @@ func (h *history) open(path string, now time.Time) error {
 		return err // not persisted: an unreadable file is not overwritten
 	}
 	h.path = path
+	h.persisted.Store(true)
 	return h.compactLocked() // on failure, retried at the next fold
 }
 
@@ -294,4 +295,5 @@ func (h *history) close() {
 		h.file = nil
 	}
 	h.path = "" // closed: nothing more is written
+	h.persisted.Store(false)
 }

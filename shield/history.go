@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -185,8 +186,10 @@ type history struct {
 	totals   map[int64]*minuteTotals  // the timeline, per minute
 	bans     []BanEvent               // oldest first, at most maxAddrs
 
-	pending       []byte   // ban lines not yet written
-	file          *os.File // append-only persistence, nil without a state folder
+	qmu           sync.Mutex
+	banQ          []BanEvent  // bans and unbans not folded in yet, under qmu
+	persisted     atomic.Bool // there is a state file: fold encodes lines for it
+	file          *os.File    // append-only persistence, nil without a state folder
 	path          string
 	size, compact int64 // bytes in the file, and after the last compaction
 }
@@ -342,19 +345,34 @@ func (h *history) fold(denials []aggEntry, act map[actKey]actVal, now time.Time)
 		}
 		return keys[i].where.Addr().Less(keys[j].where.Addr()) || (keys[i].where.Addr() == keys[j].where.Addr() && keys[i].where.Bits() < keys[j].where.Bits())
 	})
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	lines := h.pending
-	h.pending = nil
-	for _, k := range keys {
-		d := deltas[k]
-		h.apply(k.where, d, true)
-		if h.path != "" {
-			lines = appendLine(lines, deltaLine("d", k.where, d))
+	// Encoding is the slow part: done before taking the lock.
+	var lines []byte
+	if h.persisted.Load() {
+		for _, k := range keys {
+			lines = appendLine(lines, deltaLine("d", k.where, deltas[k]))
 		}
 	}
+	h.qmu.Lock()
+	bans := h.banQ
+	h.banQ = nil
+	h.qmu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var banLines []byte
+	for _, e := range bans {
+		h.addBan(e, true)
+		if h.path != "" {
+			banLines = appendLine(banLines, banLine("b", e))
+		}
+	}
+	for _, k := range keys {
+		h.apply(k.where, deltas[k], true)
+	}
 	h.expire(now)
-	h.persist(lines)
+	if h.path == "" {
+		return
+	}
+	h.persist(append(banLines, lines...))
 }
 
 // apply adds a delta to the address's record and, with totals, to the
@@ -472,14 +490,15 @@ func (s *Shield) historyUnban(b *ban, cause string, at time.Time) {
 // historyBan records a ban or unban (from the shield, under banMu).
 func (s *Shield) historyBan(e BanEvent) {
 	e.Time = e.Time.UTC()
+	// Queued, not applied: a fold or a query may hold the history lock for
+	// a while, and the caller holds the ban lock. The next fold (or query)
+	// applies and writes it.
 	h := s.hist
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.addBan(e, true)
-	if h.path != "" {
-		// Written with the next fold: one fsync per fold, not per ban.
-		h.pending = appendLine(h.pending, banLine("b", e))
+	h.qmu.Lock()
+	if len(h.banQ) < h.maxAddrs {
+		h.banQ = append(h.banQ, e)
 	}
+	h.qmu.Unlock()
 }
 
 func (h *history) addBan(e BanEvent, totals bool) {
