@@ -171,7 +171,8 @@ const (
 	maxTimelinePoints = 10000
 )
 
-// history is the store. Everything is under mu.
+// history is the store. Everything is under mu, except the ban queue
+// (under qmu) and persisted.
 type history struct {
 	mu        sync.Mutex
 	maxAddrs  int
