@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"time"
 
@@ -86,6 +87,11 @@ func reportAbuse(e *env) error {
 		write = func(r *report.AbuseReport) error { return r.WriteXARF(e.stdout) }
 	default:
 		return usagef("-format must be text, csv or xarf")
+	}
+	if *resolver != "" {
+		if _, port, err := net.SplitHostPort(*resolver); err != nil || port == "" {
+			return usagef("-resolver %q: want HOST:PORT of a DNS server, e.g. 127.0.0.1:53", *resolver)
+		}
 	}
 	snap, err := e.history(*since, time.Minute)
 	if err != nil {

@@ -42,6 +42,9 @@ func TestReportFromStoppedServer(t *testing.T) {
 	if code, _, errs := agua(t, "", "report", "abuse", "-format", "pdf", "-data", data); code != 2 || !strings.Contains(errs, "-format") {
 		t.Errorf("bad format: exit %d %s", code, errs)
 	}
+	if code, _, errs := agua(t, "", "report", "abuse", "-resolver", "127.0.0.1", "-data", data); code != 2 || !strings.Contains(errs, "HOST:PORT") {
+		t.Errorf("bad resolver: exit %d %s", code, errs)
+	}
 	if code, _, errs := agua(t, "", "report", "attack", "-data", t.TempDir()); code != 1 || !strings.Contains(errs, "not running") {
 		t.Errorf("no data: exit %d %s", code, errs)
 	}
