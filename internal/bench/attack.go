@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -65,11 +67,22 @@ func runAttacker(ctx context.Context, cfg *Config, sc Scenario, src *addrPool, s
 	}
 }
 
+// dialOutcome names a failed dial. A server that accepts and at once
+// closes with a reset (a "drop", or a full listener) can make connect(2)
+// itself report ECONNRESET: the reset arrived before the dialer read
+// SO_ERROR. That is the server dropping the attacker, not a dial failure.
+func dialOutcome(err error) string {
+	if errors.Is(err, syscall.ECONNRESET) {
+		return "dropped"
+	}
+	return "dial_failed"
+}
+
 // greet dials and reads the first reply line, classifying the result.
 func greet(ctx context.Context, cfg *Config, src netip.Addr, target string) (net.Conn, *smtpConn, string) {
 	c, err := dialFrom(ctx, src, target, 5*time.Second)
 	if err != nil {
-		return nil, nil, "dial_failed"
+		return nil, nil, dialOutcome(err)
 	}
 	s := newSMTPConn(c)
 	c.SetDeadline(time.Now().Add(cfg.HoldTimeout))
@@ -94,7 +107,7 @@ func greet(ctx context.Context, cfg *Config, src netip.Addr, target string) (net
 func attackConnect(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
 	c, err := dialFrom(ctx, src, cfg.AttackTarget, 5*time.Second)
 	if err != nil {
-		return "dial_failed"
+		return dialOutcome(err)
 	}
 	c.Close()
 	return "connected"
@@ -111,7 +124,7 @@ func attackBanner(ctx context.Context, cfg *Config, src netip.Addr, st *attackSt
 func attackSlowloris(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
 	c, err := dialFrom(ctx, src, cfg.AttackTarget, 5*time.Second)
 	if err != nil {
-		return "dial_failed"
+		return dialOutcome(err)
 	}
 	defer c.Close()
 	n := st.held.Add(1)
@@ -153,7 +166,7 @@ func attackSlowloris(ctx context.Context, cfg *Config, src netip.Addr, st *attac
 func attackPregreet(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
 	c, err := dialFrom(ctx, src, cfg.AttackTarget, 5*time.Second)
 	if err != nil {
-		return "dial_failed"
+		return dialOutcome(err)
 	}
 	defer c.Close()
 	fmt.Fprintf(c, "EHLO %s\r\n", cfg.Helo)
@@ -288,7 +301,7 @@ func attackJunk(ctx context.Context, cfg *Config, src netip.Addr, st *attackStat
 func attackHTTP(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
 	c, err := dialFrom(ctx, src, cfg.AttackTarget, 5*time.Second)
 	if err != nil {
-		return "dial_failed"
+		return dialOutcome(err)
 	}
 	defer c.Close()
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", cfg.AttackTarget)
@@ -317,7 +330,7 @@ func attackTLS(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats
 	}
 	c, err := dialFrom(ctx, src, target, 5*time.Second)
 	if err != nil {
-		return "dial_failed"
+		return dialOutcome(err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(cfg.HoldTimeout))
