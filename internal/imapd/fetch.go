@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -116,14 +117,22 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 
 func (s *session) fetchOne(w *imapserver.FetchWriter, r msgRef, options *imap.FetchOptions, withFlags bool) error {
 	sel := s.sel
-	fd, size, err := sel.f.Open(r.uid)
-	if errors.Is(err, ErrNoMessage) {
-		return nil // expunged by someone else; the next poll says so
+	size := sel.sizes[r.uid]
+	// The file is opened only when the content is asked for: a client's
+	// sync of UIDs, flags and sizes reads no message.
+	var fd *os.File
+	if options.Envelope || options.BodyStructure != nil || len(options.BodySection) > 0 ||
+		len(options.BinarySection) > 0 || len(options.BinarySectionSize) > 0 {
+		f, n, err := sel.f.Open(r.uid)
+		if errors.Is(err, ErrNoMessage) {
+			return nil // expunged by someone else; the next poll says so
+		}
+		if err != nil {
+			return s.temp("open message", err)
+		}
+		defer f.Close()
+		fd, size = f, n
 	}
-	if err != nil {
-		return s.temp("open message", err)
-	}
-	defer fd.Close()
 	mw := w.CreateMessage(r.seq)
 	mw.WriteUID(imap.UID(r.uid))
 	if options.Flags || withFlags {
@@ -279,8 +288,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 		if err := w.WriteExpunge(uint32(i) + 1); err != nil {
 			return err
 		}
-		sel.uids = slices.Delete(sel.uids, i, i+1)
-		delete(sel.flags, uid)
+		sel.forget(i)
 	}
 	return nil
 }
@@ -371,8 +379,7 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 		if err := w.WriteExpunge(uint32(i) + 1); err != nil {
 			return err
 		}
-		sel.uids = slices.Delete(sel.uids, i, i+1)
-		delete(sel.flags, uid)
+		sel.forget(i)
 	}
 	return nil
 }

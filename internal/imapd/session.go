@@ -44,6 +44,9 @@ type selected struct {
 	validity uint32
 	uids     []uint32
 	flags    map[uint32]string // Maildir info flags last shown
+	sizes    map[uint32]int64  // message sizes (RFC822.SIZE without opening the file)
+	stamp    maildir.Stamp     // of the folder when last listed
+	settled  bool              // stamp was settled: an equal one means no change
 }
 
 var (
@@ -168,18 +171,26 @@ func (s *session) Select(name string, options *imap.SelectOptions) (*imap.Select
 	if err != nil {
 		return nil, err
 	}
+	stamp, settled, err := f.Stamp()
+	if err != nil {
+		f.Close()
+		return nil, s.temp("stamp", err)
+	}
 	l, err := f.List()
 	if err != nil {
 		f.Close()
 		return nil, s.temp("list", err)
 	}
-	sel := &selected{name: name, f: f, readOnly: options.ReadOnly, validity: l.UIDValidity, flags: make(map[uint32]string, len(l.Messages))}
+	sel := &selected{name: name, f: f, readOnly: options.ReadOnly, validity: l.UIDValidity,
+		flags: make(map[uint32]string, len(l.Messages)), sizes: make(map[uint32]int64, len(l.Messages)),
+		stamp: stamp, settled: settled}
 	var recent uint32
 	var fresh []uint32
 	var firstUnseen uint32
 	for i, m := range l.Messages {
 		sel.uids = append(sel.uids, m.UID)
 		sel.flags[m.UID] = m.Flags
+		sel.sizes[m.UID] = m.Size
 		if m.New {
 			recent++
 			fresh = append(fresh, m.UID)
@@ -471,12 +482,20 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 }
 
 // Poll tells the client what changed in the selected mailbox since it
-// last heard: expunged messages (only where allowed: not during FETCH,
-// STORE and SEARCH, RFC 3501 7.4.1), new messages (EXISTS) and flags
-// changed by others.
+// last heard: flags changed by others (FETCH FLAGS), expunged messages
+// (only where allowed: not during FETCH, STORE and SEARCH, RFC 3501
+// 7.4.1), and new messages (EXISTS). An unchanged, settled folder costs
+// two stat calls.
 func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	sel := s.sel
 	if sel == nil {
+		return nil
+	}
+	stamp, settled, err := sel.f.Stamp()
+	if err != nil {
+		return s.temp("stamp", err)
+	}
+	if settled && sel.settled && stamp == sel.stamp {
 		return nil
 	}
 	l, err := sel.f.List()
@@ -490,45 +509,52 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 		s.conn.bye("UIDVALIDITY changed, please reconnect")
 		return errSessionEnded
 	}
-	now := make(map[uint32]string, len(l.Messages))
-	for _, m := range l.Messages {
-		now[m.UID] = m.Flags
-	}
-	if allowExpunge {
-		for i := len(sel.uids) - 1; i >= 0; i-- {
-			uid := sel.uids[i]
-			if _, ok := now[uid]; ok {
-				continue
+	// Both lists ascend by UID: walk them together.
+	msgs := l.Messages
+	var gone []int // indexes into sel.uids
+	j := 0
+	for i, uid := range sel.uids {
+		for j < len(msgs) && msgs[j].UID < uid {
+			j++
+		}
+		if j == len(msgs) || msgs[j].UID != uid {
+			gone = append(gone, i)
+			continue
+		}
+		if fl := msgs[j].Flags; fl != sel.flags[uid] {
+			sel.flags[uid] = fl
+			if err := w.WriteMessageFlags(uint32(i)+1, imap.UID(uid), toIMAPFlags(fl)); err != nil {
+				return err
 			}
+		}
+		j++
+	}
+	complete := true
+	if allowExpunge {
+		for k := len(gone) - 1; k >= 0; k-- {
+			i := gone[k]
 			if err := w.WriteExpunge(uint32(i) + 1); err != nil {
 				return err
 			}
-			sel.uids = slices.Delete(sel.uids, i, i+1)
-			delete(sel.flags, uid)
+			sel.forget(i)
 		}
-	}
-	for i, uid := range sel.uids {
-		fl, ok := now[uid]
-		if !ok || fl == sel.flags[uid] {
-			continue
-		}
-		sel.flags[uid] = fl
-		if err := w.WriteMessageFlags(uint32(i)+1, imap.UID(uid), toIMAPFlags(fl)); err != nil {
-			return err
-		}
+	} else if len(gone) > 0 {
+		complete = false // the expunges are still to be told
 	}
 	var last uint32
 	if n := len(sel.uids); n > 0 {
 		last = sel.uids[n-1]
 	}
 	added := false
-	for _, m := range l.Messages {
+	for _, m := range msgs {
 		if m.UID > last {
 			sel.uids = append(sel.uids, m.UID)
 			sel.flags[m.UID] = m.Flags
+			sel.sizes[m.UID] = m.Size
 			added = true
 		}
 	}
+	sel.stamp, sel.settled = stamp, settled && complete
 	if added {
 		return w.WriteNumMessages(uint32(len(sel.uids)))
 	}
@@ -553,4 +579,12 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 			}
 		}
 	}
+}
+
+// forget drops message i (0-based) after its EXPUNGE was sent.
+func (sel *selected) forget(i int) {
+	uid := sel.uids[i]
+	delete(sel.flags, uid)
+	delete(sel.sizes, uid)
+	sel.uids = slices.Delete(sel.uids, i, i+1)
 }

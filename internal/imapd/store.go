@@ -26,6 +26,9 @@ type Store interface {
 // Folder is one open folder. Messages are identified by UID.
 type Folder interface {
 	List() (maildir.Listing, error)
+	// Stamp changes whenever a message is added, removed or re-flagged;
+	// while settled is false it may not have yet.
+	Stamp() (st maildir.Stamp, settled bool, err error)
 	Open(uid uint32) (*os.File, int64, error) // ErrNoMessage
 	ModTime(uid uint32) (time.Time, error)
 	MarkSeen(uids []uint32) error

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Folder management and writing for IMAP: Maildir++ folders are the
@@ -397,4 +399,31 @@ func (f *Folder) ModTime(uid uint32) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("maildir: %w", err)
 	}
 	return info.ModTime(), nil
+}
+
+// Stamp identifies a state of a folder's new/ and cur/ listings (their
+// modification times and inodes).
+type Stamp struct {
+	newTime, curTime int64
+	newIno, curIno   uint64
+}
+
+// Stamp returns the folder's stamp, and whether it is settled: both times
+// older than the clock's granularity window, so that an equal stamp later
+// means nothing was added, removed or re-flagged in between. A session
+// that polls (IMAP IDLE) lists the folder only when the stamp changed or
+// was not settled.
+func (f *Folder) Stamp() (Stamp, bool, error) {
+	var st Stamp
+	var a, b unix.Stat_t
+	if err := unix.Stat(filepath.Join(f.ix.dir, "new"), &a); err != nil {
+		return st, false, fmt.Errorf("maildir: %w", err)
+	}
+	if err := unix.Stat(filepath.Join(f.ix.dir, "cur"), &b); err != nil {
+		return st, false, fmt.Errorf("maildir: %w", err)
+	}
+	st = Stamp{newTime: a.Mtim.Nano(), curTime: b.Mtim.Nano(), newIno: a.Ino, curIno: b.Ino}
+	now := f.s.now()
+	settled := now.Sub(time.Unix(0, st.newTime)) > racyWindow && now.Sub(time.Unix(0, st.curTime)) > racyWindow
+	return st, settled, nil
 }

@@ -86,3 +86,23 @@ func TestFolderAppendCopy(t *testing.T) {
 		t.Fatalf("usage %d %d %v", b, n, err)
 	}
 }
+
+func TestFolderStamp(t *testing.T) {
+	s := openTest(t)
+	clock := time.Now()
+	s.now = func() time.Time { return clock }
+	f := openFolder(t, s, box, "")
+	st1, settled, err := f.Stamp()
+	if err != nil || settled {
+		t.Fatalf("fresh folder: settled %v, %v", settled, err)
+	}
+	clock = clock.Add(time.Minute)
+	st2, settled, err := f.Stamp()
+	if err != nil || !settled || st2 != st1 {
+		t.Fatalf("a minute later: %v %v %v", st2 == st1, settled, err)
+	}
+	deliverN(t, s, box, 1)
+	if st3, _, _ := f.Stamp(); st3 == st2 {
+		t.Fatal("stamp unchanged by a delivery")
+	}
+}
