@@ -10,14 +10,16 @@
 #   throughput  smtp-source (2 KiB, 2000 messages, 20 sessions) and
 #               `agua bench -legit 20` (durable 250s per second)
 #   scenarios   bench/scenarios.sh: legit SMTP alone, then under each attack
+#               (as fast as the attackers can; then at RATE attempts/s)
 #   mailbox     10 mailboxes x 20 messages; `agua bench -proto pop3|imap`
-#   slowloris   19,000 held connections + 5 legit clients
+#   slowloris   19,000 held connections + 5 legit clients (agua with its
+#               default max_connections 1000, then with 20000)
 #   deny        connection flood from a denied /16 (action drop)
 # and writes OUT_DIR/summary.md (bench/summarize.py -compare). Postfix,
 # Dovecot and this agua are stopped at the end (KEEP_RUNNING=1: not).
 #
-# Environment: DURATION (8s), STEPS ("throughput scenarios mailbox slowloris
-# deny"), WORK (/var/tmp/agua-bench: agua's data), SCENARIOS (see
+# Environment: DURATION (8s), STEPS ("throughput scenarios scenarios_rate
+# mailbox slowloris deny"), RATE (300: attack attempts/s in scenarios_rate), WORK (/var/tmp/agua-bench: agua's data), SCENARIOS (see
 # scenarios.sh), SLOWLORIS_CONNS (19000), SLOWLORIS_DURATION (20s).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +28,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=${WORK:-/var/tmp/agua-bench}
 dur=${DURATION:-8s}
-steps=${STEPS:-throughput scenarios mailbox slowloris deny}
+steps=${STEPS:-throughput scenarios scenarios_rate mailbox slowloris deny}
 pd="$root/bench/postfix-dovecot.sh"
 pass='bench password'
 users="demo user0 user1 user2 user3 user4 user5 user6 user7 user8 user9"
@@ -44,8 +46,8 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/de
 agua=$work/agua
 cfg=$work/agua.toml
 agua_pid=
-start_agua() {
-  (ulimit -n 20000; exec "$agua" serve -config "$cfg" "$@" >> "$out/agua.log" 2>&1) &
+start_agua() { # [config]
+  (ulimit -n 20000; exec "$agua" serve -config "${1:-$cfg}" >> "$out/agua.log" 2>&1) &
   agua_pid=$!
   echo "$agua_pid" > "$work/agua.pid"
   wait_port "$AG_SMTP"
@@ -73,18 +75,24 @@ bench() {
   mkdir -p "$(dirname "$out/$name")"
   log "bench $name"
   python3 "$root/bench/proctree.py" "$tree" > "$out/$name.proc.json" &
-  local s=$!
+  local s=$! lo0
+  lo0=$(listen_overflows)
   "$agua" bench -quiet -json "$@" > "$out/$name.json" || true
   kill "$s"; wait "$s" || true
+  [ -z "$lo0" ] || echo "{\"listen_overflows\": $(( $(listen_overflows) - lo0 ))}" > "$out/$name.net.json"
+}
+listen_overflows() { command -v nstat >/dev/null && nstat -az TcpExtListenOverflows | awk '/ListenOverflows/ {print $2}'; }
+
+# Each step gets a fresh agua process (its RSS is the step's own) with no
+# bans left from the previous step.
+restart_agua() {
+  stop_agua
+  start_agua "$@"
+  "$agua" unblock -all -config "$cfg" >/dev/null 2>&1 || true
 }
 
-setup() {
-  log "build agua ($(git -C "$root" rev-parse --short HEAD))"
-  mkdir -p "$work"
-  (cd "$root" && go build -o "$agua" ./cmd/agua)
-  rm -rf "$work/agua-data"
-  mkdir -p "$work/agua-data"
-  cat > "$cfg" <<EOF
+write_cfg() { # file, smtp.max_connections (1000 is the default)
+  cat > "$1" <<EOF
 # agua under benchmark (bench/compare.sh): defaults, ports of its own.
 data_dir = "$work/agua-data"
 [log]
@@ -95,6 +103,7 @@ demo = false
 listen = ["$AG_SMTP"]
 submission_listen = ["$AG_SUB"]
 submissions_listen = ["$AG_TLS"]
+max_connections = $2
 [pop3]
 listen = ["$AG_POP3"]
 tls_listen = ["$AG_POP3S"]
@@ -104,6 +113,17 @@ tls_listen = ["$AG_IMAPS"]
 [admin]
 listen = ""
 EOF
+}
+
+setup() {
+  log "build agua ($(git -C "$root" rev-parse --short HEAD))"
+  mkdir -p "$work"
+  (cd "$root" && go build -o "$agua" ./cmd/agua)
+  rm -rf "$work/agua-data"
+  mkdir -p "$work/agua-data"
+  write_cfg "$cfg" 1000
+  # The slowloris run is repeated with room for 20,000 connections.
+  write_cfg "$work/agua-20k.toml" 20000
   echo "deny $ATTACK_DENIED drop   # bench/compare.sh: the denied-flood run" > "$work/agua-data/shield.rules"
   "$agua" domain add example.test -config "$cfg" >/dev/null
   for u in $users; do printf '%s\n' "$pass" | "$agua" user add "$u@example.test" -config "$cfg" >/dev/null; done
@@ -160,6 +180,7 @@ EOF
 }
 
 throughput() {
+  restart_agua
   mkdir -p "$out/throughput"
   "$pd" fill-wait 600
   smtp_source agua "$AG_SMTP" "$agua_pid"
@@ -175,15 +196,24 @@ throughput() {
 
 scenarios() {
   "$pd" fill-wait 600
+  restart_agua
   PID=$agua_pid TREE_PID=$agua_pid DURATION=$dur AGUA=$agua \
     BETWEEN="'$agua' unblock -all -config '$cfg'" \
-    "$root/bench/scenarios.sh" agua "$AG_SMTP" "$AG_TLS" "$out/scenarios/agua" > /dev/null
+    "$root/bench/scenarios.sh" agua "$AG_SMTP" "$AG_TLS" "$out/${SC_DIR:-scenarios}/agua" > /dev/null
   PID=0 TREE_PID=$(postfix_pid) DURATION=$dur AGUA=$agua \
-    "$root/bench/scenarios.sh" postfix "$PF_SMTP" "$PF_TLS" "$out/scenarios/postfix" > /dev/null
+    "$root/bench/scenarios.sh" postfix "$PF_SMTP" "$PF_TLS" "$out/${SC_DIR:-scenarios}/postfix" > /dev/null
   "$pd" fill-wait 600
 }
 
+# The same scenarios with the attack held to the same rate against both
+# servers (RATE attempts/s per scenario), so that the attack volume and the
+# simulator's own CPU use are equal.
+scenarios_rate() {
+  SC_DIR=scenarios-rate${RATE:-300} ATTACK_RATE=${RATE:-300} scenarios
+}
+
 mailbox() {
+  restart_agua
   log "fill 10 mailboxes x 20 messages on each"
   "$agua" bench -quiet -target "$AG_SMTP" -legit 10 -sessions 20 -rcpt 'user%d@example.test' -pid 0 -duration 120s > "$out/fill-agua.txt"
   "$agua" bench -quiet -target "$PF_SMTP" -legit 10 -sessions 20 -rcpt 'user%d@example.test' -pid 0 -duration 120s > "$out/fill-postfix.txt"
@@ -206,15 +236,20 @@ mailbox() {
 
 slowloris() {
   local n=${SLOWLORIS_CONNS:-19000} sd=${SLOWLORIS_DURATION:-20s}
-  "$agua" unblock -all -config "$cfg" >/dev/null 2>&1 || true
+  restart_agua
   bench slowloris/agua "$agua_pid" -target "$AG_SMTP" -legit 5 -attack slowloris -attack-conns "$n" -attack-src "$SLOW_SRC" -duration "$sd" -pid "$agua_pid"
   sleep 5
+  restart_agua "$work/agua-20k.toml"
+  bench slowloris/agua-max20000 "$agua_pid" -target "$AG_SMTP" -legit 5 -attack slowloris -attack-conns "$n" -attack-src "$SLOW_SRC" -duration "$sd" -pid "$agua_pid"
+  sleep 5
+  restart_agua
   bench slowloris/postfix "$(postfix_pid)" -target "$PF_SMTP" -legit 5 -attack slowloris -attack-conns "$n" -attack-src "$SLOW_SRC" -duration "$sd" -pid 0
   sleep 5
   "$pd" fill-wait 600
 }
 
 deny() {
+  restart_agua
   for sc in connect banner; do
     bench deny/$sc-agua "$agua_pid" -target "$AG_SMTP" -legit 5 -attack $sc -attack-conns 50 -attack-src "$ATTACK_DENIED" -duration "$dur" -pid "$agua_pid"
     sleep 2

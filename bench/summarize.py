@@ -10,11 +10,11 @@ def ms(ns):
     return f"{ns / 1e6:.1f}"
 
 def main(dirs):
-    print("| target | scenario | legit sessions/s | legit msgs/s | legit success | p50 ms | p99 ms | p99 / baseline | max ms | attack attempts/s | attacker outcomes | server mem max MB | server CPU cores |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| target | scenario | legit sessions/s | legit msgs/s | legit success | p50 ms | p99 ms | p99 / baseline | max ms | attack attempts/s | attacker outcomes | server mem max MB | server CPU cores | listen overflows |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in dirs:
         label = os.path.basename(os.path.normpath(d))
-        names = sorted(f[:-5] for f in os.listdir(d) if f.endswith(".json") and not f.endswith(".proc.json"))
+        names = sorted(f[:-5] for f in os.listdir(d) if f.endswith(".json") and not f.endswith((".proc.json", ".net.json")))
         names.sort(key=lambda n: (n != "baseline", n))
         base_p99 = None
         for n in names:
@@ -36,8 +36,9 @@ def main(dirs):
                     cpu = f"{p['cpu_cores']:.2f}"
                 except (ValueError, KeyError):
                     pass
+            lo = (load(os.path.join(d, n + ".net.json")) or {}).get("listen_overflows", "-")
             print(f"| {label} | {n} | {l['sessions_per_s']:.1f} | {l['messages_per_s']:.1f} | {l['success_pct']:.2f}% | "
-                  f"{ms(l['p50'])} | {ms(l['p99'])} | {ratio} | {ms(l['max'])} | {rate} | {outs or '-'} | {mem} | {cpu} |")
+                  f"{ms(l['p50'])} | {ms(l['p99'])} | {ratio} | {ms(l['max'])} | {rate} | {outs or '-'} | {mem} | {cpu} | {lo} |")
 
 def load(path):
     try:
@@ -79,11 +80,12 @@ def attack_row(label, base):
     outs = " ".join(f"{k}={v}" for k, v in sorted((a.get("outcomes") or {}).items())) or "-"
     mem, cpu = mem_cpu(base)
     return (f"| {label} | {a.get('attempts', 0)} | {a.get('attempts_per_s', 0):.0f} | {a.get('max_held', 0) or '-'} | {outs} | "
-            f"{l['sessions']} | {l['success_pct']:.2f}% | {ms(l['p50'])} | {ms(l['p99'])} | {mem} | {cpu} |")
+            f"{l['sessions']} | {l['success_pct']:.2f}% | {ms(l['p50'])} | {ms(l['p99'])} | {mem} | {cpu} | "
+            f"{(load(base + '.net.json') or {}).get('listen_overflows', '-')} |")
 
 
-ATTACK_HEAD = ("| server | attempts | attempts/s | max held | attacker outcomes | legit sessions | legit success | legit p50 ms | legit p99 ms | server mem MB | server CPU cores |\n"
-               "|---|---|---|---|---|---|---|---|---|---|---|")
+ATTACK_HEAD = ("| server | attempts | attempts/s | max held | attacker outcomes | legit sessions | legit success | legit p50 ms | legit p99 ms | server mem MB | server CPU cores | listen overflows |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def compare(out):
@@ -101,8 +103,8 @@ def compare(out):
     t = os.path.join(out, "throughput")
     if os.path.isdir(t):
         print("## Durable SMTP delivery, 2 KiB messages, 20 sessions\n")
-        print("| server | tool | messages | 250s per second | in the final Maildir per second | server mem MB | server CPU cores |")
-        print("|---|---|---|---|---|---|---|")
+        print("| server | tool | messages | 250s per second | in the final Maildir per second | server mem MB | server CPU cores | server CPU ms per message |")
+        print("|---|---|---|---|---|---|---|---|")
         rates = {}
         for name in ("agua", "postfix"):
             r = load(os.path.join(t, f"smtp-source-{name}.json"))
@@ -111,7 +113,9 @@ def compare(out):
                 md = r["accept_per_s"] if name == "agua" else r["in_maildir_per_s"]
                 rates[("smtp-source", name)] = r["accept_per_s"]
                 err = f" (errors: {'; '.join(r['errors'])})" if r.get("errors") else ""
-                print(f"| {name} | smtp-source -s 20 | 2000 in {r['accept_s']:.2f} s{err} | {r['accept_per_s']:.0f} | {md:.0f} | {mem} | {cpu} |")
+                pj = load(os.path.join(t, f"smtp-source-{name}.proc.json")) or {}
+                per = f"{1000 * pj['cpu_s'] / 2000:.2f}" if pj else "-"
+                print(f"| {name} | smtp-source -s 20 | 2000 in {r['accept_s']:.2f} s{err} | {r['accept_per_s']:.0f} | {md:.0f} | {mem} | {cpu} | {per} |")
         drain = (load(os.path.join(t, "postfix-drain.json")) or {}).get("postfix_bench_run_plus_drain_s")
         for name in ("agua", "postfix"):
             r = load(os.path.join(t, name + ".json"))
@@ -123,22 +127,28 @@ def compare(out):
                 if name == "postfix" and drain:
                     md = f"{l['messages'] / drain:.0f} (queue empty {drain - secs:.1f} s after the run)"
                 rates[("agua bench", name)] = l["messages_per_s"]
-                print(f"| {name} | agua bench -legit 20 | {l['messages']} in {secs:.1f} s, {l['success_pct']:.2f}% ok, p50 {ms(l['p50'])} ms, p99 {ms(l['p99'])} ms | {l['messages_per_s']:.0f} | {md} | {mem} | {cpu} |")
+                pj = load(os.path.join(t, name + ".proc.json")) or {}
+                per = f"{1000 * pj['cpu_s'] / l['messages']:.2f}" if pj and l["messages"] else "-"
+                if name == "postfix":
+                    per += " (during the run; delivery continues after it)"
+                print(f"| {name} | agua bench -legit 20 | {l['messages']} in {secs:.1f} s, {l['success_pct']:.2f}% ok, p50 {ms(l['p50'])} ms, p99 {ms(l['p99'])} ms | {l['messages_per_s']:.0f} | {md} | {mem} | {cpu} | {per} |")
         for tool in ("smtp-source", "agua bench"):
             a, p = rates.get((tool, "agua")), rates.get((tool, "postfix"))
             if a and p:
                 print(f"\n{tool}: agua / Postfix = **{a / p:.1f}x** (250s per second; goal >= 10x: {'met' if a / p >= 10 else 'not met'})", end="")
         print("\n")
-    sc = os.path.join(out, "scenarios")
-    if os.path.isdir(sc):
-        print("## Legitimate SMTP clients under attack (bench/scenarios.sh)\n")
+    for scd in sorted(x for x in os.listdir(out) if x.startswith("scenarios")):
+        sc = os.path.join(out, scd)
+        rate = scd[len("scenarios-rate"):] if scd.startswith("scenarios-rate") else ""
+        print(f"## Legitimate SMTP clients under attack (bench/scenarios.sh{', ATTACK_RATE=' + rate if rate else ''})\n")
+        print("Attackers: " + (f"{rate} attempts/s per scenario" if rate else "as fast as they can (the same simulator, so its own CPU use grows with the server's speed)") + ".\n")
         dirs = [os.path.join(sc, d) for d in ("agua", "postfix") if os.path.isdir(os.path.join(sc, d))]
         main(dirs)
         print()
         print("Goals (legit success 100% and p99 <= 3x the same server's baseline):\n")
         print("| scenario | " + " | ".join(os.path.basename(d) for d in dirs) + " |")
         print("|---|" + "---|" * len(dirs))
-        names = sorted({f[:-5] for d in dirs for f in os.listdir(d) if f.endswith(".json") and not f.endswith(".proc.json")} - {"baseline"})
+        names = sorted({f[:-5] for d in dirs for f in os.listdir(d) if f.endswith(".json") and not f.endswith((".proc.json", ".net.json"))} - {"baseline"})
         for n in names:
             cells = []
             for d in dirs:
@@ -171,7 +181,7 @@ def compare(out):
             continue
         print(f"## {title}\n")
         print(ATTACK_HEAD)
-        for f in sorted(x[:-5] for x in os.listdir(dd) if x.endswith(".json") and not x.endswith(".proc.json") and not x.endswith(".log.json") and x != "agua-status.json"):
+        for f in sorted(x[:-5] for x in os.listdir(dd) if x.endswith(".json") and not x.endswith((".proc.json", ".log.json", ".net.json")) and x != "agua-status.json"):
             print(attack_row(f, os.path.join(dd, f)))
         for f in sorted(x for x in os.listdir(dd) if x.endswith(".log.json")):
             print(f"\n{f[:-9]}: {open(os.path.join(dd, f)).read().strip()}")
