@@ -17,8 +17,8 @@ import (
 // and action and the connections admitted, plus every ban and unban. A
 // flood of 45,000 connections from one address in three minutes is three
 // records. It is fed from the denial aggregator and the activity counters,
-// folded in every SaveInterval (and before every query), and persisted in
-// the state folder as an append-only file that is compacted now and then.
+// folded in at least once a minute (and before every query), and persisted
+// in the state folder as an append-only file that is compacted now and then.
 
 // AddrHistory is what one address (or network, when the shield counted the
 // network as a whole, e.g. per-prefix limits) did within a period.
@@ -430,7 +430,13 @@ func (h *history) dropMinute() {
 		}
 		i := sort.Search(len(a.recs), func(i int) bool { return a.recs[i].minute >= m })
 		if i < len(a.recs) && a.recs[i].minute == m {
-			a.recs = append(a.recs[:i], a.recs[i+1:]...)
+			if i == 0 {
+				// The usual case, the address's oldest record: no copying.
+				a.recs[0] = histRec{}
+				a.recs = a.recs[1:]
+			} else {
+				a.recs = append(a.recs[:i], a.recs[i+1:]...)
+			}
 			h.nrecs--
 		}
 		if len(a.recs) == 0 {
