@@ -59,7 +59,6 @@ func (t *Tracker) Serve(ln net.Listener, handle func(net.Conn)) error {
 			c.Close()
 			continue
 		}
-		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
 			defer t.track(c, false)
@@ -68,6 +67,9 @@ func (t *Tracker) Serve(ln net.Listener, handle func(net.Conn)) error {
 	}
 }
 
+// track registers or forgets a session. The WaitGroup is added to under
+// the mutex, and Shutdown sets closing under it too, so no Add can race
+// with Shutdown's Wait.
 func (t *Tracker) track(c net.Conn, add bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -75,6 +77,7 @@ func (t *Tracker) track(c net.Conn, add bool) bool {
 		if t.closing.Load() {
 			return false
 		}
+		t.wg.Add(1)
 		t.conns[c] = struct{}{}
 		t.sessions.Add(1)
 	} else {
@@ -104,7 +107,9 @@ func (t *Tracker) Closing() bool { return t.closing.Load() }
 // ones; when ctx ends first, whatever is left is closed. Listeners are
 // closed by their owner.
 func (t *Tracker) Shutdown(ctx context.Context) error {
+	t.mu.Lock()
 	t.closing.Store(true)
+	t.mu.Unlock()
 	done := make(chan struct{})
 	go func() { t.wg.Wait(); close(done) }()
 	// Repeated, because a session may set a fresh deadline just after one

@@ -406,25 +406,44 @@ func (s *Server) Close() error {
 }
 
 // createDemo makes domain example.test and user demo@example.test on the
-// first start, printing the generated password once.
+// first start (no domains yet), printing the generated password once. The
+// steps are separate transactions, so a start killed half-way is finished
+// by the next one: the demo is (re)done while example.test is the only
+// domain and has no user. The password is printed before the user is
+// stored: if a kill falls in between, the next start prints a new one, so
+// the last password printed is always the one that works.
 func (s *Server) createDemo(out io.Writer) error {
+	const domain, user = "example.test", "demo@example.test"
 	ctx := context.Background()
 	domains, err := s.dir.ListDomains(ctx)
-	if err != nil || len(domains) > 0 {
+	if err != nil {
 		return err
+	}
+	switch {
+	case len(domains) == 0:
+	case len(domains) == 1 && domains[0] == domain:
+		users, err := s.dir.ListUsers(ctx, domain)
+		if err != nil || len(users) > 0 {
+			return err
+		}
+	default:
+		return nil
 	}
 	var b [12]byte
 	rand.Read(b[:])
 	pass := base64.RawURLEncoding.EncodeToString(b[:])
-	if err := s.dir.AddDomain(ctx, "example.test"); err != nil {
+	fmt.Fprintf(out, "\nFirst start: creating domain %s and user %s\n  password: %s\n(shown only this once; change it with `agua user passwd %s`)\n\n", domain, user, pass, user)
+	if f, ok := out.(interface{ Sync() error }); ok {
+		f.Sync()
+	}
+	if err := s.dir.AddDomain(ctx, domain); err != nil && !errors.Is(err, directory.ErrExists) {
 		return err
 	}
-	if err := s.dir.AddUser(ctx, "demo@example.test", pass, 0); err != nil {
+	if err := s.dir.AddUser(ctx, user, pass, 0); err != nil {
 		return err
 	}
-	if err := s.dir.AddAlias(ctx, "postmaster@example.test", "demo@example.test"); err != nil {
+	if err := s.dir.AddAlias(ctx, "postmaster@"+domain, user); err != nil && !errors.Is(err, directory.ErrExists) {
 		return err
 	}
-	fmt.Fprintf(out, "\nFirst start: created domain example.test and user demo@example.test\n  password: %s\n(shown only this once; change it with `agua user passwd demo@example.test`)\n\n", pass)
 	return nil
 }
