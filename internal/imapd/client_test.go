@@ -294,3 +294,22 @@ func tapDirectionVia(f func(io.Writer)) int {
 	f(d)
 	return d.dir
 }
+
+// A selected mailbox deleted by another session ends the session with a
+// BYE rather than failing every command.
+func TestSelectedMailboxDeleted(t *testing.T) {
+	ts := startTest(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("* OK")
+	c.send(`a1 LOGIN alice@example.test "secret pass"`)
+	c.expect("a1 OK")
+	c.send("a2 SELECT Trash")
+	c.until("a2 OK")
+	other := ts.login(t)
+	if err := other.Delete("Trash").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c.send("a3 NOOP")
+	c.expect("* BYE Selected mailbox was deleted")
+	c.expectClosed()
+}

@@ -3,6 +3,7 @@ package imapd
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -492,6 +493,12 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 		return nil
 	}
 	stamp, settled, err := sel.f.Stamp()
+	if errors.Is(err, fs.ErrNotExist) {
+		// Deleted or renamed under us (by this or another session): the
+		// client's view cannot be kept, so the session ends, as Dovecot's.
+		s.conn.bye("Selected mailbox was deleted or renamed")
+		return errSessionEnded
+	}
 	if err != nil {
 		return s.temp("stamp", err)
 	}
