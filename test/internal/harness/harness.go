@@ -134,6 +134,7 @@ type Server struct {
 	// Listener addresses (127.0.0.1:port), from Addrs.
 	SMTP, Submission, Submissions string
 	POP3, POP3S                   string // "" if the binary has no POP3
+	IMAP, IMAPS                   string // "" if the binary has no IMAP
 	Admin                         string // HTTP admin listener, "" if none
 
 	// Addrs holds the free port given to every listener key of the
@@ -246,6 +247,7 @@ func New(t testing.TB, opts Options) *Server {
 
 	s.SMTP, s.Submission, s.Submissions = s.Addrs["smtp.listen"], s.Addrs["smtp.submission_listen"], s.Addrs["smtp.submissions_listen"]
 	s.POP3, s.POP3S, s.Admin = s.Addrs["pop3.listen"], s.Addrs["pop3.tls_listen"], s.Addrs["admin.listen"]
+	s.IMAP, s.IMAPS = s.Addrs["imap.listen"], s.Addrs["imap.tls_listen"]
 	if s.SMTP == "" || s.Submission == "" || s.Submissions == "" {
 		t.Fatalf("harness: agua config example lacks an SMTP listener key; found %v", lks)
 	}
