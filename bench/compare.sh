@@ -47,10 +47,14 @@ agua=$work/agua
 cfg=$work/agua.toml
 agua_pid=
 start_agua() { # [config]
+  if (exec 3<>"/dev/tcp/${AG_SMTP%:*}/${AG_SMTP#*:}") 2>/dev/null; then
+    echo "something already listens on $AG_SMTP: stop it first" >&2; exit 1
+  fi
   (ulimit -n 20000; exec "$agua" serve -config "${1:-$cfg}" >> "$out/agua.log" 2>&1) &
   agua_pid=$!
   echo "$agua_pid" > "$work/agua.pid"
   wait_port "$AG_SMTP"
+  kill -0 "$agua_pid" 2>/dev/null || { echo "agua did not start: see $out/agua.log" >&2; exit 1; }
 }
 stop_agua() {
   if [ -n "$agua_pid" ] && kill -0 "$agua_pid" 2>/dev/null; then
