@@ -146,10 +146,13 @@ func (s *Shield) HistorySnapshot(since time.Time, step time.Duration) HistorySna
 }
 
 // ReadHistory reads the history persisted in stateDir (Options.StateDir)
-// without a running Shield, e.g. for reports while the server is stopped.
-func ReadHistory(stateDir string, since time.Time, step time.Duration, now time.Time) (HistorySnapshot, error) {
-	cfg := DefaultConfig()
-	cfg.HistoryRetention = maxHistoryRetention
+// without a running Shield, e.g. for reports while the server is stopped,
+// within the history bounds of cfg (the server's configuration).
+func ReadHistory(stateDir string, cfg Config, since time.Time, step time.Duration, now time.Time) (HistorySnapshot, error) {
+	if cfg.HistoryMaxAddresses <= 0 || cfg.HistoryMaxRecords <= 0 || cfg.HistoryRetention <= 0 {
+		d := DefaultConfig()
+		cfg.HistoryMaxAddresses, cfg.HistoryMaxRecords, cfg.HistoryRetention = d.HistoryMaxAddresses, d.HistoryMaxRecords, d.HistoryRetention
+	}
 	h := newHistory(&cfg, slog.New(slog.DiscardHandler))
 	if _, err := os.Stat(stateDir); err != nil {
 		return HistorySnapshot{}, fmt.Errorf("shield history: %w", err)

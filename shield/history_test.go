@@ -158,7 +158,7 @@ func TestHistoryPersists(t *testing.T) {
 		t.Errorf("not compacted:\n%s", data)
 	}
 	// Read without a Shield, as reports do when the server is stopped.
-	rd, err := ReadHistory(dir, start, time.Minute, h2.clock.Now())
+	rd, err := ReadHistory(dir, cfg, start, time.Minute, h2.clock.Now())
 	if err != nil || len(rd.Addrs) != 3 || len(rd.Bans) != 1 {
 		t.Errorf("ReadHistory: %v %+v", err, rd)
 	}

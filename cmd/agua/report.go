@@ -50,7 +50,7 @@ func (e *env) history(since string, step time.Duration) (shield.HistorySnapshot,
 	if errors.Is(err, admin.ErrNotRunning) {
 		// The server is stopped: read what it saved.
 		dir := server.ShieldStateDir(e.cfg)
-		snap, err := shield.ReadHistory(dir, from, step, now)
+		snap, err := shield.ReadHistory(dir, e.cfg.Shield, from, step, now)
 		if err != nil {
 			return snap, fmt.Errorf("agua is not running and %s holds no shield history: %w", dir, err)
 		}
