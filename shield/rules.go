@@ -492,3 +492,11 @@ func compilePolicy(cfg *Config) (*policy, error) {
 	}
 	return b.finish(trusted), nil
 }
+
+// CheckRules reads and compiles the inline rules and rule files of c
+// without starting anything, for `config check`-style validation. The
+// error is a *RulesError listing every bad line as file:line: reason.
+func (c Config) CheckRules() error {
+	_, err := compilePolicy(&c)
+	return err
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"io"
 	"log/slog"
@@ -90,6 +91,15 @@ func TestConfigVerbs(t *testing.T) {
 	code, _, errs := agua(t, "", "config", "check", bad)
 	if code == 0 || !strings.Contains(errs, "bad.toml:2: smtp.max_errors") || !strings.Contains(errs, "bad.toml:3: smtp.max_recipients") {
 		t.Fatalf("check bad: exit %d\n%s", code, errs)
+	}
+	// What serve would read next is checked too: rule files, certificates.
+	rules := filepath.Join(dir, "bad.rules")
+	os.WriteFile(rules, []byte("deny 192.0.2.0/24\ndeny 1.2.3.4/40\n"), 0o644)
+	refs := filepath.Join(dir, "refs.toml")
+	os.WriteFile(refs, []byte(fmt.Sprintf("[tls]\ncert_file = %q\nkey_file = %q\n[shield]\nrule_files = [%q]\n", filepath.Join(dir, "none.pem"), filepath.Join(dir, "none.key"), rules)), 0o644)
+	code, _, errs = agua(t, "", "config", "check", refs)
+	if code == 0 || !strings.Contains(errs, "bad.rules:2: bad CIDR") || !strings.Contains(errs, "none.pem") {
+		t.Fatalf("check refs: exit %d\n%s", code, errs)
 	}
 }
 

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"errors"
 	"os"
 	"regexp"
@@ -44,8 +45,8 @@ max_message_size = "12 parsecs"
 	if !errors.As(err, &ce) {
 		t.Fatalf("want *Error, got %v", err)
 	}
-	// The size is a decode error: reported alone, with its line.
-	if len(ce.Problems) != 1 || ce.Problems[0].Line != 5 {
+	// A value the decoder cannot read does not hide the others.
+	if len(ce.Problems) != 2 || ce.Problems[0].Line != 4 || ce.Problems[1].Line != 5 {
 		t.Fatalf("problems: %v", ce.Problems)
 	}
 
@@ -83,6 +84,35 @@ per_ip_conns = 0
 		if got[k] != line {
 			t.Errorf("%s: want line %d, got %d (all: %v)", k, line, got[k], ce.Problems)
 		}
+	}
+}
+
+// Several undecodable values and a bare-number duration are all reported,
+// in line order.
+func TestCheckReportsEveryDecodeProblem(t *testing.T) {
+	src := `[smtp]
+command_timeout = 300
+data_timeout = "3 s"
+max_message_size = "lots"
+
+[shield]
+default_action = "block"
+ban_ttl = 600
+`
+	_, err := Parse("bad.toml", []byte(src))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	var lines []int
+	for _, p := range ce.Problems {
+		lines = append(lines, p.Line)
+	}
+	if want := []int{2, 3, 4, 7, 8}; !slices.Equal(lines, want) {
+		t.Fatalf("problem lines %v, want %v:\n%v", lines, want, ce)
+	}
+	if !strings.Contains(ce.Error(), `a duration needs a unit`) {
+		t.Fatalf("bare number not explained:\n%v", ce)
 	}
 }
 

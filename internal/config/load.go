@@ -9,8 +9,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -62,22 +65,22 @@ func Load(path string) (Config, error) {
 
 // Parse is Load for bytes already read; name is used in problem locations.
 func Parse(name string, data []byte) (Config, error) {
-	cfg := Default()
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
-	if err != nil {
-		p := Problem{File: name, Msg: err.Error()}
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			p.Line = pe.Position.Line
-			p.Msg = pe.Message
-		}
-		return Config{}, &Error{Problems: []Problem{p}}
-	}
+	probs, cfg, md := decodeAll(name, data)
 	lines := keyLines(data)
-	var probs []Problem
-	for _, k := range md.Undecoded() {
-		key := k.String()
-		probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: "unknown key"})
+	if md != nil {
+		for _, k := range md.Undecoded() {
+			key := k.String()
+			probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: "unknown key"})
+		}
+		// BurntSushi/toml reads a bare integer as nanoseconds; an operator
+		// writing idle_timeout = 1800 means seconds. Refuse it.
+		durations := durationKeys()
+		for _, k := range md.Keys() {
+			if durations[k.String()] && md.Type(k...) == "Integer" {
+				probs = append(probs, Problem{File: name, Line: lines.find(k.String()), Key: k.String(),
+					Msg: `a duration needs a unit, as a string: e.g. "30s", "5m", "24h" (a bare number would be nanoseconds)`})
+			}
+		}
 	}
 	for _, p := range cfg.Validate() {
 		p.File = name
@@ -85,9 +88,69 @@ func Parse(name string, data []byte) (Config, error) {
 		probs = append(probs, p)
 	}
 	if len(probs) > 0 {
+		sort.SliceStable(probs, func(i, j int) bool { return probs[i].Line < probs[j].Line })
 		return Config{}, &Error{Problems: probs}
 	}
 	return cfg, nil
+}
+
+// decodeAll decodes data over the defaults. The decoder stops at the first
+// bad value, so to report every problem at once the offending line is
+// blanked and decoding runs again, up to a bound.
+func decodeAll(name string, data []byte) ([]Problem, Config, *toml.MetaData) {
+	var probs []Problem
+	text := append([]byte(nil), data...)
+	for range 100 {
+		cfg := Default()
+		md, err := toml.NewDecoder(bytes.NewReader(text)).Decode(&cfg)
+		if err == nil {
+			return probs, cfg, &md
+		}
+		p := Problem{File: name, Msg: err.Error()}
+		var pe toml.ParseError
+		if !errors.As(err, &pe) || pe.Position.Line <= 0 {
+			return append(probs, p), cfg, nil
+		}
+		p.Line, p.Msg = pe.Position.Line, pe.Message
+		if pe.LastKey != "" {
+			p.Key = pe.LastKey
+		}
+		probs = append(probs, p)
+		if !blankLine(text, pe.Position.Line) {
+			return probs, cfg, nil
+		}
+	}
+	return probs, Default(), nil
+}
+
+// blankLine replaces line n (1-based) with spaces, keeping the offsets of
+// the others; it reports false when there is nothing left to blank.
+func blankLine(text []byte, n int) bool {
+	line := 1
+	for i := range text {
+		if line == n && text[i] != '\n' {
+			text[i] = ' '
+			continue
+		}
+		if text[i] == '\n' {
+			line++
+			if line > n {
+				return true
+			}
+		}
+	}
+	return line >= n
+}
+
+// durationKeys lists the dotted keys whose values are time.Duration.
+func durationKeys() map[string]bool {
+	keys := map[string]bool{}
+	walk("", reflect.ValueOf(Default()), func(string, string) {}, func(table, key, _ string, v reflect.Value) {
+		if v.Type() == reflect.TypeFor[time.Duration]() {
+			keys[join(table, key)] = true
+		}
+	})
+	return keys
 }
 
 // Validate checks every value and returns all problems, each naming its key.
@@ -134,7 +197,7 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"smtp.listen", s.Listen}, {"smtp.submission_listen", s.SubmissionListen}, {"smtp.submissions_listen", s.SubmissionsListen}} {
 		for _, a := range l.addrs {
-			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			if !validHostPort(a) {
 				bad(l.key, "%q is not host:port", a)
 			}
 		}
@@ -144,7 +207,7 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"pop3.listen", c.POP3.Listen}, {"pop3.tls_listen", c.POP3.TLSListen}} {
 		for _, a := range l.addrs {
-			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			if !validHostPort(a) {
 				bad(l.key, "%q is not host:port", a)
 			}
 		}
@@ -175,7 +238,7 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"imap.listen", c.IMAP.Listen}, {"imap.tls_listen", c.IMAP.TLSListen}} {
 		for _, a := range l.addrs {
-			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			if !validHostPort(a) {
 				bad(l.key, "%q is not host:port", a)
 			}
 		}
@@ -206,7 +269,7 @@ func (c Config) Validate() []Problem {
 		host, port, err := net.SplitHostPort(a)
 		ip := net.ParseIP(host)
 		switch {
-		case err != nil || port == "":
+		case err != nil || port == "" || !validHostPort(a):
 			bad("admin.listen", "%q is not host:port", a)
 		case (ip == nil || !ip.IsLoopback()) && host != "localhost" && (c.Admin.Token == "" || !c.Admin.TLS):
 			// The admin API can lift bans and switch lockdown: never expose
@@ -250,6 +313,17 @@ func (c Config) Validate() []Problem {
 		ps = append(ps, shieldProblem(err))
 	}
 	return ps
+}
+
+// validHostPort accepts host:port with a port from 0 (any free port) to
+// 65535.
+func validHostPort(a string) bool {
+	_, port, err := net.SplitHostPort(a)
+	if err != nil || port == "" {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535
 }
 
 // shieldProblem turns a shield validation error ("limits.per_ip_conns: must
