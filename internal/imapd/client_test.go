@@ -1,6 +1,7 @@
 package imapd
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"slices"
@@ -312,4 +313,28 @@ func TestSelectedMailboxDeleted(t *testing.T) {
 	c.send("a3 NOOP")
 	c.expect("* BYE Selected mailbox was deleted")
 	c.expectClosed()
+}
+
+// A client that sends STARTTLS and then never starts the handshake is
+// closed at the pre-login timeout (the TLS layer must not deadlock the
+// BYE).
+func TestStalledSTARTTLSHandshake(t *testing.T) {
+	ts := startTest(t, func(c *Config) { c.PreAuthTimeout = 200 * time.Millisecond })
+	c := dial(t, ts.addr)
+	c.expect("* OK")
+	c.send("S STARTTLS")
+	c.expect("S OK")
+	c.expectClosed()
+	waitFor(t, "session ended", func() bool { return ts.srv.Sessions() == 0 })
+	// And the shield's way: a shutdown while a handshake is pending.
+	c2 := dial(t, ts.addr)
+	c2.expect("* OK")
+	c2.send("S STARTTLS")
+	c2.expect("S OK")
+	waitFor(t, "session tracked", func() bool { return ts.srv.Sessions() == 1 })
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
 }

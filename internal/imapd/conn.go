@@ -68,6 +68,8 @@ type watchConn struct {
 const (
 	headMax = 64
 	tailMax = 24
+	// byeWait bounds the wait for a BYE written through TLS.
+	byeWait = 200 * time.Millisecond
 )
 
 func newWatchConn(c, raw net.Conn, srv *Server, log *slog.Logger, deadline time.Time) *watchConn {
@@ -277,16 +279,27 @@ func (w *watchConn) byeLocked(d shield.Decision, text string) {
 		// Plaintext goes straight to w.Conn (raw, or ours on the
 		// implicit-TLS port); after STARTTLS through the engine's TLS
 		// connection, which writes through w.
-		var out io.Writer = w.Conn
-		if w.encrypted {
-			out = nil
-			if ec := w.engine.Load(); ec != nil {
-				out = ec.NetConn()
+		line := "* BYE " + sanitize(text) + "\r\n"
+		w.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		if !w.encrypted {
+			io.WriteString(w.Conn, line)
+		} else if ec := w.engine.Load(); ec != nil {
+			// A TLS write waits for a handshake in progress, which may be
+			// waiting for this very goroutine's read to fail: write from
+			// another goroutine and close after a short wait whatever
+			// happened (the close ends the handshake and the write).
+			tc := ec.NetConn()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				io.WriteString(tc, line)
+			}()
+			t := time.NewTimer(byeWait)
+			select {
+			case <-done:
+			case <-t.C:
 			}
-		}
-		if out != nil {
-			w.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-			fmt.Fprintf(out, "* BYE %s\r\n", sanitize(text))
+			t.Stop()
 		}
 	}
 	w.ended.Store(true)
