@@ -58,6 +58,10 @@ func cmdDomain(e *env) error {
 	})
 }
 
+// minPasswordLen is the shortest password the CLI accepts: brute force is
+// slowed by the shield, not made pointless.
+const minPasswordLen = 8
+
 // readPassword reads one line from stdin (so scripts can pipe it).
 func readPassword(e *env) (string, error) {
 	line, err := bufio.NewReader(e.stdin).ReadString('\n')
@@ -66,7 +70,10 @@ func readPassword(e *env) (string, error) {
 	}
 	pass := strings.TrimRight(line, "\r\n")
 	if pass == "" {
-		return "", errors.New("no password on standard input (pipe it: echo 'secret' | agua user add ...)")
+		return "", errors.New("no password on standard input (pipe it: echo 'a long secret' | agua user add ...)")
+	}
+	if len([]rune(pass)) < minPasswordLen {
+		return "", fmt.Errorf("password too short: use at least %d characters", minPasswordLen)
 	}
 	return pass, nil
 }

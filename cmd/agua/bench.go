@@ -29,7 +29,7 @@ func cmdBench(e *env) error {
 	f.IntVar(&cfg.PerSession, "per-session", 1, "messages per legitimate session")
 	f.IntVar(&cfg.MaxSessions, "sessions", 0, "sessions per legitimate client, then it stops (0 = for the whole -duration)")
 	f.IntVar(&cfg.MsgSize, "size", 2048, "message size in bytes")
-	f.StringVar(&cfg.From, "from", "bench@bench.example", "MAIL FROM of legitimate mail")
+	f.StringVar(&cfg.From, "from", "", "MAIL FROM of legitimate mail (default: -user with -proto submission, else bench@bench.example)")
 	f.StringVar(&cfg.Rcpt, "rcpt", "demo@example.test", "recipient of legitimate mail (its domain is harvested by -attack harvest)")
 	f.StringVar(&cfg.User, "user", "", "login for -proto submission, pop3 and imap (and the account -attack brute guesses)")
 	f.StringVar(&cfg.Pass, "pass", "", "password for -proto submission, pop3 and imap")
@@ -48,6 +48,9 @@ func cmdBench(e *env) error {
 	}
 	if len(pos) > 0 {
 		return usagef("bench takes flags only")
+	}
+	if cfg.From == "" && cfg.Proto == "submission" {
+		cfg.From = cfg.User // submission only lets a user send as itself
 	}
 	if *legitSrc != "" {
 		for _, s := range strings.Split(*legitSrc, ",") {
@@ -73,10 +76,13 @@ func cmdBench(e *env) error {
 	}
 	cfg.PID = *pid
 	if cfg.PID < 0 {
+		// The local agua of this data folder, only if it is the target.
 		cfg.PID = 0
 		var st server.Status
 		if admin.NewClient(server.AdminSocket(e.cfg)).Do("GET", "/v1/status", nil, &st) == nil {
-			cfg.PID = st.PID
+			if _, ok := st.Listeners[cfg.Target]; ok {
+				cfg.PID = st.PID
+			}
 		}
 	}
 	if !*quiet {

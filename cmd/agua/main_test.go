@@ -2,8 +2,8 @@ package main
 
 import (
 	"bytes"
-	"fmt"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -39,12 +39,12 @@ func TestAccountVerbs(t *testing.T) {
 	if out := mustAgua(t, "", "domain", "list", "-data", data); out != "example.org\n" {
 		t.Fatalf("domain list: %q", out)
 	}
-	mustAgua(t, "pw-one\n", "user", "add", "ann@example.org", "-data", data, "-quota", "10MiB")
+	mustAgua(t, "password-one\n", "user", "add", "ann@example.org", "-data", data, "-quota", "10MiB")
 	out := mustAgua(t, "", "user", "list", "-data", data)
 	if !strings.Contains(out, "ann@example.org") || !strings.Contains(out, "10MiB") {
 		t.Fatalf("user list: %q", out)
 	}
-	mustAgua(t, "pw-two\n", "user", "passwd", "ann@example.org", "-data", data)
+	mustAgua(t, "password-two\n", "user", "passwd", "ann@example.org", "-data", data)
 	mustAgua(t, "", "user", "quota", "ann@example.org", "0", "-data", data)
 	if out := mustAgua(t, "", "user", "list", "-data", data); !strings.Contains(out, "(default)") {
 		t.Fatalf("quota reset: %q", out)
@@ -62,7 +62,8 @@ func TestAccountVerbs(t *testing.T) {
 		want  string
 	}{
 		{"", []string{"user", "add", "bob@example.org"}, "no password on standard input"},
-		{"x\n", []string{"user", "add", "bob@nowhere.example"}, "not a local domain"},
+		{"short\n", []string{"user", "add", "bob@example.org"}, "password too short"},
+		{"long-enough\n", []string{"user", "add", "bob@nowhere.example"}, "not a local domain"},
 		{"", []string{"domain", "remove", "example.org"}, ""},
 		{"", []string{"domain", "frobnicate"}, "domain add|remove"},
 		{"", []string{"nonsense"}, "unknown verb"},
@@ -110,6 +111,12 @@ func TestShieldVerbs(t *testing.T) {
 	if code == 0 || !strings.Contains(errs, "agua is not running") {
 		t.Fatalf("bans without server: %d %q", code, errs)
 	}
+	if code, _, _ := agua(t, ""); code != 2 {
+		t.Errorf("agua without a verb: exit %d, want 2", code)
+	}
+	if out := mustAgua(t, "", "--version"); !strings.HasPrefix(out, "agua ") {
+		t.Errorf("--version: %q", out)
+	}
 
 	cfg := config.Default()
 	cfg.DataDir = data
@@ -155,6 +162,10 @@ func TestShieldVerbs(t *testing.T) {
 	code, _, errs = agua(t, "", "why", "not-an-ip", "-data", data)
 	if code == 0 || !strings.Contains(errs, "not an IP address") {
 		t.Fatalf("why bad ip: %d %q", code, errs)
+	}
+	code, _, errs = agua(t, "", "block", "192.0.2.0/24", "-action", "allow", "-data", data)
+	if code == 0 || !strings.Contains(errs, "not \"allow\"") {
+		t.Fatalf("block -action allow: %d %q", code, errs)
 	}
 	mustAgua(t, "", "unblock", "192.0.2.0/24", "-data", data)
 	if out := mustAgua(t, "", "bans", "-data", data); !strings.Contains(out, "no bans") {

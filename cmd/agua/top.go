@@ -24,6 +24,9 @@ func cmdTop(e *env) error {
 	if err != nil {
 		return err
 	}
+	if *interval < 100*time.Millisecond {
+		return usagef("-interval must be at least 100ms")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	var prev *admin.Live

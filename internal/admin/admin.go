@@ -49,6 +49,9 @@ func (a *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/lockdown", a.lockdownGet)
 	mux.HandleFunc("POST /v1/lockdown", a.lockdownSet)
 	mux.HandleFunc("GET /v1/conns", a.conns)
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		fail(w, http.StatusNotFound, "no such API route: %s %s", r.Method, r.URL.Path)
+	})
 	mux.HandleFunc("GET /v1/live", a.live)
 	mux.HandleFunc("GET /v1/history", a.history)
 	return mux
@@ -129,8 +132,8 @@ func (a *Server) ban(w http.ResponseWriter, r *http.Request) {
 	}
 	act := shield.Reject
 	if req.Action != "" {
-		if act, err = shield.ParseAction(req.Action); err != nil {
-			fail(w, http.StatusBadRequest, "%v", err)
+		if act, err = shield.ParseAction(req.Action); err != nil || act == shield.Allow {
+			fail(w, http.StatusBadRequest, "a ban's action is reject, drop or tarpit, not %q (to always serve an address, add an allow rule to shield.rules)", req.Action)
 			return
 		}
 	}

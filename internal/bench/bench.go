@@ -337,10 +337,27 @@ func (a *addrPool) get() netip.Addr {
 	}
 }
 
+// dialFrom connects from src. The connection is closed when ctx ends, so
+// no session outlives the run whatever it is blocked on.
 func dialFrom(ctx context.Context, src netip.Addr, target string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 	}
-	return d.DialContext(ctx, "tcp", target)
+	c, err := d.DialContext(ctx, "tcp", target)
+	if err != nil {
+		return nil, err
+	}
+	return &runConn{Conn: c, stop: context.AfterFunc(ctx, func() { c.Close() })}, nil
+}
+
+// runConn is a connection tied to the run's context.
+type runConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *runConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
 }

@@ -38,11 +38,6 @@ func (ss *session) cmdAUTH(arg string) error {
 	if err != nil {
 		return err
 	}
-	if d := ss.srv.hooks.AccountDelay; d != nil {
-		if wait := d(user); wait > 0 {
-			time.Sleep(wait)
-		}
-	}
 	// The backend returns a temporary *Error for its own failures; any other
 	// error means the credentials were refused.
 	canonical, err := ss.srv.backend.Authenticate(ss.ctx, &ss.info, user, pass)
@@ -55,8 +50,16 @@ func (ss *session) cmdAUTH(arg string) error {
 		if h := ss.srv.hooks.Auth; h != nil {
 			h(&ss.info, false)
 		}
+		// A failure waits the fixed delay plus the account's delay, which
+		// grows with failures on that account from anywhere; a success
+		// never waits, so the real user is not slowed by an attack on
+		// their account (and the account is never locked).
+		wait := ss.srv.cfg.AuthFailureDelay
+		if h := ss.srv.hooks.AccountDelay; h != nil {
+			wait += h(user)
+		}
 		d := shield.ReportAuth(ss.conn, user, false)
-		time.Sleep(ss.srv.cfg.AuthFailureDelay)
+		time.Sleep(wait)
 		if d.Action != shield.Allow {
 			ss.shieldEnds(d)
 			return errQuit
