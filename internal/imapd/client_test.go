@@ -338,3 +338,34 @@ func TestStalledSTARTTLSHandshake(t *testing.T) {
 		t.Fatalf("shutdown: %v", err)
 	}
 }
+
+// The per-account delay is asked for failed logins only; the Auth hook
+// sees both.
+func TestAccountDelayOnFailureOnly(t *testing.T) {
+	var asked, okAuth, failedAuth atomic.Int32
+	ts := startTestHooks(t, nil, Hooks{
+		AccountDelay: func(account string) time.Duration {
+			asked.Add(1)
+			return time.Millisecond
+		},
+		Auth: func(ok bool) {
+			if ok {
+				okAuth.Add(1)
+			} else {
+				failedAuth.Add(1)
+			}
+		},
+	})
+	c := dial(t, ts.addr)
+	c.expect("* OK")
+	c.send("a1 LOGIN alice@example.test wrong")
+	c.expect("a1 NO [AUTHENTICATIONFAILED]")
+	if asked.Load() != 1 {
+		t.Fatalf("AccountDelay asked %d times after a failure", asked.Load())
+	}
+	c.send(`a2 LOGIN alice@example.test "secret pass"`)
+	c.expect("a2 OK")
+	if asked.Load() != 1 || okAuth.Load() != 1 || failedAuth.Load() != 1 {
+		t.Fatalf("delay asked %d, Auth hook: %d successes, %d failures", asked.Load(), okAuth.Load(), failedAuth.Load())
+	}
+}

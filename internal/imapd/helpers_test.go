@@ -69,6 +69,11 @@ type testServer struct {
 // startTest serves on 127.0.0.1:0 over a fresh Maildir store.
 func startTest(t testing.TB, mutate func(*Config)) *testServer {
 	t.Helper()
+	return startTestHooks(t, mutate, Hooks{})
+}
+
+func startTestHooks(t testing.TB, mutate func(*Config), hooks Hooks) *testServer {
+	t.Helper()
 	cfg := Config{Hostname: "imap.example.test", TLS: testTLS(t), AllowInsecureAuthLoopback: true, IdlePoll: 50 * time.Millisecond}
 	if mutate != nil {
 		mutate(&cfg)
@@ -80,7 +85,7 @@ func startTest(t testing.TB, mutate func(*Config)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(cfg, fakeAuth{}, NewMaildirStore(st), Hooks{}, log)
+	srv, err := NewServer(cfg, fakeAuth{}, NewMaildirStore(st), hooks, log)
 	if err != nil {
 		t.Fatal(err)
 	}
