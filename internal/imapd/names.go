@@ -15,6 +15,9 @@ const delim = '.'
 // bytes, and the folder's is the name plus a leading dot).
 const maxNameLength = 200
 
+// maxFolders bounds the folders of one user (CREATE answers NO [LIMIT]).
+const maxFolders = 1000
+
 // folderName checks a mailbox name from a client (already decoded from
 // modified UTF-7 by the engine) and returns the folder name: "" for INBOX
 // (any case, RFC 3501 5.1). Names that could leave the user's Maildir or

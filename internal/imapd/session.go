@@ -60,17 +60,18 @@ func imapErr(typ imap.StatusResponseType, code imap.ResponseCode, text string) *
 }
 
 var (
-	errBadName      = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Invalid mailbox name")
-	errNoMailbox    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeNonExistent, "No such mailbox")
-	errTryCreate    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeTryCreate, "No such mailbox")
-	errExists       = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeAlreadyExists, "Mailbox already exists")
-	errInbox        = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "INBOX cannot be deleted or renamed here")
-	errReadOnly     = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Mailbox is read-only (EXAMINE)")
-	errOverQuota    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeOverQuota, "Quota exceeded")
-	errTempAuth     = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeUnavailable, "Temporary authentication failure, try again later")
-	errTemp         = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeServerBug, "Temporary local problem, try again later")
-	errSameMailbox  = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Source and destination are the same mailbox")
-	errSessionEnded = imapErr(imap.StatusResponseTypeBye, "", "Session ended")
+	errBadName        = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Invalid mailbox name")
+	errNoMailbox      = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeNonExistent, "No such mailbox")
+	errTryCreate      = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeTryCreate, "No such mailbox")
+	errExists         = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeAlreadyExists, "Mailbox already exists")
+	errInbox          = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "INBOX cannot be deleted or renamed here")
+	errReadOnly       = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Mailbox is read-only (EXAMINE)")
+	errOverQuota      = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeOverQuota, "Quota exceeded")
+	errTempAuth       = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeUnavailable, "Temporary authentication failure, try again later")
+	errTemp           = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeServerBug, "Temporary local problem, try again later")
+	errTooManyFolders = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeLimit, "Too many mailboxes")
+	errSameMailbox    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Source and destination are the same mailbox")
+	errSessionEnded   = imapErr(imap.StatusResponseTypeBye, "", "Session ended")
 )
 
 // temp logs an internal error and returns a client-safe reply.
@@ -235,6 +236,13 @@ func (s *session) Create(name string, options *imap.CreateOptions) error {
 	}
 	if fn == "" {
 		return errExists
+	}
+	// Each folder is three directories: a user must not be able to
+	// exhaust the file system's inodes.
+	if names, err := s.srv.store.ListFolders(s.user); err != nil {
+		return s.temp("list folders", err)
+	} else if len(names) >= maxFolders {
+		return errTooManyFolders
 	}
 	err := s.srv.store.CreateFolder(s.user, fn)
 	switch {
