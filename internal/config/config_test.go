@@ -1,10 +1,10 @@
 package config
 
 import (
-	"slices"
 	"errors"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
