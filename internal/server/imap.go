@@ -49,17 +49,8 @@ func (s *Server) listenIMAP(tlsCfg *tls.Config) error {
 			return err
 		}
 		s.imap = append(s.imap, srv)
-		var reject func(net.Conn, shield.Decision)
-		if !group.implicit { // no plaintext reply on a TLS port
-			reject = imapReject
-		}
-		for _, addr := range group.addrs {
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("%s listener: %w", srv.Name(), err)
-			}
-			sl := s.shield.Listener(ln, shield.ListenerConfig{Name: srv.Name(), MaxConns: c.MaxConns, Reject: reject})
-			s.listeners = append(s.listeners, boundListener{name: srv.Name(), ln: sl, srv: srv})
+		if err := s.bind(srv.Name(), group.addrs, c.MaxConns, imapReject, group.implicit, srv); err != nil {
+			return err
 		}
 	}
 	return nil

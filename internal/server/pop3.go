@@ -51,17 +51,8 @@ func (s *Server) listenPOP3(tlsCfg *tls.Config) error {
 			return err
 		}
 		s.pop3 = append(s.pop3, srv)
-		var reject func(net.Conn, shield.Decision)
-		if !group.implicit { // no plaintext reply on a TLS port
-			reject = pop3Reject
-		}
-		for _, addr := range group.addrs {
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("%s listener: %w", srv.Name(), err)
-			}
-			sl := s.shield.Listener(ln, shield.ListenerConfig{Name: srv.Name(), MaxConns: c.MaxConns, Reject: reject})
-			s.listeners = append(s.listeners, boundListener{name: srv.Name(), ln: sl, srv: srv})
+		if err := s.bind(srv.Name(), group.addrs, c.MaxConns, pop3Reject, group.implicit, srv); err != nil {
+			return err
 		}
 	}
 	return nil

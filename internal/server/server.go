@@ -226,18 +226,27 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 			return err
 		}
 		s.smtp = append(s.smtp, srv)
-		var reject func(net.Conn, shield.Decision)
-		if group.mode != smtpd.ModeSubmissions { // no plaintext reply on a TLS port
-			reject = smtpReject(s.cfg.Hostname)
+		if err := s.bind(group.mode.String(), group.addrs, s.cfg.SMTP.MaxConns, smtpReject(s.cfg.Hostname), group.mode == smtpd.ModeSubmissions, srv); err != nil {
+			return err
 		}
-		for _, addr := range group.addrs {
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("%s listener: %w", group.mode, err)
-			}
-			sl := s.shield.Listener(ln, shield.ListenerConfig{Name: group.mode.String(), MaxConns: s.cfg.SMTP.MaxConns, Reject: reject})
-			s.listeners = append(s.listeners, boundListener{name: group.mode.String(), ln: sl, srv: srv})
+	}
+	return nil
+}
+
+// bind listens on every address, behind the shield, and records the
+// listeners for Serve. Implicit-TLS ports get no plaintext refusal: the
+// client expects a handshake, so a refused one is just closed.
+func (s *Server) bind(name string, addrs []string, maxConns int, reject func(net.Conn, shield.Decision), implicitTLS bool, srv interface{ Serve(net.Listener) error }) error {
+	if implicitTLS {
+		reject = nil
+	}
+	for _, addr := range addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s listener: %w", name, err)
 		}
+		sl := s.shield.Listener(ln, shield.ListenerConfig{Name: name, MaxConns: maxConns, Reject: reject})
+		s.listeners = append(s.listeners, boundListener{name: name, ln: sl, srv: srv})
 	}
 	return nil
 }
