@@ -195,39 +195,8 @@ func (s *Store) CreateDefaultFolders(mailbox string, names []string) error {
 // INBOX and Maildir++ folders together (Usage counts INBOX only, which is
 // what SMTP's quota check has always done).
 func (s *Store) FolderUsage(mailbox string) (int64, int, error) {
-	bytes, count, err := s.Usage(mailbox)
-	if err != nil {
-		return 0, 0, err
-	}
-	names, err := s.ListFolders(mailbox)
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, n := range names {
-		b, c := dirUsage(filepath.Join(s.MaildirPath(mailbox), "."+n))
-		bytes += b
-		count += c
-	}
-	return bytes, count, nil
-}
-
-func dirUsage(dir string) (bytes int64, count int) {
-	for _, sub := range []string{"new", "cur"} {
-		names, err := readNames(filepath.Join(dir, sub))
-		if err != nil {
-			continue
-		}
-		for _, n := range names {
-			if size, ok := sizeFromName(n); ok {
-				bytes += size
-				count++
-			} else if info, err := os.Lstat(filepath.Join(dir, sub, n)); err == nil && info.Mode().IsRegular() {
-				bytes += info.Size()
-				count++
-			}
-		}
-	}
-	return bytes, count
+	s.Forget(mailbox) // exact now, not up to a minute old
+	return s.Usage(mailbox)
 }
 
 // Append writes a message of size bytes read from r into the folder, in

@@ -2,6 +2,8 @@ package maildir
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -104,5 +106,27 @@ func TestFolderStamp(t *testing.T) {
 	deliverN(t, s, box, 1)
 	if st3, _, _ := f.Stamp(); st3 == st2 {
 		t.Fatal("stamp unchanged by a delivery")
+	}
+}
+
+// The quota counts the whole mailbox: a message kept in a Maildir++ folder
+// (e.g. Sent, by an IMAP client) uses quota as one in INBOX does.
+func TestUsageCountsFolders(t *testing.T) {
+	s := openTest(t)
+	const mb = "quota@example.test"
+	if _, err := s.Folder(mb, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateFolder(mb, "Sent"); err != nil {
+		t.Fatal(err)
+	}
+	sent := filepath.Join(s.MaildirPath(mb), ".Sent", "cur", "1700000000.M1P1Q1.host,S=1000:2,S")
+	if err := os.WriteFile(sent, make([]byte, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.Forget(mb)
+	bytes, count, err := s.Usage(mb)
+	if err != nil || bytes != 1000 || count != 1 {
+		t.Fatalf("usage %d bytes, %d messages, %v; want 1000, 1", bytes, count, err)
 	}
 }

@@ -40,8 +40,9 @@ func (s *Store) mailbox(name string) *mailbox {
 	return mb
 }
 
-// Usage returns the bytes and number of messages in mailbox's new/ and cur/
-// folders, from memory when the figure is less than a minute old.
+// Usage returns the bytes and number of messages in mailbox — INBOX and
+// its Maildir++ folders — from memory when the figure is less than a minute
+// old (Forget makes the next call list them again).
 func (s *Store) Usage(mailbox string) (bytes int64, count int, err error) {
 	mb := s.mailbox(mailbox)
 	mb.mu.Lock()
@@ -78,10 +79,19 @@ func (mb *mailbox) refresh(now time.Time) error {
 	if mb.loaded && now.Sub(mb.scanned) < usageMaxAge {
 		return nil
 	}
+	// The quota covers the whole mailbox: INBOX and its Maildir++ folders
+	// (.Sent, .Trash, …), as IMAP clients see it.
+	dirs := []string{filepath.Join(mb.path, "new"), filepath.Join(mb.path, "cur")}
+	if entries, err := os.ReadDir(mb.path); err == nil {
+		for _, e := range entries {
+			if n := e.Name(); e.IsDir() && strings.HasPrefix(n, ".") && n != "." && n != ".." {
+				dirs = append(dirs, filepath.Join(mb.path, n, "new"), filepath.Join(mb.path, n, "cur"))
+			}
+		}
+	}
 	var bytes int64
 	var count int
-	for _, sub := range []string{"new", "cur"} {
-		dir := filepath.Join(mb.path, sub)
+	for _, dir := range dirs {
 		entries, err := os.ReadDir(dir)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
