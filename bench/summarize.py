@@ -77,6 +77,10 @@ def attack_row(label, base):
     if not r:
         return f"| {label} | (no result) |"
     l, a = r["legit"], (r.get("attacks") or [{}])[0]
+    sep = load(base + ".legit.json")  # legitimate clients run as a process of their own
+    if sep:
+        l = sep["legit"]
+        label += " (legit: separate process)"
     outs = " ".join(f"{k}={v}" for k, v in sorted((a.get("outcomes") or {}).items())) or "-"
     mem, cpu = mem_cpu(base)
     return (f"| {label} | {a.get('attempts', 0)} | {a.get('attempts_per_s', 0):.0f} | {a.get('max_held', 0) or '-'} | {outs} | "
@@ -181,7 +185,7 @@ def compare(out):
             continue
         print(f"## {title}\n")
         print(ATTACK_HEAD)
-        for f in sorted(x[:-5] for x in os.listdir(dd) if x.endswith(".json") and not x.endswith((".proc.json", ".log.json", ".net.json")) and x != "agua-status.json"):
+        for f in sorted(x[:-5] for x in os.listdir(dd) if x.endswith(".json") and not x.endswith((".proc.json", ".log.json", ".net.json", ".legit.json")) and x != "agua-status.json"):
             print(attack_row(f, os.path.join(dd, f)))
         for f in sorted(x for x in os.listdir(dd) if x.endswith(".log.json")):
             print(f"\n{f[:-9]}: {open(os.path.join(dd, f)).read().strip()}")
