@@ -93,10 +93,9 @@ def main():
     cpu = cpu0
     while not stop:
         time.sleep(interval)
-        try:
-            c, rss, pss, n = sample(root)
-        except OSError:
-            break
+        if not os.path.exists(f"/proc/{root}"):
+            break  # the server is gone: report what was seen
+        c, rss, pss, n = sample(root)
         cpu = max(cpu, c)
         peak["rss_mb"] = max(peak["rss_mb"], rss / 1024)
         peak["pss_mb"] = max(peak["pss_mb"], pss / 1024)
