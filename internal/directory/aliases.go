@@ -135,6 +135,13 @@ func (d *Directory) Resolve(ctx context.Context, address string) ([]User, error)
 	if err != nil {
 		return nil, err
 	}
+	// Fast path, one query for the common case: a user's address. A user
+	// implies a local domain (a domain with users cannot be removed).
+	if u, err := d.getUser(ctx, d.q, addr); err == nil {
+		return []User{u}, nil
+	} else if !isNotFound(err) {
+		return nil, err
+	}
 	if ok, err := isLocalDomain(ctx, d.q, domain); err != nil {
 		return nil, err
 	} else if !ok {

@@ -91,6 +91,11 @@ func (b *mailBackend) CheckRecipient(ctx context.Context, s *smtpd.Session, env 
 			return errFull
 		}
 	}
+	// Deliver uses what was resolved here instead of asking again.
+	if env.Routes == nil {
+		env.Routes = map[string]any{}
+	}
+	env.Routes[rcpt] = users
 	return nil
 }
 
@@ -119,11 +124,14 @@ func (b *mailBackend) Deliver(ctx context.Context, s *smtpd.Session, env *smtpd.
 	var rcpts []maildir.Recipient
 	seen := map[string]bool{}
 	for _, r := range env.Recipients {
-		users, err := b.resolve(ctx, r)
-		if err != nil {
-			// The account vanished between RCPT and DATA: fail the whole
-			// message temporarily rather than deliver to part of it.
-			return tempErr(fmt.Errorf("resolve %s: %w", r, err))
+		users, ok := env.Routes[r].([]directory.User)
+		if !ok {
+			var err error
+			if users, err = b.resolve(ctx, r); err != nil {
+				// The account vanished: fail the whole message temporarily
+				// rather than deliver to part of it.
+				return tempErr(fmt.Errorf("resolve %s: %w", r, err))
+			}
 		}
 		for _, u := range users {
 			if seen[u.Address] {

@@ -111,6 +111,10 @@ type Envelope struct {
 	From       string // "" for the null reverse-path
 	Recipients []string
 	SMTPUTF8   bool
+	// Routes is the backend's own data per accepted recipient, set by
+	// CheckRecipient (e.g. the mailboxes it resolved) so that Deliver need
+	// not look it up again.
+	Routes map[string]any
 }
 
 // Backend is what a session needs from the rest of the mail system. Errors
