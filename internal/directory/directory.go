@@ -81,7 +81,7 @@ func Open(path string, opts Options) (*Directory, error) {
 		q:            newStmtCache(db),
 		defaultQuota: opts.DefaultQuota,
 		log:          log,
-		hasher:       newHasher(2 * runtime.GOMAXPROCS(0)),
+		hasher:       newHasher(runtime.GOMAXPROCS(0)), // argon2id holds 19 MiB per check: one per core bounds memory under a login flood
 	}
 	if err := d.migrate(context.Background()); err != nil {
 		db.Close()
