@@ -328,6 +328,11 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 		s.ips.do(addr, false, func(v *ipState, _ bool) { v.events[AuthFailure] = window{} })
 		return allow
 	}
+	if ev == MessageAccepted {
+		if d, banned := s.networkFlood(addr, now, c); banned {
+			return d
+		}
+	}
 	th := s.cfg.Thresholds.byEvent(ev)
 	var n int32
 	s.ips.do(addr, true, func(v *ipState, _ bool) {
@@ -359,6 +364,46 @@ func (s *Shield) isKnownGood(addr netip.Addr, ns int64) bool {
 	good := false
 	s.knownGood.do(addr, false, func(v *int64, _ bool) { good = *v > ns })
 	return good
+}
+
+// reasonNetworkFlood is the client-safe text of a network flood ban.
+const reasonNetworkFlood = "too many messages from your network, slow down"
+
+// networkFlood counts an accepted message against the sender's network
+// (a botnet spreads a flood over addresses that each stay under the
+// per-address threshold) and, past Thresholds.NetworkMessage, bans the
+// network with a temporary refusal. Allowlisted addresses are never
+// counted (report returns before).
+func (s *Shield) networkFlood(addr netip.Addr, now time.Time, except *Conn) (Decision, bool) {
+	th := s.cfg.Thresholds.NetworkMessage
+	net := s.netPrefix(addr)
+	ns := now.UnixNano()
+	var n int32
+	s.prefixes.do(net, true, func(v *prefixState, _ bool) {
+		n = v.msgs.add(ns, th.Window.Nanoseconds())
+		if n >= int32(th.Count) {
+			v.msgs = window{}
+		}
+	})
+	if n < int32(th.Count) {
+		return allow, false
+	}
+	const reason = "network_message"
+	if th.DryRun || s.cfg.DryRun {
+		s.log.Info("shield would ban", "addr", net.String(), "reason", reason, "count", n, "window", th.Window.String())
+		return allow, false
+	}
+	if s.pol.Load().trusted.LookupPrefix(net) {
+		return allow, false
+	}
+	s.banMu.Lock()
+	ttl, count := s.escalate(net, now)
+	b := newBan(net, reason, s.cfg.BanAction, true, false, now, ttl, count)
+	b.decision.Reason = reasonNetworkFlood
+	s.putBan(b, now)
+	s.banMu.Unlock()
+	s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")
+	return b.decision, true
 }
 
 // reportAccount counts a failed login on account for AccountDelay.

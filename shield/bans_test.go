@@ -340,3 +340,33 @@ func TestTablesBounded(t *testing.T) {
 		t.Errorf("expected dropped bans at the cap: %+v", st)
 	}
 }
+
+// TestNetworkFlood: a message flood spread over many addresses of one
+// network, each far under the per-address threshold, bans the network
+// with a temporary refusal; other networks are not touched.
+func TestNetworkFlood(t *testing.T) {
+	cfg := testConfig()
+	cfg.Thresholds.NetworkMessage = Threshold{Count: 300, Window: time.Minute}
+	h := newHarness(t, cfg, Options{})
+	var d Decision
+	for i := range 300 {
+		addr := mustAddr(fmt.Sprintf("198.51.100.%d", 1+i%100)) // 3 messages each
+		d = h.s.report(nil, addr, MessageAccepted, h.clock.Now())
+		if i < 299 && d.Action != Allow {
+			t.Fatalf("banned after %d messages: %+v", i+1, d)
+		}
+	}
+	want := Decision{Action: Reject, Temporary: true, Reason: "too many messages from your network, slow down", Source: "ban:network_message"}
+	if d != want {
+		t.Fatalf("got %+v, want %+v", d, want)
+	}
+	if got := h.s.Decide(mustAddr("198.51.100.200"), ""); got != want {
+		t.Fatalf("another address of the network: %+v", got)
+	}
+	if got := h.s.Decide(mustAddr("198.51.101.1"), ""); got.Action != Allow {
+		t.Fatalf("the next network: %+v", got)
+	}
+	if !strings.Contains(h.logs.String(), `msg="shield ban" addr=198.51.100.0/24 reason=network_message`) {
+		t.Fatalf("no ban line:\n%s", h.logs)
+	}
+}

@@ -84,6 +84,7 @@ type ThresholdsConfig struct {
 	PreGreet         Threshold `toml:"pregreet" doc:"client spoke before the greeting"`
 	Message          Threshold `toml:"message" doc:"accepted messages (flood); the ban is a temporary refusal"`
 	Recipient        Threshold `toml:"recipient" doc:"accepted recipients (flood); the ban is a temporary refusal"`
+	NetworkMessage   Threshold `toml:"network_message" doc:"accepted messages from one network (ipv4_prefix/ipv6_prefix), for a flood spread over many addresses; bans the network with a temporary refusal"`
 }
 
 // byEvent returns the threshold for ev, or nil when ev has none.
@@ -152,6 +153,7 @@ func DefaultConfig() Config {
 			PreGreet:         Threshold{Count: 1, Window: time.Minute},
 			Message:          Threshold{Count: 500, Window: time.Minute},
 			Recipient:        Threshold{Count: 2000, Window: time.Minute},
+			NetworkMessage:   Threshold{Count: 3000, Window: time.Minute},
 		},
 	}
 }
@@ -260,6 +262,10 @@ func (c Config) Validate() []error {
 		}
 		positiveInt("thresholds."+ev.String()+".count", t.Count)
 		positiveDur("thresholds."+ev.String()+".window", t.Window)
+	}
+	{
+		positiveInt("thresholds.network_message.count", c.Thresholds.NetworkMessage.Count)
+		positiveDur("thresholds.network_message.window", c.Thresholds.NetworkMessage.Window)
 	}
 	return errs
 }

@@ -17,6 +17,7 @@ type ipState struct {
 type prefixState struct {
 	conns int32
 	rate  bucket
+	msgs  window // accepted messages (Thresholds.NetworkMessage)
 }
 
 // judge applies trusted proxies, rules, lockdown and bans: everything that
