@@ -124,6 +124,7 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 		}
 	}
 	s.bans.Store(t.InsertPersist(b.prefix, b))
+	s.forgetKnownGood(b.prefix)
 	s.issued[b.reason]++
 	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
 		"action", b.action.String(), "count", b.count)
@@ -312,7 +313,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	s.act.event(addr, ev)
 	ns := now.UnixNano()
 	pol := s.pol.Load()
-	if ev == AuthSuccess || ev == MessageAccepted {
+	if (ev == AuthSuccess || ev == MessageAccepted) && s.banLookup(addr, now) == nil {
 		s.markKnownGood(addr, ns)
 		if c != nil {
 			c.knownGood.Store(true)
@@ -350,6 +351,17 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 		return s.wouldBlock(addr, d, true)
 	}
 	return s.banBehaviour(addr, ev, now, c)
+}
+
+// forgetKnownGood takes known-good status away from the addresses of a
+// new ban: a bot that delivered accepted mail before it flooded must not be
+// served under lockdown once its ban expires.
+func (s *Shield) forgetKnownGood(p netip.Prefix) {
+	if p.IsSingleIP() {
+		s.knownGood.delete(p.Addr())
+		return
+	}
+	s.knownGood.each(func(a netip.Addr, _ *int64) bool { return !p.Contains(a) })
 }
 
 // markKnownGood remembers addr as known-good until now+KnownGoodTTL.

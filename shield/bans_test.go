@@ -370,3 +370,30 @@ func TestNetworkFlood(t *testing.T) {
 		t.Fatalf("no ban line:\n%s", h.logs)
 	}
 }
+
+// A ban takes known-good status away: an address that delivered accepted
+// mail and then flooded is not served under lockdown after its ban.
+func TestBanRevokesKnownGood(t *testing.T) {
+	cfg := testConfig()
+	cfg.Thresholds.Message = Threshold{Count: 5, Window: time.Minute}
+	h := newHarness(t, cfg, Options{})
+	addr := mustAddr("192.0.2.77")
+	h.s.report(nil, addr, MessageAccepted, h.clock.Now())
+	if !h.s.isKnownGood(addr, h.clock.Now().UnixNano()) {
+		t.Fatal("accepted mail did not make the address known-good")
+	}
+	for range 4 {
+		h.s.report(nil, addr, MessageAccepted, h.clock.Now())
+	}
+	if d := h.s.Decide(addr, ""); d.Source != "ban:message" {
+		t.Fatalf("not banned: %+v", d)
+	}
+	if h.s.isKnownGood(addr, h.clock.Now().UnixNano()) {
+		t.Fatal("still known-good after its ban")
+	}
+	h.clock.Advance(11 * time.Minute)
+	h.s.SetLockdown(true)
+	if d := h.s.Decide(addr, ""); d.Action != Drop || d.Source != "lockdown" {
+		t.Fatalf("under lockdown after the ban: %+v", d)
+	}
+}
