@@ -14,6 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/agua-mail/agua/internal/bench"
+	"github.com/agua-mail/agua/internal/config"
 )
 
 // chromium returns the browser's path, skipping the test when it is
@@ -37,7 +38,9 @@ func chromium(t *testing.T) string {
 // connections refused.
 func TestDashboardEndToEnd(t *testing.T) {
 	browser := chromium(t)
-	ts := startServer(t, nil)
+	// A short log interval folds refusals into the history quickly, so
+	// the "Recent events" table fills within the test.
+	ts := startServer(t, func(c *config.Config) { c.Shield.LogInterval = 300 * time.Millisecond })
 	tok, err := os.ReadFile(AdminTokenFile(ts.cfg.DataDir))
 	if err != nil {
 		t.Fatal(err)
@@ -109,6 +112,12 @@ func TestDashboardEndToEnd(t *testing.T) {
 		chromedp.WaitVisible(`#bans tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
 	); err != nil {
 		t.Fatalf("block from the page: %v", err)
+	}
+	// The refusals of the blocked attacker reach the aggregated history.
+	if err := chromedp.Run(ctx,
+		chromedp.WaitVisible(`#events tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
+	); err != nil {
+		t.Fatalf("the blocked attacker never showed among the recent events: %v", err)
 	}
 	if dir := os.Getenv("AGUA_SCREENSHOT_DIR"); dir != "" {
 		var png []byte

@@ -9,6 +9,7 @@ let prev = null;
 const history = []; // {served, refused} per second
 const maxPoints = 120;
 let timer = null;
+let eventsTimer = null;
 
 async function api(method, path, body) {
   const opts = { method, headers: { Authorization: "Bearer " + token } };
@@ -171,15 +172,41 @@ async function block(cidr, dur, reason, action) {
   refresh();
 }
 
+// refreshEvents shows the shield's aggregated history of misbehaving
+// addresses; it changes once a log interval, so it is polled less often.
+async function refreshEvents() {
+  let h;
+  try {
+    h = await api("GET", "/v1/history?since=15m&offending=true");
+  } catch (e) {
+    return;
+  }
+  const addrs = (h.addrs || []).slice().sort((a, b) => new Date(b.last) - new Date(a.last)).slice(0, 20);
+  fill($("#events tbody"), addrs.map((a) => {
+    const tr = el("tr");
+    tr.dataset.prefix = a.addr;
+    const refused = (a.refused || []).filter((r) => !r.dry_run).reduce((n, r) => n + r.count, 0);
+    const what = Object.entries(a.events || {}).filter(([k]) => k !== "auth_success" && k !== "message" && k !== "recipient")
+      .map(([k, v]) => k + " " + v).join(", ");
+    const bans = (a.bans || []).filter((b) => b.kind === "ban").map((b) => b.reason).join(", ");
+    for (const v of [a.addr, new Date(a.last).toLocaleTimeString(), refused, what || "-", bans || "-"]) tr.append(el("td", String(v)));
+    return tr;
+  }));
+}
+
 function start() {
   stop();
   refresh();
+  refreshEvents();
   timer = setInterval(refresh, 1000);
+  eventsTimer = setInterval(refreshEvents, 5000);
 }
 
 function stop() {
   if (timer) clearInterval(timer);
+  if (eventsTimer) clearInterval(eventsTimer);
   timer = null;
+  eventsTimer = null;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
