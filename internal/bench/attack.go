@@ -104,6 +104,22 @@ func greet(ctx context.Context, cfg *Config, src netip.Addr, target string) (net
 	}
 }
 
+// greetEHLO is greet followed by EHLO, the start of every attack that
+// talks SMTP; the session gets 30 s from there. On failure the connection
+// is closed and only the outcome returned.
+func greetEHLO(ctx context.Context, cfg *Config, src netip.Addr) (net.Conn, *smtpConn, string) {
+	c, s, out := greet(ctx, cfg, src, cfg.AttackTarget)
+	if c == nil {
+		return nil, nil, out
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if code, err := s.ehlo(cfg.Helo); err != nil || code != 250 {
+		c.Close()
+		return nil, nil, "refused_ehlo"
+	}
+	return c, s, out
+}
+
 func attackConnect(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
 	c, err := dialFrom(ctx, src, cfg.AttackTarget, 5*time.Second)
 	if err != nil {
@@ -188,15 +204,11 @@ func attackPregreet(ctx context.Context, cfg *Config, src netip.Addr, st *attack
 }
 
 func attackBrute(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
-	c, s, out := greet(ctx, cfg, src, cfg.AttackTarget)
+	c, s, out := greetEHLO(ctx, cfg, src)
 	if c == nil {
 		return out
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if code, err := s.ehlo(cfg.Helo); err != nil || code != 250 {
-		return "refused_ehlo"
-	}
 	user := cfg.User
 	if user == "" {
 		user = cfg.Rcpt
@@ -221,15 +233,11 @@ func attackBrute(ctx context.Context, cfg *Config, src netip.Addr, st *attackSta
 }
 
 func attackHarvest(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
-	c, s, out := greet(ctx, cfg, src, cfg.AttackTarget)
+	c, s, out := greetEHLO(ctx, cfg, src)
 	if c == nil {
 		return out
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if code, err := s.ehlo(cfg.Helo); err != nil || code != 250 {
-		return "refused_ehlo"
-	}
 	if code, err := s.cmd("MAIL FROM:<harvest@bench.example>"); err != nil || code != 250 {
 		return "refused_mail"
 	}
@@ -252,14 +260,11 @@ func attackHarvest(ctx context.Context, cfg *Config, src netip.Addr, st *attackS
 }
 
 func attackFlood(ctx context.Context, cfg *Config, src netip.Addr, st *attackStats) string {
-	c, s, out := greet(ctx, cfg, src, cfg.AttackTarget)
+	c, s, out := greetEHLO(ctx, cfg, src)
 	if c == nil {
 		return out
 	}
 	defer c.Close()
-	if code, err := s.ehlo(cfg.Helo); err != nil || code != 250 {
-		return "refused_ehlo"
-	}
 	body := message("flood@bench.example", cfg.Rcpt, cfg.MsgSize)
 	for i := 0; i < 20 && ctx.Err() == nil; i++ {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
