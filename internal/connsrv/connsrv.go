@@ -8,9 +8,11 @@ package connsrv
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -191,4 +193,27 @@ func ReadLine(r *bufio.Reader, max int) (string, error) {
 		buf = buf[:n-1]
 	}
 	return string(buf), nil
+}
+
+// SASL response errors from DecodeSASL; protocols map them to their replies.
+var (
+	ErrSASLCancelled = errors.New("sasl: cancelled by the client")
+	ErrSASLBase64    = errors.New("sasl: response is not base64")
+)
+
+// DecodeSASL decodes one client response of a SASL exchange as SMTP
+// (RFC 4954 4) and POP3 (RFC 5034 4) send it: base64, "=" for an empty
+// response, "*" to cancel.
+func DecodeSASL(s string) ([]byte, error) {
+	switch s = strings.TrimSpace(s); s {
+	case "*":
+		return nil, ErrSASLCancelled
+	case "=":
+		return []byte{}, nil
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, ErrSASLBase64
+	}
+	return b, nil
 }

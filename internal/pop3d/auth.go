@@ -1,8 +1,8 @@
 package pop3d
 
 import (
-	"encoding/base64"
 	"errors"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
 	"time"
 
@@ -100,17 +100,13 @@ func (ss *session) challenge() ([]byte, error) {
 	return decodeResponse(line)
 }
 
-// decodeResponse handles "*" (cancel) and "=" (empty initial response).
+// decodeResponse decodes a SASL response and maps its errors to replies.
 func decodeResponse(s string) ([]byte, error) {
-	s = strings.TrimSpace(s)
-	switch s {
-	case "*":
+	b, err := connsrv.DecodeSASL(s)
+	switch {
+	case errors.Is(err, connsrv.ErrSASLCancelled):
 		return nil, errAuthCancelled
-	case "=":
-		return []byte{}, nil
-	}
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
+	case err != nil:
 		return nil, errAuthBase64
 	}
 	return b, nil

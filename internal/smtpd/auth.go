@@ -3,6 +3,7 @@ package smtpd
 import (
 	"encoding/base64"
 	"errors"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
 	"time"
 
@@ -97,17 +98,13 @@ func (ss *session) challenge(c string) ([]byte, error) {
 	return decodeResponse(line)
 }
 
-// decodeResponse handles "*" (cancel, RFC 4954 4) and "=" (empty).
+// decodeResponse decodes a SASL response and maps its errors to replies.
 func decodeResponse(s string) ([]byte, error) {
-	s = strings.TrimSpace(s)
-	switch s {
-	case "*":
+	b, err := connsrv.DecodeSASL(s)
+	switch {
+	case errors.Is(err, connsrv.ErrSASLCancelled):
 		return nil, errAuthCancelled
-	case "=":
-		return []byte{}, nil
-	}
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
+	case err != nil:
 		return nil, errAuthBase64
 	}
 	return b, nil
