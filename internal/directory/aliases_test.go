@@ -51,7 +51,7 @@ func TestAliasManagement(t *testing.T) {
 
 	got, err := d.ListAliases(ctx, "")
 	must(t, err)
-	want := []Alias{{"@example.net", "carol@example.net"}, {"team@example.net", "sales@example.org"}, {"sales@example.org", "alice@example.org"}}
+	want := []Alias{{From: "@example.net", To: "carol@example.net"}, {From: "team@example.net", To: "sales@example.org"}, {From: "sales@example.org", To: "alice@example.org"}}
 	if !slices.Equal(got, want) {
 		t.Errorf("ListAliases = %v, want %v", got, want)
 	}

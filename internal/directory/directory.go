@@ -11,6 +11,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/agua-mail/agua/internal/accounts"
 )
 
 // Options configure a Directory.
@@ -21,23 +23,14 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// User is one account.
-type User struct {
-	Address  string    // lower-case local@domain
-	Domain   string    // lower-case domain
-	Quota    int64     // effective quota in bytes (the default applied)
-	QuotaSet int64     // stored quota in bytes, 0 = the default
-	Created  time.Time // when the user was added
-}
-
-// Alias maps From to To. From is "local@domain", or "@domain" for the
-// catch-all of that domain; To is a local address.
-type Alias struct {
-	From, To string
-}
+// User and Alias are the accounts contract's types (internal/accounts).
+type (
+	User  = accounts.User
+	Alias = accounts.Alias
+)
 
 // Directory is the account database. It is safe for concurrent use, and
-// several processes may open the same file.
+// several processes may open the same file. It implements accounts.Directory.
 type Directory struct {
 	db           *sql.DB
 	q            *stmtCache // read queries, prepared once
@@ -46,6 +39,8 @@ type Directory struct {
 	hasher       *hasher
 	dummyHash    string // verified for unknown users so they cost the same
 }
+
+var _ accounts.Directory = (*Directory)(nil)
 
 // busyTimeout is how long a statement waits for another process (the CLI or
 // the server) holding the write lock.

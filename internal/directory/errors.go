@@ -1,17 +1,19 @@
 package directory
 
-import "errors"
+import "github.com/agua-mail/agua/internal/accounts"
 
-// Sentinel errors. Errors returned by this package wrap one of these with a
-// message meant for the operator; match them with errors.Is.
+// Sentinel errors: the accounts contract's own (internal/accounts), so a
+// caller matches them with errors.Is whichever backend it talks to. Errors
+// returned by this package wrap one of these with a message meant for the
+// operator.
 var (
-	ErrExists     = errors.New("already exists")
-	ErrNotFound   = errors.New("not found")
-	ErrNotEmpty   = errors.New("not empty")
-	ErrAuthFailed = errors.New("authentication failed")
-	ErrNotLocal   = errors.New("domain is not local")
-	ErrNoSuchUser = errors.New("no such user")
-	ErrInvalid    = errors.New("invalid")
+	ErrExists     = accounts.ErrExists
+	ErrNotFound   = accounts.ErrNotFound
+	ErrNotEmpty   = accounts.ErrNotEmpty
+	ErrAuthFailed = accounts.ErrAuthFailed
+	ErrNotLocal   = accounts.ErrNotLocal
+	ErrNoSuchUser = accounts.ErrNoSuchUser
+	ErrInvalid    = accounts.ErrInvalid
 )
 
 // dirError carries an operator-facing message and the sentinel it stands for.

@@ -27,6 +27,7 @@ import (
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
+	"github.com/agua-mail/agua/internal/router"
 	"github.com/agua-mail/agua/internal/smtpd"
 	"github.com/agua-mail/agua/internal/tlsutil"
 	"github.com/agua-mail/agua/shield"
@@ -201,7 +202,12 @@ func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
 }
 
 func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
-	backend := &mailBackend{dir: s.dir, store: s.store, hostname: s.cfg.Hostname}
+	// Remote stays nil until the outbound queue exists: remote recipients
+	// on submission are refused with 550 5.3.0.
+	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: router.NewLocal(s.store)})
+	if err != nil {
+		return err
+	}
 	hooks := smtpd.Hooks{
 		AccountDelay: s.shield.AccountDelay,
 		Auth:         func(ss *smtpd.Session, ok bool) { s.metrics.Auth(ss.Mode.String(), ok) },

@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -19,7 +20,7 @@ func (ss *session) greet(arg string, extended bool) error {
 		return Errorf(501, "5.5.4", "Syntax: EHLO hostname")
 	}
 	ss.info.Helo = arg
-	ss.env = Envelope{}
+	ss.resetTransaction()
 	ss.state = stateReady
 	greeting := fmt.Sprintf("%s Hello %s", ss.srv.cfg.Hostname, arg)
 	if !extended {
@@ -110,7 +111,7 @@ func (ss *session) cmdMAIL(arg string) error {
 	if err != nil {
 		return err
 	}
-	env := Envelope{From: from}
+	mail := Mail{From: from}
 	for _, p := range params {
 		k, v, _ := strings.Cut(p, "=")
 		switch strings.ToUpper(k) {
@@ -122,6 +123,7 @@ func (ss *session) cmdMAIL(arg string) error {
 			if n > ss.srv.cfg.MaxMessageSize {
 				return errTooBig
 			}
+			mail.Size = n
 		case "BODY": // RFC 6152
 			if u := strings.ToUpper(v); u != "7BIT" && u != "8BITMIME" {
 				return Errorf(555, "5.5.4", "Unsupported BODY type")
@@ -130,19 +132,21 @@ func (ss *session) cmdMAIL(arg string) error {
 			if v != "" {
 				return errSyntax
 			}
-			env.SMTPUTF8 = true
+			mail.SMTPUTF8 = true
 		case "AUTH": // RFC 4954 5: accepted and not trusted.
 		default:
 			return Errorf(555, "5.5.4", "Unsupported MAIL parameter %s", sanitize(k))
 		}
 	}
-	if !env.SMTPUTF8 && !isASCII(from) {
+	if !mail.SMTPUTF8 && !isASCII(from) {
 		return errUTF8Addr
 	}
-	if err := ss.srv.backend.CheckSender(ss.ctx, &ss.info, from); err != nil {
+	tx, err := ss.srv.backend.NewTransaction(ss.ctx, &ss.info, mail)
+	if err != nil {
 		return err
 	}
-	ss.env = env
+	ss.tx = tx
+	ss.env = Envelope{From: from, SMTPUTF8: mail.SMTPUTF8}
 	ss.state = stateMail
 	ss.replyLine(250, "2.1.0", "Sender OK")
 	return nil
@@ -175,14 +179,12 @@ func (ss *session) cmdRCPT(arg string) error {
 			return nil
 		}
 	}
-	if err := ss.srv.backend.CheckRecipient(ss.ctx, &ss.info, &ss.env, rcpt); err != nil {
-		e := AsError(err)
-		if e.Enhanced == "5.1.1" {
-			// Harvesting shows as many unknown recipients.
-			if !ss.report(shield.UnknownRecipient) {
-				return errQuit
-			}
+	if err := ss.tx.AddRcpt(ss.ctx, rcpt); err != nil {
+		// Harvesting shows as many unknown recipients.
+		if errors.Is(err, ErrUnknownRecipient) && !ss.report(shield.UnknownRecipient) {
+			return errQuit
 		}
+		e := AsError(err)
 		ss.reply(e)
 		if e.Cause != nil {
 			ss.log.Warn("smtp rcpt failed", "err", e.Cause)

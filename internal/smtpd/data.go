@@ -36,7 +36,7 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	if sp.err != nil {
 		ss.resetTransaction()
-		return &Error{Code: 451, Enhanced: "4.3.0", Msg: "Temporary local problem, try again later", Cause: sp.err}
+		return ErrTempLocal.WithCause(sp.err)
 	}
 	if bad != nil {
 		ss.resetTransaction()
@@ -49,11 +49,16 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	env := ss.env
 	start := time.Now()
-	if err := ss.srv.backend.Deliver(ss.ctx, &ss.info, &env, sp, sp.Size()); err != nil {
+	err = ss.tx.Body(ss.ctx, sp, sp.Size())
+	if err == nil {
+		err = ss.tx.Commit(ss.ctx)
+	}
+	if err != nil {
 		ss.resetTransaction()
 		ss.refused(AsError(err).Code)
 		return err
 	}
+	ss.tx = nil // committed: nothing left to abort
 	took := time.Since(start)
 	ss.log.Info("smtp message accepted", "id", msgID, "from", env.From, "rcpts", len(env.Recipients), "size", sp.Size(), "took", took.Round(time.Microsecond))
 	ss.replyLine(250, "2.0.0", "OK queued as "+msgID)

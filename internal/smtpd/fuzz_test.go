@@ -1,9 +1,7 @@
 package smtpd
 
 import (
-	"context"
 	"crypto/tls"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -11,33 +9,6 @@ import (
 	"testing"
 	"time"
 )
-
-// memBackend accepts one local domain and keeps delivered messages in
-// memory. It exists to fuzz the session loop in isolation; the real backend
-// is exercised by internal/server's tests over real sockets.
-type memBackend struct{ delivered int }
-
-func (b *memBackend) Authenticate(ctx context.Context, s *Session, user, pass string) (string, error) {
-	if user == "u@example.test" && pass == "p" {
-		return user, nil
-	}
-	return "", errors.New("bad credentials")
-}
-func (b *memBackend) CheckSender(ctx context.Context, s *Session, from string) error { return nil }
-func (b *memBackend) CheckRecipient(ctx context.Context, s *Session, env *Envelope, rcpt string) error {
-	if strings.HasSuffix(rcpt, "@example.test") {
-		return nil
-	}
-	return Errorf(550, "5.7.1", "Relay access denied")
-}
-func (b *memBackend) Deliver(ctx context.Context, s *Session, env *Envelope, msg io.ReaderAt, size int64) error {
-	buf := make([]byte, size)
-	if _, err := msg.ReadAt(buf, 0); err != nil && err != io.EOF {
-		return err
-	}
-	b.delivered++
-	return nil
-}
 
 // FuzzSession feeds arbitrary client input to a session and checks that it
 // never panics, always ends, and answers only with well-formed replies.

@@ -13,6 +13,8 @@ type Error struct {
 	Enhanced string // "5.1.1"; "" for replies that carry none (e.g. 220, 221 before EHLO)
 	Msg      string
 	Cause    error
+
+	sentinel *Error // the reply this one was made from by WithCause
 }
 
 func (e *Error) Error() string {
@@ -24,6 +26,24 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Cause }
+
+// Is makes a reply made by WithCause match the sentinel it came from.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && e.sentinel != nil && t == e.sentinel
+}
+
+// WithCause returns a copy of e that keeps cause for the log. The copy still
+// matches e with errors.Is.
+func (e *Error) WithCause(cause error) *Error {
+	c := *e
+	c.Cause = cause
+	c.sentinel = e
+	if e.sentinel != nil {
+		c.sentinel = e.sentinel
+	}
+	return &c
+}
 
 // Temporary reports a 4xx reply.
 func (e *Error) Temporary() bool { return e.Code >= 400 && e.Code < 500 }
@@ -40,8 +60,31 @@ func AsError(err error) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
-	return &Error{Code: 451, Enhanced: "4.3.0", Msg: "Temporary local problem, try again later", Cause: err}
+	return ErrTempLocal.WithCause(err)
 }
+
+// Replies a Backend returns. Those that change what the session does are
+// matched with errors.Is, never by their code or text.
+var (
+	// ErrUnknownRecipient refuses a recipient that does not exist; the
+	// session reports it to the shield (harvesting shows as many).
+	ErrUnknownRecipient = Errorf(550, "5.1.1", "No such user here")
+	// ErrRelayDenied refuses a recipient in a domain that is not local on
+	// a port that does not relay (RFC 5321 3.6.2).
+	ErrRelayDenied = Errorf(550, "5.7.1", "Relay access denied")
+	// ErrSenderNotOwned refuses MAIL FROM on submission when the user does
+	// not own the address (RFC 6409 6.1).
+	ErrSenderNotOwned = Errorf(553, "5.7.1", "Sender address is not owned by the authenticated user")
+	// ErrMailboxFull defers a recipient whose mailbox is over quota
+	// (RFC 3463 4.2.2: temporary, the sender retries).
+	ErrMailboxFull = Errorf(452, "4.2.2", "Mailbox full")
+	// ErrAuthFailed refuses credentials (RFC 4954 6).
+	ErrAuthFailed = errAuthFailed
+	// ErrTempAuth is a backend failure while checking credentials.
+	ErrTempAuth = Errorf(454, "4.7.0", "Temporary authentication failure")
+	// ErrTempLocal is any other local failure; the client retries.
+	ErrTempLocal = Errorf(451, "4.3.0", "Temporary local problem, try again later")
+)
 
 // Replies used by the session. Keeping them here makes the protocol's
 // vocabulary readable in one place.

@@ -12,16 +12,16 @@
 // the shield bans its address mid-session, and per-account auth delays. Each
 // would have required forking its connection loop.
 //
-// The package knows nothing of accounts or storage: it calls a Backend, whose
-// errors may carry exact replies (*Error).
+// The package knows nothing of accounts or storage: it calls a Backend, which
+// starts one Transaction per MAIL FROM (see backend.go); errors may carry
+// exact replies (*Error), and the ones that steer the session are sentinels
+// (ErrUnknownRecipient, ErrAuthFailed) matched with errors.Is.
 package smtpd
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"github.com/agua-mail/agua/internal/connsrv"
-	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -94,56 +94,6 @@ func (c *Config) setDefaults() {
 	if c.AuthFailureDelay < 0 {
 		c.AuthFailureDelay = 0
 	}
-}
-
-// Session describes a session to the Backend.
-type Session struct {
-	ID         string
-	Mode       Mode
-	RemoteAddr net.Addr
-	Helo       string
-	TLS        bool
-	User       string // authenticated user, "" if none
-}
-
-// Envelope is one accepted transaction.
-type Envelope struct {
-	From       string // "" for the null reverse-path
-	Recipients []string
-	SMTPUTF8   bool
-	// Routes is the backend's own data per accepted recipient, set by
-	// CheckRecipient (e.g. the mailboxes it resolved) so that Deliver need
-	// not look it up again.
-	Routes map[string]any
-}
-
-// Backend is what a session needs from the rest of the mail system. Errors
-// of type *Error are sent as they are; others become 451 4.3.0.
-type Backend interface {
-	// Authenticate checks credentials and returns the canonical user name.
-	Authenticate(ctx context.Context, s *Session, user, password string) (string, error)
-	// CheckSender vets MAIL FROM (e.g. that an authenticated user owns it).
-	CheckSender(ctx context.Context, s *Session, from string) error
-	// CheckRecipient vets one RCPT TO (local user, relay policy, quota).
-	CheckRecipient(ctx context.Context, s *Session, env *Envelope, rcpt string) error
-	// Deliver stores the message durably for every recipient, or fails for
-	// all of them. It returns only once the message is safe on disk.
-	Deliver(ctx context.Context, s *Session, env *Envelope, msg io.ReaderAt, size int64) error
-}
-
-// Hooks let the embedding service observe and steer sessions without the
-// package depending on it. All fields are optional.
-type Hooks struct {
-	// AccountDelay returns an extra delay before answering an auth attempt
-	// for account (per-account brute-force protection).
-	AccountDelay func(account string) time.Duration
-	// Delivered is called after a message is accepted; took is the time
-	// the backend needed to make it durable.
-	Delivered func(s *Session, env *Envelope, size int64, took time.Duration)
-	// Refused is called when a message is refused after DATA.
-	Refused func(s *Session, code int)
-	// Auth is called after each authentication attempt.
-	Auth func(s *Session, ok bool)
 }
 
 // Server serves SMTP on any number of listeners.

@@ -74,7 +74,8 @@ type session struct {
 	log      *slog.Logger
 	info     Session
 	state    state
-	env      Envelope
+	env      Envelope    // the open transaction as the session sees it
+	tx       Transaction // the backend's side of it; nil outside one
 	errors   int
 	deadline time.Time // whole-session deadline
 	ctx      context.Context
@@ -138,6 +139,7 @@ func (s *Server) serveConn(c net.Conn) {
 	ss.r = bufio.NewReaderSize(ss.conn, 4096)
 	ss.w = bufio.NewWriterSize(ss.conn, 4096)
 	ss.log.Debug("smtp session start")
+	defer ss.resetTransaction() // a transaction left open by a dropped client is aborted
 	ss.run()
 	ss.log.Debug("smtp session end", "errors", ss.errors)
 }
@@ -355,7 +357,13 @@ func (ss *session) flush() error {
 	return ss.w.Flush()
 }
 
+// resetTransaction aborts the open transaction, if any (RSET, EHLO, a
+// refused or delivered message, the end of the session).
 func (ss *session) resetTransaction() {
+	if ss.tx != nil {
+		ss.tx.Abort()
+		ss.tx = nil
+	}
 	ss.env = Envelope{}
 	if ss.state&(stateMail|stateRcpt) != 0 {
 		ss.state = stateReady

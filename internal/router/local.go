@@ -1,0 +1,79 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/agua-mail/agua/internal/maildir"
+	"github.com/agua-mail/agua/internal/smtpd"
+)
+
+// Local is the target for local mailboxes: the Maildir store.
+type Local struct {
+	store *maildir.Store
+}
+
+// NewLocal returns the local target on store.
+func NewLocal(store *maildir.Store) *Local { return &Local{store: store} }
+
+// Check defers a mailbox already over quota, with a temporary code
+// (RFC 3463 4.2.2) so the sender retries after the user cleans up.
+func (l *Local) Check(ctx context.Context, rcpt Recipient) error {
+	used, _, err := l.store.Usage(rcpt.Address)
+	if err != nil {
+		return smtpd.ErrTempLocal.WithCause(err)
+	}
+	if used >= rcpt.Quota {
+		return smtpd.ErrMailboxFull
+	}
+	return nil
+}
+
+// Deliver writes the message into every mailbox, each copy starting with
+// Return-Path and Delivered-To (RFC 5321 4.4: Return-Path is added at final
+// delivery). All or nothing: over quota, no mailbox gets it.
+func (l *Local) Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size int64) error {
+	rcpts := make([]maildir.Recipient, len(env.Rcpts))
+	for i, r := range env.Rcpts {
+		prefix := fmt.Sprintf("Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, r.Address)
+		rcpts[i] = maildir.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: []byte(prefix)}
+	}
+	err := l.store.Deliver(ctx, maildir.Message{R: msg, Size: size}, rcpts)
+	var qe *maildir.QuotaError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &qe):
+		if qe.Permanent {
+			return smtpd.Errorf(552, "5.2.2", "Message exceeds the mailbox quota of %s", qe.Mailbox)
+		}
+		return smtpd.Errorf(452, "4.2.2", "Mailbox %s is full", qe.Mailbox)
+	default:
+		return smtpd.ErrTempLocal.WithCause(err)
+	}
+}
+
+// Queue adapts an outbound queue to a Target: every remote recipient is
+// accepted at RCPT time, and the message is handed to the function, which
+// must return only once it is durable. Wiring, for a queue with
+// Enqueue(ctx, Envelope, io.Reader) (id string, err error):
+//
+//	router.Queue(func(ctx context.Context, from string, rcpts []string, msg io.Reader) error {
+//		_, err := q.Enqueue(ctx, queue.Envelope{From: from, Rcpts: rcpts}, msg)
+//		return err
+//	})
+type Queue func(ctx context.Context, from string, rcpts []string, msg io.Reader) error
+
+// Check accepts every recipient.
+func (q Queue) Check(ctx context.Context, rcpt Recipient) error { return nil }
+
+// Deliver enqueues the message for env's recipients.
+func (q Queue) Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size int64) error {
+	rcpts := make([]string, len(env.Rcpts))
+	for i, r := range env.Rcpts {
+		rcpts[i] = r.Address
+	}
+	return q(ctx, env.From, rcpts, io.NewSectionReader(msg, 0, size))
+}

@@ -1,0 +1,142 @@
+// Package router decides where accepted mail goes and holds the mail rules
+// around it: the relay policy (an MX never relays, RFC 5321 3.6.2; an
+// authenticated submission may send out, RFC 6409), the postmaster fallback
+// (RFC 5321 4.1.1.3), the quota pre-check at RCPT, sender ownership on
+// submission (RFC 6409 6.1) and, in the local target, the final-delivery
+// trace fields Return-Path and Delivered-To (RFC 5321 4.4).
+//
+// A Router is the smtpd.Backend: each MAIL FROM starts a transaction that
+// resolves every RCPT TO through the accounts (accounts.Lookup) and routes it
+// to a Target. Local mailboxes go to the Local target (the Maildir store);
+// addresses in domains that are not local go to the Remote target, the
+// outbound queue, when one is configured (see Queue), and are refused with
+// 550 5.3.0 when none is. The session's own Received field is added by
+// smtpd, the server that receives (RFC 5321 4.4).
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+
+	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/smtpd"
+)
+
+// A Target takes messages for the recipients routed to it: the local
+// Maildir store, or the outbound queue.
+type Target interface {
+	// Check vets one recipient at RCPT time, before the message arrives;
+	// nil accepts it. The local target defers a mailbox already over quota.
+	Check(ctx context.Context, rcpt Recipient) error
+	// Deliver makes msg durable for every recipient of env, or for none,
+	// and returns only once it is safe. msg is the message as received,
+	// the Received field first. Errors that are *smtpd.Error are sent as
+	// their reply; others become 451 4.3.0.
+	Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size int64) error
+}
+
+// Recipient is one recipient as routed to a target.
+type Recipient struct {
+	Address string // local target: the mailbox; remote: the address as given at RCPT
+	Quota   int64  // local mailboxes: bytes allowed; 0 for remote recipients
+}
+
+// Envelope is what a target delivers: the reverse-path and its recipients,
+// each mailbox once.
+type Envelope struct {
+	From  string // "" for the null reverse-path
+	Rcpts []Recipient
+}
+
+// Config is what a Router needs.
+type Config struct {
+	// Hostname is the server's name; the bare "postmaster" is postmaster
+	// at this domain when it is local.
+	Hostname string
+	Accounts accounts.Lookup
+	Local    Target // required: the local mailboxes
+	Remote   Target // optional: the outbound queue; nil refuses remote recipients
+}
+
+// Router routes SMTP transactions. It is safe for concurrent use.
+type Router struct {
+	cfg Config
+}
+
+var _ smtpd.Backend = (*Router)(nil)
+
+// errNoOutbound refuses a remote recipient on submission while no outbound
+// queue is configured.
+var errNoOutbound = smtpd.Errorf(550, "5.3.0", "Outbound delivery is not available on this server yet; only local recipients are accepted")
+
+// New returns a router.
+func New(cfg Config) (*Router, error) {
+	if cfg.Accounts == nil || cfg.Local == nil {
+		return nil, errors.New("router: accounts and a local target are required")
+	}
+	return &Router{cfg: cfg}, nil
+}
+
+// Authenticate checks submission credentials against the accounts.
+func (r *Router) Authenticate(ctx context.Context, s *smtpd.Session, user, pass string) (string, error) {
+	u, err := r.cfg.Accounts.Authenticate(ctx, user, pass)
+	switch {
+	case err == nil:
+		return u.Address, nil
+	case errors.Is(err, accounts.ErrAuthFailed), errors.Is(err, accounts.ErrInvalid):
+		return "", smtpd.ErrAuthFailed
+	default:
+		return "", smtpd.ErrTempAuth.WithCause(err)
+	}
+}
+
+// NewTransaction vets the sender and starts a transaction. On MX anyone may
+// send (sender authentication, SPF at this point, comes later); on
+// submission the user must own the address or an alias of theirs
+// (RFC 6409 6.1), and the null reverse-path is refused.
+func (r *Router) NewTransaction(ctx context.Context, s *smtpd.Session, mail smtpd.Mail) (smtpd.Transaction, error) {
+	if s.Mode != smtpd.ModeMX {
+		if err := r.checkSender(ctx, s.User, mail.From); err != nil {
+			return nil, err
+		}
+	}
+	return &transaction{r: r, s: s, from: mail.From, seen: map[string]bool{}}, nil
+}
+
+func (r *Router) checkSender(ctx context.Context, user, from string) error {
+	if from == "" {
+		return smtpd.ErrSenderNotOwned
+	}
+	ok, err := r.cfg.Accounts.CanSendAs(ctx, user, from)
+	if err != nil && !errors.Is(err, accounts.ErrInvalid) && !errors.Is(err, accounts.ErrNotFound) {
+		return smtpd.ErrTempLocal.WithCause(err)
+	}
+	if !ok {
+		return smtpd.ErrSenderNotOwned
+	}
+	return nil
+}
+
+// resolve maps a recipient to local mailboxes. The bare "postmaster"
+// (RFC 5321 4.1.1.3: must be accepted) is postmaster at the server's host
+// name when that is a local domain, else at the first local domain.
+func (r *Router) resolve(ctx context.Context, rcpt string) ([]accounts.User, error) {
+	acc := r.cfg.Accounts
+	if !strings.EqualFold(rcpt, "postmaster") {
+		return acc.Resolve(ctx, rcpt)
+	}
+	users, err := acc.Resolve(ctx, "postmaster@"+r.cfg.Hostname)
+	if !errors.Is(err, accounts.ErrNotLocal) {
+		return users, err
+	}
+	domains, err := acc.ListDomains(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(domains) == 0 {
+		return nil, accounts.ErrNoSuchUser
+	}
+	return acc.Resolve(ctx, "postmaster@"+domains[0])
+}

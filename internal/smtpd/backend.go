@@ -1,0 +1,94 @@
+package smtpd
+
+import (
+	"context"
+	"io"
+	"net"
+	"time"
+)
+
+// Session describes a session to the Backend. A transaction gets it at
+// MAIL FROM, so checks that depend on the client (SPF on the client address,
+// HELO and MAIL FROM, RFC 7208 2.3 and 2.4) can run there.
+type Session struct {
+	ID         string
+	Mode       Mode
+	RemoteAddr net.Addr
+	Helo       string
+	TLS        bool
+	User       string // authenticated user, "" if none
+}
+
+// Envelope is the part of a transaction the session itself keeps: what it
+// needs for its own replies, its Received field and its hooks. The backend
+// keeps its own per-recipient state in its Transaction.
+type Envelope struct {
+	From       string // "" for the null reverse-path
+	Recipients []string
+	SMTPUTF8   bool
+}
+
+// Mail is what MAIL FROM declared (RFC 5321 4.1.1.2).
+type Mail struct {
+	From     string // "" for the null reverse-path
+	SMTPUTF8 bool   // RFC 6531 3.4
+	Size     int64  // the SIZE parameter (RFC 1870), 0 if not given
+}
+
+// Backend is what a session needs from the rest of the mail system. The
+// package owns this interface; internal/router implements it.
+//
+// Errors that decide what the session does are the sentinels below (match
+// them with errors.Is); any *Error is sent as its reply; any other error
+// becomes 451 4.3.0 with its text kept out of the reply and logged.
+type Backend interface {
+	// Authenticate checks credentials and returns the canonical user name.
+	// Refused credentials return ErrAuthFailed (or any error that is not a
+	// temporary *Error): the session then waits its failure delay and
+	// answers 535. A temporary *Error (e.g. ErrTempAuth) is sent as it is,
+	// without the delay.
+	Authenticate(ctx context.Context, s *Session, user, password string) (string, error)
+	// NewTransaction starts a mail transaction at MAIL FROM and vets the
+	// sender (on submission, that the user owns the address: RFC 6409 6.1;
+	// later SPF at this point). An error refuses MAIL FROM and no
+	// transaction exists.
+	NewTransaction(ctx context.Context, s *Session, mail Mail) (Transaction, error)
+}
+
+// Transaction is one mail transaction (RFC 5321 3.3), from MAIL FROM to the
+// end of DATA, RSET, a new EHLO/HELO or the end of the session. The session
+// calls AddRcpt for each RCPT TO, then Body and Commit once the data has
+// arrived, or Abort at any point before Commit has returned nil. Exactly one
+// of Commit (successful) or Abort ends it; after a failed Body or Commit the
+// session calls Abort.
+type Transaction interface {
+	// AddRcpt vets one recipient and remembers it. ErrUnknownRecipient
+	// marks an address that does not exist (the shield counts those as
+	// harvesting); other errors are refusals with their own reply.
+	AddRcpt(ctx context.Context, rcpt string) error
+	// Body receives the message as received, the session's Received field
+	// first. msg stays readable until Commit or Abort returns. This is where
+	// checks of the content belong (DKIM verification at the end of DATA).
+	Body(ctx context.Context, msg io.ReaderAt, size int64) error
+	// Commit makes the message durable for every accepted recipient, or
+	// fails for all of them. It returns only once the message is safe: the
+	// session answers 250 after it.
+	Commit(ctx context.Context) error
+	// Abort ends the transaction without delivering anything.
+	Abort()
+}
+
+// Hooks let the embedding service observe and steer sessions without the
+// package depending on it. All fields are optional.
+type Hooks struct {
+	// AccountDelay returns an extra delay before answering an auth attempt
+	// for account (per-account brute-force protection).
+	AccountDelay func(account string) time.Duration
+	// Delivered is called after a message is accepted; took is the time
+	// the backend needed to make it durable.
+	Delivered func(s *Session, env *Envelope, size int64, took time.Duration)
+	// Refused is called when a message is refused after DATA.
+	Refused func(s *Session, code int)
+	// Auth is called after each authentication attempt.
+	Auth func(s *Session, ok bool)
+}
