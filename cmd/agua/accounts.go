@@ -9,14 +9,14 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/config"
-	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/server"
 )
 
 // withDirectory opens the accounts database for a CLI verb. The running
 // server reads the same database on every lookup, so changes apply live.
-func withDirectory(e *env, fn func(ctx context.Context, d *directory.Directory, pos []string) error) error {
+func withDirectory(e *env, fn func(ctx context.Context, d accounts.Admin, pos []string) error) error {
 	pos, err := e.parse()
 	if err != nil {
 		return err
@@ -30,7 +30,7 @@ func withDirectory(e *env, fn func(ctx context.Context, d *directory.Directory, 
 }
 
 func cmdDomain(e *env) error {
-	return withDirectory(e, func(ctx context.Context, d *directory.Directory, pos []string) error {
+	return withDirectory(e, func(ctx context.Context, d accounts.Admin, pos []string) error {
 		if len(pos) == 0 {
 			return usagef("domain add|remove NAME, or domain list")
 		}
@@ -81,7 +81,7 @@ func readPassword(e *env) (string, error) {
 func cmdUser(e *env) error {
 	var quota config.ByteSize
 	e.flags.TextVar(&quota, "quota", config.ByteSize(0), "quota for user add, e.g. 2GiB (0 = default quota)")
-	return withDirectory(e, func(ctx context.Context, d *directory.Directory, pos []string) error {
+	return withDirectory(e, func(ctx context.Context, d accounts.Admin, pos []string) error {
 		const help = "user add|passwd|remove ADDRESS, user quota ADDRESS SIZE, or user list [DOMAIN]"
 		if len(pos) == 0 {
 			return usagef(help)
@@ -148,7 +148,7 @@ func cmdUser(e *env) error {
 }
 
 func cmdAlias(e *env) error {
-	return withDirectory(e, func(ctx context.Context, d *directory.Directory, pos []string) error {
+	return withDirectory(e, func(ctx context.Context, d accounts.Admin, pos []string) error {
 		const help = "alias add|remove FROM TO, or alias list [DOMAIN]"
 		if len(pos) == 0 {
 			return usagef(help)
