@@ -196,6 +196,10 @@ func testAuthenticate(t *testing.T, d accounts.Directory) {
 			t.Errorf("Authenticate(%q, %.10q…) = %v, want ErrAuthFailed", c.addr, c.pw, err)
 		}
 	}
+	must(t, d.AddUser(ctx, "bob@example.org", "pw", 0))
+	if u, err := d.Authenticate(ctx, "bob@example.org", "pw"); err != nil || u.Quota != DefaultQuota {
+		t.Errorf("Authenticate with the default quota = %+v, %v", u, err)
+	}
 	must(t, d.SetPassword(ctx, "alice@example.org", "battery staple"))
 	_, err = d.Authenticate(ctx, "alice@example.org", "correct horse")
 	wantErr(t, err, accounts.ErrAuthFailed)
