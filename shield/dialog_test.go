@@ -26,12 +26,12 @@ import (
 // Dialog config: thresholds auth_failure, protocol_error and
 // unknown_recipient are 3.
 func TestDialogs(t *testing.T) {
-	files, err := filepath.Glob("testdata/dialogs/*.dialog")
+	files, err := filepath.Glob("testdata/dialogs/*.dlg")
 	if err != nil || len(files) == 0 {
 		t.Fatal("no dialogs", err)
 	}
 	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".dialog"), func(t *testing.T) {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".dlg"), func(t *testing.T) {
 			data, err := os.ReadFile(file)
 			if err != nil {
 				t.Fatal(err)

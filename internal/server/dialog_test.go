@@ -1,69 +1,21 @@
 package server
 
 import (
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/agua-mail/agua/internal/smtptest"
 )
 
-// TestDialogs replays the protocol dialogs in testdata/dialogs, one file per
-// case, so a new abuse or edge case is one small file (chasquid's .cmy
-// style). Format, one step per line:
-//
-//	# listener: submission      which listener to dial (default smtp)
-//	c: EHLO x                   send a line (CRLF added)
-//	raw: text\r\n               send bytes; \r \n \t \\ are unescaped
-//	s: 250 2.1.0                read a reply whose last line starts with this
-//	s: 250 | SIZE | AUTH PLAIN  ... and which contains each of these
-//	closed                      the server has closed the connection
+// TestDialogs replays the SMTP dialogs in testdata/dialogs against the whole
+// server: the mail rules end to end (delivery, unknown users, relay policy,
+// postmaster, submission sender ownership). Dialogs of the protocol alone
+// live in internal/smtpd/testdata/dialogs, run against an in-memory
+// backend. Format: see smtptest.RunDir.
 //
 // The user alice@example.test (password "correct horse battery") exists.
 func TestDialogs(t *testing.T) {
-	files, err := filepath.Glob("testdata/dialogs/*.dlg")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no dialogs: %v", err)
-	}
 	ts := startServer(t, nil)
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".dlg"), func(t *testing.T) {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			runDialog(t, ts, string(data))
-		})
-	}
-}
-
-func runDialog(t *testing.T, ts *testServer, script string) {
-	listener := "smtp"
-	for _, line := range strings.Split(script, "\n") {
-		if v, ok := strings.CutPrefix(line, "# listener:"); ok {
-			listener = strings.TrimSpace(v)
-		}
-	}
-	c := dial(t, ts.srv.Addr(listener))
-	c.expect("220 ")
-	for n, line := range strings.Split(script, "\n") {
-		line = strings.TrimRight(line, "\r")
-		switch {
-		case line == "" || strings.HasPrefix(line, "#"):
-		case line == "c:" || strings.HasPrefix(line, "c: "):
-			c.send(strings.TrimPrefix(line[2:], " "))
-		case strings.HasPrefix(line, "raw: "):
-			c.raw(unescape(line[5:]))
-		case strings.HasPrefix(line, "s: "):
-			t.Logf("line %d", n+1)
-			c.expect(line[3:])
-		case line == "closed":
-			c.expectClosed()
-		default:
-			t.Fatalf("line %d: bad dialog step %q", n+1, line)
-		}
-	}
-}
-
-func unescape(s string) string {
-	return strings.NewReplacer(`\r`, "\r", `\n`, "\n", `\t`, "\t", `\\`, `\`).Replace(s)
+	smtptest.RunDir(t, "testdata/dialogs", func(t *testing.T, listener string) string {
+		return ts.srv.Addr(listener)
+	})
 }

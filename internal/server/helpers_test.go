@@ -3,7 +3,6 @@ package server
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
+	"github.com/agua-mail/agua/internal/smtptest"
 )
 
 // testServer is a real agua on loopback ports chosen by the kernel, with a
@@ -136,7 +136,9 @@ func (ts *testServer) messages(t *testing.T, mailbox string) []string {
 	return out
 }
 
-// client speaks SMTP line by line, as a test script would.
+// client speaks SMTP line by line, as a test script would: smtptest's
+// client, kept under these names and fields because the IMAP and POP3
+// tests here build on it.
 type client struct {
 	t    *testing.T
 	conn net.Conn
@@ -151,96 +153,32 @@ func dial(t *testing.T, addr string) *client {
 // dialFrom connects from a chosen loopback source address ("" = default).
 func dialFrom(t *testing.T, addr, src string) *client {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second}
-	if src != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-	}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	return &client{t: t, conn: c, r: bufio.NewReader(c)}
+	s := smtptest.DialFrom(t, addr, src)
+	return &client{t: t, conn: s.Conn, r: s.R}
 }
 
-func (c *client) send(line string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.conn, line+"\r\n"); err != nil {
-		c.t.Fatalf("send %q: %v", line, err)
-	}
-}
+func (c *client) smtp() *smtptest.Client { return smtptest.On(c.t, c.conn, c.r) }
 
-func (c *client) raw(s string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.conn, s); err != nil {
-		c.t.Fatalf("send raw: %v", err)
-	}
-}
+func (c *client) send(line string) { c.t.Helper(); c.smtp().Send(line) }
+func (c *client) raw(s string)     { c.t.Helper(); c.smtp().Raw(s) }
 
 // reply reads one (possibly multi-line) reply and returns its lines.
-func (c *client) reply() ([]string, error) {
-	var lines []string
-	for {
-		l, err := c.r.ReadString('\n')
-		if err != nil {
-			return lines, err
-		}
-		l = strings.TrimRight(l, "\r\n")
-		lines = append(lines, l)
-		if len(l) < 4 || l[3] != '-' {
-			return lines, nil
-		}
-	}
-}
+func (c *client) reply() ([]string, error) { return c.smtp().Reply() }
 
-// expect reads a reply whose last line starts with prefix; "250 | SIZE |
-// AUTH" also requires each text after " | " somewhere in the reply.
-func (c *client) expect(want string) string {
-	c.t.Helper()
-	prefix, has, _ := strings.Cut(want, " | ")
-	lines, err := c.reply()
-	if err != nil {
-		c.t.Fatalf("want %q, read error %v (got %q)", want, err, lines)
-	}
-	all := strings.Join(lines, "\n")
-	if !strings.HasPrefix(lines[len(lines)-1], prefix) {
-		c.t.Fatalf("want reply %q, got %q", want, lines)
-	}
-	for _, h := range strings.Split(has, " | ") {
-		if !strings.Contains(all, h) {
-			c.t.Fatalf("reply lacks %q: %q", h, lines)
-		}
-	}
-	return all
-}
+// expect: see smtptest.Client.Expect.
+func (c *client) expect(want string) string { c.t.Helper(); return c.smtp().Expect(want) }
 
 // cmd sends a line and expects a reply prefix.
-func (c *client) cmd(line, prefix string) string {
-	c.t.Helper()
-	c.send(line)
-	return c.expect(prefix)
-}
+func (c *client) cmd(line, prefix string) string { c.t.Helper(); return c.smtp().Cmd(line, prefix) }
 
 // expectClosed checks the server closed the connection.
-func (c *client) expectClosed() {
-	c.t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b, err := c.r.ReadString('\n')
-	if err == nil {
-		c.t.Fatalf("want connection closed, got %q", b)
-	}
-}
+func (c *client) expectClosed() { c.t.Helper(); c.smtp().ExpectClosed() }
 
 func (c *client) startTLS() {
 	c.t.Helper()
-	c.cmd("STARTTLS", "220 2.0.0")
-	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatal(err)
-	}
-	c.conn = tc
-	c.r = bufio.NewReader(tc)
+	s := c.smtp()
+	s.StartTLS()
+	c.conn, c.r = s.Conn, s.R
 }
 
 func plainAuth(user, pass string) string {

@@ -8,9 +8,9 @@ import (
 )
 
 // memBackend is the reference Backend for this package's own tests: one
-// local domain (example.test) whose mailboxes are listed in users, one
-// account u@example.test with password "p" that owns its address, and
-// messages kept in memory. It records what it was asked, so tests can check
+// local domain (example.test) whose mailboxes are listed in users, the
+// accounts in testAccounts, each owning its own address, and messages kept
+// in memory. It records what it was asked, so tests can check
 // that the session drives a transaction correctly.
 type memBackend struct {
 	mu        sync.Mutex
@@ -27,9 +27,15 @@ type memMessage struct {
 	Data  string
 }
 
+// testAccounts are the submission accounts of memBackend.
+var testAccounts = map[string]string{
+	"u@example.test":     "p",
+	"alice@example.test": "correct horse battery",
+}
+
 func (b *memBackend) Authenticate(ctx context.Context, s *Session, user, pass string) (string, error) {
-	if user == "u@example.test" && pass == "p" {
-		return user, nil
+	if p, ok := testAccounts[strings.ToLower(user)]; ok && p == pass {
+		return strings.ToLower(user), nil
 	}
 	return "", ErrAuthFailed
 }
