@@ -625,16 +625,3 @@ func (s *Server) Messages(t testing.TB, addr string) []MailFile {
 	}
 	return out
 }
-
-// KnownBugsEnv, when set, runs the tests of known agua bugs, which are
-// skipped otherwise so the suite stays green until they are fixed.
-const KnownBugsEnv = "AGUA_TEST_KNOWN_BUGS"
-
-// SkipKnownBug skips the test with a visible note describing the bug,
-// unless KnownBugsEnv is set.
-func SkipKnownBug(t testing.TB, note string) {
-	t.Helper()
-	if os.Getenv(KnownBugsEnv) == "" {
-		t.Skipf("KNOWN BUG, skipped (set %s=1 to run): %s", KnownBugsEnv, note)
-	}
-}
