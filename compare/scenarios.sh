@@ -2,13 +2,13 @@
 # Runs the legitimate load alone, then under each attack scenario, against
 # one SMTP target, and writes one JSON report per run into OUT_DIR.
 #
-#   bench/scenarios.sh LABEL SMTP_ADDR [TLS_ADDR] [OUT_DIR]
+#   compare/scenarios.sh LABEL SMTP_ADDR [TLS_ADDR] [OUT_DIR]
 #
 # Environment: AGUA (agua binary, default: go build), DURATION (10s),
 # LEGIT (10), ATTACK_CONNS (200), ATTACK_SRC (127.66.0.0/16), SCENARIOS,
 # PID (target process for RSS sampling; 0 = none), RCPT, PER_SESSION (1),
 # TREE_PID (a server's root process: its whole process tree's RSS, PSS and
-# CPU are sampled by bench/proctree.py into NAME.proc.json; for
+# CPU are sampled by compare/proctree.py into NAME.proc.json; for
 # multi-process servers such as Postfix), BETWEEN (a command run before each
 # run, e.g. "agua unblock -all" so that every scenario starts without the
 # previous one's bans), ATTACK_RATE (attempts/s per scenario, 0 = as fast as
@@ -40,7 +40,7 @@ run() { # name, extra args...
   if [ -n "${BETWEEN:-}" ]; then eval "$BETWEEN" >/dev/null 2>&1 || true; fi
   local sampler=
   if [ -n "${TREE_PID:-}" ]; then
-    python3 "$root/bench/proctree.py" "$TREE_PID" > "$out/$name.proc.json" &
+    python3 "$root/compare/proctree.py" "$TREE_PID" > "$out/$name.proc.json" &
     sampler=$!
   fi
   local lo0
@@ -56,4 +56,4 @@ run baseline
 for s in $scenarios; do
   run "$s" -attack "$s" -attack-conns "$conns" -attack-src "$src" -attack-rate "${ATTACK_RATE:-0}"
 done
-python3 "$root/bench/summarize.py" "$out"
+python3 "$root/compare/summarize.py" "$out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Summarise the JSON reports of bench/scenarios.sh as a Markdown table.
+"""Summarise the JSON reports of compare/scenarios.sh as a Markdown table.
 
-Where NAME.proc.json (bench/proctree.py) sits next to NAME.json, the
+Where NAME.proc.json (compare/proctree.py) sits next to NAME.json, the
 server's memory is its process tree's summed PSS and its CPU use is shown;
 otherwise the memory is the RSS `agua bench -pid` sampled."""
 import json, os, sys
@@ -144,7 +144,7 @@ def compare(out):
     for scd in sorted(x for x in os.listdir(out) if x.startswith("scenarios")):
         sc = os.path.join(out, scd)
         rate = scd[len("scenarios-rate"):] if scd.startswith("scenarios-rate") else ""
-        print(f"## Legitimate SMTP clients under attack (bench/scenarios.sh{', ATTACK_RATE=' + rate if rate else ''})\n")
+        print(f"## Legitimate SMTP clients under attack (compare/scenarios.sh{', ATTACK_RATE=' + rate if rate else ''})\n")
         print("Attackers: " + (f"{rate} attempts/s per scenario" if rate else "as fast as they can (the same simulator, so its own CPU use grows with the server's speed)") + ".\n")
         dirs = [os.path.join(sc, d) for d in ("agua", "postfix") if os.path.isdir(os.path.join(sc, d))]
         main(dirs)
@@ -196,4 +196,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["-compare"]:
         compare(sys.argv[2])
     else:
-        main(sys.argv[1:] or ["bench/results"])
+        main(sys.argv[1:] or ["compare/results"])

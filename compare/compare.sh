@@ -2,20 +2,20 @@
 # Side by side: agua against Postfix (SMTP) and Dovecot (POP3, IMAP), on
 # this machine, loopback only. Run as root from anywhere:
 #
-#   DURATION=8s bench/compare.sh [OUT_DIR]
+#   DURATION=8s compare/compare.sh [OUT_DIR]
 #
 # It builds agua, starts it on a data folder and ports of its own (so an
 # agua on the default ports is left alone), installs/configures/starts
-# Postfix and Dovecot (bench/postfix-dovecot.sh), then runs, against each:
+# Postfix and Dovecot (compare/postfix-dovecot.sh), then runs, against each:
 #   throughput  smtp-source (2 KiB, 2000 messages, 20 sessions) and
 #               `agua bench -legit 20` (durable 250s per second)
-#   scenarios   bench/scenarios.sh: legit SMTP alone, then under each attack
+#   scenarios   compare/scenarios.sh: legit SMTP alone, then under each attack
 #               (as fast as the attackers can; then at RATE attempts/s)
 #   mailbox     10 mailboxes x 20 messages; `agua bench -proto pop3|imap`
 #   slowloris   19,000 held connections + 5 legit clients (agua with its
 #               default max_connections 1000, then with 20000)
 #   deny        connection flood from a denied /16 (action drop)
-# and writes OUT_DIR/summary.md (bench/summarize.py -compare). Postfix,
+# and writes OUT_DIR/summary.md (compare/summarize.py -compare). Postfix,
 # Dovecot and this agua are stopped at the end (KEEP_RUNNING=1: not).
 #
 # Environment: DURATION (8s), STEPS ("throughput scenarios scenarios_rate
@@ -23,13 +23,13 @@
 # scenarios.sh), SLOWLORIS_CONNS (19000), SLOWLORIS_DURATION (20s).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$root/bench/results/compare-$(date -u +%Y%m%d-%H%M%S)}
+out=${1:-$root/compare/results/compare-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=${WORK:-/var/tmp/agua-bench}
 dur=${DURATION:-8s}
 steps=${STEPS:-throughput scenarios scenarios_rate mailbox slowloris deny}
-pd="$root/bench/postfix-dovecot.sh"
+pd="$root/compare/postfix-dovecot.sh"
 pass='bench password'
 users="demo user0 user1 user2 user3 user4 user5 user6 user7 user8 user9"
 
@@ -78,7 +78,7 @@ bench() {
   local name=$1 tree=$2; shift 2
   mkdir -p "$(dirname "$out/$name")"
   log "bench $name"
-  python3 "$root/bench/proctree.py" "$tree" > "$out/$name.proc.json" &
+  python3 "$root/compare/proctree.py" "$tree" > "$out/$name.proc.json" &
   local s=$! lo0
   lo0=$(listen_overflows)
   "$agua" bench -quiet -json "$@" > "$out/$name.json" || true
@@ -97,7 +97,7 @@ restart_agua() {
 
 write_cfg() { # file, smtp.max_connections (1000 is the default)
   cat > "$1" <<EOF
-# agua under benchmark (bench/compare.sh): defaults, ports of its own.
+# agua under benchmark (compare/compare.sh): defaults, ports of its own.
 data_dir = "$work/agua-data"
 [log]
 level = "warn"
@@ -128,7 +128,7 @@ setup() {
   write_cfg "$cfg" 1000
   # The slowloris run is repeated with room for 20,000 connections.
   write_cfg "$work/agua-20k.toml" 20000
-  echo "deny $ATTACK_DENIED drop   # bench/compare.sh: the denied-flood run" > "$work/agua-data/shield.rules"
+  echo "deny $ATTACK_DENIED drop   # compare/compare.sh: the denied-flood run" > "$work/agua-data/shield.rules"
   "$agua" domain add example.test -config "$cfg" >/dev/null
   for u in $users; do printf '%s\n' "$pass" | "$agua" user add "$u@example.test" -config "$cfg" >/dev/null; done
   # Dovecot verifies the very argon2id hash agua stored (same parameters).
@@ -163,7 +163,7 @@ setup() {
 smtp_source() {
   local name=$1 addr=$2 tree=$3 drain=${4:-0}
   log "smtp-source $name"
-  python3 "$root/bench/proctree.py" "$tree" > "$out/throughput/smtp-source-$name.proc.json" &
+  python3 "$root/compare/proctree.py" "$tree" > "$out/throughput/smtp-source-$name.proc.json" &
   local s=$! t0 t1 t2
   t0=$(date +%s.%N)
   smtp-source -c -l 2048 -m 2000 -s 20 -f bench@bench.example -t demo@example.test "$addr" > "$out/throughput/smtp-source-$name.out" 2>&1 || true
@@ -203,9 +203,9 @@ scenarios() {
   restart_agua
   PID=$agua_pid TREE_PID=$agua_pid DURATION=$dur AGUA=$agua \
     BETWEEN="'$agua' unblock -all -config '$cfg'" \
-    "$root/bench/scenarios.sh" agua "$AG_SMTP" "$AG_TLS" "$out/${SC_DIR:-scenarios}/agua" > /dev/null
+    "$root/compare/scenarios.sh" agua "$AG_SMTP" "$AG_TLS" "$out/${SC_DIR:-scenarios}/agua" > /dev/null
   PID=0 TREE_PID=$(postfix_pid) DURATION=$dur AGUA=$agua \
-    "$root/bench/scenarios.sh" postfix "$PF_SMTP" "$PF_TLS" "$out/${SC_DIR:-scenarios}/postfix" > /dev/null
+    "$root/compare/scenarios.sh" postfix "$PF_SMTP" "$PF_TLS" "$out/${SC_DIR:-scenarios}/postfix" > /dev/null
   "$pd" fill-wait 600
 }
 
@@ -292,5 +292,5 @@ for s in $steps; do
   "$s"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
-python3 "$root/bench/summarize.py" -compare "$out" > "$out/summary.md"
+python3 "$root/compare/summarize.py" -compare "$out" > "$out/summary.md"
 log "done: $out/summary.md"

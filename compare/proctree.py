@@ -3,7 +3,7 @@
 then print one JSON object: peak RSS and PSS summed over the tree, peak
 process count, and the CPU seconds the tree used while sampled.
 
-    bench/proctree.py PID [INTERVAL_S] > out.json &  ...  kill $!
+    compare/proctree.py PID [INTERVAL_S] > out.json &  ...  kill $!
 
 For a one-process server (agua) RSS and PSS are about equal; for
 multi-process servers (Postfix, Dovecot) the RSS sum counts shared pages

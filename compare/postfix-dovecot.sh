@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Postfix and Dovecot from Debian packages, on loopback only, as the
-# reference servers for the side-by-side benchmarks (bench/compare.sh).
+# reference servers for the side-by-side benchmarks (compare/compare.sh).
 #
-#   bench/postfix-dovecot.sh install|configure|start|stop|status|fill-wait
+#   compare/postfix-dovecot.sh install|configure|start|stop|status|fill-wait
 #
 # Run as root. Idempotent: every step can be repeated. Nothing listens off
 # 127.0.0.1 and no port clashes with agua's defaults:
@@ -16,7 +16,7 @@
 # system user "vmail"); Dovecot reads the same Maildirs. Accounts are the
 # local parts in $USERS of domain $DOMAIN; their password hash ($PASS_HASH,
 # a Dovecot scheme string such as {ARGON2ID}$argon2id$...) goes into a
-# Dovecot passwd-file. bench/compare.sh passes the hash agua stored for the
+# Dovecot passwd-file. compare/compare.sh passes the hash agua stored for the
 # same password, so both servers verify the same argon2id parameters.
 #
 # Started without systemd (`postfix start`, `dovecot -c FILE`); `stop`
@@ -111,7 +111,7 @@ configure() {
   done
   chown root:dovecot "$DC_PASSWD"; chmod 640 "$DC_PASSWD"
   cat > "$DC_CONF" <<EOF
-# agua bench reference Dovecot (written by bench/postfix-dovecot.sh).
+# agua bench reference Dovecot (written by compare/postfix-dovecot.sh).
 # Dovecot's built-in defaults plus Debian's conf.d choices that matter
 # (ssl = yes with the snakeoil certificate, mail_privileged_group = mail),
 # on loopback only, on ports of their own.
