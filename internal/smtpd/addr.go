@@ -14,7 +14,7 @@ func parsePathArg(arg, prefix string) (path string, params []string, err error) 
 	}
 	rest := strings.TrimLeft(arg[len(prefix):], " ")
 	if !strings.HasPrefix(rest, "<") {
-		return "", nil, Errorf(501, "5.5.4", "Syntax: address must be in angle brackets")
+		return "", nil, errNoBrackets
 	}
 	end := closingBracket(rest)
 	if end < 0 {
@@ -80,23 +80,23 @@ func stripRoute(p string) string {
 func parseMailbox(m string) (string, error) {
 	at := strings.LastIndexByte(m, '@')
 	if at <= 0 || at == len(m)-1 {
-		return "", Errorf(501, "5.1.3", "Bad address syntax")
+		return "", errBadAddress
 	}
 	local, domain := m[:at], m[at+1:]
 	if !utf8.ValidString(m) || len(local) > 64 || len(domain) > 255 {
-		return "", Errorf(501, "5.1.3", "Bad address syntax")
+		return "", errBadAddress
 	}
 	quoted := strings.HasPrefix(local, `"`) && strings.HasSuffix(local, `"`) && len(local) >= 2
 	for _, r := range m {
 		if r < 0x20 || r == 0x7f {
-			return "", Errorf(501, "5.1.3", "Bad address syntax")
+			return "", errBadAddress
 		}
 	}
 	if !quoted && strings.ContainsAny(local, " <>()[]\\,;:\"") {
-		return "", Errorf(501, "5.1.3", "Bad address syntax")
+		return "", errBadAddress
 	}
 	if strings.ContainsAny(domain, " <>()\\,;:\"@") && !strings.HasPrefix(domain, "[") {
-		return "", Errorf(501, "5.1.3", "Bad address syntax")
+		return "", errBadAddress
 	}
 	return m, nil
 }

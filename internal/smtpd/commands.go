@@ -17,7 +17,7 @@ func (ss *session) cmdHELO(arg string) error { return ss.greet(arg, false) }
 // greet handles EHLO/HELO; RFC 5321 4.1.4: it also resets any transaction.
 func (ss *session) greet(arg string, extended bool) error {
 	if arg == "" || strings.ContainsAny(arg, " \t") && !strings.HasPrefix(arg, "[") {
-		return Errorf(501, "5.5.4", "Syntax: EHLO hostname")
+		return errEHLOSyntax
 	}
 	ss.info.Helo = arg
 	ss.resetTransaction()
@@ -126,7 +126,7 @@ func (ss *session) cmdMAIL(arg string) error {
 			mail.Size = n
 		case "BODY": // RFC 6152
 			if u := strings.ToUpper(v); u != "7BIT" && u != "8BITMIME" {
-				return Errorf(555, "5.5.4", "Unsupported BODY type")
+				return errBodyType
 			}
 		case "SMTPUTF8": // RFC 6531 3.4
 			if v != "" {
@@ -158,7 +158,7 @@ func (ss *session) cmdRCPT(arg string) error {
 		return err
 	}
 	if len(params) > 0 {
-		return Errorf(555, "5.5.4", "Unsupported RCPT parameter")
+		return errRcptParam
 	}
 	rcpt, err := parseForwardPath(path)
 	if err != nil {
