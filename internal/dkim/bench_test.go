@@ -3,6 +3,7 @@ package dkim
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // BenchmarkSign2KiB is the signing cost of one 2 KiB message (issue 12's
@@ -16,7 +17,7 @@ func BenchmarkSign2KiB(b *testing.B) {
 		domain string
 		algo   Algo
 	}{{"ed.example", Ed25519}, {"rsa.example", RSA}, {"both.example", Ed25519}, {"both.example", RSA}} {
-		if _, err := Keygen(data, k.domain, k.algo, ""); err != nil {
+		if _, err := Keygen(data, k.domain, k.algo, "", time.Time{}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
@@ -43,7 +44,7 @@ func testFixture(t *testing.T) fixture {
 			domain string
 			algo   Algo
 		}{{"example.org", Ed25519}, {"example.org", RSA}, {"ed.example", Ed25519}, {"rsa.example", RSA}} {
-			k, err := Keygen(fix.data, dk.domain, dk.algo, "")
+			k, err := Keygen(fix.data, dk.domain, dk.algo, "", time.Time{})
 			if err != nil {
 				fixErr = err
 				return

@@ -56,9 +56,12 @@ type Key struct {
 	Domain   string // lower-case, as the d= tag
 	Selector string // the s= tag
 	Algo     Algo
-	Path     string    // the private key file
-	Created  time.Time // the key file's modification time
-	signer   crypto.Signer
+	Path     string // the private key file
+	// Start is when the key begins to sign: the key file's modification
+	// time, which Keygen sets in the future to leave time to publish the
+	// record first.
+	Start  time.Time
+	signer crypto.Signer
 }
 
 // Dir is the folder that holds every domain's keys.
@@ -91,7 +94,12 @@ func ParseAlgo(s string) (Algo, error) {
 // DefaultSelector. An existing selector is never overwritten (ErrExists).
 // The file appears atomically with mode 0600, so a running server that
 // watches the folder never reads half a key.
-func Keygen(dataDir, domain string, algo Algo, selector string) (*Key, error) {
+//
+// start is when the key begins to sign (zero: at once). A start in the
+// future is how a key is rotated without a gap: the old key keeps signing
+// while the new record reaches the DNS caches. It is kept as the file's
+// modification time, set before the file appears.
+func Keygen(dataDir, domain string, algo Algo, selector string, start time.Time) (*Key, error) {
 	domain, err := normDomain(domain)
 	if err != nil {
 		return nil, err
@@ -123,20 +131,21 @@ func Keygen(dataDir, domain string, algo Algo, selector string) (*Key, error) {
 		return nil, fmt.Errorf("dkim: %w", err)
 	}
 	path := filepath.Join(dir, selector+keyExt)
-	if err := writeNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+	if err := writeNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), start); err != nil {
 		return nil, err
 	}
-	k := &Key{Domain: domain, Selector: selector, Algo: algo, Path: path, Created: time.Now(), signer: signer}
+	k := &Key{Domain: domain, Selector: selector, Algo: algo, Path: path, Start: start, signer: signer}
 	if fi, err := os.Stat(path); err == nil {
-		k.Created = fi.ModTime()
+		k.Start = fi.ModTime()
 	}
 	return k, nil
 }
 
 // writeNew writes data to path only if path does not exist: a synced
-// temporary file is hard-linked into place (link fails on an existing name,
-// where rename would replace it), then the folder is synced.
-func writeNew(path string, data []byte) error {
+// temporary file (with modification time mtime unless zero) is hard-linked
+// into place (link fails on an existing name, where rename would replace
+// it), then the folder is synced.
+func writeNew(path string, data []byte, mtime time.Time) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-*")
 	if err != nil {
@@ -153,6 +162,12 @@ func writeNew(path string, data []byte) error {
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("dkim: write %s: %w", path, err)
+	}
+	if err == nil && !mtime.IsZero() {
+		err = os.Chtimes(tmp, mtime, mtime)
 	}
 	if err != nil {
 		return fmt.Errorf("dkim: write %s: %w", path, err)
@@ -220,7 +235,7 @@ func LoadKeys(dataDir string) ([]*Key, error) {
 // descending), which is the order in which Signer picks the signing key.
 func sortKeys(keys []*Key) {
 	slices.SortFunc(keys, func(a, b *Key) int {
-		return cmp.Or(strings.Compare(a.Domain, b.Domain), b.Created.Compare(a.Created), strings.Compare(b.Selector, a.Selector))
+		return cmp.Or(strings.Compare(a.Domain, b.Domain), b.Start.Compare(a.Start), strings.Compare(b.Selector, a.Selector))
 	})
 }
 
@@ -245,7 +260,7 @@ func loadKey(path, domain, selector string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrBadKey, path, err)
 	}
-	k := &Key{Domain: domain, Selector: selector, Path: path, Created: fi.ModTime()}
+	k := &Key{Domain: domain, Selector: selector, Path: path, Start: fi.ModTime()}
 	switch p := priv.(type) {
 	case ed25519.PrivateKey:
 		k.Algo, k.signer = Ed25519, p

@@ -7,13 +7,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
 func TestKeygenFiles(t *testing.T) {
 	data := t.TempDir()
-	k, err := Keygen(data, "Mail.Example.ORG.", Ed25519, "")
+	k, err := Keygen(data, "Mail.Example.ORG.", Ed25519, "", time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +43,7 @@ func TestKeygenFiles(t *testing.T) {
 
 	// The same selector again is refused and the key is left alone.
 	before, _ := os.ReadFile(k.Path)
-	if _, err := Keygen(data, "mail.example.org", Ed25519, k.Selector); !errors.Is(err, ErrExists) {
+	if _, err := Keygen(data, "mail.example.org", Ed25519, k.Selector, time.Time{}); !errors.Is(err, ErrExists) {
 		t.Errorf("same selector: %v, want ErrExists", err)
 	}
 	if after, _ := os.ReadFile(k.Path); !bytes.Equal(before, after) {
@@ -67,7 +68,7 @@ func TestKeygenFiles(t *testing.T) {
 		{"example.org", "../x", Ed25519, ErrBadSelector},
 		{"example.org", "", "dsa", ErrBadAlgo},
 	} {
-		if _, err := Keygen(data, c.domain, c.algo, c.sel); !errors.Is(err, c.want) {
+		if _, err := Keygen(data, c.domain, c.algo, c.sel, time.Time{}); !errors.Is(err, c.want) {
 			t.Errorf("Keygen(%q, %q, %q): %v, want %v", c.domain, c.algo, c.sel, err, c.want)
 		}
 	}
@@ -114,11 +115,11 @@ func TestRSARecordSplit(t *testing.T) {
 // corrupt key file is reported by path and the others still load.
 func TestNewestKeySigns(t *testing.T) {
 	data := t.TempDir()
-	old, err := Keygen(data, "example.org", Ed25519, "old")
+	old, err := Keygen(data, "example.org", Ed25519, "old", time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	newer, err := Keygen(data, "example.org", Ed25519, "new")
+	newer, err := Keygen(data, "example.org", Ed25519, "new", time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestReload(t *testing.T) {
 	if h, err := s.Sign("ann@example.org", []byte(plainMsg)); h != nil || err != nil {
 		t.Fatalf("no key yet: %q %v", h, err)
 	}
-	k, err := Keygen(data, "example.org", Ed25519, "")
+	k, err := Keygen(data, "example.org", Ed25519, "", time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +188,7 @@ func TestWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	k, err := Keygen(data, "example.org", Ed25519, "")
+	k, err := Keygen(data, "example.org", Ed25519, "", time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,5 +216,50 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRotation: a key generated with a start in the future does not sign
+// until then (the old key does, while the new record propagates); when the
+// clock passes its start it signs, without a reload.
+func TestRotation(t *testing.T) {
+	data := t.TempDir()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	if _, err := Keygen(data, "example.org", Ed25519, "old", now.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	k, err := Keygen(data, "example.org", Ed25519, "new", now.Add(48*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Start.Before(now.Add(47 * time.Hour)) {
+		t.Errorf("start %v", k.Start)
+	}
+	s := NewSigner(Options{DataDir: data, Now: clock})
+	selector := func() string {
+		h, err := s.Sign("", []byte(plainMsg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`s=([^;]+);`).FindSubmatch(h)
+		if m == nil || bytes.Count(h, []byte("DKIM-Signature")) != 1 {
+			t.Fatalf("signature %q", h)
+		}
+		return string(m[1])
+	}
+	if got := selector(); got != "old" {
+		t.Fatalf("before the new key's start: signed by %s", got)
+	}
+	keys, _ := LoadKeys(data)
+	if sg := SigningKeys(keys, now); len(sg) != 1 {
+		t.Errorf("SigningKeys: %v", sg)
+	}
+	mu.Lock()
+	now = now.Add(49 * time.Hour)
+	mu.Unlock()
+	if got := selector(); got != "new" {
+		t.Fatalf("after the new key's start: signed by %s", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
@@ -41,6 +42,9 @@ type Options struct {
 	// Headers and Oversign override DefaultHeaders and DefaultOversign.
 	// From is signed and oversigned whatever they say.
 	Headers, Oversign []string
+	// Now is the clock that decides when a key's Start has come; nil is
+	// time.Now.
+	Now func() time.Time
 }
 
 // Signer signs outgoing messages with the keys of the data folder. It is
@@ -49,6 +53,7 @@ type Options struct {
 type Signer struct {
 	dataDir  string
 	log      *slog.Logger
+	now      func() time.Time
 	headers  []string // canonical names, From first
 	oversign map[string]bool
 	keys     atomic.Pointer[keySet]
@@ -61,14 +66,18 @@ type Signer struct {
 // keySet is one immutable snapshot of the loaded keys.
 type keySet struct {
 	all    []*Key            // as LoadKeys returned them
-	active map[string][]*Key // domain -> the newest key of each algorithm, ed25519 first
+	active map[string][]*Key // domain -> the newest started key of each algorithm, ed25519 first
 	byPath map[string]*Key
+	next   time.Time // the earliest Start still in the future: active changes then
 }
 
 // NewSigner loads the keys. A key file that cannot be used is logged and
 // skipped (the returned error is nil: a bad key must not stop the server).
 func NewSigner(opts Options) *Signer {
-	s := &Signer{dataDir: opts.DataDir, log: opts.Log}
+	s := &Signer{dataDir: opts.DataDir, log: opts.Log, now: opts.Now}
+	if s.now == nil {
+		s.now = time.Now
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -120,7 +129,7 @@ func (s *Signer) Reload() error {
 		}
 		s.log.Warn("dkim: some keys could not be loaded", "err", err)
 	}
-	ks := newKeySet(keys)
+	ks := newKeySet(keys, s.now())
 	s.keys.Store(ks)
 	if !sameKeys(ks, old) {
 		s.log.Info("dkim: keys loaded", "keys", len(ks.all), "domains", len(ks.active))
@@ -128,13 +137,19 @@ func (s *Signer) Reload() error {
 	return err
 }
 
-func newKeySet(keys []*Key) *keySet {
+func newKeySet(keys []*Key, now time.Time) *keySet {
 	ks := &keySet{all: keys, active: make(map[string][]*Key), byPath: make(map[string]*Key)}
-	// keys are sorted by domain then newest first: the first key of each
-	// algorithm is the one that signs.
+	// keys are sorted by domain then newest first: the first started key of
+	// each algorithm is the one that signs.
 	sortKeys(keys)
 	for _, k := range keys {
 		ks.byPath[k.Path] = k
+		if k.Start.After(now) {
+			if ks.next.IsZero() || k.Start.Before(ks.next) {
+				ks.next = k.Start
+			}
+			continue
+		}
 		act := ks.active[k.Domain]
 		if slices.ContainsFunc(act, func(a *Key) bool { return a.Algo == k.Algo }) {
 			continue
@@ -150,19 +165,47 @@ func newKeySet(keys []*Key) *keySet {
 }
 
 // Keys returns the keys loaded now, sorted by domain then newest first,
-// and whether each signs (the newest of each algorithm per domain).
+// and which of them sign (see SigningKeys).
 func (s *Signer) Keys() (keys []*Key, signing map[*Key]bool) {
 	if s == nil {
 		return nil, nil
 	}
-	ks := s.keys.Load()
-	signing = make(map[*Key]bool)
+	ks := s.current()
+	return ks.all, ks.signing()
+}
+
+// SigningKeys says which of keys sign at now: per domain, the newest key of
+// each algorithm whose Start has come.
+func SigningKeys(keys []*Key, now time.Time) map[*Key]bool {
+	return newKeySet(slices.Clone(keys), now).signing()
+}
+
+func (ks *keySet) signing() map[*Key]bool {
+	m := make(map[*Key]bool)
 	for _, act := range ks.active {
 		for _, k := range act {
-			signing[k] = true
+			m[k] = true
 		}
 	}
-	return ks.all, signing
+	return m
+}
+
+// current returns the key snapshot, rebuilt from the loaded keys (no disk
+// access) once a key's start time has come.
+func (s *Signer) current() *keySet {
+	ks := s.keys.Load()
+	if ks.next.IsZero() {
+		return ks
+	}
+	now := s.now()
+	if now.Before(ks.next) {
+		return ks
+	}
+	fresh := newKeySet(slices.Clone(ks.all), now)
+	if s.keys.CompareAndSwap(ks, fresh) {
+		s.log.Info("dkim: a new key starts signing now", "keys", len(fresh.all))
+	}
+	return s.keys.Load()
 }
 
 // ErrMalformed says a message could not be signed because its header
@@ -195,7 +238,7 @@ func (s *Signer) Sign(envFrom string, msg []byte) ([]byte, error) {
 	if s == nil {
 		return nil, nil
 	}
-	ks := s.keys.Load()
+	ks := s.current()
 	wire := toWire(msg)
 	hdr, ok := splitHeader(wire)
 	if !ok {
@@ -391,7 +434,7 @@ func sameKeys(a, b *keySet) bool {
 	}
 	for p, k := range a.byPath {
 		o := b.byPath[p]
-		if o == nil || !o.Created.Equal(k.Created) {
+		if o == nil || !o.Start.Equal(k.Start) {
 			return false
 		}
 	}
