@@ -32,7 +32,7 @@ var (
 
 // testKeys: example.org signs with both key types, ed.example with
 // ed25519 only, rsa.example with RSA only.
-func testFixture(t *testing.T) fixture {
+func testFixture(t testing.TB) fixture {
 	t.Helper()
 	fixOnce.Do(func() {
 		fix.data, fixErr = os.MkdirTemp("", "agua-dkim-test-")
@@ -83,7 +83,7 @@ func lookupTXT(records map[string][]string) func(string) ([]string, error) {
 
 // goVerify verifies with go-msgauth and returns "pass d=... a=..." or
 // "fail ..." per signature.
-func goVerify(t *testing.T, records map[string][]string, msg []byte) []string {
+func goVerify(t testing.TB, records map[string][]string, msg []byte) []string {
 	t.Helper()
 	if !bytes.Contains(msg, []byte("\r\n\r\n")) {
 		// go-msgauth's verifier needs the blank line that ends the header

@@ -3,6 +3,7 @@ package dkim
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -261,5 +262,51 @@ func TestRotation(t *testing.T) {
 	mu.Unlock()
 	if got := selector(); got != "new" {
 		t.Fatalf("after the new key's start: signed by %s", got)
+	}
+}
+
+// TestSignDuringReload: signing goes on while keys are reloaded (run with
+// -race); every signature made verifies with the key it names.
+func TestSignDuringReload(t *testing.T) {
+	data := t.TempDir()
+	records := map[string][]string{}
+	k, err := Keygen(data, "example.org", Ed25519, "k0", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	records[k.Name()] = k.RecordStrings()
+	s := NewSigner(Options{DataDir: data})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var out [][]byte
+	for range 4 {
+		wg.Go(func() {
+			for range 50 {
+				h, err := s.Sign("", []byte(plainMsg))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				out = append(out, append(h, plainMsg...))
+				mu.Unlock()
+			}
+		})
+	}
+	for i := 1; i <= 5; i++ {
+		k, err := Keygen(data, "example.org", Ed25519, fmt.Sprintf("k%d", i), time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		records[k.Name()] = k.RecordStrings()
+		mu.Unlock()
+		s.Reload()
+	}
+	wg.Wait()
+	for _, m := range out {
+		if r := goVerify(t, records, m); len(r) != 1 || r[0] != "pass d=example.org" {
+			t.Fatalf("%q", r)
+		}
 	}
 }
