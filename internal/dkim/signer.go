@@ -40,7 +40,8 @@ type Options struct {
 	DataDir string       // the keys are in DataDir/dkim/<domain>/<selector>.key
 	Log     *slog.Logger // nil: discard
 	// Headers and Oversign override DefaultHeaders and DefaultOversign.
-	// From is signed and oversigned whatever they say.
+	// From is signed and oversigned whatever they say; an Oversign name
+	// that is not in Headers is not signed at all.
 	Headers, Oversign []string
 	// Now is the clock that decides when a key's Start has come; nil is
 	// time.Now.
