@@ -43,7 +43,7 @@ func testFixture(t testing.TB) fixture {
 		for _, dk := range []struct {
 			domain string
 			algo   Algo
-		}{{"example.org", Ed25519}, {"example.org", RSA}, {"ed.example", Ed25519}, {"rsa.example", RSA}} {
+		}{{"example.org", Ed25519}, {"example.org", RSA}, {"ed.example", Ed25519}, {"rsa.example", RSA}, {"bücher.example", Ed25519}} {
 			k, err := Keygen(fix.data, dk.domain, dk.algo, "", time.Time{})
 			if err != nil {
 				fixErr = err

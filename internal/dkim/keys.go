@@ -17,6 +17,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/net/idna"
 )
 
 // Algo is a DKIM key type (the k= tag of the key record).
@@ -321,7 +323,7 @@ func (k *Key) ZoneRecord() string {
 // normDomain lower-cases a domain and checks it is a plain DNS name that is
 // also safe as a folder name.
 func normDomain(d string) (string, error) {
-	d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	d = asciiDomain(strings.TrimSpace(d))
 	if d == "" || len(d) > 253 || !strings.Contains(d, ".") {
 		return "", fmt.Errorf("%w: %q", ErrBadDomain, d)
 	}
@@ -331,6 +333,23 @@ func normDomain(d string) (string, error) {
 		}
 	}
 	return d, nil
+}
+
+// asciiDomain lower-cases a domain, drops a final dot and turns U-labels
+// into A-labels: RFC 8616 4 has d= in A-labels, and the key folders use
+// them too, so mail from "bücher.example" finds "xn--bcher-kva.example".
+// A name idna refuses is returned lower-cased, for the caller to reject.
+func asciiDomain(d string) string {
+	d = strings.TrimSuffix(strings.ToLower(d), ".")
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			if a, err := idna.Lookup.ToASCII(d); err == nil {
+				return a
+			}
+			return d
+		}
+	}
+	return d
 }
 
 // checkSelector accepts one DNS label of letters, digits and hyphens (RFC

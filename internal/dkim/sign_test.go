@@ -156,6 +156,8 @@ func TestSigningDomain(t *testing.T) {
 		{"x@outside.test", "", ""},
 		{"x@outside.test", "y@nokey.test", ""},
 		{"not an address", "z@ed.example", "ed.example"},
+		{"Jörg <jörg@bücher.example>", "", "xn--bcher-kva.example"}, // SMTPUTF8: d= in A-labels (RFC 8616 4)
+		{"x@outside.test", "jörg@BÜCHER.example", "xn--bcher-kva.example"},
 	} {
 		msg := "From: " + c.from + "\r\nSubject: s\r\n\r\nbody\r\n"
 		h, err := s.Sign(c.env, []byte(msg))

@@ -295,7 +295,7 @@ func (s *Signer) pick(ks *keySet, fields []field, envFrom string) (string, []*Ke
 		}
 	}
 	if at := strings.LastIndexByte(envFrom, '@'); at >= 0 {
-		d := strings.ToLower(strings.TrimSuffix(envFrom[at+1:], "."))
+		d := asciiDomain(envFrom[at+1:])
 		if keys := ks.active[d]; len(keys) > 0 {
 			return d, keys
 		}
@@ -383,7 +383,7 @@ func addressDomains(value string) []string {
 	var out []string
 	for _, a := range addrs {
 		if at := strings.LastIndexByte(a, '@'); at >= 0 {
-			out = append(out, strings.ToLower(strings.TrimSuffix(a[at+1:], ".")))
+			out = append(out, asciiDomain(a[at+1:]))
 		}
 	}
 	return out
