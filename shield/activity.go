@@ -22,8 +22,8 @@ type actKey struct {
 type actVal struct {
 	first, last  int64 // unix nanoseconds
 	admitted     uint32
-	admittedGood uint32 // admitted while known-good
-	events       [numEvents]uint32
+	admittedGood uint32   // admitted while known-good
+	events       []uint32 // by Event; allocated on the first event of the key
 }
 
 type actShard struct {
@@ -65,6 +65,9 @@ func (a *activity) add(addr netip.Addr, admitted, knownGood bool, ev Event) {
 		}
 	}
 	if ev.valid() {
+		if int(ev) >= len(v.events) {
+			v.events = append(v.events, make([]uint32, numEvents()-len(v.events))...)
+		}
 		v.events[ev]++
 	}
 	sh.m[k] = v

@@ -76,19 +76,15 @@ func newBan(p netip.Prefix, reason string, action Action, temporary, manual bool
 	b := &ban{prefix: p, reason: reason, action: action, created: created, expires: created.Add(ttl), count: count, manual: manual}
 	text := reasonBannedManual
 	if !manual {
-		for ev := AuthFailure; int(ev) < numEvents; ev++ {
-			if ev.String() == reason && banReasons[ev] != "" {
-				text = banReasons[ev]
-			}
-		}
+		text = banText(reason)
 	}
 	b.decision = Decision{Action: action, Temporary: temporary, Reason: text, Source: "ban:" + reason}
 	return b
 }
 
-// escalate records one more offence of p and returns the ban duration and
-// escalation level.
-func (s *Shield) escalate(p netip.Prefix, now time.Time) (time.Duration, int) {
+// escalate records one more offence of p and returns the duration and
+// escalation level of a ban for behaviour b.
+func (s *Shield) escalate(p netip.Prefix, b *Behaviour, now time.Time) (time.Duration, int) {
 	ns := now.UnixNano()
 	count := 1
 	s.offenders.do(p, true, func(o *offender, _ bool) {
@@ -99,9 +95,16 @@ func (s *Shield) escalate(p netip.Prefix, now time.Time) (time.Duration, int) {
 		o.last = ns
 		count = o.count
 	})
-	ttl := float64(s.cfg.BanTTL) * math.Pow(s.cfg.BanFactor, float64(count-1))
-	if ttl > float64(s.cfg.BanMaxTTL) || math.IsInf(ttl, 0) || math.IsNaN(ttl) {
-		ttl = float64(s.cfg.BanMaxTTL)
+	base, maxTTL := s.cfg.BanTTL, s.cfg.BanMaxTTL
+	if b.BanTTL > 0 {
+		base, maxTTL = b.BanTTL, max(maxTTL, b.BanTTL)
+	}
+	if b.NoEscalation {
+		return base, count
+	}
+	ttl := float64(base) * math.Pow(s.cfg.BanFactor, float64(count-1))
+	if ttl > float64(maxTTL) || math.IsInf(ttl, 0) || math.IsNaN(ttl) {
+		ttl = float64(maxTTL)
 	}
 	return time.Duration(ttl), count
 }
@@ -159,16 +162,16 @@ func (s *Shield) expireBans(now time.Time) {
 // banBehaviour bans addr for crossing ev's threshold, then its prefix if
 // enough of the prefix's addresses are banned. The reporting connection is
 // not closed (its caller answers and closes); others from addr are.
-func (s *Shield) banBehaviour(addr netip.Addr, ev Event, now time.Time, except *Conn) Decision {
+func (s *Shield) banBehaviour(addr netip.Addr, r *eventRule, now time.Time, except *Conn) Decision {
 	hp := hostPrefix(addr)
 	s.banMu.Lock()
-	ttl, count := s.escalate(hp, now)
-	b := newBan(hp, ev.String(), s.cfg.BanAction, temporaryEvent(ev), false, now, ttl, count)
+	ttl, count := s.escalate(hp, &r.b, now)
+	b := newBan(hp, r.name, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	net := s.netPrefix(addr)
 	var prefixBan *ban
-	if !temporaryEvent(ev) {
-		prefixBan = s.maybeBanPrefix(net, ev, now)
+	if !r.b.Temporary {
+		prefixBan = s.maybeBanPrefix(net, r, now)
 	}
 	s.banMu.Unlock()
 	if prefixBan != nil {
@@ -181,7 +184,7 @@ func (s *Shield) banBehaviour(addr netip.Addr, ev Event, now time.Time, except *
 
 // maybeBanPrefix bans net when PrefixBanThreshold of its addresses are
 // banned. Called under banMu.
-func (s *Shield) maybeBanPrefix(net netip.Prefix, ev Event, now time.Time) *ban {
+func (s *Shield) maybeBanPrefix(net netip.Prefix, r *eventRule, now time.Time) *ban {
 	t := s.bans.Load()
 	if b, ok := t.Get(net); ok && now.Before(b.expires) {
 		return nil
@@ -198,8 +201,8 @@ func (s *Shield) maybeBanPrefix(net netip.Prefix, ev Event, now time.Time) *ban 
 	if n < s.cfg.PrefixBanThreshold {
 		return nil
 	}
-	ttl, count := s.escalate(net, now)
-	b := newBan(net, ev.String(), s.cfg.BanAction, false, false, now, ttl, count)
+	ttl, count := s.escalate(net, &r.b, now)
+	b := newBan(net, r.name, s.cfg.BanAction, false, false, now, ttl, count)
 	if !s.putBan(b, now) {
 		return nil
 	}
@@ -307,13 +310,14 @@ func (s *Shield) Bans() []BanInfo {
 
 // report records ev from addr. c is the reporting connection, or nil.
 func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decision {
-	if !ev.valid() {
+	r := s.rule(ev)
+	if r == nil {
 		return allow
 	}
 	s.act.event(addr, ev)
 	ns := now.UnixNano()
 	pol := s.pol.Load()
-	if (ev == AuthSuccess || ev == MessageAccepted) && s.banLookup(addr, now) == nil {
+	if r.b.KnownGood && s.banLookup(addr, now) == nil {
 		s.markKnownGood(addr, ns)
 		if c != nil {
 			c.knownGood.Store(true)
@@ -325,32 +329,34 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if b := s.banLookup(addr, now); b != nil && !s.cfg.DryRun {
 		return b.decision
 	}
-	if ev == AuthSuccess {
-		s.ips.do(addr, false, func(v *ipState, _ bool) { v.events[AuthFailure] = window{} })
-		return allow
+	if r.b.Resets != 0 {
+		s.ips.do(addr, false, func(v *ipState, _ bool) { *eventWindow(&v.events, r.b.Resets) = window{} })
 	}
-	if ev == MessageAccepted {
-		if d, banned := s.networkFlood(addr, now, c); banned {
+	if r.net.Count > 0 {
+		if d, banned := s.networkFlood(addr, ev, r, now, c); banned {
 			return d
 		}
 	}
-	th := s.cfg.Thresholds.byEvent(ev)
+	th := r.th
+	if th.Count <= 0 {
+		return allow
+	}
 	var n int32
 	s.ips.do(addr, true, func(v *ipState, _ bool) {
-		n = v.events[ev].add(ns, th.Window.Nanoseconds())
+		w := eventWindow(&v.events, ev)
+		n = w.add(ns, th.Window.Nanoseconds())
 		if n >= int32(th.Count) {
-			v.events[ev] = window{}
+			*w = window{}
 		}
 	})
 	if n < int32(th.Count) {
 		return allow
 	}
 	if th.DryRun || s.cfg.DryRun {
-		d := newBan(hostPrefix(addr), ev.String(), s.cfg.BanAction, temporaryEvent(ev), false, now, 0, 0).decision
-		s.log.Info("shield would ban", "addr", addr.String(), "reason", ev.String(), "count", n, "window", th.Window.String())
-		return s.wouldBlock(addr, d, true)
+		s.log.Info("shield would ban", "addr", addr.String(), "reason", r.name, "count", n, "window", th.Window.String())
+		return s.wouldBlock(addr, r.decision, true)
 	}
-	return s.banBehaviour(addr, ev, now, c)
+	return s.banBehaviour(addr, r, now, c)
 }
 
 // forgetKnownGood takes known-good status away from the addresses of a
@@ -378,40 +384,35 @@ func (s *Shield) isKnownGood(addr netip.Addr, ns int64) bool {
 	return good
 }
 
-// reasonNetworkFlood is the client-safe text of a network flood ban.
-const reasonNetworkFlood = "too many messages from your network, slow down"
-
-// networkFlood counts an accepted message against the sender's network
-// (a botnet spreads a flood over addresses that each stay under the
-// per-address threshold) and, past Thresholds.NetworkMessage, bans the
-// network with a temporary refusal. Allowlisted addresses are never
-// counted (report returns before).
-func (s *Shield) networkFlood(addr netip.Addr, now time.Time, except *Conn) (Decision, bool) {
-	th := s.cfg.Thresholds.NetworkMessage
+// networkFlood counts ev against the sender's network (a botnet spreads a
+// flood over addresses that each stay under the per-address threshold)
+// and, past the behaviour's network threshold, bans the network.
+// Allowlisted addresses are never counted (report returns before).
+func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.Time, except *Conn) (Decision, bool) {
+	th := r.net
 	net := s.netPrefix(addr)
 	ns := now.UnixNano()
 	var n int32
 	s.prefixes.do(net, true, func(v *prefixState, _ bool) {
-		n = v.msgs.add(ns, th.Window.Nanoseconds())
+		w := eventWindow(&v.events, ev)
+		n = w.add(ns, th.Window.Nanoseconds())
 		if n >= int32(th.Count) {
-			v.msgs = window{}
+			*w = window{}
 		}
 	})
 	if n < int32(th.Count) {
 		return allow, false
 	}
-	const reason = "network_message"
 	if th.DryRun || s.cfg.DryRun {
-		s.log.Info("shield would ban", "addr", net.String(), "reason", reason, "count", n, "window", th.Window.String())
+		s.log.Info("shield would ban", "addr", net.String(), "reason", r.netName, "count", n, "window", th.Window.String())
 		return allow, false
 	}
 	if s.pol.Load().trusted.LookupPrefix(net) {
 		return allow, false
 	}
 	s.banMu.Lock()
-	ttl, count := s.escalate(net, now)
-	b := newBan(net, reason, s.cfg.BanAction, true, false, now, ttl, count)
-	b.decision.Reason = reasonNetworkFlood
+	ttl, count := s.escalate(net, &r.b, now)
+	b := newBan(net, r.netName, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	s.banMu.Unlock()
 	s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")

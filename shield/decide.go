@@ -10,14 +10,23 @@ type ipState struct {
 	conns  int32
 	rate   bucket
 	reqs   bucket
-	events [numEvents]window
+	events []window // by Event, allocated on the first report
+}
+
+// eventWindow returns the window of ev in ws, growing ws to hold every
+// registered event.
+func eventWindow(ws *[]window, ev Event) *window {
+	if int(ev) >= len(*ws) {
+		*ws = append(*ws, make([]window, max(int(ev)+1, numEvents())-len(*ws))...)
+	}
+	return &(*ws)[ev]
 }
 
 // prefixState is what the shield remembers about one prefix.
 type prefixState struct {
-	conns int32
-	rate  bucket
-	msgs  window // accepted messages (Thresholds.NetworkMessage)
+	conns  int32
+	rate   bucket
+	events []window // by Event, for behaviours counted per network
 }
 
 // judge applies trusted proxies, rules, lockdown and bans: everything that

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,8 @@ type Shield struct {
 	stateDir string
 
 	pol       atomic.Pointer[policy]
+	rules     atomic.Pointer[[]eventRule] // by Event; rebuilt when an event registered after New is first reported
+	rulesMu   sync.Mutex
 	bans      atomic.Pointer[bart.Table[*ban]] // immutable snapshot, replaced by writers under banMu
 	banMu     sync.Mutex
 	issued    map[string]uint64 // bans issued by reason, under banMu
@@ -84,6 +87,9 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		tarpits:  make(map[*tarpitConn]struct{}),
 		closed:   make(chan struct{}),
 	}
+	s.cfg.Thresholds = maps.Clone(cfg.Thresholds) // the caller's map may change later
+	rules := compileRules(&s.cfg)
+	s.rules.Store(&rules)
 	if s.log == nil {
 		s.log = slog.Default()
 	}

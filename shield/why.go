@@ -64,12 +64,13 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 	s.ips.do(addr, false, func(v *ipState, _ bool) {
 		e.Counters.IPConns = int(v.conns)
 		e.Counters.IPTokens = v.rate.peek(ns, lim.PerIPRate, lim.PerIPBurst)
-		for ev := AuthFailure; int(ev) < numEvents; ev++ {
-			th := s.cfg.Thresholds.byEvent(ev)
-			if th == nil {
+		for i, w := range v.events {
+			ev := Event(i)
+			r := s.rule(ev)
+			if r == nil || r.th.Count <= 0 {
 				continue
 			}
-			if n := v.events[ev].current(ns, th.Window.Nanoseconds()); n > 0 {
+			if n := w.current(ns, r.th.Window.Nanoseconds()); n > 0 {
 				if e.Counters.Events == nil {
 					e.Counters.Events = make(map[string]int32)
 				}

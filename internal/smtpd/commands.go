@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -179,7 +180,7 @@ func (ss *session) cmdRCPT(arg string) error {
 		e := AsError(err)
 		if e.Enhanced == "5.1.1" {
 			// Harvesting shows as many unknown recipients.
-			if !ss.report(shield.UnknownRecipient) {
+			if !ss.report(mailevents.UnknownRecipient) {
 				return errQuit
 			}
 		}
@@ -189,7 +190,7 @@ func (ss *session) cmdRCPT(arg string) error {
 		}
 		return nil
 	}
-	if !ss.report(shield.RecipientAccepted) {
+	if !ss.report(mailevents.RecipientAccepted) {
 		return errQuit
 	}
 	ss.env.Recipients = append(ss.env.Recipients, rcpt)
