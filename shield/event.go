@@ -278,7 +278,9 @@ type ThresholdsConfig map[string]Threshold
 
 // SetCount sets the count of the named threshold, keeping its window (or
 // the registered default when the map lacks it).
-func (t ThresholdsConfig) SetCount(name string, n int) { t.change(name, func(th *Threshold) { th.Count = n }) }
+func (t ThresholdsConfig) SetCount(name string, n int) {
+	t.change(name, func(th *Threshold) { th.Count = n })
+}
 
 // SetDryRun sets the dry-run flag of the named threshold.
 func (t ThresholdsConfig) SetDryRun(name string, on bool) {
