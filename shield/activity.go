@@ -22,8 +22,8 @@ type actKey struct {
 type actVal struct {
 	first, last  int64 // unix nanoseconds
 	admitted     uint32
-	admittedGood uint32   // admitted while known-good
-	events       []uint32 // by Event; allocated on the first event of the key
+	admittedGood uint32 // admitted while known-good
+	events       eventSlots[uint32]
 }
 
 type actShard struct {
@@ -65,10 +65,7 @@ func (a *activity) add(addr netip.Addr, admitted, knownGood bool, ev Event) {
 		}
 	}
 	if ev.valid() {
-		if int(ev) >= len(v.events) {
-			v.events = append(v.events, make([]uint32, numEvents()-len(v.events))...)
-		}
-		v.events[ev]++
+		*v.events.at(ev)++
 	}
 	sh.m[k] = v
 	sh.mu.Unlock()

@@ -1,6 +1,7 @@
 package shield
 
 import (
+	"context"
 	"errors"
 	"math"
 	"net/netip"
@@ -95,6 +96,8 @@ func (s *Shield) escalate(p netip.Prefix, b *Behaviour, now time.Time) (time.Dur
 		o.last = ns
 		count = o.count
 	})
+	rec := OffenderRecord{Prefix: p, Count: count, Last: now, Expires: now.Add(s.cfg.OffenderTTL)}
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutOffender(ctx, rec) })
 	base, maxTTL := s.cfg.BanTTL, s.cfg.BanMaxTTL
 	if b.BanTTL > 0 {
 		base, maxTTL = b.BanTTL, max(maxTTL, b.BanTTL)
@@ -127,6 +130,8 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 		}
 	}
 	s.bans.Store(t.InsertPersist(b.prefix, b))
+	rec := b.record()
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutBan(ctx, rec) })
 	s.forgetKnownGood(b.prefix)
 	s.issued[b.reason]++
 	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
@@ -263,6 +268,7 @@ func (s *Shield) Unban(p netip.Prefix) bool {
 		return false
 	}
 	s.bans.Store(t.DeletePersist(p))
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.DeleteBan(ctx, p) })
 	s.log.Info("shield unban", "addr", p.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
 	s.historyUnban(b, "manual", s.now())
 	return true
@@ -288,6 +294,8 @@ func (s *Shield) unbanWhere(match func(*ban) bool) int {
 	}
 	for _, b := range gone {
 		t = t.DeletePersist(b.prefix)
+		p := b.prefix
+		s.toStore(func(ctx context.Context, st StateStore) error { return st.DeleteBan(ctx, p) })
 		s.log.Info("shield unban", "addr", b.prefix.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
 		s.historyUnban(b, "manual", s.now())
 	}
@@ -330,7 +338,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 		return b.decision
 	}
 	if r.b.Resets != 0 {
-		s.ips.do(addr, false, func(v *ipState, _ bool) { *eventWindow(&v.events, r.b.Resets) = window{} })
+		s.ips.do(addr, false, func(v *ipState, _ bool) { *v.events.at(r.b.Resets) = window{} })
 	}
 	if r.net.Count > 0 {
 		if d, banned := s.networkFlood(addr, ev, r, now, c); banned {
@@ -343,7 +351,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	}
 	var n int32
 	s.ips.do(addr, true, func(v *ipState, _ bool) {
-		w := eventWindow(&v.events, ev)
+		w := v.events.at(ev)
 		n = w.add(ns, th.Window.Nanoseconds())
 		if n >= int32(th.Count) {
 			*w = window{}
@@ -360,9 +368,14 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 }
 
 // forgetKnownGood takes known-good status away from the addresses of a
-// new ban: a bot that delivered accepted mail before it flooded must not be
-// served under lockdown once its ban expires.
+// new ban, on every node: a bot that delivered accepted mail before it
+// flooded must not be served under lockdown once its ban expires.
 func (s *Shield) forgetKnownGood(p netip.Prefix) {
+	s.forgetKnownGoodLocal(p)
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.RevokeKnownGood(ctx, p) })
+}
+
+func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) {
 	if p.IsSingleIP() {
 		s.knownGood.delete(p.Addr())
 		return
@@ -370,10 +383,20 @@ func (s *Shield) forgetKnownGood(p netip.Prefix) {
 	s.knownGood.each(func(a netip.Addr, _ *int64) bool { return !p.Contains(a) })
 }
 
-// markKnownGood remembers addr as known-good until now+KnownGoodTTL.
+// markKnownGood remembers addr as known-good until now+KnownGoodTTL. The
+// store hears of it when the address becomes known-good and then at most
+// once per KnownGoodTTL/100, not on every message.
 func (s *Shield) markKnownGood(addr netip.Addr, ns int64) {
 	until := ns + s.cfg.KnownGoodTTL.Nanoseconds()
-	s.knownGood.do(addr, true, func(v *int64, _ bool) { *v = until })
+	refresh := false
+	s.knownGood.do(addr, true, func(v *int64, _ bool) {
+		refresh = *v < until-s.cfg.KnownGoodTTL.Nanoseconds()/100
+		*v = until
+	})
+	if refresh {
+		u := time.Unix(0, until)
+		s.toStore(func(ctx context.Context, st StateStore) error { return st.MarkKnownGood(ctx, addr, u) })
+	}
 }
 
 // isKnownGood reports whether addr authenticated or delivered accepted mail
@@ -394,7 +417,7 @@ func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.
 	ns := now.UnixNano()
 	var n int32
 	s.prefixes.do(net, true, func(v *prefixState, _ bool) {
-		w := eventWindow(&v.events, ev)
+		w := v.events.at(ev)
 		n = w.add(ns, th.Window.Nanoseconds())
 		if n >= int32(th.Count) {
 			*w = window{}

@@ -250,36 +250,13 @@ func (h *history) compactLocked() error {
 	for _, b := range h.bans {
 		w(banLine("B", b))
 	}
-	dir := filepath.Dir(h.path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("shield history: %w", err)
-	}
-	f, err := os.CreateTemp(dir, historyFile+".tmp*")
-	if err != nil {
-		return fmt.Errorf("shield history: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(buf.Bytes())
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, h.path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("shield history: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+	if err := writeFileAtomic(filepath.Dir(h.path), filepath.Base(h.path), buf.Bytes(), "shield history"); err != nil {
+		return err
 	}
 	if h.file != nil {
 		h.file.Close()
 	}
+	var err error
 	h.file, err = os.OpenFile(h.path, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		h.file = nil

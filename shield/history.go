@@ -347,7 +347,7 @@ func (h *history) fold(denials []aggEntry, act map[actKey]actVal, now time.Time)
 		if k.addr.IsValid() {
 			where = hostPrefix(k.addr)
 		}
-		get(where, k.minute).merge(&histRec{first: v.first, last: v.last, admitted: v.admitted, admittedGood: v.admittedGood, events: v.events})
+		get(where, k.minute).merge(&histRec{first: v.first, last: v.last, admitted: v.admitted, admittedGood: v.admittedGood, events: v.events.slice()})
 	}
 	keys := make([]dk, 0, len(deltas))
 	for k := range deltas {
