@@ -448,8 +448,15 @@ func (s *Shield) reportAccount(account string, now time.Time) {
 		return
 	}
 	account = strings.ToLower(account)
+	s.countAccountFailure(account, now)
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.AddAccountFailure(ctx, account, now) })
+}
+
+// countAccountFailure counts a failed login on account (lower-cased) in
+// this node's window.
+func (s *Shield) countAccountFailure(account string, at time.Time) {
 	s.accounts.do(account, true, func(w *window, _ bool) {
-		w.add(now.UnixNano(), s.cfg.AccountDelayWindow.Nanoseconds())
+		w.add(at.UnixNano(), s.cfg.AccountDelayWindow.Nanoseconds())
 	})
 }
 

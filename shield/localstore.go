@@ -352,6 +352,11 @@ func (h *LocalStore) KnownGood(_ context.Context, addr netip.Addr) (time.Time, b
 	return until, h.st.now().Before(until), nil
 }
 
+// AddAccountFailure passes a failed login on to the other handles.
+func (h *LocalStore) AddAccountFailure(_ context.Context, account string, at time.Time) error {
+	return h.change(Change{Kind: ChangeAccountFailure, Account: account, At: at}, func(*localState) error { return nil })
+}
+
 // SetLockdown turns lockdown on or off for every handle.
 func (h *LocalStore) SetLockdown(_ context.Context, on bool) error {
 	return h.change(Change{Kind: ChangeLockdown, Lockdown: on}, func(st *localState) error {

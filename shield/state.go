@@ -3,6 +3,7 @@ package shield
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -280,6 +281,10 @@ func (s *Shield) applyChange(c Change) {
 		s.forgetKnownGoodLocal(canonPrefix(c.Prefix))
 	case ChangeLockdown:
 		s.setLockdown(c.Lockdown)
+	case ChangeAccountFailure:
+		if c.Account != "" && len(c.Account) <= 320 && now.Sub(c.At) < s.cfg.AccountDelayWindow {
+			s.countAccountFailure(strings.ToLower(c.Account), c.At)
+		}
 	case ChangeResync:
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		st, err := s.store.Load(ctx)

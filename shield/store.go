@@ -10,7 +10,8 @@ import (
 // StateStore holds the shield state that must outlive a process and that
 // several nodes serving the same clients share: bans (with their TTL and
 // escalation level), offender memory (escalation history, Config.OffenderTTL),
-// known-good addresses and lockdown. [LocalStore], in this process's memory
+// known-good addresses and lockdown; and it carries failed logins between
+// nodes for the per-account delay. [LocalStore], in this process's memory
 // and persisted as JSON in Options.StateDir, is the default; a shared store
 // (Redis, issue 16) implements the same interface and passes the same
 // conformance suite (shield/statetest).
@@ -25,8 +26,8 @@ import (
 //   - read whole with Load when the Shield starts, and again when Watch
 //     delivers ChangeResync;
 //   - written through a bounded queue by one goroutine: every ban, unban,
-//     escalation, known-good mark or revocation and lockdown change the
-//     Shield makes. A full queue drops the write (counted in
+//     escalation, known-good mark or revocation, lockdown change and
+//     failed login (for AccountDelay) the Shield makes. A full queue drops the write (counted in
 //     Stats.StoreDropped) rather than block a session; a write that fails
 //     is logged once per interval, not once per event;
 //   - watched: changes other nodes make arrive through Watch and are
@@ -41,6 +42,11 @@ import (
 //   - Durable but best effort: offender memory and known-good addresses.
 //     Losing them costs an escalation level or a known-good status, never a
 //     wrong refusal.
+//   - Not stored: failed logins (AddAccountFailure) are only passed on to
+//     the other nodes, which count them in their own windows. Behaviour
+//     counters (thresholds) stay per node in this version: an attacker
+//     spreading guesses over N nodes is banned at up to N times the
+//     threshold (issue 16 adds counters that add up).
 //   - Eventually consistent between nodes: a change made through one handle
 //     reaches the Watch callbacks of every other handle on the same state,
 //     after a delay the implementation documents (LocalStore: at once).
@@ -90,6 +96,12 @@ type StateStore interface {
 	RevokeKnownGood(ctx context.Context, p netip.Prefix) error
 	// KnownGood returns until when addr is known-good, if it is.
 	KnownGood(ctx context.Context, addr netip.Addr) (time.Time, bool, error)
+
+	// AddAccountFailure tells every other node of a failed login on
+	// account (lower-cased) at the given time, so that AccountDelay counts
+	// failures from every node. Nothing is stored: a lost failure shortens
+	// one delay, never locks anyone out.
+	AddAccountFailure(ctx context.Context, account string, at time.Time) error
 
 	// SetLockdown turns lockdown on or off for every node.
 	SetLockdown(ctx context.Context, on bool) error
@@ -154,6 +166,7 @@ const (
 	ChangeKnownGood                             // Addr is known-good until Until
 	ChangeRevokeKnownGood                       // addresses in Prefix are no longer known-good
 	ChangeLockdown                              // lockdown is now Lockdown
+	ChangeAccountFailure                        // a failed login on Account at At
 	ChangeResync                                // changes may have been lost: Load again
 )
 
@@ -166,4 +179,6 @@ type Change struct {
 	Addr     netip.Addr
 	Until    time.Time
 	Lockdown bool
+	Account  string
+	At       time.Time
 }

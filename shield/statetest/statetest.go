@@ -289,6 +289,7 @@ func testWatch(t *testing.T, open Open) {
 	must(t, a.RevokeKnownGood(ctx, pfx))
 	must(t, a.SetLockdown(ctx, true))
 	must(t, a.DeleteBan(ctx, pfx))
+	must(t, a.AddAccountFailure(ctx, "alice@example.org", base))
 	checks := []struct {
 		what  string
 		match func(shield.Change) bool
@@ -303,6 +304,9 @@ func testWatch(t *testing.T, open Open) {
 		{"revoke", func(c shield.Change) bool { return c.Kind == shield.ChangeRevokeKnownGood && c.Prefix == pfx }},
 		{"lockdown", func(c shield.Change) bool { return c.Kind == shield.ChangeLockdown && c.Lockdown }},
 		{"unban", func(c shield.Change) bool { return c.Kind == shield.ChangeUnban && c.Prefix == pfx }},
+		{"account failure", func(c shield.Change) bool {
+			return c.Kind == shield.ChangeAccountFailure && c.Account == "alice@example.org" && c.At.Equal(base)
+		}},
 	}
 	for _, c := range checks {
 		rb.waitFor(t, c.what, c.match)
