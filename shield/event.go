@@ -91,9 +91,14 @@ const maxEvents = 255
 // the slice without a lock; Register copies it.
 var registry struct {
 	mu     sync.Mutex
-	byName map[string]Event
-	list   atomic.Pointer[[]Behaviour] // [0] unused
+	byName  map[string]Event
+	list    atomic.Pointer[[]Behaviour] // [0] unused
+	passive int                         // names registered from files
 }
+
+// maxPassive bounds the event names a history file can add, so a damaged
+// file cannot fill the registry before a service registers its own.
+const maxPassive = 64
 
 // Register adds a behaviour and returns its Event. Register at package
 // initialisation (var MyEvent = shield.MustRegister(...)), before any
@@ -139,6 +144,12 @@ func register(b Behaviour) (Event, error) {
 	}
 	if len(old) > maxEvents {
 		return 0, fmt.Errorf("shield: more than %d behaviours", maxEvents)
+	}
+	if b.passive {
+		if registry.passive >= maxPassive {
+			return 0, errors.New("shield: too many event names from files")
+		}
+		registry.passive++
 	}
 	ev := Event(len(old))
 	list := append(append([]Behaviour(nil), old...), b)
