@@ -90,7 +90,7 @@ const maxEvents = 255
 // registry holds every registered behaviour, indexed by Event. Readers load
 // the slice without a lock; Register copies it.
 var registry struct {
-	mu     sync.Mutex
+	mu      sync.Mutex
 	byName  map[string]Event
 	list    atomic.Pointer[[]Behaviour] // [0] unused
 	passive int                         // names registered from files
