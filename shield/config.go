@@ -74,6 +74,8 @@ type Threshold struct {
 	Count  int           `toml:"count" doc:"events within the window that ban the address"`
 	Window time.Duration `toml:"window" doc:"window over which events are counted"`
 	DryRun bool          `toml:"dry_run" doc:"log \"shield would ban\" instead of banning"`
+
+	badKey, badMsg string // a key that did not decode, reported by Validate
 }
 
 // DefaultConfig returns safe defaults for every field.

@@ -20,6 +20,9 @@ func configFields(t *testing.T) (keys []string, defaults, docs map[string]string
 	walk = func(prefix string, v reflect.Value) {
 		for i := 0; i < v.NumField(); i++ {
 			f := v.Type().Field(i)
+			if !f.IsExported() {
+				continue // not configuration
+			}
 			key, doc := f.Tag.Get("toml"), f.Tag.Get("doc")
 			if key == "" || doc == "" {
 				t.Errorf("%s%s: missing toml or doc tag", prefix, f.Name)

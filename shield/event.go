@@ -344,26 +344,36 @@ func (t *ThresholdsConfig) UnmarshalTOML(v any) error {
 			return fmt.Errorf("thresholds.%s: want a table (count, window, dry_run)", name)
 		}
 		th := (*t)[name]
-		for k, x := range tab {
-			var bad bool
+		keys := make([]string, 0, len(tab))
+		for k := range tab {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			x := tab[k]
+			ok := true
 			switch k {
 			case "count":
-				n, ok := x.(int64)
-				bad = !ok || n < 0 || n > 1<<31
+				var n int64
+				n, ok = x.(int64)
+				ok = ok && n >= 0 && n <= 1<<31
 				th.Count = int(n)
 			case "window":
-				s, ok := x.(string)
-				d, err := time.ParseDuration(s)
-				bad = !ok || err != nil
+				var str string
+				str, ok = x.(string)
+				d, err := time.ParseDuration(str)
+				ok = ok && err == nil
 				th.Window = d
 			case "dry_run":
 				th.DryRun, ok = x.(bool)
-				bad = !ok
 			default:
-				return fmt.Errorf("thresholds.%s.%s: unknown key (want count, window, dry_run)", name, k)
+				// Reported by Validate, which names the key, so the
+				// config loader can point at its line.
+				th.badKey, th.badMsg = k, "unknown key (want count, window, dry_run)"
+				continue
 			}
-			if bad {
-				return fmt.Errorf("thresholds.%s.%s: bad value %v", name, k, x)
+			if !ok {
+				th.badKey, th.badMsg = k, fmt.Sprintf("bad value %v", x)
 			}
 		}
 		(*t)[name] = th
@@ -411,6 +421,10 @@ func (t ThresholdsConfig) validate(bad func(field, format string, args ...any)) 
 			}
 		}
 		th := t[n]
+		if th.badKey != "" {
+			bad("thresholds."+n+"."+th.badKey, "%s", th.badMsg)
+			continue
+		}
 		if th.Count <= 0 {
 			bad("thresholds."+n+".count", "must be > 0")
 		}

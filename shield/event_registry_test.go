@@ -109,13 +109,17 @@ func TestThresholdsTOMLMerge(t *testing.T) {
 	if errs := wrap.Shield.Validate(); len(errs) != 0 {
 		t.Fatal(errs)
 	}
-	if _, err := toml.Decode("[shield.thresholds.auth_failure]\ncuont = 4\n", &wrap); err == nil || !strings.Contains(err.Error(), "thresholds.auth_failure.cuont") {
-		t.Fatalf("unknown key: %v", err)
+	if _, err := toml.Decode("[shield.thresholds.auth_failure]\ncuont = 4\n[shield.thresholds.pregreet]\ncount = \"x\"\n", &wrap); err != nil {
+		t.Fatal(err)
+	}
+	text := fmt.Sprint(wrap.Shield.Validate())
+	if !strings.Contains(text, "thresholds.auth_failure.cuont: unknown key") || !strings.Contains(text, "thresholds.pregreet.count: bad value x") {
+		t.Fatalf("bad keys not reported: %s", text)
 	}
 	cfg := DefaultConfig()
 	cfg.Thresholds["auth_failur"] = Threshold{Count: 1, Window: time.Minute}
 	cfg.Thresholds["network_nothing"] = Threshold{Count: 1, Window: time.Minute}
-	text := fmt.Sprint(cfg.Validate())
+	text = fmt.Sprint(cfg.Validate())
 	if !strings.Contains(text, "thresholds.auth_failur: no such behaviour") || !strings.Contains(text, "thresholds.network_nothing: no such behaviour") {
 		t.Fatal(text)
 	}
