@@ -140,6 +140,7 @@ func register(b Behaviour) (Event, error) {
 		list := append([]Behaviour(nil), old...)
 		list[ev] = b // a real definition replaces a name read from a file
 		registry.list.Store(&list)
+		registry.passive--
 		return ev, nil
 	}
 	if len(old) > maxEvents {
