@@ -28,6 +28,7 @@ type Config struct {
 	IMAP     IMAPConfig     `toml:"imap" doc:"IMAP (RFC 3501, RFC 9051) with STARTTLS (143) and implicit TLS (993)."`
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
+	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
 }
 
 // LogConfig configures slog output.

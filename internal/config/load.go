@@ -163,6 +163,7 @@ func (c Config) Validate() []Problem {
 	if c.DataDir == "" {
 		bad("data_dir", "must not be empty")
 	}
+	ps = append(ps, c.Cluster.validate()...)
 	if c.Hostname == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
 		bad("hostname", "must be a host name")
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/agua-mail/agua/internal/smtpd"
 	"github.com/agua-mail/agua/internal/tlsutil"
 	"github.com/agua-mail/agua/shield"
+	"github.com/agua-mail/agua/shield/redisstore"
 )
 
 // Version is set by the binary.
@@ -45,6 +46,8 @@ type Server struct {
 	dir    *directory.Directory
 	store  *maildir.Store
 	shield *shield.Shield
+
+	cluster *redisstore.Store // shared shield state ([cluster] redis); nil = local
 
 	listeners []boundListener
 	smtp      []*smtpd.Server
@@ -174,7 +177,11 @@ func (s *Server) openShield() (*shield.Shield, error) {
 		}
 	}
 	sc.RuleFiles = files
-	sh, err := shield.New(sc, shield.Options{Logger: s.log, StateDir: ShieldStateDir(s.cfg)})
+	opts := shield.Options{Logger: s.log, StateDir: ShieldStateDir(s.cfg)}
+	if err := s.openCluster(&opts); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	sh, err := shield.New(sc, opts)
 	if err != nil {
 		return nil, fmt.Errorf("shield: %w", err)
 	}
@@ -281,11 +288,12 @@ type Status struct {
 	IMAP      int64             `json:"imap_sessions"`
 	Lockdown  bool              `json:"lockdown"`
 	Shield    shield.Stats      `json:"shield"`
+	Cluster   *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
 }
 
 func (s *Server) status() any {
 	st := Status{Version: Version, PID: os.Getpid(), Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(),
-		Listeners: map[string]string{}, Lockdown: s.shield.Lockdown(), Shield: s.shield.Stats()}
+		Listeners: map[string]string{}, Lockdown: s.shield.Lockdown(), Shield: s.shield.Stats(), Cluster: s.clusterStatus()}
 	for _, l := range s.listeners {
 		st.Listeners[l.ln.Addr().String()] = l.name
 	}
@@ -408,6 +416,10 @@ func (s *Server) Close() error {
 	if s.shield != nil {
 		errs = append(errs, s.shield.Close())
 		s.shield = nil
+	}
+	if s.cluster != nil {
+		errs = append(errs, s.cluster.Close())
+		s.cluster = nil
 	}
 	if s.store != nil {
 		errs = append(errs, s.store.Close())
