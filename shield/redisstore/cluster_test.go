@@ -32,7 +32,7 @@ type node struct {
 	close sync.Once
 }
 
-func startNode(t *testing.T, url, name, ip string) *node {
+func startNode(t testing.TB, url, name, ip string) *node {
 	t.Helper()
 	st, err := redisstore.Open(redisstore.Options{URL: url, Node: name, Heartbeat: 100 * time.Millisecond,
 		Logger: slog.New(slog.DiscardHandler)})
