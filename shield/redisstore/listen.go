@@ -94,6 +94,9 @@ func (s *Store) receive(ps *redis.PubSub) error {
 			continue
 		}
 		missed = 0
+		if s.npending.Load() > 0 { // a write failed while the subscription held
+			s.replay()
+		}
 		switch m := m.(type) {
 		case *redis.Message:
 			s.handle(m.Payload)

@@ -128,6 +128,7 @@ type Store struct {
 // unreachable Redis is not an error (the store reconnects in the
 // background); a malformed URL is.
 func Open(opts Options) (*Store, error) {
+	quietOnce.Do(func() { redis.SetLogger(debugLogger{}) })
 	ropts, err := redis.ParseURL(opts.URL)
 	if err != nil {
 		return nil, fmt.Errorf("shield redis store: %w", err)
@@ -237,7 +238,8 @@ func (s *Store) write(ctx context.Context, op func(ctx context.Context) error) e
 		if err == nil || !unreachable(err) {
 			return err
 		}
-		s.setConnected(false, err)
+		// The listener owns the connection state: it notices a Redis
+		// that is gone, and replays this write when Redis answers.
 	}
 	if len(s.pending) >= pendingMax {
 		s.pending = s.pending[1:]
@@ -595,3 +597,13 @@ func (s *Store) Close() error {
 }
 
 var _ shield.StateStore = (*Store)(nil)
+
+// quietOnce makes go-redis log through slog at debug level: it logs every
+// failed dial, while this store says once that Redis is unreachable.
+var quietOnce sync.Once
+
+type debugLogger struct{}
+
+func (debugLogger) Printf(ctx context.Context, format string, v ...any) {
+	slog.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
+}
