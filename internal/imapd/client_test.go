@@ -3,7 +3,6 @@ package imapd
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -264,36 +263,6 @@ func TestErrorsCountedAfterSTARTTLS(t *testing.T) {
 	c.expect("a3 BAD")
 	c.expect("* BYE Too many errors")
 	c.expectClosed()
-}
-
-// The tap tells the engine's reads from its writes by their caller.
-func TestTapDirection(t *testing.T) {
-	if got := tapDirectionVia(func(w io.Writer) { io.MultiWriter(io.Discard, w).Write([]byte("x")) }); got != dirOut {
-		t.Fatalf("io.MultiWriter: direction %d", got)
-	}
-	if got := tapDirectionVia(func(w io.Writer) { io.TeeReader(strings.NewReader("x"), w).Read(make([]byte, 1)) }); got != dirIn {
-		t.Fatalf("io.TeeReader: direction %d", got)
-	}
-	if got := tapDirectionVia(func(w io.Writer) { w.Write([]byte("x")) }); got != dirUnknown {
-		t.Fatalf("direct write: direction %d", got)
-	}
-}
-
-type dirRecorder struct{ dir int }
-
-func (d *dirRecorder) Write(p []byte) (int, error) {
-	d.dir = tapDirectionFrom()
-	return len(p), nil
-}
-
-// tapDirectionFrom is tapDirection as seen from a Write method, like
-// replyTap.Write.
-func tapDirectionFrom() int { return tapDirection() }
-
-func tapDirectionVia(f func(io.Writer)) int {
-	d := &dirRecorder{}
-	f(d)
-	return d.dir
 }
 
 // A selected mailbox deleted by another session ends the session with a
