@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,8 @@ var (
 	errCommandTooLong = errors.New("imapd: command too long")
 	errLiteralRefused = errors.New("imapd: literal refused and connection ended")
 	errPipelinedTLS   = errors.New("imapd: commands pipelined after STARTTLS")
+	errUnterminated   = errors.New("imapd: unterminated quoted string")
+	errBareCR         = errors.New("imapd: bare CR in command line")
 )
 
 // framer is where the client's stream stands. Only the goroutine reading
@@ -82,6 +85,7 @@ type framer struct {
 	tag, name string // of the current command
 	replies   uint64 // the connection's tagged replies when the command's last bytes were handed over
 	conts     uint64 // and its continuation requests ("+")
+	err       error  // the framer stopped: every Read fails
 }
 
 // mark notes the reply counters as the engine is handed new bytes.
@@ -93,6 +97,14 @@ func (f *framer) mark(w *watchConn) {
 func (w *watchConn) feed(e *engineConn, p []byte) (int, error) {
 	f := &w.fr
 	for {
+		if f.err != nil {
+			// Sticky: the engine reads again after an error, and w.in may
+			// still hold octets of what was refused.
+			return 0, f.err
+		}
+		if w.ended.Load() {
+			return 0, net.ErrClosed
+		}
 		if len(f.out) > 0 {
 			n := copy(p, f.out)
 			f.out = f.out[n:]
@@ -161,6 +173,41 @@ func (w *watchConn) feed(e *engineConn, p []byte) (int, error) {
 			f.tag, f.name = commandName(line)
 		}
 		f.cmdBytes += len(line)
+		if bytes.IndexByte(lineBody(line), '\r') >= 0 {
+			// RFC 3501 9: CR only in CRLF outside literals. The engine
+			// ends a failed command's line at a bare CR and would parse
+			// what follows it as the next command.
+			f.inCommand = false
+			if !start {
+				w.endLingering("Bare CR in command")
+				return 0, w.fail(errBareCR)
+			}
+			w.reply(f.tag + " BAD [CLIENTBUG] Bare CR in command line")
+			f.mark(w)
+			continue
+		}
+		if openQuote(line) {
+			// RFC 3501 9: a quoted string holds no CR or LF. The engine
+			// would read on across lines for the closing quote while the
+			// client waits for a reply (or a "+" for a literal it
+			// announced inside the quotes).
+			f.inCommand = false
+			if n, nonSync, ok := announced(line); ok && (nonSync || w.in.Buffered() > 0) {
+				// The client may think it announced a literal: its
+				// octets are dropped, not run as commands.
+				if err := w.discard(n); err != nil {
+					w.endLingering("Unterminated quoted string")
+					return 0, w.fail(err)
+				}
+			}
+			if !start {
+				w.endLingering("Unterminated quoted string")
+				return 0, w.fail(errUnterminated)
+			}
+			w.reply(f.tag + " BAD [CLIENTBUG] Unterminated quoted string")
+			f.mark(w)
+			continue
+		}
 		n, nonSync, ok := announced(line)
 		if start && !ok && f.name == "STARTTLS" && bareCommand(line) && w.canStartTLS() {
 			if err := w.startTLS(e, f.tag); err != nil {
@@ -170,7 +217,7 @@ func (w *watchConn) feed(e *engineConn, p []byte) (int, error) {
 		}
 		f.inCommand = ok
 		if ok {
-			if limit := w.literalLimit(f.name); n > limit {
+			if limit := w.literalLimit(f.name, start && isAppendMailbox(line)); n > limit {
 				f.inCommand = false
 				if err := w.refuseLiteral(start, n, nonSync, limit); err != nil {
 					return 0, w.fail(err)
@@ -189,6 +236,7 @@ func (w *watchConn) feed(e *engineConn, p []byte) (int, error) {
 // about the failed read is not taken for a command it could not parse.
 func (w *watchConn) fail(err error) error {
 	w.lastErr.Store(&err)
+	w.fr.err = err
 	return err
 }
 
@@ -217,6 +265,21 @@ func lineBody(line []byte) []byte {
 	line = bytes.TrimSuffix(line, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	return bytes.TrimSuffix(line, []byte(" "))
+}
+
+// openQuote reports whether a line ends inside a quoted string (RFC 3501
+// 4.3: "\" escapes the next character there).
+func openQuote(line []byte) bool {
+	in := false
+	for i := 0; i < len(line); i++ {
+		switch c := line[i]; {
+		case c == '"':
+			in = !in
+		case c == '\\' && in:
+			i++
+		}
+	}
+	return in
 }
 
 // announced reports the literal a line announces at its end: "{n}" or,
@@ -288,6 +351,13 @@ func isAtom(s string) bool {
 	return true
 }
 
+// isAppendMailbox reports whether a command line is "tag APPEND {n}": the
+// literal is the mailbox name (RFC 3501 6.3.11), not the message.
+func isAppendMailbox(line []byte) bool {
+	f := bytes.Fields(lineBody(line))
+	return len(f) == 3 && bytes.EqualFold(f[1], []byte("APPEND")) && f[2][0] == '{'
+}
+
 // isTagChar reports whether the engine takes c in a tag (an atom: not a
 // control character, not one of the specials; imapwire.IsAtomChar).
 func isTagChar(c byte) bool {
@@ -297,12 +367,17 @@ func isTagChar(c byte) bool {
 	return strings.IndexByte(`(){%*"\]`, c) < 0
 }
 
-// literalLimit is the largest literal the command may announce now.
-func (w *watchConn) literalLimit(name string) int64 {
+// literalLimit is the largest literal the command may announce now;
+// mailbox tells an APPEND's mailbox name from its message.
+//
+// Each limit must be at most the engine's own for that literal: a literal
+// the engine refuses itself it does not read as one (its octets become
+// command syntax), which only this layer's refusal prevents.
+func (w *watchConn) literalLimit(name string, mailbox bool) int64 {
 	switch {
 	case !w.authed.Load():
 		return maxPreAuthLiteral
-	case name == "APPEND":
+	case name == "APPEND" && !mailbox:
 		return w.srv.cfg.MaxMessageSize // announced as APPENDLIMIT (RFC 7889)
 	}
 	return maxArgLiteral
@@ -313,20 +388,24 @@ func (w *watchConn) literalLimit(name string) int64 {
 func (w *watchConn) refuseLiteral(start bool, n int64, nonSync bool, limit int64) error {
 	tag := w.fr.tag
 	text := fmt.Sprintf("Literal too large (at most %d octets here)", limit)
+	// RFC 3501 7.5: a client sends a synchronizing literal only after "+".
+	// One whose octets are already here did not wait: they are the
+	// literal's, not commands, as for a non-synchronizing literal.
+	onTheWay := nonSync || w.in.Buffered() > 0
 	switch {
 	case !start:
 		// The engine holds the start of the command: it cannot be
 		// answered from here, only ended.
 		w.endLingering("Literal too large")
 		return errLiteralRefused
-	case !nonSync && n <= w.absurdLiteral():
+	case !onTheWay && n <= w.absurdLiteral():
 		// RFC 3501 7.5, RFC 9051 7.1 (TOOBIG): the client sends a
 		// synchronizing literal only after "+"; without it the command is
 		// over.
 		w.reply(tag + " NO [TOOBIG] " + text)
 		w.countError(text)
 		return nil
-	case nonSync && n <= maxDiscard:
+	case onTheWay && n <= maxDiscard:
 		// RFC 7888 4: the octets of a non-synchronizing literal are on
 		// their way: read and drop them, with the rest of the command.
 		if err := w.discard(n); err != nil {

@@ -22,6 +22,9 @@ import (
 //	c: LINE                send LINE and CRLF
 //	raw: "QUOTED"          send the Go-quoted bytes as they are
 //	fill: N "QUOTED"       send N bytes: the quoted string over and over
+//
+// (what a run of c:, raw: and fill: sends goes out in one write)
+//
 //	s: PREFIX              the next line starts with PREFIX
 //	s~ PREFIX              skip lines up to one that starts with PREFIX
 //	n: COUNT PREFIX        the next COUNT lines start with PREFIX
@@ -115,19 +118,28 @@ func runHostile(t *testing.T, script string) {
 	if !implicit {
 		h.expect(0, "* OK [CAPABILITY IMAP4rev2 IMAP4rev1")
 	}
+	var pending []byte // client bytes not yet handed to the writer
 	for i, line := range lines {
 		n := i + 1
 		line = strings.TrimRight(line, "\r")
 		directive, arg, _ := strings.Cut(line, " ")
 		switch directive {
+		case "login", "c:", "raw:", "fill:", "", "#", "listener:":
+		default:
+			// The client writes all it has before it reads (in one
+			// write: what a client pipelines arrives together).
+			h.flush(&pending)
+		}
+		switch directive {
 		case "", "#", "listener:":
 		case "login":
+			h.flush(&pending)
 			h.out <- []byte("L LOGIN " + testUser + " \"" + testPass + "\"\r\n")
 			h.expect(n, "L OK")
 		case "c:":
-			h.out <- []byte(arg + "\r\n")
+			pending = append(pending, arg+"\r\n"...)
 		case "raw:":
-			h.out <- []byte(unquote(t, n, arg))
+			pending = append(pending, unquote(t, n, arg)...)
 		case "fill:":
 			size, q, _ := strings.Cut(arg, " ")
 			total, err := strconv.Atoi(size)
@@ -135,12 +147,7 @@ func runHostile(t *testing.T, script string) {
 				t.Fatalf("line %d: %v", n, err)
 			}
 			unit := unquote(t, n, q)
-			b := []byte(strings.Repeat(unit, total/len(unit)+1)[:total])
-			for len(b) > 0 {
-				k := min(len(b), 1<<20)
-				h.out <- b[:k]
-				b = b[k:]
-			}
+			pending = append(pending, strings.Repeat(unit, total/len(unit)+1)[:total]...)
 		case "s:":
 			h.expect(n, arg)
 		case "s~":
@@ -204,7 +211,15 @@ func runHostile(t *testing.T, script string) {
 			t.Fatalf("line %d: bad step %q", n, line)
 		}
 	}
+	h.flush(&pending)
 	checkFresh(t, ts, false)
+}
+
+func (h *hostileClient) flush(pending *[]byte) {
+	if len(*pending) > 0 {
+		h.out <- *pending
+		*pending = nil
+	}
 }
 
 func unquote(t *testing.T, n int, q string) string {

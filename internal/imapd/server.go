@@ -287,13 +287,17 @@ func (s *Server) serveConn(raw net.Conn) {
 	}
 	defer s.track(w, false)
 	// The shield may want this connection gone mid-session (newly denied
-	// address, ban, lockdown, eviction).
+	// address, ban, lockdown, eviction). It closes the socket itself, right
+	// after Done: a BYE written now would race that close (and reach the
+	// client or not), so the session ends without a word, as SMTP's and
+	// POP3's do.
 	if sc := shield.FromConn(raw); sc != nil {
 		go func() {
 			select {
 			case <-sc.Done():
 				log.Info("imap session closed by shield")
-				w.bye("Connection closed by policy")
+				w.ended.Store(true)
+				w.Close()
 			case <-ctx.Done():
 			}
 		}()
