@@ -118,7 +118,7 @@ func FuzzLiteralInjection(f *testing.F) {
 			t.Skip("one command line")
 		}
 		ts.store.DeleteFolder(testUser, "injected") // each input on its own
-		extra %= 1 << 26 // beyond any limit: as good as bigger
+		extra %= 1 << 26                            // beyond any limit: as good as bigger
 		payload := "M0 LOGIN alice@example.test \"secret pass\"\r\nM1 CREATE injected\r\n"
 		size := int64(len(payload)) + int64(extra)
 		c, err := net.DialTimeout("tcp", ts.addr, 5*time.Second)
