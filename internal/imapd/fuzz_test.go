@@ -39,7 +39,7 @@ func FuzzSession(f *testing.F) {
 		"a APPEND INBOX {26214401}",
 		"a APPEND {5000+}\r\n" + strings.Repeat("X CREATE evil\r\n", 334)[:5000] + " {3+}\r\nabc",
 		"a CREATE {5000+}\r\n" + strings.Repeat("X CREATE evil\r\n", 334)[:5000],
-		"a CREATE a b {20+}\r\nX-Hdr: CREATE evil",
+		"a CREATE a b {18+}\r\nX-Hdr: CREATE evil",
 		"a SEARCH TEXT {4+}\r\nabcd CHARSET {5}",
 		"a LOGIN {5}\r\nalice {3+}\r\npass",
 		"a AUTHENTICATE PLAIN {10+}\r\n0123456789",
