@@ -3,6 +3,7 @@ package imapd
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -336,5 +337,28 @@ func TestAccountDelayOnFailureOnly(t *testing.T) {
 	c.expect("a2 OK")
 	if asked.Load() != 1 || okAuth.Load() != 1 || failedAuth.Load() != 1 {
 		t.Fatalf("delay asked %d, Auth hook: %d successes, %d failures", asked.Load(), okAuth.Load(), failedAuth.Load())
+	}
+}
+
+// After STARTTLS the client's bytes are framed as before it (frame.go
+// does the handshake below the engine): a refused literal's octets are not
+// run as commands inside TLS either, and the session can log in there.
+func TestLiteralFramingAfterSTARTTLS(t *testing.T) {
+	ts := startTest(t, func(c *Config) { c.AllowInsecureAuthLoopback = false })
+	c := dial(t, ts.addr)
+	c.expect("* OK")
+	c.startTLS()
+	c.send(`a1 LOGIN alice@example.test "secret pass"`)
+	c.expect("a1 OK")
+	c.send("a2 CREATE {5000+}")
+	io.WriteString(c.conn, strings.Repeat("X CREATE evil\r\n", 334)[:5000]+"\r\n")
+	c.expect("a2 NO [TOOBIG]")
+	c.send("a3 APPEND INBOX {26214401+}")
+	go io.WriteString(c.conn, strings.Repeat("X CREATE evil\r\n", 1<<20)) // octets on their way
+	c.expect("a3 BAD [TOOBIG]")
+	c.expect("* BYE Literal too large")
+	c.expectClosed()
+	if names, err := ts.store.ListFolders(testUser); err != nil || slices.Contains(names, "evil") {
+		t.Fatalf("folders %q (%v)", names, err)
 	}
 }
