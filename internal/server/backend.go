@@ -27,7 +27,7 @@ var (
 	errTempAuth  = smtpd.Errorf(454, "4.7.0", "Temporary authentication failure")
 	errRelay     = smtpd.Errorf(550, "5.7.1", "Relay access denied")
 	errNoUser    = smtpd.Errorf(550, "5.1.1", "No such user here")
-	errNoOutbond = smtpd.Errorf(550, "5.3.0", "Outbound delivery is not available on this server yet; only local recipients are accepted")
+	errNoOutbond = smtpd.Errorf(550, "5.3.0", "Outbound delivery is not available on this server; only local recipients are accepted")
 	errNotOwned  = smtpd.Errorf(553, "5.7.1", "Sender address is not owned by the authenticated user")
 	errFull      = smtpd.Errorf(452, "4.2.2", "Mailbox full")
 	errTempLocal = smtpd.Errorf(451, "4.3.0", "Temporary local problem, try again later")

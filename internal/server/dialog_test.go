@@ -13,7 +13,7 @@ import (
 //
 //	# listener: submission      which listener to dial (default smtp)
 //	c: EHLO x                   send a line (CRLF added)
-//	raw: text\r\n               send bytes; \r \n \t \\ are unescaped
+//	raw: text\r\n               send bytes; \r \n \t \\ \xHH are unescaped
 //	s: 250 2.1.0                read a reply whose last line starts with this
 //	s: 250 | SIZE | AUTH PLAIN  ... and which contains each of these
 //	closed                      the server has closed the connection
@@ -45,25 +45,5 @@ func runDialog(t *testing.T, ts *testServer, script string) {
 	}
 	c := dial(t, ts.srv.Addr(listener))
 	c.expect("220 ")
-	for n, line := range strings.Split(script, "\n") {
-		line = strings.TrimRight(line, "\r")
-		switch {
-		case line == "" || strings.HasPrefix(line, "#"):
-		case line == "c:" || strings.HasPrefix(line, "c: "):
-			c.send(strings.TrimPrefix(line[2:], " "))
-		case strings.HasPrefix(line, "raw: "):
-			c.raw(unescape(line[5:]))
-		case strings.HasPrefix(line, "s: "):
-			t.Logf("line %d", n+1)
-			c.expect(line[3:])
-		case line == "closed":
-			c.expectClosed()
-		default:
-			t.Fatalf("line %d: bad dialog step %q", n+1, line)
-		}
-	}
-}
-
-func unescape(s string) string {
-	return strings.NewReplacer(`\r`, "\r", `\n`, "\n", `\t`, "\t", `\\`, `\`).Replace(s)
+	runCase(t, c, script)
 }
