@@ -77,6 +77,15 @@ func runBadInput(t *testing.T, proto, greeting string) {
 			fresh.expect(greeting)
 			fresh.send("QUIT")
 			fresh.expect(map[string]string{"smtp": "221", "pop3": "+OK"}[proto])
+			// The case's session has ended (and released what it held,
+			// such as the POP3 maildrop lock) before the next case starts.
+			waitForCond(t, "sessions ended", func() bool {
+				var n int64
+				for _, v := range ts.srv.sessionCounts() {
+					n += v
+				}
+				return n == 0
+			})
 			if got := len(ts.messages(t, testUser)); got != before+hdr.stored {
 				t.Fatalf("mailbox has %d messages, want %d", got, before+hdr.stored)
 			}
