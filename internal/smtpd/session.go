@@ -246,7 +246,10 @@ func (ss *session) dispatch(line string) error {
 // for the reply to DATA before it sends the message, so bytes already
 // waiting can only be a message sent blind; they are never read as
 // commands (Postfix: "improper command pipelining after DATA"). The
-// session ends with one reply that says why.
+// session ends with one reply that says why. A body that arrives only
+// after this check is still read as commands, as in Postfix: ending every
+// session whose DATA is refused would cut off the conforming pipelining
+// clients that answer a refused DATA with RSET.
 func (ss *session) refuseDATA(e *Error) error {
 	if ss.r.Buffered() > 0 {
 		ss.log.Debug("smtp data sent before 354", "refusal", e.Code)
