@@ -3,12 +3,16 @@ package server
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The bad-input matrix: one file per hostile case under
@@ -32,6 +36,7 @@ import (
 //	n: 1000 250 2.0.0         read that many replies starting with this
 //	m: 1 | 2                  read a POP3 multi-line body; each text in it
 //	closed                    the server has closed the connection
+//	tls-alert                 read one fatal TLS alert record
 //
 // Cases run one after another from their own source address
 // (127.0.20.x, fresh clients from 127.0.21.x), so bans and per-address
@@ -183,10 +188,34 @@ func runCase(t *testing.T, c *client, script string) {
 				}
 			}
 		case line == "closed":
-			c.expectClosed()
+			expectEOF(t, c)
+		case line == "tls-alert":
+			// RFC 8446 6 / RFC 5246 7.2: a fatal alert record, the only
+			// thing a TLS server may send to a broken handshake.
+			b := make([]byte, 7)
+			c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(c.r, b); err != nil || b[0] != 0x15 || b[5] != 2 {
+				t.Fatalf("line %d: want a fatal TLS alert, got %q (%v)", n+1, b, err)
+			}
 		default:
 			t.Fatalf("line %d: bad step %q", n+1, line)
 		}
+	}
+}
+
+// expectEOF checks that the server has closed the connection: a read
+// ends in EOF (or a reset), not in a timeout with the connection still
+// open, and the server sends nothing more first.
+func expectEOF(t *testing.T, c *client) {
+	t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := c.r.ReadString('\n')
+	var ne net.Error
+	switch {
+	case err == nil || b != "":
+		t.Fatalf("want connection closed, got %q", b)
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatal("want connection closed, it is still open")
 	}
 }
 
