@@ -298,7 +298,7 @@ func (s *session) send(from string, rcpts []string, p mailParams, body io.Reader
 		if out.mail, err = s.read(s.t.Mail); err != nil {
 			return fail(err)
 		}
-		if out.mail.Code != 250 {
+		if out.mail.Code/100 != 2 {
 			return out
 		}
 	}
@@ -349,11 +349,16 @@ func (s *session) send(from string, rcpts []string, p mailParams, body io.Reader
 	if err != nil {
 		return fail(err)
 	}
+	if rep.Code/100 == 2 {
+		// A 2xx instead of 354 would make us believe in a delivery that
+		// carried no message.
+		return fail(fmt.Errorf("%w: %q in reply to DATA", ErrProtocol, trunc(rep.String())))
+	}
 	if rep.Code != 354 {
 		out.data = rep
 		return out
 	}
-	if out.mail.Code != 250 || accepted == 0 {
+	if out.mail.Code/100 != 2 || accepted == 0 {
 		// RFC 2920 3.1: the server said 354 although nobody can receive
 		// the message; end the data at once, and the transaction fails.
 		write(".")

@@ -156,7 +156,7 @@ func classify(outs []outcome, o txOutcome) []outcome {
 	}
 	for i := range outs {
 		switch {
-		case o.mail.Code != 0 && o.mail.Code != 250:
+		case o.mail.Code != 0 && o.mail.Code/100 != 2:
 			set(i, o.mail)
 		case o.rcpts[i].Code != 0 && o.rcpts[i].Code/100 != 2:
 			set(i, o.rcpts[i])

@@ -282,3 +282,29 @@ func (nopQueue) Update(context.Context, string, []queue.Result) error { return n
 func (nopQueue) Unclaim(string, []string)                             {}
 func (nopQueue) Wake() <-chan struct{}                                { return nil }
 func nopBounce(context.Context, string, []byte) error                 { return nil }
+
+// TestMXLoopsBackToMyself: RFC 5321 5.1: MX hosts no better than this
+// server are dropped; when none is left the mail bounces (5.4.6).
+func TestMXLoopsBackToMyself(t *testing.T) {
+	port, lns := listenSamePort(t, "127.0.0.81")
+	p := newPeer(t, lns[0])
+	ev := newEnv(t, port, nil) // Hostname "agua.test"
+	ev.dns.Add(t,
+		"backup.test. 300 IN MX 10 primary.backup.test.", "primary.backup.test. 300 IN A 127.0.0.81",
+		"backup.test. 300 IN MX 20 agua.test.", "backup.test. 300 IN MX 30 worse.backup.test.",
+		"self.test. 300 IN MX 10 AGUA.test.", "agua.test. 300 IN A 127.0.0.81",
+	)
+	id := ev.enqueue("s@agua.test", []string{"x@backup.test"}, msg1)
+	ev.waitGone(id)
+	if len(p.received()) != 1 {
+		t.Fatal("not delivered to the better MX")
+	}
+	id = ev.enqueue("s@agua.test", []string{"x@self.test"}, msg1)
+	ev.waitGone(id)
+	if d := ev.waitDSN(1); !strings.Contains(d[0].body, "Status: 5.4.6") || !strings.Contains(d[0].body, "loops back") {
+		t.Fatalf("DSN:\n%s", d[0].body)
+	}
+	if len(p.received()) != 1 {
+		t.Fatal("delivered to itself")
+	}
+}

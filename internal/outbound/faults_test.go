@@ -70,6 +70,14 @@ func TestFaultyPeers(t *testing.T) {
 			}
 			return false
 		}, "longer than 2048 bytes"},
+		{"250 instead of 354", func(stage string, c net.Conn) bool {
+			if stage == "data354" {
+				c.Write([]byte("250 2.0.0 sure\r\n"))
+				io.Copy(io.Discard, c)
+				return true
+			}
+			return false
+		}, "in reply to DATA"},
 		{"hangs after DATA", func(stage string, c net.Conn) bool {
 			if stage == "data" {
 				io.Copy(io.Discard, c)

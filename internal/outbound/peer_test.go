@@ -220,6 +220,9 @@ func (p *peer) serve(c net.Conn, done chan struct{}) {
 				reply("554 5.5.1 no valid recipients")
 				continue
 			}
+			if p.fault != nil && p.fault("data354", c) {
+				return
+			}
 			reply("354 go ahead")
 			if p.fault != nil && p.fault("data", c) {
 				return

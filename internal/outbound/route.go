@@ -67,6 +67,17 @@ func (e *Engine) hosts(ctx context.Context, domain string) ([]host, *routeError)
 	}
 	rand.Shuffle(len(real), func(i, j int) { real[i], real[j] = real[j], real[i] })
 	slices.SortStableFunc(real, func(a, b resolver.MX) int { return int(a.Pref) - int(b.Pref) })
+	// RFC 5321 5.1: when this server is one of the MX hosts, only the
+	// better ones may be used; none left means the mail would loop.
+	for _, m := range real {
+		if strings.EqualFold(strings.TrimSuffix(m.Host, "."), e.hostname) {
+			real = slices.DeleteFunc(real, func(x resolver.MX) bool { return x.Pref >= m.Pref })
+			if len(real) == 0 {
+				return nil, &routeError{Permanent: true, Code: 554, Enhanced: "5.4.6", Text: "mail for " + domain + " loops back to myself (" + m.Host + " is this server)"}
+			}
+			break
+		}
+	}
 	out := make([]host, 0, len(real))
 	for _, m := range real {
 		out = append(out, host{m.Host, e.port})
