@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options configure a file queue.
@@ -50,6 +53,7 @@ type File struct {
 	now                             func() time.Time
 	fsyncEach                       bool
 	msgFD                           *os.File // msg/, for syncfs and fsync
+	lock                            *os.File // holds the flock(2) on dir/lock
 
 	commits  chan *commit
 	sendMu   sync.RWMutex // guards sending on commits against Close
@@ -122,11 +126,24 @@ func Open(dir string, opts Options) (*File, error) {
 	for _, t := range tmps {
 		os.Remove(filepath.Join(q.tmpDir, t.Name()))
 	}
+	// One process owns the queue: its state lives in memory too.
+	if q.lock, err = os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, filePerm); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	if err := unix.Flock(int(q.lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		q.lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("queue: locking %s: %w", dir, err)
+	}
 	if q.msgFD, err = os.Open(q.msgDir); err != nil {
+		q.lock.Close()
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	if err := q.load(); err != nil {
 		q.msgFD.Close()
+		q.lock.Close()
 		return nil, err
 	}
 	q.commits = make(chan *commit, q.maxBatch)

@@ -150,5 +150,6 @@ func (q *File) Close() error {
 	close(q.commits)
 	q.sendMu.Unlock()
 	<-q.done
-	return q.msgFD.Close()
+	q.msgFD.Close()
+	return q.lock.Close() // releases the flock
 }

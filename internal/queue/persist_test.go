@@ -141,6 +141,16 @@ func TestCorruptFilesQuarantined(t *testing.T) {
 	}
 }
 
+func TestOneOwner(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir, nil)
+	if _, err := queue.Open(dir, queue.Options{}); !errors.Is(err, queue.ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+	q.Close()
+	open(t, dir, nil).Close()
+}
+
 func TestClosedQueue(t *testing.T) {
 	q := open(t, t.TempDir(), nil)
 	q.Close()

@@ -27,6 +27,8 @@ import (
 var (
 	ErrNotFound = errors.New("queue: no such message")
 	ErrClosed   = errors.New("queue: closed")
+	// ErrLocked: another process (the running server) has the queue open.
+	ErrLocked = errors.New("queue: in use by another process")
 	// ErrBadID: an ID that cannot name a queued message (an operator's
 	// typing, or an attempt at a path).
 	ErrBadID = errors.New("queue: malformed message ID")
