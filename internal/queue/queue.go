@@ -19,6 +19,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -65,6 +66,20 @@ func (s Status) String() string {
 	return "unknown"
 }
 
+// MarshalText writes the status by name (state files, the admin API).
+func (s Status) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a status name.
+func (s *Status) UnmarshalText(b []byte) error {
+	for i, n := range statusNames {
+		if string(b) == n {
+			*s = Status(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("queue: unknown status %q", b)
+}
+
 // Final reports whether nothing more will be tried for the recipient.
 func (s Status) Final() bool { return s == Delivered || s == Bounced }
 
@@ -80,11 +95,11 @@ type Recipient struct {
 
 // Message is a queued message without its bytes.
 type Message struct {
-	ID       string
-	Envelope Envelope
-	Size     int64 // of the message bytes
-	Held     bool
-	Rcpts    []Recipient
+	ID       string      `json:"id"`
+	Envelope Envelope    `json:"envelope"`
+	Size     int64       `json:"size"` // of the message bytes
+	Held     bool        `json:"held"`
+	Rcpts    []Recipient `json:"rcpts"`
 }
 
 // Job is a claim on some recipients of one message: the delivery that
@@ -106,13 +121,13 @@ type Result struct {
 
 // Stats are the figures of the queue.
 type Stats struct {
-	Messages   int
-	Recipients int // not yet final
-	Held       int // messages
-	Deferred   int // recipients
-	Bytes      int64
-	Oldest     time.Time // Received of the oldest message; zero if empty
-	ByDomain   map[string]int
+	Messages   int            `json:"messages"`
+	Recipients int            `json:"recipients"` // not yet final
+	Held       int            `json:"held"`       // messages
+	Deferred   int            `json:"deferred"`   // recipients
+	Bytes      int64          `json:"bytes"`
+	Oldest     time.Time      `json:"oldest,omitzero"` // Received of the oldest message
+	ByDomain   map[string]int `json:"by_domain"`       // waiting recipients per domain
 }
 
 // Tx is an enqueue in progress: the message is written but not yet part
