@@ -465,7 +465,8 @@ func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome) {
 	}
 	// The update must land even while shutting down: it records what the
 	// peer already accepted.
-	if err := e.q.Update(context.WithoutCancel(ctx), dl.job.ID, results); err != nil {
+	if err := e.q.Update(context.WithoutCancel(ctx), dl.job.ID, results); err != nil && !errors.Is(err, queue.ErrNotFound) {
+		// (Not found: the operator deleted it meanwhile.)
 		e.log.Error("outbound: recording delivery results", "id", dl.job.ID, "err", err)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"sync"
 	"strings"
 	"testing"
 	"time"
@@ -306,5 +308,56 @@ func TestMXLoopsBackToMyself(t *testing.T) {
 	}
 	if len(p.received()) != 1 {
 		t.Fatal("delivered to itself")
+	}
+}
+
+// TestDestinationConcurrency: a destination gets up to its limit of
+// parallel connections, and never more. The peer holds every session at
+// the greeting until the limit is reached, so the test needs no timing.
+func TestDestinationConcurrency(t *testing.T) {
+	const limit = 3
+	port, lns := listenSamePort(t, "127.0.0.83")
+	p := newPeer(t, lns[0])
+	var mu sync.Mutex
+	active, most := 0, 0
+	reached := make(chan struct{})
+	p.fault = func(stage string, c net.Conn) bool {
+		if stage != "greeting" {
+			return false
+		}
+		mu.Lock()
+		active++
+		most = max(most, active)
+		if active == limit {
+			close(reached)
+		}
+		mu.Unlock()
+		select {
+		case <-reached:
+		case <-time.After(15 * time.Second):
+		}
+		return false
+	}
+	p.onEnd = func() {
+		mu.Lock()
+		active--
+		mu.Unlock()
+	}
+	ev := newEnv(t, port, func(o *Options) { o.InitialConcurrency, o.MaxConcurrency = limit, limit })
+	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.83")
+	var ids []string
+	for i := range 12 {
+		ids = append(ids, ev.enqueue("s@agua.test", []string{fmt.Sprintf("u%d@dest.test", i)}, msg1))
+	}
+	for _, id := range ids {
+		ev.waitGone(id)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if most != limit {
+		t.Fatalf("at most %d parallel sessions, want %d", most, limit)
+	}
+	if len(p.received()) != 12 {
+		t.Fatalf("received %d", len(p.received()))
 	}
 }

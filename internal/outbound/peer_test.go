@@ -74,6 +74,8 @@ type peer struct {
 	// fault runs at a stage ("greeting", "ehlo", "data") and returns true
 	// when it took over the connection (and closed or hung it).
 	fault func(stage string, c net.Conn) bool
+	// onEnd runs when a session ends.
+	onEnd func()
 
 	mu        sync.Mutex
 	msgs      []received
@@ -122,6 +124,9 @@ func (p *peer) connections() int {
 
 func (p *peer) serve(c net.Conn, done chan struct{}) {
 	defer c.Close()
+	if p.onEnd != nil {
+		defer p.onEnd()
+	}
 	go func() { <-done; c.Close() }()
 	p.mu.Lock()
 	p.conns++
