@@ -54,17 +54,18 @@ func (t Timeouts) withDefaults() Timeouts {
 
 // session is one SMTP connection to a peer (RFC 5321 as a client).
 type session struct {
-	conn   net.Conn
-	r      *bufio.Reader
-	w      *bufio.Writer
-	t      Timeouts
-	host   string // the MX name (or relay host), for TLS and logs
-	addr   netip.AddrPort
-	ext    map[string]string // EHLO keywords (upper case) → parameters
-	tls    bool
-	dead   bool // the session cannot carry another transaction
-	helo   string
-	greetR Reply
+	conn    net.Conn
+	r       *bufio.Reader
+	w       *bufio.Writer
+	t       Timeouts
+	host    string // the MX name (or relay host), for TLS and logs
+	addr    netip.AddrPort
+	ext     map[string]string // EHLO keywords (upper case) → parameters
+	tls     bool
+	dead    bool // the session cannot carry another transaction
+	helo    string
+	greetR  Reply
+	unwatch func() bool // stops closing the connection when the engine stops
 }
 
 // dial connects to addr from source (if valid) and reads the greeting.
@@ -241,6 +242,9 @@ func (s *session) reset() {
 }
 
 func (s *session) quit() {
+	if s.unwatch != nil {
+		s.unwatch()
+	}
 	if !s.dead {
 		s.conn.SetDeadline(time.Now().Add(min(s.t.Command, 10*time.Second)))
 		fmt.Fprintf(s.w, "QUIT\r\n")

@@ -125,9 +125,7 @@ func (e *Engine) deliver(ctx context.Context, s *session, dl *delivery) ([]outco
 		return local(err), false
 	}
 	defer body.Close()
-	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
 	out := s.send(env.From, addrs(dl.rcpts), p, body)
-	stop()
 	return classify(outs, out), out.rateLimited()
 }
 

@@ -6,8 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -359,5 +359,41 @@ func TestDestinationConcurrency(t *testing.T) {
 	}
 	if len(p.received()) != 12 {
 		t.Fatalf("received %d", len(p.received()))
+	}
+}
+
+// TestStopInterruptsSessions: stopping the engine ends a session stuck
+// with a silent peer at once, whatever the RFC timeouts, and the message
+// goes back to the queue as it was (no attempt counted).
+func TestStopInterruptsSessions(t *testing.T) {
+	port, lns := listenSamePort(t, "127.0.0.84")
+	p := newPeer(t, lns[0])
+	inData := make(chan struct{})
+	p.fault = func(stage string, c net.Conn) bool {
+		if stage == "data" {
+			close(inData)
+			io.Copy(io.Discard, c) // says nothing after the data
+			return true
+		}
+		return false
+	}
+	ev := newEnv(t, port, func(o *Options) { o.Timeouts = DefaultTimeouts() })
+	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.84")
+	id := ev.enqueue("s@agua.test", []string{"x@dest.test"}, msg1)
+	select {
+	case <-inData:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the peer never got the data")
+	}
+	ev.stop()
+	m, err := ev.q.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Rcpts[0]; r.Status != queue.Pending || r.Attempts != 0 {
+		t.Fatalf("after stop: %+v", r)
+	}
+	if jobs, _ := ev.q.Claim(ev.clk.Now(), 10); len(jobs) != 1 {
+		t.Fatal("the message was not given back to the queue")
 	}
 }

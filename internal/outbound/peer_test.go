@@ -277,6 +277,7 @@ type env struct {
 	mu    sync.Mutex
 	dsns  []dsnMsg
 	dsnCh chan struct{}
+	stop  func() // stops the engine and waits for it
 }
 
 type dsnMsg struct {
@@ -357,13 +358,19 @@ func newEnv(t *testing.T, port int, mutate func(*Options)) *env {
 		ev.e.Run(ctx)
 		close(done)
 	}()
+	var once sync.Once
+	ev.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				t.Error("engine did not stop")
+			}
+		})
+	}
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("engine did not stop")
-		}
+		ev.stop()
 		ev.q.Close()
 		if t.Failed() {
 			t.Logf("engine log:\n%s", ev.logs.String())

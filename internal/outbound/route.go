@@ -178,9 +178,10 @@ func (e *Engine) open(ctx context.Context, addr netip.AddrPort, name string, try
 	if err != nil {
 		return nil, err
 	}
-	// Close the connection if the engine stops while the session waits.
-	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
-	defer stop()
+	// Close the connection if the engine stops while the session waits,
+	// for as long as the session lives (quit stops watching).
+	raw := s.conn
+	s.unwatch = context.AfterFunc(ctx, func() { raw.Close() })
 	if err := s.hello(e.hostname); err != nil {
 		s.quit()
 		return nil, err
