@@ -60,7 +60,12 @@ func (q *File) committer() {
 				break more
 			}
 		}
+		if q.testHookBatch != nil {
+			q.testHookBatch(len(batch))
+		}
 		q.flush(batch)
+		q.batches.Add(1)
+		q.committed.Add(int64(len(batch)))
 		clear(batch)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,6 +62,9 @@ type File struct {
 	done     chan struct{}
 	maxBatch int
 	wake     chan struct{}
+
+	batches, committed atomic.Int64 // flushes made and writes they carried
+	testHookBatch      func(n int)  // called before each flush (tests)
 
 	mu     sync.Mutex
 	msgs   map[string]*entry
