@@ -331,9 +331,16 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 				e.adapt(d, false, true)
 				// The destination's other waiting messages would fail
 				// the same way now: they share this attempt.
-				for _, o := range append([]*delivery{dl}, e.drain(d)...) {
-					e.finish(ctx, o, e.failAll(o, rerr))
+				// One log line for all of them, not one per recipient.
+				all := append([]*delivery{dl}, e.drain(d)...)
+				for _, o := range all {
+					e.finish(ctx, o, e.failAll(o, rerr), slog.LevelDebug)
 				}
+				result := queue.Deferred
+				if rerr.Permanent {
+					result = queue.Bounced
+				}
+				e.log.Info("outbound delivery", "destination", d.name, "messages", len(all), "result", result.String(), "reply", rerr.Error())
 				continue
 			}
 		}
@@ -344,7 +351,7 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 			continue
 		}
 		e.adapt(d, delivered(outcomes), rate)
-		e.finish(ctx, dl, outcomes)
+		e.finish(ctx, dl, outcomes, slog.LevelInfo)
 		if !s.dead {
 			s.reset()
 		}
@@ -435,7 +442,7 @@ func (e *Engine) failAll(dl *delivery, rerr *routeError) []outcome {
 
 // finish turns outcomes into queue results (backoff, lifetime), sends the
 // DSN for bounces and records the results.
-func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome) {
+func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome, lvl slog.Level) {
 	defer e.release()
 	now := e.now()
 	results := make([]queue.Result, len(outs))
@@ -457,7 +464,7 @@ func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome) {
 			bounced = append(bounced, outs[i])
 		}
 		results[i] = res
-		e.log.Info("outbound delivery", "id", dl.job.ID, "rcpt", o.rcpt.Addr, "result", res.Status.String(),
+		e.log.Log(ctx, lvl, "outbound delivery", "id", dl.job.ID, "rcpt", o.rcpt.Addr, "result", res.Status.String(),
 			"attempt", o.rcpt.Attempts+1, "mta", o.remoteMTA, "reply", res.Reply)
 	}
 	if len(bounced) > 0 {

@@ -272,6 +272,15 @@ func TestConnectionRefusedDefersAll(t *testing.T) {
 			t.Fatalf("%s: %+v", id, r)
 		}
 	}
+	// Failures of a whole destination are logged once per attempt, with
+	// the count, not once per recipient.
+	logs := ev.logs.String()
+	if n := strings.Count(logs, `level=INFO msg="outbound delivery" destination=down.test`); n == 0 || n > 4 {
+		t.Fatalf("%d destination failure lines:\n%s", n, logs)
+	}
+	if strings.Contains(logs, `level=INFO msg="outbound delivery" id=`) {
+		t.Fatalf("per-recipient info lines for a destination failure:\n%s", logs)
+	}
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
