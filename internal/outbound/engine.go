@@ -173,6 +173,9 @@ func New(o Options) (*Engine, error) {
 			return nil, fmt.Errorf("outbound: relay host: %w", err)
 		}
 		e.relay = h
+		if _, err := netip.ParseAddr(h.name); err != nil && e.res == nil {
+			return nil, errors.New("outbound: a Resolver is required for a relay host given by name")
+		}
 	}
 	if e.relayRequireTLS && e.noTLS {
 		return nil, errors.New("outbound: relay TLS required but TLS disabled")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/queue"
+	"github.com/agua-mail/agua/internal/resolver"
 )
 
 const msg1 = "From: a@agua.test\r\nTo: b@dest.test\r\nSubject: hello\r\n\r\nHello.\r\n.leading dot\r\n"
@@ -243,6 +244,24 @@ func TestConcurrencyAdapts(t *testing.T) {
 	}
 }
 
+func TestNewChecksOptions(t *testing.T) {
+	for name, o := range map[string]Options{
+		"no queue":               {Resolver: nopResolver{}, Bounce: nopBounce},
+		"no bounce":              {Queue: nopQueue{}, Resolver: nopResolver{}},
+		"no resolver":            {Queue: nopQueue{}, Bounce: nopBounce},
+		"relay by name, no DNS":  {Queue: nopQueue{}, Bounce: nopBounce, RelayHost: "smtp.example.com:587"},
+		"relay port":             {Queue: nopQueue{}, Bounce: nopBounce, RelayHost: "127.0.0.1:99999"},
+		"TLS required, disabled": {Queue: nopQueue{}, Bounce: nopBounce, RelayHost: "127.0.0.1", RelayRequireTLS: true, DisableTLS: true},
+	} {
+		if _, err := New(o); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := New(Options{Queue: nopQueue{}, Bounce: nopBounce, RelayHost: "[::1]:2525"}); err != nil {
+		t.Errorf("relay by address without DNS: %v", err)
+	}
+}
+
 func TestBackoff(t *testing.T) {
 	e, _ := New(Options{Queue: nopQueue{}, RelayHost: "127.0.0.1", Bounce: nopBounce})
 	for n, want := range []time.Duration{5 * time.Minute, 10 * time.Minute, 20 * time.Minute, 40 * time.Minute, 80 * time.Minute, 160 * time.Minute, 4 * time.Hour, 4 * time.Hour} {
@@ -292,7 +311,17 @@ func (nopQueue) Open(string) (io.ReadCloser, error)                   { return n
 func (nopQueue) Update(context.Context, string, []queue.Result) error { return nil }
 func (nopQueue) Unclaim(string, []string)                             {}
 func (nopQueue) Wake() <-chan struct{}                                { return nil }
-func nopBounce(context.Context, string, []byte) error                 { return nil }
+
+type nopResolver struct{}
+
+func (nopResolver) MX(context.Context, string) ([]resolver.MX, resolver.Info, error) {
+	return nil, resolver.Info{}, nil
+}
+func (nopResolver) IP(context.Context, string) ([]netip.Addr, resolver.Info, error) {
+	return nil, resolver.Info{}, nil
+}
+
+func nopBounce(context.Context, string, []byte) error { return nil }
 
 // TestMXLoopsBackToMyself: RFC 5321 5.1: MX hosts no better than this
 // server are dropped; when none is left the mail bounces (5.4.6).
