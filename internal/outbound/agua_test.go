@@ -9,15 +9,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/agua-mail/agua/internal/config"
-	"github.com/agua-mail/agua/internal/outbound"
 	"github.com/agua-mail/agua/internal/queue"
-	"github.com/agua-mail/agua/internal/resolver"
-	"github.com/agua-mail/agua/internal/resolver/dnstest"
 	"github.com/agua-mail/agua/internal/server"
 )
 
@@ -86,59 +82,18 @@ func startAgua(t *testing.T, ip string) (port string, dataDir string) {
 // the test's DNS; an unknown user there bounces with agua's own reply.
 func TestDeliverToAgua(t *testing.T) {
 	port, data := startAgua(t, "127.0.0.80")
-	dns := dnstest.Start(t, "127.0.0.53")
-	dns.Add(t, "example.test. 300 IN MX 10 mx.example.test.", "mx.example.test. 300 IN A 127.0.0.80")
-	res, err := resolver.New(resolver.Config{Servers: []string{dns.Addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := queue.Open(filepath.Join(t.TempDir(), "queue"), queue.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	var mu sync.Mutex
-	var dsns []string
 	p, _ := strconv.Atoi(port)
-	e, err := outbound.New(outbound.Options{
-		Queue: q, Resolver: res, Hostname: "agua-sender.test", Port: p,
-		Bounce: func(_ context.Context, rcpt string, dsn []byte) error {
-			mu.Lock()
-			defer mu.Unlock()
-			dsns = append(dsns, rcpt+"\n"+string(dsn))
-			return nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() { e.Run(ctx); close(stopped) }()
-	defer func() { cancel(); <-stopped }()
+	se := startEngine(t, p, "example.test. 300 IN MX 10 mx.example.test.", "mx.example.test. 300 IN A 127.0.0.80")
+	q, ctx := se.q, t.Context()
 
 	body := "From: s@sender.test\r\nTo: alice@example.test\r\nSubject: over the wire\r\n\r\nHi Alice.\r\n"
-	var ids []string
 	for range 2 {
-		id, err := q.Enqueue(ctx, queue.Envelope{From: "s@sender.test", To: []string{"alice@example.test", "bob@example.test"}}, strings.NewReader(body))
+		_, err := q.Enqueue(ctx, queue.Envelope{From: "s@sender.test", To: []string{"alice@example.test", "bob@example.test"}}, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, id)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for _, id := range ids {
-		for {
-			if _, err := q.Get(id); err != nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				m, _ := q.Get(id)
-				t.Fatalf("message still queued: %+v", m)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	waitUntil(t, "the queue to empty", func() bool { return q.Stats().Messages == 0 })
 	newDir := filepath.Join(data, "mail", "example.test", "alice", "new")
 	ents, err := os.ReadDir(newDir)
 	if err != nil || len(ents) != 2 {
@@ -148,8 +103,9 @@ func TestDeliverToAgua(t *testing.T) {
 	if !strings.Contains(string(b), "Subject: over the wire") || !strings.Contains(string(b), "Hi Alice.") {
 		t.Fatalf("delivered message:\n%s", b)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	dsns := se.dsns
 	if len(dsns) != 2 || !strings.HasPrefix(dsns[0], "s@sender.test\n") || !strings.Contains(dsns[0], "Final-Recipient: rfc822; bob@example.test") ||
 		!strings.Contains(dsns[0], "Diagnostic-Code: smtp; 550 5.1.1") {
 		t.Fatalf("DSNs: %q", dsns)

@@ -88,11 +88,13 @@ func (s *sinkEnv) dsnCount() int {
 	return len(s.dsns)
 }
 
-// startEngine runs an engine to the sink at ip:port through the test DNS.
-func startEngine(t *testing.T, ip string, port int) *sinkEnv {
+// startEngine runs an engine on a new queue, to mail exchangers on port,
+// with a test DNS server holding records. Each DSN is kept as
+// "RCPT\nMESSAGE".
+func startEngine(t *testing.T, port int, records ...string) *sinkEnv {
 	t.Helper()
 	dns := dnstest.Start(t, "127.0.0.53")
-	dns.Add(t, "sink.test. 300 IN MX 10 mx.sink.test.", "mx.sink.test. 300 IN A "+ip)
+	dns.Add(t, records...)
 	res, err := resolver.New(resolver.Config{Servers: []string{dns.Addr}})
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +109,7 @@ func startEngine(t *testing.T, ip string, port int) *sinkEnv {
 		Bounce: func(_ context.Context, rcpt string, dsn []byte) error {
 			se.mu.Lock()
 			defer se.mu.Unlock()
-			se.dsns = append(se.dsns, string(dsn))
+			se.dsns = append(se.dsns, rcpt+"\n"+string(dsn))
 			return nil
 		},
 	})
@@ -124,6 +126,8 @@ func startEngine(t *testing.T, ip string, port int) *sinkEnv {
 	})
 	return se
 }
+
+var sinkMX = []string{"sink.test. 300 IN MX 10 mx.sink.test.", "mx.sink.test. 300 IN A 127.0.0.82"}
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -144,7 +148,7 @@ func TestPostfixSmtpSink(t *testing.T) {
 	const body = "From: a@agua.test\r\nTo: b@sink.test\r\nSubject: to the sink\r\n\r\nline one\r\n.dot line\r\n"
 	t.Run("delivers", func(t *testing.T) {
 		port, dumps := smtpSink(t, "127.0.0.82")
-		se := startEngine(t, "127.0.0.82", port)
+		se := startEngine(t, port, sinkMX...)
 		var ids []string
 		for range 5 {
 			id, err := se.q.Enqueue(t.Context(), queue.Envelope{From: "a@agua.test", To: []string{"b@sink.test", "c@sink.test"}}, strings.NewReader(body))
@@ -187,7 +191,7 @@ func TestPostfixSmtpSink(t *testing.T) {
 	for _, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
 			port, _ := smtpSink(t, "127.0.0.82", f.flag, f.cmds)
-			se := startEngine(t, "127.0.0.82", port)
+			se := startEngine(t, port, sinkMX...)
 			id, err := se.q.Enqueue(t.Context(), queue.Envelope{From: "a@agua.test", To: []string{"b@sink.test"}}, strings.NewReader(body))
 			if err != nil {
 				t.Fatal(err)
