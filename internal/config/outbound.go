@@ -16,6 +16,7 @@ type OutboundConfig struct {
 	RelayUser          string           `toml:"relay_user" doc:"User name for AUTH at the relay host (sent only over TLS, or to a loopback relay). Empty: no AUTH."`
 	RelayPassword      string           `toml:"relay_password" doc:"Password for AUTH at the relay host."`
 	RelayRequireTLS    bool             `toml:"relay_require_tls" doc:"Require STARTTLS with a certificate valid for the relay host's name; without it mail waits in the queue."`
+	DANE               bool             `toml:"dane" doc:"Authenticate MX hosts with DANE (RFC 7672): when the MX, address and TLSA answers are DNSSEC-validated (AD bit from dns.resolver), TLS is required and the certificate must match a TLSA record, else mail waits. Needs a validating resolver to have any effect."`
 	InitialConcurrency int              `toml:"initial_concurrency" doc:"Connections per destination at first; one more after as many successes, one less on a 421/451 or failed connection (Postfix's initial_destination_concurrency)."`
 	MaxConcurrency     int              `toml:"max_concurrency" doc:"Most connections per destination."`
 	MessagesPerConn    int              `toml:"messages_per_connection" doc:"Most messages sent over one connection before it is closed."`
@@ -52,6 +53,7 @@ func defaultOutbound() OutboundConfig {
 	return OutboundConfig{
 		SMTPPort:           25,
 		RelayRequireTLS:    true,
+		DANE:               true,
 		InitialConcurrency: 5,
 		MaxConcurrency:     20,
 		MessagesPerConn:    100,

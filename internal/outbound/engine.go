@@ -53,6 +53,7 @@ type Queue interface {
 type Resolver interface {
 	MX(ctx context.Context, domain string) ([]resolver.MX, resolver.Info, error)
 	IP(ctx context.Context, host string) ([]netip.Addr, resolver.Info, error)
+	TLSA(ctx context.Context, port int, host string) ([]resolver.TLSA, resolver.Info, error)
 }
 
 // BounceFunc delivers a DSN (a complete message, null reverse path) to rcpt,
@@ -82,6 +83,9 @@ type Options struct {
 	TLSConfig *tls.Config
 	// DisableTLS never uses STARTTLS (labs and tests only).
 	DisableTLS bool
+	// DisableDANE ignores TLSA records. DANE (RFC 7672) applies only to
+	// MX hosts whose MX, address and TLSA answers carry the AD bit.
+	DisableDANE bool
 
 	InitialConcurrency int           // per destination; default 5
 	MaxConcurrency     int           // per destination; default 20
@@ -121,6 +125,7 @@ type Engine struct {
 	relayPass       string
 	relayRequireTLS bool
 	noTLS           bool
+	dane            bool
 
 	mu       sync.Mutex
 	dests    map[string]*dest
@@ -153,7 +158,7 @@ func New(o Options) (*Engine, error) {
 		opts: o, q: o.Queue, res: o.Resolver, log: o.Logger, now: o.Now,
 		hostname: o.Hostname, port: o.Port, sourceIP: o.SourceIP, timeouts: o.Timeouts.withDefaults(),
 		relayUser: o.RelayUser, relayPass: o.RelayPassword, relayRequireTLS: o.RelayRequireTLS,
-		noTLS: o.DisableTLS, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
+		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -334,16 +339,17 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 				e.adapt(d, false, true)
 				// The destination's other waiting messages would fail
 				// the same way now: they share this attempt.
-				// One log line for all of them, not one per recipient.
+				// One log line for all of them, not one per recipient
+				// (written before their results are recorded).
 				all := append([]*delivery{dl}, e.drain(d)...)
-				for _, o := range all {
-					e.finish(ctx, o, e.failAll(o, rerr), slog.LevelDebug)
-				}
 				result := queue.Deferred
 				if rerr.Permanent {
 					result = queue.Bounced
 				}
 				e.log.Info("outbound delivery", "destination", d.name, "messages", len(all), "result", result.String(), "reply", rerr.Error())
+				for _, o := range all {
+					e.finish(ctx, o, e.failAll(o, rerr), slog.LevelDebug)
+				}
 				continue
 			}
 		}

@@ -320,6 +320,9 @@ func (nopResolver) MX(context.Context, string) ([]resolver.MX, resolver.Info, er
 func (nopResolver) IP(context.Context, string) ([]netip.Addr, resolver.Info, error) {
 	return nil, resolver.Info{}, nil
 }
+func (nopResolver) TLSA(context.Context, int, string) ([]resolver.TLSA, resolver.Info, error) {
+	return nil, resolver.Info{}, nil
+}
 
 func nopBounce(context.Context, string, []byte) error { return nil }
 

@@ -35,8 +35,9 @@ func (e *routeError) Error() string { return fmt.Sprintf("%d %s %s", e.Code, e.E
 
 // host is one place to connect to.
 type host struct {
-	name string
-	port int
+	name   string
+	port   int
+	secure bool // found through a DNSSEC-validated MX answer (DANE may apply)
 }
 
 // hosts returns the hosts to try for domain, best first (RFC 5321 5.1):
@@ -47,7 +48,7 @@ func (e *Engine) hosts(ctx context.Context, domain string) ([]host, *routeError)
 	if e.relay.name != "" {
 		return []host{e.relay}, nil
 	}
-	mxs, _, err := e.res.MX(ctx, domain)
+	mxs, mxInfo, err := e.res.MX(ctx, domain)
 	switch {
 	case errors.Is(err, resolver.ErrNotFound):
 		return nil, &routeError{Permanent: true, Code: 550, Enhanced: "5.1.2", Text: "domain " + domain + " does not exist (NXDOMAIN)"}
@@ -58,7 +59,7 @@ func (e *Engine) hosts(ctx context.Context, domain string) ([]host, *routeError)
 	}
 	if len(mxs) == 0 {
 		// RFC 5321 5.1: no MX, the domain is its own mail exchanger.
-		return []host{{domain, e.port}}, nil
+		return []host{{name: domain, port: e.port}}, nil
 	}
 	// RFC 7505 3: a null MX is the only MX of a domain that takes no mail.
 	real := slices.DeleteFunc(slices.Clone(mxs), func(m resolver.MX) bool { return m.Host == "" })
@@ -80,7 +81,7 @@ func (e *Engine) hosts(ctx context.Context, domain string) ([]host, *routeError)
 	}
 	out := make([]host, 0, len(real))
 	for _, m := range real {
-		out = append(out, host{m.Host, e.port})
+		out = append(out, host{name: m.Host, port: e.port, secure: mxInfo.Authentic})
 	}
 	return out, nil
 }
@@ -101,10 +102,20 @@ func (e *Engine) connect(ctx context.Context, domain string) (*session, *routeEr
 		if i >= maxHosts || tried >= maxAddrs {
 			break
 		}
-		addrs, err := e.addrs(ctx, h.name)
+		addrs, secureAddrs, err := e.addrs(ctx, h.name)
 		if err != nil {
 			last = err
 			continue
+		}
+		var tlsa []resolver.TLSA
+		if h.secure && secureAddrs && e.dane {
+			if tlsa, err = e.daneRecords(ctx, h); err != nil {
+				// RFC 7672 2.2: a host whose TLSA records cannot be
+				// looked up is skipped; mail waits rather than go in
+				// the clear.
+				last = err
+				continue
+			}
 		}
 		if len(addrs) == 0 {
 			last = fmt.Errorf("%s has no address records", h.name)
@@ -119,7 +130,7 @@ func (e *Engine) connect(ctx context.Context, domain string) (*session, *routeEr
 				break
 			}
 			tried++
-			s, err := e.session(ctx, netip.AddrPortFrom(a, uint16(h.port)), h.name)
+			s, err := e.session(ctx, netip.AddrPortFrom(a, uint16(h.port)), h.name, tlsa)
 			if err == nil {
 				return s, nil
 			}
@@ -140,40 +151,45 @@ func (e *Engine) connect(ctx context.Context, domain string) (*session, *routeEr
 	if errors.Is(last, ErrTLSRequired) {
 		return nil, &routeError{Code: 451, Enhanced: "4.7.10", Text: errorText(last)}
 	}
+	if errors.Is(last, ErrDANE) {
+		// RFC 7672 2.2 / RFC 3463 4.7.5: cryptographic failure.
+		return nil, &routeError{Code: 451, Enhanced: "4.7.5", Text: errorText(last)}
+	}
 	return nil, &routeError{Code: 451, Enhanced: "4.4.1", Text: "no MX of " + domain + " reachable; last error: " + errorText(last), rateLimit: rateLimited}
 }
 
-// addrs resolves a host name (or takes an IP literal).
-func (e *Engine) addrs(ctx context.Context, name string) ([]netip.Addr, error) {
+// addrs resolves a host name (or takes an IP literal), and says whether
+// the answer was DNSSEC-validated.
+func (e *Engine) addrs(ctx context.Context, name string) ([]netip.Addr, bool, error) {
 	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
-		return []netip.Addr{a}, nil
+		return []netip.Addr{a}, false, nil
 	}
-	ips, _, err := e.res.IP(ctx, name)
+	ips, info, err := e.res.IP(ctx, name)
 	if errors.Is(err, resolver.ErrNotFound) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if e.sourceIP.IsValid() {
 		// Only the family the source address can reach.
 		ips = slices.DeleteFunc(ips, func(a netip.Addr) bool { return a.Is4() != e.sourceIP.Is4() })
 	}
-	return ips, err
+	return ips, info.Authentic, err
 }
 
 // session dials one address and prepares the session.
-func (e *Engine) session(ctx context.Context, addr netip.AddrPort, name string) (*session, error) {
-	s, err := e.open(ctx, addr, name, true)
-	if err != nil && !e.relayRequireTLS && errors.As(err, new(tlsFailure)) {
+func (e *Engine) session(ctx context.Context, addr netip.AddrPort, name string, tlsa []resolver.TLSA) (*session, error) {
+	s, err := e.open(ctx, addr, name, tlsa, true)
+	if err != nil && !e.relayRequireTLS && tlsa == nil && errors.As(err, new(tlsFailure)) {
 		// RFC 7435 (opportunistic security): a failed handshake with a
 		// server that is not required to do TLS is retried in the clear.
 		e.log.Info("outbound: TLS handshake failed, retrying without TLS", "host", name, "addr", addr, "err", err)
-		s, err = e.open(ctx, addr, name, false)
+		s, err = e.open(ctx, addr, name, nil, false)
 	}
 	return s, err
 }
 
 type tlsFailure struct{ error }
 
-func (e *Engine) open(ctx context.Context, addr netip.AddrPort, name string, tryTLS bool) (*session, error) {
+func (e *Engine) open(ctx context.Context, addr netip.AddrPort, name string, tlsa []resolver.TLSA, tryTLS bool) (*session, error) {
 	s, err := dial(ctx, addr, e.sourceIP, name, e.timeouts)
 	if err != nil {
 		return nil, err
@@ -187,6 +203,15 @@ func (e *Engine) open(ctx context.Context, addr netip.AddrPort, name string, try
 		return nil, err
 	}
 	switch {
+	case tlsa != nil && !s.has("STARTTLS"):
+		// RFC 7672 2.2: with usable TLSA records, TLS is required.
+		s.quit()
+		return nil, fmt.Errorf("%w: %s has TLSA records but does not offer STARTTLS", ErrDANE, name)
+	case tlsa != nil:
+		if err := s.startTLS(daneConfig(e.tlsConfig(name), name, tlsa)); err != nil {
+			s.quit()
+			return nil, fmt.Errorf("%w: %v", ErrDANE, err)
+		}
 	case tryTLS && s.has("STARTTLS") && !e.noTLS:
 		if err := s.startTLS(e.tlsConfig(name)); err != nil {
 			s.quit()

@@ -45,6 +45,7 @@ func OutboundOptions(cfg config.Config) (outbound.Options, error) {
 		RelayUser:          o.RelayUser,
 		RelayPassword:      o.RelayPassword,
 		RelayRequireTLS:    o.RelayHost != "" && o.RelayRequireTLS,
+		DisableDANE:        !o.DANE,
 		InitialConcurrency: o.InitialConcurrency,
 		MaxConcurrency:     o.MaxConcurrency,
 		MaxPerConnection:   o.MessagesPerConn,
