@@ -7,8 +7,9 @@
 // bounces) through internal/resolver, and sends several messages per
 // connection with PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME
 // (RFC 6152) and SMTPUTF8 (RFC 6531) as the peer offers them, with
-// opportunistic STARTTLS (RFC 3207, RFC 7435). Or it sends everything to a
-// relay host, with AUTH (RFC 4954) and required TLS.
+// opportunistic STARTTLS (RFC 3207, RFC 7435), or DANE (RFC 7672) where
+// validated TLSA records exist. Or it sends everything to a relay host,
+// with AUTH (RFC 4954) and required TLS.
 //
 // Each destination starts with a few concurrent connections and gains one
 // after as many successes as it has connections, up to a maximum; a 421 or
