@@ -60,6 +60,7 @@ func TestDANE(t *testing.T) {
 			if tc.peerTLS {
 				p.tls = srvTLS
 			}
+			startPeers(p)
 			ev := newEnv(t, port, nil)
 			ev.dns.SetAD(tc.ad)
 			ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.85")
@@ -126,6 +127,7 @@ func TestDANETA(t *testing.T) {
 			port, lns := listenSamePort(t, "127.0.0.86")
 			p := newPeer(t, lns[0])
 			p.tls = &tls.Config{Certificates: []tls.Certificate{leaf(tc.certName)}}
+			startPeers(p)
 			ev := newEnv(t, port, nil)
 			ev.dns.SetAD(true)
 			ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.86",

@@ -23,6 +23,7 @@ const msg1 = "From: a@agua.test\r\nTo: b@dest.test\r\nSubject: hello\r\n\r\nHell
 func TestPipelinedDeliveryReusesConnection(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.61")
 	p := newPeer(t, lns[0])
+	startPeers(p)
 	ev := newEnv(t, port, func(o *Options) { o.InitialConcurrency, o.MaxConcurrency = 1, 1 })
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.61")
 	var ids []string
@@ -62,6 +63,7 @@ func TestMXPreferenceAndFallback(t *testing.T) {
 	lns[0].Close() // .62 refuses connections
 	best := newPeer(t, lns[1])
 	worst := newPeer(t, lns[2])
+	startPeers(best, worst)
 	ev := newEnv(t, port, nil)
 	ev.dns.Add(t,
 		"pref.test. 300 IN MX 30 c.pref.test.",
@@ -82,6 +84,7 @@ func TestMXPreferenceAndFallback(t *testing.T) {
 func TestImplicitMX(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.65")
 	p := newPeer(t, lns[0])
+	startPeers(p)
 	ev := newEnv(t, port, nil)
 	ev.dns.Add(t, "bare.test. 300 IN A 127.0.0.65")
 	id := ev.enqueue("a@agua.test", []string{"x@bare.test"}, msg1)
@@ -124,6 +127,7 @@ func TestPermanentRecipientFailure(t *testing.T) {
 		}
 		return "250 2.1.5 ok"
 	}
+	startPeers(p)
 	ev := newEnv(t, port, nil)
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.66")
 	id := ev.enqueue("sender@agua.test", []string{"nobody@dest.test", "someone@dest.test"}, msg1)
@@ -152,6 +156,7 @@ func TestTemporaryFailureRetriesThenExpires(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.67")
 	p := newPeer(t, lns[0])
 	p.rcptReply = func(string) string { return "451 4.7.1 greylisted, try later" }
+	startPeers(p)
 	ev := newEnv(t, port, nil)
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.67")
 	start := ev.clk.Now()
@@ -190,6 +195,7 @@ func TestNullSenderNeverBounced(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.68")
 	p := newPeer(t, lns[0])
 	p.rcptReply = func(string) string { return "550 5.1.1 no" }
+	startPeers(p)
 	ev := newEnv(t, port, nil)
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.68")
 	id := ev.enqueue("", []string{"x@dest.test"}, msg1)
@@ -207,6 +213,7 @@ func TestNullSenderNeverBounced(t *testing.T) {
 func TestSourceIP(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.69")
 	p := newPeer(t, lns[0])
+	startPeers(p)
 	ev := newEnv(t, port, func(o *Options) { o.SourceIP = mustAddr("127.0.0.77") })
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.69")
 	id := ev.enqueue("s@agua.test", []string{"y@dest.test"}, msg1)
@@ -331,6 +338,7 @@ func nopBounce(context.Context, string, []byte) error { return nil }
 func TestMXLoopsBackToMyself(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.81")
 	p := newPeer(t, lns[0])
+	startPeers(p)
 	ev := newEnv(t, port, nil) // Hostname "agua.test"
 	ev.dns.Add(t,
 		"backup.test. 300 IN MX 10 primary.backup.test.", "primary.backup.test. 300 IN A 127.0.0.81",
@@ -384,6 +392,7 @@ func TestDestinationConcurrency(t *testing.T) {
 		active--
 		mu.Unlock()
 	}
+	startPeers(p)
 	ev := newEnv(t, port, func(o *Options) { o.InitialConcurrency, o.MaxConcurrency = limit, limit })
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.83")
 	var ids []string
@@ -418,6 +427,7 @@ func TestStopInterruptsSessions(t *testing.T) {
 		}
 		return false
 	}
+	startPeers(p)
 	ev := newEnv(t, port, func(o *Options) { o.Timeouts = DefaultTimeouts() })
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.84")
 	id := ev.enqueue("s@agua.test", []string{"x@dest.test"}, msg1)

@@ -91,6 +91,7 @@ func TestFaultyPeers(t *testing.T) {
 			port, lns := listenSamePort(t, "127.0.0.71")
 			p := newPeer(t, lns[0])
 			p.fault = tc.fault
+			startPeers(p)
 			ev := newEnv(t, port, func(o *Options) {
 				o.Timeouts.Greeting = 300 * time.Millisecond
 				o.Timeouts.DataEnd = 300 * time.Millisecond
@@ -133,6 +134,7 @@ func TestRepliesAtStages(t *testing.T) {
 			port, lns := listenSamePort(t, "127.0.0.72")
 			p := newPeer(t, lns[0])
 			tc.setup(p)
+			startPeers(p)
 			ev := newEnv(t, port, nil)
 			ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.72")
 			id := ev.enqueue("s@agua.test", []string{"x@dest.test"}, msg1)
@@ -180,6 +182,7 @@ func TestEightBitAndUTF8(t *testing.T) {
 			port, lns := listenSamePort(t, "127.0.0.73")
 			p := newPeer(t, lns[0])
 			p.ext = tc.ext
+			startPeers(p)
 			ev := newEnv(t, port, nil)
 			ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.73")
 			id, err := ev.q.Enqueue(t.Context(), tc.env, strings.NewReader(tc.body))
@@ -214,6 +217,7 @@ func TestSizeLimit(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.74")
 	p := newPeer(t, lns[0])
 	p.ext = []string{"PIPELINING", "SIZE 100"}
+	startPeers(p)
 	ev := newEnv(t, port, nil)
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.74")
 	id := ev.enqueue("s@agua.test", []string{"x@dest.test"}, msg1+strings.Repeat("x", 200)+"\r\n")
@@ -245,6 +249,7 @@ func TestOpportunisticTLS(t *testing.T) {
 		}
 		return false
 	}
+	startPeers(good, broken)
 	ev := newEnv(t, port, nil)
 	ev.dns.Add(t,
 		"tls.test. 300 IN MX 10 mx.tls.test.", "mx.tls.test. 300 IN A 127.0.0.75",
@@ -273,6 +278,7 @@ func TestRelayHost(t *testing.T) {
 	relay.tls = srvTLS
 	relay.ext = append(relay.ext, "AUTH PLAIN LOGIN")
 	plain := newPeer(t, lns[1])
+	startPeers(relay, plain)
 	ev := newEnv(t, 0, func(o *Options) {
 		o.RelayHost = "relay.test:" + strconv.Itoa(port)
 		o.RelayUser, o.RelayPassword = "user@agua.test", "secret"

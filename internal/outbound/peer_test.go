@@ -84,9 +84,18 @@ type peer struct {
 	cmds      []string
 }
 
+// newPeer makes a scripted peer on ln: set its fields, then start it
+// (startPeers), so that its sessions never race with the configuration.
 func newPeer(t *testing.T, ln net.Listener) *peer {
 	p := &peer{t: t, ln: ln, greeting: "220 peer.test ESMTP",
 		ext: []string{"PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 10000000", "ENHANCEDSTATUSCODES"}}
+	t.Cleanup(func() { ln.Close() })
+	return p
+}
+
+// start serves connections; configure the peer's fields before it.
+func (p *peer) start() {
+	t, ln := p.t, p.ln
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	go func() {
@@ -107,7 +116,13 @@ func newPeer(t *testing.T, ln net.Listener) *peer {
 		ln.Close()
 		wg.Wait()
 	})
-	return p
+}
+
+// startPeers starts the peers once the test has configured them.
+func startPeers(ps ...*peer) {
+	for _, p := range ps {
+		p.start()
+	}
 }
 
 func (p *peer) received() []received {
