@@ -187,6 +187,11 @@ func cmdServe(e *env) error {
 	if len(pos) > 0 {
 		return usagef("serve takes no arguments")
 	}
+	// What config check checks beyond the file: serve would fail on it
+	// later, or run without rules the operator believes are in force.
+	if err := e.cfg.CheckFiles(e.cfgPath); err != nil {
+		return err
+	}
 	logw, logc, err := logOutput(e.cfg, e.stderr)
 	if err != nil {
 		return err

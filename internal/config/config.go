@@ -50,7 +50,7 @@ type TLSConfig struct {
 type AccountsConfig struct {
 	Database     string   `toml:"database" doc:"SQLite database file. Empty: <data_dir>/agua.db."`
 	DefaultQuota ByteSize `toml:"default_quota" doc:"Mailbox quota for users whose own quota is 0."`
-	Demo         bool     `toml:"demo" doc:"On first start with an empty directory, create domain example.test and user demo@example.test and print its password once."`
+	Demo         bool     `toml:"demo" doc:"On first start with an empty directory, create domain example.test and user demo@example.test and print its password once. On in the embedded defaults only: a config file has it only if it sets demo = true, and that is refused when any listener is off loopback."`
 }
 
 // StoreConfig configures how deliveries reach the disk. Either way a
