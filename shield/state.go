@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 )
 
@@ -157,4 +158,30 @@ func (s *Shield) loadState() error {
 		}
 	}
 	return nil
+}
+
+// ReadBans returns the bans a stopped shield saved in stateDir that are
+// still in force at now, as Bans would list them (without the refusals
+// counted since, which are not saved), for tools that run while the
+// server is down.
+func ReadBans(stateDir string, now time.Time) ([]BanInfo, error) {
+	path := filepath.Join(stateDir, stateFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("shield state: %w", err)
+	}
+	var st persisted
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("shield state %s: %w", path, err)
+	}
+	var out []BanInfo
+	for _, pb := range st.Bans {
+		if !pb.Prefix.IsValid() || !now.Before(pb.Expires) {
+			continue
+		}
+		out = append(out, BanInfo{Prefix: canonPrefix(pb.Prefix), Reason: pb.Reason, Action: pb.Action, Manual: pb.Manual,
+			Created: pb.Created, Expires: pb.Expires, Count: max(pb.Count, 1)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, nil
 }

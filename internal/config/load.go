@@ -332,6 +332,12 @@ func (c Config) Validate() []Problem {
 			bad("admin.listen", "%q is not a loopback address: set admin.token and admin.tls = true to listen there", a)
 		}
 	}
+	if c.Admin.WidestBlock4 < 1 || c.Admin.WidestBlock4 > 32 {
+		bad("admin.widest_block4", "must be between 1 and 32 (bits of an IPv4 prefix)")
+	}
+	if c.Admin.WidestBlock6 < 1 || c.Admin.WidestBlock6 > 128 {
+		bad("admin.widest_block6", "must be between 1 and 128 (bits of an IPv6 prefix)")
+	}
 	ps = append(ps, c.listenerProblems()...)
 	if len(s.Listen)+len(s.SubmissionListen)+len(s.SubmissionsListen) == 0 {
 		bad("smtp", "no listener configured")

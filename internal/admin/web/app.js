@@ -101,7 +101,9 @@ function render(live) {
     tr.dataset.prefix = t.prefix;
     tr.append(el("td", t.prefix, t.banned ? "banned" : ""), el("td", String(t.connections)), el("td", String(t.authenticated)));
     const td = el("td");
-    if (!t.banned) {
+    if (t.exempt) {
+      td.append(el("span", t.exempt, "exempt"));
+    } else if (!t.banned) {
       const b = el("button", "Block");
       b.className = "block-talker";
       b.addEventListener("click", () => block(t.prefix, "1h", "dashboard", "drop"));
