@@ -139,6 +139,7 @@ func TestTopRatesAndBansWhenStopped(t *testing.T) {
 	srv := harness.New(t, harness.Options{})
 	srv.Start(t)
 	srv.Agua(t, "", "block", "192.0.2.0/24", "-reason", "scanner", "-for", "2h")
+	srv.Agua(t, "", "block", "198.51.100.0/24")
 	out := srv.Agua(t, "", "top", "-once", "-interval", "200ms")
 	rows := 0
 	inTable := false
@@ -164,5 +165,11 @@ func TestTopRatesAndBansWhenStopped(t *testing.T) {
 	out, err := srv.TryAgua("", "bans")
 	if err != nil || !strings.Contains(out, "192.0.2.0/24") || !strings.Contains(out, "scanner") || !strings.Contains(out, "not running") {
 		t.Errorf("bans while stopped: %v\n%s", err, out)
+	}
+	// Item 5: the attack report names the operator's blocks once, by the
+	// reason given.
+	out = srv.Agua(t, "", "report", "attack", "-since", "1h")
+	if strings.Contains(out, "manual (") || !strings.Contains(out, "by the operator:    2 (no reason given 1, scanner 1)") {
+		t.Errorf("attack report on the operator's blocks:\n%s", out)
 	}
 }
