@@ -32,6 +32,29 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// closeBrowser closes the browser, waits for its process to exit, then
+// removes its profile, retrying within a bound while helper processes that
+// outlive the browser by a moment still write to it.
+func closeBrowser(t *testing.T, ctx context.Context, cancelAlloc context.CancelFunc, profile string) {
+	chromedp.Cancel(ctx) // closes the browser and waits for it
+	cancelAlloc()
+	if c := chromedp.FromContext(ctx); c != nil && c.Allocator != nil {
+		c.Allocator.Wait() // the process has exited
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := os.RemoveAll(profile)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("browser profile still in use after it exited: %v", err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestDashboardEndToEnd drives the dashboard in real headless Chromium:
 // sign in with the token, watch a live slowloris from agua bench appear
 // among the top addresses, block that address from the page and see its
@@ -45,6 +68,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	profile := t.TempDir()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser),
 		chromedp.NoSandbox,
@@ -54,17 +78,18 @@ func TestDashboardEndToEnd(t *testing.T) {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-quic", true),
 		chromedp.Flag("no-first-run", true),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 		chromedp.WindowSize(1280, 1100),
 	)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
 	// The pinned chromedp's protocol types lag the browser: it cannot decode
 	// a few new event fields and says so on every event. Those events are not
 	// used here, so its error log is dropped (test failures still show).
-	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(func(string, ...any) {}))
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	bctx, _ := chromedp.NewContext(actx, chromedp.WithErrorf(func(string, ...any) {}))
+	// Registered after t.TempDir, so it runs before the profile is removed:
+	// Chromium writes its profile until it has exited.
+	t.Cleanup(func() { closeBrowser(t, bctx, cancelA, profile) })
+	ctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
 	defer cancelT()
 
 	url := "http://" + ts.srv.Addr("admin") + "/"
