@@ -7,10 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/chromedp"
 
 	"github.com/agua-mail/agua/internal/bench"
@@ -30,6 +33,28 @@ func chromium(t *testing.T) string {
 	}
 	t.Skip("SKIPPED: chromium is not installed; apt-get install chromium to run the dashboard test")
 	return ""
+}
+
+// niceTicks reports whether "0,250,500,750,1000" is 0 and four equal steps
+// of 1, 2 or 5 times a power of ten.
+func niceTicks(s string) bool {
+	f := strings.Split(s, ",")
+	if len(f) != 5 || f[0] != "0" {
+		return false
+	}
+	step, err := strconv.Atoi(f[1])
+	if err != nil || step <= 0 {
+		return false
+	}
+	for i, v := range f {
+		if n, err := strconv.Atoi(v); err != nil || n != i*step {
+			return false
+		}
+	}
+	for step%10 == 0 {
+		step /= 10
+	}
+	return step == 1 || step == 2 || step == 5
 }
 
 // closeBrowser closes the browser, waits for its process to exit, then
@@ -143,6 +168,30 @@ func TestDashboardEndToEnd(t *testing.T) {
 		chromedp.WaitVisible(`#events tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
 	); err != nil {
 		t.Fatalf("the blocked attacker never showed among the recent events: %v", err)
+	}
+	// Times are UTC, 24-hour, as in the logs and the CLI; the chart's y axis
+	// has round ticks; the browser's own address (127.0.0.1, allowlisted)
+	// is listed without a Block button, which could only fail.
+	var expires, lastSeen, ticks string
+	var blockButtons []*cdp.Node
+	if err := chromedp.Run(ctx,
+		chromedp.Text(`#bans tr[data-prefix="127.0.0.200/32"] td:nth-child(6)`, &expires, chromedp.ByQuery),
+		chromedp.Text(`#events tr[data-prefix="127.0.0.200/32"] td:nth-child(2)`, &lastSeen, chromedp.ByQuery),
+		chromedp.AttributeValue("#chart", "data-ticks", &ticks, nil, chromedp.ByQuery),
+		chromedp.WaitVisible(`#top-addrs tr[data-prefix="127.0.0.1/32"]`, chromedp.ByQuery),
+		chromedp.Nodes(`#top-addrs tr[data-prefix="127.0.0.1/32"] button`, &blockButtons, chromedp.ByQueryAll, chromedp.AtLeast(0)),
+	); err != nil {
+		t.Fatalf("reading times, ticks and the allowlisted talker: %v", err)
+	}
+	utcTime := regexp.MustCompile(`^\d\d:\d\d:\d\d UTC`)
+	if !utcTime.MatchString(expires) || !utcTime.MatchString(lastSeen) {
+		t.Errorf("times not in 24-hour UTC: expires %q, last seen %q", expires, lastSeen)
+	}
+	if !niceTicks(ticks) {
+		t.Errorf("y-axis ticks %q are not round (0 and 4 equal steps of 1, 2 or 5 times a power of ten)", ticks)
+	}
+	if len(blockButtons) != 0 {
+		t.Errorf("the allowlisted 127.0.0.1 has a Block button")
 	}
 	if dir := os.Getenv("AGUA_SCREENSHOT_DIR"); dir != "" {
 		var png []byte
