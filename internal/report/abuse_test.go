@@ -84,8 +84,8 @@ func TestAbuseOneEmailPerContact(t *testing.T) {
 	}
 	for _, want := range []string{
 		"To: the abuse contact of 203.0.0.0/16 (whois 203.0.0.0)",
-		"113 addresses in 3 networks of yours\n(203.0.0.0/24, 203.0.1.0/24, 203.0.2.0/24)",
-		"1 address in 1 network of yours\n(192.0.2.0/24)",
+		"113 addresses in 3 networks of yours (203.0.0.0/24, 203.0.1.0/24, 203.0.2.0/24)\nabused it",
+		"1 address in 1 network of yours (192.0.2.0/24)\nabused it",
 		"coming back while banned for it",
 	} {
 		if !strings.Contains(txt, want) {

@@ -137,7 +137,7 @@ func (r *AbuseReport) writeEmail(w io.Writer, c *Contact) error {
 		}
 		who += " " + strings.Join(whole, ", ") + " as a whole"
 	}
-	fmt.Fprintf(w, "Hello,\n\nthis is a report from the server %s.\n%s in %s of yours\n(%s)\n", r.Hostname, who,
+	fmt.Fprintf(w, "Hello,\n\nthis is a report from the server %s.\n%s in %s of yours (%s)\n", r.Hostname, who,
 		plural(len(c.Networks), "network", "networks"), strings.Join(netNames, ", "))
 	fmt.Fprintf(w, "abused it between %s and %s (UTC):\n", utc(first), utc(last))
 	for _, a := range acts {
