@@ -195,7 +195,9 @@ func (r *AttackReport) WriteText(w io.Writer) error {
 	for _, n := range r.BansByReason {
 		byShield += n
 	}
-	fmt.Fprintf(w, "    by the shield:      %d (%s)\n", byShield, sortedCounts(r.BansByReason))
+	if byShield > 0 || r.OperatorBans == 0 {
+		fmt.Fprintf(w, "    by the shield:      %d (%s)\n", byShield, sortedCounts(r.BansByReason))
+	}
 	if r.OperatorBans > 0 {
 		fmt.Fprintf(w, "    by the operator:    %d (%s)\n", r.OperatorBans, sortedCounts(r.OperatorBansByReason))
 	}
