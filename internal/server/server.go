@@ -265,11 +265,13 @@ func (s *Server) bind(name string, addrs []string, maxConns int, reject func(net
 }
 
 // smtpReject answers a refused connection instead of the banner
-// (RFC 5321 3.1: 554 for policy; 421 for a temporary refusal).
+// (RFC 5321 3.1: 554 for policy; 421 for a temporary refusal). The
+// shield's reason is complete client text ("server busy, try again
+// later"): nothing is added to it.
 func smtpReject(hostname string) func(net.Conn, shield.Decision) {
 	return func(c net.Conn, d shield.Decision) {
 		if d.Temporary {
-			fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", hostname, d.Reason)
+			fmt.Fprintf(c, "421 4.7.0 %s %s\r\n", hostname, d.Reason)
 			return
 		}
 		fmt.Fprintf(c, "554 5.7.1 %s %s\r\n", hostname, d.Reason)
@@ -287,8 +289,12 @@ type Status struct {
 	POP3      int64             `json:"pop3_sessions"`
 	IMAP      int64             `json:"imap_sessions"`
 	Lockdown  bool              `json:"lockdown"`
-	Shield    shield.Stats      `json:"shield"`
-	Cluster   *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
+	// AdminSocket is the CLI's way in; the HTTP admin listener, when
+	// configured, is in Listeners as "admin".
+	AdminSocket string            `json:"admin_socket"`
+	RuleFiles   []shield.RuleFile `json:"rule_files"`
+	Shield      shield.Stats      `json:"shield"`
+	Cluster     *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
 }
 
 func (s *Server) status() any {
@@ -297,6 +303,10 @@ func (s *Server) status() any {
 	for _, l := range s.listeners {
 		st.Listeners[l.ln.Addr().String()] = l.name
 	}
+	if s.webLn != nil {
+		st.Listeners[s.webLn.Addr().String()] = "admin"
+	}
+	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
 	for _, srv := range s.smtp {
 		st.Sessions += srv.Sessions()
 	}
