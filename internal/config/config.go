@@ -28,6 +28,8 @@ type Config struct {
 	IMAP     IMAPConfig     `toml:"imap" doc:"IMAP (RFC 3501, RFC 9051) with STARTTLS (143) and implicit TLS (993)."`
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
+
+	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
 }
 
 // LogConfig configures slog output.
@@ -174,5 +176,7 @@ func Default() Config {
 			MaxConns:          1000,
 		},
 		Shield: sh,
+
+		Autoconfig: defaultAutoconfig(),
 	}
 }
