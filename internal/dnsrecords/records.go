@@ -204,7 +204,7 @@ func Build(p Params) []Record {
 		add(name+"."+d, "SRV", fmt.Sprintf("0 1 %d %s", s.Port, host), what+" (RFC 6186)")
 	}
 	srv("_submission._tcp", p.Services.Submission, "submission with STARTTLS")
-	srv("_submissions._tcp", p.Services.Submissions, "submission with implicit TLS (RFC 8314)")
+	srv("_submissions._tcp", p.Services.Submissions, "submission with implicit TLS, RFC 8314")
 	srv("_imap._tcp", p.Services.IMAP, "IMAP with STARTTLS")
 	srv("_imaps._tcp", p.Services.IMAPS, "IMAP with implicit TLS")
 	srv("_pop3._tcp", p.Services.POP3, "POP3 with STLS")
