@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/agua-mail/agua/internal/dnsrecords/dnstest"
+	"github.com/agua-mail/agua/internal/resolver/dnstest"
 )
 
 // TestDomainDNSAndCheck prints a domain's records, serves them (some
@@ -65,8 +65,9 @@ func TestDomainDNSAndCheck(t *testing.T) {
 			zone = append(zone, line)
 		}
 	}
-	addr := dnstest.Serve(t, "127.0.54.1", zone)
-	code, got, errs := agua(t, "", "domain", "check", "example.org", "-resolver", addr, "-config", cfg, "-data", data)
+	dnsSrv := dnstest.Start(t, "127.0.54.1")
+	dnsSrv.Add(t, zone...)
+	code, got, errs := agua(t, "", "domain", "check", "example.org", "-resolver", dnsSrv.Addr, "-config", cfg, "-data", data)
 	if code != 1 || !strings.Contains(errs, "4 of 15") {
 		t.Errorf("domain check: exit %d, stderr %q", code, errs)
 	}

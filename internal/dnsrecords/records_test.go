@@ -9,7 +9,8 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/dkim"
-	"github.com/agua-mail/agua/internal/dnsrecords/dnstest"
+	"github.com/agua-mail/agua/internal/resolver/dnstest"
+	"github.com/miekg/dns"
 )
 
 func testServices() Services {
@@ -136,18 +137,19 @@ func TestCheck(t *testing.T) {
 		{Name: "autoconfig.example.org.", Type: "CNAME", Value: "mail.example.net."},
 		{Name: "long.example.org.", Type: "TXT", Value: strings.Repeat("v=DKIM1; p=", 1) + strings.Repeat("A", 400)},
 	}
-	addr := dnstest.Serve(t, "127.0.53.1", []string{
-		"example.org. 300 IN MX 10 MAIL.example.net.",                                                                       // ok (case)
-		"example.org. 300 IN TXT \"google-site-verification=x\"",                                                            // ignored: another kind
-		"example.org. 300 IN TXT \"v=spf1 a mx ~all\"",                                                                      // differs
-		"_dmarc.example.org. 300 IN TXT \"v=DMARC1;p=none;  rua=mailto:postmaster@example.org\"",                            // ok (spacing)
-		"_imaps._tcp.example.org. 300 IN SRV 0 1 2993 mail.example.net.",                                                    // differs (port)
-		"_pop3._tcp.example.org. 300 IN SRV 0 0 0 .",                                                                        // ok
-		"autoconfig.example.org. 300 IN A 192.0.2.1",                                                                        // missing: not a CNAME
-		"long.example.org. 300 IN TXT \"v=DKIM1; p=" + strings.Repeat("A", 200) + "\" \"" + strings.Repeat("A", 200) + "\"", // ok (joined)
+	srv := dnstest.Start(t, "127.0.53.1")
+	srv.Add(t,
+		"example.org. 300 IN MX 10 MAIL.example.net.",                                                               // ok (case)
+		"example.org. 300 IN TXT \"google-site-verification=x\"",                                                    // ignored: another kind
+		"example.org. 300 IN TXT \"v=spf1 a mx ~all\"",                                                              // differs
+		"_dmarc.example.org. 300 IN TXT \"v=DMARC1;p=none;  rua=mailto:postmaster@example.org\"",                    // ok (spacing)
+		"_imaps._tcp.example.org. 300 IN SRV 0 1 2993 mail.example.net.",                                            // differs (port)
+		"_pop3._tcp.example.org. 300 IN SRV 0 0 0 .",                                                                // ok
+		"autoconfig.example.org. 300 IN A 192.0.2.1",                                                                // missing: not a CNAME
+		"long.example.org. 300 IN TXT \"v=DKIM1; p="+strings.Repeat("A", 200)+"\" \""+strings.Repeat("A", 200)+"\"", // ok (joined)
 		// _smtp._tls: missing
-	})
-	res := Checker{Server: addr, Timeout: 5 * time.Second}.Check(context.Background(), want)
+	)
+	res := Checker{Server: srv.Addr, Timeout: 5 * time.Second}.Check(context.Background(), want)
 	wantStatus := []Status{OK, Differs, OK, Missing, Differs, OK, Missing, OK}
 	for i, r := range res {
 		if r.Status != wantStatus[i] {
@@ -161,7 +163,12 @@ func TestCheck(t *testing.T) {
 		t.Errorf("line %q", s)
 	}
 
-	// A server that does not answer is an error, not "missing".
+	// SERVFAIL is an error, not "missing".
+	srv.Rcode("example.org.", dns.TypeMX, dns.RcodeServerFailure)
+	if r := (Checker{Server: srv.Addr}).Check(context.Background(), want[:1]); r[0].Status != Failed || !errors.Is(r[0].Err, ErrQuery) {
+		t.Errorf("SERVFAIL: %v %v", r[0].Status, r[0].Err)
+	}
+	// A server that does not answer is an error too.
 	dead := Checker{Server: "127.0.53.2:9", Timeout: 200 * time.Millisecond}.Check(context.Background(), want[:1])
 	if dead[0].Status != Failed || !errors.Is(dead[0].Err, ErrQuery) {
 		t.Errorf("dead resolver: %v %v", dead[0].Status, dead[0].Err)
