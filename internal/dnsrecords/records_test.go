@@ -145,12 +145,12 @@ func TestCheck(t *testing.T) {
 		"_dmarc.example.org. 300 IN TXT \"v=DMARC1;p=none;  rua=mailto:postmaster@example.org\"",                    // ok (spacing)
 		"_imaps._tcp.example.org. 300 IN SRV 0 1 2993 mail.example.net.",                                            // differs (port)
 		"_pop3._tcp.example.org. 300 IN SRV 0 0 0 .",                                                                // ok
-		"autoconfig.example.org. 300 IN A 192.0.2.1",                                                                // missing: not a CNAME
+		"autoconfig.example.org. 300 IN A 192.0.2.1",                                                                // differs: an A record, not the CNAME
 		"long.example.org. 300 IN TXT \"v=DKIM1; p="+strings.Repeat("A", 200)+"\" \""+strings.Repeat("A", 200)+"\"", // ok (joined)
 		// _smtp._tls: missing
 	)
 	res := Checker{Server: srv.Addr, Timeout: 5 * time.Second}.Check(context.Background(), want)
-	wantStatus := []Status{OK, Differs, OK, Missing, Differs, OK, Missing, OK}
+	wantStatus := []Status{OK, Differs, OK, Missing, Differs, OK, Differs, OK}
 	for i, r := range res {
 		if r.Status != wantStatus[i] {
 			t.Errorf("%s %s: %s (%v), want %s", r.Want.Name, r.Want.Type, r.Status, r.Err, wantStatus[i])
@@ -163,6 +163,9 @@ func TestCheck(t *testing.T) {
 		t.Errorf("line %q", s)
 	}
 
+	if s := res[6].String(); s != "differs  autoconfig.example.org. CNAME: want mail.example.net. got A 192.0.2.1" {
+		t.Errorf("line %q", s)
+	}
 	// SERVFAIL is an error, not "missing".
 	srv.Rcode("example.org.", dns.TypeMX, dns.RcodeServerFailure)
 	if r := (Checker{Server: srv.Addr}).Check(context.Background(), want[:1]); r[0].Status != Failed || !errors.Is(r[0].Err, ErrQuery) {
