@@ -22,6 +22,11 @@ type Server struct {
 	Shield *shield.Shield
 	Status func() any // server-wide status (version, uptime, listeners, sessions)
 	Log    *slog.Logger
+	// Queue serves /v1/queue and below (queuehttp.Handler); nil: no queue.
+	Queue http.Handler
+	// Reload, if set, runs on POST /v1/reload after the shield's rules
+	// (the DKIM keys); its error is reported after the rules reloaded.
+	Reload func() error
 }
 
 // BanRequest is the body of POST /v1/bans.
@@ -54,6 +59,10 @@ func (a *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/live", a.live)
 	mux.HandleFunc("GET /v1/history", a.history)
+	if a.Queue != nil {
+		mux.Handle("/v1/queue", a.Queue)
+		mux.Handle("/v1/queue/", a.Queue)
+	}
 	return mux
 }
 
@@ -86,6 +95,12 @@ func (a *Server) reload(w http.ResponseWriter, r *http.Request) {
 	if err := a.Shield.Reload(); err != nil {
 		fail(w, http.StatusUnprocessableEntity, "%v", err)
 		return
+	}
+	if a.Reload != nil {
+		if err := a.Reload(); err != nil {
+			fail(w, http.StatusUnprocessableEntity, "rules reloaded; %v", err)
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"result": "rules reloaded"})
 }

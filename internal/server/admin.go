@@ -56,7 +56,7 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	}
 	os.Chmod(path, 0o600)
 	s.adminLn = ln
-	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log}
+	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log, Queue: s.out.adminHandler(), Reload: s.out.signer.Reload}
 	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 
 	if s.cfg.Admin.Listen == "" {
