@@ -49,13 +49,19 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 	if err != nil {
 		return err
 	}
-	res, err := resolver.New(ResolverConfig(cfg))
-	switch {
-	case err == nil:
-		opts.Resolver = res
-	case cfg.Outbound.RelayHost == "":
-		return fmt.Errorf("dns: %w", err)
+	rc := ResolverConfig(cfg)
+	res, err := resolver.New(rc)
+	if err != nil {
+		// No dns.resolver and no usable /etc/resolv.conf: the server
+		// still serves; outgoing mail waits in the queue (DNS lookups fail
+		// temporarily) until a resolver answers on the local host.
+		s.log.Warn("no DNS resolver configured or found; outgoing mail waits in the queue (set dns.resolver)", "err", err)
+		rc.Servers = []string{"127.0.0.1:53"}
+		if res, err = resolver.New(rc); err != nil {
+			return fmt.Errorf("dns: %w", err)
+		}
 	}
+	opts.Resolver = res
 	opts.Queue, opts.Logger, opts.Bounce = o.queue, s.log, s.bounce
 	// Deferred mail is looked for at least as often as the shortest
 	// retry interval, so a short retry_min (labs, tests) is honoured.
