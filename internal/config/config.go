@@ -31,6 +31,8 @@ type Config struct {
 	Outbound OutboundConfig `toml:"outbound" doc:"Delivery to other servers: the queue in <data_dir>/queue, retries, bounces, relay host."`
 	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups."`
 	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
+
+	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
 }
 
 // LogConfig configures slog output.
@@ -182,5 +184,7 @@ func Default() Config {
 		Shield:   sh,
 		Outbound: defaultOutbound(),
 		DNS:      defaultDNS(),
+
+		Autoconfig: defaultAutoconfig(),
 	}
 }

@@ -58,6 +58,7 @@ type Server struct {
 	web       *http.Server // admin API over TCP, /metrics, dashboard
 	webLn     net.Listener
 	metrics   *metrics.Metrics
+	out       *outboundParts // queue, DKIM signer, delivery engine
 }
 
 type boundListener struct {
@@ -149,6 +150,9 @@ func (s *Server) open(out io.Writer) (err error) {
 	if err := s.listenAdmin(tlsCfg); err != nil {
 		return err
 	}
+	if err := s.listenAutoconfig(tlsCfg); err != nil {
+		return err
+	}
 	// Last, once every port is bound: a start that fails must not use up
 	// the one-time display of the demo password.
 	if cfg.Accounts.Demo {
@@ -209,9 +213,11 @@ func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
 }
 
 func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
-	// Remote stays nil until the outbound queue exists: remote recipients
-	// on submission are refused with 550 5.3.0.
-	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: router.NewLocal(s.store)})
+	local := router.NewLocal(s.store)
+	if err := s.openOutbound(local); err != nil {
+		return err
+	}
+	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote()})
 	if err != nil {
 		return err
 	}
@@ -371,6 +377,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
 	}
+	s.out.start()
 	s.log.Info("agua started", "version", Version, "data", s.cfg.DataDir, "admin", AdminSocket(s.cfg))
 	for {
 		select {
@@ -378,6 +385,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			if err := s.shield.Reload(); err != nil {
 				s.log.Error("reload on SIGHUP failed; previous rules stay", "err", err)
 			}
+			s.out.signer.Reload() // logs a key file it cannot use
 			continue
 		case <-ctx.Done():
 		case err := <-errc:
@@ -406,6 +414,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, srv := range s.imap {
 		srv.Shutdown(sctx)
 	}
+	s.out.stopEngine()
 	wg.Wait()
 	return s.Close()
 }
@@ -423,6 +432,10 @@ func (s *Server) Close() error {
 		os.Remove(AdminSocket(s.cfg))
 	}
 	var errs []error
+	if s.out != nil {
+		errs = append(errs, s.out.close())
+		s.out = nil
+	}
 	if s.shield != nil {
 		errs = append(errs, s.shield.Close())
 		s.shield = nil
