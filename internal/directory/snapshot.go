@@ -22,7 +22,7 @@ import (
 // (BenchmarkSnapshotMemory measures it); per alias about as much. Domain
 // names are shared by their users.
 type snapshot struct {
-	version int64               // PRAGMA data_version when it was read
+	version int64             // PRAGMA data_version when it was read
 	domains map[string]string // local domains, each mapped to itself (its users share the string)
 	list    []string          // the same, sorted
 	users   map[string]userRec
