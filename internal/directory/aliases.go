@@ -152,6 +152,10 @@ func (d *Directory) Resolve(ctx context.Context, address string) ([]User, error)
 	} else if !ok {
 		return nil, newErr(ErrNotLocal, "domain "+domain+" is not local")
 	}
+	if s, ok := src.(snapSource); ok && s.s.aliases[addr] == nil && s.s.aliases["@"+domain] == nil {
+		// No alias and no catch-all: a harvester's guess ends here.
+		return nil, newErr(ErrNoSuchUser, "no mailbox for "+addr)
+	}
 	r := resolver{src: src, log: d.log, seen: map[string]bool{}, found: map[string]bool{}}
 	if err := r.expand(ctx, addr, 0, true); err != nil {
 		return nil, err

@@ -103,7 +103,7 @@ func Open(path string, opts Options) (*Directory, error) {
 		d.cache = newAuthCache(opts.AuthCacheTTL, opts.AuthCacheSize)
 	}
 	if opts.SnapshotMaxEntries > 0 {
-		d.snaps = &snapshots{db: db, maxEntries: opts.SnapshotMaxEntries}
+		d.snaps = &snapshots{db: db, path: path, maxEntries: opts.SnapshotMaxEntries}
 		if d.cache != nil {
 			d.snaps.onReload = d.cache.sync
 		}

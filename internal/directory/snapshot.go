@@ -57,15 +57,24 @@ func hashFingerprint(stored []byte) uint64 { return maphash.Bytes(fpSeed, stored
 //
 // SQLite's PRAGMA data_version, asked on one connection that never writes,
 // changes whenever any other connection (this process's pool, the CLI, any
-// other program) commits. It is asked at every lookup — it reads the WAL
-// index header, a few microseconds and no table — so a change made by the
-// CLI applies to the very next RCPT, as it did when every lookup was SQL.
-// When it has changed the snapshot is rebuilt (under the lock, so lookups
-// wait for the fresh one rather than read a stale one).
+// other program) commits. Every lookup makes sure nothing was committed
+// since the snapshot was read, so a change made by the CLI applies to the
+// very next RCPT, as it did when every lookup was SQL: first by comparing
+// the WAL-index header with the one seen then (walindex.go, nanoseconds,
+// no lock), and only when that differs by asking data_version (a statement,
+// about 10 µs). When the version has changed the snapshot is rebuilt, under
+// the lock, so lookups wait for the fresh one rather than read a stale one.
 type snapshots struct {
 	db         *sql.DB
-	maxEntries int // users + aliases beyond which lookups stay in SQL
+	path       string // the database file, whose WAL index is mapped
+	maxEntries int    // users + aliases beyond which lookups stay in SQL
 	onReload   func(*snapshot)
+
+	// checked is the last confirmed state: the WAL-index header read just
+	// before data_version was asked, and the snapshot for that version
+	// (nil when too big). Lookups that find the same header use it.
+	checked atomic.Pointer[checkedState]
+	wal     *walIndex // nil: not mapped, every lookup asks data_version
 
 	mu      sync.Mutex
 	conn    *sql.Conn // dedicated: never used for writes
@@ -74,17 +83,45 @@ type snapshots struct {
 	tooBig  bool      // cur is nil because the directory exceeds maxEntries
 	tooAt   int64     // the data_version at which it was found too big
 
-	reloads atomic.Int64 // snapshots built, for tests
+	reloads  atomic.Int64 // snapshots built, for tests
+	versions atomic.Int64 // data_version statements run, for tests
 }
 
 // errSnapshotUnstable: the database kept changing while it was read.
 var errSnapshotUnstable = errors.New("the accounts database changed during every attempt to read it")
 
+type checkedState struct {
+	hdr  walHeader
+	snap *snapshot
+}
+
 // current returns the snapshot that reflects every commit made before the
 // call, or nil when the directory is too big to hold (the caller uses SQL).
 func (s *snapshots) current(ctx context.Context) (*snapshot, error) {
+	if c := s.checked.Load(); c != nil {
+		if h, ok := s.wal.header(); ok && h == c.hdr {
+			return c.snap, nil
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.checked.Store(nil)
+	// The header is read before data_version: a commit in between makes
+	// the next lookup see a different header and check again.
+	var hdr walHeader
+	hdrOK := false
+	if s.wal != nil {
+		hdr, hdrOK = s.wal.header()
+	}
+	snap, err := s.check(ctx)
+	if err == nil && hdrOK {
+		s.checked.Store(&checkedState{hdr: hdr, snap: snap})
+	}
+	return snap, err
+}
+
+// check asks data_version and rebuilds the snapshot if it changed.
+func (s *snapshots) check(ctx context.Context) (*snapshot, error) {
 	v, err := s.dataVersion(ctx)
 	if err != nil {
 		return nil, err
@@ -137,19 +174,29 @@ func (s *snapshots) dataVersion(ctx context.Context) (int64, error) {
 		s.conn, s.version, s.cur, s.tooBig = conn, st, nil, false
 	}
 	var v int64
+	s.versions.Add(1)
 	if err := s.version.QueryRowContext(ctx).Scan(&v); err != nil {
 		s.closeConn()
 		return 0, fmt.Errorf("reading the accounts data_version: %w", err)
+	}
+	if s.wal == nil && s.path != "" {
+		// Mapped once the connection has the database open in WAL mode
+		// (the statement above made sure of that).
+		s.wal = openWALIndex(s.path)
 	}
 	return v, nil
 }
 
 func (s *snapshots) closeConn() {
+	s.checked.Store(nil)
 	if s.conn != nil {
 		s.version.Close()
 		s.conn.Close()
 		s.conn, s.version, s.cur, s.tooBig = nil, nil, nil, false
 	}
+	// Unmapped with the connection that kept the WAL index in place.
+	s.wal.Close()
+	s.wal = nil
 }
 
 func (s *snapshots) Close() {

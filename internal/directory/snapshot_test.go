@@ -48,7 +48,7 @@ func TestSnapshotFollowsOtherHandles(t *testing.T) {
 	if got := resolveOne(t, d, "Carol@Example.org"); got != "carol@example.org" {
 		t.Fatalf("Resolve = %s", got)
 	}
-	built := d.snaps.reloads.Load()
+	built, asked := d.snaps.reloads.Load(), d.snaps.versions.Load()
 	for range 10 {
 		resolveOne(t, d, "carol@example.org")
 		_, err := d.Resolve(ctx, "nobody@example.org")
@@ -56,6 +56,13 @@ func TestSnapshotFollowsOtherHandles(t *testing.T) {
 	}
 	if n := d.snaps.reloads.Load(); n != built {
 		t.Fatalf("the snapshot was rebuilt %d times without a change", n-built)
+	}
+	// Without a commit the WAL-index header answers: no statement at all.
+	if d.snaps.wal == nil {
+		t.Fatal("the WAL index is not mapped")
+	}
+	if n := d.snaps.versions.Load(); n != asked {
+		t.Fatalf("%d data_version statements without a change", n-asked)
 	}
 
 	must(t, cli.AddAlias(ctx, "@example.org", "carol@example.org"))
