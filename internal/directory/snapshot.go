@@ -74,7 +74,8 @@ type snapshots struct {
 	// before data_version was asked, and the snapshot for that version
 	// (nil when too big). Lookups that find the same header use it.
 	checked atomic.Pointer[checkedState]
-	wal     *walIndex // nil: not mapped, every lookup asks data_version
+	walMu   sync.RWMutex // held to read the mapping; to map and unmap it, with mu too
+	wal     *walIndex    // nil: not mapped, every lookup asks data_version
 
 	mu      sync.Mutex
 	conn    *sql.Conn // dedicated: never used for writes
@@ -99,7 +100,10 @@ type checkedState struct {
 // call, or nil when the directory is too big to hold (the caller uses SQL).
 func (s *snapshots) current(ctx context.Context) (*snapshot, error) {
 	if c := s.checked.Load(); c != nil {
-		if h, ok := s.wal.header(); ok && h == c.hdr {
+		s.walMu.RLock()
+		h, ok := s.wal.header()
+		s.walMu.RUnlock()
+		if ok && h == c.hdr {
 			return c.snap, nil
 		}
 	}
@@ -182,21 +186,26 @@ func (s *snapshots) dataVersion(ctx context.Context) (int64, error) {
 	if s.wal == nil && s.path != "" {
 		// Mapped once the connection has the database open in WAL mode
 		// (the statement above made sure of that).
+		s.walMu.Lock()
 		s.wal = openWALIndex(s.path)
+		s.walMu.Unlock()
 	}
 	return v, nil
 }
 
 func (s *snapshots) closeConn() {
 	s.checked.Store(nil)
+	// Unmapped before the connection that keeps the WAL index in place
+	// (SQLite may truncate it once no connection has it open) is closed.
+	s.walMu.Lock()
+	s.wal.Close()
+	s.wal = nil
+	s.walMu.Unlock()
 	if s.conn != nil {
 		s.version.Close()
 		s.conn.Close()
 		s.conn, s.version, s.cur, s.tooBig = nil, nil, nil, false
 	}
-	// Unmapped with the connection that kept the WAL index in place.
-	s.wal.Close()
-	s.wal = nil
 }
 
 func (s *snapshots) Close() {

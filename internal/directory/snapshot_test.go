@@ -2,6 +2,7 @@ package directory
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -278,5 +279,46 @@ func TestHasherWaitsForBudget(t *testing.T) {
 	one()
 	if ok, err := h.verify(context.Background(), hash, "pw"); err != nil || !ok {
 		t.Fatalf("verify = %v, %v", ok, err)
+	}
+}
+
+// Lookups running all the while never miss a change that was committed
+// before they started (run with -race too).
+func TestSnapshotConcurrentChanges(t *testing.T) {
+	ctx := context.Background()
+	d, cli := openPair(t, Options{SnapshotMaxEntries: 1000, AuthCacheTTL: time.Minute, AuthCacheSize: 10})
+	must(t, cli.AddDomain(ctx, "example.org"))
+	stop := make(chan struct{})
+	done := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					done <- nil
+					return
+				default:
+				}
+				if _, err := d.Resolve(ctx, "someone@example.org"); err != nil && !isKind(err, ErrNoSuchUser) {
+					done <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := range 20 {
+		addr := fmt.Sprintf("user%d@example.org", i)
+		if i%2 == 0 {
+			must(t, cli.AddUser(ctx, addr, "pw", 0))
+		} else {
+			must(t, d.AddUser(ctx, addr, "pw", 0))
+		}
+		if got := resolveOne(t, d, addr); got != addr {
+			t.Fatalf("Resolve(%s) = %s", addr, got)
+		}
+	}
+	close(stop)
+	for range 4 {
+		must(t, <-done)
 	}
 }

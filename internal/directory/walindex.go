@@ -56,6 +56,9 @@ func openWALIndex(dbPath string) *walIndex {
 // header returns the current header; ok is false when the two copies
 // differ or the index is not initialised.
 func (w *walIndex) header() (h walHeader, ok bool) {
+	if w == nil {
+		return walHeader{}, false
+	}
 	for i := range h {
 		h[i] = atomic.LoadUint32((*uint32)(unsafe.Pointer(&w.mem[4*i])))
 	}
