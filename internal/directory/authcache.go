@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"strings"
 	"sync"
 	"time"
 )
@@ -89,7 +90,7 @@ func (c *authCache) put(addr, password string, pwFP uint64) {
 			delete(c.m, a)
 		}
 	}
-	c.m[addr] = e
+	c.m[strings.Clone(addr)] = e // not a piece of the client's command line
 }
 
 // forget drops the entry of addr.
