@@ -5,7 +5,6 @@ import (
 	"errors"
 	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -47,20 +46,10 @@ func (ss *session) cmdAUTH(arg string) error {
 		if errors.As(err, &e) && e.Temporary() {
 			return e
 		}
-		ss.log.Info("smtp auth failed", "user", sanitize(user))
 		if h := ss.srv.hooks.Auth; h != nil {
 			h(&ss.info, false)
 		}
-		// A failure waits the fixed delay plus the account's delay, which
-		// grows with failures on that account from anywhere; a success
-		// never waits, so the real user is not slowed by an attack on
-		// their account (and the account is never locked).
-		wait := ss.srv.cfg.AuthFailureDelay
-		if h := ss.srv.hooks.AccountDelay; h != nil {
-			wait += h(user)
-		}
-		d := shield.ReportAuth(ss.conn, user, false)
-		time.Sleep(wait)
+		d := ss.frame.FailedLogin(user, ss.srv.cfg.AuthFailureDelay, ss.srv.hooks.AccountDelay)
 		if d.Action != shield.Allow {
 			ss.shieldEnds(d)
 			return errQuit

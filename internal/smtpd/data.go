@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/shield"
 )
@@ -28,7 +29,7 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	sp := &spool{dir: ss.srv.cfg.SpoolDir}
 	defer sp.Close()
-	msgID := newID()
+	msgID := connsrv.NewID()
 	sp.Write([]byte(ss.receivedHeader(msgID)))
 	bad, err := ss.readData(sp)
 	if err != nil {
@@ -169,7 +170,7 @@ func (ss *session) receivedHeader(id string) string {
 		host = "[" + host[:i] + "]"
 	}
 	return fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (agua) with %s id %s;\r\n\t%s\r\n",
-		sanitize(ss.info.Helo), host, ss.srv.cfg.Hostname, proto, id, time.Now().Format(time.RFC1123Z))
+		connsrv.Sanitize(ss.info.Helo, 32), host, ss.srv.cfg.Hostname, proto, id, time.Now().Format(time.RFC1123Z))
 }
 
 // spool buffers one message in memory, spilling to a temporary file past

@@ -3,9 +3,6 @@ package smtpd
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"github.com/agua-mail/agua/internal/connsrv"
@@ -13,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -60,10 +56,6 @@ func init() {
 	}
 }
 
-// httpVerbs are answered with an error and a close: a web client or proxy
-// abuse probe on a mail port (cross-protocol attacks).
-var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
-
 // errQuit ends a session after its reply has been written.
 var errQuit = errors.New("quit")
 
@@ -78,60 +70,33 @@ type session struct {
 	env      Envelope    // the open transaction as the session sees it
 	tx       Transaction // the backend's side of it; nil outside one
 	errors   int
-	deadline time.Time // whole-session deadline
-	ctx      context.Context
-}
-
-var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
-
-func newID() string {
-	var b [10]byte
-	rand.Read(b[:])
-	return idEncoding.EncodeToString(b[:])
+	deadline time.Time       // whole-session deadline
+	ctx      context.Context // ended by the session's end and by a shield kick
+	frame    *connsrv.Frame
 }
 
 func (s *Server) serveConn(c net.Conn) {
-	id := newID()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	fr := s.Open(c, "smtp", s.cfg.SessionTimeout)
+	defer fr.End()
 	ss := &session{
 		srv:      s,
 		conn:     c,
-		info:     Session{ID: id, Mode: s.mode, RemoteAddr: c.RemoteAddr()},
+		info:     Session{ID: fr.ID, Mode: s.mode, RemoteAddr: c.RemoteAddr()},
 		state:    stateConnected,
-		deadline: time.Now().Add(s.cfg.SessionTimeout),
-		ctx:      ctx,
+		deadline: fr.Deadline,
+		ctx:      fr.Ctx,
+		frame:    fr,
+		// Abuse seen by one session (HTTP verbs, pregreet, error limits,
+		// shield endings) is logged at debug level only: the shield counts
+		// it and logs aggregated lines, so a flood cannot flood the log.
+		log: fr.Log,
 	}
-	// Abuse seen by one session (HTTP verbs, pregreet, error limits, shield
-	// endings) is logged at debug level only: the shield counts it and logs
-	// aggregated lines, so a flood cannot flood the log.
-	ss.log = s.log.With("conn", id, "remote", c.RemoteAddr().String(), "listener", s.mode.String())
 	defer c.Close()
-	// The shield may want this connection gone mid-session (newly denied
-	// address, ban, lockdown, eviction): closing the socket ends the loop.
-	if sc := shield.FromConn(c); sc != nil {
-		go func() {
-			select {
-			case <-sc.Done():
-				ss.log.Debug("smtp session closed by shield")
-				c.Close()
-			case <-ctx.Done():
-			}
-		}()
-	}
-	defer func() {
-		if v := recover(); v != nil {
-			s.Panicked()
-			ss.log.Error("smtp session panic", "panic", v, "stack", string(debug.Stack()))
-			ss.reply(errInternal)
-		}
-	}()
+	fr.WatchShield(func() { c.Close() })
+	defer fr.Guard(&ss.w, errInternal.line())
 	if s.mode == ModeSubmissions {
-		tc := tls.Server(c, s.cfg.TLS)
-		tc.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			ss.log.Debug("tls handshake failed", "err", err)
-			shield.Report(c, shield.ProtocolError)
+		tc, err := fr.Handshake(c, s.cfg.TLS, s.cfg.CommandTimeout)
+		if err != nil {
 			return
 		}
 		ss.conn = tc
@@ -219,7 +184,7 @@ func (ss *session) dispatch(line string) error {
 	verb = strings.ToUpper(verb)
 	cmd, ok := commands[verb]
 	if !ok {
-		if httpVerbs[verb] {
+		if connsrv.IsHTTPVerb(verb) {
 			ss.log.Debug("smtp http request on mail port", "verb", verb)
 			return ss.closeWith(errHTTP)
 		}
@@ -366,11 +331,7 @@ func (ss *session) reply(e *Error) {
 }
 
 func (ss *session) replyLine(code int, enhanced, msg string) {
-	if enhanced != "" {
-		fmt.Fprintf(ss.w, "%d %s %s\r\n", code, enhanced, msg)
-	} else {
-		fmt.Fprintf(ss.w, "%d %s\r\n", code, msg)
-	}
+	ss.w.WriteString(replyText(code, enhanced, msg))
 }
 
 // replyLines writes a multi-line reply (RFC 5321 4.2.1).

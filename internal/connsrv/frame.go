@@ -1,0 +1,201 @@
+package connsrv
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// Frame is what every session shares, whatever its protocol (SMTP, POP3,
+// IMAP): a connection id, a logger that carries it, a context, the
+// whole-session deadline, the panic guard, the shield watch, the TLS
+// handshake and the failed-login delay. One copy, because three copies of
+// it drifted into three bugs (a panic reply never flushed, a login delay
+// that shutdown could not cut short, a shield kick that left the session
+// context running).
+//
+// Log vocabulary: the frame's events are logged with the same message in
+// every protocol, which is an attribute of the logger ("proto"), so that
+// operators can grep and alert on one line:
+//
+//	msg="auth failed" proto=pop3 user=...
+//	msg="session closed by shield" proto=smtp
+//	msg="session panic" proto=imap panic=... stack=...
+//	msg="tls handshake failed" proto=smtp err=...
+type Frame struct {
+	ID       string
+	Conn     net.Conn // the accepted connection (the shield's): TLS runs on top of it
+	Log      *slog.Logger
+	Ctx      context.Context // ended by End, and by a shield kick
+	Deadline time.Time       // the whole session's
+
+	t      *Tracker
+	cancel context.CancelFunc
+}
+
+// Open starts the frame of a session on c, accepted by t's Serve: proto
+// names the protocol ("smtp", "pop3", "imap"), the listener is t's name.
+// The caller defers End.
+func (t *Tracker) Open(c net.Conn, proto string, sessionTimeout time.Duration) *Frame {
+	id := NewID()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Frame{
+		ID:       id,
+		Conn:     c,
+		Log:      t.log.With("conn", id, "remote", c.RemoteAddr().String(), "proto", proto, "listener", t.name),
+		Ctx:      ctx,
+		Deadline: time.Now().Add(sessionTimeout),
+		t:        t,
+		cancel:   cancel,
+	}
+}
+
+// End ends the session's context (and the shield watch).
+func (f *Frame) End() { f.cancel() }
+
+// WatchShield ends the session when the shield wants its connection gone
+// mid-session (newly denied address, ban, lockdown, eviction): the
+// session context is cancelled, so that backend work in progress stops,
+// then kick runs (it closes the connection, which ends the protocol loop).
+// Without a shield beneath Conn it does nothing.
+func (f *Frame) WatchShield(kick func()) {
+	sc := shield.FromConn(f.Conn)
+	if sc == nil {
+		return
+	}
+	go func() {
+		select {
+		case <-sc.Done():
+			f.Log.Info("session closed by shield")
+			f.cancel()
+			kick()
+		case <-f.Ctx.Done():
+		}
+	}()
+}
+
+// guardWriteTimeout bounds the write of a panic's reply.
+const guardWriteTimeout = 5 * time.Second
+
+// Guard recovers a panic of the session goroutine; defer it there, after
+// the deferred End. The panic is logged with its stack and counted, and
+// reply is written to *w and flushed, so that the client hears why the
+// session ends (it is a temporary error in the protocol's words). *w may
+// still be nil: a session that panics before it could write is closed
+// without a word.
+func (f *Frame) Guard(w **bufio.Writer, reply string) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	f.t.Panicked()
+	f.Log.Error("session panic", "panic", v, "stack", string(debug.Stack()))
+	if *w == nil {
+		return
+	}
+	defer func() { recover() }() // a writer left broken by the panic
+	f.Conn.SetWriteDeadline(time.Now().Add(guardWriteTimeout))
+	(*w).WriteString(reply)
+	(*w).Flush()
+}
+
+// Handshake runs a server TLS handshake on c (the accepted connection for
+// implicit TLS, the current one for STARTTLS) within timeout, and clears
+// the deadlines afterwards. A failed handshake is logged, reported to the
+// shield as a protocol error and returned; the caller ends the session.
+func (f *Frame) Handshake(c net.Conn, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	tc := tls.Server(c, cfg)
+	tc.SetDeadline(time.Now().Add(timeout))
+	if err := tc.HandshakeContext(f.Ctx); err != nil {
+		f.Log.Debug("tls handshake failed", "err", err)
+		shield.Report(f.Conn, shield.ProtocolError)
+		return nil, err
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// FailedLogin is the one routine for refused credentials: it logs
+// "auth failed" with the user as the client gave it (sanitized), reports
+// the failure to the shield, and waits delay plus accountDelay(user) (the
+// shield's per-account delay, which grows with failures on that account
+// from anywhere; nil for none) before the caller answers. A success never
+// waits, so the real user is not slowed by an attack on their account.
+//
+// The wait ends early when the session does (a shield kick) or the server
+// shuts down. It returns the shield's decision: when it is not Allow, the
+// caller ends the session with it instead of answering.
+func (f *Frame) FailedLogin(user string, delay time.Duration, accountDelay func(string) time.Duration) shield.Decision {
+	f.Log.Info("auth failed", "user", Sanitize(user, 64))
+	d := shield.ReportAuth(f.Conn, user, false)
+	if accountDelay != nil {
+		delay += accountDelay(user)
+	}
+	f.Wait(delay)
+	return d
+}
+
+// Wait waits d, or less when the session ends or the server shuts down;
+// it reports whether the whole of d passed.
+func (f *Frame) Wait(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-f.Ctx.Done():
+	case <-f.t.stop:
+	}
+	return false
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+// NewID returns a random id for a connection or a message: 16 characters
+// of lower-case base32 (80 bits).
+func NewID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}
+
+// IsLoopback reports whether a is a loopback TCP address (where the
+// configuration may allow logins without TLS).
+func IsLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// Sanitize makes client text safe for a log line or a reply: at most max
+// bytes, printable ASCII only (anything else becomes '?').
+func Sanitize(s string, max int) string {
+	if len(s) > max {
+		s = s[:max]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// httpVerbs are the HTTP methods a web client or proxy-abuse probe sends
+// to a mail port (cross-protocol attacks).
+var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
+
+// IsHTTPVerb reports whether verb (upper case) is an HTTP method: line
+// protocols answer it with an error and close.
+func IsHTTPVerb(verb string) bool { return httpVerbs[verb] }
