@@ -4,7 +4,6 @@ import (
 	"errors"
 	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -123,16 +122,10 @@ func (ss *session) login(user, pass string) error {
 		if errors.As(err, &e) && e.Temporary() {
 			return e
 		}
-		ss.log.Info("pop3 auth failed", "user", sanitize(user))
 		if f := ss.srv.hooks.Auth; f != nil {
 			f(&ss.info, false)
 		}
-		d := shield.ReportAuth(ss.conn, user, false)
-		wait := ss.srv.cfg.AuthFailureDelay
-		if f := ss.srv.hooks.AccountDelay; f != nil {
-			wait += f(user)
-		}
-		ss.sleep(wait)
+		d := ss.frame.FailedLogin(user, ss.srv.cfg.AuthFailureDelay, ss.srv.hooks.AccountDelay)
 		if d.Action != shield.Allow {
 			ss.shieldEnds(d)
 			return errQuit
@@ -164,30 +157,4 @@ func (ss *session) login(user, pass string) error {
 	ss.log.Info("pop3 login", "user", canonical, "messages", n, "tls", ss.info.TLS)
 	ss.ok("Logged in, maildrop has %d messages (%d octets)", n, size)
 	return nil
-}
-
-// sleep waits d unless the session is ended meanwhile.
-func (ss *session) sleep(d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ss.ctx.Done():
-	}
-}
-
-// sanitize makes client text safe for a log line.
-func sanitize(s string) string {
-	if len(s) > 64 {
-		s = s[:64]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return '?'
-		}
-		return r
-	}, s)
 }

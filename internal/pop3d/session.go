@@ -3,9 +3,6 @@ package pop3d
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"github.com/agua-mail/agua/internal/connsrv"
@@ -13,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -69,10 +65,6 @@ func init() {
 	}
 }
 
-// httpVerbs are answered with an error and a close: a web client or proxy
-// abuse probe on a mail port (cross-protocol attacks).
-var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
-
 // errQuit ends a session after its reply has been written.
 var errQuit = errors.New("quit")
 
@@ -86,8 +78,9 @@ type session struct {
 	info     Session
 	state    state
 	errors   int
-	deadline time.Time // whole-session deadline
-	ctx      context.Context
+	deadline time.Time       // whole-session deadline
+	ctx      context.Context // ended by the session's end and by a shield kick
+	frame    *connsrv.Frame
 
 	user string // from USER, waiting for PASS
 
@@ -98,41 +91,21 @@ type session struct {
 	retrieved []bool
 }
 
-var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
-
-func newID() string {
-	var b [10]byte
-	rand.Read(b[:])
-	return idEncoding.EncodeToString(b[:])
-}
-
 func (s *Server) serveConn(c net.Conn) {
-	id := newID()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	fr := s.Open(c, "pop3", s.cfg.SessionTimeout)
+	defer fr.End()
 	ss := &session{
 		srv:      s,
 		conn:     c,
-		info:     Session{ID: id, Listener: s.name, RemoteAddr: c.RemoteAddr()},
+		info:     Session{ID: fr.ID, Listener: s.name, RemoteAddr: c.RemoteAddr()},
 		state:    stateAuthorization,
-		deadline: time.Now().Add(s.cfg.SessionTimeout),
-		ctx:      ctx,
+		deadline: fr.Deadline,
+		ctx:      fr.Ctx,
+		frame:    fr,
+		log:      fr.Log,
 	}
-	ss.log = s.log.With("conn", id, "remote", c.RemoteAddr().String(), "proto", "pop3", "listener", s.name)
 	defer c.Close()
-	// The shield may want this connection gone mid-session (newly denied
-	// address, ban, lockdown, eviction): closing the socket ends the loop.
-	if sc := shield.FromConn(c); sc != nil {
-		go func() {
-			select {
-			case <-sc.Done():
-				ss.log.Info("pop3 session closed by shield")
-				cancel()
-				c.Close()
-			case <-ctx.Done():
-			}
-		}()
-	}
+	fr.WatchShield(func() { c.Close() })
 	// A session that did not QUIT changes nothing: only the lock goes.
 	defer func() {
 		if ss.drop != nil {
@@ -141,25 +114,12 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 		}
 	}()
-	defer func() {
-		if v := recover(); v != nil {
-			s.Panicked()
-			ss.log.Error("pop3 session panic", "panic", v, "stack", string(debug.Stack()))
-			if ss.w != nil {
-				ss.reply(errInternal)
-				ss.flush()
-			}
-		}
-	}()
+	defer fr.Guard(&ss.w, "-ERR "+errInternal.line()+"\r\n")
 	if s.cfg.ImplicitTLS {
-		tc := tls.Server(c, s.cfg.TLS)
-		tc.SetDeadline(time.Now().Add(s.cfg.PreAuthTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			ss.log.Debug("tls handshake failed", "err", err)
-			shield.Report(c, shield.ProtocolError)
+		tc, err := fr.Handshake(c, s.cfg.TLS, s.cfg.PreAuthTimeout)
+		if err != nil {
 			return
 		}
-		tc.SetDeadline(time.Time{})
 		ss.conn = tc
 		ss.info.TLS = true
 	}
@@ -247,7 +207,7 @@ func (ss *session) dispatch(line string) error {
 	}
 	cmd, ok := commands[verb]
 	if !ok {
-		if httpVerbs[verb] {
+		if connsrv.IsHTTPVerb(verb) {
 			ss.log.Debug("pop3 http request on mail port", "verb", verb)
 			return ss.closeWith(errHTTP)
 		}
