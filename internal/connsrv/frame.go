@@ -6,8 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base32"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -31,6 +34,7 @@ import (
 //	msg="session closed by shield" proto=smtp
 //	msg="session panic" proto=imap panic=... stack=...
 //	msg="tls handshake failed" proto=smtp err=...
+//	msg="timeout" proto=pop3 session=false
 type Frame struct {
 	ID       string
 	Conn     net.Conn // the accepted connection (the shield's): TLS runs on top of it
@@ -199,3 +203,48 @@ var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": 
 // IsHTTPVerb reports whether verb (upper case) is an HTTP method: line
 // protocols answer it with an error and close.
 func IsHTTPVerb(verb string) bool { return httpVerbs[verb] }
+
+// ReadDeadline is when the next read must be done: timeout from now, but
+// never past the session's deadline.
+func (f *Frame) ReadDeadline(timeout time.Duration) time.Time {
+	d := time.Now().Add(timeout)
+	if d.After(f.Deadline) {
+		d = f.Deadline
+	}
+	return d
+}
+
+// ReadLine reads one command line of at most max bytes from r, which
+// reads c, within timeout (and the session's deadline); see ReadLine.
+func (f *Frame) ReadLine(c net.Conn, r *bufio.Reader, max int, timeout time.Duration) (string, error) {
+	c.SetReadDeadline(f.ReadDeadline(timeout))
+	return ReadLine(r, max)
+}
+
+// ReadFailure is why a session's read failed, as its reply needs to know.
+type ReadFailure int
+
+const (
+	ReadGone           ReadFailure = iota // the client left, or the connection was closed: nothing to answer
+	ReadTimeout                           // the command did not come in time
+	ReadSessionTimeout                    // the session's time is up
+)
+
+// ReadFailed classifies the error of a read that ends the session and
+// logs it ("timeout", or "read failed" for errors other than the client
+// leaving). The protocol answers a timeout with its own words.
+func (f *Frame) ReadFailed(err error) ReadFailure {
+	switch {
+	case IsTimeout(err):
+		why := ReadTimeout
+		if time.Now().After(f.Deadline) {
+			why = ReadSessionTimeout
+		}
+		f.Log.Info("timeout", "session", why == ReadSessionTimeout)
+		return why
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
+	default:
+		f.Log.Debug("read failed", "err", err)
+	}
+	return ReadGone
+}

@@ -114,13 +114,7 @@ func (w *watchConn) timeout() time.Duration {
 }
 
 // readDeadline is when the next command must have come.
-func (w *watchConn) readDeadline() time.Time {
-	d := time.Now().Add(w.timeout())
-	if d.After(w.deadline) {
-		d = w.deadline
-	}
-	return d
-}
+func (w *watchConn) readDeadline() time.Time { return w.frame.ReadDeadline(w.timeout()) }
 
 // SetReadDeadline ignores the engine's own timeouts and applies agua's.
 func (w *watchConn) SetReadDeadline(time.Time) error {

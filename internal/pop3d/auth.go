@@ -101,14 +101,7 @@ func (ss *session) challenge() ([]byte, error) {
 
 // decodeResponse decodes a SASL response and maps its errors to replies.
 func decodeResponse(s string) ([]byte, error) {
-	b, err := connsrv.DecodeSASL(s)
-	switch {
-	case errors.Is(err, connsrv.ErrSASLCancelled):
-		return nil, errAuthCancelled
-	case err != nil:
-		return nil, errAuthBase64
-	}
-	return b, nil
+	return connsrv.SASLResponse(s, errAuthCancelled, errAuthBase64)
 }
 
 // login checks credentials, tells the shield, and opens the maildrop.

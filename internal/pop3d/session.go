@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"github.com/agua-mail/agua/internal/connsrv"
-	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -69,18 +67,17 @@ func init() {
 var errQuit = errors.New("quit")
 
 type session struct {
-	srv      *Server
-	conn     net.Conn
-	r        *bufio.Reader
-	w        *bufio.Writer
-	tw       *timedWriter
-	log      *slog.Logger
-	info     Session
-	state    state
-	errors   int
-	deadline time.Time       // whole-session deadline
-	ctx      context.Context // ended by the session's end and by a shield kick
-	frame    *connsrv.Frame
+	srv    *Server
+	conn   net.Conn
+	r      *bufio.Reader
+	w      *bufio.Writer
+	tw     *timedWriter
+	log    *slog.Logger
+	info   Session
+	state  state
+	errors int
+	ctx    context.Context // ended by the session's end and by a shield kick
+	frame  *connsrv.Frame
 
 	user string // from USER, waiting for PASS
 
@@ -95,14 +92,13 @@ func (s *Server) serveConn(c net.Conn) {
 	fr := s.Open(c, "pop3", s.cfg.SessionTimeout)
 	defer fr.End()
 	ss := &session{
-		srv:      s,
-		conn:     c,
-		info:     Session{ID: fr.ID, Listener: s.name, RemoteAddr: c.RemoteAddr()},
-		state:    stateAuthorization,
-		deadline: fr.Deadline,
-		ctx:      fr.Ctx,
-		frame:    fr,
-		log:      fr.Log,
+		srv:   s,
+		conn:  c,
+		info:  Session{ID: fr.ID, Listener: s.name, RemoteAddr: c.RemoteAddr()},
+		state: stateAuthorization,
+		ctx:   fr.Ctx,
+		frame: fr,
+		log:   fr.Log,
 	}
 	defer c.Close()
 	fr.WatchShield(func() { c.Close() })
@@ -270,43 +266,29 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 	return true
 }
 
+// readFailed answers a read that ends the session: a timeout gets its
+// -ERR, a client that left nothing.
 func (ss *session) readFailed(err error) {
-	var ne net.Error
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		if time.Now().After(ss.deadline) {
-			ss.reply(errSessionTimeout)
-		} else {
-			ss.reply(errTimeout)
-		}
-		ss.flush()
-		ss.log.Info("pop3 timeout", "state", ss.state.String())
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
+	switch ss.frame.ReadFailed(err) {
+	case connsrv.ReadTimeout:
+		ss.reply(errTimeout)
+	case connsrv.ReadSessionTimeout:
+		ss.reply(errSessionTimeout)
 	default:
-		ss.log.Debug("pop3 read failed", "err", err)
+		return
 	}
+	ss.flush()
 }
 
-// readLine reads one CRLF (or LF) terminated line of at most MaxLineLength
-// bytes including the terminator, without it. An overlong line is consumed
-// and reported as errLineTooLong; the buffer never grows beyond the bufio
-// size.
+// readLine reads one command line of at most MaxLineLength bytes
+// including the terminator (see connsrv.ReadLine); an overlong one is
+// consumed and answered as errLineTooLong.
 func (ss *session) readLine() (string, error) {
-	max := ss.srv.cfg.MaxLineLength
-	ss.setReadDeadline(ss.commandTimeout())
-	line, err := connsrv.ReadLine(ss.r, max)
+	line, err := ss.frame.ReadLine(ss.conn, ss.r, ss.srv.cfg.MaxLineLength, ss.commandTimeout())
 	if errors.Is(err, connsrv.ErrLineTooLong) {
 		return "", errLineTooLong
 	}
 	return line, err
-}
-
-func (ss *session) setReadDeadline(timeout time.Duration) {
-	d := time.Now().Add(timeout)
-	if d.After(ss.deadline) {
-		d = ss.deadline
-	}
-	ss.conn.SetReadDeadline(d)
 }
 
 // ok writes a positive reply (buffered).

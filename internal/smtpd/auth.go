@@ -89,14 +89,7 @@ func (ss *session) challenge(c string) ([]byte, error) {
 
 // decodeResponse decodes a SASL response and maps its errors to replies.
 func decodeResponse(s string) ([]byte, error) {
-	b, err := connsrv.DecodeSASL(s)
-	switch {
-	case errors.Is(err, connsrv.ErrSASLCancelled):
-		return nil, errAuthCancelled
-	case err != nil:
-		return nil, errAuthBase64
-	}
-	return b, nil
+	return connsrv.SASLResponse(s, errAuthCancelled, errAuthBase64)
 }
 
 func (ss *session) authPlain(initial string, hasInitial bool) (user, pass string, err error) {

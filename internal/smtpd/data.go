@@ -94,7 +94,7 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 	// "<LF>.<CRLF>" is the classic smuggling sequence (CVE-2023-51766 class).
 	prevCRLF := true
 	for {
-		ss.setReadDeadline(cfg.DataTimeout)
+		ss.conn.SetReadDeadline(ss.frame.ReadDeadline(cfg.DataTimeout))
 		frag, rerr := ss.r.ReadSlice('\n')
 		if rerr != nil && rerr != bufio.ErrBufferFull {
 			return nil, rerr

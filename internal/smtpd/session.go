@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"github.com/agua-mail/agua/internal/connsrv"
-	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -60,32 +58,30 @@ func init() {
 var errQuit = errors.New("quit")
 
 type session struct {
-	srv      *Server
-	conn     net.Conn
-	r        *bufio.Reader
-	w        *bufio.Writer
-	log      *slog.Logger
-	info     Session
-	state    state
-	env      Envelope    // the open transaction as the session sees it
-	tx       Transaction // the backend's side of it; nil outside one
-	errors   int
-	deadline time.Time       // whole-session deadline
-	ctx      context.Context // ended by the session's end and by a shield kick
-	frame    *connsrv.Frame
+	srv    *Server
+	conn   net.Conn
+	r      *bufio.Reader
+	w      *bufio.Writer
+	log    *slog.Logger
+	info   Session
+	state  state
+	env    Envelope    // the open transaction as the session sees it
+	tx     Transaction // the backend's side of it; nil outside one
+	errors int
+	ctx    context.Context // ended by the session's end and by a shield kick
+	frame  *connsrv.Frame
 }
 
 func (s *Server) serveConn(c net.Conn) {
 	fr := s.Open(c, "smtp", s.cfg.SessionTimeout)
 	defer fr.End()
 	ss := &session{
-		srv:      s,
-		conn:     c,
-		info:     Session{ID: fr.ID, Mode: s.mode, RemoteAddr: c.RemoteAddr()},
-		state:    stateConnected,
-		deadline: fr.Deadline,
-		ctx:      fr.Ctx,
-		frame:    fr,
+		srv:   s,
+		conn:  c,
+		info:  Session{ID: fr.ID, Mode: s.mode, RemoteAddr: c.RemoteAddr()},
+		state: stateConnected,
+		ctx:   fr.Ctx,
+		frame: fr,
 		// Abuse seen by one session (HTTP verbs, pregreet, error limits,
 		// shield endings) is logged at debug level only: the shield counts
 		// it and logs aggregated lines, so a flood cannot flood the log.
@@ -288,41 +284,29 @@ func (ss *session) report(ev shield.Event) bool {
 	return false
 }
 
+// readFailed answers a read that ends the session: a timeout gets its
+// 421, a client that left nothing.
 func (ss *session) readFailed(err error) {
-	var ne net.Error
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		if time.Now().After(ss.deadline) {
-			ss.reply(errSessionTimeout)
-		} else {
-			ss.reply(errTimeout)
-		}
-		ss.flush()
-		ss.log.Debug("smtp timeout", "state", ss.state)
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
+	switch ss.frame.ReadFailed(err) {
+	case connsrv.ReadTimeout:
+		ss.reply(errTimeout)
+	case connsrv.ReadSessionTimeout:
+		ss.reply(errSessionTimeout)
 	default:
-		ss.log.Debug("smtp read failed", "err", err)
+		return
 	}
+	ss.flush()
 }
 
-// readLine reads one CRLF (or LF) terminated line of at most max bytes,
-// without the terminator. An overlong line is consumed and reported as
-// errLineTooLong; the buffer never grows beyond the bufio size.
+// readLine reads one command line of at most max bytes (see
+// connsrv.ReadLine); an overlong one is consumed and answered as
+// errLineTooLong.
 func (ss *session) readLine(max int, timeout time.Duration) (string, error) {
-	ss.setReadDeadline(timeout)
-	line, err := connsrv.ReadLine(ss.r, max)
+	line, err := ss.frame.ReadLine(ss.conn, ss.r, max, timeout)
 	if errors.Is(err, connsrv.ErrLineTooLong) {
 		return "", errLineTooLong
 	}
 	return line, err
-}
-
-func (ss *session) setReadDeadline(timeout time.Duration) {
-	d := time.Now().Add(timeout)
-	if d.After(ss.deadline) {
-		d = ss.deadline
-	}
-	ss.conn.SetReadDeadline(d)
 }
 
 // reply writes e (buffered). Multi-line replies use replyLines.
