@@ -248,3 +248,63 @@ func (f *Frame) ReadFailed(err error) ReadFailure {
 	}
 	return ReadGone
 }
+
+// Commands is a line protocol's session (SMTP, POP3) as Frame.Loop drives
+// it. Replies are buffered until Flush.
+type Commands interface {
+	// ReadCommand reads the next command line under the protocol's
+	// timeouts (Frame.ReadLine).
+	ReadCommand() (string, error)
+	// Dispatch runs one command line and writes its reply; it returns the
+	// error that Fail answers, if any.
+	Dispatch(line string) error
+	// Fail answers a failed command, counting it where the protocol
+	// does; true: the session ends.
+	Fail(err error) bool
+	// ReadFailed answers a read that ends the session (Frame.ReadFailed).
+	ReadFailed(err error)
+	// ShuttingDown answers the server's shutdown and flushes.
+	ShuttingDown()
+	Flush() error
+}
+
+// Loop reads and runs commands until the session ends: the client quits
+// (Dispatch returns quit, whose reply is flushed), leaves or times out, a
+// failure ends it, or the server shuts down (waiting for a command, the
+// session is idle and Shutdown wakes it to answer). An overlong line
+// (ReadCommand returns tooLong, the protocol's reply to it) is answered by
+// Fail like a failed command.
+func (f *Frame) Loop(r *bufio.Reader, s Commands, tooLong, quit error) {
+	for {
+		if f.t.Closing() {
+			s.ShuttingDown()
+			return
+		}
+		f.t.SetIdle(f.Conn, true)
+		line, err := s.ReadCommand()
+		f.t.SetIdle(f.Conn, false)
+		switch {
+		case errors.Is(err, tooLong):
+		case err != nil && f.t.Closing() && IsTimeout(err):
+			continue // woken by Shutdown: the loop answers
+		case err != nil:
+			s.ReadFailed(err)
+			return
+		default:
+			err = s.Dispatch(line)
+		}
+		if errors.Is(err, quit) {
+			s.Flush()
+			return
+		}
+		if err != nil && s.Fail(err) {
+			return
+		}
+		// PIPELINING (RFC 2920 3.1 for SMTP, RFC 2449 6.6 for POP3):
+		// answer a group of commands in one write, flushing once no
+		// complete command is waiting.
+		if !HasLine(r) && s.Flush() != nil {
+			return
+		}
+	}
+}

@@ -85,7 +85,7 @@ func (ss *session) cmdAUTH(arg string) error {
 // client's response.
 func (ss *session) challenge() ([]byte, error) {
 	ss.w.WriteString("+ \r\n")
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return nil, errQuit
 	}
 	line, err := ss.readLine()
@@ -93,7 +93,7 @@ func (ss *session) challenge() ([]byte, error) {
 		if errors.Is(err, errLineTooLong) {
 			return nil, errLineTooLong
 		}
-		ss.readFailed(err)
+		ss.ReadFailed(err)
 		return nil, errQuit
 	}
 	return decodeResponse(line)

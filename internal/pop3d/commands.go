@@ -51,7 +51,7 @@ func (ss *session) cmdSTLS(arg string) error {
 		return ss.closeWith(errSTLSPipelined)
 	}
 	ss.ok("Begin TLS negotiation")
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return errQuit
 	}
 	tc, err := ss.frame.Handshake(ss.conn, ss.srv.cfg.TLS, ss.commandTimeout())

@@ -150,51 +150,25 @@ func (ss *session) commandTimeout() time.Duration {
 
 func (ss *session) run() {
 	ss.ok("%s POP3 agua ready", ss.srv.cfg.Hostname)
-	if ss.flush() != nil {
+	if ss.Flush() != nil {
 		return
 	}
-	s := ss.srv
-
-	for {
-		if s.Closing() {
-			ss.reply(errShuttingDown)
-			ss.flush()
-			return
-		}
-		s.SetIdle(ss.conn, true)
-		line, err := ss.readLine()
-		s.SetIdle(ss.conn, false)
-		switch {
-		case errors.Is(err, errLineTooLong):
-		case err != nil && s.Closing() && connsrv.IsTimeout(err):
-			continue // woken by Shutdown: the loop answers
-		case err != nil:
-			ss.readFailed(err)
-			return
-		default:
-			err = ss.dispatch(line)
-		}
-		if errors.Is(err, errQuit) {
-			ss.flush()
-			return
-		}
-		if err != nil && ss.fail(err) {
-			return
-		}
-		// PIPELINING (RFC 2449 6.6): answer a group of commands in one
-		// write, flushing once no complete command is waiting.
-		if !connsrv.HasLine(ss.r) {
-			if ss.flush() != nil {
-				return
-			}
-		}
-	}
+	ss.frame.Loop(ss.r, ss, errLineTooLong, errQuit)
 }
 
-// dispatch runs one command line through the command table. RFC 1939 3:
+// ReadCommand reads the next command line (connsrv.Commands).
+func (ss *session) ReadCommand() (string, error) { return ss.readLine() }
+
+// ShuttingDown answers the server's shutdown (connsrv.Commands).
+func (ss *session) ShuttingDown() {
+	ss.reply(errShuttingDown)
+	ss.Flush()
+}
+
+// Dispatch runs one command line through the command table. RFC 1939 3:
 // keywords are case-insensitive and separated from arguments by one
 // space.
-func (ss *session) dispatch(line string) error {
+func (ss *session) Dispatch(line string) error {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
 	// RFC 1939 7: PASS must follow USER directly.
@@ -224,10 +198,10 @@ func (ss *session) closeWith(e *Error) error {
 	return errQuit
 }
 
-// fail answers a failed command. Protocol errors and failed logins count
+// Fail answers a failed command. Protocol errors and failed logins count
 // towards MaxErrors; protocol errors are reported to the shield. It
 // returns true when the session must end.
-func (ss *session) fail(err error) bool {
+func (ss *session) Fail(err error) bool {
 	e := AsError(err)
 	if e.Cause != nil {
 		ss.log.Warn("pop3 command failed", "reply", e.line(), "err", e.Cause)
@@ -241,7 +215,7 @@ func (ss *session) fail(err error) bool {
 		}
 		if ss.errors >= ss.srv.cfg.MaxErrors {
 			ss.reply(errTooManyErrors)
-			ss.flush()
+			ss.Flush()
 			ss.log.Info("pop3 too many errors", "errors", ss.errors)
 			return true
 		}
@@ -261,14 +235,14 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 			code = "SYS/TEMP"
 		}
 		ss.reply(Errorf(code, "%s", d.Reason))
-		ss.flush()
+		ss.Flush()
 	}
 	return true
 }
 
-// readFailed answers a read that ends the session: a timeout gets its
+// ReadFailed answers a read that ends the session: a timeout gets its
 // -ERR, a client that left nothing.
-func (ss *session) readFailed(err error) {
+func (ss *session) ReadFailed(err error) {
 	switch ss.frame.ReadFailed(err) {
 	case connsrv.ReadTimeout:
 		ss.reply(errTimeout)
@@ -277,7 +251,7 @@ func (ss *session) readFailed(err error) {
 	default:
 		return
 	}
-	ss.flush()
+	ss.Flush()
 }
 
 // readLine reads one command line of at most MaxLineLength bytes
@@ -322,7 +296,7 @@ func (ss *session) line(s string) {
 // end terminates a multi-line response.
 func (ss *session) end() { ss.w.WriteString(".\r\n") }
 
-func (ss *session) flush() error {
+func (ss *session) Flush() error {
 	ss.tw.timeout = ss.commandTimeout()
 	return ss.w.Flush()
 }

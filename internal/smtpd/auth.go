@@ -73,7 +73,7 @@ func (ss *session) cmdAUTH(arg string) error {
 // challenge sends a 334 with a base64 challenge and reads the response.
 func (ss *session) challenge(c string) ([]byte, error) {
 	ss.replyLine(334, "", base64.StdEncoding.EncodeToString([]byte(c)))
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return nil, errQuit
 	}
 	line, err := ss.readLine(ss.srv.cfg.MaxCommandLength, ss.srv.cfg.CommandTimeout)
@@ -81,7 +81,7 @@ func (ss *session) challenge(c string) ([]byte, error) {
 		if errors.Is(err, errLineTooLong) {
 			return nil, errLineTooLong
 		}
-		ss.readFailed(err)
+		ss.ReadFailed(err)
 		return nil, errQuit
 	}
 	return decodeResponse(line)

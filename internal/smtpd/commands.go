@@ -70,7 +70,7 @@ func (ss *session) cmdSTARTTLS(arg string) error {
 		return ss.closeWith(errSTARTTLSPipelined)
 	}
 	ss.replyLine(220, "2.0.0", "Ready to start TLS")
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return errQuit
 	}
 	tc, err := ss.frame.Handshake(ss.conn, ss.srv.cfg.TLS, ss.srv.cfg.CommandTimeout)

@@ -24,7 +24,7 @@ func (ss *session) cmdDATA(arg string) error {
 		return ss.refuseDATA(errSyntax)
 	}
 	ss.replyLine(354, "", "Start mail input; end with <CRLF>.<CRLF>")
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return errQuit
 	}
 	sp := &spool{dir: ss.srv.cfg.SpoolDir}
@@ -33,7 +33,7 @@ func (ss *session) cmdDATA(arg string) error {
 	sp.Write([]byte(ss.receivedHeader(msgID)))
 	bad, err := ss.readData(sp)
 	if err != nil {
-		ss.readFailed(err)
+		ss.ReadFailed(err)
 		return errQuit
 	}
 	if sp.err != nil {

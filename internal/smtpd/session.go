@@ -112,46 +112,10 @@ func (ss *session) run() {
 		return
 	}
 	ss.replyLine(220, "", s.cfg.Hostname+" ESMTP agua")
-	if ss.flush() != nil {
+	if ss.Flush() != nil {
 		return
 	}
-
-	for {
-		if s.Closing() {
-			ss.reply(errShuttingDown)
-			ss.flush()
-			return
-		}
-		s.SetIdle(ss.conn, true)
-		line, err := ss.readLine(s.cfg.MaxCommandLength, s.cfg.CommandTimeout)
-		s.SetIdle(ss.conn, false)
-		switch {
-		case errors.Is(err, errLineTooLong):
-		case err != nil && s.Closing() && connsrv.IsTimeout(err):
-			continue // woken by Shutdown: the loop answers 421
-		case err != nil:
-			ss.readFailed(err)
-			return
-		default:
-			err = ss.dispatch(line)
-		}
-		if errors.Is(err, errQuit) {
-			ss.flush()
-			return
-		}
-		if err != nil {
-			if ss.fail(err) {
-				return
-			}
-		}
-		// PIPELINING (RFC 2920 3.1): answer a group of commands in one
-		// write, flushing once no complete command is waiting.
-		if !connsrv.HasLine(ss.r) {
-			if ss.flush() != nil {
-				return
-			}
-		}
-	}
+	ss.frame.Loop(ss.r, ss, errLineTooLong, errQuit)
 }
 
 // pregreet waits BannerDelay for silence. A client that talks first is not
@@ -170,12 +134,23 @@ func (ss *session) pregreet() bool {
 	shield.Report(ss.conn, mailevents.PreGreet)
 	ss.log.Debug("smtp pregreet talker")
 	ss.reply(Errorf(554, "5.5.1", "Protocol error: you spoke before the greeting"))
-	ss.flush()
+	ss.Flush()
 	return true
 }
 
-// dispatch runs one command line through the command table.
-func (ss *session) dispatch(line string) error {
+// ReadCommand reads the next command line (connsrv.Commands).
+func (ss *session) ReadCommand() (string, error) {
+	return ss.readLine(ss.srv.cfg.MaxCommandLength, ss.srv.cfg.CommandTimeout)
+}
+
+// ShuttingDown answers the server's shutdown (connsrv.Commands).
+func (ss *session) ShuttingDown() {
+	ss.reply(errShuttingDown)
+	ss.Flush()
+}
+
+// Dispatch runs one command line through the command table.
+func (ss *session) Dispatch(line string) error {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
 	cmd, ok := commands[verb]
@@ -231,10 +206,10 @@ func (ss *session) closeWith(e *Error) error {
 	return errQuit
 }
 
-// fail answers a failed command. Protocol errors count towards MaxErrors and
+// Fail answers a failed command. Protocol errors count towards MaxErrors and
 // are reported to the shield; policy refusals (unknown user, relay) are
 // reported by their handlers. It returns true when the session must end.
-func (ss *session) fail(err error) bool {
+func (ss *session) Fail(err error) bool {
 	e := AsError(err)
 	if e.Cause != nil {
 		ss.log.Warn("smtp command failed", "code", e.Code, "err", e.Cause)
@@ -246,7 +221,7 @@ func (ss *session) fail(err error) bool {
 		}
 		if ss.errors >= ss.srv.cfg.MaxErrors {
 			ss.reply(errTooManyErrors)
-			ss.flush()
+			ss.Flush()
 			ss.log.Debug("smtp too many errors", "errors", ss.errors)
 			return true
 		}
@@ -269,7 +244,7 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 	ss.log.Debug("smtp session ended by shield", "action", d.Action.String(), "source", d.Source)
 	if d.Action == shield.Reject {
 		ss.reply(Errorf(421, "4.7.0", "%s", d.Reason))
-		ss.flush()
+		ss.Flush()
 	}
 	return true
 }
@@ -284,9 +259,9 @@ func (ss *session) report(ev shield.Event) bool {
 	return false
 }
 
-// readFailed answers a read that ends the session: a timeout gets its
+// ReadFailed answers a read that ends the session: a timeout gets its
 // 421, a client that left nothing.
-func (ss *session) readFailed(err error) {
+func (ss *session) ReadFailed(err error) {
 	switch ss.frame.ReadFailed(err) {
 	case connsrv.ReadTimeout:
 		ss.reply(errTimeout)
@@ -295,7 +270,7 @@ func (ss *session) readFailed(err error) {
 	default:
 		return
 	}
-	ss.flush()
+	ss.Flush()
 }
 
 // readLine reads one command line of at most max bytes (see
@@ -329,7 +304,7 @@ func (ss *session) replyLines(code int, lines []string) {
 	}
 }
 
-func (ss *session) flush() error {
+func (ss *session) Flush() error {
 	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.CommandTimeout))
 	return ss.w.Flush()
 }
