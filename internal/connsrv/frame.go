@@ -261,39 +261,46 @@ type Commands interface {
 	// Fail answers a failed command, counting it where the protocol
 	// does; true: the session ends.
 	Fail(err error) bool
-	// ReadFailed answers a read that ends the session (Frame.ReadFailed).
-	ReadFailed(err error)
-	// ShuttingDown answers the server's shutdown and flushes.
-	ShuttingDown()
+	// Reply writes one of the protocol's replies (a Replies field).
+	Reply(reply error)
 	Flush() error
 }
 
+// Replies are a protocol's replies to the events Frame.Loop handles.
+type Replies struct {
+	TooLong        error // what ReadCommand returns for an overlong line; answered by Fail
+	Quit           error // what Dispatch returns when the session ends after its reply
+	ShuttingDown   error
+	Timeout        error // no command in time
+	SessionTimeout error // the session's time is up
+}
+
 // Loop reads and runs commands until the session ends: the client quits
-// (Dispatch returns quit, whose reply is flushed), leaves or times out, a
-// failure ends it, or the server shuts down (waiting for a command, the
-// session is idle and Shutdown wakes it to answer). An overlong line
-// (ReadCommand returns tooLong, the protocol's reply to it) is answered by
-// Fail like a failed command.
-func (f *Frame) Loop(r *bufio.Reader, s Commands, tooLong, quit error) {
+// (Dispatch returns rs.Quit, whose reply is flushed), leaves or times out,
+// a failure ends it, or the server shuts down (waiting for a command, the
+// session is idle and Shutdown wakes it to answer). An overlong line is
+// answered by Fail like a failed command.
+func (f *Frame) Loop(r *bufio.Reader, s Commands, rs *Replies) {
 	for {
 		if f.t.Closing() {
-			s.ShuttingDown()
+			s.Reply(rs.ShuttingDown)
+			s.Flush()
 			return
 		}
 		f.t.SetIdle(f.Conn, true)
 		line, err := s.ReadCommand()
 		f.t.SetIdle(f.Conn, false)
 		switch {
-		case errors.Is(err, tooLong):
+		case errors.Is(err, rs.TooLong):
 		case err != nil && f.t.Closing() && IsTimeout(err):
 			continue // woken by Shutdown: the loop answers
 		case err != nil:
-			s.ReadFailed(err)
+			f.ReadEnded(err, s, rs)
 			return
 		default:
 			err = s.Dispatch(line)
 		}
-		if errors.Is(err, quit) {
+		if errors.Is(err, rs.Quit) {
 			s.Flush()
 			return
 		}
@@ -307,4 +314,18 @@ func (f *Frame) Loop(r *bufio.Reader, s Commands, tooLong, quit error) {
 			return
 		}
 	}
+}
+
+// ReadEnded answers a read that ends the session (see ReadFailed): a
+// timeout gets the protocol's reply, a client that left nothing.
+func (f *Frame) ReadEnded(err error, s Commands, rs *Replies) {
+	switch f.ReadFailed(err) {
+	case ReadTimeout:
+		s.Reply(rs.Timeout)
+	case ReadSessionTimeout:
+		s.Reply(rs.SessionTimeout)
+	default:
+		return
+	}
+	s.Flush()
 }

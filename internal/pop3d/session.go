@@ -153,17 +153,19 @@ func (ss *session) run() {
 	if ss.Flush() != nil {
 		return
 	}
-	ss.frame.Loop(ss.r, ss, errLineTooLong, errQuit)
+	ss.frame.Loop(ss.r, ss, &frameReplies)
 }
 
 // ReadCommand reads the next command line (connsrv.Commands).
 func (ss *session) ReadCommand() (string, error) { return ss.readLine() }
 
-// ShuttingDown answers the server's shutdown (connsrv.Commands).
-func (ss *session) ShuttingDown() {
-	ss.reply(errShuttingDown)
-	ss.Flush()
-}
+// Reply writes one of the replies the frame sends (connsrv.Commands).
+func (ss *session) Reply(e error) { ss.reply(AsError(e)) }
+
+// frameReplies are the session's replies to what connsrv.Frame.Loop
+// handles.
+var frameReplies = connsrv.Replies{TooLong: errLineTooLong, Quit: errQuit, ShuttingDown: errShuttingDown,
+	Timeout: errTimeout, SessionTimeout: errSessionTimeout}
 
 // Dispatch runs one command line through the command table. RFC 1939 3:
 // keywords are case-insensitive and separated from arguments by one
@@ -238,20 +240,6 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 		ss.Flush()
 	}
 	return true
-}
-
-// ReadFailed answers a read that ends the session: a timeout gets its
-// -ERR, a client that left nothing.
-func (ss *session) ReadFailed(err error) {
-	switch ss.frame.ReadFailed(err) {
-	case connsrv.ReadTimeout:
-		ss.reply(errTimeout)
-	case connsrv.ReadSessionTimeout:
-		ss.reply(errSessionTimeout)
-	default:
-		return
-	}
-	ss.Flush()
 }
 
 // readLine reads one command line of at most MaxLineLength bytes

@@ -81,7 +81,7 @@ func (ss *session) challenge(c string) ([]byte, error) {
 		if errors.Is(err, errLineTooLong) {
 			return nil, errLineTooLong
 		}
-		ss.ReadFailed(err)
+		ss.frame.ReadEnded(err, ss, &frameReplies)
 		return nil, errQuit
 	}
 	return decodeResponse(line)

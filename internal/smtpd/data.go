@@ -33,7 +33,7 @@ func (ss *session) cmdDATA(arg string) error {
 	sp.Write([]byte(ss.receivedHeader(msgID)))
 	bad, err := ss.readData(sp)
 	if err != nil {
-		ss.ReadFailed(err)
+		ss.frame.ReadEnded(err, ss, &frameReplies)
 		return errQuit
 	}
 	if sp.err != nil {

@@ -115,7 +115,7 @@ func (ss *session) run() {
 	if ss.Flush() != nil {
 		return
 	}
-	ss.frame.Loop(ss.r, ss, errLineTooLong, errQuit)
+	ss.frame.Loop(ss.r, ss, &frameReplies)
 }
 
 // pregreet waits BannerDelay for silence. A client that talks first is not
@@ -143,11 +143,13 @@ func (ss *session) ReadCommand() (string, error) {
 	return ss.readLine(ss.srv.cfg.MaxCommandLength, ss.srv.cfg.CommandTimeout)
 }
 
-// ShuttingDown answers the server's shutdown (connsrv.Commands).
-func (ss *session) ShuttingDown() {
-	ss.reply(errShuttingDown)
-	ss.Flush()
-}
+// Reply writes one of the replies the frame sends (connsrv.Commands).
+func (ss *session) Reply(e error) { ss.reply(AsError(e)) }
+
+// frameReplies are the session's replies to what connsrv.Frame.Loop
+// handles.
+var frameReplies = connsrv.Replies{TooLong: errLineTooLong, Quit: errQuit, ShuttingDown: errShuttingDown,
+	Timeout: errTimeout, SessionTimeout: errSessionTimeout}
 
 // Dispatch runs one command line through the command table.
 func (ss *session) Dispatch(line string) error {
@@ -257,20 +259,6 @@ func (ss *session) report(ev shield.Event) bool {
 	}
 	ss.shieldEnds(d)
 	return false
-}
-
-// ReadFailed answers a read that ends the session: a timeout gets its
-// 421, a client that left nothing.
-func (ss *session) ReadFailed(err error) {
-	switch ss.frame.ReadFailed(err) {
-	case connsrv.ReadTimeout:
-		ss.reply(errTimeout)
-	case connsrv.ReadSessionTimeout:
-		ss.reply(errSessionTimeout)
-	default:
-		return
-	}
-	ss.Flush()
 }
 
 // readLine reads one command line of at most max bytes (see
