@@ -263,16 +263,3 @@ func DecodeSASL(s string) ([]byte, error) {
 	}
 	return b, nil
 }
-
-// SASLResponse is DecodeSASL with its errors replaced by the protocol's
-// replies: cancelled for "*", malformed for bad base64.
-func SASLResponse(s string, cancelled, malformed error) ([]byte, error) {
-	b, err := DecodeSASL(s)
-	switch {
-	case errors.Is(err, ErrSASLCancelled):
-		return nil, cancelled
-	case err != nil:
-		return nil, malformed
-	}
-	return b, nil
-}

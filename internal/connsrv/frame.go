@@ -273,6 +273,40 @@ type Replies struct {
 	ShuttingDown   error
 	Timeout        error // no command in time
 	SessionTimeout error // the session's time is up
+	SASLCancelled  error // a SASL exchange the client cancelled ("*")
+	SASLMalformed  error // a SASL response that is not base64
+}
+
+// DecodeSASL decodes a SASL response (connsrv.DecodeSASL) into the
+// protocol's errors.
+func (rs *Replies) DecodeSASL(s string) ([]byte, error) {
+	b, err := DecodeSASL(s)
+	switch {
+	case errors.Is(err, ErrSASLCancelled):
+		return nil, rs.SASLCancelled
+	case err != nil:
+		return nil, rs.SASLMalformed
+	}
+	return b, nil
+}
+
+// SASLResponse flushes the challenge s has written and reads the
+// client's response to it (RFC 4954 4, RFC 5034 4). A read that fails
+// ends the session (rs.Quit, after ReadEnded); an overlong line is
+// rs.TooLong.
+func (f *Frame) SASLResponse(s Commands, rs *Replies) ([]byte, error) {
+	if err := s.Flush(); err != nil {
+		return nil, rs.Quit
+	}
+	line, err := s.ReadCommand()
+	switch {
+	case errors.Is(err, rs.TooLong):
+		return nil, rs.TooLong
+	case err != nil:
+		f.ReadEnded(err, s, rs)
+		return nil, rs.Quit
+	}
+	return rs.DecodeSASL(line)
 }
 
 // Loop reads and runs commands until the session ends: the client quits

@@ -2,7 +2,6 @@ package pop3d
 
 import (
 	"errors"
-	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
 
 	"github.com/emersion/go-sasl"
@@ -59,7 +58,7 @@ func (ss *session) cmdAUTH(arg string) error {
 	var resp []byte
 	var err error
 	if hasInitial {
-		resp, err = decodeResponse(initial)
+		resp, err = frameReplies.DecodeSASL(initial)
 	} else {
 		resp, err = ss.challenge()
 	}
@@ -85,23 +84,7 @@ func (ss *session) cmdAUTH(arg string) error {
 // client's response.
 func (ss *session) challenge() ([]byte, error) {
 	ss.w.WriteString("+ \r\n")
-	if err := ss.Flush(); err != nil {
-		return nil, errQuit
-	}
-	line, err := ss.readLine()
-	if err != nil {
-		if errors.Is(err, errLineTooLong) {
-			return nil, errLineTooLong
-		}
-		ss.frame.ReadEnded(err, ss, &frameReplies)
-		return nil, errQuit
-	}
-	return decodeResponse(line)
-}
-
-// decodeResponse decodes a SASL response and maps its errors to replies.
-func decodeResponse(s string) ([]byte, error) {
-	return connsrv.SASLResponse(s, errAuthCancelled, errAuthBase64)
+	return ss.frame.SASLResponse(ss, &frameReplies)
 }
 
 // login checks credentials, tells the shield, and opens the maildrop.

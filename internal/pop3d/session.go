@@ -165,7 +165,7 @@ func (ss *session) Reply(e error) { ss.reply(AsError(e)) }
 // frameReplies are the session's replies to what connsrv.Frame.Loop
 // handles.
 var frameReplies = connsrv.Replies{TooLong: errLineTooLong, Quit: errQuit, ShuttingDown: errShuttingDown,
-	Timeout: errTimeout, SessionTimeout: errSessionTimeout}
+	Timeout: errTimeout, SessionTimeout: errSessionTimeout, SASLCancelled: errAuthCancelled, SASLMalformed: errAuthBase64}
 
 // Dispatch runs one command line through the command table. RFC 1939 3:
 // keywords are case-insensitive and separated from arguments by one

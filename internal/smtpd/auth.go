@@ -3,7 +3,6 @@ package smtpd
 import (
 	"encoding/base64"
 	"errors"
-	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
 
 	"github.com/emersion/go-sasl"
@@ -73,29 +72,13 @@ func (ss *session) cmdAUTH(arg string) error {
 // challenge sends a 334 with a base64 challenge and reads the response.
 func (ss *session) challenge(c string) ([]byte, error) {
 	ss.replyLine(334, "", base64.StdEncoding.EncodeToString([]byte(c)))
-	if err := ss.Flush(); err != nil {
-		return nil, errQuit
-	}
-	line, err := ss.readLine(ss.srv.cfg.MaxCommandLength, ss.srv.cfg.CommandTimeout)
-	if err != nil {
-		if errors.Is(err, errLineTooLong) {
-			return nil, errLineTooLong
-		}
-		ss.frame.ReadEnded(err, ss, &frameReplies)
-		return nil, errQuit
-	}
-	return decodeResponse(line)
-}
-
-// decodeResponse decodes a SASL response and maps its errors to replies.
-func decodeResponse(s string) ([]byte, error) {
-	return connsrv.SASLResponse(s, errAuthCancelled, errAuthBase64)
+	return ss.frame.SASLResponse(ss, &frameReplies)
 }
 
 func (ss *session) authPlain(initial string, hasInitial bool) (user, pass string, err error) {
 	var resp []byte
 	if hasInitial {
-		resp, err = decodeResponse(initial)
+		resp, err = frameReplies.DecodeSASL(initial)
 	} else {
 		resp, err = ss.challenge("")
 	}
@@ -120,7 +103,7 @@ func (ss *session) authPlain(initial string, hasInitial bool) (user, pass string
 func (ss *session) authLogin(initial string, hasInitial bool) (user, pass string, err error) {
 	var u []byte
 	if hasInitial {
-		u, err = decodeResponse(initial)
+		u, err = frameReplies.DecodeSASL(initial)
 	} else {
 		u, err = ss.challenge("Username:")
 	}
