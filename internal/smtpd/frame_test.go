@@ -3,7 +3,6 @@ package smtpd
 import (
 	"context"
 	"encoding/base64"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -45,24 +44,6 @@ func TestPanicIsAnswered(t *testing.T) {
 	c.Cmd("EHLO client.example", "250")
 }
 
-// startSubmission starts one submission server with hooks and returns it
-// with its address.
-func startSubmission(t *testing.T, b Backend, cfg Config, hooks Hooks) (*Server, string) {
-	t.Helper()
-	cfg.Hostname, cfg.AllowInsecureAuthLoopback, cfg.SpoolDir = "mx.example.test", true, t.TempDir()
-	srv, err := NewServer(ModeSubmission, cfg, b, hooks, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { ln.Close() })
-	return srv, ln.Addr().String()
-}
-
 // Shutdown cuts a failed login's delay short: the client gets its 535 and
 // the 421 of the shutdown, and Shutdown returns, long before the delay (an
 // hour) would have passed. The old code slept the delay out with
@@ -74,8 +55,9 @@ func TestShutdownCutsAuthDelay(t *testing.T) {
 			failed <- struct{}{}
 		}
 	}}
-	srv, addr := startSubmission(t, &memBackend{}, Config{AuthFailureDelay: time.Hour}, hooks)
-	c := smtptest.Dial(t, addr)
+	ts := startServersHooks(t, &memBackend{}, func(c *Config) { c.AuthFailureDelay = time.Hour }, hooks)
+	srv := ts.servers[1] // submission
+	c := smtptest.Dial(t, ts.addrs["submission"])
 	c.Expect("220 ")
 	c.Cmd("EHLO client.example", "250")
 	c.Send("AUTH PLAIN " + plainResp("u@example.test", "wrong"))
