@@ -47,17 +47,22 @@ Accounts:
   alias list [DOMAIN]
 
 Shield (talk to the running server):
-  block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit]
+  block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit] [-force]
   unblock CIDR | -reason TEXT | -all
   bans [-json]                  list bans with reason, count and expiry
   why IP [-json]                which rule, ban or limit applies to IP, and why
   lockdown [on|off]             serve only allowlisted and known-good clients
 
+Outbound queue (the queue folder, or the running server that holds it):
+  queue list|stats [-json]      messages waiting, with each recipient's state
+  queue show|hold|release|delete|retry ID    one message; retry -all: every one
+
 Reports (from the running server, or from the data folder when it is stopped):
   report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48]
-        [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
-                                offending addresses by network: one email per network
-                                for its abuse desk, CSV, or XARF v4 JSON
+        [-per4 16] [-per6 48] [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
+                                addresses that abused the server: one email per abuse
+                                contact (reverse DNS domain, else per /16 or /48),
+                                CSV, or XARF v4 JSON
   report attack [-since 1h] [-step 1m] [-format text|json] [-top 10]
                                 timeline, peaks, what the shield did, legitimate traffic served
 
@@ -106,6 +111,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"report":  cmdReport,
 		"top":     cmdTop,
 		"dkim":    cmdDKIM,
+		"queue":   cmdQueue,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]
@@ -187,6 +193,11 @@ func cmdServe(e *env) error {
 	}
 	if len(pos) > 0 {
 		return usagef("serve takes no arguments")
+	}
+	// What config check checks beyond the file: serve would fail on it
+	// later, or run without rules the operator believes are in force.
+	if err := e.cfg.CheckFiles(e.cfgPath); err != nil {
+		return err
 	}
 	logw, logc, err := logOutput(e.cfg, e.stderr)
 	if err != nil {

@@ -29,7 +29,9 @@ TARGETS="
 ./internal/smtpd FuzzAddress
 ./internal/pop3d FuzzSession
 ./internal/imapd FuzzSession
+./internal/imapd FuzzLiteralInjection
 ./internal/imapd FuzzFolderName
+./internal/outbound FuzzReadReply
 ./internal/connsrv FuzzReadLine
 ./internal/connsrv FuzzDecodeSASL
 ./internal/directory FuzzNormaliseAddress
@@ -39,7 +41,7 @@ TARGETS="
 ./internal/config FuzzParse
 "
 # Targets that read only the server's own files, left out on purpose.
-NOT_NETWORK="FuzzLoadState FuzzHistoryFile FuzzSizeFromName FuzzEscapeName FuzzParseUIDList"
+NOT_NETWORK="FuzzLoadState FuzzHistoryFile FuzzSizeFromName FuzzEscapeName FuzzParseUIDList FuzzOpenCorrupt FuzzToWire FuzzSign"
 
 # A new fuzz target that is in neither list is reported, so the campaign
 # cannot silently miss it.
