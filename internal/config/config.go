@@ -30,6 +30,8 @@ type Config struct {
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
 	Outbound OutboundConfig `toml:"outbound" doc:"Delivery to other servers: the queue in <data_dir>/queue, retries, bounces, relay host."`
 	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups."`
+
+	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
 }
 
 // LogConfig configures slog output.
@@ -181,5 +183,7 @@ func Default() Config {
 		Shield:   sh,
 		Outbound: defaultOutbound(),
 		DNS:      defaultDNS(),
+
+		Autoconfig: defaultAutoconfig(),
 	}
 }

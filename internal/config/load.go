@@ -372,6 +372,7 @@ func (c Config) Validate() []Problem {
 		bad("smtp.auth_failure_delay", "must not be negative")
 	}
 	ps = append(ps, c.validateOutbound()...)
+	ps = append(ps, c.Autoconfig.validate()...)
 	for _, err := range c.Shield.Validate() {
 		ps = append(ps, shieldProblem(err))
 	}

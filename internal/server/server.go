@@ -146,6 +146,9 @@ func (s *Server) open(out io.Writer) (err error) {
 	if err := s.listenAdmin(tlsCfg); err != nil {
 		return err
 	}
+	if err := s.listenAutoconfig(tlsCfg); err != nil {
+		return err
+	}
 	// Last, once every port is bound: a start that fails must not use up
 	// the one-time display of the demo password.
 	if cfg.Accounts.Demo {
