@@ -175,10 +175,22 @@ func (m *maildrop) Update(deleted, retrieved []int) error {
 	if err := m.f.SetFlags(pick(retrieved), "S", ""); err != nil {
 		m.log.Warn("pop3 setting seen flags failed", "user", m.user, "err", err)
 	}
-	return m.f.Delete(pick(deleted))
+	err := m.f.Delete(pick(deleted))
+	// RFC 1939 6: the UPDATE state releases the maildrop before QUIT's
+	// reply, so a client that logs in again at once (a cached login is
+	// quick) does not find its own lock.
+	m.release()
+	return err
+}
+
+func (m *maildrop) release() {
+	if m.unlock != nil {
+		m.unlock()
+		m.unlock = nil
+	}
 }
 
 func (m *maildrop) Close() error {
-	m.unlock()
+	m.release()
 	return m.f.Close()
 }

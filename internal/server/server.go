@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -92,7 +93,12 @@ func OpenDirectory(cfg config.Config, log *slog.Logger) (*directory.Directory, e
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, err
 	}
-	return directory.Open(DatabasePath(cfg), directory.Options{DefaultQuota: int64(cfg.Accounts.DefaultQuota), Logger: log})
+	a := cfg.Accounts
+	return directory.Open(DatabasePath(cfg), directory.Options{
+		DefaultQuota: int64(a.DefaultQuota), Logger: log,
+		SnapshotMaxEntries: a.SnapshotMaxEntries, HashMemory: int64(a.HashMemory),
+		AuthCacheTTL: a.AuthCacheTTL, AuthCacheSize: a.AuthCacheSize,
+	})
 }
 
 // New prepares everything and binds every listener, so that a port already
@@ -109,6 +115,12 @@ func New(cfg config.Config, log *slog.Logger, out io.Writer) (*Server, error) {
 
 func (s *Server) open(out io.Writer) (err error) {
 	cfg, log := s.cfg, s.log
+	if cfg.MemoryLimit > 0 {
+		// GOMEMLIMIT: the garbage collector and the scavenger work to stay
+		// under it, so memory taken by a burst (argon2id) goes back.
+		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+		log.Info("memory limit set", "limit", cfg.MemoryLimit.String())
+	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o750); err != nil {
 		return fmt.Errorf("data folder: %w", err)
 	}
