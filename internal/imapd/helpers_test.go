@@ -85,7 +85,7 @@ func startTestHooks(t testing.TB, mutate func(*Config), hooks Hooks) *testServer
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(cfg, fakeAuth{}, NewMaildirStore(st), hooks, log)
+	srv, err := NewServer(cfg, fakeAuth{}, st.MailStore(), hooks, log)
 	if err != nil {
 		t.Fatal(err)
 	}
