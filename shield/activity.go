@@ -23,7 +23,7 @@ type actVal struct {
 	first, last  int64 // unix nanoseconds
 	admitted     uint32
 	admittedGood uint32 // admitted while known-good
-	events       [numEvents]uint32
+	events       eventSlots[uint32]
 }
 
 type actShard struct {
@@ -65,7 +65,7 @@ func (a *activity) add(addr netip.Addr, admitted, knownGood bool, ev Event) {
 		}
 	}
 	if ev.valid() {
-		v.events[ev]++
+		*v.events.at(ev)++
 	}
 	sh.m[k] = v
 	sh.mu.Unlock()

@@ -1,6 +1,7 @@
 package shield
 
 import (
+	"context"
 	"errors"
 	"math"
 	"net/netip"
@@ -76,19 +77,15 @@ func newBan(p netip.Prefix, reason string, action Action, temporary, manual bool
 	b := &ban{prefix: p, reason: reason, action: action, created: created, expires: created.Add(ttl), count: count, manual: manual}
 	text := reasonBannedManual
 	if !manual {
-		for ev := AuthFailure; int(ev) < numEvents; ev++ {
-			if ev.String() == reason && banReasons[ev] != "" {
-				text = banReasons[ev]
-			}
-		}
+		text = banText(reason)
 	}
 	b.decision = Decision{Action: action, Temporary: temporary, Reason: text, Source: "ban:" + reason}
 	return b
 }
 
-// escalate records one more offence of p and returns the ban duration and
-// escalation level.
-func (s *Shield) escalate(p netip.Prefix, now time.Time) (time.Duration, int) {
+// escalate records one more offence of p and returns the duration and
+// escalation level of a ban for behaviour b.
+func (s *Shield) escalate(p netip.Prefix, b *Behaviour, now time.Time) (time.Duration, int) {
 	ns := now.UnixNano()
 	count := 1
 	s.offenders.do(p, true, func(o *offender, _ bool) {
@@ -99,9 +96,18 @@ func (s *Shield) escalate(p netip.Prefix, now time.Time) (time.Duration, int) {
 		o.last = ns
 		count = o.count
 	})
-	ttl := float64(s.cfg.BanTTL) * math.Pow(s.cfg.BanFactor, float64(count-1))
-	if ttl > float64(s.cfg.BanMaxTTL) || math.IsInf(ttl, 0) || math.IsNaN(ttl) {
-		ttl = float64(s.cfg.BanMaxTTL)
+	rec := OffenderRecord{Prefix: p, Count: count, Last: now, Expires: now.Add(s.cfg.OffenderTTL)}
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutOffender(ctx, rec) })
+	base, maxTTL := s.cfg.BanTTL, s.cfg.BanMaxTTL
+	if b.BanTTL > 0 {
+		base, maxTTL = b.BanTTL, max(maxTTL, b.BanTTL)
+	}
+	if b.NoEscalation {
+		return base, count
+	}
+	ttl := float64(base) * math.Pow(s.cfg.BanFactor, float64(count-1))
+	if ttl > float64(maxTTL) || math.IsInf(ttl, 0) || math.IsNaN(ttl) {
+		ttl = float64(maxTTL)
 	}
 	return time.Duration(ttl), count
 }
@@ -124,6 +130,8 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 		}
 	}
 	s.bans.Store(t.InsertPersist(b.prefix, b))
+	rec := b.record()
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutBan(ctx, rec) })
 	s.forgetKnownGood(b.prefix)
 	s.issued[b.reason]++
 	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
@@ -159,16 +167,16 @@ func (s *Shield) expireBans(now time.Time) {
 // banBehaviour bans addr for crossing ev's threshold, then its prefix if
 // enough of the prefix's addresses are banned. The reporting connection is
 // not closed (its caller answers and closes); others from addr are.
-func (s *Shield) banBehaviour(addr netip.Addr, ev Event, now time.Time, except *Conn) Decision {
+func (s *Shield) banBehaviour(addr netip.Addr, r *eventRule, now time.Time, except *Conn) Decision {
 	hp := hostPrefix(addr)
 	s.banMu.Lock()
-	ttl, count := s.escalate(hp, now)
-	b := newBan(hp, ev.String(), s.cfg.BanAction, temporaryEvent(ev), false, now, ttl, count)
+	ttl, count := s.escalate(hp, &r.b, now)
+	b := newBan(hp, r.name, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	net := s.netPrefix(addr)
 	var prefixBan *ban
-	if !temporaryEvent(ev) {
-		prefixBan = s.maybeBanPrefix(net, ev, now)
+	if !r.b.Temporary {
+		prefixBan = s.maybeBanPrefix(net, r, now)
 	}
 	s.banMu.Unlock()
 	if prefixBan != nil {
@@ -181,7 +189,7 @@ func (s *Shield) banBehaviour(addr netip.Addr, ev Event, now time.Time, except *
 
 // maybeBanPrefix bans net when PrefixBanThreshold of its addresses are
 // banned. Called under banMu.
-func (s *Shield) maybeBanPrefix(net netip.Prefix, ev Event, now time.Time) *ban {
+func (s *Shield) maybeBanPrefix(net netip.Prefix, r *eventRule, now time.Time) *ban {
 	t := s.bans.Load()
 	if b, ok := t.Get(net); ok && now.Before(b.expires) {
 		return nil
@@ -198,8 +206,8 @@ func (s *Shield) maybeBanPrefix(net netip.Prefix, ev Event, now time.Time) *ban 
 	if n < s.cfg.PrefixBanThreshold {
 		return nil
 	}
-	ttl, count := s.escalate(net, now)
-	b := newBan(net, ev.String(), s.cfg.BanAction, false, false, now, ttl, count)
+	ttl, count := s.escalate(net, &r.b, now)
+	b := newBan(net, r.name, s.cfg.BanAction, false, false, now, ttl, count)
 	if !s.putBan(b, now) {
 		return nil
 	}
@@ -260,6 +268,7 @@ func (s *Shield) Unban(p netip.Prefix) bool {
 		return false
 	}
 	s.bans.Store(t.DeletePersist(p))
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.DeleteBan(ctx, p) })
 	s.log.Info("shield unban", "addr", p.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
 	s.historyUnban(b, "manual", s.now())
 	return true
@@ -285,6 +294,8 @@ func (s *Shield) unbanWhere(match func(*ban) bool) int {
 	}
 	for _, b := range gone {
 		t = t.DeletePersist(b.prefix)
+		p := b.prefix
+		s.toStore(func(ctx context.Context, st StateStore) error { return st.DeleteBan(ctx, p) })
 		s.log.Info("shield unban", "addr", b.prefix.String(), "reason", b.reason, "cause", "manual", "hits", b.hits.Load())
 		s.historyUnban(b, "manual", s.now())
 	}
@@ -307,13 +318,14 @@ func (s *Shield) Bans() []BanInfo {
 
 // report records ev from addr. c is the reporting connection, or nil.
 func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decision {
-	if !ev.valid() {
+	r := s.rule(ev)
+	if r == nil {
 		return allow
 	}
 	s.act.event(addr, ev)
 	ns := now.UnixNano()
 	pol := s.pol.Load()
-	if (ev == AuthSuccess || ev == MessageAccepted) && s.banLookup(addr, now) == nil {
+	if r.b.KnownGood && s.banLookup(addr, now) == nil {
 		s.markKnownGood(addr, ns)
 		if c != nil {
 			c.knownGood.Store(true)
@@ -325,38 +337,45 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if b := s.banLookup(addr, now); b != nil && !s.cfg.DryRun {
 		return b.decision
 	}
-	if ev == AuthSuccess {
-		s.ips.do(addr, false, func(v *ipState, _ bool) { v.events[AuthFailure] = window{} })
-		return allow
+	if r.b.Resets != 0 {
+		s.ips.do(addr, false, func(v *ipState, _ bool) { *v.events.at(r.b.Resets) = window{} })
 	}
-	if ev == MessageAccepted {
-		if d, banned := s.networkFlood(addr, now, c); banned {
+	if r.net.Count > 0 {
+		if d, banned := s.networkFlood(addr, ev, r, now, c); banned {
 			return d
 		}
 	}
-	th := s.cfg.Thresholds.byEvent(ev)
+	th := r.th
+	if th.Count <= 0 {
+		return allow
+	}
 	var n int32
 	s.ips.do(addr, true, func(v *ipState, _ bool) {
-		n = v.events[ev].add(ns, th.Window.Nanoseconds())
+		w := v.events.at(ev)
+		n = w.add(ns, th.Window.Nanoseconds())
 		if n >= int32(th.Count) {
-			v.events[ev] = window{}
+			*w = window{}
 		}
 	})
 	if n < int32(th.Count) {
 		return allow
 	}
 	if th.DryRun || s.cfg.DryRun {
-		d := newBan(hostPrefix(addr), ev.String(), s.cfg.BanAction, temporaryEvent(ev), false, now, 0, 0).decision
-		s.log.Info("shield would ban", "addr", addr.String(), "reason", ev.String(), "count", n, "window", th.Window.String())
-		return s.wouldBlock(addr, d, true)
+		s.log.Info("shield would ban", "addr", addr.String(), "reason", r.name, "count", n, "window", th.Window.String())
+		return s.wouldBlock(addr, r.decision, true)
 	}
-	return s.banBehaviour(addr, ev, now, c)
+	return s.banBehaviour(addr, r, now, c)
 }
 
 // forgetKnownGood takes known-good status away from the addresses of a
-// new ban: a bot that delivered accepted mail before it flooded must not be
-// served under lockdown once its ban expires.
+// new ban, on every node: a bot that delivered accepted mail before it
+// flooded must not be served under lockdown once its ban expires.
 func (s *Shield) forgetKnownGood(p netip.Prefix) {
+	s.forgetKnownGoodLocal(p)
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.RevokeKnownGood(ctx, p) })
+}
+
+func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) {
 	if p.IsSingleIP() {
 		s.knownGood.delete(p.Addr())
 		return
@@ -364,10 +383,20 @@ func (s *Shield) forgetKnownGood(p netip.Prefix) {
 	s.knownGood.each(func(a netip.Addr, _ *int64) bool { return !p.Contains(a) })
 }
 
-// markKnownGood remembers addr as known-good until now+KnownGoodTTL.
+// markKnownGood remembers addr as known-good until now+KnownGoodTTL. The
+// store hears of it when the address becomes known-good and then at most
+// once per KnownGoodTTL/100, not on every message.
 func (s *Shield) markKnownGood(addr netip.Addr, ns int64) {
 	until := ns + s.cfg.KnownGoodTTL.Nanoseconds()
-	s.knownGood.do(addr, true, func(v *int64, _ bool) { *v = until })
+	refresh := false
+	s.knownGood.do(addr, true, func(v *int64, _ bool) {
+		refresh = *v < until-s.cfg.KnownGoodTTL.Nanoseconds()/100
+		*v = until
+	})
+	if refresh {
+		u := time.Unix(0, until)
+		s.toStore(func(ctx context.Context, st StateStore) error { return st.MarkKnownGood(ctx, addr, u) })
+	}
 }
 
 // isKnownGood reports whether addr authenticated or delivered accepted mail
@@ -378,40 +407,35 @@ func (s *Shield) isKnownGood(addr netip.Addr, ns int64) bool {
 	return good
 }
 
-// reasonNetworkFlood is the client-safe text of a network flood ban.
-const reasonNetworkFlood = "too many messages from your network, slow down"
-
-// networkFlood counts an accepted message against the sender's network
-// (a botnet spreads a flood over addresses that each stay under the
-// per-address threshold) and, past Thresholds.NetworkMessage, bans the
-// network with a temporary refusal. Allowlisted addresses are never
-// counted (report returns before).
-func (s *Shield) networkFlood(addr netip.Addr, now time.Time, except *Conn) (Decision, bool) {
-	th := s.cfg.Thresholds.NetworkMessage
+// networkFlood counts ev against the sender's network (a botnet spreads a
+// flood over addresses that each stay under the per-address threshold)
+// and, past the behaviour's network threshold, bans the network.
+// Allowlisted addresses are never counted (report returns before).
+func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.Time, except *Conn) (Decision, bool) {
+	th := r.net
 	net := s.netPrefix(addr)
 	ns := now.UnixNano()
 	var n int32
 	s.prefixes.do(net, true, func(v *prefixState, _ bool) {
-		n = v.msgs.add(ns, th.Window.Nanoseconds())
+		w := v.events.at(ev)
+		n = w.add(ns, th.Window.Nanoseconds())
 		if n >= int32(th.Count) {
-			v.msgs = window{}
+			*w = window{}
 		}
 	})
 	if n < int32(th.Count) {
 		return allow, false
 	}
-	const reason = "network_message"
 	if th.DryRun || s.cfg.DryRun {
-		s.log.Info("shield would ban", "addr", net.String(), "reason", reason, "count", n, "window", th.Window.String())
+		s.log.Info("shield would ban", "addr", net.String(), "reason", r.netName, "count", n, "window", th.Window.String())
 		return allow, false
 	}
 	if s.pol.Load().trusted.LookupPrefix(net) {
 		return allow, false
 	}
 	s.banMu.Lock()
-	ttl, count := s.escalate(net, now)
-	b := newBan(net, reason, s.cfg.BanAction, true, false, now, ttl, count)
-	b.decision.Reason = reasonNetworkFlood
+	ttl, count := s.escalate(net, &r.b, now)
+	b := newBan(net, r.netName, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	s.banMu.Unlock()
 	s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")
@@ -424,8 +448,15 @@ func (s *Shield) reportAccount(account string, now time.Time) {
 		return
 	}
 	account = strings.ToLower(account)
+	s.countAccountFailure(account, now)
+	s.toStore(func(ctx context.Context, st StateStore) error { return st.AddAccountFailure(ctx, account, now) })
+}
+
+// countAccountFailure counts a failed login on account (lower-cased) in
+// this node's window.
+func (s *Shield) countAccountFailure(account string, at time.Time) {
 	s.accounts.do(account, true, func(w *window, _ bool) {
-		w.add(now.UnixNano(), s.cfg.AccountDelayWindow.Nanoseconds())
+		w.add(at.UnixNano(), s.cfg.AccountDelayWindow.Nanoseconds())
 	})
 }
 

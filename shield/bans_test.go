@@ -88,7 +88,7 @@ func TestAuthSuccessResetsOnlyAuthFailures(t *testing.T) {
 // address is closed.
 func TestAuthBanOverSocket(t *testing.T) {
 	cfg := testConfig()
-	cfg.Thresholds.AuthFailure.Count = 3
+	cfg.Thresholds.SetCount("auth_failure", 3)
 	h := newHarness(t, cfg, Options{})
 	srv := startServer(t, h.s, ListenerConfig{Name: "submission"})
 	other := dialFrom(t, srv.addr, "127.60.0.1")
@@ -185,7 +185,7 @@ func TestAllowlistedNeverBanned(t *testing.T) {
 
 func TestThresholdDryRun(t *testing.T) {
 	cfg := testConfig()
-	cfg.Thresholds.PreGreet.DryRun = true
+	cfg.Thresholds.SetDryRun("pregreet", true)
 	h := newHarness(t, cfg, Options{})
 	d := h.s.report(nil, mustAddr("192.0.2.80"), PreGreet, h.clock.Now())
 	if d.Action != Allow || !d.DryRun || d.Source != "ban:pregreet" {
@@ -301,7 +301,7 @@ func TestAccountDelay(t *testing.T) {
 func TestTablesBounded(t *testing.T) {
 	cfg := testConfig()
 	cfg.TableSize = 1000
-	cfg.Thresholds.ProtocolError.Count = 2
+	cfg.Thresholds.SetCount("protocol_error", 2)
 	h := newHarness(t, cfg, Options{})
 	l := h.s.Listener(dummyListener{}, ListenerConfig{Name: "smtp"}).(*listener)
 	now := h.clock.Now()
@@ -346,7 +346,7 @@ func TestTablesBounded(t *testing.T) {
 // with a temporary refusal; other networks are not touched.
 func TestNetworkFlood(t *testing.T) {
 	cfg := testConfig()
-	cfg.Thresholds.NetworkMessage = Threshold{Count: 300, Window: time.Minute}
+	cfg.Thresholds["network_message"] = Threshold{Count: 300, Window: time.Minute}
 	h := newHarness(t, cfg, Options{})
 	var d Decision
 	for i := range 300 {
@@ -375,7 +375,7 @@ func TestNetworkFlood(t *testing.T) {
 // mail and then flooded is not served under lockdown after its ban.
 func TestBanRevokesKnownGood(t *testing.T) {
 	cfg := testConfig()
-	cfg.Thresholds.Message = Threshold{Count: 5, Window: time.Minute}
+	cfg.Thresholds["message"] = Threshold{Count: 5, Window: time.Minute}
 	h := newHarness(t, cfg, Options{})
 	addr := mustAddr("192.0.2.77")
 	h.s.report(nil, addr, MessageAccepted, h.clock.Now())

@@ -47,7 +47,7 @@ type Config struct {
 	HistoryMaxRecords   int           `toml:"history_max_records" doc:"most (address, minute) records the event history keeps; the oldest minutes are dropped first"`
 
 	Limits     LimitsConfig     `toml:"limits" doc:"connection limits"`
-	Thresholds ThresholdsConfig `toml:"thresholds" doc:"behaviour thresholds; crossing one bans the address"`
+	Thresholds ThresholdsConfig `toml:"thresholds" doc:"behaviour thresholds by event name (network_<name>: counted per network); crossing one bans the address or network"`
 }
 
 // LimitsConfig holds the connection limits. Per-address and per-prefix
@@ -69,41 +69,13 @@ type LimitsConfig struct {
 }
 
 // Threshold is one behaviour threshold: Count events within Window bans the
-// address.
+// address (or, for a network threshold, the network).
 type Threshold struct {
 	Count  int           `toml:"count" doc:"events within the window that ban the address"`
 	Window time.Duration `toml:"window" doc:"window over which events are counted"`
 	DryRun bool          `toml:"dry_run" doc:"log \"shield would ban\" instead of banning"`
-}
 
-// ThresholdsConfig holds one threshold per reported event.
-type ThresholdsConfig struct {
-	AuthFailure      Threshold `toml:"auth_failure" doc:"failed logins (brute force)"`
-	UnknownRecipient Threshold `toml:"unknown_recipient" doc:"recipients that do not exist (address harvesting)"`
-	ProtocolError    Threshold `toml:"protocol_error" doc:"syntax errors, unknown commands, HTTP on a mail port, lines too long"`
-	PreGreet         Threshold `toml:"pregreet" doc:"client spoke before the greeting"`
-	Message          Threshold `toml:"message" doc:"accepted messages (flood); the ban is a temporary refusal"`
-	Recipient        Threshold `toml:"recipient" doc:"accepted recipients (flood); the ban is a temporary refusal"`
-	NetworkMessage   Threshold `toml:"network_message" doc:"accepted messages from one network (ipv4_prefix/ipv6_prefix), for a flood spread over many addresses; bans the network with a temporary refusal"`
-}
-
-// byEvent returns the threshold for ev, or nil when ev has none.
-func (t *ThresholdsConfig) byEvent(ev Event) *Threshold {
-	switch ev {
-	case AuthFailure:
-		return &t.AuthFailure
-	case UnknownRecipient:
-		return &t.UnknownRecipient
-	case ProtocolError:
-		return &t.ProtocolError
-	case PreGreet:
-		return &t.PreGreet
-	case MessageAccepted:
-		return &t.Message
-	case RecipientAccepted:
-		return &t.Recipient
-	}
-	return nil
+	badKey, badMsg string // a key that did not decode, reported by Validate
 }
 
 // DefaultConfig returns safe defaults for every field.
@@ -146,15 +118,7 @@ func DefaultConfig() Config {
 			MaxPendingRejects: 1000,
 			ProxyTimeout:      5 * time.Second,
 		},
-		Thresholds: ThresholdsConfig{
-			AuthFailure:      Threshold{Count: 10, Window: 10 * time.Minute},
-			UnknownRecipient: Threshold{Count: 20, Window: 10 * time.Minute},
-			ProtocolError:    Threshold{Count: 10, Window: 5 * time.Minute},
-			PreGreet:         Threshold{Count: 1, Window: time.Minute},
-			Message:          Threshold{Count: 500, Window: time.Minute},
-			Recipient:        Threshold{Count: 2000, Window: time.Minute},
-			NetworkMessage:   Threshold{Count: 3000, Window: time.Minute},
-		},
+		Thresholds: defaultThresholds(),
 	}
 }
 
@@ -255,18 +219,7 @@ func (c Config) Validate() []error {
 	positiveInt("limits.max_pending_rejects", l.MaxPendingRejects)
 	positiveDur("limits.proxy_timeout", l.ProxyTimeout)
 
-	for ev := AuthFailure; int(ev) < numEvents; ev++ {
-		t := c.Thresholds.byEvent(ev)
-		if t == nil {
-			continue
-		}
-		positiveInt("thresholds."+ev.String()+".count", t.Count)
-		positiveDur("thresholds."+ev.String()+".window", t.Window)
-	}
-	{
-		positiveInt("thresholds.network_message.count", c.Thresholds.NetworkMessage.Count)
-		positiveDur("thresholds.network_message.window", c.Thresholds.NetworkMessage.Window)
-	}
+	c.Thresholds.validate(bad)
 	return errs
 }
 

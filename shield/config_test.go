@@ -5,6 +5,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,9 @@ func configFields(t *testing.T) (keys []string, defaults, docs map[string]string
 	walk = func(prefix string, v reflect.Value) {
 		for i := 0; i < v.NumField(); i++ {
 			f := v.Type().Field(i)
+			if !f.IsExported() {
+				continue // not configuration
+			}
 			key, doc := f.Tag.Get("toml"), f.Tag.Get("doc")
 			if key == "" || doc == "" {
 				t.Errorf("%s%s: missing toml or doc tag", prefix, f.Name)
@@ -27,6 +31,17 @@ func configFields(t *testing.T) (keys []string, defaults, docs map[string]string
 			fv := v.Field(i)
 			if f.Type.Kind() == reflect.Struct {
 				walk(prefix+key+".", fv)
+				continue
+			}
+			if f.Type.Kind() == reflect.Map { // thresholds, by behaviour name
+				names := fv.MapKeys()
+				sort.Slice(names, func(i, j int) bool { return names[i].String() < names[j].String() })
+				for _, n := range names {
+					if strings.Contains(n.String(), "test_") || strings.Contains(n.String(), "spf_fail") {
+						continue // behaviours registered by tests and examples only
+					}
+					walk(prefix+key+"."+n.String()+".", fv.MapIndex(n))
+				}
 				continue
 			}
 			full := prefix + key
@@ -116,7 +131,7 @@ func TestREADMEExampleParses(t *testing.T) {
 		if errs := wrap.Shield.Validate(); len(errs) > 0 {
 			t.Fatalf("README example invalid: %v", errs)
 		}
-		if wrap.Shield.BanTTL != 15*time.Minute || wrap.Shield.Thresholds.AuthFailure.Window != 10*time.Minute ||
+		if wrap.Shield.BanTTL != 15*time.Minute || wrap.Shield.Thresholds["auth_failure"].Window != 10*time.Minute ||
 			wrap.Shield.BanAction != Drop {
 			t.Fatalf("durations/actions not decoded: %+v", wrap.Shield)
 		}

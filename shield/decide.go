@@ -10,14 +10,63 @@ type ipState struct {
 	conns  int32
 	rate   bucket
 	reqs   bucket
-	events [numEvents]window
+	events eventSlots[window]
 }
 
 // prefixState is what the shield remembers about one prefix.
 type prefixState struct {
-	conns int32
-	rate  bucket
-	msgs  window // accepted messages (Thresholds.NetworkMessage)
+	conns  int32
+	rate   bucket
+	events eventSlots[window] // for behaviours counted per network
+}
+
+// inlineEvents is how many events a per-address record holds without
+// allocating: the shield's three and a service's first four (agua's mail
+// behaviours). Later events go to a slice grown on first use.
+const inlineEvents = 8
+
+// eventSlots holds one T per Event.
+type eventSlots[T any] struct {
+	inline [inlineEvents]T
+	more   []T
+}
+
+// at returns ev's slot, growing the overflow to hold every registered event.
+func (e *eventSlots[T]) at(ev Event) *T {
+	if int(ev) < inlineEvents {
+		return &e.inline[ev]
+	}
+	i := int(ev) - inlineEvents
+	if i >= len(e.more) {
+		e.more = append(e.more, make([]T, max(i+1, numEvents()-inlineEvents)-len(e.more))...)
+	}
+	return &e.more[i]
+}
+
+// slice returns the slots as one slice indexed by Event, nil when every
+// slot is zero.
+func (e *eventSlots[T]) slice() []T {
+	var zero T
+	var out []T
+	e.each(func(ev Event, v *T) {
+		if any(*v) != any(zero) {
+			if out == nil {
+				out = make([]T, inlineEvents+len(e.more))
+			}
+			out[ev] = *v
+		}
+	})
+	return out
+}
+
+// each calls fn for every slot, by Event.
+func (e *eventSlots[T]) each(fn func(ev Event, v *T)) {
+	for i := range e.inline {
+		fn(Event(i), &e.inline[i])
+	}
+	for i := range e.more {
+		fn(Event(inlineEvents+i), &e.more[i])
+	}
 }
 
 // judge applies trusted proxies, rules, lockdown and bans: everything that

@@ -38,9 +38,9 @@ func TestDialogs(t *testing.T) {
 			}
 			lines := strings.Split(string(data), "\n")
 			cfg := testConfig()
-			cfg.Thresholds.AuthFailure.Count = 3
-			cfg.Thresholds.ProtocolError.Count = 3
-			cfg.Thresholds.UnknownRecipient.Count = 3
+			cfg.Thresholds.SetCount("auth_failure", 3)
+			cfg.Thresholds.SetCount("protocol_error", 3)
+			cfg.Thresholds.SetCount("unknown_recipient", 3)
 			for _, l := range lines {
 				if r, ok := strings.CutPrefix(l, "rule "); ok {
 					cfg.Rules = append(cfg.Rules, r)

@@ -21,6 +21,14 @@
 //     longer (Config.BanFactor up to Config.BanMaxTTL), and a prefix once
 //     Config.PrefixBanThreshold of its addresses are banned. Bans expire on
 //     their own and survive restarts (Options.StateDir).
+//   - Shared state: bans, offender memory, known-good addresses, lockdown
+//     and failed logins go through a [StateStore] ([LocalStore] by default;
+//     Options.Store for one shared by several nodes). Decisions read a
+//     local snapshot and never wait for the store.
+//   - Open events: the shield defines [AuthFailure], [AuthSuccess] and
+//     [ProtocolError]; a service registers its own behaviours ([Register]:
+//     name, default thresholds per address and per network, ban text,
+//     duration and escalation, dry run) and reports them the same way.
 //   - Actions: reject (a short protocol-correct reply through
 //     ListenerConfig.Reject), drop (close, nothing written) or tarpit (held
 //     silently, bounded by Config.TarpitMaxHeld).

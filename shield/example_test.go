@@ -67,6 +67,44 @@ func session(s *shield.Shield, c net.Conn) {
 	}
 }
 
+// SPFFail is a service's own behaviour: a sender that fails SPF. It is
+// counted per address (20 in 10 minutes) and per network (200 in 10
+// minutes, a flood spread over a botnet), and banned for an hour each time.
+var SPFFail = shield.MustRegister(shield.Behaviour{
+	Name:          "spf_fail",
+	Doc:           "senders that fail SPF",
+	Threshold:     shield.Threshold{Count: 20, Window: 10 * time.Minute},
+	Network:       shield.Threshold{Count: 200, Window: 10 * time.Minute},
+	Reason:        "too many forged senders",
+	NetworkReason: "too many forged senders from your network",
+	BanTTL:        time.Hour,
+	NoEscalation:  true,
+})
+
+func checkSender(c net.Conn, spfPass bool) bool {
+	if !spfPass {
+		if d := shield.Report(c, SPFFail); d.Action != shield.Allow {
+			return false // answer d.Reason (421 when d.Temporary) and close
+		}
+	}
+	return true
+}
+
+// A service defines its own behaviour (SPFFail above) and tunes it in the
+// config under its name, like the built-in ones.
+func ExampleRegister() {
+	cfg := shield.DefaultConfig()
+	cfg.Thresholds.SetCount("spf_fail", 10)
+	s, err := shield.New(cfg, shield.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	fmt.Println(cfg.Thresholds["spf_fail"].Count, cfg.Thresholds["network_spf_fail"].Count)
+	_ = checkSender
+	// Output: 10 200
+}
+
 // Checking a password: the account's delay slows guessing from any address
 // without ever locking the real user out.
 func ExampleShield_AccountDelay() {

@@ -27,20 +27,21 @@ func histPath(stateDir string) string { return filepath.Join(stateDir, historyFi
 // compacted file "r" a record, "t" the timeline of a minute, "B" a ban or
 // unban, each without touching the timeline.
 type histLine struct {
-	K  string       `json:"k"`
-	A  netip.Prefix `json:"a,omitzero"`
-	M  int64        `json:"m,omitempty"` // unix minute
-	F  int64        `json:"f,omitempty"` // first, unix ns
-	L  int64        `json:"l,omitempty"` // last, unix ns
-	Ad uint64       `json:"ad,omitempty"`
-	Ag uint64       `json:"ag,omitempty"`
-	E  []uint64     `json:"e,omitempty"` // by Event number
-	R  []lineRef    `json:"r,omitempty"`
-	RA []uint64     `json:"ra,omitempty"` // "t": refused by action, [0] = would block
-	S  []lineRef    `json:"s,omitempty"`  // "t": refused by source class
-	Bn uint64       `json:"bn,omitempty"`
-	Un uint64       `json:"un,omitempty"`
-	B  *BanEvent    `json:"b,omitempty"`
+	K  string            `json:"k"`
+	A  netip.Prefix      `json:"a,omitzero"`
+	M  int64             `json:"m,omitempty"` // unix minute
+	F  int64             `json:"f,omitempty"` // first, unix ns
+	L  int64             `json:"l,omitempty"` // last, unix ns
+	Ad uint64            `json:"ad,omitempty"`
+	Ag uint64            `json:"ag,omitempty"`
+	E  []uint64          `json:"e,omitempty"`  // by event number, files written before events were named (legacyEvents)
+	EN map[string]uint64 `json:"en,omitempty"` // by event name
+	R  []lineRef         `json:"r,omitempty"`
+	RA []uint64          `json:"ra,omitempty"` // "t": refused by action, [0] = would block
+	S  []lineRef         `json:"s,omitempty"`  // "t": refused by source class
+	Bn uint64            `json:"bn,omitempty"`
+	Un uint64            `json:"un,omitempty"`
+	B  *BanEvent         `json:"b,omitempty"`
 }
 
 type lineRef struct {
@@ -59,20 +60,55 @@ func appendLine(buf []byte, l histLine) []byte {
 	return append(buf, '\n')
 }
 
-func eventsSlice[T uint32 | uint64](ev [numEvents]T) []uint64 {
-	if ev == [numEvents]T{} {
-		return nil
-	}
-	out := make([]uint64, numEvents)
+// legacyEvents names the event numbers of history files written before
+// events were registered by name (field "e"). They are names read from a
+// file, not definitions: a process that registered no such behaviour keeps
+// the counts under the name.
+var legacyEvents = [...]string{1: "auth_failure", 2: "auth_success", 3: "unknown_recipient", 4: "protocol_error",
+	5: "pregreet", 6: "message", 7: "recipient"}
+
+// eventsByName turns counts by Event into counts by name, nil when empty.
+func eventsByName[T uint32 | uint64](ev []T) map[string]uint64 {
+	var out map[string]uint64
 	for i, n := range ev {
-		out[i] = uint64(n)
+		if n > 0 && Event(i).valid() {
+			if out == nil {
+				out = make(map[string]uint64)
+			}
+			out[Event(i).String()] += uint64(n)
+		}
 	}
 	return out
 }
 
+// eventCounts reads l's counts by name (and legacy number) into counts by
+// Event, calling add for each.
+func (l *histLine) eventCounts(add func(ev Event, n uint64)) {
+	for i, n := range l.E {
+		if i < len(legacyEvents) && legacyEvents[i] != "" && n > 0 {
+			if ev, ok := eventNamed(legacyEvents[i]); ok {
+				add(ev, n)
+			}
+		}
+	}
+	for name, n := range l.EN {
+		if ev, ok := eventNamed(name); ok && n > 0 {
+			add(ev, n)
+		}
+	}
+}
+
+// growTo makes s long enough to index ev.
+func growTo[T uint32 | uint64](s []T, ev Event) []T {
+	if int(ev) >= len(s) {
+		s = append(s, make([]T, int(ev)+1-len(s))...)
+	}
+	return s
+}
+
 func deltaLine(kind string, where netip.Prefix, r *histRec) histLine {
 	l := histLine{K: kind, A: where, M: r.minute, F: r.first, L: r.last, Ad: uint64(r.admitted), Ag: uint64(r.admittedGood),
-		E: eventsSlice(r.events)}
+		EN: eventsByName(r.events)}
 	for _, rc := range r.refused {
 		l.R = append(l.R, lineRef{S: rc.source, A: rc.action, D: rc.dryRun, N: uint64(rc.n)})
 	}
@@ -81,9 +117,10 @@ func deltaLine(kind string, where netip.Prefix, r *histRec) histLine {
 
 func (l *histLine) rec() *histRec {
 	r := &histRec{minute: l.M, first: l.F, last: l.L, admitted: clamp32(l.Ad), admittedGood: clamp32(l.Ag)}
-	for i := 0; i < len(l.E) && i < numEvents; i++ {
-		r.events[i] = clamp32(l.E[i])
-	}
+	l.eventCounts(func(ev Event, n uint64) {
+		r.events = growTo(r.events, ev)
+		addSat32(&r.events[ev], clamp32(n))
+	})
 	for _, x := range l.R {
 		if x.A <= Tarpit {
 			r.addRefusal(refCount{source: x.S, action: x.A, dryRun: x.D, n: clamp32(x.N)})
@@ -97,7 +134,7 @@ func clamp32(n uint64) uint32 { return uint32(min(n, uint64(^uint32(0)))) }
 func banLine(kind string, e BanEvent) histLine { return histLine{K: kind, B: &e} }
 
 func totalsLine(m int64, t *minuteTotals) histLine {
-	l := histLine{K: "t", M: m, Ad: t.admitted, Ag: t.admittedGood, E: eventsSlice(t.events), Bn: t.bans, Un: t.unbans}
+	l := histLine{K: "t", M: m, Ad: t.admitted, Ag: t.admittedGood, EN: eventsByName(t.events), Bn: t.bans, Un: t.unbans}
 	if t.refused != [4]uint64{} {
 		l.RA = t.refused[:]
 	}
@@ -109,9 +146,10 @@ func totalsLine(m int64, t *minuteTotals) histLine {
 
 func (l *histLine) totals() *minuteTotals {
 	t := &minuteTotals{admitted: l.Ad, admittedGood: l.Ag, bans: l.Bn, unbans: l.Un}
-	for i := 0; i < len(l.E) && i < numEvents; i++ {
-		t.events[i] = l.E[i]
-	}
+	l.eventCounts(func(ev Event, n uint64) {
+		t.events = growTo(t.events, ev)
+		t.events[ev] += n
+	})
 	for i := 0; i < len(l.RA) && i < len(t.refused); i++ {
 		t.refused[i] = l.RA[i]
 	}
@@ -212,36 +250,13 @@ func (h *history) compactLocked() error {
 	for _, b := range h.bans {
 		w(banLine("B", b))
 	}
-	dir := filepath.Dir(h.path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("shield history: %w", err)
-	}
-	f, err := os.CreateTemp(dir, historyFile+".tmp*")
-	if err != nil {
-		return fmt.Errorf("shield history: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(buf.Bytes())
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, h.path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("shield history: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+	if err := writeFileAtomic(filepath.Dir(h.path), filepath.Base(h.path), buf.Bytes(), "shield history"); err != nil {
+		return err
 	}
 	if h.file != nil {
 		h.file.Close()
 	}
+	var err error
 	h.file, err = os.OpenFile(h.path, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		h.file = nil

@@ -26,7 +26,7 @@ type AddrHistory struct {
 	Addr              netip.Prefix      `json:"addr"` // a single address as /32 or /128, or a network
 	First             time.Time         `json:"first"`
 	Last              time.Time         `json:"last"`
-	Events            map[string]uint64 `json:"events,omitempty"` // by Event name: auth_failure, unknown_recipient, protocol_error, pregreet, message, recipient, auth_success
+	Events            map[string]uint64 `json:"events,omitempty"` // by Event name (auth_failure, protocol_error, and the names services registered)
 	Refused           []Refusal         `json:"refused,omitempty"`
 	Admitted          uint64            `json:"admitted"`
 	AdmittedKnownGood uint64            `json:"admitted_known_good"` // admitted while known-good
@@ -46,15 +46,22 @@ func (a *AddrHistory) RefusedTotal() uint64 {
 }
 
 // Offending reports whether the address did anything a well-behaved client
-// does not: a failed login, an unknown recipient, a protocol error, a
-// pregreet, a refused connection (dry runs aside) or a ban.
+// does not: an event not registered as Benign (a failed login, a protocol
+// error...), a refused connection (dry runs aside) or a ban.
 func (a *AddrHistory) Offending() bool {
 	for name, n := range a.Events {
-		if n > 0 && name != AuthSuccess.String() && name != MessageAccepted.String() && name != RecipientAccepted.String() {
+		if n > 0 && !benignName(name) {
 			return true
 		}
 	}
 	return a.RefusedTotal() > 0 || len(a.Bans) > 0
+}
+
+// benignName reports whether the event called name is registered as
+// Benign (a success, accepted traffic).
+func benignName(name string) bool {
+	ev, ok := LookupEvent(name)
+	return ok && ev.Behaviour().Benign
 }
 
 // Refusal counts refused connections of one decision source and action.
@@ -209,7 +216,7 @@ type histRec struct {
 	first, last  int64
 	admitted     uint32
 	admittedGood uint32
-	events       [numEvents]uint32
+	events       []uint32 // by Event, nil when none
 	refused      []refCount
 }
 
@@ -223,7 +230,7 @@ type refCount struct {
 type minuteTotals struct {
 	admitted, admittedGood uint64
 	refused                [4]uint64 // by Action; [Allow] counts dry-run "would block"
-	events                 [numEvents]uint64
+	events                 []uint64  // by Event
 	bans, unbans           uint64
 	sources                []srcCount
 }
@@ -261,6 +268,9 @@ func (r *histRec) merge(d *histRec) {
 	r.last = max(r.last, d.last)
 	addSat32(&r.admitted, d.admitted)
 	addSat32(&r.admittedGood, d.admittedGood)
+	if len(d.events) > len(r.events) {
+		r.events = append(r.events, make([]uint32, len(d.events)-len(r.events))...)
+	}
 	for i, n := range d.events {
 		addSat32(&r.events[i], n)
 	}
@@ -337,7 +347,7 @@ func (h *history) fold(denials []aggEntry, act map[actKey]actVal, now time.Time)
 		if k.addr.IsValid() {
 			where = hostPrefix(k.addr)
 		}
-		get(where, k.minute).merge(&histRec{first: v.first, last: v.last, admitted: v.admitted, admittedGood: v.admittedGood, events: v.events})
+		get(where, k.minute).merge(&histRec{first: v.first, last: v.last, admitted: v.admitted, admittedGood: v.admittedGood, events: v.events.slice()})
 	}
 	keys := make([]dk, 0, len(deltas))
 	for k := range deltas {
@@ -457,6 +467,9 @@ func (h *history) addTotals(d *histRec) {
 	}
 	t.admitted += uint64(d.admitted)
 	t.admittedGood += uint64(d.admittedGood)
+	if len(d.events) > len(t.events) {
+		t.events = append(t.events, make([]uint64, len(d.events)-len(t.events))...)
+	}
 	for i, n := range d.events {
 		t.events[i] += uint64(n)
 	}
@@ -626,13 +639,13 @@ func summarize(p netip.Prefix, recs []histRec, bans []BanEvent) AddrHistory {
 		ah.AdmittedKnownGood += uint64(r.admittedGood)
 		ts := time.Unix(0, r.first).UTC().Format(time.RFC3339)
 		var evs []string
-		for ev := AuthFailure; int(ev) < numEvents; ev++ {
-			if n := r.events[ev]; n > 0 {
+		for i, n := range r.events {
+			if ev := Event(i); n > 0 && ev.valid() {
 				if ah.Events == nil {
 					ah.Events = make(map[string]uint64)
 				}
 				ah.Events[ev.String()] += uint64(n)
-				if ev != AuthSuccess && ev != MessageAccepted && ev != RecipientAccepted {
+				if !ev.Behaviour().Benign {
 					evs = append(evs, fmt.Sprintf("%s=%d", ev, n))
 				}
 			}

@@ -48,9 +48,9 @@ func TestHistoryAggregatesAFlood(t *testing.T) {
 	// Brute force from one address until banned, and a legitimate client.
 	bad := dialFrom(t, srv.addr, "127.0.8.1")
 	bad.expect("220")
-	for i := range cfg.Thresholds.AuthFailure.Count {
+	for i := range cfg.Thresholds["auth_failure"].Count {
 		l := bad.cmd("AUTH bob wrong")
-		if i == cfg.Thresholds.AuthFailure.Count-1 && !strings.HasPrefix(l, "554") {
+		if i == cfg.Thresholds["auth_failure"].Count-1 && !strings.HasPrefix(l, "554") {
 			t.Fatalf("last failure: %q", l)
 		}
 	}

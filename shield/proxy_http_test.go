@@ -165,7 +165,7 @@ func TestMiddleware(t *testing.T) {
 // request's connection.
 func TestMiddlewareOnShieldConnReports(t *testing.T) {
 	cfg := testConfig()
-	cfg.Thresholds.AuthFailure.Count = 2
+	cfg.Thresholds.SetCount("auth_failure", 2)
 	h := newHarness(t, cfg, Options{})
 	inner, _ := net.Listen("tcp", "127.0.0.1:0")
 	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -1,9 +1,11 @@
 package shield
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -16,8 +18,13 @@ import (
 // Options are the parts of a Shield that are not configuration.
 type Options struct {
 	Logger   *slog.Logger     // nil = slog.Default()
-	StateDir string           // where bans, offender history and known-good addresses persist (JSON, atomic write, every SaveInterval and on Close); "" = no persistence
+	StateDir string           // where the default LocalStore persists bans, offender history and known-good addresses (JSON, atomic write, every SaveInterval and on Close), and where the event history lives; "" = no persistence
 	Now      func() time.Time // clock; nil = time.Now
+	// Store holds the state several nodes share (bans, offenders,
+	// known-good, lockdown); nil = a LocalStore on StateDir, which the
+	// Shield opens and closes. A Store given here is flushed by Close, not
+	// closed. See StateStore.
+	Store StateStore
 }
 
 // Shield is the defence layer. One Shield serves any number of listeners
@@ -29,6 +36,8 @@ type Shield struct {
 	stateDir string
 
 	pol       atomic.Pointer[policy]
+	rules     atomic.Pointer[[]eventRule] // by Event; rebuilt when an event registered after New is first reported
+	rulesMu   sync.Mutex
 	bans      atomic.Pointer[bart.Table[*ban]] // immutable snapshot, replaced by writers under banMu
 	banMu     sync.Mutex
 	issued    map[string]uint64 // bans issued by reason, under banMu
@@ -42,6 +51,15 @@ type Shield struct {
 	accounts  *lru[string, window]
 
 	lockdown atomic.Bool
+
+	store        StateStore
+	ownStore     bool // opened by New, closed by Close
+	stopWatch    func()
+	storeQ       chan storeOp
+	storeDropped atomic.Uint64 // writes dropped because the queue was full
+	storeErrors  atomic.Uint64
+	storeLogMu   sync.Mutex
+	storeLogged  time.Time // last "shield store write failed" line
 
 	lnMu      sync.Mutex
 	listeners []*listener
@@ -84,6 +102,9 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		tarpits:  make(map[*tarpitConn]struct{}),
 		closed:   make(chan struct{}),
 	}
+	s.cfg.Thresholds = maps.Clone(cfg.Thresholds) // the caller's map may change later
+	rules := compileRules(&s.cfg)
+	s.rules.Store(&rules)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -110,10 +131,10 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		return nil, fmt.Errorf("shield rules: %w", err)
 	}
 	s.pol.Store(p)
+	if err := s.openStore(opts); err != nil {
+		return nil, err
+	}
 	if s.stateDir != "" {
-		if err := s.loadState(); err != nil {
-			return nil, err
-		}
 		if err := s.hist.open(histPath(s.stateDir), s.now()); err != nil {
 			// Not fatal: the history is for reports; bans do not depend on it.
 			s.log.Error("shield history not loaded", "err", err)
@@ -145,9 +166,7 @@ func (s *Shield) Close() error {
 			t.c.Close()
 		}
 		s.tarpitMu.Unlock()
-		if s.stateDir != "" {
-			err = s.saveState()
-		}
+		err = s.closeStore()
 	})
 	return err
 }
@@ -178,10 +197,8 @@ func (s *Shield) housekeeping() {
 				s.foldHistory()
 				lastFold = t
 			}
-			if s.stateDir != "" && t.Sub(lastSave) >= s.cfg.SaveInterval {
-				if err := s.saveState(); err != nil {
-					s.log.Error("shield save failed", "err", err)
-				}
+			if t.Sub(lastSave) >= s.cfg.SaveInterval {
+				s.flushStore()
 				lastSave = t
 			}
 		}
@@ -211,21 +228,31 @@ func (s *Shield) Reload() error {
 	return nil
 }
 
-// SetLockdown turns lockdown on or off. Turning it on closes the open
-// connections of clients that are neither allowlisted nor known-good.
+// SetLockdown turns lockdown on or off, on every node sharing the store.
+// Turning it on closes the open connections of clients that are neither
+// allowlisted nor known-good.
 func (s *Shield) SetLockdown(on bool) {
+	if s.setLockdown(on) {
+		s.toStore(func(ctx context.Context, st StateStore) error { return st.SetLockdown(ctx, on) })
+	}
+}
+
+// setLockdown turns lockdown on or off locally and reports whether it
+// changed.
+func (s *Shield) setLockdown(on bool) bool {
 	if s.lockdown.Swap(on) == on {
-		return
+		return false
 	}
 	s.log.Warn("shield lockdown", "on", on)
 	if !on {
-		return
+		return true
 	}
 	now := s.now().UnixNano()
 	p := s.pol.Load()
 	s.kick(func(c *Conn) bool {
 		return !p.exempt(c.addr) && !s.isKnownGood(c.addr, now)
 	}, nil, "lockdown")
+	return true
 }
 
 // Lockdown reports whether lockdown is on.

@@ -5,43 +5,6 @@ import (
 	"strings"
 )
 
-// Event is a behaviour a protocol session reports about its client with
-// [Report] or [Conn.Report].
-type Event uint8
-
-const (
-	AuthFailure       Event = iota + 1 // failed login (brute force)
-	AuthSuccess                        // resets the address's auth-failure count; marks the address known-good; not a free pass for other thresholds
-	UnknownRecipient                   // RCPT to a nonexistent user (harvesting)
-	ProtocolError                      // syntax error, unknown command, HTTP verb on a mail port, line too long
-	PreGreet                           // client spoke before the banner
-	MessageAccepted                    // one message accepted (flood threshold); marks the address known-good
-	RecipientAccepted                  // one recipient accepted (flood threshold)
-
-	numEvents = int(RecipientAccepted) + 1
-)
-
-var eventNames = [numEvents]string{
-	AuthFailure:       "auth_failure",
-	AuthSuccess:       "auth_success",
-	UnknownRecipient:  "unknown_recipient",
-	ProtocolError:     "protocol_error",
-	PreGreet:          "pregreet",
-	MessageAccepted:   "message",
-	RecipientAccepted: "recipient",
-}
-
-// String returns the event's stable name, as used in logs, ban reasons and
-// the thresholds config section.
-func (e Event) String() string {
-	if int(e) < numEvents && eventNames[e] != "" {
-		return eventNames[e]
-	}
-	return fmt.Sprintf("event(%d)", uint8(e))
-}
-
-func (e Event) valid() bool { return e >= AuthFailure && int(e) < numEvents }
-
 // Action is what the shield does with a client it refuses.
 type Action uint8
 
@@ -110,19 +73,5 @@ const (
 	reasonLockdown     = "service restricted"
 	reasonBannedManual = "access denied"
 )
-
-// banReasons are the client-safe texts of behaviour bans.
-var banReasons = [numEvents]string{
-	AuthFailure:       "banned for repeated authentication failures",
-	UnknownRecipient:  "banned for too many unknown recipients",
-	ProtocolError:     "banned for repeated protocol errors",
-	PreGreet:          "banned for talking before the greeting",
-	MessageAccepted:   "too many messages, slow down",
-	RecipientAccepted: "too many recipients, slow down",
-}
-
-// temporaryEvent reports whether a ban caused by ev is a rate limit (a flood
-// of otherwise good traffic) rather than a policy refusal.
-func temporaryEvent(ev Event) bool { return ev == MessageAccepted || ev == RecipientAccepted }
 
 var allow = Decision{Action: Allow}

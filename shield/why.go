@@ -64,18 +64,18 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 	s.ips.do(addr, false, func(v *ipState, _ bool) {
 		e.Counters.IPConns = int(v.conns)
 		e.Counters.IPTokens = v.rate.peek(ns, lim.PerIPRate, lim.PerIPBurst)
-		for ev := AuthFailure; int(ev) < numEvents; ev++ {
-			th := s.cfg.Thresholds.byEvent(ev)
-			if th == nil {
-				continue
+		v.events.each(func(ev Event, w *window) {
+			r := s.rule(ev)
+			if r == nil || r.th.Count <= 0 {
+				return
 			}
-			if n := v.events[ev].current(ns, th.Window.Nanoseconds()); n > 0 {
+			if n := w.current(ns, r.th.Window.Nanoseconds()); n > 0 {
 				if e.Counters.Events == nil {
 					e.Counters.Events = make(map[string]int32)
 				}
 				e.Counters.Events[ev.String()] = n
 			}
-		}
+		})
 	})
 	s.prefixes.do(e.Counters.Prefix, false, func(v *prefixState, _ bool) {
 		e.Counters.PrefixConns = int(v.conns)
@@ -135,13 +135,15 @@ type Stats struct {
 	TarpitHeld    int64                    `json:"tarpit_held"`
 	Rules         int                      `json:"rules"`
 	Lockdown      bool                     `json:"lockdown"`
+	StoreDropped  uint64                   `json:"store_dropped"` // state store writes dropped because the queue was full
+	StoreErrors   uint64                   `json:"store_errors"`  // state store writes that failed
 }
 
 // Stats returns a snapshot of the counters.
 func (s *Shield) Stats() Stats {
 	st := Stats{Listeners: make(map[string]ListenerStats), BansIssued: make(map[string]uint64),
 		ReloadsOK: s.reloadsOK.Load(), ReloadsFailed: s.reloadsFailed.Load(), TarpitHeld: s.tarpitHeld.Load(),
-		Rules: s.pol.Load().size(), Lockdown: s.lockdown.Load()}
+		Rules: s.pol.Load().size(), Lockdown: s.lockdown.Load(), StoreDropped: s.storeDropped.Load(), StoreErrors: s.storeErrors.Load()}
 	s.lnMu.Lock()
 	for name, c := range s.stats {
 		st.Listeners[name] = ListenerStats{Accepted: c.accepted.Load(), Rejected: c.rejected.Load(), Dropped: c.dropped.Load(),

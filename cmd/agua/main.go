@@ -105,6 +105,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"bench":   cmdBench,
 		"report":  cmdReport,
 		"top":     cmdTop,
+		"dkim":    cmdDKIM,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]

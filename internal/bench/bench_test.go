@@ -66,8 +66,8 @@ func startAgua(t *testing.T, mutate func(*config.Config)) *server.Server {
 // Asserts behaviour, never timings.
 func TestBenchScenarios(t *testing.T) {
 	srv := startAgua(t, func(c *config.Config) {
-		c.Shield.Thresholds.AuthFailure.Count = 3
-		c.Shield.Thresholds.UnknownRecipient.Count = 5
+		c.Shield.Thresholds.SetCount("auth_failure", 3)
+		c.Shield.Thresholds.SetCount("unknown_recipient", 5)
 		c.SMTP.BannerDelay = 200 * time.Millisecond
 	})
 	rep, err := bench.Run(context.Background(), bench.Config{
@@ -118,7 +118,7 @@ func TestBenchScenarios(t *testing.T) {
 
 // Brute force against submission: failures, then the ban.
 func TestBenchBrute(t *testing.T) {
-	srv := startAgua(t, func(c *config.Config) { c.Shield.Thresholds.AuthFailure.Count = 3 })
+	srv := startAgua(t, func(c *config.Config) { c.Shield.Thresholds.SetCount("auth_failure", 3) })
 	rep, err := bench.Run(context.Background(), bench.Config{
 		Target:      srv.Addr("submission"),
 		Duration:    2 * time.Second,

@@ -85,7 +85,11 @@ func walk(table string, v reflect.Value, onTable func(table, doc string), onKey 
 			sort.Slice(keys, func(i, j int) bool { return fmt.Sprint(keys[i]) < fmt.Sprint(keys[j]) })
 			for _, k := range keys {
 				name := join(s.name, fmt.Sprint(k))
-				onTable(name, s.doc)
+				doc := s.doc
+				if d, ok := s.v.Interface().(interface{ DocOf(string) string }); ok && d.DocOf(fmt.Sprint(k)) != "" {
+					doc = d.DocOf(fmt.Sprint(k)) // e.g. each behaviour's own threshold doc
+				}
+				onTable(name, doc)
 				walk(name, s.v.MapIndex(k), onTable, onKey)
 			}
 			continue

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/shield"
 	"golang.org/x/net/dns/dnsmessage"
 )
@@ -52,11 +53,11 @@ func serve(c net.Conn) {
 		case f[0] == "AUTH" && len(f) == 3:
 			d = shield.ReportAuth(c, f[1], f[2] == "good")
 		case f[0] == "RCPT" && len(f) == 2 && f[1] == "bad":
-			d = shield.Report(c, shield.UnknownRecipient)
+			d = shield.Report(c, mailevents.UnknownRecipient)
 		case f[0] == "RCPT":
-			d = shield.Report(c, shield.RecipientAccepted)
+			d = shield.Report(c, mailevents.RecipientAccepted)
 		case f[0] == "MSG":
-			d = shield.Report(c, shield.MessageAccepted)
+			d = shield.Report(c, mailevents.MessageAccepted)
 		case f[0] == "QUIT":
 			fmt.Fprintf(c, "221 bye\r\n")
 			return

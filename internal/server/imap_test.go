@@ -228,7 +228,7 @@ func TestIMAPUIDsAcrossRestart(t *testing.T) {
 // A brute force from one address is banned (BYE), while the real user,
 // from another address, logs in and keeps working.
 func TestIMAPBruteForceBan(t *testing.T) {
-	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.AuthFailure.Count = 3 })
+	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.SetCount("auth_failure", 3) })
 	addr := ts.srv.Addr("imap")
 	attacker := dialIMAP(t, addr, "127.0.0.155")
 	attacker.do(`a1 LOGIN alice@example.test guess1`, "a1 NO [AUTHENTICATIONFAILED]")
@@ -253,7 +253,7 @@ func TestIMAPBruteForceBan(t *testing.T) {
 
 // BAD replies count as protocol errors: the address is banned.
 func TestIMAPProtocolErrorBan(t *testing.T) {
-	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.ProtocolError.Count = 3 })
+	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.SetCount("protocol_error", 3) })
 	addr := ts.srv.Addr("imap")
 	c := dialIMAP(t, addr, "127.0.0.160")
 	c.do(`a1 LOGIN alice@example.test "`+testPass+`"`, "a1 OK")

@@ -62,7 +62,7 @@ func metric(t *testing.T, text, name string, labels ...string) float64 {
 func TestAdminHTTPAndMetrics(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) {
 		c.Shield.Rules = []string{"deny 127.0.0.130 reject"}
-		c.Shield.Thresholds.AuthFailure.Count = 2
+		c.Shield.Thresholds.SetCount("auth_failure", 2)
 	})
 	tokb, err := os.ReadFile(AdminTokenFile(ts.cfg.DataDir))
 	if err != nil {

@@ -362,7 +362,7 @@ func TestPOP3LargeMaildrop(t *testing.T) {
 // user from another address logs in during the attack, without waiting:
 // the per-account delay only answers failures.
 func TestPOP3BruteForceBan(t *testing.T) {
-	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.AuthFailure.Count = 3 })
+	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.SetCount("auth_failure", 3) })
 	addr := ts.srv.Addr("pop3")
 	attacker := dialPOP(t, addr, "127.0.0.55")
 	attacker.do("USER "+testUser, "+OK")
@@ -397,7 +397,7 @@ func TestPOP3BruteForceBan(t *testing.T) {
 // Junk commands count as protocol errors: the address is banned and its
 // session ends with the ban's reply.
 func TestPOP3ProtocolErrorBan(t *testing.T) {
-	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.ProtocolError.Count = 3 })
+	ts := startServer(t, func(c *config.Config) { c.Shield.Thresholds.SetCount("protocol_error", 3) })
 	addr := ts.srv.Addr("pop3")
 	p := dialPOP(t, addr, "127.0.0.60")
 	p.do("EHLO x", "-ERR Unknown command")
@@ -456,7 +456,7 @@ func TestPOP3RejectAtAccept(t *testing.T) {
 // closed without a reply, and so are later connections.
 func TestPOP3BanDrop(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) {
-		c.Shield.Thresholds.AuthFailure.Count = 2
+		c.Shield.Thresholds.SetCount("auth_failure", 2)
 		c.Shield.BanAction = shield.Drop
 	})
 	addr := ts.srv.Addr("pop3")

@@ -12,7 +12,7 @@ import (
 // the same data folder, and keep refusing their addresses.
 func TestBansSurviveRestart(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Shield.Thresholds.ProtocolError.Count = 2
+	cfg.Shield.Thresholds.SetCount("protocol_error", 2)
 	srv, stop := runServer(t, cfg)
 	if err := srv.Shield().Ban(netip.MustParsePrefix("127.0.0.120/32"), time.Hour, "manual-test", shield.Reject); err != nil {
 		t.Fatal(err)

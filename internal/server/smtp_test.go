@@ -360,7 +360,7 @@ func TestPregreet(t *testing.T) {
 // another address, still logs in.
 func TestBruteForceBan(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) {
-		c.Shield.Thresholds.AuthFailure.Count = 3
+		c.Shield.Thresholds.SetCount("auth_failure", 3)
 	})
 	addr := ts.srv.Addr("submission")
 	attacker := dialFrom(t, addr, "127.0.0.77")
@@ -388,7 +388,7 @@ func TestBruteForceBan(t *testing.T) {
 // Harvesting: many unknown recipients ban the address.
 func TestHarvestBan(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) {
-		c.Shield.Thresholds.UnknownRecipient.Count = 5
+		c.Shield.Thresholds.SetCount("unknown_recipient", 5)
 	})
 	c := dialFrom(t, ts.srv.Addr("smtp"), "127.0.0.88")
 	c.expect("220 ")

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -181,7 +182,7 @@ func (ss *session) cmdRCPT(arg string) error {
 	}
 	if err := ss.tx.AddRcpt(ss.ctx, rcpt); err != nil {
 		// Harvesting shows as many unknown recipients.
-		if errors.Is(err, ErrUnknownRecipient) && !ss.report(shield.UnknownRecipient) {
+		if errors.Is(err, ErrUnknownRecipient) && !ss.report(mailevents.UnknownRecipient) {
 			return errQuit
 		}
 		e := AsError(err)
@@ -191,7 +192,7 @@ func (ss *session) cmdRCPT(arg string) error {
 		}
 		return nil
 	}
-	if !ss.report(shield.RecipientAccepted) {
+	if !ss.report(mailevents.RecipientAccepted) {
 		return errQuit
 	}
 	ss.env.Recipients = append(ss.env.Recipients, rcpt)

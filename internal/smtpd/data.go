@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -66,7 +67,7 @@ func (ss *session) cmdDATA(arg string) error {
 	if h := ss.srv.hooks.Delivered; h != nil {
 		h(&ss.info, &env, sp.Size(), took)
 	}
-	if !ss.report(shield.MessageAccepted) {
+	if !ss.report(mailevents.MessageAccepted) {
 		return errQuit
 	}
 	return nil

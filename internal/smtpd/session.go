@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -205,7 +206,7 @@ func (ss *session) pregreet() bool {
 	if err != nil {
 		return true // closed while waiting
 	}
-	shield.Report(ss.conn, shield.PreGreet)
+	shield.Report(ss.conn, mailevents.PreGreet)
 	ss.log.Debug("smtp pregreet talker")
 	ss.reply(Errorf(554, "5.5.1", "Protocol error: you spoke before the greeting"))
 	ss.flush()

@@ -1,0 +1,65 @@
+// Package mailevents defines the behaviours agua's mail servers report to
+// the shield: unknown recipients (address harvesting), talking before the
+// greeting (RFC 5321 4.3.1: the client waits for the 220 banner; Postfix
+// postscreen's pregreet test), and accepted messages and recipients (a flood
+// of otherwise good mail). The shield itself knows nothing about mail; it
+// defines only auth_failure, auth_success and protocol_error, which any
+// service has (shield.AuthFailure, shield.AuthSuccess, shield.ProtocolError).
+//
+// The behaviours register when this package is initialised, so importing it
+// (internal/config does) is what makes their thresholds part of the
+// configuration: [shield.thresholds.unknown_recipient], pregreet, message,
+// recipient and network_message.
+package mailevents
+
+import (
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+var (
+	// UnknownRecipient is an RCPT TO a user that does not exist
+	// (RFC 5321 3.6.2: 550 5.1.1); many of them are address harvesting.
+	UnknownRecipient = shield.MustRegister(shield.Behaviour{
+		Name:      "unknown_recipient",
+		Doc:       "recipients that do not exist (address harvesting)",
+		Threshold: shield.Threshold{Count: 20, Window: 10 * time.Minute},
+		Reason:    "banned for too many unknown recipients",
+	})
+
+	// PreGreet is a client that spoke before the greeting: RFC 5321 4.3.1
+	// has the client wait for the 220 banner; spambots often do not.
+	PreGreet = shield.MustRegister(shield.Behaviour{
+		Name:      "pregreet",
+		Doc:       "client spoke before the greeting",
+		Threshold: shield.Threshold{Count: 1, Window: time.Minute},
+		Reason:    "banned for talking before the greeting",
+	})
+
+	// MessageAccepted is one message accepted for delivery. It marks the
+	// address known-good; too many from one address, or from one network
+	// (network_message, a flood spread over a botnet), are a temporary
+	// refusal.
+	MessageAccepted = shield.MustRegister(shield.Behaviour{
+		Name:          "message",
+		Doc:           "accepted messages (flood); the ban is a temporary refusal",
+		Threshold:     shield.Threshold{Count: 500, Window: time.Minute},
+		Network:       shield.Threshold{Count: 3000, Window: time.Minute},
+		Reason:        "too many messages, slow down",
+		NetworkReason: "too many messages from your network, slow down",
+		Temporary:     true,
+		KnownGood:     true,
+		Benign:        true,
+	})
+
+	// RecipientAccepted is one recipient accepted (flood threshold).
+	RecipientAccepted = shield.MustRegister(shield.Behaviour{
+		Name:      "recipient",
+		Doc:       "accepted recipients (flood); the ban is a temporary refusal",
+		Threshold: shield.Threshold{Count: 2000, Window: time.Minute},
+		Reason:    "too many recipients, slow down",
+		Temporary: true,
+		Benign:    true,
+	})
+)

@@ -1,0 +1,178 @@
+package shield
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// twoNodes is two Shields sharing one state through two LocalStore
+// handles on the same folder, as two nodes share a Redis.
+func twoNodes(t *testing.T) (*harness, *harness) {
+	dir := t.TempDir()
+	var hs [2]*harness
+	clock := newFakeClock()
+	for i := range hs {
+		st, err := OpenLocalStore(dir, LocalStoreOptions{Capacity: 1000, Now: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		hs[i] = newHarness(t, testConfig(), Options{Store: st})
+	}
+	for _, h := range hs { // one clock for both nodes and the store
+		h.clock = clock
+		h.s.now = clock.Now
+	}
+	return hs[0], hs[1]
+}
+
+// TestSharedStoreBans: a ban, an unban, a behaviour ban with its
+// escalation, known-good status and lockdown made on one node are enforced
+// on the other, and a ban closes the other node's open connections.
+func TestSharedStoreBans(t *testing.T) {
+	n1, n2 := twoNodes(t)
+	srv := startServer(t, n2.s, ListenerConfig{Name: "smtp"})
+	cl := dialFrom(t, srv.addr, "127.61.0.1")
+	cl.expect("220")
+	conns := n2.s.Conns()
+	if len(conns) != 1 {
+		t.Fatalf("conns %+v", conns)
+	}
+
+	if err := n1.s.Ban(mustPrefix("127.61.0.0/24"), time.Hour, "scanner", Drop); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ban on node 2", func() bool { return n2.s.Decide(mustAddr("127.61.0.9"), "").Action == Drop })
+	if _, err := cl.line(5 * time.Second); err == nil {
+		t.Fatal("node 2 kept serving a connection node 1 banned")
+	}
+	if !n2.s.Unban(mustPrefix("127.61.0.0/24")) {
+		t.Fatal("node 2 did not have the ban")
+	}
+	eventually(t, "unban on node 1", func() bool { return n1.s.Decide(mustAddr("127.61.0.9"), "").Action == Allow })
+
+	// A behaviour ban and its escalation: the second offence on the other
+	// node is the second level.
+	addr := mustAddr("192.0.2.150")
+	n1.s.report(nil, addr, PreGreet, n1.clock.Now())
+	eventually(t, "behaviour ban on node 2", func() bool { return n2.s.Decide(addr, "").Source == "ban:pregreet" })
+	n1.clock.Advance(11 * time.Minute)
+	n2.s.report(nil, addr, PreGreet, n2.clock.Now())
+	var b BanInfo
+	for _, x := range n2.s.Bans() {
+		if x.Prefix == hostPrefix(addr) {
+			b = x
+		}
+	}
+	if b.Count != 2 || b.Expires.Sub(b.Created) != 20*time.Minute {
+		t.Fatalf("not escalated across nodes: %+v", b)
+	}
+
+	good := mustAddr("192.0.2.151")
+	n1.s.report(nil, good, AuthSuccess, n1.clock.Now())
+	eventually(t, "known-good on node 2", func() bool { return n2.s.Why(good).KnownGood })
+
+	n1.s.SetLockdown(true)
+	eventually(t, "lockdown on node 2", n2.s.Lockdown)
+	if d := n2.s.Decide(mustAddr("192.0.2.152"), ""); d.Source != "lockdown" {
+		t.Fatalf("node 2 in lockdown: %+v", d)
+	}
+	if d := n2.s.Decide(good, ""); d.Action != Allow {
+		t.Fatalf("known-good refused under lockdown: %+v", d)
+	}
+	n2.s.SetLockdown(false)
+	eventually(t, "lockdown off on node 1", func() bool { return !n1.s.Lockdown() })
+
+	// Failed logins on one account add up across nodes.
+	for range 3 {
+		n1.s.reportAccount("Carol@example.org", n1.clock.Now())
+	}
+	eventually(t, "account failures on node 2", func() bool { return n2.s.AccountDelay("carol@example.org") == 400*time.Millisecond })
+	n2.s.reportAccount("carol@example.org", n2.clock.Now())
+	eventually(t, "account failures back on node 1", func() bool { return n1.s.AccountDelay("carol@example.org") == 800*time.Millisecond })
+}
+
+// stuckStore is a store whose writes hang until released (a slow or
+// unreachable Redis).
+type stuckStore struct {
+	*LocalStore
+	release chan struct{}
+	mu      sync.Mutex
+	puts    int
+}
+
+func (s *stuckStore) PutBan(ctx context.Context, b BanRecord) error {
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.mu.Lock()
+	s.puts++
+	s.mu.Unlock()
+	return s.LocalStore.PutBan(ctx, b)
+}
+
+// TestStuckStoreNeverBlocksDecisions: with every store write hanging,
+// reports still ban, decisions still refuse, and a full queue drops writes
+// (counted) instead of making a session wait.
+func TestStuckStoreNeverBlocksDecisions(t *testing.T) {
+	ls, err := OpenLocalStore("", LocalStoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	st := &stuckStore{LocalStore: ls, release: make(chan struct{})}
+	h := newHarness(t, testConfig(), Options{Store: st})
+	addr := mustAddr("192.0.2.160")
+	if d := h.s.report(nil, addr, PreGreet, h.clock.Now()); d.Source != "ban:pregreet" {
+		t.Fatalf("no ban while the store hangs: %+v", d)
+	}
+	if d := h.s.Decide(addr, ""); d.Action != Reject {
+		t.Fatalf("ban not enforced while the store hangs: %+v", d)
+	}
+	for i := range storeQueue + 100 {
+		h.s.Ban(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), time.Hour, "flood", Drop)
+	}
+	if h.s.Stats().StoreDropped == 0 {
+		t.Fatal("a full queue did not drop")
+	}
+	close(st.release)
+	eventually(t, "writes resume", func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.puts > 0
+	})
+}
+
+// resyncStore answers Load with an empty state, as a Redis restarted
+// without its data would.
+type resyncStore struct{ *LocalStore }
+
+func (resyncStore) Load(context.Context) (State, error) { return State{}, nil }
+
+// TestResyncRepublishesBans: after a resync that finds the store empty,
+// the node writes its active bans back.
+func TestResyncRepublishesBans(t *testing.T) {
+	clock := newFakeClock()
+	ls, err := OpenLocalStore("", LocalStoreOptions{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	h := newHarness(t, testConfig(), Options{Store: resyncStore{ls}})
+	h.clock, h.s.now = clock, clock.Now
+	if err := h.s.Ban(mustPrefix("198.51.100.0/24"), time.Hour, "scanner", Drop); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ban written", func() bool { b, _ := ls.Bans(context.Background()); return len(b) == 1 })
+	ls.DeleteBan(context.Background(), mustPrefix("198.51.100.0/24")) // the store lost it
+	h.s.applyChange(Change{Kind: ChangeResync})
+	eventually(t, "ban republished", func() bool { b, _ := ls.Bans(context.Background()); return len(b) == 1 })
+	if d := h.s.Decide(mustAddr("198.51.100.7"), ""); d.Action != Drop {
+		t.Fatalf("ban lost locally: %+v", d)
+	}
+}
