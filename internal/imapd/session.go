@@ -3,7 +3,6 @@ package imapd
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -502,7 +501,7 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 		return nil
 	}
 	stamp, settled, err := sel.f.Stamp()
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, mailstore.ErrNoFolder) {
 		// Deleted or renamed under us (by this or another session): the
 		// client's view cannot be kept, so the session ends, as Dovecot's.
 		s.conn.bye("Selected mailbox was deleted or renamed")

@@ -2,7 +2,10 @@ package maildir
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"sync"
 	"time"
 
@@ -87,8 +90,13 @@ func (m *mailFolder) List() (mailstore.Listing, error) {
 	return out, nil
 }
 
+// Stamp says ErrNoFolder when the folder was deleted or renamed under
+// this Folder (its new/ or cur/ is gone).
 func (m *mailFolder) Stamp() (mailstore.Stamp, bool, error) {
 	st, settled, err := m.f.Stamp()
+	if errors.Is(err, fs.ErrNotExist) {
+		err = fmt.Errorf("%w: %w", mailstore.ErrNoFolder, err)
+	}
 	return mailstore.Stamp{uint64(st.newTime), uint64(st.curTime), st.newIno, st.curIno}, settled, err
 }
 

@@ -93,7 +93,8 @@ type Folder interface {
 	// Stamp identifies the folder's state. When settled, an equal stamp
 	// later means nothing was added, removed or re-flagged in between;
 	// while not settled it may not have changed yet (a poller lists
-	// anyway). IMAP IDLE polls it.
+	// anyway). IMAP IDLE polls it. ErrNoFolder when the folder was deleted
+	// or renamed since it was opened.
 	Stamp() (st Stamp, settled bool, err error)
 	// Open opens message uid for reading and returns its size in bytes;
 	// ErrNoMessage.

@@ -211,8 +211,10 @@ func testFolders(t *testing.T, e *env) {
 	arch := e.folder(User, "Archive")
 	uid := appendMsg(t, arch, message(1), "S")
 	before := list(t, arch)
-	arch.Close()
 	must(t, e.s.RenameFolder(ctx, User, "Archive", "Old"))
+	if _, _, err := arch.Stamp(); !errors.Is(err, mailstore.ErrNoFolder) {
+		t.Fatalf("Stamp of a renamed folder under its old name: %v, want ErrNoFolder", err)
+	}
 	names, err = e.s.ListFolders(ctx, User)
 	must(t, err)
 	if want := []string{"Old", "Old.2024", "Sent", "Trash"}; !slices.Equal(names, want) {
@@ -233,8 +235,23 @@ func testFolders(t *testing.T, e *env) {
 		t.Fatalf("renaming below itself: %v", err)
 	}
 
+	// A Folder open while its folder is renamed or deleted says so
+	// (an IMAP session selecting it ends).
+	old2024 := e.folder(User, "Old.2024")
+	must(t, e.s.CreateFolder(ctx, User, "Gone"))
+	gone := e.folder(User, "Gone")
+	must(t, e.s.DeleteFolder(ctx, User, "Gone"))
+	if _, _, err := gone.Stamp(); !errors.Is(err, mailstore.ErrNoFolder) {
+		t.Fatalf("Stamp of a deleted folder: %v, want ErrNoFolder", err)
+	}
 	// Deleting a folder keeps the folders below it.
 	must(t, e.s.DeleteFolder(ctx, User, "Old"))
+	if _, _, err := old.Stamp(); !errors.Is(err, mailstore.ErrNoFolder) {
+		t.Fatalf("Stamp of a deleted folder: %v, want ErrNoFolder", err)
+	}
+	if _, _, err := old2024.Stamp(); err != nil {
+		t.Fatalf("Stamp of the folder below a deleted one: %v", err)
+	}
 	if err := e.s.DeleteFolder(ctx, User, "Old"); !errors.Is(err, mailstore.ErrNoFolder) {
 		t.Fatalf("deleting twice: %v", err)
 	}
