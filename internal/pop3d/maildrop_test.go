@@ -10,6 +10,7 @@ import (
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/mailstore"
+	"github.com/agua-mail/agua/internal/mailstore/memstore"
 )
 
 // lookup is an accounts directory with one user whose password is "pw";
@@ -30,29 +31,40 @@ func (lookup) Authenticate(ctx context.Context, address, password string) (accou
 	return accounts.User{}, accounts.ErrAuthFailed
 }
 
-func openStore(t *testing.T) (*maildir.Store, mailstore.Store) {
-	t.Helper()
-	st, err := maildir.Open(t.TempDir(), maildir.Options{Hostname: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st, st.MailStore()
-}
-
-func deliverTo(t *testing.T, st *maildir.Store, msgs ...string) {
-	t.Helper()
-	for _, m := range msgs {
-		if err := st.Deliver(context.Background(), maildir.Message{R: strings.NewReader(m), Size: int64(len(m))},
-			[]maildir.Recipient{{Mailbox: "alice@example.test", Quota: 1 << 20}}); err != nil {
+// stores are the mail stores the backend is tested on: each returns the
+// store and a function delivering to alice's INBOX as SMTP does.
+var stores = []struct {
+	name string
+	open func(t *testing.T) (mailstore.Store, func(t *testing.T, msgs ...string))
+}{
+	{"maildir", func(t *testing.T) (mailstore.Store, func(t *testing.T, msgs ...string)) {
+		st, err := maildir.Open(t.TempDir(), maildir.Options{Hostname: "test"})
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
+		t.Cleanup(func() { st.Close() })
+		return st.MailStore(), func(t *testing.T, msgs ...string) {
+			t.Helper()
+			for _, m := range msgs {
+				if err := st.Deliver(context.Background(), maildir.Message{R: strings.NewReader(m), Size: int64(len(m))},
+					[]maildir.Recipient{{Mailbox: "alice@example.test", Quota: 1 << 20}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}},
+	{"memstore", func(t *testing.T) (mailstore.Store, func(t *testing.T, msgs ...string)) {
+		d := memstore.NewData()
+		return memstore.Open(d), func(t *testing.T, msgs ...string) {
+			for _, m := range msgs {
+				d.Deliver("alice@example.test", []byte(m))
+			}
+		}
+	}},
 }
 
 func TestBackendAuthenticate(t *testing.T) {
-	_, ms := openStore(t)
-	b := NewBackend(lookup{}, ms, nil)
+	b := NewBackend(lookup{}, memstore.Open(memstore.NewData()), nil)
 	ctx := context.Background()
 	if u, err := b.Authenticate(ctx, nil, "Alice@Example.test", "pw"); err != nil || u != "alice@example.test" {
 		t.Fatalf("good login: %q %v", u, err)
@@ -75,8 +87,16 @@ func TestBackendAuthenticate(t *testing.T) {
 // sees, opening marks new messages as no longer new, and only Update
 // changes anything.
 func TestBackendMaildrop(t *testing.T) {
-	st, ms := openStore(t)
-	deliverTo(t, st, "Subject: one\r\n\r\n1\r\n", "Subject: two\r\n\r\n22\r\n", "Subject: three\r\n\r\n333\r\n")
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			ms, deliver := st.open(t)
+			deliver(t, "Subject: one\r\n\r\n1\r\n", "Subject: two\r\n\r\n22\r\n", "Subject: three\r\n\r\n333\r\n")
+			testMaildrop(t, ms)
+		})
+	}
+}
+
+func testMaildrop(t *testing.T, ms mailstore.Store) {
 	b := NewBackend(lookup{}, ms, nil)
 	ctx := context.Background()
 	drop, err := b.OpenMaildrop(ctx, nil, "alice@example.test")
