@@ -266,36 +266,6 @@ func TestErrorsCountedAfterSTARTTLS(t *testing.T) {
 	c.expectClosed()
 }
 
-// The tap tells the engine's reads from its writes by their caller.
-func TestTapDirection(t *testing.T) {
-	if got := tapDirectionVia(func(w io.Writer) { io.MultiWriter(io.Discard, w).Write([]byte("x")) }); got != dirOut {
-		t.Fatalf("io.MultiWriter: direction %d", got)
-	}
-	if got := tapDirectionVia(func(w io.Writer) { io.TeeReader(strings.NewReader("x"), w).Read(make([]byte, 1)) }); got != dirIn {
-		t.Fatalf("io.TeeReader: direction %d", got)
-	}
-	if got := tapDirectionVia(func(w io.Writer) { w.Write([]byte("x")) }); got != dirUnknown {
-		t.Fatalf("direct write: direction %d", got)
-	}
-}
-
-type dirRecorder struct{ dir int }
-
-func (d *dirRecorder) Write(p []byte) (int, error) {
-	d.dir = tapDirectionFrom()
-	return len(p), nil
-}
-
-// tapDirectionFrom is tapDirection as seen from a Write method, like
-// replyTap.Write.
-func tapDirectionFrom() int { return tapDirection() }
-
-func tapDirectionVia(f func(io.Writer)) int {
-	d := &dirRecorder{}
-	f(d)
-	return d.dir
-}
-
 // A selected mailbox deleted by another session ends the session with a
 // BYE rather than failing every command.
 func TestSelectedMailboxDeleted(t *testing.T) {
@@ -367,5 +337,28 @@ func TestAccountDelayOnFailureOnly(t *testing.T) {
 	c.expect("a2 OK")
 	if asked.Load() != 1 || okAuth.Load() != 1 || failedAuth.Load() != 1 {
 		t.Fatalf("delay asked %d, Auth hook: %d successes, %d failures", asked.Load(), okAuth.Load(), failedAuth.Load())
+	}
+}
+
+// After STARTTLS the client's bytes are framed as before it (frame.go
+// does the handshake below the engine): a refused literal's octets are not
+// run as commands inside TLS either, and the session can log in there.
+func TestLiteralFramingAfterSTARTTLS(t *testing.T) {
+	ts := startTest(t, func(c *Config) { c.AllowInsecureAuthLoopback = false })
+	c := dial(t, ts.addr)
+	c.expect("* OK")
+	c.startTLS()
+	c.send(`a1 LOGIN alice@example.test "secret pass"`)
+	c.expect("a1 OK")
+	c.send("a2 CREATE {5000+}")
+	io.WriteString(c.conn, strings.Repeat("X CREATE evil\r\n", 334)[:5000]+"\r\n")
+	c.expect("a2 NO [TOOBIG]")
+	c.send("a3 APPEND INBOX {26214401+}")
+	go io.WriteString(c.conn, strings.Repeat("X CREATE evil\r\n", 1<<20)) // octets on their way
+	c.expect("a3 BAD [TOOBIG]")
+	c.expect("* BYE Literal too large")
+	c.expectClosed()
+	if names, err := ts.store.ListFolders(testUser); err != nil || slices.Contains(names, "evil") {
+		t.Fatalf("folders %q (%v)", names, err)
 	}
 }

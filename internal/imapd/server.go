@@ -7,24 +7,27 @@
 // (RFC 7889), STARTTLS (RFC 3501 6.2.1) and implicit TLS (RFC 8314).
 //
 // The protocol engine is github.com/emersion/go-imap/v2's imapserver; this
-// package is the session backend (session.go, fetch.go) and the layer that
-// connects the engine to the shield (conn.go). The engine has no hooks for
-// the shield, so each connection gets its own imapserver.Server, which
-// makes per-connection decisions possible with the engine as it is:
+// package is the session backend (session.go, fetch.go) and the layer
+// between the engine and the client (conn.go, frame.go). The engine has no
+// hooks for the shield, so each connection gets its own imapserver.Server,
+// which makes per-connection decisions possible with the engine as it is:
 //
 //   - whether logins are allowed without TLS (Options.InsecureAuth: only
 //     for loopback clients when AllowInsecureAuthLoopback is set, so others
 //     see LOGINDISABLED until STARTTLS, RFC 3501 6.2.3);
 //   - a logger that knows the connection, so a command line the engine
-//     cannot parse (it closes the connection) is reported to the shield;
-//   - a DebugWriter (replyTap) that sees the plaintext replies, also after
-//     STARTTLS, where the engine wraps the connection in TLS itself: every
-//     BAD reply counts as a protocol error towards the shield and
-//     Config.MaxErrors;
-//   - the connection it reads and writes, which is ours (watchConn): it
-//     applies agua's timeouts in place of the engine's fixed ones (30 s /
-//     35 min) and says "* BYE" before closing a session the shield, a
-//     timeout or a shutdown ends.
+//     cannot parse (it closes the connection) is reported to the shield,
+//     and an error of the client's that the engine would answer as its own
+//     ([SERVERBUG]) is answered BAD;
+//   - the connection it reads and writes, which is ours (engineConn): it
+//     frames the client's bytes, literals included, before the engine
+//     sees them (frame.go: a refused literal is never read as commands),
+//     does STARTTLS itself (so it always sees plaintext; the session then
+//     goes on with a second engine that allows logins), reads the replies
+//     so that every BAD counts as a protocol error towards the shield and
+//     Config.MaxErrors, applies agua's timeouts in place of the engine's
+//     fixed ones (30 s / 35 min) and says "* BYE" before closing a session
+//     the shield, a timeout or a shutdown ends.
 //
 // Logins are reported from Session.Login (LOGIN and AUTHENTICATE PLAIN).
 // The engine has no QUOTA (RFC 9208), ID (RFC 2971) or CONDSTORE
@@ -280,47 +283,64 @@ func (s *Server) serveConn(raw net.Conn) {
 		tc.SetDeadline(time.Time{})
 		c, isTLS = tc, true
 	}
-	w := newWatchConn(c, raw, s, log, deadline)
+	w := newWatchConn(c, raw, s, log, deadline, isTLS)
 	if !s.track(w, true) {
 		return
 	}
 	defer s.track(w, false)
 	// The shield may want this connection gone mid-session (newly denied
-	// address, ban, lockdown, eviction).
+	// address, ban, lockdown, eviction). It closes the socket itself, right
+	// after Done: a BYE written now would race that close (and reach the
+	// client or not), so the session ends without a word, as SMTP's and
+	// POP3's do.
 	if sc := shield.FromConn(raw); sc != nil {
 		go func() {
 			select {
 			case <-sc.Done():
 				log.Info("imap session closed by shield")
-				w.bye("Connection closed by policy")
+				w.ended.Store(true)
+				w.Close()
 			case <-ctx.Done():
 			}
 		}()
 	}
+	log.Debug("imap session start", "tls", isTLS)
+	// One engine until STARTTLS, another after it (frame.go does the
+	// handshake below the engine, so the engine never sees a TLS
+	// connection and decides from its options whether to allow logins).
+	for greeted := false; ; greeted = true {
+		ec := &engineConn{watchConn: w, greeted: greeted, done: make(chan struct{})}
+		sess := s.runEngine(ctx, ec, log)
+		if !ec.handover {
+			log.Debug("imap session end", "user", sess.user, "errors", w.errors.Load())
+			return
+		}
+	}
+}
 
-	sess := &session{srv: s, conn: w, log: log, ctx: ctx, tls: isTLS, closed: make(chan struct{})}
-	insecure := isTLS || s.cfg.AllowInsecureAuthLoopback && isLoopback(raw.RemoteAddr())
+// runEngine serves the connection with one engine instance until it ends.
+func (s *Server) runEngine(ctx context.Context, ec *engineConn, log *slog.Logger) *session {
+	w := ec.watchConn
+	sess := &session{srv: s, conn: w, log: log, ctx: ctx, closed: make(chan struct{})}
+	secure := w.secure.Load()
 	var tlsCfg *tls.Config
-	if !s.cfg.ImplicitTLS {
-		tlsCfg = s.cfg.TLS
+	if !secure {
+		tlsCfg = s.cfg.TLS // offers STARTTLS; frame.go answers it
 	}
 	engine := imapserver.New(&imapserver.Options{
-		NewSession: func(ec *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			w.engine.Store(ec)
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 			return sess, nil, nil
 		},
 		Caps:         s.caps,
 		Logger:       &engineLogger{w: w, log: log, srv: s},
 		TLSConfig:    tlsCfg,
-		InsecureAuth: insecure,
-		DebugWriter:  replyTap{w},
+		InsecureAuth: secure || s.cfg.AllowInsecureAuthLoopback && isLoopback(w.raw.RemoteAddr()),
 	})
-	log.Debug("imap session start", "tls", isTLS)
-	engine.Serve(&oneConnListener{c: w})
+	engine.Serve(&oneConnListener{c: ec})
 	// Serve returns once the connection is closed; the engine's goroutine
 	// then calls Session.Close.
 	<-sess.closed
-	log.Debug("imap session end", "user", sess.user, "errors", w.errors.Load())
+	return sess
 }
 
 func isLoopback(a net.Addr) bool {
@@ -331,7 +351,7 @@ func isLoopback(a net.Addr) bool {
 // oneConnListener hands the engine one connection, then blocks until that
 // connection is closed.
 type oneConnListener struct {
-	c    *watchConn
+	c    *engineConn
 	once sync.Once
 }
 
@@ -341,7 +361,7 @@ func (l *oneConnListener) Accept() (net.Conn, error) {
 	if first {
 		return l.c, nil
 	}
-	<-l.c.closed
+	<-l.c.done
 	return nil, net.ErrClosed
 }
 

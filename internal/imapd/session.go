@@ -23,7 +23,6 @@ type session struct {
 	conn *watchConn
 	log  *slog.Logger
 	ctx  context.Context
-	tls  bool
 
 	user  string // canonical, "" before login
 	quota int64
@@ -111,21 +110,17 @@ func (s *session) Login(user, pass string) error {
 		s.sleep(wait)
 		if d.Action != shield.Allow {
 			s.log.Info("imap session ended by shield", "action", d.Action.String(), "source", d.Source)
-			s.conn.smu.Lock()
-			s.conn.byeLocked(d, "")
-			s.conn.smu.Unlock()
+			s.conn.byeDecision(d, "")
 			return errSessionEnded
 		}
-		if s.conn.countError() {
+		if s.conn.countFailedLogin() {
 			s.conn.bye("Too many errors")
 			return errSessionEnded
 		}
 		return imapserver.ErrAuthFailed
 	}
 	if d := shield.ReportAuth(s.conn.raw, canonical, true); d.Action != shield.Allow {
-		s.conn.smu.Lock()
-		s.conn.byeLocked(d, "")
-		s.conn.smu.Unlock()
+		s.conn.byeDecision(d, "")
 		return errSessionEnded
 	}
 	if err := s.srv.store.CreateDefaultFolders(s.ctx, canonical, s.srv.cfg.DefaultFolders); err != nil {
@@ -133,7 +128,7 @@ func (s *session) Login(user, pass string) error {
 	}
 	s.user, s.quota = canonical, quota
 	s.conn.authed.Store(true)
-	s.log.Info("imap login", "user", canonical, "tls", s.tls || s.conn.isEncrypted())
+	s.log.Info("imap login", "user", canonical, "tls", s.conn.secure.Load())
 	return nil
 }
 

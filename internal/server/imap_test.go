@@ -269,6 +269,57 @@ func TestIMAPProtocolErrorBan(t *testing.T) {
 	h.expectClosed()
 }
 
+// Issue 10: client errors the engine used to answer "NO [SERVERBUG]"
+// (bad base64 in AUTHENTICATE, FETCH 0, bad modified UTF-7) are BAD,
+// count towards max_errors and the shield's protocol_error threshold
+// (10 by default): the session ends with BYE and the address is banned,
+// with no WARN line per bad command.
+func TestIMAPClientErrorsCounted(t *testing.T) {
+	ts := startServer(t, nil)
+	addr := ts.srv.Addr("imap")
+	c := dialIMAP(t, addr, "127.0.0.165")
+	ended := false
+	for i := 1; i <= 200 && !ended; i++ {
+		c.send(fmt.Sprintf("a%d AUTHENTICATE PLAIN !!!notbase64", i))
+		l, err := c.r.ReadString('\n')
+		switch {
+		case err != nil:
+			t.Fatalf("command %d: connection ended without BYE (%v)", i, err)
+		case strings.HasPrefix(l, "* BYE"):
+			ended = true
+			if i > 11 {
+				t.Fatalf("BYE only after %d bad commands", i-1)
+			}
+		case !strings.HasPrefix(l, fmt.Sprintf("a%d BAD ", i)):
+			t.Fatalf("command %d: %q", i, l)
+		}
+	}
+	if !ended {
+		t.Fatal("200 bad commands and no BYE")
+	}
+	c.expectClosed()
+	bans := ts.srv.Shield().Bans()
+	if len(bans) != 1 || bans[0].Prefix.String() != "127.0.0.165/32" || bans[0].Reason != "protocol_error" {
+		t.Fatalf("bans: %+v", bans)
+	}
+	again := &imapc{dialFrom(t, addr, "127.0.0.165")}
+	again.line("* BYE ")
+	// After login too: FETCH 0 and a bad mailbox name are BAD and counted.
+	u := dialIMAP(t, addr, "127.0.0.166")
+	u.do(`u1 LOGIN alice@example.test "`+testPass+`"`, "u1 OK")
+	u.send("u2 SELECT INBOX")
+	for !strings.HasPrefix(u.line(""), "u2 OK") {
+	}
+	u.do("u3 FETCH 0 FLAGS", "u3 BAD")
+	u.do("u4 FETCH 4294967296 FLAGS", "u4 BAD")
+	u.do("u5 CREATE &Jjo", "u5 BAD")
+	for _, l := range strings.Split(ts.logs.String(), "\n") {
+		if strings.Contains(l, "level=WARN") && strings.Contains(l, "proto=imap") {
+			t.Fatalf("WARN for a client's error: %s", l)
+		}
+	}
+}
+
 // A rule added to shield.rules closes the open session of that address;
 // others go on.
 func TestIMAPShieldClosesSession(t *testing.T) {
