@@ -53,6 +53,10 @@ Shield (talk to the running server):
   why IP [-json]                which rule, ban or limit applies to IP, and why
   lockdown [on|off]             serve only allowlisted and known-good clients
 
+Outbound queue (the queue folder, or the running server that holds it):
+  queue list|stats [-json]      messages waiting, with each recipient's state
+  queue show|hold|release|delete|retry ID    one message; retry -all: every one
+
 Reports (from the running server, or from the data folder when it is stopped):
   report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48]
         [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
@@ -106,6 +110,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"report":  cmdReport,
 		"top":     cmdTop,
 		"dkim":    cmdDKIM,
+		"queue":   cmdQueue,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]

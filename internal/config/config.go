@@ -28,6 +28,8 @@ type Config struct {
 	IMAP     IMAPConfig     `toml:"imap" doc:"IMAP (RFC 3501, RFC 9051) with STARTTLS (143) and implicit TLS (993)."`
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
+	Outbound OutboundConfig `toml:"outbound" doc:"Delivery to other servers: the queue in <data_dir>/queue, retries, bounces, relay host."`
+	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups."`
 }
 
 // LogConfig configures slog output.
@@ -173,6 +175,8 @@ func Default() Config {
 			AllowInsecureAuth: true,
 			MaxConns:          1000,
 		},
-		Shield: sh,
+		Shield:   sh,
+		Outbound: defaultOutbound(),
+		DNS:      defaultDNS(),
 	}
 }

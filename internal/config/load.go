@@ -309,6 +309,7 @@ func (c Config) Validate() []Problem {
 	if s.AuthDelay < 0 {
 		bad("smtp.auth_failure_delay", "must not be negative")
 	}
+	ps = append(ps, c.validateOutbound()...)
 	for _, err := range c.Shield.Validate() {
 		ps = append(ps, shieldProblem(err))
 	}

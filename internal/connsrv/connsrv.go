@@ -7,6 +7,7 @@ package connsrv
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -193,6 +194,22 @@ func ReadLine(r *bufio.Reader, max int) (string, error) {
 		buf = buf[:n-1]
 	}
 	return string(buf), nil
+}
+
+// HasLine reports whether r holds a complete line (an LF) that can be read
+// without waiting for the client. Protocol loops flush their replies when
+// it does not: RFC 2920 3.1 (and RFC 2449 6.6 for POP3) lets a server hold
+// replies back while more commands are waiting, but a command the client
+// has only half sent is not waiting, and holding the replies to the
+// complete ones until it is finished would stall a client that reads them
+// before it sends the rest (Postfix and Dovecot answer at once).
+func HasLine(r *bufio.Reader) bool {
+	n := r.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := r.Peek(n) // never reads: n bytes are already buffered
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 // SASL response errors from DecodeSASL; protocols map them to their replies.

@@ -50,10 +50,14 @@ func (ss *session) cmdSTLS(arg string) error {
 	if ss.srv.cfg.TLS == nil || ss.info.TLS {
 		return errNoSTLS
 	}
-	// RFC 2595 / CVE-2011-0411 class: anything pipelined after STLS would
-	// be read as if it came over TLS. Refuse instead of acting on it.
+	// RFC 2595 4 / CVE-2011-0411 class: anything pipelined after STLS
+	// would be read as if it came over TLS. The session is closed rather
+	// than the buffered bytes discarded: more of the injected group may
+	// still be in flight, and whether it arrived before this check is a
+	// matter of timing, so discarding would still run some of it as
+	// plaintext commands.
 	if ss.r.Buffered() > 0 {
-		return errSTLSPipelined
+		return ss.closeWith(errSTLSPipelined)
 	}
 	ss.ok("Begin TLS negotiation")
 	if err := ss.flush(); err != nil {

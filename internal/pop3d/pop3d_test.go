@@ -234,11 +234,12 @@ func TestSTLS(t *testing.T) {
 	c.cmd("USER "+testUser, "-ERR [AUTH] Plaintext authentication disallowed")
 	c.cmd("PASS "+testPass, "-ERR [AUTH] Plaintext authentication disallowed")
 	c.cmd("AUTH PLAIN "+plain(testUser, testPass), "-ERR [AUTH] Plaintext")
-	// Pipelined after STLS: refused, and the connection stays plain.
+	// Pipelined after STLS: refused and closed; the CAPA is never run.
 	c.raw("STLS\r\nCAPA\r\n")
-	c.expect("-ERR Commands pipelined after STLS are not allowed")
+	c.expect("-ERR Commands pipelined after STLS are not allowed; closing")
+	c.expectClosed()
+	c = dial(t, ts.addr)
 	c.expect("+OK")
-	c.multi()
 	c.startTLS()
 	c.send("CAPA")
 	c.expect("+OK")

@@ -84,7 +84,7 @@ var (
 	errAuthzID        = &Error{Code: "AUTH", Msg: "Authorization identity must match the user", kind: kindCounted}
 	errNeedTLS        = &Error{Code: "AUTH", Msg: "Plaintext authentication disallowed on non-secure connections; use STLS", kind: kindCounted}
 	errNoSTLS         = protoErr("STLS not available")
-	errSTLSPipelined  = protoErr("Commands pipelined after STLS are not allowed")
+	errSTLSPipelined  = protoErr("Commands pipelined after STLS are not allowed; closing")
 	errNoSuchMessage  = Errorf("", "No such message")
 	errDeleted        = Errorf("", "Message is deleted")
 	errTooManyErrors  = Errorf("", "Too many errors, closing connection")

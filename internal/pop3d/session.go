@@ -226,8 +226,8 @@ func (ss *session) run() {
 			return
 		}
 		// PIPELINING (RFC 2449 6.6): answer a group of commands in one
-		// write, flushing only when the client has sent nothing more.
-		if ss.r.Buffered() == 0 {
+		// write, flushing once no complete command is waiting.
+		if !connsrv.HasLine(ss.r) {
 			if ss.flush() != nil {
 				return
 			}
@@ -248,10 +248,8 @@ func (ss *session) dispatch(line string) error {
 	cmd, ok := commands[verb]
 	if !ok {
 		if httpVerbs[verb] {
-			ss.log.Info("pop3 http request on mail port", "verb", verb)
-			shield.Report(ss.conn, shield.ProtocolError)
-			ss.reply(errHTTP)
-			return errQuit
+			ss.log.Debug("pop3 http request on mail port", "verb", verb)
+			return ss.closeWith(errHTTP)
 		}
 		return errUnknownCommand
 	}
@@ -259,6 +257,15 @@ func (ss *session) dispatch(line string) error {
 		return errBadState
 	}
 	return cmd.handler(ss, arg)
+}
+
+// closeWith answers e, reports a protocol error to the shield and ends the
+// session. It is for refusals after which the bytes the client has already
+// sent cannot be trusted to be commands.
+func (ss *session) closeWith(e *Error) error {
+	shield.Report(ss.conn, shield.ProtocolError)
+	ss.reply(e)
+	return errQuit
 }
 
 // fail answers a failed command. Protocol errors and failed logins count

@@ -69,7 +69,7 @@ var _ smtpd.Backend = (*Router)(nil)
 
 // errNoOutbound refuses a remote recipient on submission while no outbound
 // queue is configured.
-var errNoOutbound = smtpd.Errorf(550, "5.3.0", "Outbound delivery is not available on this server yet; only local recipients are accepted")
+var errNoOutbound = smtpd.Errorf(550, "5.3.0", "Outbound delivery is not available on this server; only local recipients are accepted")
 
 // New returns a router.
 func New(cfg Config) (*Router, error) {

@@ -54,10 +54,11 @@ func (s *Server) listenIMAP(tlsCfg *tls.Config) error {
 }
 
 // imapReject answers a refused connection instead of the greeting
-// (RFC 3501 7.1.5: BYE, then close).
+// (RFC 3501 7.1.5: BYE, then close), with the shield's reason as it is:
+// it is complete client text.
 func imapReject(c net.Conn, d shield.Decision) {
 	if d.Temporary {
-		fmt.Fprintf(c, "* BYE [UNAVAILABLE] %s, try again later\r\n", d.Reason)
+		fmt.Fprintf(c, "* BYE [UNAVAILABLE] %s\r\n", d.Reason)
 		return
 	}
 	fmt.Fprintf(c, "* BYE %s\r\n", d.Reason)

@@ -53,10 +53,11 @@ func (s *Server) listenPOP3(tlsCfg *tls.Config) error {
 }
 
 // pop3Reject answers a refused connection instead of the greeting
-// (RFC 2449 8, RFC 3206 4: [SYS/TEMP] for a temporary refusal).
+// (RFC 2449 8, RFC 3206 4: [SYS/TEMP] for a temporary refusal), with the
+// shield's reason as it is: it is complete client text.
 func pop3Reject(c net.Conn, d shield.Decision) {
 	if d.Temporary {
-		fmt.Fprintf(c, "-ERR [SYS/TEMP] %s, try again later\r\n", d.Reason)
+		fmt.Fprintf(c, "-ERR [SYS/TEMP] %s\r\n", d.Reason)
 		return
 	}
 	fmt.Fprintf(c, "-ERR [AUTH] %s\r\n", d.Reason)

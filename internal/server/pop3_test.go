@@ -437,7 +437,7 @@ func TestPOP3RejectAtAccept(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) { c.Shield.Limits.PerIPConns = 1 })
 	first := dialPOP(t, ts.srv.Addr("pop3"), "127.0.0.90")
 	second := &pop{dialFrom(t, ts.srv.Addr("pop3"), "127.0.0.90")}
-	second.line("-ERR [SYS/TEMP] too many connections from your address, try again later")
+	second.line("-ERR [SYS/TEMP] too many connections from your address")
 	second.expectClosed()
 	// POP3S: closed (or reset) without a byte.
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.90")}}

@@ -258,11 +258,13 @@ func (s *Server) bind(name string, addrs []string, maxConns int, reject func(net
 }
 
 // smtpReject answers a refused connection instead of the banner
-// (RFC 5321 3.1: 554 for policy; 421 for a temporary refusal).
+// (RFC 5321 3.1: 554 for policy; 421 for a temporary refusal). The
+// shield's reason is complete client text ("server busy, try again
+// later"): nothing is added to it.
 func smtpReject(hostname string) func(net.Conn, shield.Decision) {
 	return func(c net.Conn, d shield.Decision) {
 		if d.Temporary {
-			fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", hostname, d.Reason)
+			fmt.Fprintf(c, "421 4.7.0 %s %s\r\n", hostname, d.Reason)
 			return
 		}
 		fmt.Fprintf(c, "554 5.7.1 %s %s\r\n", hostname, d.Reason)

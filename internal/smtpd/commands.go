@@ -68,10 +68,15 @@ func (ss *session) cmdSTARTTLS(arg string) error {
 	if arg != "" {
 		return errSyntax
 	}
-	// RFC 3207 / CVE-2011-0411: anything pipelined after STARTTLS would be
-	// read as if it came over TLS. Refuse instead of acting on it.
+	// RFC 3207 4.2 / CVE-2011-0411: anything pipelined after STARTTLS
+	// would be read as if it came over TLS. The session is closed rather
+	// than the buffered bytes discarded: more of the injected group may
+	// still be in flight, and whether it arrived before this check is a
+	// matter of timing, so discarding would still run some of it as
+	// plaintext commands. Only a broken client or an attacker pipelines
+	// past STARTTLS.
 	if ss.r.Buffered() > 0 {
-		return Errorf(554, "5.5.1", "Commands pipelined after STARTTLS are not allowed")
+		return ss.closeWith(errSTARTTLSPipelined)
 	}
 	ss.replyLine(220, "2.0.0", "Ready to start TLS")
 	if err := ss.flush(); err != nil {

@@ -20,7 +20,7 @@ const memSpoolLimit = 256 << 10
 
 func (ss *session) cmdDATA(arg string) error {
 	if arg != "" {
-		return errSyntax
+		return ss.refuseDATA(errSyntax)
 	}
 	ss.replyLine(354, "", "Start mail input; end with <CRLF>.<CRLF>")
 	if err := ss.flush(); err != nil {
@@ -127,6 +127,12 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 			if bad == nil {
 				bad = errBareLF
 			}
+		}
+		// RFC 6152 / RFC 2045 2.8: 8BITMIME data carries no NUL (only
+		// BINARYMIME would, and it is not offered); a stored NUL could not
+		// be served over IMAP (RFC 3501 4.3) either.
+		if bad == nil && bytes.IndexByte(line, 0) >= 0 {
+			bad = errNUL
 		}
 		body := line
 		if body[0] == '.' {

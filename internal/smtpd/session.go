@@ -184,8 +184,8 @@ func (ss *session) run() {
 			}
 		}
 		// PIPELINING (RFC 2920 3.1): answer a group of commands in one
-		// write, flushing only when the client has sent nothing more.
-		if ss.r.Buffered() == 0 {
+		// write, flushing once no complete command is waiting.
+		if !connsrv.HasLine(ss.r) {
 			if ss.flush() != nil {
 				return
 			}
@@ -220,23 +220,54 @@ func (ss *session) dispatch(line string) error {
 	cmd, ok := commands[verb]
 	if !ok {
 		if httpVerbs[verb] {
-			shield.Report(ss.conn, shield.ProtocolError)
 			ss.log.Debug("smtp http request on mail port", "verb", verb)
-			ss.reply(Errorf(554, "5.7.0", "This is an SMTP server, not an HTTP server; closing"))
-			return errQuit
+			return ss.closeWith(errHTTP)
 		}
 		if verb == "BDAT" {
-			return Errorf(502, "5.5.1", "CHUNKING is not offered")
+			// RFC 3030 2: the chunk follows BDAT at once, without waiting
+			// for a reply, so the bytes after this line are message data
+			// (perhaps someone else's) and must never be read as commands.
+			// CHUNKING is not offered, so the session ends here.
+			return ss.closeWith(errNoChunking)
 		}
 		return errUnknownCommand
 	}
 	if ss.state&cmd.states == 0 {
+		err := errBadSequence
 		if ss.state == stateConnected {
-			return errNeedEHLO
+			err = errNeedEHLO
 		}
-		return errBadSequence
+		if verb == "DATA" {
+			return ss.refuseDATA(err)
+		}
+		return err
 	}
 	return cmd.handler(ss, strings.TrimSpace(arg))
+}
+
+// refuseDATA refuses DATA before its 354. RFC 2920 3.1: the client waits
+// for the reply to DATA before it sends the message, so bytes already
+// waiting can only be a message sent blind; they are never read as
+// commands (Postfix: "improper command pipelining after DATA"). The
+// session ends with one reply that says why. A body that arrives only
+// after this check is still read as commands, as in Postfix: ending every
+// session whose DATA is refused would cut off the conforming pipelining
+// clients that answer a refused DATA with RSET.
+func (ss *session) refuseDATA(e *Error) error {
+	if ss.r.Buffered() > 0 {
+		ss.log.Debug("smtp data sent before 354", "refusal", e.Code)
+		return ss.closeWith(errDataPipelined)
+	}
+	return e
+}
+
+// closeWith answers e, reports a protocol error to the shield and ends the
+// session. It is for refusals after which the bytes the client has already
+// sent cannot be trusted to be commands.
+func (ss *session) closeWith(e *Error) error {
+	shield.Report(ss.conn, shield.ProtocolError)
+	ss.reply(e)
+	return errQuit
 }
 
 // fail answers a failed command. Protocol errors count towards MaxErrors and

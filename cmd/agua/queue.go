@@ -1,0 +1,148 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/queue"
+	"github.com/agua-mail/agua/internal/queue/queuehttp"
+	"github.com/agua-mail/agua/internal/server"
+)
+
+const queueUsage = "queue list | show ID | retry ID|-all | hold ID | release ID | delete ID | stats  [-json]"
+
+// cmdQueue runs the operator's queue commands: on the queue folder itself
+// when no server has it open, else through the running server's admin API.
+func cmdQueue(e *env) error {
+	asJSON := e.flags.Bool("json", false, "print JSON")
+	all := e.flags.Bool("all", false, "retry: every message")
+	pos, err := e.parse()
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef(queueUsage)
+	}
+	op, args := pos[0], pos[1:]
+	wantArgs := map[string]int{"list": 0, "stats": 0, "show": 1, "hold": 1, "release": 1, "delete": 1, "retry": 1}
+	n, known := wantArgs[op]
+	if op == "retry" && *all {
+		n = 0
+	}
+	if !known || len(args) != n {
+		return usagef(queueUsage)
+	}
+	ops, remote, done, err := openQueue(e)
+	if err != nil {
+		return err
+	}
+	defer done()
+	switch op {
+	case "list":
+		l, err := ops.List()
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(e, l)
+		}
+		return printQueue(e, l)
+	case "show":
+		m, err := ops.Get(args[0])
+		if err != nil {
+			return err
+		}
+		return printJSON(e, m)
+	case "stats":
+		var st queue.Stats
+		if remote != nil {
+			err = remote.Do("GET", "/v1/queue/stats", nil, &st)
+		} else {
+			st = ops.Stats()
+		}
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(e, st)
+		}
+		fmt.Fprintf(e.stdout, "messages %d (%d held), recipients waiting %d (%d deferred), %d bytes\n", st.Messages, st.Held, st.Recipients, st.Deferred, st.Bytes)
+		if !st.Oldest.IsZero() {
+			fmt.Fprintf(e.stdout, "oldest   %s (%s ago)\n", st.Oldest.Format(time.DateTime), time.Since(st.Oldest).Round(time.Second))
+		}
+		for d, n := range st.ByDomain {
+			fmt.Fprintf(e.stdout, "  %-30s %d\n", d, n)
+		}
+		return nil
+	case "retry":
+		if *all {
+			var n int
+			if remote != nil {
+				n, err = queuehttp.Client{Do: remote.Do}.RetryAllRemote()
+			} else {
+				n, err = queuehttp.RetryAll(ops, time.Now())
+			}
+			if err == nil {
+				fmt.Fprintf(e.stdout, "%d messages retried\n", n)
+			}
+			return err
+		}
+		err = ops.Retry(args[0], time.Now())
+	case "hold":
+		err = ops.Hold(args[0])
+	case "release":
+		err = ops.Release(args[0])
+	case "delete":
+		err = ops.Delete(args[0])
+	}
+	if err == nil {
+		fmt.Fprintln(e.stdout, "ok")
+	}
+	return err
+}
+
+// openQueue opens the queue folder, or, when the running server holds it,
+// returns a client of its admin API.
+func openQueue(e *env) (ops queuehttp.Ops, remote *admin.Client, done func(), err error) {
+	q, err := queue.Open(server.QueueDir(e.cfg), server.QueueOptions(e.cfg))
+	if err == nil {
+		return q, nil, func() { q.Close() }, nil
+	}
+	if !errors.Is(err, queue.ErrLocked) {
+		return nil, nil, nil, err
+	}
+	c := admin.NewClient(server.AdminSocket(e.cfg))
+	return queuehttp.Client{Do: c.Do}, c, func() {}, nil
+}
+
+func printQueue(e *env, l []queue.Message) error {
+	if len(l) == 0 {
+		fmt.Fprintln(e.stdout, "queue is empty")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSIZE\tRECEIVED\tFROM\tRECIPIENTS")
+	for _, m := range l {
+		from := m.Envelope.From
+		if from == "" {
+			from = "<>"
+		}
+		if m.Held {
+			from += " (held)"
+		}
+		var rs []string
+		for _, r := range m.Rcpts {
+			s := r.Addr + " " + r.Status.String()
+			if r.Status == queue.Deferred {
+				s += fmt.Sprintf(" #%d next %s", r.Attempts, r.Next.Format(time.TimeOnly))
+			}
+			rs = append(rs, s)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", m.ID, m.Size, m.Envelope.Received.Format(time.DateTime), from, strings.Join(rs, ", "))
+	}
+	return tw.Flush()
+}

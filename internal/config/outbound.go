@@ -1,0 +1,152 @@
+package config
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// OutboundConfig configures delivery of mail to other servers (the queue in
+// <data_dir>/queue and internal/outbound).
+type OutboundConfig struct {
+	SMTPPort           int              `toml:"smtp_port" doc:"TCP port of the recipients' mail exchangers (25 everywhere on the Internet; labs and tests point it at loopback peers)."`
+	SourceIP           string           `toml:"source_ip" doc:"Local address outgoing connections are made from (the one whose PTR record and SPF entry match hostname). Empty: the system's choice."`
+	RelayHost          string           `toml:"relay_host" doc:"Smart host (HOST:PORT or HOST for port 25) that receives all outgoing mail instead of the recipients' MX hosts, like Postfix's relayhost. Empty: deliver directly."`
+	RelayUser          string           `toml:"relay_user" doc:"User name for AUTH at the relay host (sent only over TLS, or to a loopback relay). Empty: no AUTH."`
+	RelayPassword      string           `toml:"relay_password" doc:"Password for AUTH at the relay host."`
+	RelayRequireTLS    bool             `toml:"relay_require_tls" doc:"Require STARTTLS with a certificate valid for the relay host's name; without it mail waits in the queue."`
+	DANE               bool             `toml:"dane" doc:"Authenticate MX hosts with DANE (RFC 7672): when the MX, address and TLSA answers are DNSSEC-validated (AD bit from dns.resolver), TLS is required and the certificate must match a TLSA record, else mail waits. Needs a validating resolver to have any effect."`
+	InitialConcurrency int              `toml:"initial_concurrency" doc:"Connections per destination at first; one more after as many successes, one less on a 421/451 or failed connection (Postfix's initial_destination_concurrency)."`
+	MaxConcurrency     int              `toml:"max_concurrency" doc:"Most connections per destination."`
+	MessagesPerConn    int              `toml:"messages_per_connection" doc:"Most messages sent over one connection before it is closed."`
+	RetryMin           time.Duration    `toml:"retry_min" doc:"Wait before the first retry of a temporary failure; it doubles with each attempt (with ±10% jitter)."`
+	RetryMax           time.Duration    `toml:"retry_max" doc:"Longest wait between retries."`
+	QueueLifetime      time.Duration    `toml:"queue_lifetime" doc:"A message not delivered after this long bounces (4.4.7) with a delivery status notification to its sender."`
+	Timeouts           OutboundTimeouts `toml:"timeouts" doc:"Peer timeouts of outgoing SMTP sessions (RFC 5321 4.5.3.2 minimums by default)."`
+}
+
+// OutboundTimeouts bound each step of an outgoing SMTP session.
+type OutboundTimeouts struct {
+	Connect   time.Duration `toml:"connect" doc:"TCP connection to a mail exchanger."`
+	Greeting  time.Duration `toml:"greeting" doc:"Waiting for the 220 greeting (RFC 5321 4.5.3.2.1)."`
+	Command   time.Duration `toml:"command" doc:"Reply to EHLO, STARTTLS, AUTH, RSET and QUIT."`
+	Mail      time.Duration `toml:"mail" doc:"Reply to MAIL (4.5.3.2.2)."`
+	Rcpt      time.Duration `toml:"rcpt" doc:"Reply to each RCPT (4.5.3.2.3)."`
+	DataInit  time.Duration `toml:"data_init" doc:"The 354 reply to DATA (4.5.3.2.4)."`
+	DataBlock time.Duration `toml:"data_block" doc:"Each block of message data sent (4.5.3.2.5)."`
+	DataEnd   time.Duration `toml:"data_end" doc:"Reply to the final dot (4.5.3.2.6)."`
+}
+
+// DNSConfig configures the DNS resolver (MX lookups for delivery; sender
+// checks later).
+type DNSConfig struct {
+	Resolver       []string      `toml:"resolver" doc:"Upstream resolvers (IP or IP:port), asked in order. Empty: the nameservers of /etc/resolv.conf. Use a local validating resolver if DANE is to trust its AD bit."`
+	Timeout        time.Duration `toml:"timeout" doc:"Time allowed for one query to one resolver."`
+	Attempts       int           `toml:"attempts" doc:"How many times the list of resolvers is tried."`
+	CacheSize      int           `toml:"cache_size" doc:"Most answers cached (for their TTL; negative answers for the SOA's negative TTL, RFC 2308). 0 disables the cache."`
+	MaxTTL         time.Duration `toml:"max_ttl" doc:"Longest time an answer is cached, whatever its TTL."`
+	MaxNegativeTTL time.Duration `toml:"max_negative_ttl" doc:"Longest time a \"no such name\" or \"no such record\" answer is cached."`
+}
+
+func defaultOutbound() OutboundConfig {
+	return OutboundConfig{
+		SMTPPort:           25,
+		RelayRequireTLS:    true,
+		DANE:               true,
+		InitialConcurrency: 5,
+		MaxConcurrency:     20,
+		MessagesPerConn:    100,
+		RetryMin:           5 * time.Minute,
+		RetryMax:           4 * time.Hour,
+		QueueLifetime:      5 * 24 * time.Hour,
+		Timeouts: OutboundTimeouts{
+			Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute,
+			Mail: 5 * time.Minute, Rcpt: 5 * time.Minute, DataInit: 2 * time.Minute,
+			DataBlock: 3 * time.Minute, DataEnd: 10 * time.Minute,
+		},
+	}
+}
+
+func defaultDNS() DNSConfig {
+	return DNSConfig{Timeout: 5 * time.Second, Attempts: 2, CacheSize: 10000, MaxTTL: time.Hour, MaxNegativeTTL: 15 * time.Minute}
+}
+
+// validateOutbound checks [outbound] and [dns].
+func (c Config) validateOutbound() []Problem {
+	var ps []Problem
+	bad := func(key, msg string) { ps = append(ps, Problem{Key: key, Msg: msg}) }
+	o := c.Outbound
+	if o.SMTPPort <= 0 || o.SMTPPort > 65535 {
+		bad("outbound.smtp_port", "must be a port number (1-65535)")
+	}
+	if o.SourceIP != "" {
+		if _, err := netip.ParseAddr(o.SourceIP); err != nil {
+			bad("outbound.source_ip", strconv.Quote(o.SourceIP)+" is not an IP address")
+		}
+	}
+	if o.RelayHost != "" {
+		if h, p, err := net.SplitHostPort(o.RelayHost); err == nil {
+			if n, err := strconv.Atoi(p); h == "" || err != nil || n <= 0 || n > 65535 {
+				bad("outbound.relay_host", strconv.Quote(o.RelayHost)+" is not HOST:PORT")
+			}
+		}
+	} else if o.RelayUser != "" {
+		bad("outbound.relay_user", "set without relay_host")
+	}
+	if o.InitialConcurrency <= 0 || o.MaxConcurrency <= 0 {
+		bad("outbound.initial_concurrency", "initial_concurrency and max_concurrency must be > 0")
+	} else if o.InitialConcurrency > o.MaxConcurrency {
+		bad("outbound.initial_concurrency", "must not exceed max_concurrency")
+	}
+	if o.MessagesPerConn <= 0 {
+		bad("outbound.messages_per_connection", "must be > 0")
+	}
+	if o.RetryMin <= 0 {
+		bad("outbound.retry_min", "must be > 0")
+	}
+	if o.RetryMax < o.RetryMin {
+		bad("outbound.retry_max", "must be at least retry_min")
+	}
+	if o.QueueLifetime <= 0 {
+		bad("outbound.queue_lifetime", "must be > 0")
+	}
+	t := o.Timeouts
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"connect", t.Connect}, {"greeting", t.Greeting}, {"command", t.Command}, {"mail", t.Mail},
+		{"rcpt", t.Rcpt}, {"data_init", t.DataInit}, {"data_block", t.DataBlock}, {"data_end", t.DataEnd},
+	} {
+		if d.v <= 0 {
+			bad("outbound.timeouts."+d.key, "must be > 0")
+		}
+	}
+	d := c.DNS
+	for _, r := range d.Resolver {
+		host := r
+		if h, _, err := net.SplitHostPort(r); err == nil && validHostPort(r) {
+			host = h
+		}
+		if _, err := netip.ParseAddr(host); err != nil {
+			bad("dns.resolver", strconv.Quote(r)+" is not an IP address or IP:port")
+		}
+	}
+	if d.Timeout <= 0 {
+		bad("dns.timeout", "must be > 0")
+	}
+	if d.Attempts <= 0 {
+		bad("dns.attempts", "must be > 0")
+	}
+	if d.CacheSize < 0 {
+		bad("dns.cache_size", "must not be negative (0 disables the cache)")
+	}
+	if d.MaxTTL <= 0 {
+		bad("dns.max_ttl", "must be > 0")
+	}
+	if d.MaxNegativeTTL < 0 {
+		bad("dns.max_negative_ttl", "must not be negative")
+	}
+	return ps
+}

@@ -1,0 +1,75 @@
+package config
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestOutboundAndDNSParse(t *testing.T) {
+	src := `[outbound]
+smtp_port = 2525
+source_ip = "192.0.2.10"
+relay_host = "smtp.provider.example:587"
+relay_user = "me@example.com"
+relay_password = "secret"
+retry_min = "1m"
+
+[outbound.timeouts]
+greeting = "30s"
+
+[dns]
+resolver = ["127.0.0.53", "[::1]:5353"]
+cache_size = 0
+`
+	c, err := Parse("out.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := c.Outbound
+	if o.SMTPPort != 2525 || o.SourceIP != "192.0.2.10" || o.RelayHost != "smtp.provider.example:587" || !o.RelayRequireTLS ||
+		o.RetryMin != time.Minute || o.RetryMax != 4*time.Hour || o.Timeouts.Greeting != 30*time.Second || o.Timeouts.DataEnd != 10*time.Minute {
+		t.Fatalf("outbound = %+v", o)
+	}
+	if !slices.Equal(c.DNS.Resolver, []string{"127.0.0.53", "[::1]:5353"}) || c.DNS.CacheSize != 0 || c.DNS.Timeout != 5*time.Second {
+		t.Fatalf("dns = %+v", c.DNS)
+	}
+}
+
+func TestOutboundProblems(t *testing.T) {
+	src := `[outbound]
+smtp_port = 0
+source_ip = "not-an-ip"
+relay_user = "x"
+initial_concurrency = 30
+retry_min = "1h"
+retry_max = "1m"
+
+[outbound.timeouts]
+data_end = "0s"
+
+[dns]
+resolver = ["dns.example.com"]
+attempts = 0
+`
+	_, err := Parse("bad.toml", []byte(src))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	var keys []string
+	for _, p := range ce.Problems {
+		keys = append(keys, p.Key)
+		if p.Line == 0 {
+			t.Errorf("problem without a line: %v", p)
+		}
+	}
+	want := []string{"outbound.smtp_port", "outbound.source_ip", "outbound.relay_user", "outbound.initial_concurrency",
+		"outbound.retry_max", "outbound.timeouts.data_end", "dns.resolver", "dns.attempts"}
+	slices.Sort(keys)
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		t.Fatalf("problems %v, want keys %v", ce.Problems, want)
+	}
+}
