@@ -214,10 +214,9 @@ func (s *Shield) maybeBanPrefix(net netip.Prefix, r *eventRule, now time.Time) *
 	return b
 }
 
-// Ban bans p for ttl (ttl <= 0: Config.BanTTL) with the given client action
-// (Allow: Config.BanAction). A prefix covered by an allow rule or a trusted
-// proxy cannot be banned.
-func (s *Shield) Ban(p netip.Prefix, ttl time.Duration, reason string, action Action) error {
+// CanBan says why p cannot be banned (allowlisted, a trusted proxy), or
+// nil, so a user interface offers a block only where it would work.
+func (s *Shield) CanBan(p netip.Prefix) error {
 	if !p.IsValid() {
 		return errors.New("invalid prefix")
 	}
@@ -229,6 +228,18 @@ func (s *Shield) Ban(p netip.Prefix, ttl time.Duration, reason string, action Ac
 	if pol.trusted.LookupPrefix(p) {
 		return errors.New("prefix is a trusted proxy")
 	}
+	return nil
+}
+
+// Ban bans p for ttl (ttl <= 0: Config.BanTTL) with the given client action
+// (Allow: Config.BanAction). A prefix covered by an allow rule or a trusted
+// proxy cannot be banned.
+func (s *Shield) Ban(p netip.Prefix, ttl time.Duration, reason string, action Action) error {
+	if err := s.CanBan(p); err != nil {
+		return err
+	}
+	p = canonPrefix(p)
+	pol := s.pol.Load()
 	if action == Allow {
 		action = s.cfg.BanAction
 	}

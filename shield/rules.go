@@ -39,6 +39,15 @@ type policy struct {
 	table   *bart.Table[uint32] // wider prefixes -> index into rules
 	rules   []rule
 	trusted *bart.Lite // Config.TrustedProxies
+	files   []RuleFile // what each rule file gave, in Config order
+}
+
+// RuleFile is what one rule file gave the policy in force.
+type RuleFile struct {
+	Name    string `json:"name"`
+	Missing bool   `json:"missing,omitempty"` // the file did not exist: none of its rules are in force
+	Lines   int    `json:"lines"`
+	Rules   int    `json:"rules"`
 }
 
 // lookup returns the longest-prefix rule for addr, or nil.
@@ -250,6 +259,7 @@ type policyBuilder struct {
 	nets   []uint32 // indexes of wider rules, in order
 	errs   []error
 	more   int
+	files  []RuleFile
 }
 
 func (b *policyBuilder) fail(source, reason string) {
@@ -320,6 +330,7 @@ const parallelLines = 50_000
 func (b *policyBuilder) addFile(name string) error {
 	data, err := os.ReadFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
+		b.files = append(b.files, RuleFile{Name: name, Missing: true})
 		return nil
 	}
 	if err != nil {
@@ -358,7 +369,12 @@ func (b *policyBuilder) addFile(name string) error {
 		}()
 	}
 	wg.Wait()
+	f := RuleFile{Name: name, Lines: lineNo - 1}
+	if len(text) > 0 && text[len(text)-1] != '\n' {
+		f.Lines++
+	}
 	for _, c := range chunks {
+		f.Rules += len(c.hosts4) + len(c.hosts6) + len(c.nets)
 		for _, e := range c.errs {
 			b.fail(e.Source, e.Reason)
 		}
@@ -367,6 +383,7 @@ func (b *policyBuilder) addFile(name string) error {
 		b.hosts6 = append(b.hosts6, c.hosts6...)
 		b.nets = append(b.nets, c.nets...)
 	}
+	b.files = append(b.files, f)
 	return nil
 }
 
@@ -437,7 +454,7 @@ func (b *policyBuilder) parseChunk(name, text string, firstLine, base int) parse
 // finish builds the lookup structures. The host keys are sorted while the
 // prefix table is built.
 func (b *policyBuilder) finish(trusted *bart.Lite) *policy {
-	p := &policy{rules: b.rules, trusted: trusted, table: new(bart.Table[uint32]),
+	p := &policy{rules: b.rules, trusted: trusted, table: new(bart.Table[uint32]), files: b.files,
 		hosts6: make(map[[16]byte]uint32, len(b.hosts6))}
 	done := make(chan struct{})
 	go func() {

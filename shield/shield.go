@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,6 +220,11 @@ func (s *Shield) Reload() error {
 	s.pol.Store(p)
 	s.reloadsOK.Add(1)
 	s.log.Info("shield reload", "rules", p.size())
+	for _, f := range p.files {
+		if f.Missing {
+			s.log.Warn("shield rule file missing: none of its rules are in force", "file", f.Name)
+		}
+	}
 	if s.cfg.CloseOnDeny && !s.cfg.DryRun {
 		s.kick(func(c *Conn) bool {
 			r := p.lookup(c.addr)
@@ -227,6 +233,10 @@ func (s *Shield) Reload() error {
 	}
 	return nil
 }
+
+// RuleFiles says what each rule file gave the rules in force: its lines
+// and rules, or that it was missing.
+func (s *Shield) RuleFiles() []RuleFile { return slices.Clone(s.pol.Load().files) }
 
 // SetLockdown turns lockdown on or off, on every node sharing the store.
 // Turning it on closes the open connections of clients that are neither

@@ -2,7 +2,12 @@ package shield
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 )
@@ -296,4 +301,30 @@ func (s *Shield) applyChange(c Change) {
 		s.applyState(st)
 		s.setLockdown(st.Lockdown || s.cfg.Lockdown)
 	}
+}
+
+// ReadBans returns the bans a stopped shield saved in stateDir that are
+// still in force at now, as Bans would list them (without the refusals
+// counted since, which are not saved), for tools that run while the
+// server is down.
+func ReadBans(stateDir string, now time.Time) ([]BanInfo, error) {
+	path := filepath.Join(stateDir, stateFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("shield state: %w", err)
+	}
+	var st persisted
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("shield state %s: %w", path, err)
+	}
+	var out []BanInfo
+	for _, pb := range st.Bans {
+		if !pb.Prefix.IsValid() || !now.Before(pb.Expires) {
+			continue
+		}
+		out = append(out, BanInfo{Prefix: canonPrefix(pb.Prefix), Reason: pb.Reason, Action: pb.Action, Manual: pb.Manual,
+			Created: pb.Created, Expires: pb.Expires, Count: max(pb.Count, 1)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, nil
 }

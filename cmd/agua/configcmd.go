@@ -1,10 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-
-	"github.com/agua-mail/agua/internal/tlsutil"
 
 	"github.com/agua-mail/agua/internal/config"
 )
@@ -26,22 +23,12 @@ func cmdConfig(e *env) error {
 		if err != nil {
 			return err
 		}
-		// What serve would read next: the certificate and the rule files.
-		var errs []error
-		if cfg.TLS.CertFile != "" {
-			if _, err := tlsutil.Load(cfg.Resolve(cfg.TLS.CertFile), cfg.Resolve(cfg.TLS.KeyFile)); err != nil {
-				errs = append(errs, err)
-			}
+		if e.data != "" {
+			cfg.DataDir = e.data
 		}
-		sh := cfg.Shield
-		for i, f := range sh.RuleFiles {
-			sh.RuleFiles[i] = cfg.Resolve(f)
-		}
-		if err := sh.CheckRules(); err != nil {
-			errs = append(errs, err)
-		}
-		if err := errors.Join(errs...); err != nil {
-			return fmt.Errorf("%s: the config parses, but:\n%w", pos[1], err)
+		// What serve reads next: the certificate and the rule files.
+		if err := cfg.CheckFiles(pos[1]); err != nil {
+			return err
 		}
 		fmt.Fprintf(e.stdout, "%s: OK\n", pos[1])
 		return nil

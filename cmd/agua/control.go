@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -46,11 +47,16 @@ func cmdReload(e *env) error {
 	if err != nil {
 		return err
 	}
-	var out map[string]string
+	var out admin.ReloadResult
 	if err := c.Do("POST", "/v1/reload", nil, &out); err != nil {
 		return fmt.Errorf("reload refused, the previous rules stay in force:\n%w", err)
 	}
-	fmt.Fprintln(e.stdout, out["result"])
+	fmt.Fprintln(e.stdout, out.Result)
+	for _, f := range out.Files {
+		if f.Missing {
+			return fmt.Errorf("rule file %s does not exist: none of its rules are in force", f.Name)
+		}
+	}
 	return nil
 }
 
@@ -59,12 +65,13 @@ func cmdBlock(e *env) error {
 	e.flags.StringVar(&req.For, "for", "24h", "how long the block lasts")
 	e.flags.StringVar(&req.Reason, "reason", "manual", "why (shown in bans and why)")
 	e.flags.StringVar(&req.Action, "action", "reject", "reject, drop or tarpit")
+	e.flags.BoolVar(&req.Force, "force", false, "block a prefix wider than admin.widest_block4/6 (/8, /32)")
 	pos, c, err := e.client()
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return usagef("block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit]")
+		return usagef("block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit] [-force]")
 	}
 	req.Prefix = pos[0]
 	var out map[string]string
@@ -108,11 +115,23 @@ func cmdBans(e *env) error {
 		return err
 	}
 	var bans []shield.BanInfo
-	if err := c.Do("GET", "/v1/bans", nil, &bans); err != nil {
+	stopped := false
+	if err = c.Do("GET", "/v1/bans", nil, &bans); errors.Is(err, admin.ErrNotRunning) {
+		// Stopped: the bans it saved, which it restores at its next start.
+		dir := server.ShieldStateDir(e.cfg)
+		if bans, err = shield.ReadBans(dir, time.Now()); err != nil {
+			return fmt.Errorf("agua is not running, and no saved bans could be read: %w", err)
+		}
+		stopped = true
+	}
+	if err != nil {
 		return err
 	}
 	if *asJSON {
 		return printJSON(e, bans)
+	}
+	if stopped {
+		fmt.Fprintf(e.stdout, "agua is not running: bans saved in %s (restored at the next start)\n", server.ShieldStateDir(e.cfg))
 	}
 	if len(bans) == 0 {
 		fmt.Fprintln(e.stdout, "no bans")
@@ -121,8 +140,8 @@ func cmdBans(e *env) error {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PREFIX\tREASON\tACTION\tCOUNT\tHITS\tEXPIRES")
 	for _, b := range bans {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s (in %s)\n", b.Prefix, b.Reason, b.Action, b.Count, b.Hits,
-			b.Expires.Format(time.DateTime), time.Until(b.Expires).Round(time.Second))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s UTC (in %s)\n", b.Prefix, b.Reason, b.Action, b.Count, b.Hits,
+			b.Expires.UTC().Format(time.DateTime), time.Until(b.Expires).Round(time.Second))
 	}
 	return tw.Flush()
 }
@@ -143,7 +162,7 @@ func cmdWhy(e *env) error {
 	if *asJSON {
 		return printJSON(e, ex)
 	}
-	var x shield.Explanation
+	var x admin.WhyResult
 	if err := json.Unmarshal(ex, &x); err != nil {
 		return err
 	}
@@ -152,7 +171,7 @@ func cmdWhy(e *env) error {
 }
 
 // formatWhy renders an explanation for a person at a terminal.
-func formatWhy(x shield.Explanation) string {
+func formatWhy(x admin.WhyResult) string {
 	var b strings.Builder
 	verdict := "served"
 	if x.Decision.Action != shield.Allow {
@@ -172,8 +191,8 @@ func formatWhy(x shield.Explanation) string {
 		b.WriteString("  rule:      none matches\n")
 	}
 	if bn := x.Ban; bn != nil {
-		fmt.Fprintf(&b, "  ban:       %s for %s (%s), expires %s (in %s), ban #%d, %d refused since\n",
-			bn.Prefix, bn.Reason, bn.Action, bn.Expires.Format(time.DateTime), time.Until(bn.Expires).Round(time.Second), bn.Count, bn.Hits)
+		fmt.Fprintf(&b, "  ban:       %s for %s (%s), expires %s UTC (in %s), ban #%d, %d refused since\n",
+			bn.Prefix, bn.Reason, bn.Action, bn.Expires.UTC().Format(time.DateTime), time.Until(bn.Expires).Round(time.Second), bn.Count, bn.Hits)
 	} else {
 		b.WriteString("  ban:       none\n")
 	}

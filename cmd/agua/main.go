@@ -47,7 +47,7 @@ Accounts:
   alias list [DOMAIN]
 
 Shield (talk to the running server):
-  block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit]
+  block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit] [-force]
   unblock CIDR | -reason TEXT | -all
   bans [-json]                  list bans with reason, count and expiry
   why IP [-json]                which rule, ban or limit applies to IP, and why
@@ -59,9 +59,10 @@ Outbound queue (the queue folder, or the running server that holds it):
 
 Reports (from the running server, or from the data folder when it is stopped):
   report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48]
-        [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
-                                offending addresses by network: one email per network
-                                for its abuse desk, CSV, or XARF v4 JSON
+        [-per4 16] [-per6 48] [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
+                                addresses that abused the server: one email per abuse
+                                contact (reverse DNS domain, else per /16 or /48),
+                                CSV, or XARF v4 JSON
   report attack [-since 1h] [-step 1m] [-format text|json] [-top 10]
                                 timeline, peaks, what the shield did, legitimate traffic served
 
@@ -192,6 +193,11 @@ func cmdServe(e *env) error {
 	}
 	if len(pos) > 0 {
 		return usagef("serve takes no arguments")
+	}
+	// What config check checks beyond the file: serve would fail on it
+	// later, or run without rules the operator believes are in force.
+	if err := e.cfg.CheckFiles(e.cfgPath); err != nil {
+		return err
 	}
 	logw, logc, err := logOutput(e.cfg, e.stderr)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 	"github.com/agua-mail/agua/shield"
 )
 
-const reportUsage = "report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48] [-min 10] [-resolver HOST:PORT]\n" +
+const reportUsage = "report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48] [-per4 16] [-per6 48] [-min 10] [-resolver HOST:PORT]\n" +
 	"       report attack [-since 1h] [-step 1m] [-format text|json]"
 
 // cmdReport prints an abuse or attack report from the shield's event
@@ -24,8 +24,19 @@ func cmdReport(e *env) error {
 	if len(e.args) == 0 {
 		return usagef("%s", reportUsage)
 	}
+	// Flags may come first (agua report -config FILE attack): the kind is
+	// the first argument that names one.
 	kind := e.args[0]
-	e.args = e.args[1:]
+	for i, a := range e.args {
+		if a == "abuse" || a == "attack" {
+			kind = a
+			e.args = append(e.args[:i:i], e.args[i+1:]...)
+			break
+		}
+	}
+	if kind != "abuse" && kind != "attack" {
+		e.args = e.args[1:]
+	}
 	switch kind {
 	case "abuse":
 		return reportAbuse(e)
@@ -61,10 +72,12 @@ func (e *env) history(since string, step time.Duration) (shield.HistorySnapshot,
 
 func reportAbuse(e *env) error {
 	since := e.flags.String("since", "24h", "period: a duration back from now, or an RFC 3339 time")
-	format := e.flags.String("format", "text", "text (one email per network), csv (one row per address) or xarf (XARF v4 JSON)")
+	format := e.flags.String("format", "text", "text (one email per abuse contact), csv (one row per address) or xarf (XARF v4 JSON)")
 	p4 := e.flags.Int("prefix4", 24, "IPv4 network size that groups addresses")
 	p6 := e.flags.Int("prefix6", 48, "IPv6 network size that groups addresses")
-	minimum := e.flags.Uint64("min", 10, "offences (events and refused connections) an address needs to be reported, unless it was banned")
+	per4 := e.flags.Int("per4", 16, "IPv4 network size that gets one email when reverse DNS names no owner (its -prefix4 networks listed inside)")
+	per6 := e.flags.Int("per6", 48, "IPv6 network size that gets one email when reverse DNS names no owner")
+	minimum := e.flags.Uint64("min", 10, "offences (failed logins, unknown recipients, protocol errors, pregreet, connections while banned for them) an address needs to be reported, unless it was banned")
 	resolver := e.flags.String("resolver", "", "DNS server (HOST:PORT) for reverse lookups of the offenders; empty: no lookups")
 	contact := e.flags.String("contact", "", "reply address named in the reports (default postmaster@HOSTNAME)")
 	pos, err := e.parse()
@@ -76,6 +89,9 @@ func reportAbuse(e *env) error {
 	}
 	if *p4 < 8 || *p4 > 32 || *p6 < 16 || *p6 > 128 {
 		return usagef("-prefix4 must be 8..32 and -prefix6 16..128")
+	}
+	if *per4 < 8 || *per4 > *p4 || *per6 < 16 || *per6 > *p6 {
+		return usagef("-per4 must be 8..-prefix4 and -per6 16..-prefix6")
 	}
 	var write func(*report.AbuseReport) error
 	switch *format {
@@ -97,7 +113,8 @@ func reportAbuse(e *env) error {
 	if err != nil {
 		return err
 	}
-	opts := report.AbuseOptions{Hostname: e.cfg.Hostname, Contact: *contact, Prefix4: *p4, Prefix6: *p6, Min: max(*minimum, 1)}
+	opts := report.AbuseOptions{Hostname: e.cfg.Hostname, Contact: *contact, Prefix4: *p4, Prefix6: *p6,
+		Contact4: *per4, Contact6: *per6, Min: max(*minimum, 1)}
 	if *resolver != "" {
 		opts.Resolver = &report.Resolver{Server: *resolver, Timeout: 2 * time.Second, Max: 200}
 	}

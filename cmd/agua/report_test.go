@@ -31,7 +31,7 @@ func TestReportFromStoppedServer(t *testing.T) {
 	}
 
 	out := mustAgua(t, "", "report", "attack", "-data", data, "-since", "1h")
-	if !strings.Contains(out, "bans issued:          1 (manual (scanner) 1)") {
+	if !strings.Contains(out, "by the operator:    1 (scanner 1)") {
 		t.Errorf("attack report:\n%s", out)
 	}
 	var x []map[string]any

@@ -19,7 +19,7 @@ import (
 // SSH: it polls the running server once a second and redraws.
 func cmdTop(e *env) error {
 	interval := e.flags.Duration("interval", time.Second, "refresh interval")
-	once := e.flags.Bool("once", false, "print one frame and exit (for scripts)")
+	once := e.flags.Bool("once", false, "print one frame and exit (for scripts); rates are measured over one -interval")
 	_, c, err := e.client()
 	if err != nil {
 		return err
@@ -35,12 +35,16 @@ func cmdTop(e *env) error {
 		if err := c.Do("GET", "/v1/live", nil, &live); err != nil {
 			return err
 		}
-		if !*once {
-			fmt.Fprint(e.stdout, "\x1b[H\x1b[2J") // home, clear
-		}
-		renderTop(e.stdout, &live, prev)
-		if *once {
-			return nil
+		// A rate needs two samples: -once takes the second one an
+		// interval after the first before it prints anything.
+		if !*once || prev != nil {
+			if !*once {
+				fmt.Fprint(e.stdout, "\x1b[H\x1b[2J") // home, clear
+			}
+			renderTop(e.stdout, &live, prev)
+			if *once {
+				return nil
+			}
 		}
 		prev = &live
 		select {
@@ -56,7 +60,7 @@ func renderTop(w io.Writer, l, prev *admin.Live) {
 	if l.Lockdown {
 		lock = "ON — only allowlisted and known-good clients are served"
 	}
-	fmt.Fprintf(w, "agua top — %s — %d connections open — lockdown %s\n\n", l.Time.Local().Format(time.TimeOnly), l.Conns, lock)
+	fmt.Fprintf(w, "agua top — %s — %d connections open — lockdown %s\n\n", l.Time.UTC().Format(time.TimeOnly)+" UTC", l.Conns, lock)
 	dt := 0.0
 	if prev != nil {
 		dt = l.Time.Sub(prev.Time).Seconds()

@@ -5,12 +5,14 @@
 package admin
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strings"
 	"time"
 
@@ -22,7 +24,18 @@ type Server struct {
 	Shield *shield.Shield
 	Status func() any // server-wide status (version, uptime, listeners, sessions)
 	Log    *slog.Logger
+	// WidestBlock4 and WidestBlock6 are the widest prefixes (fewest bits)
+	// a block accepts without Force; 0 means DefaultWidestBlock4/6.
+	WidestBlock4, WidestBlock6 int
 }
+
+// The widest blocks accepted without force by default: a /8 of IPv4 (16
+// million addresses, a large ISP's whole range) and a /32 of IPv6 (an ISP's
+// allocation). Anything wider is almost always a typo such as 0.0.0.0/0.
+const (
+	DefaultWidestBlock4 = 8
+	DefaultWidestBlock6 = 32
+)
 
 // BanRequest is the body of POST /v1/bans.
 type BanRequest struct {
@@ -30,6 +43,7 @@ type BanRequest struct {
 	For    string `json:"for"`    // duration, e.g. "1h"; "" = 24h
 	Reason string `json:"reason"`
 	Action string `json:"action"` // reject, drop or tarpit; "" = reject
+	Force  bool   `json:"force"`  // accept a prefix wider than the widest-block bound
 }
 
 // LockdownRequest is the body of POST /v1/lockdown.
@@ -87,7 +101,29 @@ func (a *Server) reload(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusUnprocessableEntity, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"result": "rules reloaded"})
+	files := a.Shield.RuleFiles()
+	writeJSON(w, http.StatusOK, ReloadResult{Result: "rules reloaded:" + describeRuleFiles(files), Files: files})
+}
+
+// ReloadResult is the answer to POST /v1/reload: what each rule file gave.
+type ReloadResult struct {
+	Result string            `json:"result"`
+	Files  []shield.RuleFile `json:"files"`
+}
+
+func describeRuleFiles(files []shield.RuleFile) string {
+	if len(files) == 0 {
+		return " no rule files configured"
+	}
+	var b strings.Builder
+	for _, f := range files {
+		if f.Missing {
+			fmt.Fprintf(&b, "\n  %s: MISSING, none of its rules are in force", f.Name)
+			continue
+		}
+		fmt.Fprintf(&b, "\n  %s: %d line(s), %d rule(s)", f.Name, f.Lines, f.Rules)
+	}
+	return b.String()
 }
 
 func (a *Server) bans(w http.ResponseWriter, r *http.Request) {
@@ -123,6 +159,10 @@ func (a *Server) ban(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	if err := a.checkWidth(p); err != nil && !req.Force {
+		fail(w, http.StatusUnprocessableEntity, "%v", err)
+		return
+	}
 	ttl := 24 * time.Hour
 	if req.For != "" {
 		if ttl, err = time.ParseDuration(req.For); err != nil || ttl <= 0 {
@@ -146,6 +186,32 @@ func (a *Server) ban(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"result": fmt.Sprintf("%s blocked for %s (%s, %s)", p, ttl, reason, act)})
+}
+
+// checkWidth refuses a block wider than the bound, saying what it covers.
+func (a *Server) checkWidth(p netip.Prefix) error {
+	widest, family := cmp.Or(a.WidestBlock4, DefaultWidestBlock4), "IPv4"
+	if p.Addr().Is6() {
+		widest, family = cmp.Or(a.WidestBlock6, DefaultWidestBlock6), "IPv6"
+	}
+	if p.Bits() >= widest {
+		return nil
+	}
+	covers := fmt.Sprintf("2^%d addresses, %s to %s", p.Addr().BitLen()-p.Bits(), p.Masked().Addr(), lastAddr(p))
+	if p.Bits() == 0 {
+		covers = "every " + family + " address: the whole Internet"
+	}
+	return fmt.Errorf("%s would block %s; blocks wider than /%d need force (agua block -force)", p, covers, widest)
+}
+
+// lastAddr is the highest address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 func (a *Server) unban(w http.ResponseWriter, r *http.Request) {
@@ -179,7 +245,38 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "ip=%q is not an IP address", r.URL.Query().Get("ip"))
 		return
 	}
-	writeJSON(w, http.StatusOK, a.Shield.Why(ip.Unmap()))
+	x := a.Shield.Why(ip.Unmap())
+	writeJSON(w, http.StatusOK, WhyResult{Explanation: x, Limits: configView(reflect.ValueOf(x.Limits))})
+}
+
+// WhyResult is the answer to GET /v1/why: the shield's explanation, with
+// the limits under their config names ([shield.limits]) and durations
+// written as in the config ("5s"), not as Go field names and nanoseconds.
+type WhyResult struct {
+	shield.Explanation
+	Limits map[string]any `json:"limits"`
+}
+
+// configView renders a config struct as its TOML keys and values, with
+// durations as text.
+func configView(v reflect.Value) map[string]any {
+	out := map[string]any{}
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if key == "" || key == "-" || !f.IsExported() {
+			continue
+		}
+		switch fv := v.Field(i); {
+		case fv.Type() == reflect.TypeFor[time.Duration]():
+			out[key] = time.Duration(fv.Int()).String()
+		case fv.Kind() == reflect.Struct:
+			out[key] = configView(fv)
+		default:
+			out[key] = fv.Interface()
+		}
+	}
+	return out
 }
 
 func (a *Server) lockdownGet(w http.ResponseWriter, r *http.Request) {

@@ -83,6 +83,9 @@ type Talker struct {
 	Conns         int    `json:"connections"`
 	Authenticated int    `json:"authenticated"`
 	Banned        bool   `json:"banned"`
+	// Exempt says why the shield would refuse to block it ("prefix is
+	// allowlisted"), so the dashboard offers no Block button; "" if none.
+	Exempt string `json:"exempt,omitempty"`
 }
 
 const topN = 15
@@ -124,15 +127,15 @@ func (a *Server) LiveSnapshot() Live {
 	for _, b := range l.Bans {
 		banned[b.Prefix.String()] = true
 	}
-	l.TopAddrs = top(byAddr, banned)
-	l.TopNets = top(byNet, banned)
+	l.TopAddrs = a.top(byAddr, banned)
+	l.TopNets = a.top(byNet, banned)
 	if l.Bans == nil {
 		l.Bans = []shield.BanInfo{}
 	}
 	return l
 }
 
-func top(m map[netip.Prefix]*Talker, banned map[string]bool) []Talker {
+func (a *Server) top(m map[netip.Prefix]*Talker, banned map[string]bool) []Talker {
 	out := make([]Talker, 0, len(m))
 	for _, t := range m {
 		t.Banned = banned[t.Prefix]
@@ -146,6 +149,13 @@ func top(m map[netip.Prefix]*Talker, banned map[string]bool) []Talker {
 	})
 	if len(out) > topN {
 		out = out[:topN]
+	}
+	for i := range out {
+		if p, err := netip.ParsePrefix(out[i].Prefix); err == nil {
+			if err := a.Shield.CanBan(p); err != nil {
+				out[i].Exempt = err.Error()
+			}
+		}
 	}
 	return out
 }

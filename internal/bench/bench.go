@@ -229,6 +229,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	default:
 		return nil, fmt.Errorf("unknown protocol %q (smtp, submission, pop3, imap)", cfg.Proto)
 	}
+	if cfg.Legit > 0 {
+		if err := probe(ctx, &cfg); err != nil {
+			return nil, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()

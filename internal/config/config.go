@@ -52,7 +52,7 @@ type TLSConfig struct {
 type AccountsConfig struct {
 	Database     string   `toml:"database" doc:"SQLite database file. Empty: <data_dir>/agua.db."`
 	DefaultQuota ByteSize `toml:"default_quota" doc:"Mailbox quota for users whose own quota is 0."`
-	Demo         bool     `toml:"demo" doc:"On first start with an empty directory, create domain example.test and user demo@example.test and print its password once."`
+	Demo         bool     `toml:"demo" doc:"On first start with an empty directory, create domain example.test and user demo@example.test and print its password once. On in the embedded defaults only: a config file has it only if it sets demo = true, and that is refused when any listener is off loopback."`
 }
 
 // StoreConfig configures how deliveries reach the disk. Either way a
@@ -115,6 +115,9 @@ type AdminConfig struct {
 	Listen string `toml:"listen" doc:"HTTP listener (host:port) for the admin API, /metrics and the dashboard. Empty: none. Off loopback it needs tls = true and a token."`
 	Token  string `toml:"token" doc:"Bearer token for the HTTP admin API, /metrics and the dashboard. Empty: generated once into <data_dir>/admin.token."`
 	TLS    bool   `toml:"tls" doc:"Serve the HTTP admin listener over TLS with the server certificate."`
+
+	WidestBlock4 int `toml:"widest_block4" doc:"Widest IPv4 prefix (fewest bits) agua block and the dashboard accept; a wider one (e.g. 0.0.0.0/0, a typo away from a real block) needs agua block -force."`
+	WidestBlock6 int `toml:"widest_block6" doc:"Widest IPv6 prefix (fewest bits) agua block and the dashboard accept without -force."`
 }
 
 // Default returns the embedded defaults: loopback listeners on unprivileged
@@ -150,7 +153,7 @@ func Default() Config {
 			AllowInsecureAuth: true,
 			MaxConns:          1000,
 		},
-		Admin: AdminConfig{Listen: "127.0.0.1:8025"},
+		Admin: AdminConfig{Listen: "127.0.0.1:8025", WidestBlock4: 8, WidestBlock6: 32},
 		POP3: POP3Config{
 			Listen:            []string{"127.0.0.1:2110"},
 			TLSListen:         []string{"127.0.0.1:2995"},

@@ -163,3 +163,46 @@ func TestDocExamplesParse(t *testing.T) {
 		}
 	}
 }
+
+// The demo account is on only in the embedded defaults; a config file asks
+// for it, and is refused when a listener is off loopback.
+func TestDemoOnlyOnLoopback(t *testing.T) {
+	cfg, err := Parse("prod.toml", []byte("[smtp]\nlisten = [\"0.0.0.0:25\"]\n"))
+	if err != nil || cfg.Accounts.Demo {
+		t.Fatalf("a config without demo: demo %v, %v", cfg.Accounts.Demo, err)
+	}
+	if cfg, err := Parse("local.toml", []byte("[accounts]\ndemo = true\n[smtp]\nlisten = [\"localhost:2526\"]\n")); err != nil || !cfg.Accounts.Demo {
+		t.Fatalf("demo on loopback: demo %v, %v", cfg.Accounts.Demo, err)
+	}
+	_, err = Parse("demo.toml", []byte("[accounts]\ndemo = true\n[imap]\ntls_listen = [\":993\"]\n"))
+	if err == nil || !strings.Contains(err.Error(), `demo.toml:2: accounts.demo: `) || !strings.Contains(err.Error(), `imap.tls_listen = ":993"`) {
+		t.Fatalf("demo off loopback: %v", err)
+	}
+}
+
+// Listeners clash when they share a port and an address, or one of them
+// listens on every address; port 0 never clashes.
+func TestListenerClashes(t *testing.T) {
+	for _, tc := range []struct {
+		a, b  string
+		clash bool
+	}{
+		{"127.0.0.1:25", "127.0.0.1:25", true},
+		{"0.0.0.0:25", "127.0.0.1:25", true},
+		{"[::]:25", "127.0.0.2:25", true},
+		{"localhost:25", "127.0.0.1:25", true},
+		{"127.0.0.1:25", "127.0.0.2:25", false},
+		{"127.0.0.1:0", "127.0.0.1:0", false},
+		{"127.0.0.1:25", "127.0.0.1:26", false},
+	} {
+		c := Default()
+		c.SMTP.Listen, c.SMTP.SubmissionListen = []string{tc.a}, []string{tc.b}
+		got := false
+		for _, p := range c.Validate() {
+			got = got || p.Key == "smtp.submission_listen" && strings.Contains(p.Msg, "clashes")
+		}
+		if got != tc.clash {
+			t.Errorf("%s and %s: clash %v, want %v", tc.a, tc.b, got, tc.clash)
+		}
+	}
+}

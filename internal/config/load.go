@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,6 +70,11 @@ func Parse(name string, data []byte) (Config, error) {
 	probs, cfg, md := decodeAll(name, data)
 	lines := keyLines(data)
 	if md != nil {
+		// The demo account belongs to the embedded defaults: a config
+		// file has it only when it asks for it.
+		if !md.IsDefined("accounts", "demo") {
+			cfg.Accounts.Demo = false
+		}
 		for _, k := range md.Undecoded() {
 			key := k.String()
 			probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: "unknown key"})
@@ -94,33 +101,81 @@ func Parse(name string, data []byte) (Config, error) {
 	return cfg, nil
 }
 
-// decodeAll decodes data over the defaults. The decoder stops at the first
-// bad value, so to report every problem at once the offending line is
-// blanked and decoding runs again, up to a bound.
+// decodeAll decodes data over the defaults. A syntax error stops the
+// decoder for good, so it is reported once, alone. A value of the wrong
+// type or form stops it too, but the rest of the file is still worth
+// checking: the offending line is blanked and decoding runs again, up to a
+// bound, so every such value is reported.
 func decodeAll(name string, data []byte) ([]Problem, Config, *toml.MetaData) {
+	if _, err := toml.Decode(string(data), new(map[string]any)); err != nil {
+		return []Problem{syntaxProblem(name, data, err)}, Default(), nil
+	}
 	var probs []Problem
 	text := append([]byte(nil), data...)
-	for range 100 {
+	for range maxDecodeProblems {
 		cfg := Default()
 		md, err := toml.NewDecoder(bytes.NewReader(text)).Decode(&cfg)
 		if err == nil {
 			return probs, cfg, &md
 		}
-		p := Problem{File: name, Msg: err.Error()}
-		var pe toml.ParseError
-		if !errors.As(err, &pe) || pe.Position.Line <= 0 {
+		p, ok := valueProblem(name, err)
+		if !ok {
 			return append(probs, p), cfg, nil
 		}
-		p.Line, p.Msg = pe.Position.Line, pe.Message
-		if pe.LastKey != "" {
-			p.Key = pe.LastKey
-		}
 		probs = append(probs, p)
-		if !blankLine(text, pe.Position.Line) {
+		if !blankLine(text, p.Line) {
 			return probs, cfg, nil
 		}
 	}
 	return probs, Default(), nil
+}
+
+// maxDecodeProblems bounds how many undecodable values one check reports.
+const maxDecodeProblems = 100
+
+// syntaxProblem locates a TOML syntax error. The parser counts a newline
+// it did not expect as the start of the next line; the mistake is on the
+// line that newline ends, so the line is taken from the byte offset.
+func syntaxProblem(name string, data []byte, err error) Problem {
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		return Problem{File: name, Msg: "TOML syntax: " + err.Error()}
+	}
+	line := pe.Position.Line
+	if off := pe.Position.Start; off > 0 && off <= len(data) {
+		line = 1 + bytes.Count(data[:off], []byte("\n"))
+	}
+	return Problem{File: name, Line: line, Msg: "TOML syntax: " + pe.Message}
+}
+
+// typeErr matches the decoder's type errors, which are plain text:
+// `toml: line 2 (last key "smtp.max_errors"): incompatible types: ...`.
+var typeErr = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
+
+// tomlTypes names the decoder's type words for an operator.
+var tomlTypes = strings.NewReplacer("integer", "a number", "Integer", "a number", "String", "a string",
+	"string", "a string", "Bool", "true or false", "bool", "true or false", "Float", "a decimal number",
+	"float", "a decimal number", "Array", "a list", "slice", "a list", "Hash", "a table", "struct", "a table")
+
+// valueProblem turns a decoder error about one value into a Problem with
+// line and key; ok is false when the error cannot be located.
+func valueProblem(name string, err error) (p Problem, ok bool) {
+	p = Problem{File: name, Msg: err.Error()}
+	var pe toml.ParseError
+	if errors.As(err, &pe) && pe.Position.Line > 0 {
+		p.Line, p.Key, p.Msg = pe.Position.Line, pe.LastKey, pe.Message
+		return p, true
+	}
+	m := typeErr.FindStringSubmatch(err.Error())
+	if m == nil || m[1] == "" {
+		return p, false
+	}
+	p.Line, _ = strconv.Atoi(m[1])
+	p.Key, p.Msg = m[2], m[3]
+	if got, want, ok := strings.Cut(strings.TrimPrefix(p.Msg, "incompatible types: TOML value has type "), "; destination has type "); ok {
+		p.Msg = "wrong type: want " + tomlTypes.Replace(want) + ", not " + tomlTypes.Replace(got)
+	}
+	return p, true
 }
 
 // blankLine replaces line n (1-based) with spaces, keeping the offsets of
@@ -277,6 +332,13 @@ func (c Config) Validate() []Problem {
 			bad("admin.listen", "%q is not a loopback address: set admin.token and admin.tls = true to listen there", a)
 		}
 	}
+	if c.Admin.WidestBlock4 < 1 || c.Admin.WidestBlock4 > 32 {
+		bad("admin.widest_block4", "must be between 1 and 32 (bits of an IPv4 prefix)")
+	}
+	if c.Admin.WidestBlock6 < 1 || c.Admin.WidestBlock6 > 128 {
+		bad("admin.widest_block6", "must be between 1 and 128 (bits of an IPv6 prefix)")
+	}
+	ps = append(ps, c.listenerProblems()...)
 	if len(s.Listen)+len(s.SubmissionListen)+len(s.SubmissionsListen) == 0 {
 		bad("smtp", "no listener configured")
 	}
@@ -314,6 +376,92 @@ func (c Config) Validate() []Problem {
 		ps = append(ps, shieldProblem(err))
 	}
 	return ps
+}
+
+// Listener is one configured listen address and the key that sets it.
+type Listener struct{ Key, Addr string }
+
+// Listeners returns every address agua serve binds, with its key.
+func (c Config) Listeners() []Listener {
+	var ls []Listener
+	for _, g := range []struct {
+		key   string
+		addrs []string
+	}{
+		{"smtp.listen", c.SMTP.Listen}, {"smtp.submission_listen", c.SMTP.SubmissionListen},
+		{"smtp.submissions_listen", c.SMTP.SubmissionsListen},
+		{"pop3.listen", c.POP3.Listen}, {"pop3.tls_listen", c.POP3.TLSListen},
+		{"imap.listen", c.IMAP.Listen}, {"imap.tls_listen", c.IMAP.TLSListen},
+		{"admin.listen", []string{c.Admin.Listen}},
+	} {
+		for _, a := range g.addrs {
+			if a != "" {
+				ls = append(ls, Listener{g.key, a})
+			}
+		}
+	}
+	return ls
+}
+
+// listenerProblems finds what would make serve fail or expose the demo
+// account: two listeners on one port (the second bind fails), and the
+// demo account on a server that listens off loopback.
+func (c Config) listenerProblems() []Problem {
+	var ps []Problem
+	ls := c.Listeners()
+	offLoopback := ""
+	for i, l := range ls {
+		host, port, err := net.SplitHostPort(l.Addr)
+		if err != nil || !validHostPort(l.Addr) {
+			continue // reported as not host:port
+		}
+		if offLoopback == "" && !loopbackHost(host) {
+			offLoopback = l.Key + " = " + strconv.Quote(l.Addr)
+		}
+		if port == "0" {
+			continue // any free port: never a clash
+		}
+		for _, o := range ls[:i] {
+			oh, op, err := net.SplitHostPort(o.Addr)
+			if err == nil && op == port && hostsOverlap(host, oh) {
+				ps = append(ps, Problem{Key: l.Key, Msg: fmt.Sprintf("%q clashes with %s = %q: both cannot bind the same port", l.Addr, o.Key, o.Addr)})
+				break
+			}
+		}
+	}
+	if c.Accounts.Demo && offLoopback != "" {
+		ps = append(ps, Problem{Key: "accounts.demo", Msg: fmt.Sprintf("the demo account (demo@example.test, its password printed at start) is only for a server on loopback, and %s is not: remove demo = true", offLoopback)})
+	}
+	return ps
+}
+
+// loopbackHost reports whether a listen host only reaches this machine.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// hostsOverlap reports whether two listen hosts on one port would clash:
+// the same address, or either one every address (Linux refuses both binds
+// of 0.0.0.0:25 and 127.0.0.1:25; Go's "tcp" [::] also takes IPv4).
+func hostsOverlap(a, b string) bool {
+	norm := func(h string) string {
+		if h == "localhost" {
+			return "127.0.0.1"
+		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			if ip.IsUnspecified() {
+				return ""
+			}
+			return ip.Unmap().String()
+		}
+		return h
+	}
+	a, b = norm(a), norm(b)
+	return a == "" || b == "" || a == b
 }
 
 // validHostPort accepts host:port with a port from 0 (any free port) to

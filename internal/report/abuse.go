@@ -1,8 +1,10 @@
 // Package report turns the shield's event history (shield.HistorySnapshot)
 // into reports an operator can act on:
 //
-//   - abuse reports: the offending addresses grouped by network, as one
-//     plain-text email per network for the network's abuse desk, as CSV
+//   - abuse reports: the addresses that abused the service (failed logins,
+//     harvesting, protocol abuse, coming back while banned for it), as one
+//     plain-text email per abuse contact (the owner's reverse DNS domain
+//     when known, else a /16 or /48 with its /24s listed), as CSV
 //     (one row per address), or as XARF v4 JSON (https://xarf.org, the
 //     xarf-core and connection type schemas of xarf/xarf-spec 4.0.0);
 //   - an attack report: the timeline of an incident, peak rates, what the
@@ -19,6 +21,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/agua-mail/agua/shield"
@@ -30,6 +33,8 @@ type AbuseOptions struct {
 	Contact  string    // where the abuse desk can answer; "" = postmaster@Hostname
 	Prefix4  int       // IPv4 network size grouping addresses (default 24)
 	Prefix6  int       // IPv6 network size (default 48)
+	Contact4 int       // IPv4 network size sharing one email when reverse DNS names no owner (default 16)
+	Contact6 int       // IPv6 network size sharing one email (default 48)
 	Min      uint64    // offences (events and refusals) an address needs to be reported, unless it was banned (default 10)
 	Resolver *Resolver // reverse DNS of the offending addresses; nil = none
 }
@@ -47,15 +52,25 @@ type Offender struct {
 	Messages uint64 // messages accepted (counted as abuse only when banned for a flood)
 	Rcpts    uint64 // recipients accepted (ditto)
 	Flood    bool   // banned, or refused by a ban, for a message or recipient flood
-	Refused  uint64 // connections refused
+	Refused  uint64 // connections refused (rules, limits, bans; not for a full server)
+	Banned   uint64 // of those, refused by a ban for the address's own abuse: it kept coming back
 	Bans     int    // behaviour bans issued (not the operator's)
 	PTR      string // reverse DNS name, "" when unknown
 	Evidence []string
 }
 
-// Offences is what makes the address worth reporting.
+// Offences is everything the shield held against the address, refusals
+// by rules and limits included: what an attack report counts.
 func (o *Offender) Offences() uint64 {
-	n := o.Auth + o.Unknown + o.Protocol + o.Pregreet + o.Refused
+	return o.abuse() - o.Banned + o.Refused
+}
+
+// abuse is what makes the address worth an abuse report: failed logins,
+// harvesting, protocol abuse, and coming back while banned for it (or the
+// messages of a flood it was banned for). A refusal by a rate limit or the
+// operator's rule is not abuse: a bursty legitimate relay gets those too.
+func (o *Offender) abuse() uint64 {
+	n := o.Auth + o.Unknown + o.Protocol + o.Pregreet + o.Banned
 	if o.Flood {
 		n += o.Messages + o.Rcpts
 	}
@@ -80,8 +95,8 @@ func (o *Offender) Activities() []string {
 	if o.Pregreet > 0 {
 		out = append(out, "talking before the greeting (spam software)")
 	}
-	if o.Refused > 0 {
-		out = append(out, "refused connections")
+	if o.Banned > 0 {
+		out = append(out, "coming back while banned for it (refused connections)")
 	}
 	return out
 }
@@ -122,24 +137,32 @@ func (n *Network) Offences() uint64 {
 	return s
 }
 
+// Contact is the networks that share one abuse contact, and so one
+// email: those whose addresses' reverse DNS names one domain, or else those
+// inside one /16 (IPv4) or /48 (IPv6).
+type Contact struct {
+	Domain   string       // the owner's domain, from reverse DNS; "" when unknown
+	Prefix   netip.Prefix // the enclosing network when Domain is ""
+	Networks []*Network
+}
+
 // AbuseReport is the offenders of a period, by network, most offences
-// first.
+// first, and the same networks by abuse contact.
 type AbuseReport struct {
 	Hostname string
 	Contact  string
 	Now      time.Time
 	Since    time.Time
 	Networks []*Network
+	Contacts []*Contact
 }
 
 // Abuse builds the abuse report of snap.
 func Abuse(ctx context.Context, snap shield.HistorySnapshot, opts AbuseOptions) *AbuseReport {
-	if opts.Prefix4 <= 0 || opts.Prefix4 > 32 {
-		opts.Prefix4 = 24
-	}
-	if opts.Prefix6 <= 0 || opts.Prefix6 > 128 {
-		opts.Prefix6 = 48
-	}
+	opts.Prefix4 = sizeOr(opts.Prefix4, 32, 24)
+	opts.Prefix6 = sizeOr(opts.Prefix6, 128, 48)
+	opts.Contact4 = min(sizeOr(opts.Contact4, 32, 16), opts.Prefix4)
+	opts.Contact6 = min(sizeOr(opts.Contact6, 128, 48), opts.Prefix6)
 	if opts.Min == 0 {
 		opts.Min = 10
 	}
@@ -150,25 +173,7 @@ func Abuse(ctx context.Context, snap shield.HistorySnapshot, opts AbuseOptions) 
 		opts.Contact = "postmaster@" + opts.Hostname
 	}
 	r := &AbuseReport{Hostname: opts.Hostname, Contact: opts.Contact, Now: snap.Now.UTC(), Since: snap.Since.UTC()}
-	nets := map[netip.Prefix]*Network{}
-	for i := range snap.Addrs {
-		o := offender(&snap.Addrs[i])
-		if o == nil || (o.Offences() < opts.Min && o.Bans == 0) {
-			continue
-		}
-		bits := opts.Prefix6
-		if o.Addr.Addr().Is4() {
-			bits = opts.Prefix4
-		}
-		p, _ := o.Addr.Addr().Prefix(min(bits, o.Addr.Bits()))
-		n := nets[p]
-		if n == nil {
-			n = &Network{Prefix: p}
-			nets[p] = n
-			r.Networks = append(r.Networks, n)
-		}
-		n.Offenders = append(n.Offenders, o)
-	}
+	r.Networks = networks(snap, opts.Prefix4, opts.Prefix6, func(o *Offender) bool { return o.abuse() >= opts.Min || o.Bans > 0 })
 	if opts.Resolver != nil {
 		var all []*Offender
 		for _, n := range r.Networks {
@@ -179,7 +184,58 @@ func Abuse(ctx context.Context, snap shield.HistorySnapshot, opts AbuseOptions) 
 			n.Domain = commonDomain(n.Offenders)
 		}
 	}
-	for _, n := range r.Networks {
+	byKey := map[string]*Contact{}
+	for _, n := range r.Networks { // most offences first, so are the contacts
+		c := &Contact{Domain: n.Domain}
+		key := "domain " + n.Domain
+		if n.Domain == "" {
+			bits := opts.Contact6
+			if n.Prefix.Addr().Is4() {
+				bits = opts.Contact4
+			}
+			c.Prefix, _ = n.Prefix.Addr().Prefix(min(bits, n.Prefix.Bits()))
+			key = c.Prefix.String()
+		}
+		if byKey[key] == nil {
+			byKey[key] = c
+			r.Contacts = append(r.Contacts, c)
+		}
+		byKey[key].Networks = append(byKey[key].Networks, n)
+	}
+	return r
+}
+
+func sizeOr(bits, most, def int) int {
+	if bits <= 0 || bits > most {
+		return def
+	}
+	return bits
+}
+
+// networks groups the offenders that report selects by network (prefix4
+// or prefix6 bits), most offences first.
+func networks(snap shield.HistorySnapshot, prefix4, prefix6 int, report func(*Offender) bool) []*Network {
+	var out []*Network
+	nets := map[netip.Prefix]*Network{}
+	for i := range snap.Addrs {
+		o := offender(&snap.Addrs[i])
+		if o == nil || !report(o) {
+			continue
+		}
+		bits := prefix6
+		if o.Addr.Addr().Is4() {
+			bits = prefix4
+		}
+		p, _ := o.Addr.Addr().Prefix(min(bits, o.Addr.Bits()))
+		n := nets[p]
+		if n == nil {
+			n = &Network{Prefix: p}
+			nets[p] = n
+			out = append(out, n)
+		}
+		n.Offenders = append(n.Offenders, o)
+	}
+	for _, n := range out {
 		slices.SortFunc(n.Offenders, func(a, b *Offender) int {
 			if c := cmp.Compare(b.Offences(), a.Offences()); c != 0 {
 				return c
@@ -187,14 +243,19 @@ func Abuse(ctx context.Context, snap shield.HistorySnapshot, opts AbuseOptions) 
 			return a.Addr.Addr().Compare(b.Addr.Addr())
 		})
 	}
-	slices.SortFunc(r.Networks, func(a, b *Network) int {
+	slices.SortFunc(out, func(a, b *Network) int {
 		if c := cmp.Compare(b.Offences(), a.Offences()); c != 0 {
 			return c
 		}
 		return a.Prefix.Addr().Compare(b.Prefix.Addr())
 	})
-	return r
+	return out
 }
+
+// behaviourBans are the reasons of the shield's own bans (its threshold
+// names); any other reason is an operator's block.
+var behaviourBans = map[string]bool{"auth_failure": true, "unknown_recipient": true, "protocol_error": true,
+	"pregreet": true, "message": true, "recipient": true, "network_message": true}
 
 // offender reads what an address did; nil when it did nothing reportable.
 func offender(a *shield.AddrHistory) *Offender {
@@ -206,8 +267,11 @@ func offender(a *shield.AddrHistory) *Offender {
 			continue // a full server refuses everyone: not the client's doing
 		}
 		o.Refused += r.Count
-		if r.Source == "ban:message" || r.Source == "ban:recipient" {
-			o.Flood = true
+		if reason, ok := strings.CutPrefix(r.Source, "ban:"); ok && behaviourBans[reason] {
+			o.Banned += r.Count
+			if reason == "message" || reason == "recipient" || reason == "network_message" {
+				o.Flood = true
+			}
 		}
 	}
 	for _, b := range a.Bans {

@@ -2,7 +2,6 @@ package report
 
 import (
 	"cmp"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -47,20 +46,24 @@ type AttackReport struct {
 	Now      time.Time     `json:"now"`
 	Step     time.Duration `json:"step"`
 
-	Admitted          uint64                 `json:"admitted"`
-	AdmittedKnownGood uint64                 `json:"admitted_known_good"`
-	Refused           uint64                 `json:"refused"`
-	RefusedByAction   map[string]uint64      `json:"refused_by_action"`
-	RefusedBySource   map[string]uint64      `json:"refused_by_source"`
-	Events            map[string]uint64      `json:"events"`
-	BansByReason      map[string]uint64      `json:"bans_by_reason"`
-	Bans              uint64                 `json:"bans"`
-	Unbans            uint64                 `json:"unbans"`
-	PeakRefused       Peak                   `json:"peak_refused"`
-	PeakAdmitted      Peak                   `json:"peak_admitted"`
-	Attackers         int                    `json:"attackers"` // offending addresses
-	TopNetworks       []NetworkSummary       `json:"top_networks"`
-	Timeline          []shield.TimelinePoint `json:"timeline"`
+	Admitted          uint64            `json:"admitted"`
+	AdmittedKnownGood uint64            `json:"admitted_known_good"`
+	Refused           uint64            `json:"refused"`
+	RefusedByAction   map[string]uint64 `json:"refused_by_action"`
+	RefusedBySource   map[string]uint64 `json:"refused_by_source"`
+	Events            map[string]uint64 `json:"events"`
+	BansByReason      map[string]uint64 `json:"bans_by_reason"` // the shield's own bans, by behaviour
+	// OperatorBans are the blocks of agua block and the dashboard, by the
+	// reason given ("manual" when none was).
+	OperatorBans         uint64                 `json:"operator_bans"`
+	OperatorBansByReason map[string]uint64      `json:"operator_bans_by_reason"`
+	Bans                 uint64                 `json:"bans"`
+	Unbans               uint64                 `json:"unbans"`
+	PeakRefused          Peak                   `json:"peak_refused"`
+	PeakAdmitted         Peak                   `json:"peak_admitted"`
+	Attackers            int                    `json:"attackers"` // offending addresses
+	TopNetworks          []NetworkSummary       `json:"top_networks"`
+	Timeline             []shield.TimelinePoint `json:"timeline"`
 }
 
 // Attack builds the attack report of snap.
@@ -73,7 +76,7 @@ func Attack(snap shield.HistorySnapshot, opts AttackOptions) *AttackReport {
 	}
 	r := &AttackReport{Hostname: opts.Hostname, Since: snap.Since.UTC(), Now: snap.Now.UTC(), Step: snap.Step,
 		RefusedByAction: map[string]uint64{}, RefusedBySource: map[string]uint64{}, Events: map[string]uint64{},
-		BansByReason: map[string]uint64{}, Timeline: snap.Timeline}
+		BansByReason: map[string]uint64{}, OperatorBansByReason: map[string]uint64{}, Timeline: snap.Timeline}
 	for _, p := range snap.Timeline {
 		r.Admitted += p.Admitted
 		r.AdmittedKnownGood += p.AdmittedKnownGood
@@ -98,19 +101,26 @@ func Attack(snap shield.HistorySnapshot, opts AttackOptions) *AttackReport {
 		}
 	}
 	for _, b := range snap.Bans {
-		if b.Kind == "ban" {
+		switch {
+		case b.Kind != "ban":
+		case b.Manual:
+			r.OperatorBans++
 			reason := b.Reason
-			if b.Manual {
-				reason = "manual (" + b.Reason + ")"
+			if reason == "manual" { // agua block without -reason
+				reason = "no reason given"
 			}
-			r.BansByReason[reason]++
+			r.OperatorBansByReason[reason]++
+		default:
+			r.BansByReason[b.Reason]++
 		}
 	}
-	ab := Abuse(context.Background(), snap, AbuseOptions{Hostname: opts.Hostname, Prefix4: opts.Prefix4, Prefix6: opts.Prefix6, Min: 1})
-	for _, n := range ab.Networks {
+	// The attack report counts everything the shield refused, rules and
+	// limits included: the operator's view, not an abuse desk's.
+	nets := networks(snap, sizeOr(opts.Prefix4, 32, 24), sizeOr(opts.Prefix6, 128, 48), func(*Offender) bool { return true })
+	for _, n := range nets {
 		r.Attackers += len(n.Offenders)
 	}
-	for _, n := range ab.Networks[:min(opts.Top, len(ab.Networks))] {
+	for _, n := range nets[:min(opts.Top, len(nets))] {
 		ns := NetworkSummary{Prefix: n.Prefix.String(), Addresses: len(n.Offenders), Offences: n.Offences(), First: n.First(), Last: n.Last()}
 		seen := map[string]bool{}
 		for _, o := range n.Offenders {
@@ -180,7 +190,17 @@ func (r *AttackReport) WriteText(w io.Writer) error {
 
 	fmt.Fprintf(w, "What the shield did\n")
 	fmt.Fprintf(w, "  refusals by source:   %s\n", sortedCounts(r.RefusedBySource))
-	fmt.Fprintf(w, "  bans issued:          %d (%s); lifted or expired: %d\n", r.Bans, sortedCounts(r.BansByReason), r.Unbans)
+	fmt.Fprintf(w, "  bans issued:          %d; lifted or expired: %d\n", r.Bans, r.Unbans)
+	var byShield uint64
+	for _, n := range r.BansByReason {
+		byShield += n
+	}
+	if byShield > 0 || r.OperatorBans == 0 {
+		fmt.Fprintf(w, "    by the shield:      %d (%s)\n", byShield, sortedCounts(r.BansByReason))
+	}
+	if r.OperatorBans > 0 {
+		fmt.Fprintf(w, "    by the operator:    %d (%s)\n", r.OperatorBans, sortedCounts(r.OperatorBansByReason))
+	}
 	fmt.Fprintf(w, "  reported behaviour:   %s\n\n", sortedCounts(without(r.Events, "auth_success", "message", "recipient")))
 
 	fmt.Fprintf(w, "Legitimate traffic served\n")

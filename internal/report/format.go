@@ -18,7 +18,20 @@ const maxNetworkEvidence = 20
 
 func utc(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
-// tags are short names of what an offender did (CSV, XARF tags).
+// abuseTags are the tags of what makes the address worth an abuse report
+// (CSV, XARF): refusals count only when a ban for its abuse refused it.
+func (o *Offender) abuseTags() []string {
+	t := o.tags()
+	if o.Refused > 0 {
+		t = t[:len(t)-1]
+	}
+	if o.Banned > 0 {
+		t = append(t, "returned_while_banned")
+	}
+	return t
+}
+
+// tags are short names of what an offender did (attack report).
 func (o *Offender) tags() []string {
 	var out []string
 	if o.Auth > 0 {
@@ -49,38 +62,61 @@ func addrString(o *Offender) string {
 	return o.Addr.String()
 }
 
-// WriteText writes one plain-text email per network, ready for the
-// network's abuse desk, separated by a line of '='.
+// WriteText writes one plain-text email per abuse contact, ready to send,
+// separated by a line of '='.
 func (r *AbuseReport) WriteText(w io.Writer) error {
-	if len(r.Networks) == 0 {
-		_, err := fmt.Fprintf(w, "No offending addresses since %s.\n", utc(r.Since))
+	if len(r.Contacts) == 0 {
+		_, err := fmt.Fprintf(w, "No abuse to report since %s.\n", utc(r.Since))
 		return err
 	}
-	for i, n := range r.Networks {
+	for i, c := range r.Contacts {
 		if i > 0 {
 			fmt.Fprintf(w, "\n%s\n\n", strings.Repeat("=", 72))
 		}
-		if err := r.writeEmail(w, n); err != nil {
+		if err := r.writeEmail(w, c); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (r *AbuseReport) writeEmail(w io.Writer, n *Network) error {
-	to := "the abuse contact of " + n.Prefix.String() + " (whois " + n.Prefix.Addr().String() + ")"
-	if n.Domain != "" {
-		to = "abuse@" + n.Domain
+// plural writes n and the noun in the right number.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+func (r *AbuseReport) writeEmail(w io.Writer, c *Contact) error {
+	to := "the abuse contact of " + c.Prefix.String() + " (whois " + c.Prefix.Addr().String() + ")"
+	from := c.Prefix.String()
+	if c.Domain != "" {
+		to = "abuse@" + c.Domain
+		from = c.Domain
 	}
 	seen := map[string]bool{}
-	var acts []string
+	var acts, netNames []string
+	var offs []*Offender
 	flood := false
-	for _, o := range n.Offenders {
-		flood = flood || o.Flood
-		for _, a := range o.Activities() {
-			if !seen[a] {
-				seen[a] = true
-				acts = append(acts, a)
+	addrs, whole := 0, []string{}
+	first, last := c.Networks[0].First(), c.Networks[0].Last()
+	for _, n := range c.Networks {
+		netNames = append(netNames, n.Prefix.String())
+		first, last = minTime(first, n.First()), maxTime(last, n.Last())
+		for _, o := range n.Offenders {
+			offs = append(offs, o)
+			if o.Addr.IsSingleIP() {
+				addrs++
+			} else {
+				whole = append(whole, o.Addr.String())
+			}
+			flood = flood || o.Flood
+			for _, a := range o.Activities() {
+				if !seen[a] {
+					seen[a] = true
+					acts = append(acts, a)
+				}
 			}
 		}
 	}
@@ -90,10 +126,20 @@ func (r *AbuseReport) writeEmail(w io.Writer, n *Network) error {
 	}
 	fmt.Fprintf(w, "From: %s\n", r.Contact)
 	fmt.Fprintf(w, "To: %s\n", to)
-	fmt.Fprintf(w, "Subject: Abuse from %s against %s: %s\n", n.Prefix, r.Hostname, strings.Join(short, ", "))
+	fmt.Fprintf(w, "Subject: Abuse from %s against %s: %s\n", from, r.Hostname, strings.Join(short, ", "))
 	fmt.Fprintf(w, "Date: %s\n\n", r.Now.Format(time.RFC1123Z))
-	fmt.Fprintf(w, "Hello,\n\nthis is a report from the server %s. %d address(es) of your network\n", r.Hostname, len(n.Offenders))
-	fmt.Fprintf(w, "%s attacked it between %s and %s (UTC):\n", n.Prefix, utc(n.First()), utc(n.Last()))
+	who := plural(addrs, "address", "addresses")
+	if len(whole) > 0 {
+		if addrs == 0 {
+			who = "the " + plural(len(whole), "network", "networks")[2:]
+		} else {
+			who += " and the " + plural(len(whole), "network", "networks")[2:]
+		}
+		who += " " + strings.Join(whole, ", ") + " as a whole"
+	}
+	fmt.Fprintf(w, "Hello,\n\nthis is a report from the server %s.\n%s in %s of yours (%s)\n", r.Hostname, who,
+		plural(len(c.Networks), "network", "networks"), strings.Join(netNames, ", "))
+	fmt.Fprintf(w, "abused it between %s and %s (UTC):\n", utc(first), utc(last))
 	for _, a := range acts {
 		fmt.Fprintf(w, "  - %s\n", a)
 	}
@@ -103,9 +149,9 @@ func (r *AbuseReport) writeEmail(w io.Writer, n *Network) error {
 	if flood {
 		head += "\tmsgs\trcpts"
 	}
-	head += "\trefused\tbans\treverse DNS"
+	head += "\tbanned\tbans\treverse DNS"
 	fmt.Fprintln(tw, head)
-	for _, o := range n.Offenders {
+	for _, o := range offs {
 		row := fmt.Sprintf("%s\t%s\t%s\t%d\t%d\t%d\t%d", addrString(o), utc(o.First), utc(o.Last), o.Auth, o.Unknown, o.Protocol, o.Pregreet)
 		if flood {
 			row += fmt.Sprintf("\t%d\t%d", o.Messages, o.Rcpts)
@@ -114,18 +160,18 @@ func (r *AbuseReport) writeEmail(w io.Writer, n *Network) error {
 		if ptr == "" {
 			ptr = "-"
 		}
-		row += fmt.Sprintf("\t%d\t%d\t%s", o.Refused, o.Bans, ptr)
+		row += fmt.Sprintf("\t%d\t%d\t%s", o.Banned, o.Bans, ptr)
 		fmt.Fprintln(tw, row)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nauth: failed logins (brute force). unknown: recipients that do not exist\n(address harvesting). proto: protocol errors. pregreet: spoke before our\ngreeting.")
+	fmt.Fprintf(w, "\nauth: failed logins (brute force). unknown: recipients that do not exist\n(address harvesting). proto: protocol errors. pregreet: spoke before our\ngreeting.\n")
 	if flood {
-		fmt.Fprintf(w, " msgs, rcpts: messages and recipients sent in a flood.")
+		fmt.Fprintf(w, "msgs, rcpts: messages and recipients sent in a flood.\n")
 	}
-	fmt.Fprintf(w, " refused: connections we refused.\nbans: times we banned the address.\n\n")
+	fmt.Fprintf(w, "banned: connections it made while banned for this behaviour (refused).\nbans: times we banned it.\n\n")
 	fmt.Fprintf(w, "Evidence (aggregated log lines of %s, UTC):\n\n", r.Hostname)
 	lines := 0
-	for _, o := range n.Offenders {
+	for _, o := range offs {
 		for _, l := range o.Evidence {
 			if lines == maxNetworkEvidence {
 				break
@@ -138,16 +184,30 @@ func (r *AbuseReport) writeEmail(w io.Writer, n *Network) error {
 	return err
 }
 
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 // WriteCSV writes one row per address.
 func (r *AbuseReport) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
 	cw.Write([]string{"network", "address", "first_seen", "last_seen", "auth_failures", "unknown_recipients", "protocol_errors",
-		"pregreet", "messages", "recipients", "refused", "bans", "activities", "reverse_dns"})
+		"pregreet", "messages", "recipients", "refused_while_banned", "bans", "activities", "reverse_dns"})
 	u := func(n uint64) string { return strconv.FormatUint(n, 10) }
 	for _, n := range r.Networks {
 		for _, o := range n.Offenders {
 			cw.Write([]string{n.Prefix.String(), addrString(o), utc(o.First), utc(o.Last), u(o.Auth), u(o.Unknown), u(o.Protocol),
-				u(o.Pregreet), u(o.Messages), u(o.Rcpts), u(o.Refused), strconv.Itoa(o.Bans), strings.Join(o.tags(), ";"), o.PTR})
+				u(o.Pregreet), u(o.Messages), u(o.Rcpts), u(o.Banned), strconv.Itoa(o.Bans), strings.Join(o.abuseTags(), ";"), o.PTR})
 		}
 	}
 	cw.Flush()
@@ -233,7 +293,7 @@ func (r *AbuseReport) xarf(o *Offender) xarfReport {
 		EvidenceSource:   "firewall_logs", // the shield refuses and counts like a firewall
 		Description:      fmt.Sprintf("%s: %s", addrString(o), strings.Join(o.Activities(), ", ")),
 		Counts: map[string]uint64{"auth_failures": o.Auth, "unknown_recipients": o.Unknown, "protocol_errors": o.Protocol,
-			"pregreet": o.Pregreet, "messages": o.Messages, "recipients": o.Rcpts, "refused_connections": o.Refused, "bans": uint64(o.Bans)},
+			"pregreet": o.Pregreet, "messages": o.Messages, "recipients": o.Rcpts, "refused_while_banned": o.Banned, "bans": uint64(o.Bans)},
 	}
 	switch {
 	case o.Auth > 0:
@@ -258,7 +318,7 @@ func (r *AbuseReport) xarf(o *Offender) xarfReport {
 			x.AttackVector = "message_flood"
 		}
 	}
-	for _, t := range o.tags() {
+	for _, t := range o.abuseTags() {
 		x.Tags = append(x.Tags, "behaviour:"+t)
 	}
 	if len(o.Evidence) > 0 {

@@ -7,10 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/chromedp"
 
 	"github.com/agua-mail/agua/internal/bench"
@@ -32,6 +35,51 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// niceTicks reports whether "0,250,500,750,1000" is 0 and four equal steps
+// of 1, 2 or 5 times a power of ten.
+func niceTicks(s string) bool {
+	f := strings.Split(s, ",")
+	if len(f) != 5 || f[0] != "0" {
+		return false
+	}
+	step, err := strconv.Atoi(f[1])
+	if err != nil || step <= 0 {
+		return false
+	}
+	for i, v := range f {
+		if n, err := strconv.Atoi(v); err != nil || n != i*step {
+			return false
+		}
+	}
+	for step%10 == 0 {
+		step /= 10
+	}
+	return step == 1 || step == 2 || step == 5
+}
+
+// closeBrowser closes the browser, waits for its process to exit, then
+// removes its profile, retrying within a bound while helper processes that
+// outlive the browser by a moment still write to it.
+func closeBrowser(t *testing.T, ctx context.Context, cancelAlloc context.CancelFunc, profile string) {
+	chromedp.Cancel(ctx) // closes the browser and waits for it
+	cancelAlloc()
+	if c := chromedp.FromContext(ctx); c != nil && c.Allocator != nil {
+		c.Allocator.Wait() // the process has exited
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := os.RemoveAll(profile)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("browser profile still in use after it exited: %v", err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestDashboardEndToEnd drives the dashboard in real headless Chromium:
 // sign in with the token, watch a live slowloris from agua bench appear
 // among the top addresses, block that address from the page and see its
@@ -45,6 +93,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	profile := t.TempDir()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser),
 		chromedp.NoSandbox,
@@ -54,17 +103,18 @@ func TestDashboardEndToEnd(t *testing.T) {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-quic", true),
 		chromedp.Flag("no-first-run", true),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 		chromedp.WindowSize(1280, 1100),
 	)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
 	// The pinned chromedp's protocol types lag the browser: it cannot decode
 	// a few new event fields and says so on every event. Those events are not
 	// used here, so its error log is dropped (test failures still show).
-	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(func(string, ...any) {}))
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	bctx, _ := chromedp.NewContext(actx, chromedp.WithErrorf(func(string, ...any) {}))
+	// Registered after t.TempDir, so it runs before the profile is removed:
+	// Chromium writes its profile until it has exited.
+	t.Cleanup(func() { closeBrowser(t, bctx, cancelA, profile) })
+	ctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
 	defer cancelT()
 
 	url := "http://" + ts.srv.Addr("admin") + "/"
@@ -118,6 +168,30 @@ func TestDashboardEndToEnd(t *testing.T) {
 		chromedp.WaitVisible(`#events tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
 	); err != nil {
 		t.Fatalf("the blocked attacker never showed among the recent events: %v", err)
+	}
+	// Times are UTC, 24-hour, as in the logs and the CLI; the chart's y axis
+	// has round ticks; the browser's own address (127.0.0.1, allowlisted)
+	// is listed without a Block button, which could only fail.
+	var expires, lastSeen, ticks string
+	var blockButtons []*cdp.Node
+	if err := chromedp.Run(ctx,
+		chromedp.Text(`#bans tr[data-prefix="127.0.0.200/32"] td:nth-child(6)`, &expires, chromedp.ByQuery),
+		chromedp.Text(`#events tr[data-prefix="127.0.0.200/32"] td:nth-child(2)`, &lastSeen, chromedp.ByQuery),
+		chromedp.AttributeValue("#chart", "data-ticks", &ticks, nil, chromedp.ByQuery),
+		chromedp.WaitVisible(`#top-addrs tr[data-prefix="127.0.0.1/32"]`, chromedp.ByQuery),
+		chromedp.Nodes(`#top-addrs tr[data-prefix="127.0.0.1/32"] button`, &blockButtons, chromedp.ByQueryAll, chromedp.AtLeast(0)),
+	); err != nil {
+		t.Fatalf("reading times, ticks and the allowlisted talker: %v", err)
+	}
+	utcTime := regexp.MustCompile(`^\d\d:\d\d:\d\d UTC`)
+	if !utcTime.MatchString(expires) || !utcTime.MatchString(lastSeen) {
+		t.Errorf("times not in 24-hour UTC: expires %q, last seen %q", expires, lastSeen)
+	}
+	if !niceTicks(ticks) {
+		t.Errorf("y-axis ticks %q are not round (0 and 4 equal steps of 1, 2 or 5 times a power of ten)", ticks)
+	}
+	if len(blockButtons) != 0 {
+		t.Errorf("the allowlisted 127.0.0.1 has a Block button")
 	}
 	if dir := os.Getenv("AGUA_SCREENSHOT_DIR"); dir != "" {
 		var png []byte

@@ -282,7 +282,11 @@ type Status struct {
 	POP3      int64             `json:"pop3_sessions"`
 	IMAP      int64             `json:"imap_sessions"`
 	Lockdown  bool              `json:"lockdown"`
-	Shield    shield.Stats      `json:"shield"`
+	// AdminSocket is the CLI's way in; the HTTP admin listener, when
+	// configured, is in Listeners as "admin".
+	AdminSocket string            `json:"admin_socket"`
+	RuleFiles   []shield.RuleFile `json:"rule_files"`
+	Shield      shield.Stats      `json:"shield"`
 }
 
 func (s *Server) status() any {
@@ -291,6 +295,10 @@ func (s *Server) status() any {
 	for _, l := range s.listeners {
 		st.Listeners[l.ln.Addr().String()] = l.name
 	}
+	if s.webLn != nil {
+		st.Listeners[s.webLn.Addr().String()] = "admin"
+	}
+	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
 	for _, srv := range s.smtp {
 		st.Sessions += srv.Sessions()
 	}

@@ -101,7 +101,9 @@ function render(live) {
     tr.dataset.prefix = t.prefix;
     tr.append(el("td", t.prefix, t.banned ? "banned" : ""), el("td", String(t.connections)), el("td", String(t.authenticated)));
     const td = el("td");
-    if (!t.banned) {
+    if (t.exempt) {
+      td.append(el("span", t.exempt, "exempt"));
+    } else if (!t.banned) {
       const b = el("button", "Block");
       b.className = "block-talker";
       b.addEventListener("click", () => block(t.prefix, "1h", "dashboard", "drop"));
@@ -119,7 +121,7 @@ function render(live) {
     tr.dataset.prefix = b.prefix;
     const exp = new Date(b.expires);
     const mins = Math.max(0, Math.round((exp - Date.now()) / 60000));
-    for (const v of [b.prefix, b.reason, b.action, b.count, b.hits, exp.toLocaleTimeString() + " (" + mins + " min)"]) tr.append(el("td", String(v)));
+    for (const v of [b.prefix, b.reason, b.action, b.count, b.hits, utcTime(exp) + " (" + mins + " min)"]) tr.append(el("td", String(v)));
     const td = el("td");
     const u = el("button", "Unblock");
     u.className = "unblock";
@@ -133,20 +135,39 @@ function render(live) {
   }));
 }
 
+// niceStep rounds a tick step up to 1, 2 or 5 times a power of ten, so
+// the y axis reads 0, 200, 400, ... rather than 0, 167, 334, ...
+function niceStep(raw) {
+  const pow = Math.pow(10, Math.floor(Math.log10(Math.max(raw, 1))));
+  for (const m of [1, 2, 5, 10]) {
+    if (m * pow >= raw) return m * pow;
+  }
+  return 10 * pow;
+}
+
+// utcTime writes a time as the logs and the CLI do: 24-hour UTC.
+function utcTime(d) {
+  return d.toISOString().slice(11, 19) + " UTC";
+}
+
 function draw() {
   const c = $("#chart");
   const ctx = c.getContext("2d");
   const w = c.width, h = c.height, pad = 30;
   ctx.clearRect(0, 0, w, h);
-  const peak = Math.max(10, ...history.map((p) => Math.max(p.served, p.refused)));
+  const step = niceStep(Math.max(10, ...history.map((p) => Math.max(p.served, p.refused))) / 4);
+  const peak = 4 * step; // the axis ends on a round tick: 0, 250, 500, 750, 1000
   ctx.strokeStyle = "#e3e8ec";
   ctx.fillStyle = "#6b7b88";
   ctx.font = "11px sans-serif";
+  const ticks = [];
   for (let i = 0; i <= 4; i++) {
     const y = h - pad - (i / 4) * (h - 2 * pad);
     ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(w - 5, y); ctx.stroke();
-    ctx.fillText(String(Math.round((peak * i) / 4)), 2, y + 4);
+    ticks.push(step * i);
+    ctx.fillText(String(step * i), 2, y + 4);
   }
+  c.dataset.ticks = ticks.join(","); // for the end-to-end test
   const line = (key, color) => {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
@@ -189,7 +210,7 @@ async function refreshEvents() {
     const what = Object.entries(a.events || {}).filter(([k]) => k !== "auth_success" && k !== "message" && k !== "recipient")
       .map(([k, v]) => k + " " + v).join(", ");
     const bans = (a.bans || []).filter((b) => b.kind === "ban").map((b) => b.reason).join(", ");
-    for (const v of [a.addr, new Date(a.last).toLocaleTimeString(), refused, what || "-", bans || "-"]) tr.append(el("td", String(v)));
+    for (const v of [a.addr, utcTime(new Date(a.last)), refused, what || "-", bans || "-"]) tr.append(el("td", String(v)));
     return tr;
   }));
 }
