@@ -30,11 +30,14 @@ func withDirectory(e *env, fn func(ctx context.Context, d accounts.Admin, pos []
 }
 
 func cmdDomain(e *env) error {
+	df := domainDNSFlags(e)
 	return withDirectory(e, func(ctx context.Context, d accounts.Admin, pos []string) error {
 		if len(pos) == 0 {
 			return usagef("domain add|remove NAME, or domain list")
 		}
 		switch {
+		case (pos[0] == "dns" || pos[0] == "check") && len(pos) == 2:
+			return domainDNS(e, ctx, d, pos, df)
 		case pos[0] == "list" && len(pos) == 1:
 			ds, err := d.ListDomains(ctx)
 			for _, name := range ds {

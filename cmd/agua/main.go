@@ -37,6 +37,8 @@ Config:
 Accounts:
   domain add|remove NAME        add or remove a local domain
   domain list
+  domain dns DOMAIN             print every DNS record the domain needs (zone-file syntax)
+  domain check DOMAIN -resolver HOST:PORT   compare them with what DNS answers
   user add ADDRESS [-quota SIZE]   add a user; password read from stdin
   user passwd ADDRESS           set a password read from stdin
   user quota ADDRESS SIZE       set a quota (0 = default)

@@ -24,6 +24,11 @@ type Server struct {
 	Shield *shield.Shield
 	Status func() any // server-wide status (version, uptime, listeners, sessions)
 	Log    *slog.Logger
+	// Queue serves /v1/queue and below (queuehttp.Handler); nil: no queue.
+	Queue http.Handler
+	// Reload, if set, runs on POST /v1/reload after the shield's rules
+	// (the DKIM keys); its error is reported after the rules reloaded.
+	Reload func() error
 	// WidestBlock4 and WidestBlock6 are the widest prefixes (fewest bits)
 	// a block accepts without Force; 0 means DefaultWidestBlock4/6.
 	WidestBlock4, WidestBlock6 int
@@ -68,6 +73,10 @@ func (a *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/live", a.live)
 	mux.HandleFunc("GET /v1/history", a.history)
+	if a.Queue != nil {
+		mux.Handle("/v1/queue", a.Queue)
+		mux.Handle("/v1/queue/", a.Queue)
+	}
 	return mux
 }
 
@@ -100,6 +109,12 @@ func (a *Server) reload(w http.ResponseWriter, r *http.Request) {
 	if err := a.Shield.Reload(); err != nil {
 		fail(w, http.StatusUnprocessableEntity, "%v", err)
 		return
+	}
+	if a.Reload != nil {
+		if err := a.Reload(); err != nil {
+			fail(w, http.StatusUnprocessableEntity, "rules reloaded; %v", err)
+			return
+		}
 	}
 	files := a.Shield.RuleFiles()
 	writeJSON(w, http.StatusOK, ReloadResult{Result: "rules reloaded:" + describeRuleFiles(files), Files: files})

@@ -19,6 +19,8 @@ type Config struct {
 	DataDir  string `toml:"data_dir" doc:"Folder for accounts, mail, certificates, shield state and the admin socket. Relative paths are relative to the working directory."`
 	Hostname string `toml:"hostname" doc:"Name of this server in the SMTP banner and Received headers."`
 
+	MemoryLimit ByteSize `toml:"memory_limit" doc:"Soft memory limit of agua serve (the Go runtime's GOMEMLIMIT, set at start), so that memory goes back to the system soon after a burst of logins. 0: the GOMEMLIMIT environment variable applies, or no limit."`
+
 	Log      LogConfig      `toml:"log" doc:"Logging."`
 	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate. Empty paths mean a self-signed certificate kept in <data_dir>/tls, generated on first start."`
 	Accounts AccountsConfig `toml:"accounts" doc:"Accounts directory."`
@@ -30,6 +32,8 @@ type Config struct {
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
 	Outbound OutboundConfig `toml:"outbound" doc:"Delivery to other servers: the queue in <data_dir>/queue, retries, bounces, relay host."`
 	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups."`
+
+	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
 }
 
 // LogConfig configures slog output.
@@ -53,6 +57,8 @@ type AccountsConfig struct {
 	Database     string   `toml:"database" doc:"SQLite database file. Empty: <data_dir>/agua.db."`
 	DefaultQuota ByteSize `toml:"default_quota" doc:"Mailbox quota for users whose own quota is 0."`
 	Demo         bool     `toml:"demo" doc:"On first start with an empty directory, create domain example.test and user demo@example.test and print its password once. On in the embedded defaults only: a config file has it only if it sets demo = true, and that is refused when any listener is off loopback."`
+
+	AccountsCache // lookups and logins (accounts_cache.go)
 }
 
 // StoreConfig configures how deliveries reach the disk. Either way a
@@ -134,7 +140,7 @@ func Default() Config {
 		DataDir:  "agua-data",
 		Hostname: "localhost",
 		Log:      LogConfig{Level: "info", Format: "text", MaxSize: 100 << 20, MaxAge: 7 * 24 * time.Hour, MaxBackups: 10},
-		Accounts: AccountsConfig{DefaultQuota: 1 << 30, Demo: true},
+		Accounts: AccountsConfig{DefaultQuota: 1 << 30, Demo: true, AccountsCache: defaultAccountsCache},
 		Store:    StoreConfig{Sync: "syncfs"},
 		SMTP: SMTPConfig{
 			Listen:            []string{"127.0.0.1:2525"},
@@ -181,5 +187,7 @@ func Default() Config {
 		Shield:   sh,
 		Outbound: defaultOutbound(),
 		DNS:      defaultDNS(),
+
+		Autoconfig: defaultAutoconfig(),
 	}
 }

@@ -68,6 +68,10 @@ func walk(table string, v reflect.Value, onTable func(table, doc string), onKey 
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if f.Anonymous && key == "" && f.Type.Kind() == reflect.Struct {
+			walk(table, v.Field(i), onTable, onKey) // embedded: its keys are this table's
+			continue
+		}
 		if !f.IsExported() || key == "-" || key == "" {
 			continue
 		}

@@ -246,6 +246,10 @@ func (c Config) Validate() []Problem {
 	if c.Accounts.DefaultQuota <= 0 {
 		bad("accounts.default_quota", "must be > 0")
 	}
+	ps = append(ps, c.Accounts.problems()...)
+	if c.MemoryLimit < 0 {
+		bad("memory_limit", "must be >= 0 (0: no limit of agua's own)")
+	}
 	s := c.SMTP
 	for _, l := range []struct {
 		key   string
@@ -372,6 +376,7 @@ func (c Config) Validate() []Problem {
 		bad("smtp.auth_failure_delay", "must not be negative")
 	}
 	ps = append(ps, c.validateOutbound()...)
+	ps = append(ps, c.Autoconfig.validate()...)
 	for _, err := range c.Shield.Validate() {
 		ps = append(ps, shieldProblem(err))
 	}

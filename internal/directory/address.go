@@ -34,7 +34,9 @@ func checkDomain(d string) error {
 	if len(d) > maxDomain {
 		return newErr(ErrInvalid, "domain "+quote(d)+" is longer than 253 characters")
 	}
-	for _, label := range strings.Split(d, ".") {
+	for rest, more := d, true; more; {
+		var label string
+		label, rest, more = strings.Cut(rest, ".")
 		if label == "" {
 			return newErr(ErrInvalid, "domain "+quote(d)+" has an empty label")
 		}

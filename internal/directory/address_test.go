@@ -21,7 +21,7 @@ func TestNormaliseAddress(t *testing.T) {
 			t.Errorf("normaliseAddress(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"a\"b@example.org", "a<b@example.org", "a,b@example.org", "a@b@c.org", "a\u00a0b@example.org", strings.Repeat("a", 65) + "@example.org", "a@example..org", "a/b@example.org"} {
+	for _, in := range []string{"a\"b@example.org", "a<b@example.org", "a,b@example.org", "a@b@c.org", "a\u00a0b@example.org", strings.Repeat("a", 65) + "@example.org", "a@example..org", "a/b@example.org", "a@example.org.", "a@.example.org", "a@"} {
 		if _, _, err := normaliseAddress(in); !errors.Is(err, ErrInvalid) {
 			t.Errorf("normaliseAddress(%q) accepted", in)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 )
@@ -135,19 +136,27 @@ func (d *Directory) Resolve(ctx context.Context, address string) ([]User, error)
 	if err != nil {
 		return nil, err
 	}
-	// Fast path, one query for the common case: a user's address. A user
-	// implies a local domain (a domain with users cannot be removed).
-	if u, err := d.getUser(ctx, d.q, addr); err == nil {
-		return []User{u}, nil
-	} else if !isNotFound(err) {
+	src, err := d.source(ctx)
+	if err != nil {
 		return nil, err
 	}
-	if ok, err := isLocalDomain(ctx, d.q, domain); err != nil {
+	// Fast path for the common case: a user's address. A user implies a
+	// local domain (a domain with users cannot be removed).
+	if u, ok, err := src.user(ctx, addr); err != nil {
+		return nil, err
+	} else if ok {
+		return []User{u}, nil
+	}
+	if ok, err := src.isLocalDomain(ctx, domain); err != nil {
 		return nil, err
 	} else if !ok {
 		return nil, newErr(ErrNotLocal, "domain "+domain+" is not local")
 	}
-	r := resolver{d: d, seen: map[string]bool{}, found: map[string]bool{}}
+	if s, ok := src.(snapSource); ok && s.s.aliases[addr] == nil && s.s.aliases["@"+domain] == nil {
+		// No alias and no catch-all: a harvester's guess ends here.
+		return nil, newErr(ErrNoSuchUser, "no mailbox for "+addr)
+	}
+	r := resolver{src: src, log: d.log, seen: map[string]bool{}, found: map[string]bool{}}
 	if err := r.expand(ctx, addr, 0, true); err != nil {
 		return nil, err
 	}
@@ -157,9 +166,76 @@ func (d *Directory) Resolve(ctx context.Context, address string) ([]User, error)
 	return r.users, nil
 }
 
-// resolver walks aliases for one Resolve call; all reads go to the database.
+// source is what Resolve, CanSendAs and IsLocalDomain read: the snapshot
+// (snapshot.go) or, without one, the database.
+type source interface {
+	user(ctx context.Context, addr string) (User, bool, error)
+	targets(ctx context.Context, source string) ([]string, error) // sorted; never modified by the caller
+	isLocalDomain(ctx context.Context, domain string) (bool, error)
+}
+
+// source returns the snapshot when the directory keeps one and it fits,
+// else the database.
+func (d *Directory) source(ctx context.Context) (source, error) {
+	if d.snaps != nil {
+		snap, err := d.snaps.current(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if snap != nil {
+			return snapSource{snap, d.defaultQuota}, nil
+		}
+	}
+	return sqlSource{d}, nil
+}
+
+type sqlSource struct{ d *Directory }
+
+func (s sqlSource) user(ctx context.Context, addr string) (User, bool, error) {
+	u, err := s.d.getUser(ctx, s.d.q, addr)
+	switch {
+	case err == nil:
+		return u, true, nil
+	case isNotFound(err):
+		return User{}, false, nil
+	}
+	return User{}, false, err
+}
+
+func (s sqlSource) targets(ctx context.Context, source string) ([]string, error) {
+	return s.d.aliasTargets(ctx, source)
+}
+
+func (s sqlSource) isLocalDomain(ctx context.Context, domain string) (bool, error) {
+	return isLocalDomain(ctx, s.d.q, domain)
+}
+
+type snapSource struct {
+	s            *snapshot
+	defaultQuota int64
+}
+
+func (s snapSource) user(_ context.Context, addr string) (User, bool, error) {
+	r, ok := s.s.users[addr]
+	if !ok {
+		return User{}, false, nil
+	}
+	return r.user(s.defaultQuota), true, nil
+}
+
+func (s snapSource) targets(_ context.Context, source string) ([]string, error) {
+	return s.s.aliases[source], nil
+}
+
+func (s snapSource) isLocalDomain(_ context.Context, domain string) (bool, error) {
+	_, ok := s.s.domains[domain]
+	return ok, nil
+}
+
+// resolver walks aliases for one Resolve call.
 type resolver struct {
-	d     *Directory
+	src   source
+	log   *slog.Logger
 	seen  map[string]bool // addresses already expanded (loop guard)
 	found map[string]bool // users already in users
 	users []User
@@ -174,35 +250,35 @@ func (r *resolver) expand(ctx context.Context, addr string, depth int, top bool)
 		return nil
 	}
 	r.seen[addr] = true
-	u, err := r.d.getUser(ctx, r.d.q, addr)
+	u, ok, err := r.src.user(ctx, addr)
 	switch {
-	case err == nil:
+	case err != nil:
+		return err
+	case ok:
 		if !r.found[u.Address] {
 			r.found[u.Address] = true
 			r.users = append(r.users, u)
 		}
 		return nil
-	case !isNotFound(err):
-		return err
 	}
-	targets, err := r.d.aliasTargets(ctx, addr)
+	targets, err := r.src.targets(ctx, addr)
 	if err != nil {
 		return err
 	}
 	if len(targets) == 0 {
 		domain := addr[strings.LastIndexByte(addr, '@')+1:]
-		if targets, err = r.d.aliasTargets(ctx, "@"+domain); err != nil {
+		if targets, err = r.src.targets(ctx, "@"+domain); err != nil {
 			return err
 		}
 	}
 	if len(targets) == 0 {
 		if !top {
-			r.d.log.Warn("alias target leads nowhere", "address", addr)
+			r.log.Warn("alias target leads nowhere", "address", addr)
 		}
 		return nil
 	}
 	if depth >= maxAliasDepth {
-		r.d.log.Warn("alias chain too deep", "address", addr, "limit", maxAliasDepth)
+		r.log.Warn("alias chain too deep", "address", addr, "limit", maxAliasDepth)
 		return nil
 	}
 	for _, t := range targets {
@@ -253,13 +329,17 @@ func (d *Directory) CanSendAs(ctx context.Context, user, from string) (bool, err
 	if f == u {
 		return true, nil
 	}
+	src, err := d.source(ctx)
+	if err != nil {
+		return false, err
+	}
 	// Only an exact alias grants the right: owning the catch-all of a domain
 	// must not let a user send as every address of it.
-	targets, err := d.aliasTargets(ctx, f)
+	targets, err := src.targets(ctx, f)
 	if err != nil || len(targets) == 0 {
 		return false, err
 	}
-	r := resolver{d: d, seen: map[string]bool{f: true}, found: map[string]bool{}}
+	r := resolver{src: src, log: d.log, seen: map[string]bool{f: true}, found: map[string]bool{}}
 	for _, t := range targets {
 		if err := r.expand(ctx, t, 1, false); err != nil {
 			return false, err

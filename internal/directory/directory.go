@@ -21,6 +21,19 @@ type Options struct {
 	DefaultQuota int64
 	// Logger receives operator-facing events; nil discards them.
 	Logger *slog.Logger
+	// SnapshotMaxEntries turns on the in-memory snapshot (snapshot.go)
+	// for directories of at most this many users plus aliases; larger
+	// ones, and 0, read SQL for every lookup.
+	SnapshotMaxEntries int
+	// HashMemory in bytes bounds the memory of password hashing at once
+	// (one slot per 19 MiB, at least one, at most one per core); 0 means
+	// DefaultHashMemory.
+	HashMemory int64
+	// AuthCacheTTL is how long a successful login is remembered
+	// (authcache.go); 0 disables the cache. AuthCacheSize bounds it and
+	// must be > 0 when the cache is on.
+	AuthCacheTTL  time.Duration
+	AuthCacheSize int
 }
 
 // User and Alias are the accounts contract's types (internal/accounts).
@@ -37,7 +50,9 @@ type Directory struct {
 	defaultQuota int64
 	log          *slog.Logger
 	hasher       *hasher
-	dummyHash    string // verified for unknown users so they cost the same
+	dummyHash    string     // verified for unknown users so they cost the same
+	snaps        *snapshots // nil: every lookup reads SQL
+	cache        *authCache // nil: every login is verified
 }
 
 var _ accounts.Directory = (*Directory)(nil)
@@ -54,6 +69,12 @@ func Open(path string, opts Options) (*Directory, error) {
 	}
 	if path == "" {
 		return nil, newErr(ErrInvalid, "database path is empty")
+	}
+	if opts.AuthCacheTTL > 0 && opts.AuthCacheSize <= 0 {
+		return nil, newErr(ErrInvalid, "the login cache needs a size greater than zero")
+	}
+	if opts.HashMemory == 0 {
+		opts.HashMemory = DefaultHashMemory
 	}
 	log := opts.Logger
 	if log == nil {
@@ -76,7 +97,16 @@ func Open(path string, opts Options) (*Directory, error) {
 		q:            newStmtCache(db),
 		defaultQuota: opts.DefaultQuota,
 		log:          log,
-		hasher:       newHasher(runtime.GOMAXPROCS(0)), // argon2id holds 19 MiB per check: one per core bounds memory under a login flood
+		hasher:       newHasher(opts.HashMemory, runtime.GOMAXPROCS(0)),
+	}
+	if opts.AuthCacheTTL > 0 {
+		d.cache = newAuthCache(opts.AuthCacheTTL, opts.AuthCacheSize)
+	}
+	if opts.SnapshotMaxEntries > 0 {
+		d.snaps = &snapshots{db: db, path: path, maxEntries: opts.SnapshotMaxEntries}
+		if d.cache != nil {
+			d.snaps.onReload = d.cache.sync
+		}
 	}
 	if err := d.migrate(context.Background()); err != nil {
 		db.Close()
@@ -91,6 +121,9 @@ func Open(path string, opts Options) (*Directory, error) {
 
 // Close closes the database.
 func (d *Directory) Close() error {
+	if d.snaps != nil {
+		d.snaps.Close()
+	}
 	d.q.Close()
 	return d.db.Close()
 }
@@ -303,5 +336,9 @@ func (d *Directory) IsLocalDomain(ctx context.Context, name string) (bool, error
 	if err != nil {
 		return false, nil
 	}
-	return isLocalDomain(ctx, d.q, domain)
+	src, err := d.source(ctx)
+	if err != nil {
+		return false, err
+	}
+	return src.isLocalDomain(ctx, domain)
 }

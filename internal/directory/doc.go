@@ -3,9 +3,15 @@
 // catch-all) that map addresses to mailboxes.
 //
 // The data lives in one SQLite database (WAL mode, busy timeout) that the
-// running server and the `agua` CLI open at the same time. Nothing is cached:
-// every call reads the database, so a change made by the CLI applies to the
-// running server at once.
+// running server and the `agua` CLI open at the same time. A change made by
+// the CLI applies to the running server at once: with
+// Options.SnapshotMaxEntries the server answers lookups (Resolve, CanSendAs,
+// IsLocalDomain, the user part of Authenticate) from an in-memory snapshot
+// that every lookup first checks against the database's change counter
+// (snapshot.go, walindex.go), and otherwise every call reads the database.
+// Successful logins may be remembered for a short time (authcache.go), keyed
+// by an HMAC of the password, never the password, and forgotten when the
+// user's stored hash changes.
 //
 // *Directory implements the accounts contract (internal/accounts: Lookup for
 // the mail services, Admin for the CLI) and passes its conformance suite
@@ -41,6 +47,7 @@
 // Passwords are stored as argon2id hashes in the PHC string format (RFC 9106,
 // OWASP minimum parameters m=19456 KiB, t=2, p=1). bcrypt hashes ($2a$, $2b$,
 // $2y$) are verified too so that imported accounts keep working. Hash work is
-// bounded by a semaphore, and an unknown user costs the same work as a wrong
-// password, so neither a login flood nor timing reveals much.
+// bounded by a semaphore sized from a memory budget (Options.HashMemory), and
+// an unknown user costs the same work as a wrong password, so neither a login
+// flood nor timing reveals much.
 package directory

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
@@ -113,30 +114,87 @@ func verifyArgon2id(hash, password string) (bool, error) {
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 
-// hasher bounds the number of hash computations running at once: each
-// argon2id call holds argonMemory KiB, so a login flood must queue here
-// rather than exhaust memory and CPU.
+// hashSlot is the memory one verification of agua's own argon2id hashes
+// holds: the unit of the hasher's memory budget.
+const hashSlot = argonMemory << 10
+
+// DefaultHashMemory is the hash memory budget when Options leave it 0:
+// three verifications at once.
+const DefaultHashMemory = 64 << 20
+
+// hasher bounds the hash computations running at once. Each argon2id call
+// holds its m parameter in memory (19 MiB for agua's hashes), so a login
+// flood queues here rather than exhaust memory and CPU: the semaphore has
+// one slot per 19 MiB of the memory budget, and no more slots than cores.
+// A stored hash with a larger m (an imported one) takes as many slots as
+// its memory needs, at most all of them.
 type hasher struct {
 	sem chan struct{}
+	big sync.Mutex // held while taking several slots, so two such never deadlock
+	// observe, when set (tests), is called for every hash computed.
+	observe func()
 }
 
-func newHasher(n int) *hasher {
-	return &hasher{sem: make(chan struct{}, n)}
+// newHasher sizes the semaphore from a memory budget in bytes and the
+// number of cores.
+func newHasher(budget int64, cores int) *hasher {
+	n := int(min(budget/hashSlot, int64(cores)))
+	return &hasher{sem: make(chan struct{}, max(n, 1))}
 }
 
-// acquire waits for a slot, honouring ctx, and returns the function that
-// gives it back.
-func (h *hasher) acquire(ctx context.Context) (release func(), err error) {
-	select {
-	case h.sem <- struct{}{}:
-		return func() { <-h.sem }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+// slots returns how many slots verifying against hash takes.
+func (h *hasher) slots(hash string) int {
+	m := argonMemoryOf(hash)
+	return min(max(int((m<<10+hashSlot-1)/hashSlot), 1), cap(h.sem))
+}
+
+// argonMemoryOf returns the m parameter (KiB) of an argon2id PHC string, or
+// 0 for anything else.
+func argonMemoryOf(hash string) int64 {
+	if !strings.HasPrefix(hash, "$argon2id$") {
+		return 0
 	}
+	_, params, ok := strings.Cut(hash, "$m=")
+	if !ok {
+		return 0
+	}
+	var m int64
+	for i := 0; i < len(params) && params[i] >= '0' && params[i] <= '9' && m <= maxArgonMemory; i++ {
+		m = m*10 + int64(params[i]-'0')
+	}
+	return min(m, maxArgonMemory)
+}
+
+// acquire waits for n slots, honouring ctx, and returns the function that
+// gives them back.
+func (h *hasher) acquire(ctx context.Context, n int) (release func(), err error) {
+	if n > 1 {
+		h.big.Lock()
+		defer h.big.Unlock()
+	}
+	taken := 0
+	give := func() {
+		for range taken {
+			<-h.sem
+		}
+	}
+	for taken < n {
+		select {
+		case h.sem <- struct{}{}:
+			taken++
+		case <-ctx.Done():
+			give()
+			return nil, ctx.Err()
+		}
+	}
+	if h.observe != nil {
+		h.observe()
+	}
+	return give, nil
 }
 
 func (h *hasher) hash(ctx context.Context, password string) (string, error) {
-	release, err := h.acquire(ctx)
+	release, err := h.acquire(ctx, 1)
 	if err != nil {
 		return "", err
 	}
@@ -145,7 +203,7 @@ func (h *hasher) hash(ctx context.Context, password string) (string, error) {
 }
 
 func (h *hasher) verify(ctx context.Context, hash, password string) (bool, error) {
-	release, err := h.acquire(ctx)
+	release, err := h.acquire(ctx, h.slots(hash))
 	if err != nil {
 		return false, err
 	}

@@ -65,7 +65,9 @@ func (d *Directory) SetPassword(ctx context.Context, address, password string) e
 	if err != nil {
 		return err
 	}
-	return d.updateUser(ctx, addr, `UPDATE users SET password = ? WHERE address = ?`, hash, addr)
+	err = d.updateUser(ctx, addr, `UPDATE users SET password = ? WHERE address = ?`, hash, addr)
+	d.forgetLogin(addr)
+	return err
 }
 
 // SetQuota sets a user's quota in bytes (0 = the default quota).
@@ -87,7 +89,18 @@ func (d *Directory) RemoveUser(ctx context.Context, address string) error {
 	if err != nil {
 		return err
 	}
-	return d.updateUser(ctx, addr, `DELETE FROM users WHERE address = ?`, addr)
+	err = d.updateUser(ctx, addr, `DELETE FROM users WHERE address = ?`, addr)
+	d.forgetLogin(addr)
+	return err
+}
+
+// forgetLogin drops addr's cached login after a change through this
+// Directory. (Changes by other processes are caught by the snapshot, or by
+// the stored hash itself.)
+func (d *Directory) forgetLogin(addr string) {
+	if d.cache != nil {
+		d.cache.forget(addr)
+	}
 }
 
 // updateUser runs a statement that must touch exactly the user addr.
@@ -180,6 +193,7 @@ func (d *Directory) ListUsers(ctx context.Context, domain string) ([]User, error
 // Authenticate checks a user's password. It returns ErrAuthFailed for a
 // wrong password, an unknown user and a malformed address alike, and does the
 // same hashing work in every case so that timing does not tell them apart.
+// Only a repeat of a recent successful login (authcache.go) skips the hash.
 // Other errors (database, ctx, a corrupt stored hash) are returned as they
 // are: they are the operator's problem, not the client's.
 func (d *Directory) Authenticate(ctx context.Context, address, password string) (User, error) {
@@ -188,22 +202,15 @@ func (d *Directory) Authenticate(ctx context.Context, address, password string) 
 	found := false
 	addr, _, err := normaliseAddress(address)
 	if err == nil && password != "" && len(password) <= maxPasswordLen {
+		if u, ok, err := d.cachedLogin(ctx, addr, password); err != nil || ok {
+			return u, err
+		}
 		var stored string
-		row := d.q.QueryRowContext(ctx, `SELECT `+userColumns+`, password FROM users WHERE address = ?`, addr)
-		var created int64
-		err := row.Scan(&user.Address, &user.Domain, &user.QuotaSet, &created, &stored)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-		case err != nil:
-			return User{}, fmt.Errorf("reading user %s: %w", addr, err)
-		default:
-			found = true
+		if stored, user, found, err = d.authUser(ctx, addr); err != nil {
+			return User{}, err
+		}
+		if found {
 			hash = stored
-			user.Created = time.Unix(created, 0)
-			user.Quota = user.QuotaSet
-			if user.Quota == 0 {
-				user.Quota = d.defaultQuota
-			}
 		}
 	}
 	// The password given for an unusable address or length still costs one
@@ -218,5 +225,54 @@ func (d *Directory) Authenticate(ctx context.Context, address, password string) 
 	if !ok || !found {
 		return User{}, ErrAuthFailed
 	}
+	if d.cache != nil {
+		d.cache.put(addr, password, hashFingerprint([]byte(hash)))
+	}
 	return user, nil
+}
+
+// cachedLogin answers a repeat of a recent successful login from the
+// cache (authcache.go), against the current snapshot, or against the stored
+// hash read from SQL when there is no snapshot. ok is false when the cache
+// cannot answer; the login is then verified.
+func (d *Directory) cachedLogin(ctx context.Context, addr, password string) (u User, ok bool, err error) {
+	if d.cache == nil {
+		return User{}, false, nil
+	}
+	src, err := d.source(ctx)
+	if err != nil {
+		return User{}, false, err
+	}
+	if s, isSnap := src.(snapSource); isSnap {
+		r, known := s.s.users[addr]
+		if !known || !d.cache.hit(addr, password, r.pwFP) {
+			return User{}, false, nil
+		}
+		return r.user(d.defaultQuota), true, nil
+	}
+	stored, u, found, err := d.authUser(ctx, addr)
+	if err != nil || !found || !d.cache.hit(addr, password, hashFingerprint([]byte(stored))) {
+		return User{}, false, err
+	}
+	return u, true, nil
+}
+
+// authUser reads a user and its stored password hash. found is false for an
+// unknown user.
+func (d *Directory) authUser(ctx context.Context, addr string) (stored string, user User, found bool, err error) {
+	row := d.q.QueryRowContext(ctx, `SELECT `+userColumns+`, password FROM users WHERE address = ?`, addr)
+	var created int64
+	err = row.Scan(&user.Address, &user.Domain, &user.QuotaSet, &created, &stored)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return "", User{}, false, nil
+	case err != nil:
+		return "", User{}, false, fmt.Errorf("reading user %s: %w", addr, err)
+	}
+	user.Created = time.Unix(created, 0)
+	user.Quota = user.QuotaSet
+	if user.Quota == 0 {
+		user.Quota = d.defaultQuota
+	}
+	return stored, user, true, nil
 }

@@ -127,9 +127,15 @@ func (m *storeMaildrop) Update(deleted, retrieved []int) error {
 	if err := m.f.SetFlags(pick(retrieved), "S", ""); err != nil {
 		m.log.Warn("pop3 setting seen flags failed", "user", m.user, "err", err)
 	}
-	return m.f.Delete(pick(deleted))
+	err := m.f.Delete(pick(deleted))
+	// RFC 1939 6: the UPDATE state releases the maildrop before QUIT's
+	// reply, so a client that logs in again at once (a cached login is
+	// quick) does not find its own lock.
+	m.unlock()
+	return err
 }
 
+// Close releases the lock (unlock may be called more than once).
 func (m *storeMaildrop) Close() error {
 	m.unlock()
 	return m.f.Close()

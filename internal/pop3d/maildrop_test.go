@@ -148,6 +148,12 @@ func testMaildrop(t *testing.T, ms mailstore.Store) {
 	if err := drop.Update([]int{0}, []int{1}); err != nil {
 		t.Fatal(err)
 	}
+	// UPDATE released the lock before QUIT's reply (RFC 1939 6).
+	again, err := b.OpenMaildrop(ctx, nil, "alice@example.test")
+	if err != nil {
+		t.Fatalf("maildrop after UPDATE: %v", err)
+	}
+	defer again.Close()
 	if err := drop.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +164,6 @@ func testMaildrop(t *testing.T, ms mailstore.Store) {
 	if len(l.Messages) != 1 || l.Messages[0].UID != second || l.Messages[0].Flags != "S" {
 		t.Fatalf("after QUIT: %+v, want message 2 alone, seen", l.Messages)
 	}
-	again, err := b.OpenMaildrop(ctx, nil, "alice@example.test")
-	if err != nil {
-		t.Fatalf("maildrop after Close: %v", err)
-	}
-	defer again.Close()
 	if m := again.Messages(); len(m) != 1 || m[0].UIDL != msgs[1].UIDL {
 		t.Fatalf("next session %v, want UIDL %s kept", m, msgs[1].UIDL)
 	}

@@ -46,8 +46,26 @@ type Recipient struct {
 // Envelope is what a target delivers: the reverse-path and its recipients,
 // each mailbox once.
 type Envelope struct {
-	From  string // "" for the null reverse-path
-	Rcpts []Recipient
+	From    string // "" for the null reverse-path
+	Rcpts   []Recipient
+	UTF8    bool   // MAIL FROM carried SMTPUTF8 (RFC 6531)
+	Account string // the authenticated submitter; "" on MX
+}
+
+// A Preparer is a Target that can write a message without making it
+// deliverable yet (the outbound queue: queue.Begin). The router prepares
+// the remote copy before local delivery and commits it after, so that
+// one message to local and remote recipients is one transaction.
+type Preparer interface {
+	Target
+	Prepare(ctx context.Context, env Envelope, msg io.ReaderAt, size int64) (Prepared, error)
+}
+
+// Prepared is a message written by a Preparer: Commit makes it durable and
+// visible (returning only once it is), Abort drops it.
+type Prepared interface {
+	Commit(ctx context.Context) error
+	Abort()
 }
 
 // Config is what a Router needs.
@@ -102,7 +120,7 @@ func (r *Router) NewTransaction(ctx context.Context, s *smtpd.Session, mail smtp
 			return nil, err
 		}
 	}
-	return &transaction{r: r, s: s, from: mail.From, seen: map[string]bool{}}, nil
+	return &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}, nil
 }
 
 func (r *Router) checkSender(ctx context.Context, user, from string) error {

@@ -15,6 +15,7 @@ type transaction struct {
 	r      *Router
 	s      *smtpd.Session
 	from   string
+	utf8   bool
 	local  []Recipient
 	remote []Recipient
 	seen   map[string]bool // mailboxes and remote addresses already routed
@@ -78,22 +79,56 @@ func (t *transaction) Body(ctx context.Context, msg io.ReaderAt, size int64) err
 	return nil
 }
 
-// Commit delivers to the local target first, then hands remote recipients
-// to the remote target. A local refusal (quota) leaves nothing queued. A
-// queue failure after local delivery makes the client retry and the local
-// recipients receive the message twice: taking both in one durable step is
-// the outbound queue's to do (issue 12).
+// Commit delivers the message to every recipient, or to none (issue 12:
+// one transaction). With a remote target that is a Preparer (the outbound
+// queue) the steps are:
+//
+//  1. the remote copy is written to the queue but not committed (signed,
+//     on disk, invisible to delivery);
+//  2. local delivery, durable: a refusal (quota) or failure aborts the
+//     queue write, so nothing was delivered or queued;
+//  3. the queue write is committed (a rename and one sync).
+//
+// The failure window is step 3 alone: if the commit fails, or the process
+// dies between the local delivery's sync and the queue's, the local
+// recipients have the message and the remote ones do not, the client
+// gets no 250 and sends again, and the local recipients get it twice. No
+// order avoids a window with two stores; this one puts it in the step that
+// fails least (a rename in a folder already written to), never loses mail
+// that was acknowledged, and never sends a remote copy of a message the
+// client was told failed.
+//
+// A remote target that cannot prepare is given the message after local
+// delivery (the same window, wider: its whole write).
 func (t *transaction) Commit(ctx context.Context) error {
 	if t.msg == nil {
 		return errors.New("router: commit without a body")
 	}
-	if len(t.local) > 0 {
-		if err := t.r.cfg.Local.Deliver(ctx, Envelope{From: t.from, Rcpts: t.local}, t.msg, t.size); err != nil {
+	env := func(rcpts []Recipient) Envelope {
+		return Envelope{From: t.from, Rcpts: rcpts, UTF8: t.utf8, Account: t.s.User}
+	}
+	var prepared Prepared
+	if p, ok := t.r.cfg.Remote.(Preparer); ok && len(t.remote) > 0 {
+		var err error
+		if prepared, err = p.Prepare(ctx, env(t.remote), t.msg, t.size); err != nil {
 			return err
 		}
 	}
-	if len(t.remote) > 0 {
-		if err := t.r.cfg.Remote.Deliver(ctx, Envelope{From: t.from, Rcpts: t.remote}, t.msg, t.size); err != nil {
+	if len(t.local) > 0 {
+		if err := t.r.cfg.Local.Deliver(ctx, env(t.local), t.msg, t.size); err != nil {
+			if prepared != nil {
+				prepared.Abort()
+			}
+			return err
+		}
+	}
+	switch {
+	case prepared != nil:
+		if err := prepared.Commit(ctx); err != nil {
+			return err
+		}
+	case len(t.remote) > 0:
+		if err := t.r.cfg.Remote.Deliver(ctx, env(t.remote), t.msg, t.size); err != nil {
 			return err
 		}
 	}

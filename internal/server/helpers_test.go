@@ -17,6 +17,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
+	"github.com/agua-mail/agua/internal/resolver/dnstest"
 	"github.com/agua-mail/agua/internal/smtptest"
 )
 
@@ -51,6 +52,9 @@ func startServer(t *testing.T, mutate func(*config.Config)) *testServer {
 	cfg.IMAP.Listen = []string{"127.0.0.1:0"}
 	cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}
 	cfg.IMAP.AuthDelay = 0
+	// Mail queued for other domains is looked up here, never in the
+	// system's DNS: a server that knows no names.
+	cfg.DNS.Resolver = []string{dnstest.Start(t, "127.0.0.1").Addr}
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -55,6 +56,7 @@ type Server struct {
 	web       *http.Server // admin API over TCP, /metrics, dashboard
 	webLn     net.Listener
 	metrics   *metrics.Metrics
+	out       *outboundParts // queue, DKIM signer, delivery engine
 }
 
 type boundListener struct {
@@ -88,7 +90,12 @@ func OpenDirectory(cfg config.Config, log *slog.Logger) (*directory.Directory, e
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, err
 	}
-	return directory.Open(DatabasePath(cfg), directory.Options{DefaultQuota: int64(cfg.Accounts.DefaultQuota), Logger: log})
+	a := cfg.Accounts
+	return directory.Open(DatabasePath(cfg), directory.Options{
+		DefaultQuota: int64(a.DefaultQuota), Logger: log,
+		SnapshotMaxEntries: a.SnapshotMaxEntries, HashMemory: int64(a.HashMemory),
+		AuthCacheTTL: a.AuthCacheTTL, AuthCacheSize: a.AuthCacheSize,
+	})
 }
 
 // New prepares everything and binds every listener, so that a port already
@@ -105,6 +112,12 @@ func New(cfg config.Config, log *slog.Logger, out io.Writer) (*Server, error) {
 
 func (s *Server) open(out io.Writer) (err error) {
 	cfg, log := s.cfg, s.log
+	if cfg.MemoryLimit > 0 {
+		// GOMEMLIMIT: the garbage collector and the scavenger work to stay
+		// under it, so memory taken by a burst (argon2id) goes back.
+		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+		log.Info("memory limit set", "limit", cfg.MemoryLimit.String())
+	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o750); err != nil {
 		return fmt.Errorf("data folder: %w", err)
 	}
@@ -144,6 +157,9 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	if err := s.listenAdmin(tlsCfg); err != nil {
+		return err
+	}
+	if err := s.listenAutoconfig(tlsCfg); err != nil {
 		return err
 	}
 	// Last, once every port is bound: a start that fails must not use up
@@ -202,9 +218,11 @@ func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
 }
 
 func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
-	// Remote stays nil until the outbound queue exists: remote recipients
-	// on submission are refused with 550 5.3.0.
-	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: router.NewLocal(s.store)})
+	local := router.NewLocal(s.store)
+	if err := s.openOutbound(local); err != nil {
+		return err
+	}
+	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote()})
 	if err != nil {
 		return err
 	}
@@ -363,6 +381,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
 	}
+	s.out.start()
 	s.log.Info("agua started", "version", Version, "data", s.cfg.DataDir, "admin", AdminSocket(s.cfg))
 	for {
 		select {
@@ -370,6 +389,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			if err := s.shield.Reload(); err != nil {
 				s.log.Error("reload on SIGHUP failed; previous rules stay", "err", err)
 			}
+			s.out.signer.Reload() // logs a key file it cannot use
 			continue
 		case <-ctx.Done():
 		case err := <-errc:
@@ -398,6 +418,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, srv := range s.imap {
 		srv.Shutdown(sctx)
 	}
+	s.out.stopEngine()
 	wg.Wait()
 	return s.Close()
 }
@@ -415,6 +436,10 @@ func (s *Server) Close() error {
 		os.Remove(AdminSocket(s.cfg))
 	}
 	var errs []error
+	if s.out != nil {
+		errs = append(errs, s.out.close())
+		s.out = nil
+	}
 	if s.shield != nil {
 		errs = append(errs, s.shield.Close())
 		s.shield = nil

@@ -39,6 +39,7 @@ TARGETS="
 ./shield FuzzProxyHeader
 ./shield FuzzParseRules
 ./internal/config FuzzParse
+./internal/autoconfig FuzzAutodiscover
 "
 # Targets that read only the server's own files, left out on purpose.
 NOT_NETWORK="FuzzLoadState FuzzHistoryFile FuzzSizeFromName FuzzEscapeName FuzzParseUIDList FuzzOpenCorrupt FuzzToWire FuzzSign"

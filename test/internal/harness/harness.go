@@ -232,6 +232,13 @@ func New(t testing.TB, opts Options) *Server {
 		order = append(order, "smtp")
 	}
 	tables["smtp"] = append(tables["smtp"], opts.SMTP)
+	// Mail queued for other domains must never reach the system's DNS:
+	// the resolver is a loopback port where nothing answers (delivery
+	// defers), unless the test brings its own [dns].
+	if !strings.Contains(opts.Extra, "[dns]") {
+		order = append(order, "dns")
+		tables["dns"] = []string{fmt.Sprintf("resolver = [%q]", FreePorts(t, 1)[0])}
+	}
 	var b strings.Builder
 	b.WriteString("# written by test/internal/harness\n")
 	for _, table := range order {
