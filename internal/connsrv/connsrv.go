@@ -1,8 +1,10 @@
-// Package connsrv runs the connection lifecycle that agua's line-protocol
-// servers (SMTP, POP3) share: the accept loop with back-off, one goroutine
-// per session, tracking of open and idle sessions, and the graceful
+// Package connsrv runs the connection lifecycle that agua's protocol
+// servers (SMTP, POP3, IMAP) share: the accept loop with back-off, one
+// goroutine per session, tracking of open and idle sessions, the graceful
 // shutdown that wakes idle sessions at once (so they can answer "shutting
-// down") while sessions in the middle of a transaction finish it.
+// down") while sessions in the middle of a transaction finish it, and each
+// session's frame (frame.go: id, logger, panic guard, shield watch, TLS,
+// failed-login delay).
 package connsrv
 
 import (
@@ -27,7 +29,9 @@ type Tracker struct {
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
 	idle     map[net.Conn]struct{} // sessions waiting for a command
+	wake     map[net.Conn]func()   // how Shutdown wakes a session, in place of a read deadline
 	closing  atomic.Bool
+	stop     chan struct{} // closed when Shutdown begins
 	wg       sync.WaitGroup
 	sessions atomic.Int64
 	panics   atomic.Uint64
@@ -38,7 +42,8 @@ func New(name string, log *slog.Logger) *Tracker {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Tracker{name: name, log: log, conns: map[net.Conn]struct{}{}, idle: map[net.Conn]struct{}{}}
+	return &Tracker{name: name, log: log, conns: map[net.Conn]struct{}{}, idle: map[net.Conn]struct{}{},
+		wake: map[net.Conn]func(){}, stop: make(chan struct{})}
 }
 
 // Serve accepts connections until the listener is closed and runs handle
@@ -85,6 +90,8 @@ func (t *Tracker) track(c net.Conn, add bool) bool {
 		t.sessions.Add(1)
 	} else {
 		delete(t.conns, c)
+		delete(t.idle, c)
+		delete(t.wake, c)
 		t.sessions.Add(-1)
 	}
 	return true
@@ -102,6 +109,17 @@ func (t *Tracker) SetIdle(c net.Conn, idle bool) {
 	t.mu.Unlock()
 }
 
+// OnShutdown sets how Shutdown wakes the session on c, in place of
+// expiring its read deadline while it is idle: for a protocol whose
+// sessions are told to go whatever they are doing (IMAP's "* BYE" at the
+// next reply boundary). Shutdown calls wake repeatedly, so it must be
+// idempotent.
+func (t *Tracker) OnShutdown(c net.Conn, wake func()) {
+	t.mu.Lock()
+	t.wake[c] = wake
+	t.mu.Unlock()
+}
+
 // Closing reports whether Shutdown has begun: sessions check it before
 // reading the next command.
 func (t *Tracker) Closing() bool { return t.closing.Load() }
@@ -111,7 +129,9 @@ func (t *Tracker) Closing() bool { return t.closing.Load() }
 // closed by their owner.
 func (t *Tracker) Shutdown(ctx context.Context) error {
 	t.mu.Lock()
-	t.closing.Store(true)
+	if !t.closing.Swap(true) {
+		close(t.stop) // cuts failed-login delays short (Frame.Wait)
+	}
 	t.mu.Unlock()
 	done := make(chan struct{})
 	go func() { t.wg.Wait(); close(done) }()
@@ -122,9 +142,18 @@ func (t *Tracker) Shutdown(ctx context.Context) error {
 	for {
 		t.mu.Lock()
 		for c := range t.idle {
-			c.SetReadDeadline(time.Now())
+			if t.wake[c] == nil {
+				c.SetReadDeadline(time.Now())
+			}
+		}
+		wake := make([]func(), 0, len(t.wake))
+		for _, w := range t.wake {
+			wake = append(wake, w)
 		}
 		t.mu.Unlock()
+		for _, w := range wake { // outside t.mu: a wake may write to the client
+			w()
+		}
 		select {
 		case <-done:
 			return nil

@@ -3,8 +3,6 @@ package imapd
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"io"
@@ -20,16 +18,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/shield"
 )
-
-var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
-
-func newID() string {
-	var b [10]byte
-	rand.Read(b[:])
-	return idEncoding.EncodeToString(b[:])
-}
 
 // watchConn is one client connection. It
 //
@@ -49,6 +40,7 @@ type watchConn struct {
 	net.Conn          // the transport: raw, or TLS (implicit, or after STARTTLS)
 	raw      net.Conn // the accepted connection, for the shield
 	srv      *Server
+	frame    *connsrv.Frame // the session's: id, logger, context, deadline
 	log      *slog.Logger
 	deadline time.Time // whole session
 
@@ -86,8 +78,8 @@ const (
 	byeWait = 200 * time.Millisecond
 )
 
-func newWatchConn(c, raw net.Conn, srv *Server, log *slog.Logger, deadline time.Time, secure bool) *watchConn {
-	w := &watchConn{Conn: c, raw: raw, srv: srv, log: log, deadline: deadline,
+func newWatchConn(c, raw net.Conn, srv *Server, fr *connsrv.Frame, secure bool) *watchConn {
+	w := &watchConn{Conn: c, raw: raw, srv: srv, frame: fr, log: fr.Log, deadline: fr.Deadline,
 		mu: make(chan struct{}, 1), closed: make(chan struct{})}
 	w.secure.Store(secure)
 	w.in = bufio.NewReaderSize(w, inBufSize)
@@ -122,13 +114,7 @@ func (w *watchConn) timeout() time.Duration {
 }
 
 // readDeadline is when the next command must have come.
-func (w *watchConn) readDeadline() time.Time {
-	d := time.Now().Add(w.timeout())
-	if d.After(w.deadline) {
-		d = w.deadline
-	}
-	return d
-}
+func (w *watchConn) readDeadline() time.Time { return w.frame.ReadDeadline(w.timeout()) }
 
 // SetReadDeadline ignores the engine's own timeouts and applies agua's.
 func (w *watchConn) SetReadDeadline(time.Time) error {
@@ -427,8 +413,8 @@ func (l *engineLogger) Printf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	switch {
 	case strings.HasPrefix(msg, "panic"):
-		l.srv.panics.Add(1)
-		l.log.Error("imap session panic", "panic", msg)
+		l.srv.Panicked()
+		l.log.Error("session panic", "panic", msg) // the engine recovered it (and logged the stack)
 	case strings.HasPrefix(msg, "failed to read command"):
 		if l.w.readFailed() {
 			if err := l.w.lastErr.Load(); err != nil && !isQuiet(*err) {
@@ -477,14 +463,4 @@ func isQuiet(err error) bool {
 }
 
 // sanitize makes client text safe for a log line or a reply.
-func sanitize(s string) string {
-	if len(s) > 128 {
-		s = s[:128]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return '?'
-		}
-		return r
-	}, s)
-}
+func sanitize(s string) string { return connsrv.Sanitize(s, 128) }

@@ -50,14 +50,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/mailstore"
-	"github.com/agua-mail/agua/shield"
 )
 
 // Config holds the limits of one server. Zero values are replaced by safe
@@ -148,12 +147,7 @@ type Server struct {
 	log   *slog.Logger
 	caps  imap.CapSet
 
-	mu       sync.Mutex
-	conns    map[*watchConn]struct{}
-	closing  atomic.Bool
-	wg       sync.WaitGroup
-	panics   atomic.Uint64
-	sessions atomic.Int64
+	*connsrv.Tracker // accept loop, sessions, shutdown
 }
 
 // NewServer returns a server; ImplicitTLS needs a TLS config.
@@ -178,139 +172,58 @@ func NewServer(cfg Config, auth Authenticator, store mailstore.Store, hooks Hook
 		caps[c] = struct{}{}
 	}
 	return &Server{cfg: cfg, name: name, auth: auth, store: store, hooks: hooks, log: log, caps: caps,
-		conns: map[*watchConn]struct{}{}}, nil
+		Tracker: connsrv.New(name, log)}, nil
 }
 
 // Name returns "imap" or "imaps".
 func (s *Server) Name() string { return s.name }
 
-// Sessions returns the number of connections being served.
-func (s *Server) Sessions() int64 { return s.sessions.Load() }
-
-// Panics returns how many sessions ended in a recovered panic.
-func (s *Server) Panics() uint64 { return s.panics.Load() }
-
 // Serve accepts connections until the listener is closed. With
 // ImplicitTLS, pass the plain listener: each handshake runs in its
 // session's goroutine, under the pre-login timeout.
-func (s *Server) Serve(ln net.Listener) error {
-	var tempDelay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-			s.log.Warn("imap accept failed", "err", err)
-			time.Sleep(tempDelay)
-			continue
-		}
-		tempDelay = 0
-		if s.closing.Load() {
-			c.Close()
-			continue
-		}
-		s.wg.Add(1)
-		s.sessions.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.sessions.Add(-1)
-			s.serveConn(c)
-		}()
-	}
-}
-
-// Shutdown stops serving: every session gets "* BYE" at the next reply
-// boundary and is closed (IMAP clients reconnect on their own; nothing is
-// lost, as every change is on disk when its command completes). It waits
-// for the sessions to end until ctx does.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.closing.Store(true)
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	s.mu.Lock()
-	for w := range s.conns {
-		w.bye("Server shutting down")
-	}
-	s.mu.Unlock()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-	}
-	s.mu.Lock()
-	for w := range s.conns {
-		w.Close()
-	}
-	s.mu.Unlock()
-	<-done
-	return ctx.Err()
-}
-
-func (s *Server) track(w *watchConn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.closing.Load() {
-			return false
-		}
-		s.conns[w] = struct{}{}
-	} else {
-		delete(s.conns, w)
-	}
-	return true
-}
+//
+// Shutdown (connsrv.Tracker's) ends every session with "* BYE" at its next
+// reply boundary (IMAP clients reconnect on their own; nothing is lost, as
+// every change is on disk when its command completes), and waits for the
+// sessions to end until its context does.
+func (s *Server) Serve(ln net.Listener) error { return s.Tracker.Serve(ln, s.serveConn) }
 
 func (s *Server) serveConn(raw net.Conn) {
-	id := newID()
-	log := s.log.With("conn", id, "remote", raw.RemoteAddr().String(), "proto", "imap", "listener", s.name)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	fr := s.Open(raw, "imap", s.cfg.SessionTimeout)
+	defer fr.End()
 	defer raw.Close()
-	deadline := time.Now().Add(s.cfg.SessionTimeout)
 
 	var c net.Conn = raw
 	isTLS := false
 	if s.cfg.ImplicitTLS {
-		tc := tls.Server(raw, s.cfg.TLS)
-		tc.SetDeadline(time.Now().Add(s.cfg.PreAuthTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			log.Debug("tls handshake failed", "err", err)
-			shield.Report(raw, shield.ProtocolError)
+		tc, err := fr.Handshake(raw, s.cfg.TLS, s.cfg.PreAuthTimeout)
+		if err != nil {
 			return
 		}
-		tc.SetDeadline(time.Time{})
 		c, isTLS = tc, true
 	}
-	w := newWatchConn(c, raw, s, log, deadline, isTLS)
-	if !s.track(w, true) {
+	w := newWatchConn(c, raw, s, fr, isTLS)
+	s.OnShutdown(raw, func() { w.bye("Server shutting down") })
+	if s.Closing() {
 		return
 	}
-	defer s.track(w, false)
 	// The shield may want this connection gone mid-session (newly denied
 	// address, ban, lockdown, eviction). It closes the socket itself, right
 	// after Done: a BYE written now would race that close (and reach the
 	// client or not), so the session ends without a word, as SMTP's and
 	// POP3's do.
-	if sc := shield.FromConn(raw); sc != nil {
-		go func() {
-			select {
-			case <-sc.Done():
-				log.Info("imap session closed by shield")
-				w.ended.Store(true)
-				w.Close()
-			case <-ctx.Done():
-			}
-		}()
-	}
+	fr.WatchShield(func() {
+		w.ended.Store(true)
+		w.Close()
+	})
+	log := fr.Log
 	log.Debug("imap session start", "tls", isTLS)
 	// One engine until STARTTLS, another after it (frame.go does the
 	// handshake below the engine, so the engine never sees a TLS
 	// connection and decides from its options whether to allow logins).
 	for greeted := false; ; greeted = true {
 		ec := &engineConn{watchConn: w, greeted: greeted, done: make(chan struct{})}
-		sess := s.runEngine(ctx, ec, log)
+		sess := s.runEngine(fr.Ctx, ec, log)
 		if !ec.handover {
 			log.Debug("imap session end", "user", sess.user, "errors", w.errors.Load())
 			return
@@ -334,18 +247,13 @@ func (s *Server) runEngine(ctx context.Context, ec *engineConn, log *slog.Logger
 		Caps:         s.caps,
 		Logger:       &engineLogger{w: w, log: log, srv: s},
 		TLSConfig:    tlsCfg,
-		InsecureAuth: secure || s.cfg.AllowInsecureAuthLoopback && isLoopback(w.raw.RemoteAddr()),
+		InsecureAuth: secure || s.cfg.AllowInsecureAuthLoopback && connsrv.IsLoopback(w.raw.RemoteAddr()),
 	})
 	engine.Serve(&oneConnListener{c: ec})
 	// Serve returns once the connection is closed; the engine's goroutine
 	// then calls Session.Close.
 	<-sess.closed
 	return sess
-}
-
-func isLoopback(a net.Addr) bool {
-	ta, ok := a.(*net.TCPAddr)
-	return ok && ta.IP.IsLoopback()
 }
 
 // oneConnListener hands the engine one connection, then blocks until that

@@ -101,13 +101,7 @@ func (s *session) Login(user, pass string) error {
 		h(err == nil)
 	}
 	if err != nil {
-		s.log.Info("imap auth failed", "user", sanitize(user))
-		d := shield.ReportAuth(s.conn.raw, user, false)
-		wait := s.srv.cfg.AuthFailureDelay
-		if f := s.srv.hooks.AccountDelay; f != nil {
-			wait += f(user)
-		}
-		s.sleep(wait)
+		d := s.conn.frame.FailedLogin(user, s.srv.cfg.AuthFailureDelay, s.srv.hooks.AccountDelay)
 		if d.Action != shield.Allow {
 			s.log.Info("imap session ended by shield", "action", d.Action.String(), "source", d.Source)
 			s.conn.byeDecision(d, "")
@@ -130,20 +124,6 @@ func (s *session) Login(user, pass string) error {
 	s.conn.authed.Store(true)
 	s.log.Info("imap login", "user", canonical, "tls", s.conn.secure.Load())
 	return nil
-}
-
-// sleep waits d unless the session ends meanwhile.
-func (s *session) sleep(d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-s.ctx.Done():
-	case <-s.conn.closed:
-	}
 }
 
 // folder validates a client's mailbox name and opens the folder.

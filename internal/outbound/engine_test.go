@@ -24,12 +24,13 @@ func TestPipelinedDeliveryReusesConnection(t *testing.T) {
 	port, lns := listenSamePort(t, "127.0.0.61")
 	p := newPeer(t, lns[0])
 	startPeers(p)
-	ev := newEnv(t, port, func(o *Options) { o.InitialConcurrency, o.MaxConcurrency = 1, 1 })
+	ev := newEnvStopped(t, port, func(o *Options) { o.InitialConcurrency, o.MaxConcurrency = 1, 1 })
 	ev.dns.Add(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 127.0.0.61")
 	var ids []string
 	for i := range 3 {
 		ids = append(ids, ev.enqueue("a@agua.test", []string{fmt.Sprintf("b%d@dest.test", i), fmt.Sprintf("c%d@Dest.TEST", i)}, msg1))
 	}
+	ev.start() // all three are queued before the engine looks
 	for _, id := range ids {
 		ev.waitGone(id)
 	}

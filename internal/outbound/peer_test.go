@@ -293,6 +293,7 @@ type env struct {
 	dsns  []dsnMsg
 	dsnCh chan struct{}
 	stop  func() // stops the engine and waits for it
+	start func() // starts the engine (once)
 }
 
 type dsnMsg struct {
@@ -337,6 +338,16 @@ func (l *logBuf) String() string {
 // newEnv starts an engine on a new queue; mutate adjusts the options.
 func newEnv(t *testing.T, port int, mutate func(*Options)) *env {
 	t.Helper()
+	ev := newEnvStopped(t, port, mutate)
+	ev.start()
+	return ev
+}
+
+// newEnvStopped is newEnv with the engine not yet running: the test fills
+// the queue first and then calls start, so what the engine finds at its
+// first look does not depend on how fast the machine is.
+func newEnvStopped(t *testing.T, port int, mutate func(*Options)) *env {
+	t.Helper()
 	ev := &env{t: t, dns: dnstest.Start(t, "127.0.0.53"), clk: &testClock{t: time.Now()}, logs: &logBuf{}, dsnCh: make(chan struct{}, 100)}
 	res, err := resolver.New(resolver.Config{Servers: []string{ev.dns.Addr}, Timeout: 2 * time.Second, CacheSize: -1})
 	if err != nil {
@@ -369,13 +380,19 @@ func newEnv(t *testing.T, port int, mutate func(*Options)) *env {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() {
-		ev.e.Run(ctx)
-		close(done)
-	}()
+	var started sync.Once
+	ev.start = func() {
+		started.Do(func() {
+			go func() {
+				ev.e.Run(ctx)
+				close(done)
+			}()
+		})
+	}
 	var once sync.Once
 	ev.stop = func() {
 		once.Do(func() {
+			ev.start() // so that done is closed
 			cancel()
 			select {
 			case <-done:

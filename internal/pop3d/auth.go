@@ -2,9 +2,7 @@ package pop3d
 
 import (
 	"errors"
-	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -60,7 +58,7 @@ func (ss *session) cmdAUTH(arg string) error {
 	var resp []byte
 	var err error
 	if hasInitial {
-		resp, err = decodeResponse(initial)
+		resp, err = frameReplies.DecodeSASL(initial)
 	} else {
 		resp, err = ss.challenge()
 	}
@@ -86,30 +84,7 @@ func (ss *session) cmdAUTH(arg string) error {
 // client's response.
 func (ss *session) challenge() ([]byte, error) {
 	ss.w.WriteString("+ \r\n")
-	if err := ss.flush(); err != nil {
-		return nil, errQuit
-	}
-	line, err := ss.readLine()
-	if err != nil {
-		if errors.Is(err, errLineTooLong) {
-			return nil, errLineTooLong
-		}
-		ss.readFailed(err)
-		return nil, errQuit
-	}
-	return decodeResponse(line)
-}
-
-// decodeResponse decodes a SASL response and maps its errors to replies.
-func decodeResponse(s string) ([]byte, error) {
-	b, err := connsrv.DecodeSASL(s)
-	switch {
-	case errors.Is(err, connsrv.ErrSASLCancelled):
-		return nil, errAuthCancelled
-	case err != nil:
-		return nil, errAuthBase64
-	}
-	return b, nil
+	return ss.frame.SASLResponse(ss, &frameReplies)
 }
 
 // login checks credentials, tells the shield, and opens the maildrop.
@@ -123,16 +98,10 @@ func (ss *session) login(user, pass string) error {
 		if errors.As(err, &e) && e.Temporary() {
 			return e
 		}
-		ss.log.Info("pop3 auth failed", "user", sanitize(user))
 		if f := ss.srv.hooks.Auth; f != nil {
 			f(&ss.info, false)
 		}
-		d := shield.ReportAuth(ss.conn, user, false)
-		wait := ss.srv.cfg.AuthFailureDelay
-		if f := ss.srv.hooks.AccountDelay; f != nil {
-			wait += f(user)
-		}
-		ss.sleep(wait)
+		d := ss.frame.FailedLogin(user, ss.srv.cfg.AuthFailureDelay, ss.srv.hooks.AccountDelay)
 		if d.Action != shield.Allow {
 			ss.shieldEnds(d)
 			return errQuit
@@ -164,30 +133,4 @@ func (ss *session) login(user, pass string) error {
 	ss.log.Info("pop3 login", "user", canonical, "messages", n, "tls", ss.info.TLS)
 	ss.ok("Logged in, maildrop has %d messages (%d octets)", n, size)
 	return nil
-}
-
-// sleep waits d unless the session is ended meanwhile.
-func (ss *session) sleep(d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ss.ctx.Done():
-	}
-}
-
-// sanitize makes client text safe for a log line.
-func sanitize(s string) string {
-	if len(s) > 64 {
-		s = s[:64]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return '?'
-		}
-		return r
-	}, s)
 }

@@ -1,12 +1,10 @@
 package pop3d
 
 import (
-	"crypto/tls"
-	"net"
 	"strconv"
 	"strings"
 
-	"github.com/agua-mail/agua/shield"
+	"github.com/agua-mail/agua/internal/connsrv"
 )
 
 // cmdCAPA lists capabilities (RFC 2449 5). USER and SASL are listed only
@@ -35,14 +33,7 @@ func (ss *session) cmdCAPA(arg string) error {
 // authAllowed: logins only over TLS, unless the loopback exception
 // applies (RFC 2595 2.2, RFC 8314 3).
 func (ss *session) authAllowed() bool {
-	return ss.info.TLS || ss.srv.cfg.AllowInsecureAuthLoopback && isLoopback(ss.conn.RemoteAddr())
-}
-
-func isLoopback(a net.Addr) bool {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.IsLoopback()
-	}
-	return false
+	return ss.info.TLS || ss.srv.cfg.AllowInsecureAuthLoopback && connsrv.IsLoopback(ss.conn.RemoteAddr())
 }
 
 // cmdSTLS implements RFC 2595 4.
@@ -60,14 +51,11 @@ func (ss *session) cmdSTLS(arg string) error {
 		return ss.closeWith(errSTLSPipelined)
 	}
 	ss.ok("Begin TLS negotiation")
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return errQuit
 	}
-	tc := tls.Server(ss.conn, ss.srv.cfg.TLS)
-	ss.setReadDeadline(ss.commandTimeout())
-	if err := tc.HandshakeContext(ss.ctx); err != nil {
-		ss.log.Debug("stls handshake failed", "err", err)
-		shield.Report(ss.conn, shield.ProtocolError)
+	tc, err := ss.frame.Handshake(ss.conn, ss.srv.cfg.TLS, ss.commandTimeout())
+	if err != nil {
 		return errQuit
 	}
 	ss.resetConn(tc)

@@ -3,17 +3,11 @@ package pop3d
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"github.com/agua-mail/agua/internal/connsrv"
-	"io"
 	"log/slog"
 	"net"
-	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -69,25 +63,21 @@ func init() {
 	}
 }
 
-// httpVerbs are answered with an error and a close: a web client or proxy
-// abuse probe on a mail port (cross-protocol attacks).
-var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
-
 // errQuit ends a session after its reply has been written.
 var errQuit = errors.New("quit")
 
 type session struct {
-	srv      *Server
-	conn     net.Conn
-	r        *bufio.Reader
-	w        *bufio.Writer
-	tw       *timedWriter
-	log      *slog.Logger
-	info     Session
-	state    state
-	errors   int
-	deadline time.Time // whole-session deadline
-	ctx      context.Context
+	srv    *Server
+	conn   net.Conn
+	r      *bufio.Reader
+	w      *bufio.Writer
+	tw     *timedWriter
+	log    *slog.Logger
+	info   Session
+	state  state
+	errors int
+	ctx    context.Context // ended by the session's end and by a shield kick
+	frame  *connsrv.Frame
 
 	user string // from USER, waiting for PASS
 
@@ -98,41 +88,20 @@ type session struct {
 	retrieved []bool
 }
 
-var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
-
-func newID() string {
-	var b [10]byte
-	rand.Read(b[:])
-	return idEncoding.EncodeToString(b[:])
-}
-
 func (s *Server) serveConn(c net.Conn) {
-	id := newID()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	fr := s.Open(c, "pop3", s.cfg.SessionTimeout)
+	defer fr.End()
 	ss := &session{
-		srv:      s,
-		conn:     c,
-		info:     Session{ID: id, Listener: s.name, RemoteAddr: c.RemoteAddr()},
-		state:    stateAuthorization,
-		deadline: time.Now().Add(s.cfg.SessionTimeout),
-		ctx:      ctx,
+		srv:   s,
+		conn:  c,
+		info:  Session{ID: fr.ID, Listener: s.name, RemoteAddr: c.RemoteAddr()},
+		state: stateAuthorization,
+		ctx:   fr.Ctx,
+		frame: fr,
+		log:   fr.Log,
 	}
-	ss.log = s.log.With("conn", id, "remote", c.RemoteAddr().String(), "proto", "pop3", "listener", s.name)
 	defer c.Close()
-	// The shield may want this connection gone mid-session (newly denied
-	// address, ban, lockdown, eviction): closing the socket ends the loop.
-	if sc := shield.FromConn(c); sc != nil {
-		go func() {
-			select {
-			case <-sc.Done():
-				ss.log.Info("pop3 session closed by shield")
-				cancel()
-				c.Close()
-			case <-ctx.Done():
-			}
-		}()
-	}
+	fr.WatchShield(func() { c.Close() })
 	// A session that did not QUIT changes nothing: only the lock goes.
 	defer func() {
 		if ss.drop != nil {
@@ -141,25 +110,12 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 		}
 	}()
-	defer func() {
-		if v := recover(); v != nil {
-			s.Panicked()
-			ss.log.Error("pop3 session panic", "panic", v, "stack", string(debug.Stack()))
-			if ss.w != nil {
-				ss.reply(errInternal)
-				ss.flush()
-			}
-		}
-	}()
+	defer fr.Guard(&ss.w, "-ERR "+errInternal.line()+"\r\n")
 	if s.cfg.ImplicitTLS {
-		tc := tls.Server(c, s.cfg.TLS)
-		tc.SetDeadline(time.Now().Add(s.cfg.PreAuthTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			ss.log.Debug("tls handshake failed", "err", err)
-			shield.Report(c, shield.ProtocolError)
+		tc, err := fr.Handshake(c, s.cfg.TLS, s.cfg.PreAuthTimeout)
+		if err != nil {
 			return
 		}
-		tc.SetDeadline(time.Time{})
 		ss.conn = tc
 		ss.info.TLS = true
 	}
@@ -194,51 +150,27 @@ func (ss *session) commandTimeout() time.Duration {
 
 func (ss *session) run() {
 	ss.ok("%s POP3 agua ready", ss.srv.cfg.Hostname)
-	if ss.flush() != nil {
+	if ss.Flush() != nil {
 		return
 	}
-	s := ss.srv
-
-	for {
-		if s.Closing() {
-			ss.reply(errShuttingDown)
-			ss.flush()
-			return
-		}
-		s.SetIdle(ss.conn, true)
-		line, err := ss.readLine()
-		s.SetIdle(ss.conn, false)
-		switch {
-		case errors.Is(err, errLineTooLong):
-		case err != nil && s.Closing() && connsrv.IsTimeout(err):
-			continue // woken by Shutdown: the loop answers
-		case err != nil:
-			ss.readFailed(err)
-			return
-		default:
-			err = ss.dispatch(line)
-		}
-		if errors.Is(err, errQuit) {
-			ss.flush()
-			return
-		}
-		if err != nil && ss.fail(err) {
-			return
-		}
-		// PIPELINING (RFC 2449 6.6): answer a group of commands in one
-		// write, flushing once no complete command is waiting.
-		if !connsrv.HasLine(ss.r) {
-			if ss.flush() != nil {
-				return
-			}
-		}
-	}
+	ss.frame.Loop(ss.r, ss, &frameReplies)
 }
 
-// dispatch runs one command line through the command table. RFC 1939 3:
+// ReadCommand reads the next command line (connsrv.Commands).
+func (ss *session) ReadCommand() (string, error) { return ss.readLine() }
+
+// Reply writes one of the replies the frame sends (connsrv.Commands).
+func (ss *session) Reply(e error) { ss.reply(AsError(e)) }
+
+// frameReplies are the session's replies to what connsrv.Frame.Loop
+// handles.
+var frameReplies = connsrv.Replies{TooLong: errLineTooLong, Quit: errQuit, ShuttingDown: errShuttingDown,
+	Timeout: errTimeout, SessionTimeout: errSessionTimeout, SASLCancelled: errAuthCancelled, SASLMalformed: errAuthBase64}
+
+// Dispatch runs one command line through the command table. RFC 1939 3:
 // keywords are case-insensitive and separated from arguments by one
 // space.
-func (ss *session) dispatch(line string) error {
+func (ss *session) Dispatch(line string) error {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
 	// RFC 1939 7: PASS must follow USER directly.
@@ -247,7 +179,7 @@ func (ss *session) dispatch(line string) error {
 	}
 	cmd, ok := commands[verb]
 	if !ok {
-		if httpVerbs[verb] {
+		if connsrv.IsHTTPVerb(verb) {
 			ss.log.Debug("pop3 http request on mail port", "verb", verb)
 			return ss.closeWith(errHTTP)
 		}
@@ -268,10 +200,10 @@ func (ss *session) closeWith(e *Error) error {
 	return errQuit
 }
 
-// fail answers a failed command. Protocol errors and failed logins count
+// Fail answers a failed command. Protocol errors and failed logins count
 // towards MaxErrors; protocol errors are reported to the shield. It
 // returns true when the session must end.
-func (ss *session) fail(err error) bool {
+func (ss *session) Fail(err error) bool {
 	e := AsError(err)
 	if e.Cause != nil {
 		ss.log.Warn("pop3 command failed", "reply", e.line(), "err", e.Cause)
@@ -285,7 +217,7 @@ func (ss *session) fail(err error) bool {
 		}
 		if ss.errors >= ss.srv.cfg.MaxErrors {
 			ss.reply(errTooManyErrors)
-			ss.flush()
+			ss.Flush()
 			ss.log.Info("pop3 too many errors", "errors", ss.errors)
 			return true
 		}
@@ -305,48 +237,20 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 			code = "SYS/TEMP"
 		}
 		ss.reply(Errorf(code, "%s", d.Reason))
-		ss.flush()
+		ss.Flush()
 	}
 	return true
 }
 
-func (ss *session) readFailed(err error) {
-	var ne net.Error
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		if time.Now().After(ss.deadline) {
-			ss.reply(errSessionTimeout)
-		} else {
-			ss.reply(errTimeout)
-		}
-		ss.flush()
-		ss.log.Info("pop3 timeout", "state", ss.state.String())
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
-	default:
-		ss.log.Debug("pop3 read failed", "err", err)
-	}
-}
-
-// readLine reads one CRLF (or LF) terminated line of at most MaxLineLength
-// bytes including the terminator, without it. An overlong line is consumed
-// and reported as errLineTooLong; the buffer never grows beyond the bufio
-// size.
+// readLine reads one command line of at most MaxLineLength bytes
+// including the terminator (see connsrv.ReadLine); an overlong one is
+// consumed and answered as errLineTooLong.
 func (ss *session) readLine() (string, error) {
-	max := ss.srv.cfg.MaxLineLength
-	ss.setReadDeadline(ss.commandTimeout())
-	line, err := connsrv.ReadLine(ss.r, max)
+	line, err := ss.frame.ReadLine(ss.conn, ss.r, ss.srv.cfg.MaxLineLength, ss.commandTimeout())
 	if errors.Is(err, connsrv.ErrLineTooLong) {
 		return "", errLineTooLong
 	}
 	return line, err
-}
-
-func (ss *session) setReadDeadline(timeout time.Duration) {
-	d := time.Now().Add(timeout)
-	if d.After(ss.deadline) {
-		d = ss.deadline
-	}
-	ss.conn.SetReadDeadline(d)
 }
 
 // ok writes a positive reply (buffered).
@@ -380,7 +284,7 @@ func (ss *session) line(s string) {
 // end terminates a multi-line response.
 func (ss *session) end() { ss.w.WriteString(".\r\n") }
 
-func (ss *session) flush() error {
+func (ss *session) Flush() error {
 	ss.tw.timeout = ss.commandTimeout()
 	return ss.w.Flush()
 }

@@ -3,9 +3,7 @@ package smtpd
 import (
 	"encoding/base64"
 	"errors"
-	"github.com/agua-mail/agua/internal/connsrv"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -47,20 +45,10 @@ func (ss *session) cmdAUTH(arg string) error {
 		if errors.As(err, &e) && e.Temporary() {
 			return e
 		}
-		ss.log.Info("smtp auth failed", "user", sanitize(user))
 		if h := ss.srv.hooks.Auth; h != nil {
 			h(&ss.info, false)
 		}
-		// A failure waits the fixed delay plus the account's delay, which
-		// grows with failures on that account from anywhere; a success
-		// never waits, so the real user is not slowed by an attack on
-		// their account (and the account is never locked).
-		wait := ss.srv.cfg.AuthFailureDelay
-		if h := ss.srv.hooks.AccountDelay; h != nil {
-			wait += h(user)
-		}
-		d := shield.ReportAuth(ss.conn, user, false)
-		time.Sleep(wait)
+		d := ss.frame.FailedLogin(user, ss.srv.cfg.AuthFailureDelay, ss.srv.hooks.AccountDelay)
 		if d.Action != shield.Allow {
 			ss.shieldEnds(d)
 			return errQuit
@@ -84,36 +72,13 @@ func (ss *session) cmdAUTH(arg string) error {
 // challenge sends a 334 with a base64 challenge and reads the response.
 func (ss *session) challenge(c string) ([]byte, error) {
 	ss.replyLine(334, "", base64.StdEncoding.EncodeToString([]byte(c)))
-	if err := ss.flush(); err != nil {
-		return nil, errQuit
-	}
-	line, err := ss.readLine(ss.srv.cfg.MaxCommandLength, ss.srv.cfg.CommandTimeout)
-	if err != nil {
-		if errors.Is(err, errLineTooLong) {
-			return nil, errLineTooLong
-		}
-		ss.readFailed(err)
-		return nil, errQuit
-	}
-	return decodeResponse(line)
-}
-
-// decodeResponse decodes a SASL response and maps its errors to replies.
-func decodeResponse(s string) ([]byte, error) {
-	b, err := connsrv.DecodeSASL(s)
-	switch {
-	case errors.Is(err, connsrv.ErrSASLCancelled):
-		return nil, errAuthCancelled
-	case err != nil:
-		return nil, errAuthBase64
-	}
-	return b, nil
+	return ss.frame.SASLResponse(ss, &frameReplies)
 }
 
 func (ss *session) authPlain(initial string, hasInitial bool) (user, pass string, err error) {
 	var resp []byte
 	if hasInitial {
-		resp, err = decodeResponse(initial)
+		resp, err = frameReplies.DecodeSASL(initial)
 	} else {
 		resp, err = ss.challenge("")
 	}
@@ -138,7 +103,7 @@ func (ss *session) authPlain(initial string, hasInitial bool) (user, pass string
 func (ss *session) authLogin(initial string, hasInitial bool) (user, pass string, err error) {
 	var u []byte
 	if hasInitial {
-		u, err = decodeResponse(initial)
+		u, err = frameReplies.DecodeSASL(initial)
 	} else {
 		u, err = ss.challenge("Username:")
 	}

@@ -14,8 +14,9 @@ import (
 // that the session drives a transaction correctly.
 type memBackend struct {
 	mu        sync.Mutex
-	users     map[string]bool // local mailboxes; nil: every address at example.test exists
-	failBody  error           // returned by Body when set
+	users     map[string]bool                        // local mailboxes; nil: every address at example.test exists
+	failBody  error                                  // returned by Body when set
+	onRcpt    func(ctx context.Context, rcpt string) // called first by AddRcpt when set
 	delivered []memMessage
 	aborted   int
 	open      int // transactions started and not yet ended
@@ -59,6 +60,9 @@ type memTx struct {
 }
 
 func (t *memTx) AddRcpt(ctx context.Context, rcpt string) error {
+	if t.b.onRcpt != nil {
+		t.b.onRcpt(ctx, rcpt)
+	}
 	local, domain, _ := strings.Cut(strings.ToLower(rcpt), "@")
 	if domain != "example.test" && rcpt != "postmaster" {
 		return ErrRelayDenied

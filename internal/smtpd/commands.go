@@ -1,15 +1,13 @@
 package smtpd
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/mailevents"
-	"github.com/agua-mail/agua/shield"
 )
 
 func (ss *session) cmdEHLO(arg string) error { return ss.greet(arg, true) }
@@ -51,14 +49,7 @@ func (ss *session) authOffered() bool {
 	if ss.info.Mode == ModeMX || ss.info.User != "" {
 		return false
 	}
-	return ss.info.TLS || ss.srv.cfg.AllowInsecureAuthLoopback && isLoopback(ss.conn.RemoteAddr())
-}
-
-func isLoopback(a net.Addr) bool {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.IsLoopback()
-	}
-	return false
+	return ss.info.TLS || ss.srv.cfg.AllowInsecureAuthLoopback && connsrv.IsLoopback(ss.conn.RemoteAddr())
 }
 
 func (ss *session) cmdSTARTTLS(arg string) error {
@@ -79,14 +70,11 @@ func (ss *session) cmdSTARTTLS(arg string) error {
 		return ss.closeWith(errSTARTTLSPipelined)
 	}
 	ss.replyLine(220, "2.0.0", "Ready to start TLS")
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return errQuit
 	}
-	tc := tls.Server(ss.conn, ss.srv.cfg.TLS)
-	ss.setReadDeadline(ss.srv.cfg.CommandTimeout)
-	if err := tc.HandshakeContext(ss.ctx); err != nil {
-		ss.log.Debug("starttls handshake failed", "err", err)
-		shield.Report(ss.conn, shield.ProtocolError)
+	tc, err := ss.frame.Handshake(ss.conn, ss.srv.cfg.TLS, ss.srv.cfg.CommandTimeout)
+	if err != nil {
 		return errQuit
 	}
 	ss.conn = tc
@@ -141,7 +129,7 @@ func (ss *session) cmdMAIL(arg string) error {
 			mail.SMTPUTF8 = true
 		case "AUTH": // RFC 4954 5: accepted and not trusted.
 		default:
-			return Errorf(555, "5.5.4", "Unsupported MAIL parameter %s", sanitize(k))
+			return Errorf(555, "5.5.4", "Unsupported MAIL parameter %s", connsrv.Sanitize(k, 32))
 		}
 	}
 	if !mail.SMTPUTF8 && !isASCII(from) {
@@ -232,18 +220,6 @@ func (ss *session) cmdHELP(arg string) error {
 func (ss *session) cmdQUIT(arg string) error {
 	ss.replyLine(221, "2.0.0", ss.srv.cfg.Hostname+" closing connection")
 	return errQuit
-}
-
-func sanitize(s string) string {
-	if len(s) > 32 {
-		s = s[:32]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return '?'
-		}
-		return r
-	}, s)
 }
 
 func isASCII(s string) bool {

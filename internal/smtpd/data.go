@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/shield"
 )
@@ -23,16 +24,16 @@ func (ss *session) cmdDATA(arg string) error {
 		return ss.refuseDATA(errSyntax)
 	}
 	ss.replyLine(354, "", "Start mail input; end with <CRLF>.<CRLF>")
-	if err := ss.flush(); err != nil {
+	if err := ss.Flush(); err != nil {
 		return errQuit
 	}
 	sp := &spool{dir: ss.srv.cfg.SpoolDir}
 	defer sp.Close()
-	msgID := newID()
+	msgID := connsrv.NewID()
 	sp.Write([]byte(ss.receivedHeader(msgID)))
 	bad, err := ss.readData(sp)
 	if err != nil {
-		ss.readFailed(err)
+		ss.frame.ReadEnded(err, ss, &frameReplies)
 		return errQuit
 	}
 	if sp.err != nil {
@@ -93,7 +94,7 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 	// "<LF>.<CRLF>" is the classic smuggling sequence (CVE-2023-51766 class).
 	prevCRLF := true
 	for {
-		ss.setReadDeadline(cfg.DataTimeout)
+		ss.conn.SetReadDeadline(ss.frame.ReadDeadline(cfg.DataTimeout))
 		frag, rerr := ss.r.ReadSlice('\n')
 		if rerr != nil && rerr != bufio.ErrBufferFull {
 			return nil, rerr
@@ -169,7 +170,7 @@ func (ss *session) receivedHeader(id string) string {
 		host = "[" + host[:i] + "]"
 	}
 	return fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (agua) with %s id %s;\r\n\t%s\r\n",
-		sanitize(ss.info.Helo), host, ss.srv.cfg.Hostname, proto, id, time.Now().Format(time.RFC1123Z))
+		connsrv.Sanitize(ss.info.Helo, 32), host, ss.srv.cfg.Hostname, proto, id, time.Now().Format(time.RFC1123Z))
 }
 
 // spool buffers one message in memory, spilling to a temporary file past

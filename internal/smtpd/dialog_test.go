@@ -23,6 +23,12 @@ type testServers struct {
 // default config does). mutate may change the config first.
 func startServers(t *testing.T, backend *memBackend, mutate func(*Config)) *testServers {
 	t.Helper()
+	return startServersHooks(t, backend, mutate, Hooks{})
+}
+
+// startServersHooks is startServers with hooks.
+func startServersHooks(t *testing.T, backend *memBackend, mutate func(*Config), hooks Hooks) *testServers {
+	t.Helper()
 	dir := t.TempDir()
 	tlsCfg, _, err := tlsutil.LoadOrCreate(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), []string{"localhost"})
 	if err != nil {
@@ -35,7 +41,7 @@ func startServers(t *testing.T, backend *memBackend, mutate func(*Config)) *test
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ts := &testServers{backend: backend, addrs: map[string]string{}}
 	for _, mode := range []Mode{ModeMX, ModeSubmission} {
-		srv, err := NewServer(mode, cfg, backend, Hooks{}, log)
+		srv, err := NewServer(mode, cfg, backend, hooks, log)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -45,6 +45,16 @@ func (e *Error) WithCause(cause error) *Error {
 	return &c
 }
 
+// line is e as the client reads it, CRLF included.
+func (e *Error) line() string { return replyText(e.Code, e.Enhanced, e.Msg) }
+
+func replyText(code int, enhanced, msg string) string {
+	if enhanced != "" {
+		return fmt.Sprintf("%d %s %s\r\n", code, enhanced, msg)
+	}
+	return fmt.Sprintf("%d %s\r\n", code, msg)
+}
+
 // Temporary reports a 4xx reply.
 func (e *Error) Temporary() bool { return e.Code >= 400 && e.Code < 500 }
 

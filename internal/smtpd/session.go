@@ -3,17 +3,11 @@ package smtpd
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"github.com/agua-mail/agua/internal/connsrv"
-	"io"
 	"log/slog"
 	"net"
-	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -60,78 +54,45 @@ func init() {
 	}
 }
 
-// httpVerbs are answered with an error and a close: a web client or proxy
-// abuse probe on a mail port (cross-protocol attacks).
-var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
-
 // errQuit ends a session after its reply has been written.
 var errQuit = errors.New("quit")
 
 type session struct {
-	srv      *Server
-	conn     net.Conn
-	r        *bufio.Reader
-	w        *bufio.Writer
-	log      *slog.Logger
-	info     Session
-	state    state
-	env      Envelope    // the open transaction as the session sees it
-	tx       Transaction // the backend's side of it; nil outside one
-	errors   int
-	deadline time.Time // whole-session deadline
-	ctx      context.Context
-}
-
-var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
-
-func newID() string {
-	var b [10]byte
-	rand.Read(b[:])
-	return idEncoding.EncodeToString(b[:])
+	srv    *Server
+	conn   net.Conn
+	r      *bufio.Reader
+	w      *bufio.Writer
+	log    *slog.Logger
+	info   Session
+	state  state
+	env    Envelope    // the open transaction as the session sees it
+	tx     Transaction // the backend's side of it; nil outside one
+	errors int
+	ctx    context.Context // ended by the session's end and by a shield kick
+	frame  *connsrv.Frame
 }
 
 func (s *Server) serveConn(c net.Conn) {
-	id := newID()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	fr := s.Open(c, "smtp", s.cfg.SessionTimeout)
+	defer fr.End()
 	ss := &session{
-		srv:      s,
-		conn:     c,
-		info:     Session{ID: id, Mode: s.mode, RemoteAddr: c.RemoteAddr()},
-		state:    stateConnected,
-		deadline: time.Now().Add(s.cfg.SessionTimeout),
-		ctx:      ctx,
+		srv:   s,
+		conn:  c,
+		info:  Session{ID: fr.ID, Mode: s.mode, RemoteAddr: c.RemoteAddr()},
+		state: stateConnected,
+		ctx:   fr.Ctx,
+		frame: fr,
+		// Abuse seen by one session (HTTP verbs, pregreet, error limits,
+		// shield endings) is logged at debug level only: the shield counts
+		// it and logs aggregated lines, so a flood cannot flood the log.
+		log: fr.Log,
 	}
-	// Abuse seen by one session (HTTP verbs, pregreet, error limits, shield
-	// endings) is logged at debug level only: the shield counts it and logs
-	// aggregated lines, so a flood cannot flood the log.
-	ss.log = s.log.With("conn", id, "remote", c.RemoteAddr().String(), "listener", s.mode.String())
 	defer c.Close()
-	// The shield may want this connection gone mid-session (newly denied
-	// address, ban, lockdown, eviction): closing the socket ends the loop.
-	if sc := shield.FromConn(c); sc != nil {
-		go func() {
-			select {
-			case <-sc.Done():
-				ss.log.Debug("smtp session closed by shield")
-				c.Close()
-			case <-ctx.Done():
-			}
-		}()
-	}
-	defer func() {
-		if v := recover(); v != nil {
-			s.Panicked()
-			ss.log.Error("smtp session panic", "panic", v, "stack", string(debug.Stack()))
-			ss.reply(errInternal)
-		}
-	}()
+	fr.WatchShield(func() { c.Close() })
+	defer fr.Guard(&ss.w, errInternal.line())
 	if s.mode == ModeSubmissions {
-		tc := tls.Server(c, s.cfg.TLS)
-		tc.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			ss.log.Debug("tls handshake failed", "err", err)
-			shield.Report(c, shield.ProtocolError)
+		tc, err := fr.Handshake(c, s.cfg.TLS, s.cfg.CommandTimeout)
+		if err != nil {
 			return
 		}
 		ss.conn = tc
@@ -151,46 +112,10 @@ func (ss *session) run() {
 		return
 	}
 	ss.replyLine(220, "", s.cfg.Hostname+" ESMTP agua")
-	if ss.flush() != nil {
+	if ss.Flush() != nil {
 		return
 	}
-
-	for {
-		if s.Closing() {
-			ss.reply(errShuttingDown)
-			ss.flush()
-			return
-		}
-		s.SetIdle(ss.conn, true)
-		line, err := ss.readLine(s.cfg.MaxCommandLength, s.cfg.CommandTimeout)
-		s.SetIdle(ss.conn, false)
-		switch {
-		case errors.Is(err, errLineTooLong):
-		case err != nil && s.Closing() && connsrv.IsTimeout(err):
-			continue // woken by Shutdown: the loop answers 421
-		case err != nil:
-			ss.readFailed(err)
-			return
-		default:
-			err = ss.dispatch(line)
-		}
-		if errors.Is(err, errQuit) {
-			ss.flush()
-			return
-		}
-		if err != nil {
-			if ss.fail(err) {
-				return
-			}
-		}
-		// PIPELINING (RFC 2920 3.1): answer a group of commands in one
-		// write, flushing once no complete command is waiting.
-		if !connsrv.HasLine(ss.r) {
-			if ss.flush() != nil {
-				return
-			}
-		}
-	}
+	ss.frame.Loop(ss.r, ss, &frameReplies)
 }
 
 // pregreet waits BannerDelay for silence. A client that talks first is not
@@ -209,17 +134,30 @@ func (ss *session) pregreet() bool {
 	shield.Report(ss.conn, mailevents.PreGreet)
 	ss.log.Debug("smtp pregreet talker")
 	ss.reply(Errorf(554, "5.5.1", "Protocol error: you spoke before the greeting"))
-	ss.flush()
+	ss.Flush()
 	return true
 }
 
-// dispatch runs one command line through the command table.
-func (ss *session) dispatch(line string) error {
+// ReadCommand reads the next command line (connsrv.Commands).
+func (ss *session) ReadCommand() (string, error) {
+	return ss.readLine(ss.srv.cfg.MaxCommandLength, ss.srv.cfg.CommandTimeout)
+}
+
+// Reply writes one of the replies the frame sends (connsrv.Commands).
+func (ss *session) Reply(e error) { ss.reply(AsError(e)) }
+
+// frameReplies are the session's replies to what connsrv.Frame.Loop
+// handles.
+var frameReplies = connsrv.Replies{TooLong: errLineTooLong, Quit: errQuit, ShuttingDown: errShuttingDown,
+	Timeout: errTimeout, SessionTimeout: errSessionTimeout, SASLCancelled: errAuthCancelled, SASLMalformed: errAuthBase64}
+
+// Dispatch runs one command line through the command table.
+func (ss *session) Dispatch(line string) error {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
 	cmd, ok := commands[verb]
 	if !ok {
-		if httpVerbs[verb] {
+		if connsrv.IsHTTPVerb(verb) {
 			ss.log.Debug("smtp http request on mail port", "verb", verb)
 			return ss.closeWith(errHTTP)
 		}
@@ -270,10 +208,10 @@ func (ss *session) closeWith(e *Error) error {
 	return errQuit
 }
 
-// fail answers a failed command. Protocol errors count towards MaxErrors and
+// Fail answers a failed command. Protocol errors count towards MaxErrors and
 // are reported to the shield; policy refusals (unknown user, relay) are
 // reported by their handlers. It returns true when the session must end.
-func (ss *session) fail(err error) bool {
+func (ss *session) Fail(err error) bool {
 	e := AsError(err)
 	if e.Cause != nil {
 		ss.log.Warn("smtp command failed", "code", e.Code, "err", e.Cause)
@@ -285,7 +223,7 @@ func (ss *session) fail(err error) bool {
 		}
 		if ss.errors >= ss.srv.cfg.MaxErrors {
 			ss.reply(errTooManyErrors)
-			ss.flush()
+			ss.Flush()
 			ss.log.Debug("smtp too many errors", "errors", ss.errors)
 			return true
 		}
@@ -308,7 +246,7 @@ func (ss *session) shieldEnds(d shield.Decision) bool {
 	ss.log.Debug("smtp session ended by shield", "action", d.Action.String(), "source", d.Source)
 	if d.Action == shield.Reject {
 		ss.reply(Errorf(421, "4.7.0", "%s", d.Reason))
-		ss.flush()
+		ss.Flush()
 	}
 	return true
 }
@@ -323,41 +261,15 @@ func (ss *session) report(ev shield.Event) bool {
 	return false
 }
 
-func (ss *session) readFailed(err error) {
-	var ne net.Error
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		if time.Now().After(ss.deadline) {
-			ss.reply(errSessionTimeout)
-		} else {
-			ss.reply(errTimeout)
-		}
-		ss.flush()
-		ss.log.Debug("smtp timeout", "state", ss.state)
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
-	default:
-		ss.log.Debug("smtp read failed", "err", err)
-	}
-}
-
-// readLine reads one CRLF (or LF) terminated line of at most max bytes,
-// without the terminator. An overlong line is consumed and reported as
-// errLineTooLong; the buffer never grows beyond the bufio size.
+// readLine reads one command line of at most max bytes (see
+// connsrv.ReadLine); an overlong one is consumed and answered as
+// errLineTooLong.
 func (ss *session) readLine(max int, timeout time.Duration) (string, error) {
-	ss.setReadDeadline(timeout)
-	line, err := connsrv.ReadLine(ss.r, max)
+	line, err := ss.frame.ReadLine(ss.conn, ss.r, max, timeout)
 	if errors.Is(err, connsrv.ErrLineTooLong) {
 		return "", errLineTooLong
 	}
 	return line, err
-}
-
-func (ss *session) setReadDeadline(timeout time.Duration) {
-	d := time.Now().Add(timeout)
-	if d.After(ss.deadline) {
-		d = ss.deadline
-	}
-	ss.conn.SetReadDeadline(d)
 }
 
 // reply writes e (buffered). Multi-line replies use replyLines.
@@ -366,11 +278,7 @@ func (ss *session) reply(e *Error) {
 }
 
 func (ss *session) replyLine(code int, enhanced, msg string) {
-	if enhanced != "" {
-		fmt.Fprintf(ss.w, "%d %s %s\r\n", code, enhanced, msg)
-	} else {
-		fmt.Fprintf(ss.w, "%d %s\r\n", code, msg)
-	}
+	ss.w.WriteString(replyText(code, enhanced, msg))
 }
 
 // replyLines writes a multi-line reply (RFC 5321 4.2.1).
@@ -384,7 +292,7 @@ func (ss *session) replyLines(code int, lines []string) {
 	}
 }
 
-func (ss *session) flush() error {
+func (ss *session) Flush() error {
 	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.CommandTimeout))
 	return ss.w.Flush()
 }

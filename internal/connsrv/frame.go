@@ -1,0 +1,365 @@
+package connsrv
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/agua-mail/agua/shield"
+)
+
+// Frame is what every session shares, whatever its protocol (SMTP, POP3,
+// IMAP): a connection id, a logger that carries it, a context, the
+// whole-session deadline, the panic guard, the shield watch, the TLS
+// handshake and the failed-login delay. One copy, because three copies of
+// it drifted into three bugs (a panic reply never flushed, a login delay
+// that shutdown could not cut short, a shield kick that left the session
+// context running).
+//
+// Log vocabulary: the frame's events are logged with the same message in
+// every protocol, which is an attribute of the logger ("proto"), so that
+// operators can grep and alert on one line:
+//
+//	msg="auth failed" proto=pop3 user=...
+//	msg="session closed by shield" proto=smtp
+//	msg="session panic" proto=imap panic=... stack=...
+//	msg="tls handshake failed" proto=smtp err=...
+//	msg="timeout" proto=pop3 session=false
+type Frame struct {
+	ID       string
+	Conn     net.Conn // the accepted connection (the shield's): TLS runs on top of it
+	Log      *slog.Logger
+	Ctx      context.Context // ended by End, and by a shield kick
+	Deadline time.Time       // the whole session's
+
+	t      *Tracker
+	cancel context.CancelFunc
+}
+
+// Open starts the frame of a session on c, accepted by t's Serve: proto
+// names the protocol ("smtp", "pop3", "imap"), the listener is t's name.
+// The caller defers End.
+func (t *Tracker) Open(c net.Conn, proto string, sessionTimeout time.Duration) *Frame {
+	id := NewID()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Frame{
+		ID:       id,
+		Conn:     c,
+		Log:      t.log.With("conn", id, "remote", c.RemoteAddr().String(), "proto", proto, "listener", t.name),
+		Ctx:      ctx,
+		Deadline: time.Now().Add(sessionTimeout),
+		t:        t,
+		cancel:   cancel,
+	}
+}
+
+// End ends the session's context (and the shield watch).
+func (f *Frame) End() { f.cancel() }
+
+// WatchShield ends the session when the shield wants its connection gone
+// mid-session (newly denied address, ban, lockdown, eviction): the
+// session context is cancelled, so that backend work in progress stops,
+// then kick runs (it closes the connection, which ends the protocol loop).
+// Without a shield beneath Conn it does nothing.
+func (f *Frame) WatchShield(kick func()) {
+	sc := shield.FromConn(f.Conn)
+	if sc == nil {
+		return
+	}
+	go func() {
+		select {
+		case <-sc.Done():
+			f.Log.Info("session closed by shield")
+			f.cancel()
+			kick()
+		case <-f.Ctx.Done():
+		}
+	}()
+}
+
+// guardWriteTimeout bounds the write of a panic's reply.
+const guardWriteTimeout = 5 * time.Second
+
+// Guard recovers a panic of the session goroutine; defer it there, after
+// the deferred End. The panic is logged with its stack and counted, and
+// reply is written to *w and flushed, so that the client hears why the
+// session ends (it is a temporary error in the protocol's words). *w may
+// still be nil: a session that panics before it could write is closed
+// without a word.
+func (f *Frame) Guard(w **bufio.Writer, reply string) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	f.t.Panicked()
+	f.Log.Error("session panic", "panic", v, "stack", string(debug.Stack()))
+	if *w == nil {
+		return
+	}
+	defer func() { recover() }() // a writer left broken by the panic
+	f.Conn.SetWriteDeadline(time.Now().Add(guardWriteTimeout))
+	(*w).WriteString(reply)
+	(*w).Flush()
+}
+
+// Handshake runs a server TLS handshake on c (the accepted connection for
+// implicit TLS, the current one for STARTTLS) within timeout, and clears
+// the deadlines afterwards. A failed handshake is logged, reported to the
+// shield as a protocol error and returned; the caller ends the session.
+func (f *Frame) Handshake(c net.Conn, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	tc := tls.Server(c, cfg)
+	tc.SetDeadline(time.Now().Add(timeout))
+	if err := tc.HandshakeContext(f.Ctx); err != nil {
+		f.Log.Debug("tls handshake failed", "err", err)
+		shield.Report(f.Conn, shield.ProtocolError)
+		return nil, err
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// FailedLogin is the one routine for refused credentials: it logs
+// "auth failed" with the user as the client gave it (sanitized), reports
+// the failure to the shield, and waits delay plus accountDelay(user) (the
+// shield's per-account delay, which grows with failures on that account
+// from anywhere; nil for none) before the caller answers. A success never
+// waits, so the real user is not slowed by an attack on their account.
+//
+// The wait ends early when the session does (a shield kick) or the server
+// shuts down. It returns the shield's decision: when it is not Allow, the
+// caller ends the session with it instead of answering.
+func (f *Frame) FailedLogin(user string, delay time.Duration, accountDelay func(string) time.Duration) shield.Decision {
+	f.Log.Info("auth failed", "user", Sanitize(user, 64))
+	d := shield.ReportAuth(f.Conn, user, false)
+	if accountDelay != nil {
+		delay += accountDelay(user)
+	}
+	f.Wait(delay)
+	return d
+}
+
+// Wait waits d, or less when the session ends or the server shuts down;
+// it reports whether the whole of d passed.
+func (f *Frame) Wait(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-f.Ctx.Done():
+	case <-f.t.stop:
+	}
+	return false
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+// NewID returns a random id for a connection or a message: 16 characters
+// of lower-case base32 (80 bits).
+func NewID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}
+
+// IsLoopback reports whether a is a loopback TCP address (where the
+// configuration may allow logins without TLS).
+func IsLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// Sanitize makes client text safe for a log line or a reply: at most max
+// bytes, printable ASCII only (anything else becomes '?').
+func Sanitize(s string, max int) string {
+	if len(s) > max {
+		s = s[:max]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// httpVerbs are the HTTP methods a web client or proxy-abuse probe sends
+// to a mail port (cross-protocol attacks).
+var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": true, "CONNECT": true, "OPTIONS": true, "DELETE": true, "PATCH": true, "TRACE": true}
+
+// IsHTTPVerb reports whether verb (upper case) is an HTTP method: line
+// protocols answer it with an error and close.
+func IsHTTPVerb(verb string) bool { return httpVerbs[verb] }
+
+// ReadDeadline is when the next read must be done: timeout from now, but
+// never past the session's deadline.
+func (f *Frame) ReadDeadline(timeout time.Duration) time.Time {
+	d := time.Now().Add(timeout)
+	if d.After(f.Deadline) {
+		d = f.Deadline
+	}
+	return d
+}
+
+// ReadLine reads one command line of at most max bytes from r, which
+// reads c, within timeout (and the session's deadline); see ReadLine.
+func (f *Frame) ReadLine(c net.Conn, r *bufio.Reader, max int, timeout time.Duration) (string, error) {
+	c.SetReadDeadline(f.ReadDeadline(timeout))
+	return ReadLine(r, max)
+}
+
+// ReadFailure is why a session's read failed, as its reply needs to know.
+type ReadFailure int
+
+const (
+	ReadGone           ReadFailure = iota // the client left, or the connection was closed: nothing to answer
+	ReadTimeout                           // the command did not come in time
+	ReadSessionTimeout                    // the session's time is up
+)
+
+// ReadFailed classifies the error of a read that ends the session and
+// logs it ("timeout", or "read failed" for errors other than the client
+// leaving). The protocol answers a timeout with its own words.
+func (f *Frame) ReadFailed(err error) ReadFailure {
+	switch {
+	case IsTimeout(err):
+		why := ReadTimeout
+		if time.Now().After(f.Deadline) {
+			why = ReadSessionTimeout
+		}
+		f.Log.Info("timeout", "session", why == ReadSessionTimeout)
+		return why
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrDeadlineExceeded):
+	default:
+		f.Log.Debug("read failed", "err", err)
+	}
+	return ReadGone
+}
+
+// Commands is a line protocol's session (SMTP, POP3) as Frame.Loop drives
+// it. Replies are buffered until Flush.
+type Commands interface {
+	// ReadCommand reads the next command line under the protocol's
+	// timeouts (Frame.ReadLine).
+	ReadCommand() (string, error)
+	// Dispatch runs one command line and writes its reply; it returns the
+	// error that Fail answers, if any.
+	Dispatch(line string) error
+	// Fail answers a failed command, counting it where the protocol
+	// does; true: the session ends.
+	Fail(err error) bool
+	// Reply writes one of the protocol's replies (a Replies field).
+	Reply(reply error)
+	Flush() error
+}
+
+// Replies are a protocol's replies to the events Frame.Loop handles.
+type Replies struct {
+	TooLong        error // what ReadCommand returns for an overlong line; answered by Fail
+	Quit           error // what Dispatch returns when the session ends after its reply
+	ShuttingDown   error
+	Timeout        error // no command in time
+	SessionTimeout error // the session's time is up
+	SASLCancelled  error // a SASL exchange the client cancelled ("*")
+	SASLMalformed  error // a SASL response that is not base64
+}
+
+// DecodeSASL decodes a SASL response (connsrv.DecodeSASL) into the
+// protocol's errors.
+func (rs *Replies) DecodeSASL(s string) ([]byte, error) {
+	b, err := DecodeSASL(s)
+	switch {
+	case errors.Is(err, ErrSASLCancelled):
+		return nil, rs.SASLCancelled
+	case err != nil:
+		return nil, rs.SASLMalformed
+	}
+	return b, nil
+}
+
+// SASLResponse flushes the challenge s has written and reads the
+// client's response to it (RFC 4954 4, RFC 5034 4). A read that fails
+// ends the session (rs.Quit, after ReadEnded); an overlong line is
+// rs.TooLong.
+func (f *Frame) SASLResponse(s Commands, rs *Replies) ([]byte, error) {
+	if err := s.Flush(); err != nil {
+		return nil, rs.Quit
+	}
+	line, err := s.ReadCommand()
+	switch {
+	case errors.Is(err, rs.TooLong):
+		return nil, rs.TooLong
+	case err != nil:
+		f.ReadEnded(err, s, rs)
+		return nil, rs.Quit
+	}
+	return rs.DecodeSASL(line)
+}
+
+// Loop reads and runs commands until the session ends: the client quits
+// (Dispatch returns rs.Quit, whose reply is flushed), leaves or times out,
+// a failure ends it, or the server shuts down (waiting for a command, the
+// session is idle and Shutdown wakes it to answer). An overlong line is
+// answered by Fail like a failed command.
+func (f *Frame) Loop(r *bufio.Reader, s Commands, rs *Replies) {
+	for {
+		if f.t.Closing() {
+			s.Reply(rs.ShuttingDown)
+			s.Flush()
+			return
+		}
+		f.t.SetIdle(f.Conn, true)
+		line, err := s.ReadCommand()
+		f.t.SetIdle(f.Conn, false)
+		switch {
+		case errors.Is(err, rs.TooLong):
+		case err != nil && f.t.Closing() && IsTimeout(err):
+			continue // woken by Shutdown: the loop answers
+		case err != nil:
+			f.ReadEnded(err, s, rs)
+			return
+		default:
+			err = s.Dispatch(line)
+		}
+		if errors.Is(err, rs.Quit) {
+			s.Flush()
+			return
+		}
+		if err != nil && s.Fail(err) {
+			return
+		}
+		// PIPELINING (RFC 2920 3.1 for SMTP, RFC 2449 6.6 for POP3):
+		// answer a group of commands in one write, flushing once no
+		// complete command is waiting.
+		if !HasLine(r) && s.Flush() != nil {
+			return
+		}
+	}
+}
+
+// ReadEnded answers a read that ends the session (see ReadFailed): a
+// timeout gets the protocol's reply, a client that left nothing.
+func (f *Frame) ReadEnded(err error, s Commands, rs *Replies) {
+	switch f.ReadFailed(err) {
+	case ReadTimeout:
+		s.Reply(rs.Timeout)
+	case ReadSessionTimeout:
+		s.Reply(rs.SessionTimeout)
+	default:
+		return
+	}
+	s.Flush()
+}
