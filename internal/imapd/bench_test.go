@@ -1,6 +1,7 @@
 package imapd
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -74,7 +75,7 @@ func BenchmarkFetchEnvelope100(b *testing.B) {
 func BenchmarkIdlePoll10k(b *testing.B) {
 	ts := startTest(b, nil)
 	fillInbox(b, ts, 10000)
-	f, err := NewMaildirStore(ts.store).Folder(testUser, "")
+	f, err := ts.store.MailStore().Folder(context.Background(), testUser, "")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -32,8 +32,9 @@ func appendMsg(t *testing.T, c *imapclient.Client, mailbox, msg string, flags ..
 
 // APPEND, COPY, MOVE with UIDPLUS answers, SEARCH and STATUS, through
 // go-imap's client.
-func TestAppendCopyMoveSearch(t *testing.T) {
-	ts := startTest(t, nil)
+func TestAppendCopyMoveSearch(t *testing.T) { onStores(t, testAppendCopyMoveSearch) }
+
+func testAppendCopyMoveSearch(t *testing.T, ts *testServer) {
 	c := ts.login(t)
 	a := appendMsg(t, c, "INBOX", "Subject: apples\r\n\r\nred fruit\r\n")
 	b := appendMsg(t, c, "INBOX", "Subject: pears\r\n\r\ngreen fruit\r\n", imap.FlagFlagged)
@@ -95,8 +96,9 @@ func TestAppendCopyMoveSearch(t *testing.T) {
 
 // A message delivered while a client IDLEs is announced (EXISTS), and an
 // expunge by another session too.
-func TestIdleAnnouncesDelivery(t *testing.T) {
-	ts := startTest(t, nil)
+func TestIdleAnnouncesDelivery(t *testing.T) { onStores(t, testIdleAnnouncesDelivery) }
+
+func testIdleAnnouncesDelivery(t *testing.T, ts *testServer) {
 	var exists atomic.Uint32
 	expunged := make(chan uint32, 4)
 	c, err := imapclient.DialInsecure(ts.addr, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{

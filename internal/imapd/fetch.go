@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -15,6 +14,8 @@ import (
 	gomessage "github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
+
+	"github.com/agua-mail/agua/internal/mailstore"
 )
 
 // msgRef is one message of the selected mailbox: its sequence number and
@@ -120,11 +121,11 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, r msgRef, options *imap.Fe
 	size := sel.sizes[r.uid]
 	// The file is opened only when the content is asked for: a client's
 	// sync of UIDs, flags and sizes reads no message.
-	var fd *os.File
+	var fd io.ReadSeekCloser
 	if options.Envelope || options.BodyStructure != nil || len(options.BodySection) > 0 ||
 		len(options.BinarySection) > 0 || len(options.BinarySectionSize) > 0 {
 		f, n, err := sel.f.Open(r.uid)
-		if errors.Is(err, ErrNoMessage) {
+		if errors.Is(err, mailstore.ErrNoMessage) {
 			return nil // expunged by someone else; the next poll says so
 		}
 		if err != nil {
@@ -149,20 +150,20 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, r msgRef, options *imap.Fe
 		mw.WriteRFC822Size(size)
 	}
 	if options.Envelope {
-		h, err := textproto.ReadHeader(bufio.NewReader(io.NewSectionReader(fd, 0, size)))
+		h, err := textproto.ReadHeader(bufio.NewReader(whole(fd, size)))
 		if err != nil {
 			h = textproto.Header{}
 		}
 		mw.WriteEnvelope(imapserver.ExtractEnvelope(h))
 	}
 	if options.BodyStructure != nil {
-		mw.WriteBodyStructure(imapserver.ExtractBodyStructure(io.NewSectionReader(fd, 0, size)))
+		mw.WriteBodyStructure(imapserver.ExtractBodyStructure(whole(fd, size)))
 	}
 	for _, bs := range options.BodySection {
 		if bs.Specifier == imap.PartSpecifierNone && len(bs.Part) == 0 && bs.Partial == nil {
 			// The whole message: stream the file as it is.
 			wc := mw.WriteBodySection(bs, size)
-			_, werr := io.Copy(wc, io.NewSectionReader(fd, 0, size))
+			_, werr := io.Copy(wc, whole(fd, size))
 			if cerr := wc.Close(); werr == nil {
 				werr = cerr
 			}
@@ -171,22 +172,35 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, r msgRef, options *imap.Fe
 			}
 			continue
 		}
-		buf := imapserver.ExtractBodySection(io.NewSectionReader(fd, 0, size), bs)
+		buf := imapserver.ExtractBodySection(whole(fd, size), bs)
 		if err := writeAll(mw.WriteBodySection(bs, int64(len(buf))), buf); err != nil {
 			return err
 		}
 	}
 	for _, bs := range options.BinarySection {
-		buf := imapserver.ExtractBinarySection(io.NewSectionReader(fd, 0, size), bs)
+		buf := imapserver.ExtractBinarySection(whole(fd, size), bs)
 		if err := writeAll(mw.WriteBinarySection(bs, int64(len(buf))), buf); err != nil {
 			return err
 		}
 	}
 	for _, bss := range options.BinarySectionSize {
-		mw.WriteBinarySectionSize(bss, imapserver.ExtractBinarySectionSize(io.NewSectionReader(fd, 0, size), bss))
+		mw.WriteBinarySectionSize(bss, imapserver.ExtractBinarySectionSize(whole(fd, size), bss))
 	}
 	return mw.Close()
 }
+
+// whole returns the message from its start; each reader must be used up
+// before whole is called again (the message is read, not mapped).
+func whole(r io.ReadSeeker, size int64) io.Reader {
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return failedReader{err}
+	}
+	return io.LimitReader(r, size)
+}
+
+type failedReader struct{ err error }
+
+func (f failedReader) Read([]byte) (int, error) { return 0, f.err }
 
 func writeAll(wc io.WriteCloser, b []byte) error {
 	_, err := wc.Write(b)
@@ -322,7 +336,7 @@ func (s *session) copyTo(refs []msgRef, dest string) (*imap.CopyData, error) {
 		uids[i] = r.uid
 		size += sizes[r.uid]
 	}
-	used, err := s.srv.store.Usage(s.user)
+	used, err := s.srv.store.Usage(s.ctx, s.user)
 	if err != nil {
 		return nil, s.temp("usage", err)
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/agua-mail/agua/internal/maildir"
+	"github.com/agua-mail/agua/internal/mailstore"
+	"github.com/agua-mail/agua/internal/mailstore/memstore"
 )
 
 const (
@@ -60,7 +62,8 @@ func testTLS(t testing.TB) *tls.Config {
 
 type testServer struct {
 	srv   *Server
-	store *maildir.Store
+	store *maildir.Store // nil on the in-memory store
+	mem   *memstore.Data // the in-memory store's content, or nil
 	root  string
 	addr  string
 	logs  *logBuf
@@ -74,18 +77,37 @@ func startTest(t testing.TB, mutate func(*Config)) *testServer {
 
 func startTestHooks(t testing.TB, mutate func(*Config), hooks Hooks) *testServer {
 	t.Helper()
+	return startTestOn(t, mutate, hooks, false)
+}
+
+// onStores runs test against a server on Maildir and one on the in-memory
+// reference store: sessions need nothing of the store but the contract.
+func onStores(t *testing.T, test func(*testing.T, *testServer)) {
+	t.Run("maildir", func(t *testing.T) { test(t, startTest(t, nil)) })
+	t.Run("memstore", func(t *testing.T) { test(t, startTestOn(t, nil, Hooks{}, true)) })
+}
+
+func startTestOn(t testing.TB, mutate func(*Config), hooks Hooks, inMemory bool) *testServer {
+	t.Helper()
 	cfg := Config{Hostname: "imap.example.test", TLS: testTLS(t), AllowInsecureAuthLoopback: true, IdlePoll: 50 * time.Millisecond}
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	root := t.TempDir()
-	st, err := maildir.Open(root, maildir.Options{Hostname: "test"})
-	if err != nil {
-		t.Fatal(err)
+	ts := &testServer{root: t.TempDir(), logs: logs}
+	var store mailstore.Store
+	if inMemory {
+		ts.mem = memstore.NewData()
+		store = memstore.Open(ts.mem)
+	} else {
+		st, err := maildir.Open(ts.root, maildir.Options{Hostname: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts.store, store = st, st.MailStore()
 	}
-	srv, err := NewServer(cfg, fakeAuth{}, NewMaildirStore(st), hooks, log)
+	srv, err := NewServer(cfg, fakeAuth{}, store, hooks, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +121,9 @@ func startTestHooks(t testing.TB, mutate func(*Config), hooks Hooks) *testServer
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-		st.Close()
+		if ts.store != nil {
+			ts.store.Close()
+		}
 		if srv.Panics() != 0 && !strings.Contains(t.Name(), "Panic") {
 			t.Errorf("%d sessions panicked", srv.Panics())
 		}
@@ -107,12 +131,17 @@ func startTestHooks(t testing.TB, mutate func(*Config), hooks Hooks) *testServer
 			t.Logf("server log:\n%s", logs.String())
 		}
 	})
-	return &testServer{srv: srv, store: st, root: root, addr: ln.Addr().String(), logs: logs}
+	ts.srv, ts.addr = srv, ln.Addr().String()
+	return ts
 }
 
 // deliver puts a message into alice's INBOX as SMTP would.
 func (ts *testServer) deliver(t testing.TB, msg string) {
 	t.Helper()
+	if ts.mem != nil {
+		ts.mem.Deliver(testUser, []byte(msg))
+		return
+	}
 	err := ts.store.Deliver(context.Background(), maildir.Message{R: strings.NewReader(msg), Size: int64(len(msg))},
 		[]maildir.Recipient{{Mailbox: testUser, Quota: 1 << 30}})
 	if err != nil {

@@ -33,13 +33,14 @@
 // The engine has no QUOTA (RFC 9208), ID (RFC 2971) or CONDSTORE
 // (RFC 7162) commands, so they are not offered.
 //
-// Storage: the package talks to a Store and an Authenticator (interfaces);
-// NewMaildirStore adapts internal/maildir. Mailbox names are Maildir++
-// folder names with "." as the hierarchy delimiter (names.go validates them
-// so that no name reaches outside the user's Maildir). UIDs and
-// UIDVALIDITY come from the folder's agua-uidlist, shared with POP3;
-// flags are the Maildir info flags (":2,FRS"): \Seen S, \Answered R,
-// \Flagged F, \Deleted T, \Draft D. Keywords are not kept.
+// Storage: the package talks to a mailstore.Store (the mail-store contract
+// it shares with pop3d; maildir.Store.MailStore implements it) and an
+// Authenticator (NewAuthenticator adapts an accounts.Lookup). Mailbox names
+// are folder names with "." as the hierarchy delimiter (names.go validates
+// them so that no name reaches outside the user's Maildir). UIDs and
+// UIDVALIDITY are the store's, shared with POP3; flags are the store's
+// letters: \Seen S, \Answered R, \Flagged F, \Deleted T, \Draft D.
+// Keywords are not kept.
 package imapd
 
 import (
@@ -55,6 +56,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/agua-mail/agua/internal/connsrv"
+	"github.com/agua-mail/agua/internal/mailstore"
 )
 
 // Config holds the limits of one server. Zero values are replaced by safe
@@ -140,7 +142,7 @@ type Server struct {
 	cfg   Config
 	name  string
 	auth  Authenticator
-	store Store
+	store mailstore.Store
 	hooks Hooks
 	log   *slog.Logger
 	caps  imap.CapSet
@@ -149,7 +151,7 @@ type Server struct {
 }
 
 // NewServer returns a server; ImplicitTLS needs a TLS config.
-func NewServer(cfg Config, auth Authenticator, store Store, hooks Hooks, log *slog.Logger) (*Server, error) {
+func NewServer(cfg Config, auth Authenticator, store mailstore.Store, hooks Hooks, log *slog.Logger) (*Server, error) {
 	cfg.setDefaults()
 	if cfg.ImplicitTLS && cfg.TLS == nil {
 		return nil, errors.New("imapd: implicit TLS needs a TLS config")

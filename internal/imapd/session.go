@@ -3,7 +3,6 @@ package imapd
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -13,7 +12,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
-	"github.com/agua-mail/agua/internal/maildir"
+	"github.com/agua-mail/agua/internal/mailstore"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -39,13 +38,13 @@ type session struct {
 // date with the folder and tells the client what changed.
 type selected struct {
 	name     string // as the client named it
-	f        Folder
+	f        mailstore.Folder
 	readOnly bool
 	validity uint32
 	uids     []uint32
-	flags    map[uint32]string // Maildir info flags last shown
+	flags    map[uint32]string // flag letters last shown
 	sizes    map[uint32]int64  // message sizes (RFC822.SIZE without opening the file)
-	stamp    maildir.Stamp     // of the folder when last listed
+	stamp    mailstore.Stamp   // of the folder when last listed
 	settled  bool              // stamp was settled: an equal one means no change
 }
 
@@ -118,7 +117,7 @@ func (s *session) Login(user, pass string) error {
 		s.conn.byeDecision(d, "")
 		return errSessionEnded
 	}
-	if err := s.srv.store.CreateDefaultFolders(canonical, s.srv.cfg.DefaultFolders); err != nil {
+	if err := s.srv.store.CreateDefaultFolders(s.ctx, canonical, s.srv.cfg.DefaultFolders); err != nil {
 		s.log.Warn("imap creating default folders failed", "user", canonical, "err", err)
 	}
 	s.user, s.quota = canonical, quota
@@ -128,14 +127,14 @@ func (s *session) Login(user, pass string) error {
 }
 
 // folder validates a client's mailbox name and opens the folder.
-func (s *session) folder(name string, missing error) (Folder, string, error) {
+func (s *session) folder(name string, missing error) (mailstore.Folder, string, error) {
 	fn, ok := folderName(name)
 	if !ok {
 		return nil, "", errBadName
 	}
-	f, err := s.srv.store.Folder(s.user, fn)
+	f, err := s.srv.store.Folder(s.ctx, s.user, fn)
 	switch {
-	case errors.Is(err, ErrNoFolder), errors.Is(err, maildir.ErrBadFolder):
+	case errors.Is(err, mailstore.ErrNoFolder), errors.Is(err, mailstore.ErrBadFolder):
 		return nil, "", missing
 	case err != nil:
 		return nil, "", s.temp("open folder", err)
@@ -176,7 +175,8 @@ func (s *session) Select(name string, options *imap.SelectOptions) (*imap.Select
 			firstUnseen = uint32(i) + 1
 		}
 	}
-	// Maildir: a client that has seen the listing moves new/ to cur/.
+	// The client has seen the listing: the messages are no longer new
+	// (Maildir: moved from new/ to cur/).
 	if !sel.readOnly && len(fresh) > 0 {
 		if err := f.MarkSeen(fresh); err != nil {
 			s.log.Warn("imap moving messages to cur/ failed", "user", s.user, "err", err)
@@ -214,16 +214,16 @@ func (s *session) Create(name string, options *imap.CreateOptions) error {
 	}
 	// Each folder is three directories: a user must not be able to
 	// exhaust the file system's inodes.
-	if names, err := s.srv.store.ListFolders(s.user); err != nil {
+	if names, err := s.srv.store.ListFolders(s.ctx, s.user); err != nil {
 		return s.temp("list folders", err)
 	} else if len(names) >= maxFolders {
 		return errTooManyFolders
 	}
-	err := s.srv.store.CreateFolder(s.user, fn)
+	err := s.srv.store.CreateFolder(s.ctx, s.user, fn)
 	switch {
-	case errors.Is(err, ErrFolderExists):
+	case errors.Is(err, mailstore.ErrFolderExists):
 		return errExists
-	case errors.Is(err, maildir.ErrBadFolder):
+	case errors.Is(err, mailstore.ErrBadFolder):
 		return errBadName
 	case err != nil:
 		return s.temp("create", err)
@@ -239,9 +239,9 @@ func (s *session) Delete(name string) error {
 	if fn == "" {
 		return errInbox
 	}
-	err := s.srv.store.DeleteFolder(s.user, fn)
+	err := s.srv.store.DeleteFolder(s.ctx, s.user, fn)
 	switch {
-	case errors.Is(err, ErrNoFolder), errors.Is(err, maildir.ErrBadFolder):
+	case errors.Is(err, mailstore.ErrNoFolder), errors.Is(err, mailstore.ErrBadFolder):
 		return errNoMailbox
 	case err != nil:
 		return s.temp("delete", err)
@@ -258,13 +258,13 @@ func (s *session) Rename(from, to string, options *imap.RenameOptions) error {
 	if src == "" || dst == "" {
 		return errInbox
 	}
-	err := s.srv.store.RenameFolder(s.user, src, dst)
+	err := s.srv.store.RenameFolder(s.ctx, s.user, src, dst)
 	switch {
-	case errors.Is(err, ErrNoFolder):
+	case errors.Is(err, mailstore.ErrNoFolder):
 		return errNoMailbox
-	case errors.Is(err, ErrFolderExists):
+	case errors.Is(err, mailstore.ErrFolderExists):
 		return errExists
-	case errors.Is(err, maildir.ErrBadFolder):
+	case errors.Is(err, mailstore.ErrBadFolder):
 		return errBadName
 	case err != nil:
 		return s.temp("rename", err)
@@ -295,7 +295,7 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 	if len(patterns) == 1 && patterns[0] == "" {
 		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: delim, Mailbox: ""})
 	}
-	folders, err := s.srv.store.ListFolders(s.user)
+	folders, err := s.srv.store.ListFolders(s.ctx, s.user)
 	if err != nil {
 		return s.temp("list folders", err)
 	}
@@ -375,7 +375,7 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 }
 
 func (s *session) Status(name string, options *imap.StatusOptions) (*imap.StatusData, error) {
-	var f Folder
+	var f mailstore.Folder
 	if s.sel != nil && sameMailbox(s.sel.name, name) {
 		f = s.sel.f
 	} else {
@@ -451,7 +451,7 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 		return nil, err
 	}
 	defer f.Close()
-	used, err := s.srv.store.Usage(s.user)
+	used, err := s.srv.store.Usage(s.ctx, s.user)
 	if err != nil {
 		return nil, s.temp("usage", err)
 	}
@@ -476,7 +476,7 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 		return nil
 	}
 	stamp, settled, err := sel.f.Stamp()
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, mailstore.ErrNoFolder) {
 		// Deleted or renamed under us (by this or another session): the
 		// client's view cannot be kept, so the session ends, as Dovecot's.
 		s.conn.bye("Selected mailbox was deleted or renamed")

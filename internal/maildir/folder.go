@@ -10,18 +10,21 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/agua-mail/agua/internal/mailstore"
 )
 
 // Errors of the reading API; match them with errors.Is.
+// They are the mail-store contract's values (internal/mailstore).
 var (
 	// ErrLocked: another session holds the folder's maildrop lock.
-	ErrLocked = errors.New("maildir: folder is locked by another session")
+	ErrLocked = mailstore.ErrLocked
 	// ErrNoMessage: the UID is not (or no longer) in the folder.
-	ErrNoMessage = errors.New("maildir: no such message")
+	ErrNoMessage = mailstore.ErrNoMessage
 	// ErrNoFolder: the Maildir++ folder does not exist.
-	ErrNoFolder = errors.New("maildir: no such folder")
+	ErrNoFolder = mailstore.ErrNoFolder
 	// ErrBadFolder: the folder name cannot be a Maildir++ folder.
-	ErrBadFolder = errors.New("maildir: invalid folder name")
+	ErrBadFolder = mailstore.ErrBadFolder
 )
 
 // MessageInfo describes one message of a folder.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agua-mail/agua/internal/mailstore"
 )
 
 // Folder management and writing for IMAP: Maildir++ folders are the
@@ -20,7 +22,7 @@ import (
 // "<maildir>/.Archive.2024", a sibling of ".Archive" on disk.
 
 // ErrFolderExists: CreateFolder or RenameFolder found the name taken.
-var ErrFolderExists = errors.New("maildir: folder exists")
+var ErrFolderExists = mailstore.ErrFolderExists
 
 // defaultFoldersMarker records that a mailbox got its default folders, so
 // that a folder the user deleted is not created again at the next login.

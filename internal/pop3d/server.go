@@ -16,8 +16,10 @@
 // only when the client says QUIT (the UPDATE state): a dropped connection
 // changes nothing. Mail delivered during a session shows in the next one.
 //
-// The package knows nothing of accounts or storage: it calls a Backend,
-// whose errors may carry exact replies (*Error).
+// Sessions call a Backend, whose errors may carry exact replies (*Error).
+// NewBackend (maildrop.go) is agua's: an accounts.Lookup for logins and
+// the INBOX of a mailstore.Store as the maildrop; the package names no
+// storage backend's types.
 package pop3d
 
 import (

@@ -1,13 +1,10 @@
 package server
 
 import (
-	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 
-	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/imapd"
 	"github.com/agua-mail/agua/shield"
 )
@@ -17,8 +14,8 @@ import (
 // goroutine, never in Accept.
 func (s *Server) listenIMAP(tlsCfg *tls.Config) error {
 	c := s.cfg.IMAP
-	auth := imapAuth{s.dir}
-	store := imapd.NewMaildirStore(s.store)
+	auth := imapd.NewAuthenticator(s.dir)
+	store := s.store.MailStore()
 	hooks := imapd.Hooks{
 		AccountDelay: s.shield.AccountDelay,
 		Auth:         func(ok bool) { s.metrics.Auth("imap", ok) },
@@ -65,19 +62,4 @@ func imapReject(c net.Conn, d shield.Decision) {
 		return
 	}
 	fmt.Fprintf(c, "* BYE %s\r\n", d.Reason)
-}
-
-// imapAuth checks IMAP logins against the accounts directory.
-type imapAuth struct{ dir *directory.Directory }
-
-func (a imapAuth) Authenticate(ctx context.Context, user, pass string) (string, int64, error) {
-	u, err := a.dir.Authenticate(ctx, user, pass)
-	switch {
-	case err == nil:
-		return u.Address, u.Quota, nil
-	case errors.Is(err, directory.ErrAuthFailed), errors.Is(err, directory.ErrInvalid):
-		return "", 0, imapd.ErrAuthFailed
-	default:
-		return "", 0, err
-	}
 }
