@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/agua-mail/agua/internal/smtptest"
 )
 
 // TestDialogs replays the protocol dialogs in testdata/dialogs, one file
@@ -59,7 +61,7 @@ func runDialog(t *testing.T, ts *testServer, script string) {
 		case line == "c:" || strings.HasPrefix(line, "c: "):
 			c.send(strings.TrimPrefix(line[2:], " "))
 		case strings.HasPrefix(line, "raw: "):
-			c.raw(unescape(line[5:]))
+			c.raw(smtptest.Unescape(line[5:]))
 		case strings.HasPrefix(line, "long: "):
 			n, _ := strconv.Atoi(line[6:])
 			c.raw("USER " + strings.Repeat("x", n) + "\r\n")
@@ -78,32 +80,6 @@ func runDialog(t *testing.T, ts *testServer, script string) {
 			t.Fatalf("line %d: bad dialog step %q", n+1, line)
 		}
 	}
-}
-
-func unescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' || i+1 == len(s) {
-			b.WriteByte(s[i])
-			continue
-		}
-		i++
-		switch s[i] {
-		case 'r':
-			b.WriteByte('\r')
-		case 'n':
-			b.WriteByte('\n')
-		case 't':
-			b.WriteByte('\t')
-		case 'x':
-			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
-			b.WriteByte(byte(v))
-			i += 2
-		default:
-			b.WriteByte(s[i])
-		}
-	}
-	return b.String()
 }
 
 // RETR and TOP send CRLF line ends, byte-stuff dot lines and end with a

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agua-mail/agua/internal/smtptest"
 )
 
 // The bad-input matrix: one file per hostile case under
@@ -149,14 +151,14 @@ func runCase(t *testing.T, c *client, script string) {
 		case line == "c:" || strings.HasPrefix(line, "c: "):
 			c.send(strings.TrimPrefix(line[2:], " "))
 		case strings.HasPrefix(line, "raw: "):
-			c.raw(unescape(line[5:]))
+			c.raw(smtptest.Unescape(line[5:]))
 		case strings.HasPrefix(line, "repeat: "):
 			count, text, _ := strings.Cut(line[8:], " ")
 			k, err := strconv.Atoi(count)
 			if err != nil {
 				t.Fatalf("line %d: %v", n+1, err)
 			}
-			c.raw(strings.Repeat(unescape(text), k))
+			c.raw(strings.Repeat(smtptest.Unescape(text), k))
 		case strings.HasPrefix(line, "s: "):
 			t.Logf("line %d: %s", n+1, line)
 			c.expect(line[3:])
@@ -217,31 +219,4 @@ func expectEOF(t *testing.T, c *client) {
 	case errors.As(err, &ne) && ne.Timeout():
 		t.Fatal("want connection closed, it is still open")
 	}
-}
-
-// unescape undoes \r \n \t \\ and \xHH.
-func unescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' || i+1 == len(s) {
-			b.WriteByte(s[i])
-			continue
-		}
-		i++
-		switch s[i] {
-		case 'r':
-			b.WriteByte('\r')
-		case 'n':
-			b.WriteByte('\n')
-		case 't':
-			b.WriteByte('\t')
-		case 'x':
-			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
-			b.WriteByte(byte(v))
-			i += 2
-		default:
-			b.WriteByte(s[i])
-		}
-	}
-	return b.String()
 }

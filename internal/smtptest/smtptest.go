@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -195,7 +196,34 @@ func Run(t *testing.T, script string, addr func(t *testing.T, listener string) s
 	}
 }
 
-// Unescape turns \r \n \t \\ into the bytes they name.
+// Unescape turns \r \n \t \\ and \xHH into the bytes they name; the
+// dialog and bad-input files of every protocol write raw bytes this way.
 func Unescape(s string) string {
-	return strings.NewReplacer(`\r`, "\r", `\n`, "\n", `\t`, "\t", `\\`, `\`).Replace(s)
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 == len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		i++
+		switch s[i] {
+		case 'r':
+			b.WriteByte('\r')
+		case 'n':
+			b.WriteByte('\n')
+		case 't':
+			b.WriteByte('\t')
+		case 'x':
+			if i+3 > len(s) {
+				b.WriteString(`\x`)
+				continue
+			}
+			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			b.WriteByte(byte(v))
+			i += 2
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String()
 }
