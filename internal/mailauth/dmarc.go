@@ -7,6 +7,7 @@ import (
 
 	"blitiri.com.ar/go/spf"
 	"github.com/emersion/go-msgauth/dmarc"
+	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/agua-mail/agua/internal/resolver"
@@ -41,6 +42,11 @@ func (c *Checker) evalDMARC(ctx context.Context, fields []field, s SPFResult, d 
 	}
 	var worst DMARCResult
 	for i, dom := range domains {
+		// RFC 7489 3.1 compares A-labels; a U-label From domain
+		// (SMTPUTF8, RFC 6531) is looked up as its A-label.
+		if a, err := idna.Lookup.ToASCII(dom); err == nil {
+			dom = a
+		}
 		r := c.dmarcDomain(ctx, dom, s, d)
 		if i == 0 || rank(r) > rank(worst) {
 			worst = r
@@ -101,6 +107,9 @@ func (c *Checker) dmarcDomain(ctx context.Context, dom string, s SPFResult, d []
 	// domain (strict) or shares its organizational domain (relaxed).
 	aligned := func(id string, mode dmarc.AlignmentMode) bool {
 		id = strings.ToLower(strings.TrimSuffix(id, "."))
+		if a, err := idna.Lookup.ToASCII(id); err == nil {
+			id = a
+		}
 		if mode == dmarc.AlignmentStrict {
 			return id == dom
 		}

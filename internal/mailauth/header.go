@@ -10,13 +10,14 @@ import (
 	"strings"
 )
 
-// maxHeader bounds the header section read for DMARC and for removing
-// forged Authentication-Results fields. A longer one is malformed for
-// this purpose (RFC 5322 has no limit; no real message comes close).
-const maxHeader = 1 << 20
+// MaxHeader bounds the header section read for DMARC and for removing
+// forged Authentication-Results fields. RFC 5322 sets no limit, but a
+// field past the bound could be neither judged nor removed, so Finish
+// refuses such a message (ErrHeaderTooLong); no real message comes close.
+const MaxHeader = 1 << 20
 
-// errHeaderTooLong: the header section exceeds maxHeader.
-var errHeaderTooLong = errors.New("mailauth: header section too long")
+// ErrHeaderTooLong: the message's header section exceeds MaxHeader.
+var ErrHeaderTooLong = errors.New("mailauth: header section too long")
 
 // field is one header field: its name and unfolded value, and where its
 // bytes (folded lines included) start and end in the message.
@@ -29,7 +30,7 @@ type field struct {
 // readHeader reads the header section of msg (RFC 5322 2.2): every field
 // with its offsets, up to the empty line or the end of the message.
 func readHeader(msg io.ReaderAt, size int64) ([]field, error) {
-	br := bufio.NewReaderSize(io.NewSectionReader(msg, 0, min(size, maxHeader+1)), 4096)
+	br := bufio.NewReaderSize(io.NewSectionReader(msg, 0, min(size, MaxHeader+1)), 4096)
 	var fields []field
 	var off int64
 	for {
@@ -48,8 +49,8 @@ func readHeader(msg io.ReaderAt, size int64) ([]field, error) {
 		}
 		start := off
 		off += int64(len(line))
-		if off > maxHeader {
-			return nil, errHeaderTooLong
+		if off > MaxHeader {
+			return nil, ErrHeaderTooLong
 		}
 		trimmed := bytes.TrimRight(line, "\r\n")
 		if len(trimmed) == 0 {

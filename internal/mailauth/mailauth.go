@@ -140,15 +140,16 @@ func (c *Checker) checkSPF(ctx context.Context, env Envelope) SPFResult {
 // Finish authenticates the message (as received, the session's Received
 // field first) and returns the results. It waits for the SPF check, and
 // for DKIM and DMARC lookups, no longer than the budget; the ones that
-// did not answer are temperror. It fails only when msg cannot be read.
+// did not answer are temperror. It fails only when msg cannot be read,
+// or with ErrHeaderTooLong.
 func (ch *Check) Finish(ctx context.Context, msg io.ReaderAt, size int64) (*Result, error) {
 	c := ch.c
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	res := &Result{authservID: c.cfg.Hostname}
-	fields, herr := readHeader(msg, size)
-	if herr != nil && herr != errHeaderTooLong {
-		return nil, herr
+	fields, err := readHeader(msg, size)
+	if err != nil {
+		return nil, err
 	}
 	res.fields = fields
 	res.DKIM = c.verifyDKIM(ctx, msg, size, fields)
@@ -158,10 +159,6 @@ func (ch *Check) Finish(ctx context.Context, msg io.ReaderAt, size int64) (*Resu
 	case <-ctx.Done():
 		res.SPF = SPFResult{Result: spf.TempError, Identity: "mailfrom", Sender: ch.env.From, Err: ctx.Err()}
 	}
-	if herr != nil {
-		res.DMARC = DMARCResult{Result: "permerror", Reason: "header section too long"}
-	} else {
-		res.DMARC = c.evalDMARC(ctx, fields, res.SPF, res.DKIM)
-	}
+	res.DMARC = c.evalDMARC(ctx, fields, res.SPF, res.DKIM)
 	return res, nil
 }

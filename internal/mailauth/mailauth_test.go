@@ -3,6 +3,7 @@ package mailauth
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/netip"
 	"slices"
@@ -339,4 +340,62 @@ func TestBeginCancelled(t *testing.T) {
 	if err != nil || r.SPF.Result != spf.TempError {
 		t.Fatalf("spf after cancel: %v %v", r.SPF.Result, err)
 	}
+}
+
+// A From domain in Unicode (SMTPUTF8) is looked up as its A-label: the
+// policy of xn--bcher-kva.example applies to bücher.example.
+func TestDMARCUnicodeDomain(t *testing.T) {
+	w := newWorld(t)
+	w.dns.Add(t, `_dmarc.xn--bcher-kva.example. 300 IN TXT "v=DMARC1; p=reject"`)
+	r := w.check(t, "198.51.100.7", "h", "x@evil.example", msg("a@bücher.example", "s", "b\n"))
+	if r.DMARC.Result != "fail" || r.DMARC.Disposition != "reject" || r.DMARC.Domain != "xn--bcher-kva.example" {
+		t.Fatalf("dmarc %+v", r.DMARC)
+	}
+}
+
+// A header section past MaxHeader is refused as a whole: a forged result
+// beyond the bound could be neither judged nor removed.
+func TestHeaderTooLong(t *testing.T) {
+	w := newWorld(t)
+	var b bytes.Buffer
+	for b.Len() <= MaxHeader {
+		b.WriteString("X-Filler: " + strings.Repeat("x", 990) + "\r\n")
+	}
+	b.WriteString("Authentication-Results: " + testHost + "; dmarc=pass\r\nFrom: a@bank.example\r\n\r\nbody\r\n")
+	ch := w.c.Begin(context.Background(), Envelope{IP: netip.MustParseAddr("198.51.100.7"), Helo: "h", From: "x@evil.example"})
+	defer ch.Close()
+	if _, err := ch.Finish(context.Background(), bytes.NewReader(b.Bytes()), int64(b.Len())); !errors.Is(err, ErrHeaderTooLong) {
+		t.Fatalf("Finish = %v, want ErrHeaderTooLong", err)
+	}
+}
+
+// The header parsers take any bytes without panicking, and a forged field
+// they find is one whose removal leaves a message the parser reads again
+// without it.
+func FuzzHeader(f *testing.F) {
+	f.Add([]byte("Authentication-Results: mx.agua.test; dmarc=pass\r\nFrom: a@b.example\r\n\r\nbody"))
+	f.Add([]byte("From: =?x?q?a?= <<a@b>\r\n folded\r\nAuthentication-Results: (c (n)) MX.AGUA.TEST 1; x\r\n"))
+	f.Add([]byte("\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, m []byte) {
+		fields, err := readHeader(bytes.NewReader(m), int64(len(m)))
+		if err != nil {
+			return
+		}
+		fromDomains(fields)
+		drop := forged(fields, testHost)
+		r := &Result{authservID: testHost, fields: fields}
+		out, size := r.Message(bytes.NewReader(m), int64(len(m)))
+		got, err := io.ReadAll(io.NewSectionReader(out, 0, size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := readHeader(bytes.NewReader(got), int64(len(got)))
+		if err != nil {
+			return
+		}
+		if n := len(forged(again, testHost)); n != 1 {
+			// Exactly ours is left; every forged one went.
+			t.Fatalf("after removing %d forged fields, %d claim our id:\n%q", len(drop), n, got)
+		}
+	})
 }

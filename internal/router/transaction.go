@@ -91,6 +91,11 @@ func (t *transaction) Body(ctx context.Context, msg io.ReaderAt, size int64) err
 	}
 	res, err := t.auth.Finish(ctx, msg, size)
 	t.auth.Close()
+	if errors.Is(err, mailauth.ErrHeaderTooLong) {
+		// RFC 3463 5.3.4: too big for the system. A field past the
+		// bound could not be checked for a forged result.
+		return smtpd.Errorf(552, "5.3.4", "Message header section is larger than %d bytes", mailauth.MaxHeader)
+	}
 	if err != nil {
 		return smtpd.ErrTempLocal.WithCause(err)
 	}
