@@ -203,6 +203,19 @@ func TestInboundAuthSkipsTrusted(t *testing.T) {
 	if len(msgs) != 1 || strings.Contains(msgs[0], "Authentication-Results:") {
 		t.Fatalf("allowlisted relay's message: %q", msgs)
 	}
+	// Authenticated submission from a non-allowlisted address.
+	c := dialFrom(t, ts.srv.Addr("submission"), "127.0.0.23")
+	defer c.conn.Close()
+	c.expect("220 ")
+	c.cmd("EHLO client.example", "250")
+	c.cmd("AUTH PLAIN "+plainAuth(testUser, testPass), "235")
+	if got := c.deliver(testUser, []string{testUser}, authMsg(testUser, "submitted", "")); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("submission: %q", got)
+	}
+	msgs = ts.messages(t, testUser)
+	if len(msgs) != 2 || strings.Contains(msgs[0]+msgs[1], "Authentication-Results:") {
+		t.Fatalf("submitted message checked: %q", msgs)
+	}
 }
 
 // A DNS server that does not answer makes DMARC temperror: the message is
