@@ -82,26 +82,44 @@ type Envelope struct {
 
 // Check is the authentication of one message, started at MAIL FROM.
 type Check struct {
-	c      *Checker
-	env    Envelope
-	spf    chan SPFResult // receives the one result
-	cancel context.CancelFunc
+	c   *Checker
+	env Envelope
+	// The SPF checks: the identities known at once, the results when the
+	// lookups end (each channel receives one). helo is nil when the HELO
+	// identity is not checked on its own.
+	from, heloID SPFResult
+	spf, helo    chan SPFResult
+	cancel       context.CancelFunc
 }
 
-// Begin starts the SPF check of env in the background (RFC 7208 2.4: the
-// MAIL FROM identity; for the null reverse-path, the HELO identity, 2.3).
-// Cancel ctx, or call Close, to stop it.
+// Begin starts the SPF checks of env in the background: the MAIL FROM
+// identity (RFC 7208 2.4; for the null reverse-path, the HELO name), and
+// the HELO identity on its own (2.3) when it is a domain name. Cancel ctx,
+// or call Close, to stop them.
 func (c *Checker) Begin(ctx context.Context, env Envelope) *Check {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	ch := &Check{c: c, env: env, spf: make(chan SPFResult, 1), cancel: cancel}
-	go func() { ch.spf <- c.checkSPF(ctx, env) }()
+	ch.from = SPFResult{Identity: "mailfrom", Sender: env.From}
+	if _, d, ok := cutLast(env.From, "@"); ok && env.From != "" {
+		ch.from.Domain = normDomain(d)
+		if h := normDomain(env.Helo); isDomainName(h) {
+			ch.heloID = SPFResult{Identity: "helo", Sender: env.Helo, Domain: h}
+			ch.helo = make(chan SPFResult, 1)
+		}
+	} else {
+		ch.from.Identity, ch.from.Sender, ch.from.Domain = "helo", env.Helo, normDomain(env.Helo)
+	}
+	go func() { ch.spf <- c.checkSPF(ctx, env.IP, env.Helo, env.From, ch.from) }()
+	if ch.helo != nil {
+		go func() { ch.helo <- c.checkSPF(ctx, env.IP, env.Helo, "", ch.heloID) }()
+	}
 	return ch
 }
 
 // Close stops lookups still running. It is safe to call more than once.
 func (ch *Check) Close() { ch.cancel() }
 
-// SPFResult is the outcome of the SPF check.
+// SPFResult is the outcome of an SPF check.
 type SPFResult struct {
 	Result   spf.Result // none, neutral, pass, fail, softfail, temperror, permerror
 	Identity string     // "mailfrom" or "helo" (RFC 8601 2.7.2)
@@ -110,31 +128,45 @@ type SPFResult struct {
 	Err      error      // why, for the log and the comment
 }
 
-func (c *Checker) checkSPF(ctx context.Context, env Envelope) SPFResult {
-	r := SPFResult{Identity: "mailfrom", Sender: env.From}
-	if _, d, ok := cutLast(env.From, "@"); ok && env.From != "" {
-		r.Domain = d
-	} else {
-		r.Identity, r.Sender, r.Domain = "helo", env.Helo, env.Helo
-	}
-	r.Domain = strings.ToLower(strings.TrimSuffix(r.Domain, "."))
-	if r.Domain == "" || !env.IP.IsValid() {
-		r.Result = spf.None
-		return r
-	}
-	if ip := net.ParseIP(r.Domain); ip != nil || strings.HasPrefix(r.Domain, "[") {
-		// An address literal as HELO names no domain (RFC 7208 2.3).
+func normDomain(d string) string { return strings.ToLower(strings.TrimSuffix(d, ".")) }
+
+// isDomainName reports whether a HELO argument is a domain with at least
+// two labels, not an address literal (RFC 7208 2.3: only a fully
+// qualified domain name can have a HELO record).
+func isDomainName(h string) bool {
+	return strings.Contains(h, ".") && !strings.HasPrefix(h, "[") && net.ParseIP(h) == nil
+}
+
+// checkSPF evaluates the identity r names: check_host() of RFC 7208 4
+// with the sender (empty for the HELO identity) and the HELO name.
+func (c *Checker) checkSPF(ctx context.Context, ip netip.Addr, helo, sender string, r SPFResult) SPFResult {
+	if !isDomainName(r.Domain) || !ip.IsValid() {
+		// No domain to ask about (an address literal as HELO names none).
 		r.Result = spf.None
 		return r
 	}
 	// The library counts the RFC 7208 4.6.4 limits: 10 lookups, 2 void
 	// lookups, 10 MX names; past them the result is permerror.
-	r.Result, r.Err = spf.CheckHostWithSender(env.IP.AsSlice(), env.Helo, env.From,
+	r.Result, r.Err = spf.CheckHostWithSender(ip.AsSlice(), helo, sender,
 		spf.WithContext(ctx), spf.WithResolver(spfDNS{c.cfg.Resolver}))
 	if r.Result == spf.TempError && ctx.Err() != nil {
 		r.Err = fmt.Errorf("lookups did not finish in time: %w", ctx.Err())
 	}
 	return r
+}
+
+// wait returns the result from ch, or base as a temperror when ctx ends
+// first: the identity stays known, so DMARC still sees that an aligned
+// check is unfinished (temperror) and never fails the message for it.
+func wait(ctx context.Context, ch chan SPFResult, base SPFResult) SPFResult {
+	select {
+	case r := <-ch:
+		ch <- r // Finish may be asked again; keep the result
+		return r
+	case <-ctx.Done():
+		base.Result, base.Err = spf.TempError, fmt.Errorf("lookups did not finish in time: %w", ctx.Err())
+		return base
+	}
 }
 
 // Finish authenticates the message (as received, the session's Received
@@ -153,11 +185,10 @@ func (ch *Check) Finish(ctx context.Context, msg io.ReaderAt, size int64) (*Resu
 	}
 	res.fields = fields
 	res.DKIM = c.verifyDKIM(ctx, msg, size, fields)
-	select {
-	case res.SPF = <-ch.spf:
-		ch.spf <- res.SPF // Finish may be asked again; keep the result
-	case <-ctx.Done():
-		res.SPF = SPFResult{Result: spf.TempError, Identity: "mailfrom", Sender: ch.env.From, Err: ctx.Err()}
+	res.SPF = wait(ctx, ch.spf, ch.from)
+	if ch.helo != nil {
+		h := wait(ctx, ch.helo, ch.heloID)
+		res.HELO = &h
 	}
 	res.DMARC = c.evalDMARC(ctx, fields, res.SPF, res.DKIM)
 	return res, nil

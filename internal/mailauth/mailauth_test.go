@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"blitiri.com.ar/go/spf"
 	"github.com/miekg/dns"
@@ -398,4 +399,51 @@ func FuzzHeader(f *testing.F) {
 			t.Fatalf("after removing %d forged fields, %d claim our id:\n%q", len(drop), n, got)
 		}
 	})
+}
+
+// RFC 7208 2.3: the HELO identity is checked on its own and recorded; DMARC
+// still uses the MAIL FROM identity.
+func TestSPFHelo(t *testing.T) {
+	w := newWorld(t)
+	r := w.check(t, "192.0.2.10", "mail.bank.example", "x@nospf.example", msg("a@nodmarc.example", "s", "b\n"))
+	if r.SPF.Result != spf.None || r.HELO == nil || r.HELO.Result != spf.Pass || r.HELO.Domain != "mail.bank.example" {
+		t.Fatalf("spf %+v helo %+v", r.SPF, r.HELO)
+	}
+	if hdr := r.Header(); !strings.Contains(hdr, "spf=none smtp.mailfrom=x@nospf.example;\r\n\tspf=pass smtp.helo=mail.bank.example;") {
+		t.Fatalf("header:\n%s", hdr)
+	}
+	// An address literal or a single label is no HELO identity.
+	for _, helo := range []string{"[192.0.2.10]", "localhost"} {
+		if r := w.check(t, "192.0.2.10", helo, "x@nospf.example", msg("a@b.example", "s", "b\n")); r.HELO != nil {
+			t.Fatalf("HELO %q checked: %+v", helo, r.HELO)
+		}
+	}
+}
+
+// An SPF check still running when the budget ends is a temperror of the
+// same identity, so an aligned MAIL FROM domain makes DMARC temperror (the
+// message is not refused) rather than fail.
+func TestSPFUnfinishedIsAlignedTemperror(t *testing.T) {
+	w := newWorld(t)
+	env := Envelope{IP: netip.MustParseAddr("198.51.100.7"), Helo: "h", From: "x@bank.example"}
+	ch := w.c.Begin(context.Background(), env)
+	ch.Close()
+	// A check whose SPF result never arrives, as if the lookups hung.
+	stuck := &Check{c: w.c, env: env, from: ch.from, spf: make(chan SPFResult, 1), cancel: func() {}}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	m := msg("a@bank.example", "s", "b\n")
+	r, err := stuck.Finish(ctx, bytes.NewReader(m), int64(len(m)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.SPF.Result != spf.TempError || r.SPF.Domain != "bank.example" || r.SPF.Identity != "mailfrom" {
+		t.Fatalf("unfinished SPF: %+v", r.SPF)
+	}
+	if r.DMARC.Result != "temperror" {
+		t.Fatalf("dmarc %s with an aligned SPF check unfinished", r.DMARC.Result)
+	}
+	if v := r.Decide(Policy{DMARCReject: true, DMARCQuarantine: true}); v.Action != Accept {
+		t.Fatalf("verdict %+v", v)
+	}
 }

@@ -11,7 +11,10 @@ import (
 
 // Result is the authentication of one message.
 type Result struct {
-	SPF   SPFResult
+	SPF SPFResult // of the MAIL FROM identity (of HELO for the null reverse-path): what DMARC uses
+	// HELO is the separate check of the HELO identity (RFC 7208 2.3),
+	// recorded in Authentication-Results only; nil when not checked.
+	HELO  *SPFResult
 	DKIM  []DKIMResult // one per signature, in header order; none if unsigned
 	DMARC DMARCResult
 
@@ -28,15 +31,20 @@ func (r *Result) Header() string {
 	b.WriteString("Authentication-Results: ")
 	b.WriteString(r.authservID)
 	// RFC 7208 9.1 / RFC 8601 2.7.2: the identity checked.
-	b.WriteString(";\r\n\tspf=")
-	b.WriteString(string(r.SPF.Result))
-	if r.SPF.Err != nil && r.SPF.Result != spf.Pass && r.SPF.Result != spf.None {
-		b.WriteString(comment(r.SPF.Err.Error()))
-	}
-	if r.SPF.Identity == "helo" {
-		b.WriteString(" smtp.helo=" + value(r.SPF.Sender))
-	} else {
-		b.WriteString(" smtp.mailfrom=" + value(r.SPF.Sender))
+	for _, sr := range []*SPFResult{&r.SPF, r.HELO} {
+		if sr == nil {
+			continue
+		}
+		b.WriteString(";\r\n\tspf=")
+		b.WriteString(string(sr.Result))
+		if sr.Err != nil && sr.Result != spf.Pass && sr.Result != spf.None {
+			b.WriteString(comment(sr.Err.Error()))
+		}
+		if sr.Identity == "helo" {
+			b.WriteString(" smtp.helo=" + value(sr.Sender))
+		} else {
+			b.WriteString(" smtp.mailfrom=" + value(sr.Sender))
+		}
 	}
 	if len(r.DKIM) == 0 {
 		b.WriteString(";\r\n\tdkim=none")
