@@ -238,9 +238,7 @@ func (c Config) Validate() []Problem {
 	if c.Log.MaxBackups <= 0 {
 		bad("log.max_backups", "must be > 0")
 	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		bad("tls", "cert_file and key_file must be set together")
-	}
+	ps = append(ps, c.validateTLS()...)
 	if c.Store.Sync != "syncfs" && c.Store.Sync != "fsync" {
 		bad("store.sync", "must be syncfs or fsync, not %q", c.Store.Sync)
 	}
