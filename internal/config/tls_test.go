@@ -52,3 +52,21 @@ acme_challenge = "http-01"
 		t.Fatal("ACME is on by default; the self-signed pair must stay the default")
 	}
 }
+
+// The challenge listener is answered by the autoconfig listener only when
+// both name the same address; an overlapping other spelling would fail to
+// bind at start, so check says so.
+func TestACMEChallengeListenerClash(t *testing.T) {
+	base := "hostname = \"mail.example.com\"\n[tls]\nacme = true\n[autoconfig]\ntls = true\n"
+	if _, err := Parse("same.toml", []byte(base+"listen = \":443\"\n")); err != nil {
+		t.Fatalf("the autoconfig listener answering the challenge: %v", err)
+	}
+	_, err := Parse("clash.toml", []byte(base+"listen = \"0.0.0.0:443\"\n"))
+	if err == nil || !strings.Contains(err.Error(), `tls.acme_challenge_listen: ":443" clashes with autoconfig.listen = "0.0.0.0:443"`) {
+		t.Fatalf("clash: %v", err)
+	}
+	_, err = Parse("plain.toml", []byte("hostname = \"mail.example.com\"\n[tls]\nacme = true\n[autoconfig]\nlisten = \":443\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "needs tls = true") {
+		t.Fatalf("tls-alpn-01 on a plain HTTP listener: %v", err)
+	}
+}

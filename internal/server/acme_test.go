@@ -303,3 +303,37 @@ func TestACMEChallengePortTaken(t *testing.T) {
 		t.Fatalf("error: %v", err)
 	}
 }
+
+// HTTP-01 answered by the plain-HTTP autoconfig listener (the address of
+// both is the same): pebble validates over HTTP and the certificate is
+// served on POP3S, while autoconfig documents still answer there.
+func TestACMEHTTP01OnAutoconfigListener(t *testing.T) {
+	const host = "mx.agua.test"
+	port := freePort(t, "127.0.0.1")
+	pebble := startPebble(t, port, time.Hour)
+	pebble.resolve(t, host, "autoconfig.example.test", "autodiscover.example.test", "mta-sts.example.test")
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ts := startServer(t, func(c *config.Config) {
+		c.Hostname = host
+		c.TLS.ACME = true
+		c.TLS.ACMEDirectory = pebble.directory
+		c.TLS.ACMECARoot = pebble.caRoot
+		c.TLS.ACMEChallenge = "http-01"
+		c.TLS.ACMEListen = addr
+		c.Autoconfig.Listen = addr
+	})
+	eventually(t, "a pebble certificate on POP3S", func() bool {
+		return implicitTLSLeaf(t, ts.srv.Addr("pop3s"), host, pebble.roots) != nil
+	})
+	resp, err := http.Get("http://" + addr + "/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=" + testUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("autoconfig behind the challenge handler: %s", resp.Status)
+	}
+	if ts.srv.Addr("acme") != "" {
+		t.Fatal("a second listener was bound for the challenge")
+	}
+}
