@@ -140,6 +140,27 @@ func pop3Tokens(t *testing.T, addr, src, user, pass string) map[string]bool {
 	return got
 }
 
+// imapTouch selects INBOX (new mail moves to cur/) and sets or clears
+// \Flagged on every message (files in cur/ are renamed).
+func imapTouch(addr, src, user, pass string, set bool) error {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(conn)
+	op := map[bool]string{true: "+", false: "-"}[set]
+	fmt.Fprintf(conn, "a LOGIN %s \"%s\"\r\nb SELECT INBOX\r\nc STORE 1:* %sFLAGS (\\Flagged)\r\nd LOGOUT\r\n", user, pass, op)
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil || strings.HasPrefix(l, "d ") {
+			return err
+		}
+	}
+}
+
 // imapCount logs in over IMAP and returns the number of messages in INBOX.
 func imapCount(t *testing.T, addr, src, user, pass string) int {
 	t.Helper()
@@ -208,6 +229,20 @@ func TestBackupRestoreUnderLiveDelivery(t *testing.T) {
 			}
 		}()
 	}
+	// A reader at the same time: each SELECT moves new mail to cur/, each
+	// STORE renames files in cur/, as the backup lists them.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for n := 0; ; n++ {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			imapTouch(srv.Addr("imap"), "127.0.77.50", users[n%len(users)], pass, n%2 == 0)
+		}
+	}()
 	ackedCount := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
 	deadline := time.Now().Add(60 * time.Second)
 	for ackedCount() < 60 {

@@ -217,6 +217,9 @@ func (w *walker) messages(src, dst string) error {
 			if err != nil {
 				return err
 			}
+			if testHookListed != nil {
+				testHookListed(filepath.Join(src, sub))
+			}
 			vanished := false
 			for _, e := range ents {
 				base, _, _ := strings.Cut(e.Name(), ":")
@@ -243,6 +246,10 @@ func (w *walker) messages(src, dst string) error {
 	}
 	return nil
 }
+
+// testHookListed, when set by a test, runs after each listing of a
+// Maildir's new/ or cur/: a reader moving mail at that moment.
+var testHookListed func(dir string)
 
 // copier links immutable files while it can and copies the rest.
 type copier struct {

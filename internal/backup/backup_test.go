@@ -76,3 +76,52 @@ func TestCopiesAcrossFileSystems(t *testing.T) {
 		t.Fatalf("restore from a non-backup: %v", err)
 	}
 }
+
+// A reader moves mail while the backup lists it: a message moved from
+// new/ to cur/ right after new/ was listed (an IMAP SELECT), and one
+// renamed in cur/ right after cur/ was listed (a flag change), are both
+// in the backup, under their new names.
+func TestMessagesMovedDuringBackup(t *testing.T) {
+	data := t.TempDir()
+	db := filepath.Join(data, "agua.db")
+	d, err := directory.Open(db, directory.Options{DefaultQuota: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	box := filepath.Join(data, "mail", "example.test", "ann")
+	for _, sub := range []string{"new", "cur", "tmp"} {
+		os.MkdirAll(filepath.Join(box, sub), 0o750)
+	}
+	os.WriteFile(filepath.Join(box, "new", "1.A.host,S=3"), []byte("one"), 0o640)
+	os.WriteFile(filepath.Join(box, "cur", "2.B.host,S=3:2,"), []byte("two"), 0o640)
+	moved := map[string]bool{}
+	testHookListed = func(dir string) {
+		switch filepath.Base(dir) {
+		case "new":
+			if !moved["new"] {
+				moved["new"] = true
+				os.Rename(filepath.Join(box, "new", "1.A.host,S=3"), filepath.Join(box, "cur", "1.A.host,S=3:2,S"))
+			}
+		case "cur":
+			if !moved["cur"] {
+				moved["cur"] = true
+				os.Rename(filepath.Join(box, "cur", "2.B.host,S=3:2,"), filepath.Join(box, "cur", "2.B.host,S=3:2,F"))
+			}
+		}
+	}
+	t.Cleanup(func() { testHookListed = nil })
+	dest := filepath.Join(t.TempDir(), "bk")
+	m, err := Create(context.Background(), dest, Options{DataDir: data, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Mail.Messages != 2 {
+		t.Fatalf("%d messages in the backup, want 2", m.Mail.Messages)
+	}
+	for _, name := range []string{"cur/1.A.host,S=3:2,S", "cur/2.B.host,S=3:2,F"} {
+		if _, err := os.Stat(filepath.Join(dest, DataFolder, "mail", "example.test", "ann", name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
