@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -159,4 +160,29 @@ func (a *ACME) event(_ context.Context, event string, data map[string]any) error
 			"name", data["identifier"], "renewal", data["renewal"], "err", data["error"])
 	}
 	return nil
+}
+
+// NameStatus is one managed name as `agua status` shows it.
+type NameStatus struct {
+	Name     string    `json:"name"`
+	Issuer   string    `json:"issuer,omitempty"` // empty: no certificate yet (the fallback is served)
+	Serial   string    `json:"serial,omitempty"`
+	NotAfter time.Time `json:"not_after,omitzero"`
+}
+
+// Status lists the managed names, each with the certificate served now.
+func (a *ACME) Status() []NameStatus {
+	names := a.Managed()
+	slices.Sort(names)
+	out := make([]NameStatus, 0, len(names))
+	for _, n := range names {
+		st := NameStatus{Name: n}
+		for _, c := range a.cache.AllMatchingCertificates(n) {
+			if c.Leaf != nil && c.Leaf.NotAfter.After(st.NotAfter) {
+				st.Issuer, st.Serial, st.NotAfter = c.Leaf.Issuer.CommonName, c.Leaf.SerialNumber.Text(16), c.Leaf.NotAfter
+			}
+		}
+		out = append(out, st)
+	}
+	return out
 }

@@ -242,6 +242,17 @@ func TestACMEWithPebble(t *testing.T) {
 		c := startTLSLeaf(t, sub, host, pebble.roots)
 		return c != nil && c.SerialNumber.Cmp(first.SerialNumber) != 0
 	})
+	// agua status shows each managed name with the certificate served.
+	st := ts.srv.status().(Status)
+	found := false
+	for _, c := range st.Certificates {
+		if c.Name == host {
+			found = c.Serial != "" && strings.Contains(strings.ToLower(c.Issuer), "pebble")
+		}
+	}
+	if !found || len(st.Certificates) != 7 {
+		t.Fatalf("status certificates: %+v", st.Certificates)
+	}
 	// ... by certmagic's renewal, which says so in one line.
 	if logs := ts.logs.String(); !strings.Contains(logs, `msg="acme: certificate obtained" name=mx.agua.test renewal=true`) {
 		t.Fatalf("no log line for the renewal:\n%s", logs)

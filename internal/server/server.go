@@ -303,6 +303,9 @@ type Status struct {
 	RuleFiles   []shield.RuleFile `json:"rule_files"`
 	Shield      shield.Stats      `json:"shield"`
 	Cluster     *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
+	// Certificates: with [tls] acme, each managed name and the
+	// certificate it is served now (none yet: the self-signed pair).
+	Certificates []certs.NameStatus `json:"acme_certificates,omitempty"`
 }
 
 func (s *Server) status() any {
@@ -315,6 +318,9 @@ func (s *Server) status() any {
 		st.Listeners[s.webLn.Addr().String()] = "admin"
 	}
 	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
+	if s.acme != nil {
+		st.Certificates = s.acme.Status()
+	}
 	for _, srv := range s.smtp {
 		st.Sessions += srv.Sessions()
 	}
