@@ -155,7 +155,7 @@ func (w *walker) tree(src, dst, rel string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dst, 0o750); err != nil {
+	if err := mkdirLike(dst, src); err != nil {
 		return err
 	}
 	maildir := isMaildir(ents) && strings.HasPrefix(rel, mailFolder+string(filepath.Separator))
@@ -305,6 +305,19 @@ func (c *copier) copyFile(src, dst string) error {
 	}
 	c.copied++
 	return os.Chtimes(dst, fi.ModTime(), fi.ModTime())
+}
+
+// mkdirLike makes dst with the permissions of the folder src (the DKIM
+// keys' folder is 0700 and stays so).
+func mkdirLike(dst, src string) error {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dst, 0o750); err != nil {
+		return err
+	}
+	return os.Chmod(dst, fi.Mode().Perm())
 }
 
 func emptyOrNew(dir string) error {

@@ -44,6 +44,9 @@ func TestCopiesAcrossFileSystems(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	os.MkdirAll(filepath.Join(data, "dkim", "example.test"), 0o700)
+	os.Chmod(filepath.Join(data, "dkim"), 0o700)
+	os.WriteFile(filepath.Join(data, "dkim", "example.test", "sel.key"), []byte("private"), 0o600)
 	os.MkdirAll(filepath.Join(data, "shield"), 0o750)
 	os.WriteFile(filepath.Join(data, "shield", "shield-state.json"), []byte("{}"), 0o640)
 
@@ -62,6 +65,13 @@ func TestCopiesAcrossFileSystems(t *testing.T) {
 	got, err := os.Stat(filepath.Join(dest, DataFolder, "mail", "example.test", "ann", "new/1.M1P1Q1.host,S=5"))
 	if err != nil || !got.ModTime().Equal(src.ModTime()) {
 		t.Fatalf("copied message: %v, time %v want %v", err, got, src.ModTime())
+	}
+	// Private keys keep their modes, and their folder too.
+	if fi, err := os.Stat(filepath.Join(dest, DataFolder, "dkim")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("dkim folder: %v %v", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(filepath.Join(dest, DataFolder, "dkim", "example.test", "sel.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("dkim key: %v %v", fi.Mode(), err)
 	}
 	// A second backup into the same folder is refused.
 	if _, err := Create(context.Background(), dest, Options{DataDir: data, Database: db}); !errors.Is(err, ErrNotEmpty) {

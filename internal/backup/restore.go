@@ -86,7 +86,7 @@ func Restore(ctx context.Context, src string, o RestoreOptions) (Restored, error
 			if d.Name() == "cur" && strings.HasPrefix(rel, mailFolder+string(filepath.Separator)) {
 				m.Mail.Folders++
 			}
-			return os.MkdirAll(dst, 0o750)
+			return mkdirLike(dst, p)
 		case !d.Type().IsRegular():
 			return nil
 		case isMessage(rel):

@@ -81,9 +81,14 @@ func (s *Server) listenChallenge(addr string) error {
 	if err != nil {
 		return fmt.Errorf("acme challenge listener (tls.acme_challenge_listen): %w; another program holds the port, or agua may not bind it (see the README on privileged ports)", err)
 	}
-	var ln net.Listener = s.shield.Listener(tcp, shield.ListenerConfig{Name: "acme", MaxConns: 200, Reject: nil})
+	alpn := s.cfg.TLS.ACMEChallenge == "tls-alpn-01"
+	var reject func(net.Conn, shield.Decision)
+	if !alpn {
+		reject = httpReject // a TLS client expects a handshake: a refusal just closes
+	}
+	var ln net.Listener = s.shield.Listener(tcp, shield.ListenerConfig{Name: "acme", MaxConns: 200, Reject: reject})
 	var h http.Handler = http.NotFoundHandler()
-	if s.cfg.TLS.ACMEChallenge == "tls-alpn-01" {
+	if alpn {
 		ln = tls.NewListener(ln, s.certs.HTTPSConfig())
 	} else {
 		h = s.acme.HTTPChallengeHandler(h)
