@@ -17,6 +17,8 @@ type OutboundConfig struct {
 	RelayPassword      string           `toml:"relay_password" doc:"Password for AUTH at the relay host."`
 	RelayRequireTLS    bool             `toml:"relay_require_tls" doc:"Require STARTTLS with a certificate valid for the relay host's name; without it mail waits in the queue."`
 	DANE               bool             `toml:"dane" doc:"Authenticate MX hosts with DANE (RFC 7672): when the MX, address and TLSA answers are DNSSEC-validated (AD bit from dns.resolver), TLS is required and the certificate must match a TLSA record, else mail waits. Needs a validating resolver to have any effect."`
+	MTASTS             bool             `toml:"mta_sts" doc:"Honour recipient domains' MTA-STS policies (RFC 8461): the _mta-sts TXT record and the policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt (certificate verified), cached in <data_dir>/mta-sts.json. In enforce mode mail goes only to the MX hosts the policy names, over TLS with a certificate valid for the MX name, else it waits in the queue; testing mode logs and delivers. DANE, where it applies, takes precedence. Not used for a relay host."`
+	MTASTSCacheSize    int              `toml:"mta_sts_cache_size" doc:"Most MTA-STS policies kept (one per destination domain that publishes one); the one expiring first makes room."`
 	InitialConcurrency int              `toml:"initial_concurrency" doc:"Connections per destination at first; one more after as many successes, one less on a 421/451 or failed connection (Postfix's initial_destination_concurrency)."`
 	MaxConcurrency     int              `toml:"max_concurrency" doc:"Most connections per destination."`
 	MessagesPerConn    int              `toml:"messages_per_connection" doc:"Most messages sent over one connection before it is closed."`
@@ -54,6 +56,8 @@ func defaultOutbound() OutboundConfig {
 		SMTPPort:           25,
 		RelayRequireTLS:    true,
 		DANE:               true,
+		MTASTS:             true,
+		MTASTSCacheSize:    10000,
 		InitialConcurrency: 5,
 		MaxConcurrency:     20,
 		MessagesPerConn:    100,
@@ -98,6 +102,9 @@ func (c Config) validateOutbound() []Problem {
 		bad("outbound.initial_concurrency", "initial_concurrency and max_concurrency must be > 0")
 	} else if o.InitialConcurrency > o.MaxConcurrency {
 		bad("outbound.initial_concurrency", "must not exceed max_concurrency")
+	}
+	if o.MTASTSCacheSize <= 0 {
+		bad("outbound.mta_sts_cache_size", "must be > 0")
 	}
 	if o.MessagesPerConn <= 0 {
 		bad("outbound.messages_per_connection", "must be > 0")

@@ -8,7 +8,8 @@
 // connection with PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME
 // (RFC 6152) and SMTPUTF8 (RFC 6531) as the peer offers them, with
 // opportunistic STARTTLS (RFC 3207, RFC 7435), or DANE (RFC 7672) where
-// validated TLSA records exist. Or it sends everything to a relay host,
+// validated TLSA records exist, or verified TLS to the MX hosts an MTA-STS
+// policy (RFC 8461) names. Or it sends everything to a relay host,
 // with AUTH (RFC 4954) and required TLS.
 //
 // Each destination starts with a few concurrent connections and gains one
@@ -87,6 +88,9 @@ type Options struct {
 	// DisableDANE ignores TLSA records. DANE (RFC 7672) applies only to
 	// MX hosts whose MX, address and TLSA answers carry the AD bit.
 	DisableDANE bool
+	// MTASTS gives destination domains' MTA-STS policies (RFC 8461); nil:
+	// MTA-STS is not used. It does not apply to a relay host.
+	MTASTS Policies
 
 	InitialConcurrency int           // per destination; default 5
 	MaxConcurrency     int           // per destination; default 20
@@ -127,6 +131,7 @@ type Engine struct {
 	relayRequireTLS bool
 	noTLS           bool
 	dane            bool
+	sts             Policies
 
 	mu       sync.Mutex
 	dests    map[string]*dest
@@ -159,7 +164,7 @@ func New(o Options) (*Engine, error) {
 		opts: o, q: o.Queue, res: o.Resolver, log: o.Logger, now: o.Now,
 		hostname: o.Hostname, port: o.Port, sourceIP: o.SourceIP, timeouts: o.Timeouts.withDefaults(),
 		relayUser: o.RelayUser, relayPass: o.RelayPassword, relayRequireTLS: o.RelayRequireTLS,
-		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
+		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, sts: o.MTASTS, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)

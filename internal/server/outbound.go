@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/dkim"
+	"github.com/agua-mail/agua/internal/mtasts"
 	"github.com/agua-mail/agua/internal/outbound"
 	"github.com/agua-mail/agua/internal/queue"
 	"github.com/agua-mail/agua/internal/queue/queuehttp"
@@ -62,6 +65,14 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 		}
 	}
 	opts.Resolver = res
+	if cfg.Outbound.MTASTS {
+		if opts.MTASTS, err = mtasts.New(mtasts.Options{
+			TXT: mtasts.TXTLookup(res), Dial: resolverDial(res, opts.SourceIP),
+			Dir: cfg.DataDir, MaxEntries: cfg.Outbound.MTASTSCacheSize, Logger: s.log,
+		}); err != nil {
+			return fmt.Errorf("mta-sts: %w", err)
+		}
+	}
 	opts.Queue, opts.Logger, opts.Bounce = o.queue, s.log, s.bounce
 	// Deferred mail is looked for at least as often as the shortest
 	// retry interval, so a short retry_min (labs, tests) is honoured.
@@ -70,6 +81,38 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 		return err
 	}
 	return nil
+}
+
+// resolverDial connects to a host name through agua's resolver
+// (dns.resolver), not the system's: the MTA-STS policy host is found the way
+// the MX hosts are.
+func resolverDial(res *resolver.Resolver, source netip.Addr) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		ips, _, err := res.IP(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		d := net.Dialer{Timeout: 30 * time.Second}
+		if source.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: source.AsSlice()}
+		}
+		last := fmt.Errorf("%s has no address records", host)
+		for _, ip := range ips {
+			if source.IsValid() && ip.Is4() != source.Is4() {
+				continue
+			}
+			c, err := d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+			if err == nil {
+				return c, nil
+			}
+			last = err
+		}
+		return nil, last
+	}
 }
 
 // remote is the router's remote target: sign with DKIM, then queue.
