@@ -1,9 +1,11 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -21,6 +23,8 @@ type OutboundConfig struct {
 	MTASTSCacheSize    int              `toml:"mta_sts_cache_size" doc:"Most MTA-STS policies kept (one per destination domain that publishes one); the one expiring first makes room."`
 	InitialConcurrency int              `toml:"initial_concurrency" doc:"Connections per destination at first; one more after as many successes, one less on a 421/451 or failed connection (Postfix's initial_destination_concurrency)."`
 	MaxConcurrency     int              `toml:"max_concurrency" doc:"Most connections per destination."`
+	RatePerMinute      int              `toml:"rate_per_minute" doc:"Most messages per minute to any one destination domain, evenly spaced (one every minute/N). 0: unlimited."`
+	RateLimits         []string         `toml:"rate_limits" doc:"Rates for named destinations, each \"NAME=N\": N messages per minute to the destination domain NAME, or to the MX host NAME whatever domain it serves (0: unlimited). Overrides rate_per_minute for that name."`
 	MessagesPerConn    int              `toml:"messages_per_connection" doc:"Most messages sent over one connection before it is closed."`
 	RetryMin           time.Duration    `toml:"retry_min" doc:"Wait before the first retry of a temporary failure; it doubles with each attempt (with ±10% jitter)."`
 	RetryMax           time.Duration    `toml:"retry_max" doc:"Longest wait between retries."`
@@ -103,6 +107,12 @@ func (c Config) validateOutbound() []Problem {
 	} else if o.InitialConcurrency > o.MaxConcurrency {
 		bad("outbound.initial_concurrency", "must not exceed max_concurrency")
 	}
+	if o.RatePerMinute < 0 {
+		bad("outbound.rate_per_minute", "must not be negative (0: unlimited)")
+	}
+	if _, err := ParseRateLimits(o.RateLimits); err != nil {
+		bad("outbound.rate_limits", err.Error())
+	}
 	if o.MTASTSCacheSize <= 0 {
 		bad("outbound.mta_sts_cache_size", "must be > 0")
 	}
@@ -156,4 +166,20 @@ func (c Config) validateOutbound() []Problem {
 		bad("dns.max_negative_ttl", "must not be negative")
 	}
 	return ps
+}
+
+// ParseRateLimits reads "NAME=N" entries (messages per minute to the
+// destination domain or MX host NAME).
+func ParseRateLimits(entries []string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, e := range entries {
+		name, n, ok := strings.Cut(e, "=")
+		name = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
+		v, err := strconv.Atoi(strings.TrimSpace(n))
+		if !ok || name == "" || strings.ContainsAny(name, " @/:") || err != nil || v < 0 {
+			return nil, fmt.Errorf("%q is not NAME=MESSAGES_PER_MINUTE", e)
+		}
+		out[name] = v
+	}
+	return out, nil
 }

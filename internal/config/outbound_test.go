@@ -73,3 +73,15 @@ attempts = 0
 		t.Fatalf("problems %v, want keys %v", ce.Problems, want)
 	}
 }
+
+func TestParseRateLimits(t *testing.T) {
+	m, err := ParseRateLimits([]string{"Gmail.com=60", "mx.example.net.= 10"})
+	if err != nil || m["gmail.com"] != 60 || m["mx.example.net"] != 10 {
+		t.Fatalf("%v %v", m, err)
+	}
+	for _, bad := range []string{"gmail.com", "=5", "a.test=-1", "a.test=x", "u@a.test=5"} {
+		if _, err := ParseRateLimits([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

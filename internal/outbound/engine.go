@@ -92,6 +92,10 @@ type Options struct {
 	// MTA-STS is not used. It does not apply to a relay host.
 	MTASTS Policies
 
+	// Rate limits messages per minute per destination domain or MX host;
+	// zero: unlimited.
+	Rate RateLimits
+
 	InitialConcurrency int           // per destination; default 5
 	MaxConcurrency     int           // per destination; default 20
 	MaxInFlight        int           // deliveries claimed at once; default 1000
@@ -133,6 +137,11 @@ type Engine struct {
 	dane            bool
 	sts             Policies
 
+	rate   *rateLimiter
+	wakeMu sync.Mutex
+	wakeAt time.Time   // when the rate-limit timer fires
+	wakeT  *time.Timer // signals freed when a rate-limited destination may send again
+
 	mu       sync.Mutex
 	dests    map[string]*dest
 	inflight int
@@ -164,7 +173,7 @@ func New(o Options) (*Engine, error) {
 		opts: o, q: o.Queue, res: o.Resolver, log: o.Logger, now: o.Now,
 		hostname: o.Hostname, port: o.Port, sourceIP: o.SourceIP, timeouts: o.Timeouts.withDefaults(),
 		relayUser: o.RelayUser, relayPass: o.RelayPassword, relayRequireTLS: o.RelayRequireTLS,
-		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, sts: o.MTASTS, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
+		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, sts: o.MTASTS, rate: newRateLimiter(o.Rate), dests: map[string]*dest{}, freed: make(chan struct{}, 1),
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -302,6 +311,14 @@ func (e *Engine) take(d *dest) *delivery {
 		}
 		return nil
 	}
+	if ok, wait := e.rate.take(d.name, true, e.now()); !ok {
+		// Over the destination's rate: this worker ends, and the engine
+		// looks again when the next message may go.
+		d.workers--
+		e.wakeIn(wait)
+		e.log.Debug("outbound: destination rate limit reached", "destination", d.name, "wait", wait)
+		return nil
+	}
 	dl := d.pending[0]
 	d.pending = d.pending[1:]
 	return dl
@@ -359,6 +376,14 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 				continue
 			}
 		}
+		if ok, wait := e.rate.take(strings.ToLower(strings.TrimSuffix(s.host, ".")), false, e.now()); !ok {
+			// Over the MX host's own rate: the message goes back to the
+			// front of the line and this worker ends.
+			e.putBack(d, dl)
+			e.wakeIn(wait)
+			e.log.Debug("outbound: MX host rate limit reached", "destination", d.name, "host", s.host, "wait", wait)
+			return
+		}
 		outcomes, rate := e.deliver(ctx, s, dl)
 		sent++
 		if ctx.Err() != nil && s.dead {
@@ -371,6 +396,36 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 			s.reset()
 		}
 	}
+}
+
+// putBack returns a delivery to the front of d's line and ends the
+// calling worker.
+func (e *Engine) putBack(d *dest, dl *delivery) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	d.pending = append([]*delivery{dl}, d.pending...)
+	d.workers--
+}
+
+// wakeIn makes Run look for work again after wait (a rate limit's
+// next slot), keeping one timer for the earliest such time.
+func (e *Engine) wakeIn(wait time.Duration) {
+	e.wakeMu.Lock()
+	defer e.wakeMu.Unlock()
+	at := time.Now().Add(wait)
+	if e.wakeT != nil && !e.wakeAt.After(at) && e.wakeAt.After(time.Now()) {
+		return
+	}
+	if e.wakeT != nil {
+		e.wakeT.Stop()
+	}
+	e.wakeAt = at
+	e.wakeT = time.AfterFunc(wait, func() {
+		select {
+		case e.freed <- struct{}{}:
+		default:
+		}
+	})
 }
 
 // drain takes every waiting delivery of d.

@@ -58,6 +58,11 @@ func OutboundOptions(cfg config.Config) (outbound.Options, error) {
 			DataBlock: o.Timeouts.DataBlock, DataEnd: o.Timeouts.DataEnd,
 		},
 	}
+	rates, err := config.ParseRateLimits(o.RateLimits)
+	if err != nil {
+		return opts, fmt.Errorf("outbound.rate_limits: %w", err)
+	}
+	opts.Rate = outbound.RateLimits{Default: o.RatePerMinute, PerDest: rates}
 	if o.SourceIP != "" {
 		a, err := netip.ParseAddr(o.SourceIP)
 		if err != nil {
