@@ -29,6 +29,7 @@ type OutboundConfig struct {
 	RetryMin           time.Duration    `toml:"retry_min" doc:"Wait before the first retry of a temporary failure; it doubles with each attempt (with ±10% jitter)."`
 	RetryMax           time.Duration    `toml:"retry_max" doc:"Longest wait between retries."`
 	QueueLifetime      time.Duration    `toml:"queue_lifetime" doc:"A message not delivered after this long bounces (4.4.7) with a delivery status notification to its sender."`
+	DelayNotice        time.Duration    `toml:"delay_notice" doc:"A message still not delivered this long after it was queued gets one delay notice (RFC 3464 DSN, Action: delayed) to its sender; never to the null sender. 0: no delay notices."`
 	Timeouts           OutboundTimeouts `toml:"timeouts" doc:"Peer timeouts of outgoing SMTP sessions (RFC 5321 4.5.3.2 minimums by default)."`
 }
 
@@ -68,6 +69,7 @@ func defaultOutbound() OutboundConfig {
 		RetryMin:           5 * time.Minute,
 		RetryMax:           4 * time.Hour,
 		QueueLifetime:      5 * 24 * time.Hour,
+		DelayNotice:        4 * time.Hour,
 		Timeouts: OutboundTimeouts{
 			Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute,
 			Mail: 5 * time.Minute, Rcpt: 5 * time.Minute, DataInit: 2 * time.Minute,
@@ -127,6 +129,11 @@ func (c Config) validateOutbound() []Problem {
 	}
 	if o.QueueLifetime <= 0 {
 		bad("outbound.queue_lifetime", "must be > 0")
+	}
+	if o.DelayNotice < 0 {
+		bad("outbound.delay_notice", "must not be negative (0: no delay notices)")
+	} else if o.DelayNotice > 0 && o.DelayNotice >= o.QueueLifetime {
+		bad("outbound.delay_notice", "must be shorter than queue_lifetime, or 0 for no delay notices")
 	}
 	t := o.Timeouts
 	for _, d := range []struct {

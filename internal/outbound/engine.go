@@ -103,7 +103,11 @@ type Options struct {
 	RetryMin           time.Duration // first retry after; default 5m
 	RetryMax           time.Duration // retries at most this far apart; default 4h
 	Lifetime           time.Duration // bounce after this long in the queue; default 5 days
-	Poll               time.Duration // look for due deferred mail this often; default 30s
+	// DelayNotice: a message still not delivered this long after it was
+	// queued gets one delay notice (RFC 3464 Action: delayed) to its
+	// sender; 0: none.
+	DelayNotice time.Duration
+	Poll        time.Duration // look for due deferred mail this often; default 30s
 
 	Now func() time.Time // the clock of queue state (tests); time.Now
 }
@@ -117,6 +121,9 @@ const (
 	DefaultRetryMax           = 4 * time.Hour
 	DefaultLifetime           = 5 * 24 * time.Hour // Postfix maximal_queue_lifetime
 )
+
+// maxNoticed bounds the engine's memory of delay notices sent (noticeOnce).
+const maxNoticed = 10000
 
 // Engine delivers queued mail. Run it with Run.
 type Engine struct {
@@ -143,6 +150,7 @@ type Engine struct {
 	wakeT  *time.Timer // signals freed when a rate-limited destination may send again
 
 	mu       sync.Mutex
+	noticed  map[string]bool // messages given a delay notice in this run (noticeOnce)
 	dests    map[string]*dest
 	inflight int
 	freed    chan struct{}
@@ -173,7 +181,7 @@ func New(o Options) (*Engine, error) {
 		opts: o, q: o.Queue, res: o.Resolver, log: o.Logger, now: o.Now,
 		hostname: o.Hostname, port: o.Port, sourceIP: o.SourceIP, timeouts: o.Timeouts.withDefaults(),
 		relayUser: o.RelayUser, relayPass: o.RelayPassword, relayRequireTLS: o.RelayRequireTLS,
-		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, sts: o.MTASTS, rate: newRateLimiter(o.Rate), dests: map[string]*dest{}, freed: make(chan struct{}, 1),
+		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, sts: o.MTASTS, rate: newRateLimiter(o.Rate), noticed: map[string]bool{}, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -540,6 +548,11 @@ func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome, lvl s
 	if len(bounced) > 0 {
 		e.bounce(ctx, dl, bounced, now)
 	}
+	if e.delayNotice(ctx, dl, outs, now) {
+		for i := range results {
+			results[i].DelayNotified = true
+		}
+	}
 	// The update must land even while shutting down: it records what the
 	// peer already accepted.
 	if err := e.q.Update(context.WithoutCancel(ctx), dl.job.ID, results); err != nil && !errors.Is(err, queue.ErrNotFound) {
@@ -571,7 +584,7 @@ func (e *Engine) bounce(ctx context.Context, dl *delivery, bounced []outcome, no
 		e.log.Info("outbound: bounce of a null-sender message dropped", "id", dl.job.ID)
 		return
 	}
-	msg, err := e.buildDSN(dl, bounced, now)
+	msg, err := e.buildDSN(dl, bounced, now, dsnFailed)
 	if err != nil {
 		e.log.Error("outbound: building DSN", "id", dl.job.ID, "err", err)
 		return
@@ -579,6 +592,59 @@ func (e *Engine) bounce(ctx context.Context, dl *delivery, bounced []outcome, no
 	if err := e.opts.Bounce(context.WithoutCancel(ctx), env.From, msg); err != nil {
 		e.log.Error("outbound: delivering DSN", "id", dl.job.ID, "to", env.From, "err", err)
 	}
+}
+
+// delayNotice sends the message's one delay notice (RFC 3464 Action:
+// delayed) when it has been in the queue for DelayNotice and some
+// recipients are still deferred, and says whether it did. Never to the
+// null sender (RFC 3464 / RFC 5321 6.1).
+func (e *Engine) delayNotice(ctx context.Context, dl *delivery, outs []outcome, now time.Time) bool {
+	env := dl.job.Envelope
+	if e.opts.DelayNotice <= 0 || env.From == "" || now.Sub(env.Received) < e.opts.DelayNotice {
+		return false
+	}
+	var delayed []outcome
+	for _, o := range outs {
+		if o.status == queue.Deferred {
+			delayed = append(delayed, o)
+		}
+	}
+	if len(delayed) == 0 || dl.job.DelayNotified || !e.noticeOnce(dl.job.ID, true) {
+		return false
+	}
+	msg, err := e.buildDSN(dl, delayed, now, dsnDelayed)
+	if err == nil {
+		err = e.opts.Bounce(context.WithoutCancel(ctx), env.From, msg)
+	}
+	if err != nil {
+		e.log.Error("outbound: delivering the delay notice", "id", dl.job.ID, "to", env.From, "err", err)
+		e.noticeOnce(dl.job.ID, false) // tried again after the next attempt
+		return false
+	}
+	e.log.Info("outbound: delay notice sent", "id", dl.job.ID, "to", env.From, "recipients", len(delayed))
+	return true
+}
+
+// noticeOnce marks (set) or unmarks a message as having had its delay
+// notice in this run, and says whether set changed anything. The queue
+// records it durably (Result.DelayNotified), but deliveries of one message
+// to several destinations, claimed before that record lands, need this to
+// agree. Bounded: when full it is cleared, and the queue's record serves.
+func (e *Engine) noticeOnce(id string, set bool) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !set {
+		delete(e.noticed, id)
+		return true
+	}
+	if e.noticed[id] {
+		return false
+	}
+	if len(e.noticed) >= maxNoticed {
+		clear(e.noticed)
+	}
+	e.noticed[id] = true
+	return true
 }
 
 func addrs(rs []queue.Recipient) []string {

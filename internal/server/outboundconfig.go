@@ -52,6 +52,7 @@ func OutboundOptions(cfg config.Config) (outbound.Options, error) {
 		RetryMin:           o.RetryMin,
 		RetryMax:           o.RetryMax,
 		Lifetime:           o.QueueLifetime,
+		DelayNotice:        o.DelayNotice,
 		Timeouts: outbound.Timeouts{
 			Connect: o.Timeouts.Connect, Greeting: o.Timeouts.Greeting, Command: o.Timeouts.Command,
 			Mail: o.Timeouts.Mail, Rcpt: o.Timeouts.Rcpt, DataInit: o.Timeouts.DataInit,
