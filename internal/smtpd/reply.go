@@ -116,6 +116,9 @@ var (
 	errTooBig            = Errorf(552, "5.3.4", "Message size exceeds fixed maximum message size")
 	errBareLF            = Errorf(554, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
 	errNUL               = Errorf(554, "5.6.0", "Message contains a NUL byte, which 8BITMIME does not allow")
+	// ErrTooManyHops: the message has MaxReceived or more Received fields
+	// (RFC 5321 6.3): a mail loop.
+	ErrTooManyHops = Errorf(554, "5.4.6", "Too many hops: the message has passed through too many servers (mail loop?)")
 	errDataLine          = Errorf(554, "5.6.0", "Message contains a line longer than allowed")
 	errUTF8Addr          = Errorf(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter (RFC 6531)")
 	errSTARTTLSPipelined = Errorf(554, "5.5.1", "Commands pipelined after STARTTLS are not allowed; closing")
