@@ -29,6 +29,7 @@ type OutboundConfig struct {
 	RetryMin           time.Duration    `toml:"retry_min" doc:"Wait before the first retry of a temporary failure; it doubles with each attempt (with ±10% jitter)."`
 	RetryMax           time.Duration    `toml:"retry_max" doc:"Longest wait between retries."`
 	QueueLifetime      time.Duration    `toml:"queue_lifetime" doc:"A message not delivered after this long bounces (4.4.7) with a delivery status notification to its sender."`
+	SRSMaxAge          time.Duration    `toml:"srs_max_age" doc:"How long a bounce to a forwarded message's rewritten sender (SRS0=...@domain, keyed by <data_dir>/srs.key) is accepted and sent back to the original sender; older or forged ones get 550 5.1.1. Whole days, 1 to 1000."`
 	DelayNotice        time.Duration    `toml:"delay_notice" doc:"A message still not delivered this long after it was queued gets one delay notice (RFC 3464 DSN, Action: delayed) to its sender; never to the null sender. 0: no delay notices."`
 	Timeouts           OutboundTimeouts `toml:"timeouts" doc:"Peer timeouts of outgoing SMTP sessions (RFC 5321 4.5.3.2 minimums by default)."`
 }
@@ -70,6 +71,7 @@ func defaultOutbound() OutboundConfig {
 		RetryMax:           4 * time.Hour,
 		QueueLifetime:      5 * 24 * time.Hour,
 		DelayNotice:        4 * time.Hour,
+		SRSMaxAge:          21 * 24 * time.Hour,
 		Timeouts: OutboundTimeouts{
 			Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute,
 			Mail: 5 * time.Minute, Rcpt: 5 * time.Minute, DataInit: 2 * time.Minute,
@@ -129,6 +131,9 @@ func (c Config) validateOutbound() []Problem {
 	}
 	if o.QueueLifetime <= 0 {
 		bad("outbound.queue_lifetime", "must be > 0")
+	}
+	if o.SRSMaxAge < 24*time.Hour || o.SRSMaxAge > 1000*24*time.Hour {
+		bad("outbound.srs_max_age", "must be between 24h and 24000h (1 to 1000 days)")
 	}
 	if o.DelayNotice < 0 {
 		bad("outbound.delay_notice", "must not be negative (0: no delay notices)")

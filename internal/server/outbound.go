@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
@@ -18,6 +19,7 @@ import (
 	"github.com/agua-mail/agua/internal/queue/queuehttp"
 	"github.com/agua-mail/agua/internal/resolver"
 	"github.com/agua-mail/agua/internal/router"
+	"github.com/agua-mail/agua/internal/srs"
 )
 
 // outboundParts is delivery to other servers as `agua serve` runs it: the
@@ -28,6 +30,7 @@ type outboundParts struct {
 	signer *dkim.Signer
 	engine *outbound.Engine
 	local  router.Target // where DSNs for local senders go
+	srs    *srs.SRS      // forwarding's sender rewriting, keyed by <data_dir>/srs.key
 
 	stop    chan struct{} // closed to stop the engine
 	done    chan struct{} // closed when it has stopped
@@ -43,6 +46,13 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 	s.out = o
 	if o.queue, err = queue.Open(QueueDir(cfg), queue.Options{Logger: s.log, FsyncEach: QueueOptions(cfg).FsyncEach}); err != nil {
 		return fmt.Errorf("outbound queue: %w", err)
+	}
+	secret, err := srs.LoadOrCreateSecret(filepath.Join(cfg.DataDir, "srs.key"))
+	if err != nil {
+		return fmt.Errorf("srs secret: %w", err)
+	}
+	if o.srs, err = srs.New(secret, int(cfg.Outbound.SRSMaxAge/(24*time.Hour)), nil); err != nil {
+		return err
 	}
 	o.signer = dkim.NewSigner(dkim.Options{DataDir: cfg.DataDir, Log: s.log})
 	if err := o.signer.Watch(); err != nil {
@@ -174,8 +184,25 @@ func (o *outboundParts) close() error {
 // bounce delivers a DSN (RFC 3464) to rcpt, the sender of a message that
 // failed. A local sender gets it in their mailbox through the local target
 // (Return-Path: <>); any other is queued with the null reverse-path
-// (RFC 5321 4.5.5), which never bounces again.
+// (RFC 5321 4.5.5), which never bounces again. The sender of a forwarded
+// message is an SRS address of ours: it is reversed first, so the DSN goes
+// to the original sender.
 func (s *Server) bounce(ctx context.Context, rcpt string, dsn []byte) error {
+	// An SRS1 address reverses to the first forwarder's SRS0 address,
+	// reversed here too when that forwarder is this server.
+	for i := range 2 {
+		if !srs.IsSRS(rcpt) {
+			break
+		}
+		orig, err := s.out.srs.Reverse(rcpt)
+		if err != nil && i == 0 {
+			return fmt.Errorf("DSN to %s: %w", rcpt, err)
+		}
+		if err != nil {
+			break // another forwarder's SRS0 address: it goes there
+		}
+		rcpt = orig
+	}
 	users, err := s.dir.Resolve(ctx, rcpt)
 	switch {
 	case errors.Is(err, accounts.ErrNotLocal):
@@ -185,8 +212,21 @@ func (s *Server) bounce(ctx context.Context, rcpt string, dsn []byte) error {
 		return err
 	}
 	env := router.Envelope{From: ""}
+	var forward []string
 	for _, u := range users {
+		if u.Forward {
+			forward = append(forward, u.Address)
+			continue
+		}
 		env.Rcpts = append(env.Rcpts, router.Recipient{Address: u.Address, Quota: u.Quota})
+	}
+	if len(forward) > 0 {
+		if _, err := s.out.queue.Enqueue(ctx, queue.Envelope{From: "", To: forward}, bytes.NewReader(dsn)); err != nil {
+			return err
+		}
+	}
+	if len(env.Rcpts) == 0 {
+		return nil
 	}
 	return s.out.local.Deliver(ctx, env, bytes.NewReader(dsn), int64(len(dsn)))
 }
