@@ -30,7 +30,7 @@ type OutboundConfig struct {
 	RetryMax           time.Duration    `toml:"retry_max" doc:"Longest wait between retries."`
 	QueueLifetime      time.Duration    `toml:"queue_lifetime" doc:"A message not delivered after this long bounces (4.4.7) with a delivery status notification to its sender."`
 	SRSMaxAge          time.Duration    `toml:"srs_max_age" doc:"How long a bounce to a forwarded message's rewritten sender (SRS0=...@domain, keyed by <data_dir>/srs.key) is accepted and sent back to the original sender; older or forged ones get 550 5.1.1. Whole days, 1 to 1000."`
-	DelayNotice        time.Duration    `toml:"delay_notice" doc:"A message still not delivered this long after it was queued gets one delay notice (RFC 3464 DSN, Action: delayed) to its sender; never to the null sender. 0: no delay notices."`
+	DelayNotice        time.Duration    `toml:"delay_notice" doc:"A message still not delivered this long after it was queued gets one delay notice (RFC 3464 DSN, Action: delayed) to its sender; never to the null sender. 0 (or a time not shorter than queue_lifetime): no delay notices."`
 	Timeouts           OutboundTimeouts `toml:"timeouts" doc:"Peer timeouts of outgoing SMTP sessions (RFC 5321 4.5.3.2 minimums by default)."`
 }
 
@@ -137,8 +137,6 @@ func (c Config) validateOutbound() []Problem {
 	}
 	if o.DelayNotice < 0 {
 		bad("outbound.delay_notice", "must not be negative (0: no delay notices)")
-	} else if o.DelayNotice > 0 && o.DelayNotice >= o.QueueLifetime {
-		bad("outbound.delay_notice", "must be shorter than queue_lifetime, or 0 for no delay notices")
 	}
 	t := o.Timeouts
 	for _, d := range []struct {
