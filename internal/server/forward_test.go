@@ -137,6 +137,8 @@ func TestForwardingWithSRS(t *testing.T) {
 			"remote.test!bob@example.test":                                "550 5.1.1",
 			"@example.test:bob@remote.test":                               "550 5.7.1",
 			"bob@remote.test":                                             "550 5.7.1",
+			`"bob@remote.test"@example.test`:                              "5",
+			"bob@remote.test@example.test":                                "5",
 		} {
 			c.cmd("RCPT TO:<"+rcpt+">", want)
 		}
