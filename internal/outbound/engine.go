@@ -98,6 +98,21 @@ type Options struct {
 	Poll               time.Duration // look for due deferred mail this often; default 30s
 
 	Now func() time.Time // the clock of queue state (tests); time.Now
+
+	// Observe, if set, is told the result of every attempt for every
+	// recipient (metrics, the sending limits' bounce ratio).
+	Observe func(Attempt)
+}
+
+// Attempt is the result of one delivery attempt for one recipient.
+type Attempt struct {
+	ID          string
+	Envelope    queue.Envelope
+	Rcpt        string
+	Destination string       // the recipient's domain
+	Status      queue.Status // Delivered, Bounced (final) or Deferred
+	Reply       string
+	At          time.Time // when the attempt ended
 }
 
 // Defaults.
@@ -474,6 +489,10 @@ func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome, lvl s
 			bounced = append(bounced, outs[i])
 		}
 		results[i] = res
+		if e.opts.Observe != nil {
+			e.opts.Observe(Attempt{ID: dl.job.ID, Envelope: dl.job.Envelope, Rcpt: o.rcpt.Addr, Destination: domainOf(o.rcpt.Addr),
+				Status: res.Status, Reply: res.Reply, At: now})
+		}
 		e.log.Log(ctx, lvl, "outbound delivery", "id", dl.job.ID, "rcpt", o.rcpt.Addr, "result", res.Status.String(),
 			"attempt", o.rcpt.Attempts+1, "mta", o.remoteMTA, "reply", res.Reply)
 	}

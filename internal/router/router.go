@@ -19,6 +19,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/smtpd"
@@ -76,6 +77,10 @@ type Config struct {
 	Accounts accounts.Lookup
 	Local    Target // required: the local mailboxes
 	Remote   Target // optional: the outbound queue; nil refuses remote recipients
+	// Limits, optional, are the sending limits of authenticated
+	// submission (internal/sendlimit); nil: none.
+	Limits SendLimits
+	Now    func() time.Time // the limits' clock; time.Now
 }
 
 // Router routes SMTP transactions. It is safe for concurrent use.
@@ -93,6 +98,9 @@ var errNoOutbound = smtpd.Errorf(550, "5.3.0", "Outbound delivery is not availab
 func New(cfg Config) (*Router, error) {
 	if cfg.Accounts == nil || cfg.Local == nil {
 		return nil, errors.New("router: accounts and a local target are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Router{cfg: cfg}, nil
 }
@@ -115,12 +123,20 @@ func (r *Router) Authenticate(ctx context.Context, s *smtpd.Session, user, pass 
 // submission the user must own the address or an alias of theirs
 // (RFC 6409 6.1), and the null reverse-path is refused.
 func (r *Router) NewTransaction(ctx context.Context, s *smtpd.Session, mail smtpd.Mail) (smtpd.Transaction, error) {
+	t := &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}
 	if s.Mode != smtpd.ModeMX {
 		if err := r.checkSender(ctx, s.User, mail.From); err != nil {
 			return nil, err
 		}
+		if r.cfg.Limits != nil && s.User != "" {
+			lim, err := r.cfg.Limits.Begin(s.User, r.cfg.Now())
+			if err != nil {
+				return nil, limitReply(err)
+			}
+			t.limits = lim
+		}
 	}
-	return &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}, nil
+	return t, nil
 }
 
 func (r *Router) checkSender(ctx context.Context, user, from string) error {

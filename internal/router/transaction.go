@@ -21,6 +21,18 @@ type transaction struct {
 	seen   map[string]bool // mailboxes and remote addresses already routed
 	msg    io.ReaderAt
 	size   int64
+	limits SendTx // authenticated submission: the sending limits of this message
+}
+
+// limitRcpt asks the sending limits about one more recipient.
+func (t *transaction) limitRcpt(rcpt string, external bool) error {
+	if t.limits == nil {
+		return nil
+	}
+	if err := t.limits.Rcpt(rcpt, external, t.r.cfg.Now()); err != nil {
+		return limitReply(err)
+	}
+	return nil
 }
 
 // AddRcpt resolves rcpt and routes it: to the local target for local
@@ -41,6 +53,9 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 		if err := t.r.cfg.Local.Check(ctx, Recipient{Address: u.Address, Quota: u.Quota}); err != nil {
 			return err
 		}
+	}
+	if err := t.limitRcpt(rcpt, false); err != nil {
+		return err
 	}
 	for _, u := range users {
 		if !t.seen[u.Address] {
@@ -63,6 +78,9 @@ func (t *transaction) addRemote(ctx context.Context, rcpt string) error {
 		return errNoOutbound
 	}
 	if err := remote.Check(ctx, Recipient{Address: rcpt}); err != nil {
+		return err
+	}
+	if err := t.limitRcpt(rcpt, true); err != nil {
 		return err
 	}
 	if !t.seen[rcpt] {
@@ -103,6 +121,14 @@ func (t *transaction) Body(ctx context.Context, msg io.ReaderAt, size int64) err
 func (t *transaction) Commit(ctx context.Context) error {
 	if t.msg == nil {
 		return errors.New("router: commit without a body")
+	}
+	// The sending limits count the message once it is certain to be
+	// delivered but for a failure of ours (another session of the
+	// account may have used up the limit meanwhile).
+	if t.limits != nil {
+		if err := t.limits.Commit(t.r.cfg.Now()); err != nil {
+			return limitReply(err)
+		}
 	}
 	env := func(rcpts []Recipient) Envelope {
 		return Envelope{From: t.from, Rcpts: rcpts, UTF8: t.utf8, Account: t.s.User}

@@ -29,6 +29,7 @@ import (
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
 	"github.com/agua-mail/agua/internal/router"
+	"github.com/agua-mail/agua/internal/sendlimit"
 	"github.com/agua-mail/agua/internal/smtpd"
 	"github.com/agua-mail/agua/internal/tlsutil"
 	"github.com/agua-mail/agua/shield"
@@ -59,7 +60,8 @@ type Server struct {
 	web       *http.Server // admin API over TCP, /metrics, dashboard
 	webLn     net.Listener
 	metrics   *metrics.Metrics
-	out       *outboundParts // queue, DKIM signer, delivery engine
+	out       *outboundParts     // queue, DKIM signer, delivery engine
+	limits    *sendlimit.Tracker // sending limits and suspended accounts
 }
 
 type boundListener struct {
@@ -150,6 +152,9 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	s.metrics = metrics.New(s.shield, s.sessionCounts)
+	if err := s.openSendLimits(); err != nil {
+		return err
+	}
 	if err := s.listenSMTP(tlsCfg); err != nil {
 		return err
 	}
@@ -229,13 +234,18 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	if err := s.openOutbound(local); err != nil {
 		return err
 	}
-	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote()})
+	s.metrics.WatchOutbound(outboundFigures{s})
+	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(),
+		Limits: routerLimits{s.limits}})
 	if err != nil {
 		return err
 	}
 	hooks := smtpd.Hooks{
 		AccountDelay: s.shield.AccountDelay,
-		Auth:         func(ss *smtpd.Session, ok bool) { s.metrics.Auth(ss.Mode.String(), ok) },
+		Auth: func(ss *smtpd.Session, ok bool) {
+			s.metrics.Auth(ss.Mode.String(), ok)
+			s.loginSeen(ss, ok)
+		},
 		Delivered: func(ss *smtpd.Session, _ *smtpd.Envelope, size int64, took time.Duration) {
 			s.metrics.Delivered(ss.Mode.String(), size, took)
 		},
@@ -313,6 +323,8 @@ type Status struct {
 	RuleFiles   []shield.RuleFile `json:"rule_files"`
 	Shield      shield.Stats      `json:"shield"`
 	Cluster     *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
+	// Suspended are the accounts whose sending is suspended.
+	Suspended []SuspensionInfo `json:"suspended_accounts"`
 }
 
 func (s *Server) status() any {
@@ -325,6 +337,7 @@ func (s *Server) status() any {
 		st.Listeners[s.webLn.Addr().String()] = "admin"
 	}
 	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
+	st.Suspended = s.suspensions()
 	for _, srv := range s.smtp {
 		st.Sessions += srv.Sessions()
 	}
@@ -447,6 +460,10 @@ func (s *Server) Close() error {
 	if s.out != nil {
 		errs = append(errs, s.out.close())
 		s.out = nil
+	}
+	if s.limits != nil {
+		errs = append(errs, s.limits.Close())
+		s.limits = nil
 	}
 	if s.shield != nil {
 		errs = append(errs, s.shield.Close())

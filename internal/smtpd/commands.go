@@ -137,6 +137,9 @@ func (ss *session) cmdMAIL(arg string) error {
 	}
 	tx, err := ss.srv.backend.NewTransaction(ss.ctx, &ss.info, mail)
 	if err != nil {
+		if !ss.reportSending(err) {
+			return errQuit
+		}
 		return err
 	}
 	ss.tx = tx
@@ -176,6 +179,9 @@ func (ss *session) cmdRCPT(arg string) error {
 	if err := ss.tx.AddRcpt(ss.ctx, rcpt); err != nil {
 		// Harvesting shows as many unknown recipients.
 		if errors.Is(err, ErrUnknownRecipient) && !ss.report(mailevents.UnknownRecipient) {
+			return errQuit
+		}
+		if !ss.reportSending(err) {
 			return errQuit
 		}
 		e := AsError(err)

@@ -58,6 +58,9 @@ func (ss *session) cmdDATA(arg string) error {
 	if err != nil {
 		ss.resetTransaction()
 		ss.refused(AsError(err).Code)
+		if !ss.reportSending(err) {
+			return errQuit
+		}
 		return err
 	}
 	ss.tx = nil // committed: nothing left to abort
