@@ -143,6 +143,8 @@ type Engine struct {
 	noTLS           bool
 	dane            bool
 
+	fails failLog // folds the lines of destinations that keep failing
+
 	mu       sync.Mutex
 	dests    map[string]*dest
 	inflight int
@@ -362,7 +364,8 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 				if rerr.Permanent {
 					result = queue.Bounced
 				}
-				e.log.Info("outbound delivery", "destination", d.name, "messages", len(all), "result", result.String(), "reply", rerr.Error())
+				lvl := e.fails.attempt(e.log, d.name, !rerr.Permanent, len(all), rerr.Error(), e.now())
+				e.log.Log(ctx, lvl, "outbound delivery", "destination", d.name, "messages", len(all), "result", result.String(), "reply", rerr.Error())
 				for _, o := range all {
 					e.finish(ctx, o, e.failAll(o, rerr), slog.LevelDebug)
 				}
@@ -376,7 +379,8 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 			continue
 		}
 		e.adapt(d, delivered(outcomes), rate)
-		e.finish(ctx, dl, outcomes, slog.LevelInfo)
+		failed, reply := retrying(outcomes)
+		e.finish(ctx, dl, outcomes, e.fails.attempt(e.log, d.name, failed, 1, reply, e.now()))
 		if !s.dead {
 			s.reset()
 		}
@@ -451,6 +455,20 @@ func delivered(os []outcome) bool {
 		}
 	}
 	return false
+}
+
+// retrying reports an attempt that delivered nothing and left something
+// to retry (a failure of the destination), with one of its replies.
+func retrying(os []outcome) (bool, string) {
+	if delivered(os) {
+		return false, ""
+	}
+	for _, o := range os {
+		if o.status == queue.Deferred {
+			return true, o.reply
+		}
+	}
+	return false, ""
 }
 
 func (e *Engine) failAll(dl *delivery, rerr *routeError) []outcome {
