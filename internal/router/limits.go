@@ -10,8 +10,10 @@ import (
 
 // SendLimits are the sending limits of authenticated submission, as the
 // router asks them (internal/sendlimit implements them). Begin runs at
-// MAIL FROM, the transaction's Rcpt at each RCPT, its Commit at the end of
-// DATA before anything is delivered. Errors are sendlimit.ErrSuspended or a
+// MAIL FROM (a suspended account is refused there), the transaction's Rcpt
+// at each RCPT (message and recipient limits), its Commit at the end of
+// DATA before anything is delivered (the limits again: other sessions of
+// the account may have sent meanwhile). Errors are sendlimit.ErrSuspended or a
 // *sendlimit.LimitError; the router turns them into replies.
 type SendLimits interface {
 	Begin(account string, now time.Time) (SendTx, error)

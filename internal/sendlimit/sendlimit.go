@@ -327,17 +327,15 @@ type Tx struct {
 	hit     bool
 }
 
-// Begin starts a message from account: ErrSuspended, or a *LimitError
-// when one more message is over a message limit.
+// Begin starts a message from account (at MAIL FROM): ErrSuspended for a
+// suspended account. The message limits are checked at the first
+// recipient and again at Commit.
 func (t *Tracker) Begin(account string, now time.Time) (*Tx, error) {
 	tx := &Tx{t: t, account: norm(account)}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, s := t.suspended[tx.account]; s {
 		return nil, ErrSuspended
-	}
-	if err := t.checkMessage(tx.account, now.Unix()); err != nil {
-		return nil, tx.hitLocked(err, now)
 	}
 	return tx, nil
 }
@@ -351,6 +349,13 @@ func (tx *Tx) Rcpt(addr string, external bool, now time.Time) error {
 	defer t.mu.Unlock()
 	if _, s := t.suspended[tx.account]; s {
 		return ErrSuspended
+	}
+	if tx.rcpts == 0 {
+		// One more message: over a message limit, every recipient is
+		// refused (a message without recipients is never sent).
+		if err := t.checkMessage(tx.account, now.Unix()); err != nil {
+			return tx.hitLocked(err, now)
+		}
 	}
 	if tx.rcpts >= t.lim.RcptsPerMessage {
 		// Counted, not a step towards suspension: RFC 5321 4.5.3.1.10
