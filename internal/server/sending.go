@@ -246,6 +246,11 @@ func writeAPI(w http.ResponseWriter, code int, v any) {
 var errNotSuspended = errors.New("the account's sending is not suspended")
 
 func (s *Server) suspensions() []SuspensionInfo {
+	out := []SuspensionInfo{}
+	sus := s.limits.Suspended()
+	if len(sus) == 0 {
+		return out // the dashboard asks every 2 s: no queue listing for nothing
+	}
 	held := map[string]int{}
 	if l, err := s.out.queue.List(); err == nil {
 		for _, m := range l {
@@ -254,9 +259,8 @@ func (s *Server) suspensions() []SuspensionInfo {
 			}
 		}
 	}
-	out := []SuspensionInfo{}
-	for _, sus := range s.limits.Suspended() {
-		out = append(out, SuspensionInfo{Suspension: sus, Held: held[sus.Account]})
+	for _, x := range sus {
+		out = append(out, SuspensionInfo{Suspension: x, Held: held[x.Account]})
 	}
 	return out
 }

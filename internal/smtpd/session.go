@@ -71,6 +71,7 @@ type session struct {
 	// limitReported: this transaction's sending-limit refusal was
 	// reported to the shield (once per transaction, not per recipient).
 	limitReported bool
+	remembered    string          // the user the session is filed under for EndSessions ("" none)
 	ctx           context.Context // ended by the session's end and by a shield kick
 	frame         *connsrv.Frame
 }

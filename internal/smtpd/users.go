@@ -11,6 +11,7 @@ func (s *Server) remember(ss *session) {
 		s.users = map[string]map[*session]struct{}{}
 	}
 	u := strings.ToLower(ss.info.User)
+	ss.remembered = u
 	if s.users[u] == nil {
 		s.users[u] = map[*session]struct{}{}
 	}
@@ -18,14 +19,15 @@ func (s *Server) remember(ss *session) {
 }
 
 func (s *Server) forget(ss *session) {
+	if ss.remembered == "" {
+		return
+	}
 	s.usersMu.Lock()
 	defer s.usersMu.Unlock()
-	for u, set := range s.users {
-		if _, ok := set[ss]; ok {
-			delete(set, ss)
-			if len(set) == 0 {
-				delete(s.users, u)
-			}
+	if set := s.users[ss.remembered]; set != nil {
+		delete(set, ss)
+		if len(set) == 0 {
+			delete(s.users, ss.remembered)
 		}
 	}
 }
