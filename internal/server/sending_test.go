@@ -77,9 +77,16 @@ func TestSendingLimitReplies(t *testing.T) {
 }
 
 // Logins to one account from many networks within an hour suspend its
-// sending; POP3 and IMAP logins keep working. Before: no such signal.
+// sending; POP3 logins keep working; with notify_postmaster the postmaster
+// gets a mail. Before: no such signal.
 func TestLoginsFromManyNetworksSuspend(t *testing.T) {
-	ts := startServer(t, func(c *config.Config) { c.Outbound.Limits.SuspendLoginNetworks = 3 })
+	ts := startServer(t, func(c *config.Config) {
+		c.Outbound.Limits.SuspendLoginNetworks = 3
+		c.Outbound.Limits.NotifyPostmaster = true
+	})
+	if err := ts.dir.AddAlias(t.Context(), "postmaster@"+testDomain, testUser); err != nil {
+		t.Fatal(err)
+	}
 	c := loginFrom(t, ts, "127.1.0.5")
 	loginFrom(t, ts, "127.2.0.5").cmd("QUIT", "221")
 	// A third network: the account is suspended, and its first session,
@@ -97,6 +104,10 @@ func TestLoginsFromManyNetworksSuspend(t *testing.T) {
 	p.do("QUIT", "+OK")
 	if l := ts.srv.suspensions(); len(l) != 1 || !strings.Contains(l[0].Reason, "logins from 3 networks") {
 		t.Errorf("suspensions: %+v", l)
+	}
+	waitOutbound(t, "the postmaster's notice", func() bool { return len(ts.messages(t, testUser)) == 1 })
+	if m := ts.messages(t, testUser)[0]; !strings.Contains(m, "Subject: Sending suspended for "+testUser) || !strings.Contains(m, "agua user unsuspend "+testUser) {
+		t.Errorf("notice:\n%s", m)
 	}
 }
 
