@@ -84,12 +84,15 @@ func readPassword(e *env) (string, error) {
 func cmdUser(e *env) error {
 	var quota config.ByteSize
 	e.flags.TextVar(&quota, "quota", config.ByteSize(0), "quota for user add, e.g. 2GiB (0 = default quota)")
+	reason := e.flags.String("reason", "", "user suspend: why (shown in status and on the dashboard)")
 	return withDirectory(e, func(ctx context.Context, d accounts.Admin, pos []string) error {
-		const help = "user add|passwd|remove ADDRESS, user quota ADDRESS SIZE, or user list [DOMAIN]"
+		const help = "user add|passwd|remove|suspend|unsuspend ADDRESS, user quota ADDRESS SIZE, user list [DOMAIN], or user suspended"
 		if len(pos) == 0 {
 			return usagef(help)
 		}
 		switch {
+		case pos[0] == "suspend" && len(pos) == 2, pos[0] == "unsuspend" && len(pos) == 2, pos[0] == "suspended" && len(pos) == 1:
+			return userSending(e, pos, *reason)
 		case pos[0] == "add" && len(pos) == 2:
 			pass, err := readPassword(e)
 			if err != nil {

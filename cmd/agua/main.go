@@ -44,6 +44,10 @@ Accounts:
   user quota ADDRESS SIZE       set a quota (0 = default)
   user list [DOMAIN]
   user remove ADDRESS
+  user suspend ADDRESS [-reason TEXT]   stop the account's sending (running server): its queued
+                                mail is held, its submission sessions ended; reading mail works
+  user unsuspend ADDRESS        resume its sending and release its held mail
+  user suspended                the accounts whose sending is suspended
   alias add FROM TO             FROM may be @domain (catch-all)
   alias remove FROM TO
   alias list [DOMAIN]

@@ -26,6 +26,9 @@ type Server struct {
 	Log    *slog.Logger
 	// Queue serves /v1/queue and below (queuehttp.Handler); nil: no queue.
 	Queue http.Handler
+	// Suspensions serves /v1/suspensions and below: the accounts whose
+	// sending is suspended (suspend, unsuspend); nil: none.
+	Suspensions http.Handler
 	// Reload, if set, runs on POST /v1/reload after the shield's rules
 	// (the DKIM keys); its error is reported after the rules reloaded.
 	Reload func() error
@@ -76,6 +79,10 @@ func (a *Server) Handler() http.Handler {
 	if a.Queue != nil {
 		mux.Handle("/v1/queue", a.Queue)
 		mux.Handle("/v1/queue/", a.Queue)
+	}
+	if a.Suspensions != nil {
+		mux.Handle("/v1/suspensions", a.Suspensions)
+		mux.Handle("/v1/suspensions/", a.Suspensions)
 	}
 	return mux
 }

@@ -32,6 +32,27 @@ type OutboundConfig struct {
 	SRSMaxAge          time.Duration    `toml:"srs_max_age" doc:"How long a bounce to a forwarded message's rewritten sender (SRS0=...@domain, keyed by <data_dir>/srs.key) is accepted and sent back to the original sender; older or forged ones get 550 5.1.1. Whole days, 1 to 1000."`
 	DelayNotice        time.Duration    `toml:"delay_notice" doc:"A message still not delivered this long after it was queued gets one delay notice (RFC 3464 DSN, Action: delayed) to its sender; never to the null sender. 0 (or a time not shorter than queue_lifetime): no delay notices."`
 	Timeouts           OutboundTimeouts `toml:"timeouts" doc:"Peer timeouts of outgoing SMTP sessions (RFC 5321 4.5.3.2 minimums by default)."`
+	Limits             SendLimits       `toml:"limits" doc:"Sending limits of authenticated submission and the trip switch that suspends a compromised account's sending (state in <data_dir>/sendlimit.json)."`
+}
+
+// SendLimits are the sending limits per account and per domain, and the
+// signals that suspend an account's sending.
+type SendLimits struct {
+	MessagesPerHour       int           `toml:"messages_per_hour" doc:"Messages an account may submit per hour; over it: 451 4.7.1."`
+	MessagesPerDay        int           `toml:"messages_per_day" doc:"Messages an account may submit per 24 hours; over it: 451 4.7.1."`
+	RecipientsPerMessage  int           `toml:"recipients_per_message" doc:"Recipients of one submitted message; the excess RCPTs get 452 4.5.3 (RFC 5321 4.5.3.1.10) and the client sends them in another transaction."`
+	NewRecipientsPerDay   int           `toml:"new_recipients_per_day" doc:"External recipients an account has never sent to before, per 24 hours (the record of past recipients survives restarts); over it: 451 4.7.1."`
+	DomainMessagesPerHour int           `toml:"domain_messages_per_hour" doc:"Messages all accounts of one domain may submit per hour."`
+	DomainMessagesPerDay  int           `toml:"domain_messages_per_day" doc:"Messages all accounts of one domain may submit per 24 hours."`
+	BounceRatio           float64       `toml:"bounce_ratio" doc:"Share (0-1) of an account's recipients of the last 24 hours that bounced (permanent failures and expiries) over which its new messages get 451 4.7.1, once bounce_min_sample outcomes are known."`
+	BounceMinSample       int           `toml:"bounce_min_sample" doc:"Final outcomes (delivered or bounced) needed before the bounce ratio counts."`
+	SuspendAfterHits      int           `toml:"suspend_after_hits" doc:"Limit hits (at most one per transaction; recipients_per_message does not count) within suspend_window that suspend the account's sending."`
+	SuspendWindow         time.Duration `toml:"suspend_window" doc:"The window of suspend_after_hits."`
+	SuspendLoginNetworks  int           `toml:"suspend_login_networks" doc:"Distinct networks (/24, /48) logging in to one account on submission within an hour that suspend its sending."`
+	SuspendBounceRatio    float64       `toml:"suspend_bounce_ratio" doc:"Bounce ratio (0-1) that suspends the account's sending."`
+	KnownRecipients       int           `toml:"known_recipients" doc:"Past external recipients remembered per account (hashed), the oldest forgotten first."`
+	MaxAccounts           int           `toml:"max_accounts" doc:"Accounts (and domains) whose sending is tracked; the least recently active is forgotten first (never a suspended one)."`
+	NotifyPostmaster      bool          `toml:"notify_postmaster" doc:"Mail the postmaster when an account's sending is suspended automatically (besides the log line, the metric and the dashboard)."`
 }
 
 // OutboundTimeouts bound each step of an outgoing SMTP session.
@@ -72,6 +93,12 @@ func defaultOutbound() OutboundConfig {
 		QueueLifetime:      5 * 24 * time.Hour,
 		DelayNotice:        4 * time.Hour,
 		SRSMaxAge:          21 * 24 * time.Hour,
+		Limits: SendLimits{
+			MessagesPerHour: 200, MessagesPerDay: 1000, RecipientsPerMessage: 100, NewRecipientsPerDay: 200,
+			DomainMessagesPerHour: 2000, DomainMessagesPerDay: 10000, BounceRatio: 0.3, BounceMinSample: 25,
+			SuspendAfterHits: 5, SuspendWindow: time.Hour, SuspendLoginNetworks: 10, SuspendBounceRatio: 0.5,
+			KnownRecipients: 1000, MaxAccounts: 10000,
+		},
 		Timeouts: OutboundTimeouts{
 			Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute,
 			Mail: 5 * time.Minute, Rcpt: 5 * time.Minute, DataInit: 2 * time.Minute,
@@ -149,6 +176,36 @@ func (c Config) validateOutbound() []Problem {
 		if d.v <= 0 {
 			bad("outbound.timeouts."+d.key, "must be > 0")
 		}
+	}
+	l := o.Limits
+	for _, k := range []struct {
+		key string
+		v   int
+	}{
+		{"messages_per_hour", l.MessagesPerHour}, {"messages_per_day", l.MessagesPerDay},
+		{"recipients_per_message", l.RecipientsPerMessage}, {"new_recipients_per_day", l.NewRecipientsPerDay},
+		{"domain_messages_per_hour", l.DomainMessagesPerHour}, {"domain_messages_per_day", l.DomainMessagesPerDay},
+		{"bounce_min_sample", l.BounceMinSample}, {"suspend_after_hits", l.SuspendAfterHits},
+		{"suspend_login_networks", l.SuspendLoginNetworks}, {"known_recipients", l.KnownRecipients},
+		{"max_accounts", l.MaxAccounts},
+	} {
+		if k.v <= 0 {
+			bad("outbound.limits."+k.key, "must be > 0 (there is no unlimited; use a large number)")
+		}
+	}
+	if l.MessagesPerDay > 0 && l.MessagesPerHour > l.MessagesPerDay {
+		bad("outbound.limits.messages_per_hour", "must not exceed messages_per_day")
+	}
+	for _, k := range []struct {
+		key string
+		v   float64
+	}{{"bounce_ratio", l.BounceRatio}, {"suspend_bounce_ratio", l.SuspendBounceRatio}} {
+		if k.v <= 0 || k.v > 1 {
+			bad("outbound.limits."+k.key, "must be a share between 0 and 1 (e.g. 0.3)")
+		}
+	}
+	if l.SuspendWindow <= 0 {
+		bad("outbound.limits.suspend_window", "must be > 0")
 	}
 	d := c.DNS
 	for _, r := range d.Resolver {

@@ -95,3 +95,37 @@ func TestParseRateLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestSendLimitsProblems(t *testing.T) {
+	src := `[outbound.limits]
+messages_per_hour = 2000
+messages_per_day = 1000
+new_recipients_per_day = 0
+bounce_ratio = 1.5
+suspend_window = "0s"
+notify_postmaster = true
+`
+	_, err := Parse("bad.toml", []byte(src))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	var keys []string
+	for _, p := range ce.Problems {
+		keys = append(keys, p.Key)
+		if p.Line == 0 {
+			t.Errorf("problem without a line: %v", p)
+		}
+	}
+	want := []string{"outbound.limits.messages_per_hour", "outbound.limits.new_recipients_per_day",
+		"outbound.limits.bounce_ratio", "outbound.limits.suspend_window"}
+	slices.Sort(keys)
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		t.Fatalf("problems %v, want keys %v", ce.Problems, want)
+	}
+	c, err := Parse("ok.toml", []byte("[outbound.limits]\nnew_recipients_per_day = 50\nnotify_postmaster = true\n"))
+	if err != nil || c.Outbound.Limits.NewRecipientsPerDay != 50 || !c.Outbound.Limits.NotifyPostmaster || c.Outbound.Limits.MessagesPerDay != 1000 {
+		t.Fatalf("parse: %v %+v", err, c.Outbound.Limits)
+	}
+}

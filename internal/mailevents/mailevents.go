@@ -9,7 +9,8 @@
 // The behaviours register when this package is initialised, so importing it
 // (internal/config does) is what makes their thresholds part of the
 // configuration: [shield.thresholds.unknown_recipient], pregreet, message,
-// recipient, network_message, dmarc_fail and network_dmarc_fail.
+// recipient, network_message, dmarc_fail, network_dmarc_fail and
+// outbound_abuse.
 package mailevents
 
 import (
@@ -51,6 +52,17 @@ var (
 		Temporary:     true,
 		KnownGood:     true,
 		Benign:        true,
+	})
+
+	// OutboundAbuse is an authenticated submission over a sending limit,
+	// or from an account whose sending is suspended (internal/sendlimit):
+	// what a compromised account's client does. The ban is on the client's
+	// address; the account itself is suspended by the sending limits.
+	OutboundAbuse = shield.MustRegister(shield.Behaviour{
+		Name:      "outbound_abuse",
+		Doc:       "submissions over a sending limit or from a suspended account (a compromised account)",
+		Threshold: shield.Threshold{Count: 100, Window: time.Hour},
+		Reason:    "banned for exceeding sending limits",
 	})
 
 	// RecipientAccepted is one recipient accepted (flood threshold).

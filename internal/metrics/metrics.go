@@ -1,6 +1,8 @@
 // Package metrics exposes agua's Prometheus metrics (prometheus/client_golang):
 // connections by listener and outcome, active sessions, authentications,
-// messages and bytes, delivery latency, bans, rule reloads and lockdown.
+// messages and bytes, delivery latency, bans, rule reloads and lockdown; and
+// the outbound side (outbound.go): queue size, held and oldest, deliveries by
+// result and destination, delivery latency, suspended accounts, limit hits.
 // Shield figures are read from shield.Stats at scrape time, so the accept
 // path pays nothing for them.
 package metrics
@@ -24,6 +26,7 @@ type Metrics struct {
 	messages        *prometheus.CounterVec
 	messageBytes    *prometheus.CounterVec
 	deliveryLatency prometheus.Histogram
+	out             *outboundMetrics // WatchOutbound
 }
 
 // New registers agua's metrics. sessions reports active protocol sessions

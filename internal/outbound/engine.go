@@ -110,6 +110,21 @@ type Options struct {
 	Poll        time.Duration // look for due deferred mail this often; default 30s
 
 	Now func() time.Time // the clock of queue state (tests); time.Now
+
+	// Observe, if set, is told the result of every attempt for every
+	// recipient (metrics, the sending limits' bounce ratio).
+	Observe func(Attempt)
+}
+
+// Attempt is the result of one delivery attempt for one recipient.
+type Attempt struct {
+	ID          string
+	Envelope    queue.Envelope
+	Rcpt        string
+	Destination string       // the recipient's domain
+	Status      queue.Status // Delivered, Bounced (final) or Deferred
+	Reply       string
+	At          time.Time // when the attempt ended
 }
 
 // Defaults.
@@ -148,6 +163,8 @@ type Engine struct {
 	wakeMu sync.Mutex
 	wakeAt time.Time   // when the rate-limit timer fires
 	wakeT  *time.Timer // signals freed when a rate-limited destination may send again
+
+	fails failLog // folds the lines of destinations that keep failing
 
 	mu       sync.Mutex
 	noticed  map[string]bool // messages given a delay notice in this run (noticeOnce)
@@ -377,7 +394,8 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 				if rerr.Permanent {
 					result = queue.Bounced
 				}
-				e.log.Info("outbound delivery", "destination", d.name, "messages", len(all), "result", result.String(), "reply", rerr.Error())
+				lvl := e.fails.attempt(e.log, d.name, !rerr.Permanent, len(all), rerr.Error(), e.now())
+				e.log.Log(ctx, lvl, "outbound delivery", "destination", d.name, "messages", len(all), "result", result.String(), "reply", rerr.Error())
 				for _, o := range all {
 					e.finish(ctx, o, e.failAll(o, rerr), slog.LevelDebug)
 				}
@@ -399,7 +417,8 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 			continue
 		}
 		e.adapt(d, delivered(outcomes), rate)
-		e.finish(ctx, dl, outcomes, slog.LevelInfo)
+		failed, reply := retrying(outcomes)
+		e.finish(ctx, dl, outcomes, e.fails.attempt(e.log, d.name, failed, 1, reply, e.now()))
 		if !s.dead {
 			s.reset()
 		}
@@ -506,6 +525,20 @@ func delivered(os []outcome) bool {
 	return false
 }
 
+// retrying reports an attempt that delivered nothing and left something
+// to retry (a failure of the destination), with one of its replies.
+func retrying(os []outcome) (bool, string) {
+	if delivered(os) {
+		return false, ""
+	}
+	for _, o := range os {
+		if o.status == queue.Deferred {
+			return true, o.reply
+		}
+	}
+	return false, ""
+}
+
 func (e *Engine) failAll(dl *delivery, rerr *routeError) []outcome {
 	st := queue.Deferred
 	if rerr.Permanent {
@@ -542,6 +575,10 @@ func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome, lvl s
 			bounced = append(bounced, outs[i])
 		}
 		results[i] = res
+		if e.opts.Observe != nil {
+			e.opts.Observe(Attempt{ID: dl.job.ID, Envelope: dl.job.Envelope, Rcpt: o.rcpt.Addr, Destination: domainOf(o.rcpt.Addr),
+				Status: res.Status, Reply: res.Reply, At: now})
+		}
 		e.log.Log(ctx, lvl, "outbound delivery", "id", dl.job.ID, "rcpt", o.rcpt.Addr, "result", res.Status.String(),
 			"attempt", o.rcpt.Attempts+1, "mta", o.remoteMTA, "reply", res.Reply)
 	}

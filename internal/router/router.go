@@ -32,6 +32,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/mailauth"
@@ -106,6 +107,10 @@ type Config struct {
 	// the rewritten addresses (internal/srs); nil: forwarding aliases are
 	// refused like remote recipients without a queue.
 	SRS SRS
+	// Limits, optional, are the sending limits of authenticated
+	// submission (internal/sendlimit); nil: none.
+	Limits SendLimits
+	Now    func() time.Time // the limits' clock; time.Now
 }
 
 // SRS is the Sender Rewriting Scheme as the router uses it (*srs.SRS).
@@ -141,6 +146,9 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Router{cfg: cfg}, nil
 }
 
@@ -163,12 +171,19 @@ func (r *Router) Authenticate(ctx context.Context, s *smtpd.Session, user, pass 
 // address or an alias of theirs (RFC 6409 6.1), and the null reverse-path
 // is refused.
 func (r *Router) NewTransaction(ctx context.Context, s *smtpd.Session, mail smtpd.Mail) (smtpd.Transaction, error) {
+	t := &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}
 	if s.Mode != smtpd.ModeMX {
 		if err := r.checkSender(ctx, s.User, mail.From); err != nil {
 			return nil, err
 		}
+		if r.cfg.Limits != nil && s.User != "" {
+			lim, err := r.cfg.Limits.Begin(s.User, r.cfg.Now())
+			if err != nil {
+				return nil, limitReply(err)
+			}
+			t.limits = lim
+		}
 	}
-	t := &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}
 	// Authenticated submission and allowlisted relays are this site's own
 	// mail: their senders are not checked (RFC 7489 does not apply to mail
 	// a domain's own servers relay).

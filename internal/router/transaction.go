@@ -33,6 +33,18 @@ type transaction struct {
 	auth      *mailauth.Check // sender authentication, on MX; nil otherwise
 	folder    string          // where local recipients get the message; "" inbox
 	events    []shield.Event  // for the shield (smtpd.Observer)
+	limits    SendTx          // authenticated submission: the sending limits of this message
+}
+
+// limitRcpt asks the sending limits about one more recipient.
+func (t *transaction) limitRcpt(rcpt string, external bool) error {
+	if t.limits == nil {
+		return nil
+	}
+	if err := t.limits.Rcpt(rcpt, external, t.r.cfg.Now()); err != nil {
+		return limitReply(err)
+	}
+	return nil
 }
 
 var _ smtpd.Observer = (*transaction)(nil)
@@ -69,6 +81,9 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 			return err
 		}
 	}
+	if err := t.limitRcpt(rcpt, false); err != nil {
+		return err
+	}
 	for _, u := range users {
 		if u.Forward {
 			if !t.seen[u.Address] {
@@ -100,6 +115,9 @@ func (t *transaction) addRemote(ctx context.Context, rcpt string) error {
 		return errNoOutbound
 	}
 	if err := remote.Check(ctx, Recipient{Address: rcpt}); err != nil {
+		return err
+	}
+	if err := t.limitRcpt(rcpt, true); err != nil {
 		return err
 	}
 	if !t.seen[rcpt] {
@@ -230,6 +248,14 @@ func (t *transaction) Observed() []shield.Event { return t.events }
 func (t *transaction) Commit(ctx context.Context) error {
 	if t.msg == nil {
 		return errors.New("router: commit without a body")
+	}
+	// The sending limits count the message once it is certain to be
+	// delivered but for a failure of ours (another session of the
+	// account may have used up the limit meanwhile).
+	if t.limits != nil {
+		if err := t.limits.Commit(t.r.cfg.Now()); err != nil {
+			return limitReply(err)
+		}
 	}
 	env := func(rcpts []Recipient) Envelope {
 		return Envelope{From: t.from, Rcpts: rcpts, UTF8: t.utf8, Account: t.s.User}

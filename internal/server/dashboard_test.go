@@ -20,6 +20,8 @@ import (
 
 	"github.com/agua-mail/agua/internal/bench"
 	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/queue"
+	"github.com/agua-mail/agua/internal/resolver/dnstest"
 )
 
 // chromium returns the browser's path, skipping the test when it is
@@ -97,7 +99,15 @@ func TestDashboardEndToEnd(t *testing.T) {
 	browser := chromium(t)
 	// A short log interval folds refusals into the history quickly, so
 	// the "Recent events" table fills within the test.
-	ts := startServer(t, func(c *config.Config) { c.Shield.LogInterval = 300 * time.Millisecond })
+	// far.test's mail exchanger is an address where nothing listens, so
+	// the queue panel's message stays queued (connection refused: deferred).
+	dns := dnstest.Start(t, "127.0.0.96")
+	dns.Add(t, "far.test. 300 IN MX 10 mx.far.test.", "mx.far.test. 300 IN A 127.0.0.97")
+	ts := startServer(t, func(c *config.Config) {
+		c.Shield.LogInterval = 300 * time.Millisecond
+		c.DNS.Resolver = []string{dns.Addr}
+		c.Outbound.SMTPPort = freePort(t, "127.0.0.97")
+	})
 	tok, err := os.ReadFile(AdminTokenFile(ts.cfg.DataDir))
 	if err != nil {
 		t.Fatal(err)
@@ -233,5 +243,42 @@ func TestDashboardEndToEnd(t *testing.T) {
 	conn.Close()
 	if bans := ts.srv.Shield().Bans(); len(bans) != 0 {
 		t.Fatalf("bans after unblock: %+v", bans)
+	}
+
+	// The queue panel: a message of alice's waits for far.test; her
+	// sending is suspended, which holds it; the panel lists her with the
+	// held message and a Release button, which resumes her sending and
+	// releases the message.
+	if _, err := ts.srv.out.queue.Enqueue(t.Context(), queue.Envelope{From: testUser, To: []string{"x@far.test"}, Account: testUser, Received: time.Now()},
+		strings.NewReader("Subject: waiting\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.srv.suspend(t.Context(), testUser, "dashboard test"); err != nil {
+		t.Fatal(err)
+	}
+	var held, doms, heldCell string
+	if err := chromedp.Run(ctx,
+		chromedp.WaitVisible(`#suspended tr[data-account="alice@example.test"] button.release`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#queue-domains tr[data-domain="far.test"]`, chromedp.ByQuery),
+		chromedp.AttributeValue("#queue-panel", "data-held", &held, nil, chromedp.ByQuery),
+		chromedp.Text("#queue-domains tbody", &doms, chromedp.ByQuery),
+		chromedp.Text(`#suspended tr[data-account="alice@example.test"] td:nth-child(4)`, &heldCell, chromedp.ByQuery),
+	); err != nil {
+		t.Fatalf("queue panel: %v", err)
+	}
+	if held != "1" || heldCell != "1" || !strings.Contains(doms, "far.test") {
+		t.Errorf("queue panel: held %q, alice's held %q, destinations %q", held, heldCell, doms)
+	}
+	if err := chromedp.Run(ctx,
+		chromedp.Click(`#suspended tr[data-account="alice@example.test"] button.release`, chromedp.ByQuery),
+		chromedp.WaitNotPresent(`#suspended tr[data-account="alice@example.test"]`, chromedp.ByQuery),
+	); err != nil {
+		t.Fatalf("release from the page: %v", err)
+	}
+	if ts.srv.limits.IsSuspended(testUser) {
+		t.Fatal("still suspended after Release")
+	}
+	if st := ts.srv.out.queue.Stats(); st.Held != 0 {
+		t.Fatalf("held messages after Release: %+v", st)
 	}
 }

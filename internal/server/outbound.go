@@ -85,7 +85,7 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 			return fmt.Errorf("mta-sts: %w", err)
 		}
 	}
-	opts.Queue, opts.Logger, opts.Bounce = o.queue, s.log, s.bounce
+	opts.Queue, opts.Logger, opts.Bounce, opts.Observe = o.queue, s.log, s.bounce, s.observeDelivery
 	// Deferred mail is looked for at least as often as the shortest
 	// retry interval, so a short retry_min (labs, tests) is honoured.
 	opts.Poll = min(30*time.Second, cfg.Outbound.RetryMin)

@@ -31,6 +31,7 @@ import (
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
 	"github.com/agua-mail/agua/internal/router"
+	"github.com/agua-mail/agua/internal/sendlimit"
 	"github.com/agua-mail/agua/internal/smtpd"
 	"github.com/agua-mail/agua/shield"
 	"github.com/agua-mail/agua/shield/redisstore"
@@ -60,9 +61,10 @@ type Server struct {
 	web       *http.Server // admin API over TCP, /metrics, dashboard
 	webLn     net.Listener
 	metrics   *metrics.Metrics
-	out       *outboundParts // queue, DKIM signer, delivery engine
-	certs     *certs.Source  // every TLS listener's certificate
-	acme      *certs.ACME    // [tls] acme; nil when off
+	out       *outboundParts     // queue, DKIM signer, delivery engine
+	limits    *sendlimit.Tracker // sending limits and suspended accounts
+	certs     *certs.Source      // every TLS listener's certificate
+	acme      *certs.ACME        // [tls] acme; nil when off
 }
 
 type boundListener struct {
@@ -137,6 +139,9 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	s.metrics = metrics.New(s.shield, s.sessionCounts)
+	if err := s.openSendLimits(); err != nil {
+		return err
+	}
 	if err := s.openCerts(); err != nil {
 		return err
 	}
@@ -220,7 +225,9 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	if err := s.openOutbound(local); err != nil {
 		return err
 	}
-	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), SRS: s.out.srs, Log: s.log}
+	s.metrics.WatchOutbound(outboundFigures{s})
+	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), SRS: s.out.srs, Log: s.log,
+		Limits: routerLimits{s.limits}}
 	if a := s.cfg.Auth; a.Enabled {
 		var err error
 		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.out.res, Timeout: a.Timeout}); err != nil {
@@ -236,7 +243,10 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	}
 	hooks := smtpd.Hooks{
 		AccountDelay: s.shield.AccountDelay,
-		Auth:         func(ss *smtpd.Session, ok bool) { s.metrics.Auth(ss.Mode.String(), ok) },
+		Auth: func(ss *smtpd.Session, ok bool) {
+			s.metrics.Auth(ss.Mode.String(), ok)
+			s.loginSeen(ss, ok)
+		},
 		Delivered: func(ss *smtpd.Session, _ *smtpd.Envelope, size int64, took time.Duration) {
 			s.metrics.Delivered(ss.Mode.String(), size, took)
 		},
@@ -314,6 +324,8 @@ type Status struct {
 	RuleFiles   []shield.RuleFile `json:"rule_files"`
 	Shield      shield.Stats      `json:"shield"`
 	Cluster     *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
+	// Suspended are the accounts whose sending is suspended.
+	Suspended []SuspensionInfo `json:"suspended_accounts"`
 	// Certificates: with [tls] acme, each managed name and the
 	// certificate it is served now (none yet: the self-signed pair).
 	Certificates []certs.NameStatus `json:"acme_certificates,omitempty"`
@@ -329,6 +341,7 @@ func (s *Server) status() any {
 		st.Listeners[s.webLn.Addr().String()] = "admin"
 	}
 	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
+	st.Suspended = s.suspensions()
 	if s.acme != nil {
 		st.Certificates = s.acme.Status()
 	}
@@ -466,6 +479,10 @@ func (s *Server) Close() error {
 	if s.out != nil {
 		errs = append(errs, s.out.close())
 		s.out = nil
+	}
+	if s.limits != nil {
+		errs = append(errs, s.limits.Close())
+		s.limits = nil
 	}
 	if s.shield != nil {
 		errs = append(errs, s.shield.Close())

@@ -57,6 +57,7 @@ func (ss *session) cmdAUTH(arg string) error {
 		return nil
 	}
 	ss.info.User = canonical
+	ss.srv.remember(ss)
 	ss.log.Info("smtp auth ok", "user", canonical)
 	if h := ss.srv.hooks.Auth; h != nil {
 		h(&ss.info, true)

@@ -140,6 +140,9 @@ func (ss *session) cmdMAIL(arg string) error {
 	ss.info.Trusted = shield.Allowlisted(ss.conn)
 	tx, err := ss.srv.backend.NewTransaction(ss.ctx, &ss.info, mail)
 	if err != nil {
+		if !ss.reportSending(err) {
+			return errQuit
+		}
 		return err
 	}
 	ss.tx = tx
@@ -179,6 +182,9 @@ func (ss *session) cmdRCPT(arg string) error {
 	if err := ss.tx.AddRcpt(ss.ctx, rcpt); err != nil {
 		// Harvesting shows as many unknown recipients.
 		if errors.Is(err, ErrUnknownRecipient) && !ss.report(mailevents.UnknownRecipient) {
+			return errQuit
+		}
+		if !ss.reportSending(err) {
 			return errQuit
 		}
 		e := AsError(err)

@@ -67,6 +67,9 @@ func (ss *session) cmdDATA(arg string) error {
 	if err != nil {
 		ss.resetTransaction()
 		ss.refused(AsError(err).Code)
+		if !ss.reportSending(err) {
+			return errQuit
+		}
 		if len(events) == 0 {
 			return err
 		}

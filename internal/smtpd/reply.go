@@ -45,6 +45,15 @@ func (e *Error) WithCause(cause error) *Error {
 	return &c
 }
 
+// Withf returns a copy of e with another code, enhanced code and text that
+// still matches e with errors.Is: a family of replies that steer the session
+// the same way (the sending limits, each with its own words).
+func (e *Error) Withf(code int, enhanced, format string, a ...any) *Error {
+	c := e.WithCause(nil)
+	c.Code, c.Enhanced, c.Msg = code, enhanced, fmt.Sprintf(format, a...)
+	return c
+}
+
 // line is e as the client reads it, CRLF included.
 func (e *Error) line() string { return replyText(e.Code, e.Enhanced, e.Msg) }
 
@@ -92,6 +101,18 @@ var (
 	ErrAuthFailed = errAuthFailed
 	// ErrTempAuth is a backend failure while checking credentials.
 	ErrTempAuth = Errorf(454, "4.7.0", "Temporary authentication failure")
+	// ErrSendLimit refuses a recipient or message of an authenticated
+	// submission over a sending limit (RFC 3463 4.7.1: delivery not
+	// authorized, temporary); replies made from it with Withf say which.
+	// The session reports it to the shield as outbound_abuse.
+	ErrSendLimit = Errorf(451, "4.7.1", "Sending limit reached, try again later")
+	// ErrSendSuspended refuses MAIL FROM (or a transaction in progress)
+	// from an account whose sending is suspended. 550 5.7.1, permanent
+	// (RFC 5321 4.2.1, RFC 3463 3.8 X.7.1): the condition does not clear by
+	// retrying, only an operator lifts it, and a client that would retry a
+	// 4xx forever (a spam run's queue) must give up. Reported to the shield
+	// as outbound_abuse.
+	ErrSendSuspended = Errorf(550, "5.7.1", "Sending from this account is suspended; contact the postmaster")
 	// ErrTempLocal is any other local failure; the client retries.
 	ErrTempLocal = Errorf(451, "4.3.0", "Temporary local problem, try again later")
 )

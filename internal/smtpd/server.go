@@ -24,6 +24,7 @@ import (
 	"github.com/agua-mail/agua/internal/connsrv"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -103,6 +104,9 @@ type Server struct {
 	backend Backend
 	hooks   Hooks
 	log     *slog.Logger
+
+	usersMu sync.Mutex
+	users   map[string]map[*session]struct{} // open authenticated sessions by user (EndSessions)
 
 	*connsrv.Tracker // accept loop, sessions, graceful shutdown
 }

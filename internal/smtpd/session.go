@@ -68,8 +68,12 @@ type session struct {
 	env    Envelope    // the open transaction as the session sees it
 	tx     Transaction // the backend's side of it; nil outside one
 	errors int
-	ctx    context.Context // ended by the session's end and by a shield kick
-	frame  *connsrv.Frame
+	// limitReported: this transaction's sending-limit refusal was
+	// reported to the shield (once per transaction, not per recipient).
+	limitReported bool
+	remembered    string          // the user the session is filed under for EndSessions ("" none)
+	ctx           context.Context // ended by the session's end and by a shield kick
+	frame         *connsrv.Frame
 }
 
 func (s *Server) serveConn(c net.Conn) {
@@ -102,6 +106,7 @@ func (s *Server) serveConn(c net.Conn) {
 	ss.w = bufio.NewWriterSize(ss.conn, 4096)
 	ss.log.Debug("smtp session start")
 	defer ss.resetTransaction() // a transaction left open by a dropped client is aborted
+	defer s.forget(ss)
 	ss.run()
 	ss.log.Debug("smtp session end", "errors", ss.errors)
 }
@@ -261,6 +266,17 @@ func (ss *session) report(ev shield.Event) bool {
 	return false
 }
 
+// reportSending tells the shield about a submission over a sending limit
+// or from a suspended account (outbound_abuse, the client's address), once
+// per transaction, and says whether to go on.
+func (ss *session) reportSending(err error) bool {
+	if !errors.Is(err, ErrSendLimit) && !errors.Is(err, ErrSendSuspended) || ss.limitReported {
+		return true
+	}
+	ss.limitReported = ss.tx != nil
+	return ss.report(mailevents.OutboundAbuse)
+}
+
 // readLine reads one command line of at most max bytes (see
 // connsrv.ReadLine); an overlong one is consumed and answered as
 // errLineTooLong.
@@ -305,6 +321,7 @@ func (ss *session) resetTransaction() {
 		ss.tx = nil
 	}
 	ss.env = Envelope{}
+	ss.limitReported = false
 	if ss.state&(stateMail|stateRcpt) != 0 {
 		ss.state = stateReady
 	}

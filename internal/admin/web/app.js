@@ -10,6 +10,7 @@ const history = []; // {served, refused} per second
 const maxPoints = 120;
 let timer = null;
 let eventsTimer = null;
+let queueTimer = null;
 
 async function api(method, path, body) {
   const opts = { method, headers: { Authorization: "Bearer " + token } };
@@ -215,19 +216,74 @@ async function refreshEvents() {
   }));
 }
 
+// refreshQueue shows the outbound queue (size, oldest, held, recipients
+// waiting by destination) and the accounts whose sending is suspended,
+// each with a Release button (DELETE /v1/suspensions/ACCOUNT: resumes its
+// sending and releases its held mail).
+async function refreshQueue() {
+  let st, sus;
+  try {
+    [st, sus] = await Promise.all([api("GET", "/v1/queue/stats"), api("GET", "/v1/suspensions")]);
+  } catch (e) {
+    return;
+  }
+  const panel = $("#queue-panel");
+  panel.dataset.messages = st.messages;
+  panel.dataset.held = st.held;
+  let text = st.messages + " message(s), " + st.recipients + " recipient(s) waiting (" + st.deferred + " deferred), " + st.held + " held";
+  if (st.oldest) text += "; oldest " + utcTime(new Date(st.oldest)) + " (" + ago(new Date(st.oldest)) + " ago)";
+  $("#queue-summary").textContent = text;
+  const doms = Object.entries(st.by_domain || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, 20);
+  fill($("#queue-domains tbody"), doms.map(([d, n]) => {
+    const tr = el("tr");
+    tr.dataset.domain = d;
+    tr.append(el("td", d), el("td", String(n)));
+    return tr;
+  }));
+  $("#suspended-count").textContent = "(" + sus.length + ")";
+  fill($("#suspended tbody"), sus.map((s) => {
+    const tr = el("tr");
+    tr.dataset.account = s.account;
+    for (const v of [s.account, utcTime(new Date(s.since)), s.reason, s.held_messages]) tr.append(el("td", String(v)));
+    const td = el("td");
+    const b = el("button", "Release");
+    b.className = "release";
+    b.addEventListener("click", async () => {
+      try { await api("DELETE", "/v1/suspensions/" + encodeURIComponent(s.account)); } catch (e) { alert(e.message); }
+      refreshQueue();
+    });
+    td.append(b);
+    tr.append(td);
+    return tr;
+  }));
+}
+
+// ago writes how long ago d was, roughly.
+function ago(d) {
+  const s = Math.max(0, Math.round((Date.now() - d) / 1000));
+  if (s < 120) return s + "s";
+  if (s < 7200) return Math.round(s / 60) + "m";
+  if (s < 172800) return Math.round(s / 3600) + "h";
+  return Math.round(s / 86400) + "d";
+}
+
 function start() {
   stop();
   refresh();
   refreshEvents();
+  refreshQueue();
   timer = setInterval(refresh, 1000);
   eventsTimer = setInterval(refreshEvents, 5000);
+  queueTimer = setInterval(refreshQueue, 2000);
 }
 
 function stop() {
   if (timer) clearInterval(timer);
   if (eventsTimer) clearInterval(eventsTimer);
+  if (queueTimer) clearInterval(queueTimer);
   timer = null;
   eventsTimer = null;
+  queueTimer = null;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
