@@ -15,6 +15,7 @@
 //	kg:<addr>        known-good until (ms), expiring then
 //	kgs              sorted set of known-good addresses, score = until
 //	lockdown         "1" while lockdown is on (no expiry)
+//	cnt:<name>:<subject>:<k>  shared behaviour counter of window k, expiring 2 windows after its last add
 //	nodes            hash: node name → last heartbeat (ms)
 //	events           the pub/sub channel of changes
 //
@@ -467,6 +468,78 @@ func (s *Store) AddAccountFailure(ctx context.Context, account string, at time.T
 	msg := s.encode(shield.Change{Kind: shield.ChangeAccountFailure, Account: account, At: at})
 	// Not kept for replay: a late failure is worth nothing.
 	return s.rdb.Publish(ctx, s.channel(), msg).Err()
+}
+
+// addCounts adds to counters and answers each with its sliding total
+// and whether this call crossed its limit (then the counter is forgotten,
+// atomically, so exactly one caller crosses). ARGV: the counter key
+// prefix, then 8 per count: name:subject, window index k, k-1, window ms,
+// ms elapsed in window k, events to add, reset (1/0), limit (0 = none).
+var addCounts = redis.NewScript(`
+local out = {}
+for i = 2, #ARGV, 8 do
+  local cur = ARGV[1] .. ARGV[i] .. ':' .. ARGV[i+1]
+  local prev = ARGV[1] .. ARGV[i] .. ':' .. ARGV[i+2]
+  local w, elapsed = tonumber(ARGV[i+3]), tonumber(ARGV[i+4])
+  local add, limit = tonumber(ARGV[i+5]), tonumber(ARGV[i+7])
+  if ARGV[i+6] == '1' then redis.call('DEL', cur, prev) end
+  local c
+  if add > 0 then
+    c = redis.call('INCRBY', cur, add)
+    redis.call('PEXPIRE', cur, 2 * w)
+  else
+    c = tonumber(redis.call('GET', cur) or '0')
+  end
+  local total = c
+  local p = tonumber(redis.call('GET', prev) or '0')
+  if p > 0 and elapsed < w then total = c + math.floor(p * (w - elapsed) / w) end
+  local crossed = 0
+  if add > 0 and limit > 0 and total >= limit then
+    redis.call('DEL', cur, prev)
+    crossed = 1
+  end
+  out[#out + 1] = total
+  out[#out + 1] = crossed
+end
+return out`)
+
+// countBatch bounds the counts of one script call, so one call never
+// holds Redis for long (Lua scripts run alone).
+const countBatch = 500
+
+// AddCounts adds to the shared behaviour counters (see
+// shield.StateStore.AddCounts): one script call per countBatch counts.
+// Not kept for replay: a count that could not be added is lost, which
+// lets an attacker a few more tries and never refuses anyone.
+func (s *Store) AddCounts(ctx context.Context, at time.Time, counts []shield.Count) ([]shield.CountTotal, error) {
+	out := make([]shield.CountTotal, 0, len(counts))
+	for len(counts) > 0 {
+		batch := counts[:min(len(counts), countBatch)]
+		counts = counts[len(batch):]
+		args := make([]any, 1, 1+8*len(batch))
+		args[0] = s.key("cnt:", "")
+		for _, c := range batch {
+			w := max(c.Window, time.Millisecond)
+			k, elapsed := shield.CounterWindow(at, w)
+			reset := "0"
+			if c.Reset {
+				reset = "1"
+			}
+			args = append(args, c.Name+":"+c.Subject.Masked().String(), k, k-1, w.Milliseconds(),
+				elapsed.Milliseconds(), max(c.Add, 0), reset, max(c.Limit, 0))
+		}
+		res, err := addCounts.Run(ctx, s.rdb, nil, args...).Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		if len(res) != 2*len(batch) {
+			return nil, fmt.Errorf("shield redis store: %d counter replies for %d counts", len(res), len(batch))
+		}
+		for i := range batch {
+			out = append(out, shield.CountTotal{Total: res[2*i], Crossed: res[2*i+1] == 1})
+		}
+	}
+	return out, nil
 }
 
 // SetLockdown turns lockdown on or off for every node.
