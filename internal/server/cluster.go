@@ -30,7 +30,7 @@ func (s *Server) openCluster(opts *shield.Options) error {
 	if err != nil {
 		return err
 	}
-	s.cluster, opts.Store = st, st
+	s.cluster, opts.Store, opts.Node = st, st, node
 	return nil
 }
 

@@ -13,14 +13,19 @@ import (
 	"github.com/agua-mail/agua/shield/redisstore/redistest"
 )
 
-// startNodes starts three agua servers on 127.0.1.1-3 sharing one Redis.
-func startNodes(t *testing.T, url string) []*testServer {
+// startNodes starts three agua servers on 127.0.1.1-3 sharing one Redis;
+// mutate, if any, changes every node's config.
+func startNodes(t *testing.T, url string, mutate ...func(*config.Config)) []*testServer {
 	var nodes []*testServer
 	for i := 1; i <= 3; i++ {
 		ip := fmt.Sprintf("127.0.1.%d", i)
 		nodes = append(nodes, startServer(t, func(c *config.Config) {
 			c.Cluster = config.ClusterConfig{Redis: url, Node: fmt.Sprintf("node%d", i)}
 			c.SMTP.Listen = []string{ip + ":0"}
+			c.SMTP.SubmissionListen = []string{ip + ":0"}
+			for _, m := range mutate {
+				m(c)
+			}
 		}))
 	}
 	return nodes
@@ -108,5 +113,74 @@ func TestClusterBlockUnblock(t *testing.T) {
 	}
 	if n := strings.Count(nodes[1].logs.String(), "redis unreachable"); n != 1 {
 		t.Errorf("%d \"redis unreachable\" log lines, want 1", n)
+	}
+}
+
+// A brute force spread over the three nodes (one non-allowlisted address,
+// round robin, each node seeing fewer failures than the threshold) is
+// banned on every node at the cluster-wide threshold: not one failure
+// before it, and `agua bans` on each node names the node that banned.
+func TestClusterBruteForceSpread(t *testing.T) {
+	redis := redistest.Start(t)
+	const threshold = 6 // two failures per node: each stays under it alone
+	nodes := startNodes(t, redis.URL(0), func(c *config.Config) { c.Shield.Thresholds.SetCount("auth_failure", threshold) })
+	const attacker = "127.0.8.9"
+	sent := func() (n uint64) {
+		for _, ts := range nodes {
+			n += ts.srv.Shield().Stats().Counters.Sent
+		}
+		return n
+	}
+	fail := func(i int) string {
+		ts := nodes[i%3]
+		c := dialFrom(t, ts.srv.Addr("submission"), attacker)
+		c.expect("220 ")
+		c.cmd("EHLO attacker.example", "250")
+		// Another account every time: the per-account delay stays out of it.
+		c.send("AUTH PLAIN " + plainAuth(fmt.Sprintf("guess%d@%s", i, testDomain), "wrong"))
+		line, _ := c.reply()
+		return strings.Join(line, " ")
+	}
+	for i := range threshold - 1 {
+		if got := fail(i); !strings.HasPrefix(got, "535 ") {
+			t.Fatalf("failure %d on node%d: %q", i+1, i%3+1, got)
+		}
+	}
+	waitFor(t, "every failure shared", func() bool { return sent() == threshold-1 })
+	for i, ts := range nodes {
+		if got := smtpGreeting(t, ts, attacker); !strings.HasPrefix(got, "220 ") {
+			t.Fatalf("node%d refused below the cluster threshold: %q", i+1, got)
+		}
+	}
+	// The threshold-th failure, on the next node: that node (or its flush
+	// 100 ms later, which may close the session while it waits out the
+	// failed-login delay) bans, and every node refuses.
+	if got := fail(threshold - 1); got != "" && !strings.HasPrefix(got, "535 ") && !strings.HasPrefix(got, "421 ") {
+		t.Fatalf("threshold-th failure: %q", got)
+	}
+	for i, ts := range nodes {
+		waitFor(t, fmt.Sprintf("node%d refuses the attacker", i+1), func() bool {
+			return strings.HasPrefix(smtpGreeting(t, ts, attacker), "554 ")
+		})
+		if got := smtpGreeting(t, ts, "127.0.8.10"); !strings.HasPrefix(got, "220 ") {
+			t.Errorf("node%d refused a legitimate neighbour: %q", i+1, got)
+		}
+	}
+	issuer := ""
+	for i, ts := range nodes {
+		var bans []struct {
+			Prefix, Reason, Node string
+		}
+		if err := admin.NewClient(AdminSocket(ts.cfg)).Do("GET", "/v1/bans", nil, &bans); err != nil {
+			t.Fatal(err)
+		}
+		if len(bans) != 1 || bans[0].Prefix != attacker+"/32" || bans[0].Reason != "auth_failure" || !strings.HasPrefix(bans[0].Node, "node") {
+			t.Fatalf("node%d bans: %+v", i+1, bans)
+		}
+		if issuer == "" {
+			issuer = bans[0].Node
+		} else if bans[0].Node != issuer {
+			t.Errorf("node%d says %s issued the ban, node1 says %s", i+1, bans[0].Node, issuer)
+		}
 	}
 }
