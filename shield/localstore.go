@@ -13,6 +13,9 @@ import (
 	"time"
 )
 
+// banLogMax bounds a LocalStore's ban log.
+const banLogMax = 10_000
+
 // stateFile is the name of the persisted state inside Options.StateDir.
 const stateFile = "shield-state.json"
 
@@ -53,6 +56,7 @@ type localState struct {
 	offenders *lru[netip.Prefix, OffenderRecord]
 	knownGood *lru[netip.Addr, time.Time]
 	counters  *lru[counterKey, int64] // AddCounts, by window; old windows fall out of the LRU
+	banLog    []BanEvent              // BanLog, at most banLogMax, oldest first
 	lockdown  bool
 	handles   map[*LocalStore]struct{}
 
@@ -285,15 +289,42 @@ func (h *LocalStore) PutBan(_ context.Context, b BanRecord) error {
 			}
 		}
 		st.bans[b.Prefix] = b
+		st.logBan(BanLogEvent(b))
 		return nil
 	})
+}
+
+// logBan appends to the ban log, forgetting the oldest beyond banLogMax.
+// Called under st.mu.
+func (st *localState) logBan(e BanEvent) {
+	if len(st.banLog) >= banLogMax {
+		st.banLog = append(st.banLog[:0], st.banLog[len(st.banLog)-banLogMax/2:]...)
+	}
+	st.banLog = append(st.banLog, e)
+}
+
+// BanLog returns the bans and unbans made through any handle since the
+// given time (not persisted: this process's).
+func (h *LocalStore) BanLog(_ context.Context, since time.Time) ([]BanEvent, error) {
+	h.st.mu.Lock()
+	defer h.st.mu.Unlock()
+	var out []BanEvent
+	for _, e := range h.st.banLog {
+		if !e.Time.Before(since) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 // DeleteBan removes the ban on exactly p.
 func (h *LocalStore) DeleteBan(_ context.Context, p netip.Prefix) error {
 	p = canonPrefix(p)
 	return h.change(Change{Kind: ChangeUnban, Prefix: p}, func(st *localState) error {
-		delete(st.bans, p)
+		if b, ok := st.bans[p]; ok {
+			delete(st.bans, p)
+			st.logBan(BanEvent{Time: st.now(), Kind: "unban", Prefix: p, Reason: b.Reason, Cause: "manual"})
+		}
 		return nil
 	})
 }

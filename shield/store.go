@@ -124,6 +124,13 @@ type StateStore interface {
 	// one node bans, the others learn of the ban through Watch.
 	AddCounts(ctx context.Context, at time.Time, counts []Count) ([]CountTotal, error)
 
+	// BanLog returns the bans (PutBan: Time is the ban's Created) and
+	// unbans (DeleteBan of a ban that was there: Time is when) that every
+	// node made since the given time, oldest first, for reports that cover
+	// a cluster. The log is bounded (the oldest entries go first); a ban
+	// written again (a resync) may appear twice with the same Time.
+	BanLog(ctx context.Context, since time.Time) ([]BanEvent, error)
+
 	// SetLockdown turns lockdown on or off for every node.
 	SetLockdown(ctx context.Context, on bool) error
 	// Lockdown reports whether lockdown is on.
@@ -137,6 +144,12 @@ type StateStore interface {
 	Flush(ctx context.Context) error
 	// Close flushes and releases the handle.
 	Close() error
+}
+
+// BanLogEvent is the log entry of a stored ban, for BanLog.
+func BanLogEvent(b BanRecord) BanEvent {
+	return BanEvent{Time: b.Created, Kind: "ban", Prefix: b.Prefix, Reason: b.Reason, Action: b.Action,
+		TTL: b.Expires.Sub(b.Created), Count: b.Count, Manual: b.Manual, Node: b.Node}
 }
 
 // Count is one shared behaviour counter's change, for AddCounts.

@@ -259,3 +259,50 @@ func TestCountersAloneWithoutSharedStore(t *testing.T) {
 		t.Fatal("a Shield's own store counts as shared")
 	}
 }
+
+// TestMergeClusterBans: a report made on node 2 covers node 1's bans
+// (from the store's ban log), each once, with the node that issued it.
+func TestMergeClusterBans(t *testing.T) {
+	n1, n2 := twoNodes(t)
+	since := n1.clock.Now().Add(-time.Minute)
+	if err := n1.s.Ban(mustPrefix("198.51.100.0/24"), time.Hour, "scanner", Drop); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.s.Ban(mustPrefix("203.0.113.9/32"), time.Hour, "spam", Reject); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "node 1's ban logged", func() bool {
+		log, _ := n2.s.store.BanLog(context.Background(), since)
+		return len(log) == 2
+	})
+	snap := n2.s.HistorySnapshot(since, time.Minute)
+	if len(snap.Bans) != 1 {
+		t.Fatalf("node 2's own history: %+v", snap.Bans)
+	}
+	if err := n2.s.MergeClusterBans(context.Background(), &snap); err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]string{}
+	for _, e := range snap.Bans {
+		nodes[e.Prefix.String()] = e.Node
+	}
+	if len(snap.Bans) != 2 || nodes["198.51.100.0/24"] != "node1" || nodes["203.0.113.9/32"] != "node2" {
+		t.Fatalf("merged bans: %+v", snap.Bans)
+	}
+	found := false
+	for _, a := range snap.Addrs {
+		if a.Addr == mustPrefix("198.51.100.0/24") {
+			found = len(a.Bans) == 1 && a.Offending()
+		}
+	}
+	if !found {
+		t.Fatalf("node 1's banned network not in node 2's report: %+v", snap.Addrs)
+	}
+	var bans uint64
+	for _, p := range snap.Timeline {
+		bans += p.Bans
+	}
+	if bans != 2 {
+		t.Errorf("timeline counts %d bans, want 2", bans)
+	}
+}

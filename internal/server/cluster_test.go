@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -91,16 +92,44 @@ func TestClusterBlockUnblock(t *testing.T) {
 			return strings.HasPrefix(smtpGreeting(t, n, attacker), "220 ")
 		})
 	}
+	// A block made on node 1 is listed on node 2 as node 1's.
+	if err := cli(nodes[0]).Do("POST", "/v1/bans", admin.BanRequest{Prefix: "127.0.8.0/24", Reason: "scanners"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node2 lists node1's block as node1's", func() bool {
+		var bans []struct{ Prefix, Node string }
+		if err := cli(nodes[1]).Do("GET", "/v1/bans", nil, &bans); err != nil {
+			t.Fatal(err)
+		}
+		return len(bans) == 1 && bans[0].Prefix == "127.0.8.0/24" && bans[0].Node == "node1"
+	})
 	var st struct {
 		Cluster *ClusterStatus `json:"cluster"`
 	}
-	waitFor(t, "agua status shows three connected nodes", func() bool {
+	waitFor(t, "agua status shows three live nodes and the shared ban", func() bool {
 		if err := cli(nodes[1]).Do("GET", "/v1/status", nil, &st); err != nil {
 			t.Fatal(err)
 		}
-		return st.Cluster != nil && st.Cluster.Connected && st.Cluster.Node == "node2" && len(st.Cluster.Nodes) == 3
+		if st.Cluster == nil || !st.Cluster.Connected || st.Cluster.Node != "node2" || len(st.Cluster.Nodes) != 3 || st.Cluster.Bans != 1 {
+			return false
+		}
+		for _, n := range st.Cluster.Nodes {
+			if !n.Alive || n.LastHeartbeat.IsZero() {
+				return false
+			}
+		}
+		return true
 	})
-	// Redis gone: status says so, in one log line per node.
+	tokb, err := os.ReadFile(AdminTokenFile(nodes[1].cfg.DataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := strings.TrimSpace(string(tokb))
+	_, m := httpGet(t, nodes[1], "GET", "/metrics", tok, "")
+	if metric(t, m, "agua_cluster_redis_up") != 1 || metric(t, m, "agua_cluster_nodes", `state="alive"`) != 3 || metric(t, m, "agua_cluster_shared_bans") != 1 {
+		t.Errorf("cluster metrics while connected:\n%s", grepLines(m, "agua_cluster_"))
+	}
+	// Redis gone: status and metrics say so, in one log line per node.
 	redis.Stop()
 	waitFor(t, "agua status says disconnected", func() bool {
 		if err := cli(nodes[1]).Do("GET", "/v1/status", nil, &st); err != nil {
@@ -108,6 +137,10 @@ func TestClusterBlockUnblock(t *testing.T) {
 		}
 		return st.Cluster != nil && !st.Cluster.Connected
 	})
+	_, m = httpGet(t, nodes[1], "GET", "/metrics", tok, "")
+	if metric(t, m, "agua_cluster_redis_up") != 0 {
+		t.Errorf("cluster metrics while Redis is down:\n%s", grepLines(m, "agua_cluster_"))
+	}
 	if got := smtpGreeting(t, nodes[1], legit); !strings.HasPrefix(got, "220 ") {
 		t.Errorf("legitimate client refused while Redis is down: %q", got)
 	}
@@ -183,4 +216,15 @@ func TestClusterBruteForceSpread(t *testing.T) {
 			t.Errorf("node%d says %s issued the ban, node1 says %s", i+1, bans[0].Node, issuer)
 		}
 	}
+}
+
+// grepLines returns the lines of text that contain sub.
+func grepLines(text, sub string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -150,6 +150,9 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	s.metrics = metrics.New(s.shield, s.sessionCounts)
+	if s.cluster != nil {
+		s.metrics.Cluster(s.shield, s.clusterFigures)
+	}
 	if err := s.listenSMTP(tlsCfg); err != nil {
 		return err
 	}

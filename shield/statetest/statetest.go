@@ -56,6 +56,7 @@ func Run(t *testing.T, newState func(t *testing.T) Open) {
 		{"WatchStop", testWatchStop},
 		{"Durable", testDurable},
 		{"Concurrent", testConcurrent},
+		{"BanLog", testBanLog},
 		{"Counts", testCounts},
 		{"CountsWindow", testCountsWindow},
 		{"CountsConcurrent", testCountsConcurrent},
@@ -517,5 +518,33 @@ func testCountsConcurrent(t *testing.T, open Open) {
 	// exactly 10 callers were told to ban.
 	if n != 10 {
 		t.Fatalf("%d crossings for 100 events at limit 10, want 10", n)
+	}
+}
+
+func testBanLog(t *testing.T, open Open) {
+	a, b := handle(t, open), handle(t, open)
+	base := now()
+	bn := ban("192.0.2.30/32", base, 2)
+	bn.Node = "node1"
+	must(t, a.PutBan(ctx, bn))
+	must(t, b.DeleteBan(ctx, bn.Prefix))
+	must(t, b.DeleteBan(ctx, netip.MustParsePrefix("192.0.2.31/32"))) // no such ban: not logged
+	log, err := a.BanLog(ctx, base.Add(-time.Minute))
+	must(t, err)
+	if len(log) != 2 {
+		t.Fatalf("ban log: %+v", log)
+	}
+	got := log[0]
+	if got.Kind != "ban" || got.Prefix != bn.Prefix || got.Reason != bn.Reason || got.Node != "node1" ||
+		!got.Time.Equal(base) || got.TTL != time.Hour || got.Count != 2 || got.Action != bn.Action {
+		t.Errorf("logged ban: %+v", got)
+	}
+	if u := log[1]; u.Kind != "unban" || u.Prefix != bn.Prefix || u.Reason != bn.Reason || u.Time.Before(base) {
+		t.Errorf("logged unban: %+v", u)
+	}
+	later, err := b.BanLog(ctx, time.Now().Add(time.Hour))
+	must(t, err)
+	if len(later) != 0 {
+		t.Errorf("ban log since a later time: %+v", later)
 	}
 }
