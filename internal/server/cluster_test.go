@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/agua-mail/agua/internal/admin"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/shield/redisstore/redistest"
@@ -227,4 +229,38 @@ func grepLines(text, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// The dashboard of node 2 shows the cluster: its three nodes with their
+// heartbeats, a block made on node 1 as node 1's, and Redis going away.
+func TestClusterDashboard(t *testing.T) {
+	redis := redistest.Start(t)
+	nodes := startNodes(t, redis.URL(0))
+	ctx := signIn(t, nodes[1])
+	for _, name := range []string{"node1", "node2", "node3"} {
+		if err := chromedp.Run(ctx, chromedp.WaitVisible(`#cluster-nodes tr[data-node="`+name+`"]`, chromedp.ByQuery)); err != nil {
+			t.Fatalf("%s not on the dashboard: %v", name, err)
+		}
+	}
+	var out map[string]any
+	if err := admin.NewClient(AdminSocket(nodes[0].cfg)).Do("POST", "/v1/bans", admin.BanRequest{Prefix: "127.0.8.7", Reason: "scanner"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	text := func(sel string) string {
+		var s string
+		chromedp.Run(ctx, chromedp.Text(sel, &s, chromedp.ByQuery, chromedp.AtLeast(0)))
+		return s
+	}
+	if err := chromedp.Run(ctx, chromedp.WaitVisible(`#bans tr[data-prefix="127.0.8.7/32"]`, chromedp.ByQuery)); err != nil {
+		t.Fatalf("node1's block not on node2's dashboard: %v", err)
+	}
+	if got := text(`#bans tr[data-prefix="127.0.8.7/32"] td:nth-child(7)`); got != "node1" {
+		t.Errorf("ban's node on the dashboard: %q", got)
+	}
+	waitFor(t, "the dashboard counts the shared ban", func() bool {
+		s := text("#cluster-state")
+		return strings.Contains(s, "connected") && strings.Contains(s, "1 shared bans")
+	})
+	redis.Stop()
+	waitFor(t, "the dashboard says Redis is unreachable", func() bool { return strings.Contains(text("#cluster-state"), "UNREACHABLE") })
 }

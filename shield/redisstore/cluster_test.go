@@ -39,9 +39,15 @@ func startNode(t testing.TB, url, name, ip string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startNodeStore(t, st, name, ip)
+}
+
+// startNodeStore starts a node on a store the caller opened.
+func startNodeStore(t testing.TB, st *redisstore.Store, name, ip string) *node {
+	t.Helper()
 	cfg := shield.DefaultConfig()
 	cfg.LogInterval = time.Hour
-	sh, err := shield.New(cfg, shield.Options{Store: st, Logger: slog.New(slog.DiscardHandler)})
+	sh, err := shield.New(cfg, shield.Options{Store: st, Node: name, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
