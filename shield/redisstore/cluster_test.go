@@ -104,7 +104,7 @@ func (n *node) greet(t *testing.T, from string) string {
 func (n *node) denies(a string) bool { return n.sh.Decide(netip.MustParseAddr(a), "svc").Denied() }
 
 // waitUntil waits for cond within waitDeadline.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitDeadline)
 	for !cond() {
