@@ -105,6 +105,21 @@ func TestClusterBlockUnblock(t *testing.T) {
 		}
 		return len(bans) == 1 && bans[0].Prefix == "127.0.8.0/24" && bans[0].Node == "node1"
 	})
+	// agua report -cluster on node 3 covers node 1's blocks.
+	waitFor(t, "node3's cluster history has node1's block", func() bool {
+		var snap struct {
+			Bans []struct{ Kind, Prefix, Node string }
+		}
+		if err := cli(nodes[2]).Do("GET", "/v1/history?since=1h&cluster=true", nil, &snap); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range snap.Bans {
+			if b.Kind == "ban" && b.Prefix == "127.0.8.0/24" && b.Node == "node1" {
+				return true
+			}
+		}
+		return false
+	})
 	var st struct {
 		Cluster *ClusterStatus `json:"cluster"`
 	}

@@ -3,7 +3,6 @@ package redisstore_test
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -68,7 +67,19 @@ func startNodeStore(t testing.TB, st *redisstore.Store, name, ip string) *node {
 			go func() {
 				defer c.Close()
 				fmt.Fprintf(c, "HELLO %s\r\n", name)
-				io.Copy(io.Discard, c)
+				// FAIL is a failed login: answered "NO <reason>" and closed
+				// when it gets the client banned, else "FAILED".
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					if sc.Text() != "FAIL" {
+						continue
+					}
+					if d := shield.Report(c, shield.AuthFailure); d.Denied() {
+						fmt.Fprintf(c, "NO %s\r\n", d.Reason)
+						return
+					}
+					fmt.Fprintf(c, "FAILED\r\n")
+				}
 			}()
 		}
 	}()
@@ -102,6 +113,26 @@ func (n *node) greet(t *testing.T, from string) string {
 }
 
 func (n *node) denies(a string) bool { return n.sh.Decide(netip.MustParseAddr(a), "svc").Denied() }
+
+// fail connects from the source address from, fails a login and returns
+// the answer ("FAILED", or "NO ..." once banned).
+func (n *node) fail(t *testing.T, from string) string {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", n.addr)
+	if err != nil {
+		return "dial: " + err.Error()
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if line, _ := r.ReadString('\n'); !strings.HasPrefix(line, "HELLO ") {
+		return strings.TrimSpace(line)
+	}
+	fmt.Fprintf(c, "FAIL\r\n")
+	line, _ := r.ReadString('\n')
+	return strings.TrimSpace(line)
+}
 
 // waitUntil waits for cond within waitDeadline.
 func waitUntil(t testing.TB, what string, cond func() bool) {
@@ -233,6 +264,18 @@ func TestClusterRedisDown(t *testing.T) {
 	if got := nodes[1].greet(t, during); !strings.HasPrefix(got, "NO ") {
 		t.Errorf("node2 served a client it banned while Redis was down: %q", got)
 	}
+	// A brute force on one node is banned there at the threshold, as
+	// without a cluster: its counters need no Redis.
+	const brute = "127.0.9.5"
+	th := shield.DefaultConfig().Thresholds["auth_failure"].Count
+	for i := range th - 1 {
+		if got := nodes[2].fail(t, brute); got != "FAILED" {
+			t.Fatalf("failure %d while Redis is down: %q", i+1, got)
+		}
+	}
+	if got := nodes[2].fail(t, brute); !strings.HasPrefix(got, "NO ") {
+		t.Errorf("threshold-th failure on node3 while Redis is down: %q", got)
+	}
 	load = served.Load()
 	waitUntil(t, "load served while Redis is down", func() bool { return served.Load() > load+30 })
 
@@ -241,7 +284,9 @@ func TestClusterRedisDown(t *testing.T) {
 		waitUntil(t, n.name+" reconnected", func() bool { return n.st.Status().Connected })
 	}
 	for _, n := range nodes {
-		waitUntil(t, n.name+" has both bans after the resync", func() bool { return n.denies(before) && n.denies(during) })
+		waitUntil(t, n.name+" has every ban after the resync", func() bool {
+			return n.denies(before) && n.denies(during) && n.denies(brute)
+		})
 	}
 	// Redis learnt them again from the nodes.
 	fresh, err := redisstore.Open(redisstore.Options{URL: srv.URL(0), Logger: slog.New(slog.DiscardHandler)})
@@ -249,9 +294,9 @@ func TestClusterRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fresh.Close()
-	waitUntil(t, "Redis holds both bans again", func() bool {
+	waitUntil(t, "Redis holds the three bans again", func() bool {
 		bans, err := fresh.Bans(t.Context())
-		return err == nil && len(bans) == 2
+		return err == nil && len(bans) == 3
 	})
 	close(stop)
 	wg.Wait()
@@ -299,5 +344,49 @@ func TestClusterUnbanWhileCutOff(t *testing.T) {
 		if n.denies(addr) {
 			t.Errorf("%s refuses an unbanned client", n.name)
 		}
+	}
+}
+
+// A brute force spread round robin over three nodes from one address,
+// each node seeing fewer failures than the threshold, is banned on every
+// node at the cluster-wide threshold, and not one failure before.
+func TestClusterCountersAddUp(t *testing.T) {
+	srv := redistest.Start(t)
+	nodes := threeNodes(t, srv.URL(0))
+	const attacker = "127.0.9.6"
+	th := shield.DefaultConfig().Thresholds["auth_failure"].Count // 10: 3 or 4 per node
+	sent := func() (n uint64) {
+		for _, x := range nodes {
+			n += x.sh.Stats().Counters.Sent
+		}
+		return n
+	}
+	for i := range th - 1 {
+		if got := nodes[i%3].fail(t, attacker); got != "FAILED" {
+			t.Fatalf("failure %d on %s: %q", i+1, nodes[i%3].name, got)
+		}
+	}
+	waitUntil(t, "every failure shared", func() bool { return sent() == uint64(th-1) })
+	for _, n := range nodes {
+		if n.denies(attacker) {
+			t.Fatalf("%s refuses below the cluster threshold", n.name)
+		}
+	}
+	last := nodes[(th-1)%3]
+	if got := last.fail(t, attacker); got != "FAILED" && !strings.HasPrefix(got, "NO ") && got != "" {
+		t.Fatalf("threshold-th failure on %s: %q", last.name, got)
+	}
+	for _, n := range nodes {
+		waitUntil(t, n.name+" refuses at the cluster threshold", func() bool { return n.denies(attacker) })
+		if got := n.greet(t, attacker); !strings.HasPrefix(got, "NO ") {
+			t.Errorf("%s served the attacker: %q", n.name, got)
+		}
+	}
+	var crossed uint64
+	for _, n := range nodes {
+		crossed += n.sh.Stats().Counters.Crossed
+	}
+	if crossed != 1 {
+		t.Errorf("%d nodes banned for the cluster total, want exactly 1", crossed)
 	}
 }
