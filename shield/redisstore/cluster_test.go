@@ -98,26 +98,19 @@ func (n *node) stop() {
 // greet connects from the source address from and returns the first line.
 func (n *node) greet(t *testing.T, from string) string {
 	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", n.addr)
-	if err != nil {
-		return "dial: " + err.Error()
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil && line == "" {
-		return "read: " + err.Error()
-	}
-	return strings.TrimSpace(line)
+	return n.session(from, false)
 }
-
-func (n *node) denies(a string) bool { return n.sh.Decide(netip.MustParseAddr(a), "svc").Denied() }
 
 // fail connects from the source address from, fails a login and returns
 // the answer ("FAILED", or "NO ..." once banned).
 func (n *node) fail(t *testing.T, from string) string {
 	t.Helper()
+	return n.session(from, true)
+}
+
+// session connects from the source address from, reads the first line
+// and, with fail, sends FAIL and reads the answer; it returns the last line.
+func (n *node) session(from string, fail bool) string {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
 	c, err := d.Dial("tcp", n.addr)
 	if err != nil {
@@ -126,13 +119,19 @@ func (n *node) fail(t *testing.T, from string) string {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	r := bufio.NewReader(c)
-	if line, _ := r.ReadString('\n'); !strings.HasPrefix(line, "HELLO ") {
+	line, err := r.ReadString('\n')
+	if err != nil && line == "" {
+		return "read: " + err.Error()
+	}
+	if !fail || !strings.HasPrefix(line, "HELLO ") {
 		return strings.TrimSpace(line)
 	}
 	fmt.Fprintf(c, "FAIL\r\n")
-	line, _ := r.ReadString('\n')
+	line, _ = r.ReadString('\n')
 	return strings.TrimSpace(line)
 }
+
+func (n *node) denies(a string) bool { return n.sh.Decide(netip.MustParseAddr(a), "svc").Denied() }
 
 // waitUntil waits for cond within waitDeadline.
 func waitUntil(t testing.TB, what string, cond func() bool) {
