@@ -23,6 +23,7 @@ type ban struct {
 	expires  time.Time
 	count    int // escalation level: 1 for a first offence
 	manual   bool
+	node     string // the node that issued it ("" = unnamed)
 	hits     atomic.Int64
 	decision Decision // precomputed, so refusing a banned client allocates nothing
 }
@@ -35,13 +36,14 @@ type BanInfo struct {
 	Manual  bool         `json:"manual"`
 	Created time.Time    `json:"created"`
 	Expires time.Time    `json:"expires"`
-	Count   int          `json:"count"` // how many times this offender was banned (escalation level)
-	Hits    int64        `json:"hits"`  // connections refused since the ban
+	Count   int          `json:"count"`          // how many times this offender was banned (escalation level)
+	Hits    int64        `json:"hits"`           // connections refused since the ban
+	Node    string       `json:"node,omitempty"` // the node that issued it (Options.Node), with a shared store
 }
 
 func (b *ban) info() BanInfo {
 	return BanInfo{Prefix: b.prefix, Reason: b.reason, Action: b.action, Manual: b.manual,
-		Created: b.created, Expires: b.expires, Count: b.count, Hits: b.hits.Load()}
+		Created: b.created, Expires: b.expires, Count: b.count, Hits: b.hits.Load(), Node: b.node}
 }
 
 // offender is the escalation history of an address or prefix.
@@ -129,6 +131,9 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 			return false
 		}
 	}
+	if b.node == "" {
+		b.node = s.node
+	}
 	s.bans.Store(t.InsertPersist(b.prefix, b))
 	rec := b.record()
 	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutBan(ctx, rec) })
@@ -173,6 +178,9 @@ func (s *Shield) banBehaviour(addr netip.Addr, r *eventRule, now time.Time, exce
 	ttl, count := s.escalate(hp, &r.b, now)
 	b := newBan(hp, r.name, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
+	if s.counts != nil {
+		s.counts.reset(countKey{ev: r.ev, subject: hp})
+	}
 	net := s.netPrefix(addr)
 	var prefixBan *ban
 	if !r.b.Temporary {
@@ -349,7 +357,15 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 		return b.decision
 	}
 	if r.b.Resets != 0 {
-		s.ips.do(addr, false, func(v *ipState, _ bool) { *v.events.at(r.b.Resets) = window{} })
+		had := false
+		s.ips.do(addr, false, func(v *ipState, _ bool) {
+			w := v.events.at(r.b.Resets)
+			had = w.count > 0
+			*w = window{}
+		})
+		if k := (countKey{ev: r.b.Resets, subject: hostPrefix(addr)}); s.counts != nil && (had || s.counts.has(k)) {
+			s.counts.reset(k)
+		}
 	}
 	if r.net.Count > 0 {
 		if d, banned := s.networkFlood(addr, ev, r, now, c); banned {
@@ -368,6 +384,12 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 			*w = window{}
 		}
 	})
+	if n < int32(th.Count) && s.counts != nil {
+		// Other nodes' events of this address, as last known.
+		if total := s.counts.add(countKey{ev: ev, subject: hostPrefix(addr)}, ns); total >= int64(th.Count) {
+			n = int32(min(total, 1<<30))
+		}
+	}
 	if n < int32(th.Count) {
 		return allow
 	}
@@ -434,21 +456,40 @@ func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.
 			*w = window{}
 		}
 	})
+	if n < int32(th.Count) && s.counts != nil {
+		// Other nodes' events of this network, as last known.
+		if total := s.counts.add(countKey{ev: ev, net: true, subject: net}, ns); total >= int64(th.Count) {
+			n = int32(min(total, 1<<30))
+		}
+	}
 	if n < int32(th.Count) {
 		return allow, false
 	}
+	return s.banNetwork(net, ev, r, now, except)
+}
+
+// banNetwork bans net for crossing ev's network threshold (unless dry run
+// or a trusted proxy's) and closes its connections but except.
+func (s *Shield) banNetwork(net netip.Prefix, ev Event, r *eventRule, now time.Time, except *Conn) (Decision, bool) {
+	th := r.net
 	if th.DryRun || s.cfg.DryRun {
-		s.log.Info("shield would ban", "addr", net.String(), "reason", r.netName, "count", n, "window", th.Window.String())
+		s.log.Info("shield would ban", "addr", net.String(), "reason", r.netName, "window", th.Window.String())
 		return allow, false
 	}
 	if s.pol.Load().trusted.LookupPrefix(net) {
 		return allow, false
+	}
+	if b, ok := s.bans.Load().Get(net); ok && now.Before(b.expires) {
+		return b.decision, true // banned meanwhile (another node's crossing)
 	}
 	s.banMu.Lock()
 	ttl, count := s.escalate(net, &r.b, now)
 	b := newBan(net, r.netName, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	s.banMu.Unlock()
+	if s.counts != nil {
+		s.counts.reset(countKey{ev: ev, net: true, subject: net})
+	}
 	s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")
 	return b.decision, true
 }

@@ -23,8 +23,10 @@
 //     their own and survive restarts (Options.StateDir).
 //   - Shared state: bans, offender memory, known-good addresses, lockdown
 //     and failed logins go through a [StateStore] ([LocalStore] by default;
-//     Options.Store for one shared by several nodes). Decisions read a
-//     local snapshot and never wait for the store.
+//     Options.Store for one shared by several nodes, whose behaviour
+//     thresholds then count every node's events: StateStore.AddCounts,
+//     flushed every 100 ms). Decisions read a local snapshot and never
+//     wait for the store.
 //   - Open events: the shield defines [AuthFailure], [AuthSuccess] and
 //     [ProtocolError]; a service registers its own behaviours ([Register]:
 //     name, default thresholds per address and per network, ban text,

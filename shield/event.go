@@ -446,6 +446,7 @@ func registeredNames() string {
 // eventRule is a behaviour as one Shield applies it: its thresholds after
 // the config, and its ban decisions precomputed.
 type eventRule struct {
+	ev       Event
 	b        Behaviour
 	name     string
 	netName  string
@@ -461,7 +462,7 @@ func compileRules(cfg *Config) []eventRule {
 		if i == 0 {
 			continue
 		}
-		r := eventRule{b: b, name: b.Name, netName: networkPrefix + b.Name}
+		r := eventRule{ev: Event(i), b: b, name: b.Name, netName: networkPrefix + b.Name}
 		if th, ok := cfg.Thresholds[b.Name]; ok {
 			r.th = th
 		} else {

@@ -84,6 +84,7 @@ type BanEvent struct {
 	Manual bool          `json:"manual,omitempty"` // ban by an operator
 	Cause  string        `json:"cause,omitempty"`  // unban: "expired" or "manual"
 	Hits   int64         `json:"hits,omitempty"`   // unban: connections refused during the ban
+	Node   string        `json:"node,omitempty"`   // the node that banned or unbanned, in a cluster's ban log
 }
 
 // Line renders e like the shield's log line, prefixed with its UTC time.

@@ -13,6 +13,9 @@ import (
 	"time"
 )
 
+// banLogMax bounds a LocalStore's ban log.
+const banLogMax = 10_000
+
 // stateFile is the name of the persisted state inside Options.StateDir.
 const stateFile = "shield-state.json"
 
@@ -52,6 +55,8 @@ type localState struct {
 	bans      map[netip.Prefix]BanRecord
 	offenders *lru[netip.Prefix, OffenderRecord]
 	knownGood *lru[netip.Addr, time.Time]
+	counters  *lru[counterKey, int64] // AddCounts, by window; old windows fall out of the LRU
+	banLog    []BanEvent              // BanLog, at most banLogMax, oldest first
 	lockdown  bool
 	handles   map[*LocalStore]struct{}
 
@@ -92,6 +97,7 @@ func OpenLocalStore(dir string, opts LocalStoreOptions) (*LocalStore, error) {
 			bans:      make(map[netip.Prefix]BanRecord),
 			offenders: newLRU[netip.Prefix, OffenderRecord](opts.Capacity, hashPrefix),
 			knownGood: newLRU[netip.Addr, time.Time](opts.Capacity, hashAddr),
+			counters:  newLRU[counterKey, int64](2*opts.Capacity, hashCounter),
 			handles:   make(map[*LocalStore]struct{})}
 		if dir != "" {
 			if err := st.load(); err != nil {
@@ -127,6 +133,7 @@ type persistedBan struct {
 	Created time.Time    `json:"created"`
 	Expires time.Time    `json:"expires"`
 	Count   int          `json:"count"`
+	Node    string       `json:"node,omitempty"`
 }
 
 type persistedOff struct {
@@ -164,7 +171,7 @@ func (st *localState) load() error {
 		if b.Prefix.IsValid() && now.Before(b.Expires) && len(st.bans) < st.cap {
 			b.Prefix = canonPrefix(b.Prefix)
 			st.bans[b.Prefix] = BanRecord{Prefix: b.Prefix, Reason: b.Reason, Action: b.Action, Manual: b.Manual,
-				Temporary: b.Temp, Created: b.Created, Expires: b.Expires, Count: b.Count}
+				Temporary: b.Temp, Created: b.Created, Expires: b.Expires, Count: b.Count, Node: b.Node}
 		}
 	}
 	for _, o := range p.Offenders {
@@ -282,15 +289,42 @@ func (h *LocalStore) PutBan(_ context.Context, b BanRecord) error {
 			}
 		}
 		st.bans[b.Prefix] = b
+		st.logBan(BanLogEvent(b))
 		return nil
 	})
+}
+
+// logBan appends to the ban log, forgetting the oldest beyond banLogMax.
+// Called under st.mu.
+func (st *localState) logBan(e BanEvent) {
+	if len(st.banLog) >= banLogMax {
+		st.banLog = append(st.banLog[:0], st.banLog[len(st.banLog)-banLogMax/2:]...)
+	}
+	st.banLog = append(st.banLog, e)
+}
+
+// BanLog returns the bans and unbans made through any handle since the
+// given time (not persisted: this process's).
+func (h *LocalStore) BanLog(_ context.Context, since time.Time) ([]BanEvent, error) {
+	h.st.mu.Lock()
+	defer h.st.mu.Unlock()
+	var out []BanEvent
+	for _, e := range h.st.banLog {
+		if !e.Time.Before(since) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 // DeleteBan removes the ban on exactly p.
 func (h *LocalStore) DeleteBan(_ context.Context, p netip.Prefix) error {
 	p = canonPrefix(p)
 	return h.change(Change{Kind: ChangeUnban, Prefix: p}, func(st *localState) error {
-		delete(st.bans, p)
+		if b, ok := st.bans[p]; ok {
+			delete(st.bans, p)
+			st.logBan(BanEvent{Time: st.now(), Kind: "unban", Prefix: p, Reason: b.Reason, Cause: "manual"})
+		}
 		return nil
 	})
 }
@@ -357,6 +391,53 @@ func (h *LocalStore) AddAccountFailure(_ context.Context, account string, at tim
 	return h.change(Change{Kind: ChangeAccountFailure, Account: account, At: at}, func(*localState) error { return nil })
 }
 
+// counterKey is one shared counter in one window.
+type counterKey struct {
+	name    string
+	subject netip.Prefix
+	k       int64
+}
+
+func hashCounter(c counterKey) uint64 {
+	return hashString(c.name) ^ hashPrefix(c.subject) ^ uint64(c.k)*0xff51afd7ed558ccd
+}
+
+// AddCounts adds to the shared counters of every handle on this state
+// (see StateStore.AddCounts). Counters are not persisted: a restart
+// forgets at most one window of counts.
+func (h *LocalStore) AddCounts(_ context.Context, at time.Time, counts []Count) ([]CountTotal, error) {
+	st := h.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if h.closed {
+		return nil, errors.New("shield state store closed")
+	}
+	out := make([]CountTotal, len(counts))
+	for i, c := range counts {
+		if !c.Subject.IsValid() || c.Window <= 0 {
+			continue
+		}
+		k, elapsed := CounterWindow(at, c.Window)
+		cur := counterKey{c.Name, canonPrefix(c.Subject), k}
+		prev := cur
+		prev.k--
+		if c.Reset {
+			st.counters.delete(cur)
+			st.counters.delete(prev)
+		}
+		var n, p int64
+		st.counters.do(cur, c.Add > 0, func(v *int64, _ bool) { *v += c.Add; n = *v })
+		st.counters.do(prev, false, func(v *int64, _ bool) { p = *v })
+		out[i].Total = SlidingTotal(n, p, c.Window, elapsed)
+		if c.Add > 0 && c.Limit > 0 && out[i].Total >= c.Limit {
+			out[i].Crossed = true
+			st.counters.delete(cur)
+			st.counters.delete(prev)
+		}
+	}
+	return out, nil
+}
+
 // SetLockdown turns lockdown on or off for every handle.
 func (h *LocalStore) SetLockdown(_ context.Context, on bool) error {
 	return h.change(Change{Kind: ChangeLockdown, Lockdown: on}, func(st *localState) error {
@@ -403,7 +484,7 @@ func (h *LocalStore) Flush(context.Context) error {
 	p := persisted{Version: 2, Saved: st.now()}
 	for _, b := range s.Bans {
 		p.Bans = append(p.Bans, persistedBan{Prefix: b.Prefix, Reason: b.Reason, Action: b.Action, Manual: b.Manual,
-			Temp: b.Temporary, Created: b.Created, Expires: b.Expires, Count: b.Count})
+			Temp: b.Temporary, Created: b.Created, Expires: b.Expires, Count: b.Count, Node: b.Node})
 	}
 	for _, o := range s.Offenders {
 		p.Offenders = append(p.Offenders, persistedOff{Prefix: o.Prefix, Count: o.Count, Last: o.Last, Expires: o.Expires})

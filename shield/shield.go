@@ -22,10 +22,14 @@ type Options struct {
 	StateDir string           // where the default LocalStore persists bans, offender history and known-good addresses (JSON, atomic write, every SaveInterval and on Close), and where the event history lives; "" = no persistence
 	Now      func() time.Time // clock; nil = time.Now
 	// Store holds the state several nodes share (bans, offenders,
-	// known-good, lockdown); nil = a LocalStore on StateDir, which the
-	// Shield opens and closes. A Store given here is flushed by Close, not
-	// closed. See StateStore.
+	// known-good, lockdown, and behaviour counters that add up across
+	// nodes); nil = a LocalStore on StateDir, which the Shield opens and
+	// closes, and counts alone. A Store given here is flushed by Close,
+	// not closed. See StateStore.
 	Store StateStore
+	// Node names this node in the bans it issues (BanInfo.Node), so an
+	// operator of several nodes sees which one banned; "" = unnamed.
+	Node string
 }
 
 // Shield is the defence layer. One Shield serves any number of listeners
@@ -35,6 +39,7 @@ type Shield struct {
 	log      *slog.Logger
 	now      func() time.Time
 	stateDir string
+	node     string
 
 	pol       atomic.Pointer[policy]
 	rules     atomic.Pointer[[]eventRule] // by Event; rebuilt when an event registered after New is first reported
@@ -60,7 +65,8 @@ type Shield struct {
 	storeDropped atomic.Uint64 // writes dropped because the queue was full
 	storeErrors  atomic.Uint64
 	storeLogMu   sync.Mutex
-	storeLogged  time.Time // last "shield store write failed" line
+	storeLogged  time.Time     // last "shield store write failed" line
+	counts       *sharedCounts // behaviour counted across nodes; nil without a shared store
 
 	lnMu      sync.Mutex
 	listeners []*listener
@@ -98,6 +104,7 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		log:      opts.Logger,
 		now:      opts.Now,
 		stateDir: opts.StateDir,
+		node:     opts.Node,
 		issued:   make(map[string]uint64),
 		stats:    make(map[string]*listenerStats),
 		tarpits:  make(map[*tarpitConn]struct{}),

@@ -60,6 +60,14 @@ func (s *Shield) openStore(opts Options) error {
 	}
 	s.wg.Add(1)
 	go s.storeWriter()
+	if opts.Store != nil {
+		// A store given by the caller is shared with other nodes (a store
+		// the Shield opened itself is this process's alone): count
+		// behaviour across nodes.
+		s.counts = newSharedCounts(s.cfg.TableSize)
+		s.wg.Add(1)
+		go s.counterLoop()
+	}
 	return nil
 }
 
@@ -131,10 +139,13 @@ func (s *Shield) storeWriter() {
 }
 
 func (s *Shield) runStoreOp(ctx context.Context, op storeOp) {
-	err := op(ctx, s.store)
-	if err == nil {
-		return
+	if err := op(ctx, s.store); err != nil {
+		s.storeFailed(err)
 	}
+}
+
+// storeFailed counts a failed store call and logs it, once per interval.
+func (s *Shield) storeFailed(err error) {
 	s.storeErrors.Add(1)
 	// One line per interval, not one per event.
 	now := s.now()
@@ -161,7 +172,7 @@ func (s *Shield) flushStore() {
 
 func (b *ban) record() BanRecord {
 	return BanRecord{Prefix: b.prefix, Reason: b.reason, Action: b.action, Manual: b.manual,
-		Temporary: b.decision.Temporary, Created: b.created, Expires: b.expires, Count: b.count}
+		Temporary: b.decision.Temporary, Created: b.created, Expires: b.expires, Count: b.count, Node: b.node}
 }
 
 // banFromRecord turns a stored ban into a local one, within this Shield's
@@ -181,6 +192,7 @@ func (s *Shield) banFromRecord(r BanRecord, now time.Time) *ban {
 		r.Reason = "manual"
 	}
 	b := newBan(canonPrefix(r.Prefix), r.Reason, r.Action, r.Temporary, r.Manual, r.Created, ttl, max(r.Count, 1))
+	b.node = r.Node
 	if !now.Before(b.expires) {
 		return nil
 	}
@@ -323,7 +335,7 @@ func ReadBans(stateDir string, now time.Time) ([]BanInfo, error) {
 			continue
 		}
 		out = append(out, BanInfo{Prefix: canonPrefix(pb.Prefix), Reason: pb.Reason, Action: pb.Action, Manual: pb.Manual,
-			Created: pb.Created, Expires: pb.Expires, Count: max(pb.Count, 1)})
+			Created: pb.Created, Expires: pb.Expires, Count: max(pb.Count, 1), Node: pb.Node})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
 	return out, nil

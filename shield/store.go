@@ -43,10 +43,12 @@ import (
 //     Losing them costs an escalation level or a known-good status, never a
 //     wrong refusal.
 //   - Not stored: failed logins (AddAccountFailure) are only passed on to
-//     the other nodes, which count them in their own windows. Behaviour
-//     counters (thresholds) stay per node in this version: an attacker
-//     spreading guesses over N nodes is banned at up to N times the
-//     threshold (issue 16 adds counters that add up).
+//     the other nodes, which count them in their own windows.
+//   - Counters that add up (AddCounts): behaviour thresholds count every
+//     node's events, so an attacker spreading guesses over N nodes is
+//     banned at the same total as on one node. Best effort: a lost batch
+//     lets an attacker a few more tries, never refuses anyone. See
+//     AddCounts for the window and the overshoot.
 //   - Eventually consistent between nodes: a change made through one handle
 //     reaches the Watch callbacks of every other handle on the same state,
 //     after a delay the implementation documents (LocalStore: at once).
@@ -103,6 +105,32 @@ type StateStore interface {
 	// one delay, never locks anyone out.
 	AddAccountFailure(ctx context.Context, account string, at time.Time) error
 
+	// AddCounts adds every node's behaviour events to shared counters and
+	// returns, for each count in order, the total of every node's events
+	// within the sliding window ending at at. A node calls it with what
+	// it counted since its last call (a batch every ~100 ms, never on the
+	// accept path).
+	//
+	// The window: counters live in windows of Count.Window aligned on the
+	// Unix epoch (k = at / Window); the total is the current window's
+	// count plus the previous window's weighted by the part of it still
+	// inside the sliding window (floor(prev × (Window − elapsed) /
+	// Window)), the sliding-window estimate that gives no free double
+	// burst at a window's edge and costs two integers per subject.
+	//
+	// Crossing: when a count that adds events makes its total reach
+	// Count.Limit, the store forgets the counter (both windows) in the
+	// same atomic step and reports Crossed to that caller only: exactly
+	// one node bans, the others learn of the ban through Watch.
+	AddCounts(ctx context.Context, at time.Time, counts []Count) ([]CountTotal, error)
+
+	// BanLog returns the bans (PutBan: Time is the ban's Created) and
+	// unbans (DeleteBan of a ban that was there: Time is when) that every
+	// node made since the given time, oldest first, for reports that cover
+	// a cluster. The log is bounded (the oldest entries go first); a ban
+	// written again (a resync) may appear twice with the same Time.
+	BanLog(ctx context.Context, since time.Time) ([]BanEvent, error)
+
 	// SetLockdown turns lockdown on or off for every node.
 	SetLockdown(ctx context.Context, on bool) error
 	// Lockdown reports whether lockdown is on.
@@ -116,6 +144,49 @@ type StateStore interface {
 	Flush(ctx context.Context) error
 	// Close flushes and releases the handle.
 	Close() error
+}
+
+// BanLogEvent is the log entry of a stored ban, for BanLog.
+func BanLogEvent(b BanRecord) BanEvent {
+	return BanEvent{Time: b.Created, Kind: "ban", Prefix: b.Prefix, Reason: b.Reason, Action: b.Action,
+		TTL: b.Expires.Sub(b.Created), Count: b.Count, Manual: b.Manual, Node: b.Node}
+}
+
+// Count is one shared behaviour counter's change, for AddCounts.
+type Count struct {
+	Name    string        // the threshold's name: an event ("auth_failure") or network_<event>
+	Subject netip.Prefix  // the address (/32, /128) or the network counted
+	Window  time.Duration // the threshold's window (> 0)
+	Limit   int64         // the threshold's count; 0 never crosses
+	Add     int64         // events since the caller's last AddCounts
+	Reset   bool          // forget the counter before adding (the caller banned, or a reset event such as a good login)
+}
+
+// CountTotal is AddCounts' answer for one Count.
+type CountTotal struct {
+	Total   int64 // every node's events in the sliding window, this call's included
+	Crossed bool  // this call made Total reach Limit: the caller bans; the counter starts again from zero
+}
+
+// CounterWindow returns the window index of at (milliseconds since the
+// Unix epoch divided by w) and how far into that window at is, for stores
+// implementing AddCounts.
+func CounterWindow(at time.Time, w time.Duration) (k int64, elapsed time.Duration) {
+	wm := max(w.Milliseconds(), 1)
+	ms := at.UnixMilli()
+	k = ms / wm
+	return k, time.Duration(ms-k*wm) * time.Millisecond
+}
+
+// SlidingTotal is the sliding-window estimate AddCounts returns: cur plus
+// prev weighted by the part of the previous window still inside a window
+// of length w that ends elapsed into the current one.
+func SlidingTotal(cur, prev int64, w, elapsed time.Duration) int64 {
+	wm, em := max(w.Milliseconds(), 1), elapsed.Milliseconds()
+	if em >= wm || prev <= 0 {
+		return cur
+	}
+	return cur + prev*(wm-em)/wm
 }
 
 // ErrStoreFull is returned by PutBan when the store holds as many bans as
@@ -139,7 +210,8 @@ type BanRecord struct {
 	Temporary bool         `json:"temporary,omitempty"`
 	Created   time.Time    `json:"created"`
 	Expires   time.Time    `json:"expires"`
-	Count     int          `json:"count"` // escalation level
+	Count     int          `json:"count"`          // escalation level
+	Node      string       `json:"node,omitempty"` // the node that issued it ("" = this node, or a store without nodes)
 }
 
 // OffenderRecord is the escalation history of an address or prefix.

@@ -2,6 +2,7 @@ package shield
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -20,7 +21,7 @@ func twoNodes(t *testing.T) (*harness, *harness) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		hs[i] = newHarness(t, testConfig(), Options{Store: st})
+		hs[i] = newHarness(t, testConfig(), Options{Store: st, Node: fmt.Sprintf("node%d", i+1)})
 	}
 	for _, h := range hs { // one clock for both nodes and the store
 		h.clock = clock
@@ -174,5 +175,134 @@ func TestResyncRepublishesBans(t *testing.T) {
 	eventually(t, "ban republished", func() bool { b, _ := ls.Bans(context.Background()); return len(b) == 1 })
 	if d := h.s.Decide(mustAddr("198.51.100.7"), ""); d.Action != Drop {
 		t.Fatalf("ban lost locally: %+v", d)
+	}
+}
+
+// TestCountersAddUpAcrossNodes: failed logins from one address spread
+// over two nodes, each seeing fewer than the threshold, ban the address
+// on both at the cluster-wide threshold: the node whose flush crosses it
+// bans, and a node that knows the total bans at once on the next event.
+func TestCountersAddUpAcrossNodes(t *testing.T) {
+	n1, n2 := twoNodes(t)
+	th := n1.s.cfg.Thresholds["auth_failure"].Count
+	nodes := []*harness{n1, n2}
+	spread := func(addr netip.Addr, events int) {
+		for i := range events {
+			n := nodes[i%2]
+			if d := n.s.report(nil, addr, AuthFailure, n.clock.Now()); d.Denied() {
+				t.Fatalf("event %d of %d refused on node %d: %+v", i+1, events, i%2+1, d)
+			}
+			n.s.flushCounts()
+		}
+	}
+	// Threshold-1 failures over both nodes: no one bans.
+	a := mustAddr("192.0.2.170")
+	spread(a, th-1)
+	for i, n := range nodes {
+		if d := n.s.Decide(a, ""); d.Denied() {
+			t.Fatalf("node %d refused below the cluster threshold: %+v", i+1, d)
+		}
+	}
+	// The threshold-th failure lands on the node that did not flush last:
+	// its flush crosses the cluster total and it bans; the other node
+	// hears of the ban.
+	last := nodes[(th-1)%2]
+	last.s.report(nil, a, AuthFailure, last.clock.Now())
+	last.s.flushCounts()
+	for i, n := range nodes {
+		eventually(t, fmt.Sprintf("node %d refuses at the cluster threshold", i+1), func() bool {
+			return n.s.Decide(a, "").Source == "ban:auth_failure"
+		})
+	}
+	if c := last.s.Stats().Counters; c.Crossed != 1 || c.Sent == 0 {
+		t.Errorf("counter stats of the crossing node: %+v", c)
+	}
+	// The node that flushed last knows the total: the threshold-th event
+	// on it is refused at once, no flush needed.
+	b := mustAddr("192.0.2.171")
+	spread(b, th-1)
+	knows := nodes[(th-2)%2]
+	if d := knows.s.report(nil, b, AuthFailure, knows.clock.Now()); d.Source != "ban:auth_failure" {
+		t.Fatalf("node that knew the cluster total served the threshold-th failure: %+v", d)
+	}
+	other := nodes[(th-1)%2]
+	eventually(t, "other node refuses", func() bool { return other.s.Decide(b, "").Source == "ban:auth_failure" })
+	// Each address was banned once, at the first escalation level, by
+	// the node that crossed, and both nodes say which one.
+	for i, n := range nodes {
+		for _, bi := range n.s.Bans() {
+			if bi.Count != 1 {
+				t.Errorf("node %d: ban escalated twice: %+v", i+1, bi)
+			}
+			if want := fmt.Sprintf("node%d", (th-1)%2+1); bi.Prefix == hostPrefix(a) && bi.Node != want {
+				t.Errorf("node %d: ban of %s issued by %q, want %q", i+1, a, bi.Node, want)
+			}
+		}
+	}
+}
+
+// TestCountersAloneWithoutSharedStore: the same spread over two nodes
+// that do not share a store bans no one (each sees fewer than the
+// threshold): what the cluster counters fix.
+func TestCountersAloneWithoutSharedStore(t *testing.T) {
+	n1, n2 := newHarness(t, testConfig(), Options{}), newHarness(t, testConfig(), Options{})
+	th := n1.s.cfg.Thresholds["auth_failure"].Count
+	a := mustAddr("192.0.2.172")
+	for i := range th + th/2 {
+		n := []*harness{n1, n2}[i%2]
+		n.s.report(nil, a, AuthFailure, n.clock.Now())
+	}
+	if n1.s.Decide(a, "").Denied() || n2.s.Decide(a, "").Denied() {
+		t.Fatal("nodes without a shared store banned below their own threshold")
+	}
+	if n1.s.counts != nil {
+		t.Fatal("a Shield's own store counts as shared")
+	}
+}
+
+// TestMergeClusterBans: a report made on node 2 covers node 1's bans
+// (from the store's ban log), each once, with the node that issued it.
+func TestMergeClusterBans(t *testing.T) {
+	n1, n2 := twoNodes(t)
+	since := n1.clock.Now().Add(-time.Minute)
+	if err := n1.s.Ban(mustPrefix("198.51.100.0/24"), time.Hour, "scanner", Drop); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.s.Ban(mustPrefix("203.0.113.9/32"), time.Hour, "spam", Reject); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "node 1's ban logged", func() bool {
+		log, _ := n2.s.store.BanLog(context.Background(), since)
+		return len(log) == 2
+	})
+	snap := n2.s.HistorySnapshot(since, time.Minute)
+	if len(snap.Bans) != 1 {
+		t.Fatalf("node 2's own history: %+v", snap.Bans)
+	}
+	if err := n2.s.MergeClusterBans(context.Background(), &snap); err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]string{}
+	for _, e := range snap.Bans {
+		nodes[e.Prefix.String()] = e.Node
+	}
+	if len(snap.Bans) != 2 || nodes["198.51.100.0/24"] != "node1" || nodes["203.0.113.9/32"] != "node2" {
+		t.Fatalf("merged bans: %+v", snap.Bans)
+	}
+	found := false
+	for _, a := range snap.Addrs {
+		if a.Addr == mustPrefix("198.51.100.0/24") {
+			found = len(a.Bans) == 1 && a.Offending()
+		}
+	}
+	if !found {
+		t.Fatalf("node 1's banned network not in node 2's report: %+v", snap.Addrs)
+	}
+	var bans uint64
+	for _, p := range snap.Timeline {
+		bans += p.Bans
+	}
+	if bans != 2 {
+		t.Errorf("timeline counts %d bans, want 2", bans)
 	}
 }

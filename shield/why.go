@@ -137,13 +137,15 @@ type Stats struct {
 	Lockdown      bool                     `json:"lockdown"`
 	StoreDropped  uint64                   `json:"store_dropped"` // state store writes dropped because the queue was full
 	StoreErrors   uint64                   `json:"store_errors"`  // state store writes that failed
+	Counters      CounterStats             `json:"counters"`      // behaviour counted across nodes (a shared store)
 }
 
 // Stats returns a snapshot of the counters.
 func (s *Shield) Stats() Stats {
 	st := Stats{Listeners: make(map[string]ListenerStats), BansIssued: make(map[string]uint64),
 		ReloadsOK: s.reloadsOK.Load(), ReloadsFailed: s.reloadsFailed.Load(), TarpitHeld: s.tarpitHeld.Load(),
-		Rules: s.pol.Load().size(), Lockdown: s.lockdown.Load(), StoreDropped: s.storeDropped.Load(), StoreErrors: s.storeErrors.Load()}
+		Rules: s.pol.Load().size(), Lockdown: s.lockdown.Load(), StoreDropped: s.storeDropped.Load(), StoreErrors: s.storeErrors.Load(),
+		Counters: s.counts.stats()}
 	s.lnMu.Lock()
 	for name, c := range s.stats {
 		st.Listeners[name] = ListenerStats{Accepted: c.accepted.Load(), Rejected: c.rejected.Load(), Dropped: c.dropped.Load(),

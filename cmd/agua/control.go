@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -137,11 +138,24 @@ func cmdBans(e *env) error {
 		fmt.Fprintln(e.stdout, "no bans")
 		return nil
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PREFIX\tREASON\tACTION\tCOUNT\tHITS\tEXPIRES")
+	// A cluster's bans say which node issued them.
+	nodes := false
 	for _, b := range bans {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s UTC (in %s)\n", b.Prefix, b.Reason, b.Action, b.Count, b.Hits,
+		nodes = nodes || b.Node != ""
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	head := "PREFIX\tREASON\tACTION\tCOUNT\tHITS\tEXPIRES"
+	if nodes {
+		head += "\tNODE"
+	}
+	fmt.Fprintln(tw, head)
+	for _, b := range bans {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s UTC (in %s)", b.Prefix, b.Reason, b.Action, b.Count, b.Hits,
 			b.Expires.UTC().Format(time.DateTime), time.Until(b.Expires).Round(time.Second))
+		if nodes {
+			fmt.Fprintf(tw, "\t%s", cmp.Or(b.Node, "-"))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/agua-mail/agua/shield"
 )
 
-const reportUsage = "report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48] [-per4 16] [-per6 48] [-min 10] [-resolver HOST:PORT]\n" +
-	"       report attack [-since 1h] [-step 1m] [-format text|json]"
+const reportUsage = "report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48] [-per4 16] [-per6 48] [-min 10] [-resolver HOST:PORT] [-cluster]\n" +
+	"       report attack [-since 1h] [-step 1m] [-format text|json] [-cluster]"
 
 // cmdReport prints an abuse or attack report from the shield's event
 // history: from the running server, or from the state folder when it is
@@ -46,8 +46,9 @@ func cmdReport(e *env) error {
 	return usagef("unknown report %q: %s", kind, reportUsage)
 }
 
-// history fetches the history since the given period back from now.
-func (e *env) history(since string, step time.Duration) (shield.HistorySnapshot, error) {
+// history fetches the history since the given period back from now;
+// with cluster, merged with the bans every node of the cluster made.
+func (e *env) history(since string, step time.Duration, cluster bool) (shield.HistorySnapshot, error) {
 	now := time.Now()
 	from, err := admin.ParseSince(since, now)
 	if err != nil {
@@ -57,7 +58,13 @@ func (e *env) history(since string, step time.Duration) (shield.HistorySnapshot,
 	c := admin.NewClient(server.AdminSocket(e.cfg))
 	// Reports need only the addresses that misbehaved.
 	q := url.Values{"since": {from.UTC().Format(time.RFC3339)}, "step": {step.String()}, "offending": {"true"}}
+	if cluster {
+		q.Set("cluster", "true")
+	}
 	err = c.Do("GET", "/v1/history?"+q.Encode(), nil, &snap)
+	if errors.Is(err, admin.ErrNotRunning) && cluster {
+		return snap, errors.New("-cluster reads the cluster's ban log through the running server: agua is not running")
+	}
 	if errors.Is(err, admin.ErrNotRunning) {
 		// The server is stopped: read what it saved.
 		dir := server.ShieldStateDir(e.cfg)
@@ -80,6 +87,7 @@ func reportAbuse(e *env) error {
 	minimum := e.flags.Uint64("min", 10, "offences (failed logins, unknown recipients, protocol errors, pregreet, connections while banned for them) an address needs to be reported, unless it was banned")
 	resolver := e.flags.String("resolver", "", "DNS server (HOST:PORT) for reverse lookups of the offenders; empty: no lookups")
 	contact := e.flags.String("contact", "", "reply address named in the reports (default postmaster@HOSTNAME)")
+	cluster := e.flags.Bool("cluster", false, "cover the bans every node of the cluster made ([cluster] redis), not only this node's")
 	pos, err := e.parse()
 	if err != nil {
 		return err
@@ -109,7 +117,7 @@ func reportAbuse(e *env) error {
 			return usagef("-resolver %q: want HOST:PORT of a DNS server, e.g. 127.0.0.1:53", *resolver)
 		}
 	}
-	snap, err := e.history(*since, time.Minute)
+	snap, err := e.history(*since, time.Minute, *cluster)
 	if err != nil {
 		return err
 	}
@@ -128,6 +136,7 @@ func reportAttack(e *env) error {
 	step := e.flags.Duration("step", time.Minute, "timeline step (whole minutes)")
 	format := e.flags.String("format", "text", "text or json")
 	top := e.flags.Int("top", 10, "offending networks listed")
+	cluster := e.flags.Bool("cluster", false, "cover the bans every node of the cluster made ([cluster] redis), not only this node's")
 	pos, err := e.parse()
 	if err != nil {
 		return err
@@ -141,7 +150,7 @@ func reportAttack(e *env) error {
 	if *step < time.Minute {
 		return usagef("-step must be at least 1m")
 	}
-	snap, err := e.history(*since, *step)
+	snap, err := e.history(*since, *step, *cluster)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"time"
@@ -23,10 +24,12 @@ func ParseSince(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// history serves GET /v1/history?since=24h&step=1m[&offending=true]: the
-// shield's event history (per address, a timeline, bans and unbans) for
-// reports; with offending=true only the addresses that misbehaved, which
-// keeps the answer small on a busy server.
+// history serves GET /v1/history?since=24h&step=1m[&offending=true][&cluster=true]:
+// the shield's event history (per address, a timeline, bans and unbans)
+// for reports; with offending=true only the addresses that misbehaved,
+// which keeps the answer small on a busy server; with cluster=true the
+// bans and unbans every node sharing the state made too (the store's ban
+// log), not only this node's.
 func (a *Server) history(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	now := time.Now()
@@ -48,6 +51,15 @@ func (a *Server) history(w http.ResponseWriter, r *http.Request) {
 		step = d
 	}
 	snap := a.Shield.HistorySnapshot(since, step)
+	if q.Get("cluster") == "true" {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		err := a.Shield.MergeClusterBans(ctx, &snap)
+		cancel()
+		if err != nil {
+			fail(w, http.StatusServiceUnavailable, "the cluster's ban log could not be read: %v", err)
+			return
+		}
+	}
 	if q.Get("offending") == "true" {
 		kept := snap.Addrs[:0]
 		for _, ah := range snap.Addrs {

@@ -3,6 +3,7 @@ package server
 import (
 	"os"
 
+	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/shield"
 	"github.com/agua-mail/agua/shield/redisstore"
 )
@@ -30,7 +31,7 @@ func (s *Server) openCluster(opts *shield.Options) error {
 	if err != nil {
 		return err
 	}
-	s.cluster, opts.Store = st, st
+	s.cluster, opts.Store, opts.Node = st, st, node
 	return nil
 }
 
@@ -41,4 +42,18 @@ func (s *Server) clusterStatus() *ClusterStatus {
 	}
 	st := s.cluster.Status()
 	return &st
+}
+
+// clusterFigures are the cluster's metrics.
+func (s *Server) clusterFigures() metrics.ClusterFigures {
+	st := s.cluster.Status()
+	f := metrics.ClusterFigures{Connected: st.Connected, SharedBans: st.Bans, Pending: st.Pending, Lost: st.Lost}
+	for _, n := range st.Nodes {
+		if n.Alive {
+			f.Alive++
+		} else {
+			f.Stale++
+		}
+	}
+	return f
 }

@@ -91,23 +91,11 @@ func closeBrowser(t *testing.T, ctx context.Context, cancelAlloc context.CancelF
 	}
 }
 
-// TestDashboardEndToEnd drives the dashboard in real headless Chromium:
-// sign in with the token, watch a live slowloris from agua bench appear
-// among the top addresses, block that address from the page and see its
-// connections refused.
-func TestDashboardEndToEnd(t *testing.T) {
+// signIn starts headless Chromium on the dashboard of ts, checks that a
+// wrong token is refused, signs in with the right one and returns the
+// browser's context (bounded; the browser closes with the test).
+func signIn(t *testing.T, ts *testServer) context.Context {
 	browser := chromium(t)
-	// A short log interval folds refusals into the history quickly, so
-	// the "Recent events" table fills within the test.
-	// far.test's mail exchanger is an address where nothing listens, so
-	// the queue panel's message stays queued (connection refused: deferred).
-	dns := dnstest.Start(t, "127.0.0.96")
-	dns.Add(t, "far.test. 300 IN MX 10 mx.far.test.", "mx.far.test. 300 IN A 127.0.0.97")
-	ts := startServer(t, func(c *config.Config) {
-		c.Shield.LogInterval = 300 * time.Millisecond
-		c.DNS.Resolver = []string{dns.Addr}
-		c.Outbound.SMTPPort = freePort(t, "127.0.0.97")
-	})
 	tok, err := os.ReadFile(AdminTokenFile(ts.cfg.DataDir))
 	if err != nil {
 		t.Fatal(err)
@@ -137,8 +125,15 @@ func TestDashboardEndToEnd(t *testing.T) {
 	bctx, _ := chromedp.NewContext(actx, chromedp.WithErrorf(func(string, ...any) {}))
 	// Chromium writes its profile until it (and its helpers) have exited.
 	t.Cleanup(func() { closeBrowser(t, bctx, cancelA, profile) })
+	// The first Run starts the browser and ties it to its context: bctx,
+	// which closeBrowser closes, not the bounded context below (its end
+	// would kill the browser under chromedp.Cancel, which then waits on
+	// it forever).
+	if err := chromedp.Run(bctx); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
-	defer cancelT()
+	t.Cleanup(cancelT)
 
 	url := "http://" + ts.srv.Addr("admin") + "/"
 	if err := chromedp.Run(ctx,
@@ -163,6 +158,26 @@ func TestDashboardEndToEnd(t *testing.T) {
 	); err != nil {
 		t.Fatal(err)
 	}
+	return ctx
+}
+
+// TestDashboardEndToEnd drives the dashboard in real headless Chromium:
+// sign in with the token, watch a live slowloris from agua bench appear
+// among the top addresses, block that address from the page and see its
+// connections refused.
+func TestDashboardEndToEnd(t *testing.T) {
+	// A short log interval folds refusals into the history quickly, so
+	// the "Recent events" table fills within the test.
+	// far.test's mail exchanger is an address where nothing listens, so
+	// the queue panel's message stays queued (connection refused: deferred).
+	dns := dnstest.Start(t, "127.0.0.96")
+	dns.Add(t, "far.test. 300 IN MX 10 mx.far.test.", "mx.far.test. 300 IN A 127.0.0.97")
+	ts := startServer(t, func(c *config.Config) {
+		c.Shield.LogInterval = 300 * time.Millisecond
+		c.DNS.Resolver = []string{dns.Addr}
+		c.Outbound.SMTPPort = freePort(t, "127.0.0.97")
+	})
+	ctx := signIn(t, ts)
 
 	// A slowloris from one address, held open by agua bench.
 	attacker := netip.MustParseAddr("127.0.0.200")

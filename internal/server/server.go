@@ -142,6 +142,9 @@ func (s *Server) open(out io.Writer) (err error) {
 	if err := s.openSendLimits(); err != nil {
 		return err
 	}
+	if s.cluster != nil {
+		s.metrics.Cluster(s.shield, s.clusterFigures)
+	}
 	if err := s.openCerts(); err != nil {
 		return err
 	}

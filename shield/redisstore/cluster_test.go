@@ -3,7 +3,6 @@ package redisstore_test
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -39,9 +38,15 @@ func startNode(t testing.TB, url, name, ip string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startNodeStore(t, st, name, ip)
+}
+
+// startNodeStore starts a node on a store the caller opened.
+func startNodeStore(t testing.TB, st *redisstore.Store, name, ip string) *node {
+	t.Helper()
 	cfg := shield.DefaultConfig()
 	cfg.LogInterval = time.Hour
-	sh, err := shield.New(cfg, shield.Options{Store: st, Logger: slog.New(slog.DiscardHandler)})
+	sh, err := shield.New(cfg, shield.Options{Store: st, Node: name, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +67,19 @@ func startNode(t testing.TB, url, name, ip string) *node {
 			go func() {
 				defer c.Close()
 				fmt.Fprintf(c, "HELLO %s\r\n", name)
-				io.Copy(io.Discard, c)
+				// FAIL is a failed login: answered "NO <reason>" and closed
+				// when it gets the client banned, else "FAILED".
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					if sc.Text() != "FAIL" {
+						continue
+					}
+					if d := shield.Report(c, shield.AuthFailure); d.Denied() {
+						fmt.Fprintf(c, "NO %s\r\n", d.Reason)
+						return
+					}
+					fmt.Fprintf(c, "FAILED\r\n")
+				}
 			}()
 		}
 	}()
@@ -81,6 +98,19 @@ func (n *node) stop() {
 // greet connects from the source address from and returns the first line.
 func (n *node) greet(t *testing.T, from string) string {
 	t.Helper()
+	return n.session(from, false)
+}
+
+// fail connects from the source address from, fails a login and returns
+// the answer ("FAILED", or "NO ..." once banned).
+func (n *node) fail(t *testing.T, from string) string {
+	t.Helper()
+	return n.session(from, true)
+}
+
+// session connects from the source address from, reads the first line
+// and, with fail, sends FAIL and reads the answer; it returns the last line.
+func (n *node) session(from string, fail bool) string {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
 	c, err := d.Dial("tcp", n.addr)
 	if err != nil {
@@ -88,17 +118,23 @@ func (n *node) greet(t *testing.T, from string) string {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
 	if err != nil && line == "" {
 		return "read: " + err.Error()
 	}
+	if !fail || !strings.HasPrefix(line, "HELLO ") {
+		return strings.TrimSpace(line)
+	}
+	fmt.Fprintf(c, "FAIL\r\n")
+	line, _ = r.ReadString('\n')
 	return strings.TrimSpace(line)
 }
 
 func (n *node) denies(a string) bool { return n.sh.Decide(netip.MustParseAddr(a), "svc").Denied() }
 
 // waitUntil waits for cond within waitDeadline.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitDeadline)
 	for !cond() {
@@ -227,6 +263,18 @@ func TestClusterRedisDown(t *testing.T) {
 	if got := nodes[1].greet(t, during); !strings.HasPrefix(got, "NO ") {
 		t.Errorf("node2 served a client it banned while Redis was down: %q", got)
 	}
+	// A brute force on one node is banned there at the threshold, as
+	// without a cluster: its counters need no Redis.
+	const brute = "127.0.9.5"
+	th := shield.DefaultConfig().Thresholds["auth_failure"].Count
+	for i := range th - 1 {
+		if got := nodes[2].fail(t, brute); got != "FAILED" {
+			t.Fatalf("failure %d while Redis is down: %q", i+1, got)
+		}
+	}
+	if got := nodes[2].fail(t, brute); !strings.HasPrefix(got, "NO ") {
+		t.Errorf("threshold-th failure on node3 while Redis is down: %q", got)
+	}
 	load = served.Load()
 	waitUntil(t, "load served while Redis is down", func() bool { return served.Load() > load+30 })
 
@@ -235,7 +283,9 @@ func TestClusterRedisDown(t *testing.T) {
 		waitUntil(t, n.name+" reconnected", func() bool { return n.st.Status().Connected })
 	}
 	for _, n := range nodes {
-		waitUntil(t, n.name+" has both bans after the resync", func() bool { return n.denies(before) && n.denies(during) })
+		waitUntil(t, n.name+" has every ban after the resync", func() bool {
+			return n.denies(before) && n.denies(during) && n.denies(brute)
+		})
 	}
 	// Redis learnt them again from the nodes.
 	fresh, err := redisstore.Open(redisstore.Options{URL: srv.URL(0), Logger: slog.New(slog.DiscardHandler)})
@@ -243,9 +293,9 @@ func TestClusterRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fresh.Close()
-	waitUntil(t, "Redis holds both bans again", func() bool {
+	waitUntil(t, "Redis holds the three bans again", func() bool {
 		bans, err := fresh.Bans(t.Context())
-		return err == nil && len(bans) == 2
+		return err == nil && len(bans) == 3
 	})
 	close(stop)
 	wg.Wait()
@@ -293,5 +343,49 @@ func TestClusterUnbanWhileCutOff(t *testing.T) {
 		if n.denies(addr) {
 			t.Errorf("%s refuses an unbanned client", n.name)
 		}
+	}
+}
+
+// A brute force spread round robin over three nodes from one address,
+// each node seeing fewer failures than the threshold, is banned on every
+// node at the cluster-wide threshold, and not one failure before.
+func TestClusterCountersAddUp(t *testing.T) {
+	srv := redistest.Start(t)
+	nodes := threeNodes(t, srv.URL(0))
+	const attacker = "127.0.9.6"
+	th := shield.DefaultConfig().Thresholds["auth_failure"].Count // 10: 3 or 4 per node
+	sent := func() (n uint64) {
+		for _, x := range nodes {
+			n += x.sh.Stats().Counters.Sent
+		}
+		return n
+	}
+	for i := range th - 1 {
+		if got := nodes[i%3].fail(t, attacker); got != "FAILED" {
+			t.Fatalf("failure %d on %s: %q", i+1, nodes[i%3].name, got)
+		}
+	}
+	waitUntil(t, "every failure shared", func() bool { return sent() == uint64(th-1) })
+	for _, n := range nodes {
+		if n.denies(attacker) {
+			t.Fatalf("%s refuses below the cluster threshold", n.name)
+		}
+	}
+	last := nodes[(th-1)%3]
+	if got := last.fail(t, attacker); got != "FAILED" && !strings.HasPrefix(got, "NO ") && got != "" {
+		t.Fatalf("threshold-th failure on %s: %q", last.name, got)
+	}
+	for _, n := range nodes {
+		waitUntil(t, n.name+" refuses at the cluster threshold", func() bool { return n.denies(attacker) })
+		if got := n.greet(t, attacker); !strings.HasPrefix(got, "NO ") {
+			t.Errorf("%s served the attacker: %q", n.name, got)
+		}
+	}
+	var crossed uint64
+	for _, n := range nodes {
+		crossed += n.sh.Stats().Counters.Crossed
+	}
+	if crossed != 1 {
+		t.Errorf("%d nodes banned for the cluster total, want exactly 1", crossed)
 	}
 }

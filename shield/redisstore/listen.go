@@ -186,19 +186,29 @@ func (s *Store) beat() {
 			s.rdb.HDel(ctx, key, name)
 			continue
 		}
-		nodes = append(nodes, Node{Name: name, LastHeartbeat: last, Age: now.Sub(last).Round(time.Millisecond).String()})
+		nodes = append(nodes, Node{Name: name, LastHeartbeat: last, Age: now.Sub(last).Round(time.Millisecond).String(),
+			Alive: now.Sub(last) <= nodeAlive*s.opts.Heartbeat})
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
+	bans, err := s.rdb.ZCount(ctx, s.key("bans", ""), "("+strconv.FormatInt(ms(now), 10), "+inf").Result()
 	s.smu.Lock()
 	s.nodes = nodes
+	if err == nil {
+		s.sharedBans = bans
+	}
 	s.smu.Unlock()
 }
+
+// nodeAlive is how many heartbeat intervals a node may miss and still be
+// listed as alive.
+const nodeAlive = 3
 
 // Node is one node seen through its heartbeat.
 type Node struct {
 	Name          string    `json:"name"`
 	LastHeartbeat time.Time `json:"last_heartbeat"`
-	Age           string    `json:"age"` // since the heartbeat, when this node last read it
+	Age           string    `json:"age"`   // since the heartbeat, when this node last read it
+	Alive         bool      `json:"alive"` // heard within the last nodeAlive heartbeats
 }
 
 // Status is what `agua status` shows of the cluster.
@@ -207,6 +217,7 @@ type Status struct {
 	Connected bool      `json:"connected"`
 	Since     time.Time `json:"since"`       // of the current connection state
 	Nodes     []Node    `json:"nodes"`       // as of the last heartbeat this node read
+	Bans      int64     `json:"shared_bans"` // bans in Redis, as of the last heartbeat
 	Pending   int       `json:"pending"`     // writes waiting for Redis
 	Lost      uint64    `json:"lost_writes"` // writes dropped because too many were waiting
 }
@@ -215,7 +226,8 @@ type Status struct {
 // Redis.
 func (s *Store) Status() Status {
 	s.smu.Lock()
-	st := Status{Node: s.opts.Node, Connected: s.connected.Load(), Since: s.since, Nodes: append([]Node(nil), s.nodes...)}
+	st := Status{Node: s.opts.Node, Connected: s.connected.Load(), Since: s.since, Nodes: append([]Node(nil), s.nodes...),
+		Bans: s.sharedBans}
 	s.smu.Unlock()
 	st.Pending = int(s.npending.Load())
 	st.Lost = s.lost.Load()

@@ -15,7 +15,9 @@
 //	kg:<addr>        known-good until (ms), expiring then
 //	kgs              sorted set of known-good addresses, score = until
 //	lockdown         "1" while lockdown is on (no expiry)
+//	cnt:<name>:<subject>:<k>  shared behaviour counter of window k, expiring 2 windows after its last add
 //	nodes            hash: node name → last heartbeat (ms)
+//	banlog           stream of bans and unbans (JSON shield.BanEvent), capped near banLogMax, for cluster reports
 //	events           the pub/sub channel of changes
 //
 // Every write is one Lua script or MULTI that changes the keys and
@@ -113,12 +115,13 @@ type Store struct {
 	nextW    int
 	deliver  sync.Mutex // one callback at a time
 
-	connected atomic.Bool
-	ever      atomic.Bool // a subscription has succeeded once
-	smu       sync.Mutex  // status below
-	since     time.Time
-	nodes     []Node
-	closeOnce sync.Once
+	connected  atomic.Bool
+	ever       atomic.Bool // a subscription has succeeded once
+	smu        sync.Mutex  // status below
+	since      time.Time
+	nodes      []Node
+	sharedBans int64
+	closeOnce  sync.Once
 
 	psMu sync.Mutex
 	ps   *redis.PubSub // the current subscription, closed by Close to end a blocked receive
@@ -201,6 +204,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 'full' end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', 'e', ARGV[9])
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 'ok'`)
 
@@ -208,9 +212,16 @@ return 'ok'`)
 // live, and publishes.
 var deleteBan = redis.NewScript(`
 local ttl = redis.call('PTTL', KEYS[1])
+local old = redis.call('GET', KEYS[1])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if ttl > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ttl) end
+if old then
+  local ev = cjson.decode(ARGV[5])
+  local ok, b = pcall(cjson.decode, old)
+  if ok and type(b) == 'table' and b.reason then ev.reason = b.reason end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'e', cjson.encode(ev))
+end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`)
 
@@ -294,9 +305,13 @@ func (s *Store) PutBan(ctx context.Context, b shield.BanRecord) error {
 	}
 	member := b.Prefix.String()
 	msg := s.encode(shield.Change{Kind: shield.ChangeBan, Ban: b})
+	logged, err := json.Marshal(shield.BanLogEvent(b))
+	if err != nil {
+		return err
+	}
 	return s.write(ctx, func(ctx context.Context) error {
-		res, err := putBan.Run(ctx, s.rdb, []string{s.key("ban:", member), s.key("bans", ""), s.key("unban:", member)},
-			member, data, ms(b.Expires), ms(now), s.opts.Capacity, ms(b.Created), s.channel(), msg).Text()
+		res, err := putBan.Run(ctx, s.rdb, []string{s.key("ban:", member), s.key("bans", ""), s.key("unban:", member), s.key("banlog", "")},
+			member, data, ms(b.Expires), ms(now), s.opts.Capacity, ms(b.Created), s.channel(), msg, logged, banLogMax).Text()
 		switch {
 		case err != nil:
 			return err
@@ -317,10 +332,45 @@ func (s *Store) DeleteBan(ctx context.Context, p netip.Prefix) error {
 	member := p.String()
 	now := s.opts.Now()
 	msg := s.encode(shield.Change{Kind: shield.ChangeUnban, Prefix: p})
+	logged, err := json.Marshal(shield.BanEvent{Time: now, Kind: "unban", Prefix: p, Cause: "manual", Node: s.opts.Node})
+	if err != nil {
+		return err
+	}
 	return s.write(ctx, func(ctx context.Context) error {
-		return deleteBan.Run(ctx, s.rdb, []string{s.key("ban:", member), s.key("bans", ""), s.key("unban:", member)},
-			member, ms(now), s.channel(), msg).Err()
+		return deleteBan.Run(ctx, s.rdb, []string{s.key("ban:", member), s.key("bans", ""), s.key("unban:", member), s.key("banlog", "")},
+			member, ms(now), s.channel(), msg, logged, banLogMax).Err()
 	})
+}
+
+// banLogMax bounds the ban log stream (XADD MAXLEN ~, so Redis trims in
+// whole nodes of the stream: a little more may stay).
+const banLogMax = 100_000
+
+// banLogSkew is how far before since BanLog starts reading the stream,
+// whose entry ids are Redis's clock, not the nodes'.
+const banLogSkew = time.Minute
+
+// BanLog returns every node's bans and unbans since the given time, from
+// the capped stream the ban scripts append to.
+func (s *Store) BanLog(ctx context.Context, since time.Time) ([]shield.BanEvent, error) {
+	start := "-"
+	if !since.IsZero() {
+		start = strconv.FormatInt(max(ms(since.Add(-banLogSkew)), 0), 10)
+	}
+	msgs, err := s.rdb.XRangeN(ctx, s.key("banlog", ""), start, "+", banLogMax).Result()
+	if err != nil {
+		return nil, err
+	}
+	var out []shield.BanEvent
+	for _, m := range msgs {
+		v, _ := m.Values["e"].(string)
+		var e shield.BanEvent
+		if json.Unmarshal([]byte(v), &e) != nil || !e.Prefix.IsValid() || e.Time.Before(since) {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 // Bans returns the unexpired bans.
@@ -467,6 +517,78 @@ func (s *Store) AddAccountFailure(ctx context.Context, account string, at time.T
 	msg := s.encode(shield.Change{Kind: shield.ChangeAccountFailure, Account: account, At: at})
 	// Not kept for replay: a late failure is worth nothing.
 	return s.rdb.Publish(ctx, s.channel(), msg).Err()
+}
+
+// addCounts adds to counters and answers each with its sliding total
+// and whether this call crossed its limit (then the counter is forgotten,
+// atomically, so exactly one caller crosses). ARGV: the counter key
+// prefix, then 8 per count: name:subject, window index k, k-1, window ms,
+// ms elapsed in window k, events to add, reset (1/0), limit (0 = none).
+var addCounts = redis.NewScript(`
+local out = {}
+for i = 2, #ARGV, 8 do
+  local cur = ARGV[1] .. ARGV[i] .. ':' .. ARGV[i+1]
+  local prev = ARGV[1] .. ARGV[i] .. ':' .. ARGV[i+2]
+  local w, elapsed = tonumber(ARGV[i+3]), tonumber(ARGV[i+4])
+  local add, limit = tonumber(ARGV[i+5]), tonumber(ARGV[i+7])
+  if ARGV[i+6] == '1' then redis.call('DEL', cur, prev) end
+  local c
+  if add > 0 then
+    c = redis.call('INCRBY', cur, add)
+    redis.call('PEXPIRE', cur, 2 * w)
+  else
+    c = tonumber(redis.call('GET', cur) or '0')
+  end
+  local total = c
+  local p = tonumber(redis.call('GET', prev) or '0')
+  if p > 0 and elapsed < w then total = c + math.floor(p * (w - elapsed) / w) end
+  local crossed = 0
+  if add > 0 and limit > 0 and total >= limit then
+    redis.call('DEL', cur, prev)
+    crossed = 1
+  end
+  out[#out + 1] = total
+  out[#out + 1] = crossed
+end
+return out`)
+
+// countBatch bounds the counts of one script call, so one call never
+// holds Redis for long (Lua scripts run alone).
+const countBatch = 500
+
+// AddCounts adds to the shared behaviour counters (see
+// shield.StateStore.AddCounts): one script call per countBatch counts.
+// Not kept for replay: a count that could not be added is lost, which
+// lets an attacker a few more tries and never refuses anyone.
+func (s *Store) AddCounts(ctx context.Context, at time.Time, counts []shield.Count) ([]shield.CountTotal, error) {
+	out := make([]shield.CountTotal, 0, len(counts))
+	for len(counts) > 0 {
+		batch := counts[:min(len(counts), countBatch)]
+		counts = counts[len(batch):]
+		args := make([]any, 1, 1+8*len(batch))
+		args[0] = s.key("cnt:", "")
+		for _, c := range batch {
+			w := max(c.Window, time.Millisecond)
+			k, elapsed := shield.CounterWindow(at, w)
+			reset := "0"
+			if c.Reset {
+				reset = "1"
+			}
+			args = append(args, c.Name+":"+c.Subject.Masked().String(), k, k-1, w.Milliseconds(),
+				elapsed.Milliseconds(), max(c.Add, 0), reset, max(c.Limit, 0))
+		}
+		res, err := addCounts.Run(ctx, s.rdb, nil, args...).Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		if len(res) != 2*len(batch) {
+			return nil, fmt.Errorf("shield redis store: %d counter replies for %d counts", len(res), len(batch))
+		}
+		for i := range batch {
+			out = append(out, shield.CountTotal{Total: res[2*i], Crossed: res[2*i+1] == 1})
+		}
+	}
+	return out, nil
 }
 
 // SetLockdown turns lockdown on or off for every node.

@@ -11,6 +11,8 @@
 //
 // It checks what shield.StateStore documents: records round-trip, replace
 // per key and expire by themselves; known-good revocation covers a prefix;
+// the issuing node of a ban is kept; shared counters add up across
+// handles, slide over their window and cross their limit exactly once;
 // changes reach the other handles' Watch and are never echoed to the
 // writer; Watch stops; bans are durable once every handle is closed; and
 // concurrent writers lose nothing. Waiting for a change is bounded and never
@@ -54,6 +56,10 @@ func Run(t *testing.T, newState func(t *testing.T) Open) {
 		{"WatchStop", testWatchStop},
 		{"Durable", testDurable},
 		{"Concurrent", testConcurrent},
+		{"BanLog", testBanLog},
+		{"Counts", testCounts},
+		{"CountsWindow", testCountsWindow},
+		{"CountsConcurrent", testCountsConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newState(t)) })
@@ -87,7 +93,8 @@ func ban(p string, base time.Time, count int) shield.BanRecord {
 
 func sameBan(a, b shield.BanRecord) bool {
 	return a.Prefix == b.Prefix && a.Reason == b.Reason && a.Action == b.Action && a.Manual == b.Manual &&
-		a.Temporary == b.Temporary && a.Created.Equal(b.Created) && a.Expires.Equal(b.Expires) && a.Count == b.Count
+		a.Temporary == b.Temporary && a.Created.Equal(b.Created) && a.Expires.Equal(b.Expires) && a.Count == b.Count &&
+		a.Node == b.Node
 }
 
 func findBan(bans []shield.BanRecord, p string) (shield.BanRecord, bool) {
@@ -103,7 +110,7 @@ func testBans(t *testing.T, open Open) {
 	st := handle(t, open)
 	base := now()
 	v4, v6 := ban("192.0.2.7/32", base, 1), ban("2001:db8::/48", base, 3)
-	v6.Manual, v6.Reason, v6.Action, v6.Temporary = true, "scanner", shield.Drop, true
+	v6.Manual, v6.Reason, v6.Action, v6.Temporary, v6.Node = true, "scanner", shield.Drop, true, "node2"
 	must(t, st.PutBan(ctx, v4))
 	must(t, st.PutBan(ctx, v6))
 	bans, err := st.Bans(ctx)
@@ -391,5 +398,153 @@ func testConcurrent(t *testing.T, open Open) {
 	must(t, err)
 	if len(s.Bans) != 100 || len(s.KnownGood) != 100 {
 		t.Fatalf("concurrent writers lost records: %d bans, %d known-good", len(s.Bans), len(s.KnownGood))
+	}
+}
+
+// counts calls AddCounts and fails the test on error.
+func counts(t *testing.T, st shield.StateStore, at time.Time, cs ...shield.Count) []shield.CountTotal {
+	t.Helper()
+	out, err := st.AddCounts(ctx, at, cs)
+	must(t, err)
+	if len(out) != len(cs) {
+		t.Fatalf("AddCounts returned %d totals for %d counts", len(out), len(cs))
+	}
+	return out
+}
+
+// windowStart is the start of the hour-long counter window holding now,
+// so the tests choose where in a window they count.
+func windowStart() time.Time {
+	k, _ := shield.CounterWindow(time.Now(), time.Hour)
+	return time.UnixMilli(k * time.Hour.Milliseconds()).UTC()
+}
+
+func testCounts(t *testing.T, open Open) {
+	a, b := handle(t, open), handle(t, open)
+	at := windowStart().Add(time.Minute)
+	p1, p2 := netip.MustParsePrefix("192.0.2.20/32"), netip.MustParsePrefix("192.0.2.0/24")
+	c := func(name string, p netip.Prefix, add int64) shield.Count {
+		return shield.Count{Name: name, Subject: p, Window: time.Hour, Limit: 10, Add: add}
+	}
+	// Two nodes' events add up; subjects and names are separate counters;
+	// totals come back in the order asked.
+	got := counts(t, a, at, c("auth_failure", p1, 3), c("network_auth_failure", p2, 5))
+	if got[0] != (shield.CountTotal{Total: 3}) || got[1] != (shield.CountTotal{Total: 5}) {
+		t.Fatalf("first batch: %+v", got)
+	}
+	if got := counts(t, b, at, c("auth_failure", p1, 4)); got[0] != (shield.CountTotal{Total: 7}) {
+		t.Fatalf("second node: %+v", got)
+	}
+	if got := counts(t, a, at, c("auth_failure", p1, 0), c("protocol_error", p1, 0)); got[0].Total != 7 || got[1].Total != 0 {
+		t.Fatalf("read back: %+v", got)
+	}
+	// Reaching the limit crosses once, for the caller that reached it, and
+	// starts the counter again.
+	if got := counts(t, b, at, c("auth_failure", p1, 3)); got[0] != (shield.CountTotal{Total: 10, Crossed: true}) {
+		t.Fatalf("limit reached: %+v", got)
+	}
+	if got := counts(t, a, at, c("auth_failure", p1, 1)); got[0] != (shield.CountTotal{Total: 1}) {
+		t.Fatalf("after crossing: %+v", got)
+	}
+	// The network counter reaches its limit too.
+	if got := counts(t, a, at, c("network_auth_failure", p2, 5)); !got[0].Crossed {
+		t.Fatalf("network counter at its limit: %+v", got)
+	}
+	// Reset forgets the counter before adding.
+	r := c("auth_failure", p1, 2)
+	r.Reset = true
+	if got := counts(t, b, at, r); got[0] != (shield.CountTotal{Total: 2}) {
+		t.Fatalf("reset: %+v", got)
+	}
+	// A count without a limit never crosses.
+	n := c("unknown_recipient", p1, 50)
+	n.Limit = 0
+	if got := counts(t, a, at, n); got[0] != (shield.CountTotal{Total: 50}) {
+		t.Fatalf("no limit: %+v", got)
+	}
+	// A call that adds nothing reads, and never crosses.
+	n.Add, n.Limit = 0, 10
+	if got := counts(t, b, at, n); got[0] != (shield.CountTotal{Total: 50}) {
+		t.Fatalf("read over the limit: %+v", got)
+	}
+}
+
+func testCountsWindow(t *testing.T, open Open) {
+	a, b := handle(t, open), handle(t, open)
+	start := windowStart()
+	p := netip.MustParsePrefix("2001:db8::20/128")
+	c := shield.Count{Name: "auth_failure", Subject: p, Window: time.Hour, Add: 8}
+	counts(t, a, start.Add(50*time.Minute), c)
+	// A quarter into the next window, three quarters of the previous
+	// window's 8 events are still inside the sliding window: 1 + 6.
+	c.Add = 1
+	if got := counts(t, b, start.Add(time.Hour+15*time.Minute), c); got[0].Total != 7 {
+		t.Fatalf("sliding total: %+v, want 7", got)
+	}
+	// Two windows on, the 8 are gone and the 1 weighs floor(3/4) = 0.
+	c.Add = 0
+	if got := counts(t, a, start.Add(2*time.Hour+15*time.Minute), c); got[0].Total != 0 {
+		t.Fatalf("two windows later: %+v, want 0", got)
+	}
+}
+
+func testCountsConcurrent(t *testing.T, open Open) {
+	a, b := handle(t, open), handle(t, open)
+	at := windowStart().Add(time.Minute)
+	c := shield.Count{Name: "auth_failure", Subject: netip.MustParsePrefix("192.0.2.21/32"), Window: time.Hour, Limit: 10, Add: 1}
+	var crossed sync.WaitGroup
+	var mu sync.Mutex
+	n := 0
+	for _, st := range []shield.StateStore{a, b, a, b} {
+		crossed.Add(1)
+		go func() {
+			defer crossed.Done()
+			for range 25 {
+				out, err := st.AddCounts(ctx, at, []shield.Count{c})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if out[0].Crossed {
+					mu.Lock()
+					n++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	crossed.Wait()
+	// 100 events, limit 10: every crossing restarts the counter, so
+	// exactly 10 callers were told to ban.
+	if n != 10 {
+		t.Fatalf("%d crossings for 100 events at limit 10, want 10", n)
+	}
+}
+
+func testBanLog(t *testing.T, open Open) {
+	a, b := handle(t, open), handle(t, open)
+	base := now()
+	bn := ban("192.0.2.30/32", base, 2)
+	bn.Node = "node1"
+	must(t, a.PutBan(ctx, bn))
+	must(t, b.DeleteBan(ctx, bn.Prefix))
+	must(t, b.DeleteBan(ctx, netip.MustParsePrefix("192.0.2.31/32"))) // no such ban: not logged
+	log, err := a.BanLog(ctx, base.Add(-time.Minute))
+	must(t, err)
+	if len(log) != 2 {
+		t.Fatalf("ban log: %+v", log)
+	}
+	got := log[0]
+	if got.Kind != "ban" || got.Prefix != bn.Prefix || got.Reason != bn.Reason || got.Node != "node1" ||
+		!got.Time.Equal(base) || got.TTL != time.Hour || got.Count != 2 || got.Action != bn.Action {
+		t.Errorf("logged ban: %+v", got)
+	}
+	if u := log[1]; u.Kind != "unban" || u.Prefix != bn.Prefix || u.Reason != bn.Reason || u.Time.Before(base) {
+		t.Errorf("logged unban: %+v", u)
+	}
+	later, err := b.BanLog(ctx, time.Now().Add(time.Hour))
+	must(t, err)
+	if len(later) != 0 {
+		t.Errorf("ban log since a later time: %+v", later)
 	}
 }

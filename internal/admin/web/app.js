@@ -71,6 +71,8 @@ function render(live) {
   $("#lockdown-toggle").textContent = live.lockdown ? "Lockdown off" : "Lockdown on";
   $("#lockdown-toggle").dataset.on = live.lockdown ? "1" : "0";
 
+  renderCluster(st.cluster);
+
   const names = Object.keys(live.listeners).sort();
   const dt = prev ? (new Date(live.time) - new Date(prev.time)) / 1000 : 0;
   let servedRate = 0, refusedRate = 0;
@@ -122,7 +124,7 @@ function render(live) {
     tr.dataset.prefix = b.prefix;
     const exp = new Date(b.expires);
     const mins = Math.max(0, Math.round((exp - Date.now()) / 60000));
-    for (const v of [b.prefix, b.reason, b.action, b.count, b.hits, utcTime(exp) + " (" + mins + " min)"]) tr.append(el("td", String(v)));
+    for (const v of [b.prefix, b.reason, b.action, b.count, b.hits, utcTime(exp) + " (" + mins + " min)", b.node || ""]) tr.append(el("td", String(v)));
     const td = el("td");
     const u = el("button", "Unblock");
     u.className = "unblock";
@@ -132,6 +134,26 @@ function render(live) {
     });
     td.append(u);
     tr.append(td);
+    return tr;
+  }));
+}
+
+// renderCluster shows the nodes sharing the shield through Redis, when
+// [cluster] redis is set: connected or not since when, shared bans, and
+// each node's last heartbeat.
+function renderCluster(c) {
+  $("#cluster").hidden = !c;
+  if (!c) return;
+  const since = utcTime(new Date(c.since));
+  $("#cluster-state").textContent = "· this node: " + (c.node || "?") + " · Redis " +
+    (c.connected ? "connected" : "UNREACHABLE, enforcing with local state") + " since " + since +
+    " · " + c.shared_bans + " shared bans" + (c.pending ? " · " + c.pending + " writes waiting" : "");
+  $("#cluster-state").className = c.connected ? "sub" : "sub error";
+  fill($("#cluster-nodes tbody"), (c.nodes || []).map((n) => {
+    const tr = el("tr");
+    tr.dataset.node = n.name;
+    tr.append(el("td", n.name), el("td", n.alive ? "alive" : "silent", n.alive ? "" : "banned"),
+      el("td", utcTime(new Date(n.last_heartbeat))), el("td", n.age));
     return tr;
   }));
 }
