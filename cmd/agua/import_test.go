@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"golang.org/x/sys/unix"
+
+	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/importer/dovecottest"
+	"github.com/agua-mail/agua/internal/server"
+)
+
+// TestMain lets a test run the CLI as a child process (AGUA_TEST_CLI=1:
+// the arguments are the CLI's), which a test can kill -9.
+func TestMain(m *testing.M) {
+	if os.Getenv("AGUA_TEST_CLI") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// seedFolder is a source folder of the import test and where agua puts it.
+type seedFolder struct {
+	source, target string
+	n              int
+}
+
+// seeded is one message put into Dovecot, and what agua must show of it.
+type seeded struct {
+	id     string
+	target string
+	flags  []string // the IMAP flags agua shows, sorted
+	date   int64
+}
+
+var importFolders = []seedFolder{
+	{"INBOX", "INBOX", 400},
+	{"Sent Messages", "Sent", 200}, // \Sent in Dovecot: agua's Sent
+	{"Drafts", "Drafts", 100},
+	{"Work/Projects", "Work.Projects", 200},
+	{"Archive/2023", "Archive.2023", 100},
+}
+
+// seedDovecot APPENDs 1,000 messages over IMAP into five folders with a
+// mix of flags, keywords and internal dates, plus three \Deleted ones in
+// INBOX that the import skips.
+func seedDovecot(t *testing.T, dv *dovecottest.Server) map[string]seeded {
+	t.Helper()
+	c, err := imapclient.DialInsecure(dv.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(dv.User, dv.Password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]seeded{}
+	zone := time.FixedZone("", 2*3600)
+	base := time.Date(2023, 1, 2, 3, 4, 5, 0, zone)
+	i := 0
+	for _, f := range importFolders {
+		if f.source != "INBOX" {
+			if err := c.Create(f.source, nil).Wait(); err != nil {
+				t.Fatalf("CREATE %s: %v", f.source, err)
+			}
+		}
+		n := f.n
+		if f.source == "INBOX" {
+			n += 3
+		}
+		for j := range n {
+			i++
+			id := fmt.Sprintf("msg-%d@old.example", i)
+			var flags []imap.Flag
+			var shown []string
+			add := func(fl imap.Flag, visible bool) {
+				flags = append(flags, fl)
+				if visible {
+					shown = append(shown, string(fl))
+				}
+			}
+			if i%2 == 0 {
+				add(imap.FlagSeen, true)
+			}
+			if i%3 == 0 {
+				add(imap.FlagAnswered, true)
+			}
+			if i%5 == 0 {
+				add(imap.FlagFlagged, true)
+			}
+			if f.source == "Drafts" {
+				add(imap.FlagDraft, true)
+			}
+			if i%7 == 0 {
+				add("$Forwarded", false) // kept as Maildir P, not an IMAP flag of agua
+			}
+			if i%11 == 0 {
+				add("$Label1", false) // a keyword agua does not keep
+			}
+			deleted := f.source == "INBOX" && j >= f.n
+			if deleted {
+				add(imap.FlagDeleted, false)
+			}
+			body := fmt.Sprintf("From: someone@old.example\r\nTo: olduser@old.example\r\nSubject: message %d\r\nMessage-ID: <%s>\r\nDate: Mon, 2 Jan 2023 03:04:05 +0200\r\n\r\nmessage %d in %s\r\n", i, id, i, f.source)
+			if i%97 == 0 {
+				body += strings.Repeat("a longer line of text to make a larger message\r\n", 2000)
+			}
+			date := base.Add(time.Duration(i) * 37 * time.Minute)
+			cmd := c.Append(f.source, int64(len(body)), &imap.AppendOptions{Flags: flags, Time: date})
+			io.WriteString(cmd, body)
+			cmd.Close()
+			if _, err := cmd.Wait(); err != nil {
+				t.Fatalf("APPEND: %v", err)
+			}
+			if !deleted {
+				slices.Sort(shown)
+				want[id] = seeded{id: id, target: f.target, flags: shown, date: date.Unix()}
+			}
+		}
+	}
+	if len(want) != 1000 {
+		t.Fatalf("seeded %d messages, want 1000", len(want))
+	}
+	return want
+}
+
+// startAgua runs a server with an IMAP listener on the data folder, with
+// the users alice and bob.
+func startAgua(t *testing.T, data string) (*server.Server, config.Config) {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir = data
+	cfg.Accounts.Demo = false
+	cfg.SMTP.Listen, cfg.SMTP.SubmissionListen, cfg.SMTP.SubmissionsListen = nil, nil, nil
+	cfg.Admin.Listen = ""
+	cfg.POP3.Listen, cfg.POP3.TLSListen = nil, nil
+	cfg.IMAP.Listen, cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}, nil
+	srv, err := server.New(cfg, slog.New(slog.DiscardHandler), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("server did not stop")
+		}
+	})
+	mustAgua(t, "", "domain", "add", "example.test", "-data", data)
+	mustAgua(t, "alice's password\n", "user", "add", "alice@example.test", "-data", data)
+	mustAgua(t, "bob's password\n", "user", "add", "bob@example.test", "-data", data)
+	return srv, cfg
+}
+
+// dumpIMAP reads a mailbox back over agua's IMAP with Python's imaplib.
+func dumpIMAP(t *testing.T, addr, user, pass string) map[string][]struct {
+	ID    string   `json:"id"`
+	Flags []string `json:"flags"`
+	Date  int64    `json:"date"`
+} {
+	t.Helper()
+	host, port, _ := strings.Cut(addr, ":")
+	out, err := exec.Command("/usr/bin/python3", "testdata/imap_dump.py", host, port, user, pass).CombinedOutput()
+	if err != nil {
+		t.Fatalf("imap_dump.py: %v\n%s", err, out)
+	}
+	var got map[string][]struct {
+		ID    string   `json:"id"`
+		Flags []string `json:"flags"`
+		Date  int64    `json:"date"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("imap_dump.py output: %v\n%s", err, out)
+	}
+	return got
+}
+
+// checkImported compares what agua's IMAP shows with what was seeded:
+// every folder's count (so no duplicates), each message's flags and
+// internal date.
+func checkImported(t *testing.T, srv *server.Server, user, pass string, want map[string]seeded) {
+	t.Helper()
+	got := dumpIMAP(t, srv.Addr("imap"), user, pass)
+	counts := map[string]int{}
+	for _, w := range want {
+		counts[w.target]++
+	}
+	for _, f := range importFolders {
+		if len(got[f.target]) != counts[f.target] {
+			t.Errorf("folder %s: %d messages over IMAP, want %d", f.target, len(got[f.target]), counts[f.target])
+		}
+	}
+	seen := map[string]bool{}
+	for folder, msgs := range got {
+		for _, m := range msgs {
+			w, ok := want[m.ID]
+			if !ok {
+				t.Errorf("folder %s: unexpected message %q", folder, m.ID)
+				continue
+			}
+			if seen[m.ID] {
+				t.Errorf("folder %s: %s twice", folder, m.ID)
+			}
+			seen[m.ID] = true
+			if w.target != folder {
+				t.Errorf("%s in %s, want %s", m.ID, folder, w.target)
+			}
+			if !slices.Equal(m.Flags, w.flags) && !(len(m.Flags) == 0 && len(w.flags) == 0) {
+				t.Errorf("%s: flags %v, want %v", m.ID, m.Flags, w.flags)
+			}
+			if m.Date != w.date {
+				t.Errorf("%s: internal date %d, want %d", m.ID, m.Date, w.date)
+			}
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("%d of %d messages found over IMAP", len(seen), len(want))
+	}
+}
+
+var progressLine = regexp.MustCompile(`^import: (\d+)/(\d+) messages`)
+
+// TestImportFromDovecot is the issue's case: a Dovecot mailbox of 1,000
+// messages in five folders is imported into agua while agua runs; the
+// first run is killed with SIGKILL a third of the way, the second resumes;
+// the result read back over agua's IMAP with imaplib has every folder's
+// count, flags and internal dates; a third run copies nothing. Then the
+// same Dovecot Maildir on disk is imported for another user.
+func TestImportFromDovecot(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Skip("needs /usr/bin/python3")
+	}
+	dv := dovecottest.Start(t, "127.0.0.73")
+	want := seedDovecot(t, dv)
+	data := t.TempDir()
+	srv, _ := startAgua(t, data)
+	passFile := filepath.Join(t.TempDir(), "pass")
+	if err := os.WriteFile(passFile, []byte(dv.Password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"import", "imap", "-from", dv.Addr, "-user", dv.User, "-pass-file", passFile, "-plain",
+		"-to", "alice@example.test", "-data", data}
+
+	// First run, as a child process killed with SIGKILL mid-way. Its
+	// progress goes to a pipe of one page: once the test stops reading,
+	// the child blocks on it, so it cannot finish before it is killed.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command(os.Args[0], append(args, "-progress-every", "1ns")...)
+	child.Env = append(os.Environ(), "AGUA_TEST_CLI=1")
+	child.Stderr, child.Stdout = pw, pw
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	sc := bufio.NewScanner(pr)
+	var lines []string
+	killedAt := 0
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if m := progressLine.FindStringSubmatch(sc.Text()); m != nil {
+			if n, _ := strconv.Atoi(m[1]); n >= 300 {
+				killedAt = n
+				child.Process.Signal(syscall.SIGKILL)
+				break
+			}
+		}
+	}
+	werr := child.Wait()
+	pr.Close()
+	if killedAt == 0 {
+		t.Fatalf("the first import ended before 300 messages (%v):\n%s", werr, strings.Join(lines, "\n"))
+	}
+	if ws, ok := child.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("the first import was not killed: %v", werr)
+	}
+	t.Logf("first import killed with SIGKILL after %d messages", killedAt)
+
+	// Second run resumes: what is missing only.
+	out := mustAgua(t, "", args...)
+	t.Logf("second run:\n%s", out)
+	total := regexp.MustCompile(`(?m)^\s*total\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$`)
+	m := total.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no total line in the summary:\n%s", out)
+	}
+	if m[1] != "1003" || m[4] != "3" {
+		t.Fatalf("summary: %s source messages, %s deleted; want 1003 and 3:\n%s", m[1], m[4], out)
+	}
+	copied, _ := strconv.Atoi(m[2])
+	present, _ := strconv.Atoi(m[3])
+	if copied+present != 1000 || present < killedAt || copied == 0 {
+		t.Fatalf("second run copied %d and found %d present; the first had done %d:\n%s", copied, present, killedAt, out)
+	}
+	if strings.Contains(out, "MISSING") || !strings.Contains(out, "$Label1") {
+		t.Fatalf("summary:\n%s", out)
+	}
+	checkImported(t, srv, "alice@example.test", "alice's password", want)
+
+	// A third run finds everything there.
+	out = mustAgua(t, "", args...)
+	if m := total.FindStringSubmatch(out); m == nil || m[2] != "0" || m[3] != "1000" {
+		t.Fatalf("third run:\n%s", out)
+	}
+	checkImported(t, srv, "alice@example.test", "alice's password", want)
+
+	// The same mailbox from Dovecot's Maildir on disk (Maildir++ folders,
+	// flags in file names, keywords in dovecot-keywords), for bob.
+	dv.Stop()
+	out = mustAgua(t, "", "import", "maildir", dv.Mail, "-to", "bob@example.test", "-data", data)
+	t.Logf("maildir import:\n%s", out)
+	if m := total.FindStringSubmatch(out); m == nil || m[1] != "1003" || m[2] != "1000" || m[4] != "3" {
+		t.Fatalf("maildir import:\n%s", out)
+	}
+	checkImported(t, srv, "bob@example.test", "bob's password", want)
+	out = mustAgua(t, "", "import", "maildir", dv.Mail, "-to", "bob@example.test", "-data", data)
+	if m := total.FindStringSubmatch(out); m == nil || m[2] != "0" || m[3] != "1000" {
+		t.Fatalf("maildir import again:\n%s", out)
+	}
+}
