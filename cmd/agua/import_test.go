@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,11 +49,14 @@ type seeded struct {
 	target string
 	flags  []string // the IMAP flags agua shows, sorted
 	date   int64
+	// forwarded: $Forwarded on the source, the Maildir P flag in agua
+	// (which IMAP does not show).
+	forwarded bool
 }
 
 var importFolders = []seedFolder{
 	{"INBOX", "INBOX", 400},
-	{"Sent Messages", "Sent", 200}, // \Sent in Dovecot: agua's Sent
+	{"Enviados", "Sent", 200}, // \Sent in Dovecot: agua's Sent
 	{"Drafts", "Drafts", 100},
 	{"Work/Projects", "Work.Projects", 200},
 	{"Archive/2023", "Archive.2023", 100},
@@ -131,7 +135,7 @@ func seedDovecot(t *testing.T, dv *dovecottest.Server) map[string]seeded {
 			}
 			if !deleted {
 				slices.Sort(shown)
-				want[id] = seeded{id: id, target: f.target, flags: shown, date: date.Unix()}
+				want[id] = seeded{id: id, target: f.target, flags: shown, date: date.Unix(), forwarded: i%7 == 0}
 			}
 		}
 	}
@@ -199,16 +203,22 @@ func dumpIMAP(t *testing.T, addr, user, pass string) map[string][]struct {
 // checkImported compares what agua's IMAP shows with what was seeded:
 // every folder's count (so no duplicates), each message's flags and
 // internal date.
-func checkImported(t *testing.T, srv *server.Server, user, pass string, want map[string]seeded) {
+// rename maps a target folder to the one expected instead.
+func checkImported(t *testing.T, srv *server.Server, user, pass string, want map[string]seeded, rename map[string]string) {
 	t.Helper()
 	got := dumpIMAP(t, srv.Addr("imap"), user, pass)
 	counts := map[string]int{}
-	for _, w := range want {
+	want = maps.Clone(want)
+	for id, w := range want {
+		if r, ok := rename[w.target]; ok {
+			w.target = r
+			want[id] = w
+		}
 		counts[w.target]++
 	}
-	for _, f := range importFolders {
-		if len(got[f.target]) != counts[f.target] {
-			t.Errorf("folder %s: %d messages over IMAP, want %d", f.target, len(got[f.target]), counts[f.target])
+	for target, n := range counts {
+		if len(got[target]) != n {
+			t.Errorf("folder %s: %d messages over IMAP, want %d", target, len(got[target]), n)
 		}
 	}
 	seen := map[string]bool{}
@@ -318,27 +328,47 @@ func TestImportFromDovecot(t *testing.T) {
 	if copied+present != 1000 || present < killedAt || copied == 0 {
 		t.Fatalf("second run copied %d and found %d present; the first had done %d:\n%s", copied, present, killedAt, out)
 	}
-	if strings.Contains(out, "MISSING") || !strings.Contains(out, "$Label1") {
+	if strings.Contains(out, "MISSING") || !strings.Contains(out, "$Label1 (91)") || strings.Contains(out, "$Forwarded") {
 		t.Fatalf("summary:\n%s", out)
 	}
-	checkImported(t, srv, "alice@example.test", "alice's password", want)
+	checkImported(t, srv, "alice@example.test", "alice's password", want, nil)
+
+	// $Forwarded became the Maildir P flag on disk.
+	forwarded, withP := 0, 0
+	for _, w := range want {
+		if w.forwarded {
+			forwarded++
+		}
+	}
+	filepath.WalkDir(filepath.Join(data, "mail", "example.test", "alice"), func(p string, d os.DirEntry, err error) error {
+		if _, info, ok := strings.Cut(d.Name(), ":2,"); ok && strings.Contains(info, "P") {
+			withP++
+		}
+		return nil
+	})
+	if withP != forwarded || forwarded == 0 {
+		t.Errorf("%d files with the P flag, want %d", withP, forwarded)
+	}
 
 	// A third run finds everything there.
 	out = mustAgua(t, "", args...)
 	if m := total.FindStringSubmatch(out); m == nil || m[2] != "0" || m[3] != "1000" {
 		t.Fatalf("third run:\n%s", out)
 	}
-	checkImported(t, srv, "alice@example.test", "alice's password", want)
+	checkImported(t, srv, "alice@example.test", "alice's password", want, nil)
 
 	// The same mailbox from Dovecot's Maildir on disk (Maildir++ folders,
-	// flags in file names, keywords in dovecot-keywords), for bob.
+	// flags in file names, keywords in dovecot-keywords, with $Forwarded
+	// kept as P), for bob.
 	dv.Stop()
 	out = mustAgua(t, "", "import", "maildir", dv.Mail, "-to", "bob@example.test", "-data", data)
 	t.Logf("maildir import:\n%s", out)
-	if m := total.FindStringSubmatch(out); m == nil || m[1] != "1003" || m[2] != "1000" || m[4] != "3" {
+	if m := total.FindStringSubmatch(out); m == nil || m[1] != "1003" || m[2] != "1000" || m[4] != "3" ||
+		!strings.Contains(out, "$Label1 (91)") || strings.Contains(out, "$Forwarded") {
 		t.Fatalf("maildir import:\n%s", out)
 	}
-	checkImported(t, srv, "bob@example.test", "bob's password", want)
+	// On disk, nothing says that Enviados is the Sent folder.
+	checkImported(t, srv, "bob@example.test", "bob's password", want, map[string]string{"Sent": "Enviados"})
 	out = mustAgua(t, "", "import", "maildir", dv.Mail, "-to", "bob@example.test", "-data", data)
 	if m := total.FindStringSubmatch(out); m == nil || m[2] != "0" || m[3] != "1000" {
 		t.Fatalf("maildir import again:\n%s", out)

@@ -52,7 +52,8 @@ func (s *syncBuffer) String() string {
 }
 
 // Start starts Dovecot listening on ip (a 127.0.0.0/8 address). Its
-// special-use folders are "Sent Messages" (\Sent), "Drafts" (\Drafts),
+// special-use folders are "Enviados" (\Sent: a name that only the
+// attribute can tell is the Sent folder), "Drafts" (\Drafts),
 // "Deleted Messages" (\Trash) and "Spam" (\Junk); the hierarchy separator
 // is "/". It stops when the test ends.
 func Start(t testing.TB, ip string) *Server {
@@ -228,7 +229,7 @@ service anvil {
 namespace inbox {
   inbox = yes
   separator = /
-  mailbox "Sent Messages" {
+  mailbox Enviados {
     special_use = \Sent
   }
   mailbox Drafts {
