@@ -31,8 +31,8 @@ type fakeSource struct {
 
 var errInjected = errors.New("connection lost")
 
-func (s *fakeSource) ID() string                                 { return "fake://source" }
-func (s *fakeSource) Close() error                               { return nil }
+func (s *fakeSource) ID() string                                { return "fake://source" }
+func (s *fakeSource) Close() error                              { return nil }
 func (s *fakeSource) Folders(context.Context) ([]Folder, error) { return s.folders, nil }
 func (s *fakeSource) Messages(_ context.Context, f Folder) (uint32, []Message, error) {
 	return s.validity, s.msgs[f.Name], nil
