@@ -251,6 +251,47 @@ func checkImported(t *testing.T, srv *server.Server, user, pass string, want map
 
 var progressLine = regexp.MustCompile(`^import: (\d+)/(\d+) messages`)
 
+// importChild runs the CLI with args as a child process with a progress
+// line per message, and calls at with each count; when at returns true
+// the child is killed with SIGKILL. Its output goes to a pipe of one page:
+// once the test stops reading, the child blocks on it, so it cannot run
+// far ahead of the test. It returns the finished child and its output
+// without the progress lines.
+func importChild(t *testing.T, args []string, at func(n int) bool) (*exec.Cmd, string) {
+	t.Helper()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command(os.Args[0], append(args, "-progress-every", "1ns")...)
+	child.Env = append(os.Environ(), "AGUA_TEST_CLI=1")
+	child.Stderr, child.Stdout = pw, pw
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	defer pr.Close()
+	var lines []string
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		m := progressLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			lines = append(lines, sc.Text()) // all but progress lines
+		}
+		if m != nil {
+			if n, _ := strconv.Atoi(m[1]); at(n) {
+				child.Process.Signal(syscall.SIGKILL)
+				break
+			}
+		}
+	}
+	child.Wait()
+	return child, strings.Join(lines, "\n")
+}
+
 // TestImportFromDovecot is the issue's case: a Dovecot mailbox of 1,000
 // messages in five folders is imported into agua while agua runs; the
 // first run is killed with SIGKILL a third of the way, the second resumes;
@@ -272,48 +313,58 @@ func TestImportFromDovecot(t *testing.T) {
 	args := []string{"import", "imap", "-from", dv.Addr, "-user", dv.User, "-pass-file", passFile, "-plain",
 		"-to", "alice@example.test", "-data", data}
 
-	// First run, as a child process killed with SIGKILL mid-way. Its
-	// progress goes to a pipe of one page: once the test stops reading,
-	// the child blocks on it, so it cannot finish before it is killed.
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
-		t.Fatal(err)
-	}
-	child := exec.Command(os.Args[0], append(args, "-progress-every", "1ns")...)
-	child.Env = append(os.Environ(), "AGUA_TEST_CLI=1")
-	child.Stderr, child.Stdout = pw, pw
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pw.Close()
-	sc := bufio.NewScanner(pr)
-	var lines []string
+	// First run, as a child process killed with SIGKILL mid-way.
 	killedAt := 0
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if m := progressLine.FindStringSubmatch(sc.Text()); m != nil {
-			if n, _ := strconv.Atoi(m[1]); n >= 300 {
-				killedAt = n
-				child.Process.Signal(syscall.SIGKILL)
-				break
-			}
+	child, lines := importChild(t, args, func(n int) bool {
+		if n >= 300 {
+			killedAt = n
+			return true
 		}
-	}
-	werr := child.Wait()
-	pr.Close()
+		return false
+	})
 	if killedAt == 0 {
-		t.Fatalf("the first import ended before 300 messages (%v):\n%s", werr, strings.Join(lines, "\n"))
+		t.Fatalf("the first import ended before 300 messages:\n%s", lines)
 	}
 	if ws, ok := child.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("the first import was not killed: %v", werr)
+		t.Fatalf("the first import was not killed: %v", child.ProcessState)
 	}
 	t.Logf("first import killed with SIGKILL after %d messages", killedAt)
 
-	// Second run resumes: what is missing only.
-	out := mustAgua(t, "", args...)
+	// An IMAP session of alice keeps INBOX selected during the second run,
+	// and APPENDs a message to it while the import (another process, with
+	// its own copy of the folder's UID index) is appending there too.
+	session, err := imapclient.DialInsecure(srv.Addr("imap"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	if err := session.Login("alice@example.test", "alice's password").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := session.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	const extra = "Message-ID: <meanwhile@new.example>\r\nSubject: meanwhile\r\n\r\nhello\r\n"
+	appended := false
+
+	// Second run resumes: what is missing only. The message is appended
+	// after 20 of INBOX's 100 missing messages; the child can be at most a
+	// pipe's worth of progress lines (about 65) ahead of the test.
+	child, out := importChild(t, args, func(n int) bool {
+		if n == 20 {
+			cmd := session.Append("INBOX", int64(len(extra)), nil)
+			io.WriteString(cmd, extra)
+			cmd.Close()
+			if _, err := cmd.Wait(); err != nil {
+				t.Errorf("APPEND during the import: %v", err)
+			}
+			appended = true
+		}
+		return false
+	})
+	if !child.ProcessState.Success() || !appended {
+		t.Fatalf("second run: %v, appended %v:\n%s", child.ProcessState, appended, out)
+	}
 	t.Logf("second run:\n%s", out)
 	total := regexp.MustCompile(`(?m)^\s*total\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$`)
 	m := total.FindStringSubmatch(out)
@@ -330,6 +381,50 @@ func TestImportFromDovecot(t *testing.T) {
 	}
 	if strings.Contains(out, "MISSING") || !strings.Contains(out, "$Label1 (91)") || strings.Contains(out, "$Forwarded") {
 		t.Fatalf("summary:\n%s", out)
+	}
+	// The session that was open all along sees the same UIDs as new ones.
+	uidsOf := func(c *imapclient.Client) map[imap.UID]string {
+		t.Helper()
+		bufs, err := c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Envelope: true}).Collect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[imap.UID]string{}
+		for _, b := range bufs {
+			m[b.UID] = b.Envelope.MessageID
+		}
+		return m
+	}
+	fresh, err := imapclient.DialInsecure(srv.Addr("imap"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if err := fresh.Login("alice@example.test", "alice's password").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fresh.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := session.Noop().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	old, now := uidsOf(session), uidsOf(fresh)
+	if len(old) != 401 || !maps.Equal(old, now) {
+		t.Fatalf("INBOX: the open session sees %d messages, a new one %d, or other UIDs", len(old), len(now))
+	}
+	// The extra message goes again, for the checks below.
+	var extraUID imap.UID
+	for uid, id := range old {
+		if id == "meanwhile@new.example" {
+			extraUID = uid
+		}
+	}
+	if err := session.Store(imap.UIDSetNum(extraUID), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := session.Expunge().Close(); err != nil {
+		t.Fatal(err)
 	}
 	checkImported(t, srv, "alice@example.test", "alice's password", want, nil)
 
