@@ -155,7 +155,7 @@ func startAgua(t *testing.T, data string) (*server.Server, config.Config) {
 	cfg.SMTP.Listen, cfg.SMTP.SubmissionListen, cfg.SMTP.SubmissionsListen = nil, nil, nil
 	cfg.Admin.Listen = ""
 	cfg.POP3.Listen, cfg.POP3.TLSListen = nil, nil
-	cfg.IMAP.Listen, cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}, nil
+	cfg.IMAP.Listen, cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}, []string{"127.0.0.1:0"}
 	srv, err := server.New(cfg, slog.New(slog.DiscardHandler), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -174,6 +174,7 @@ func startAgua(t *testing.T, data string) (*server.Server, config.Config) {
 	mustAgua(t, "", "domain", "add", "example.test", "-data", data)
 	mustAgua(t, "alice's password\n", "user", "add", "alice@example.test", "-data", data)
 	mustAgua(t, "bob's password\n", "user", "add", "bob@example.test", "-data", data)
+	mustAgua(t, "carol's password\n", "user", "add", "carol@example.test", "-data", data)
 	return srv, cfg
 }
 
@@ -467,5 +468,29 @@ func TestImportFromDovecot(t *testing.T) {
 	out = mustAgua(t, "", "import", "maildir", dv.Mail, "-to", "bob@example.test", "-data", data)
 	if m := total.FindStringSubmatch(out); m == nil || m[2] != "0" || m[3] != "1000" {
 		t.Fatalf("maildir import again:\n%s", out)
+	}
+
+	// agua as the source, over TLS: implicit TLS on IMAPS and STARTTLS on
+	// IMAP, its self-signed certificate accepted with -insecure only.
+	alicePass := filepath.Join(t.TempDir(), "alice")
+	if err := os.WriteFile(alicePass, []byte("alice's password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fromAlice := func(addr string, more ...string) []string {
+		return append([]string{"import", "imap", "-from", addr, "-user", "alice@example.test", "-pass-file", alicePass, "-data", data}, more...)
+	}
+	code, _, errs := agua(t, "", fromAlice(srv.Addr("imaps"), "-tls", "-to", "carol@example.test")...)
+	if code != 1 || !strings.Contains(errs, "certificate") {
+		t.Fatalf("TLS to a self-signed certificate without -insecure: exit %d, %s", code, errs)
+	}
+	// bob's Drafts came from the same Dovecot mailbox: a first import from
+	// another source finds every message already there.
+	out = mustAgua(t, "", fromAlice(srv.Addr("imaps"), "-tls", "-insecure", "-folders", "Drafts", "-to", "bob@example.test")...)
+	if m := total.FindStringSubmatch(out); m == nil || m[1] != "100" || m[2] != "0" || m[3] != "100" {
+		t.Fatalf("import from agua over TLS into bob:\n%s", out)
+	}
+	out = mustAgua(t, "", fromAlice(srv.Addr("imap"), "-starttls", "-insecure", "-folders", "Sent,Work.Projects", "-to", "carol@example.test")...)
+	if m := total.FindStringSubmatch(out); m == nil || m[1] != "400" || m[2] != "400" || !strings.Contains(out, "Work.Projects  Work.Projects") {
+		t.Fatalf("import from agua with STARTTLS into carol:\n%s", out)
 	}
 }
