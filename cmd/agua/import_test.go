@@ -174,7 +174,7 @@ func startAgua(t *testing.T, data string) (*server.Server, config.Config) {
 	mustAgua(t, "", "domain", "add", "example.test", "-data", data)
 	mustAgua(t, "alice's password\n", "user", "add", "alice@example.test", "-data", data)
 	mustAgua(t, "bob's password\n", "user", "add", "bob@example.test", "-data", data)
-	mustAgua(t, "carol's password\n", "user", "add", "carol@example.test", "-data", data)
+	mustAgua(t, "carol's password\n", "user", "add", "carol@example.test", "-quota", "256KiB", "-data", data)
 	return srv, cfg
 }
 
@@ -490,7 +490,8 @@ func TestImportFromDovecot(t *testing.T) {
 		t.Fatalf("import from agua over TLS into bob:\n%s", out)
 	}
 	out = mustAgua(t, "", fromAlice(srv.Addr("imap"), "-starttls", "-insecure", "-folders", "Sent,Work.Projects", "-to", "carol@example.test")...)
-	if m := total.FindStringSubmatch(out); m == nil || m[1] != "400" || m[2] != "400" || !strings.Contains(out, "Work.Projects  Work.Projects") {
+	if m := total.FindStringSubmatch(out); m == nil || m[1] != "400" || m[2] != "400" || !strings.Contains(out, "Work.Projects  Work.Projects") ||
+		!strings.Contains(out, "Warning: carol@example.test now uses") {
 		t.Fatalf("import from agua with STARTTLS into carol:\n%s", out)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/importer"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/server"
@@ -46,6 +47,11 @@ func cmdImport(e *env) error {
 	}
 	if len(pos) == 0 || *to == "" {
 		return usagef(importUsage)
+	}
+	address := strings.ToLower(*to)
+	quota, err := checkUser(e, address)
+	if err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -93,10 +99,6 @@ func cmdImport(e *env) error {
 	}
 	defer src.Close()
 
-	address := strings.ToLower(*to)
-	if err := checkUser(e, address); err != nil {
-		return err
-	}
 	store, err := maildir.Open(filepath.Join(e.cfg.DataDir, "mail"), maildir.Options{
 		Logger: newLogger(e.cfg, e.stderr), Hostname: e.cfg.Hostname, FsyncEach: e.cfg.Store.Sync == "fsync"})
 	if err != nil {
@@ -120,6 +122,12 @@ func cmdImport(e *env) error {
 	fmt.Fprintf(e.stderr, "import: %s -> %s (state %s)\n", src.ID(), address, *statePath)
 	sum, err := importer.Run(ctx, src, opts)
 	printImportSummary(e.stdout, sum)
+	// The import itself is not held to the quota (it would stop half-way);
+	// say so when the mailbox is now over it: deliveries will be refused.
+	if used, uerr := opts.Store.Usage(context.Background(), address); uerr == nil && quota > 0 && used > quota {
+		fmt.Fprintf(e.stdout, "Warning: %s now uses %s, over its quota of %s: new mail will be refused until it shrinks (agua user quota %s SIZE).\n",
+			address, config.ByteSize(used), config.ByteSize(quota), address)
+	}
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("import interrupted; run the same command again to resume: %w", err)
 	}
@@ -127,20 +135,18 @@ func cmdImport(e *env) error {
 }
 
 // checkUser makes sure the address is a local user (not an alias: an
-// alias has no mailbox of its own).
-func checkUser(e *env, address string) error {
+// alias has no mailbox of its own) and returns its quota in bytes.
+func checkUser(e *env, address string) (int64, error) {
 	d, err := server.OpenDirectory(e.cfg, newLogger(e.cfg, e.stderr))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer d.Close()
-	if _, err := d.GetUser(context.Background(), address); err != nil {
-		if errors.Is(err, accounts.ErrNotFound) {
-			return fmt.Errorf("%s is not a local user (add it first: agua user add %s)", address, address)
-		}
-		return err
+	u, err := d.GetUser(context.Background(), address)
+	if errors.Is(err, accounts.ErrNotFound) {
+		return 0, fmt.Errorf("%s is not a local user (add it first: agua user add %s)", address, address)
 	}
-	return nil
+	return u.Quota, err
 }
 
 func readPassFile(path string) (string, error) {

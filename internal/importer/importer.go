@@ -138,8 +138,14 @@ func (s Summary) Totals() FolderResult {
 	return t
 }
 
-// ErrVerify: the verify step found source messages missing in the target.
-var ErrVerify = errors.New("import: verify found messages missing")
+// Errors of Run; match them with errors.Is.
+var (
+	// ErrVerify: the verify step found source messages missing in the target.
+	ErrVerify = errors.New("import: verify found messages missing")
+	// ErrBusy: another import of the same source into the same mailbox
+	// runs (it holds the state file's lock).
+	ErrBusy = errors.New("import: another import of this source into this mailbox is running")
+)
 
 type plan struct {
 	folder   Folder
@@ -155,6 +161,11 @@ func Run(ctx context.Context, src Source, opts Options) (Summary, error) {
 		opts.Batch = 50
 	}
 	sum := Summary{Dropped: map[string]int{}}
+	unlock, err := lockState(opts.StatePath)
+	if err != nil {
+		return sum, err
+	}
+	defer unlock()
 	st, err := loadState(opts.StatePath, src.ID(), opts.User)
 	if err != nil {
 		return sum, err

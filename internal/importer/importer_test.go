@@ -152,6 +152,16 @@ func TestResumeAfterFailureAndCrashWindow(t *testing.T) {
 		t.Fatalf("after a UIDVALIDITY change: %+v %+v", tot, sum.Folders)
 	}
 
+	// Two imports of one source into one mailbox never run at once.
+	unlock, err := lockState(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(ctx, src, opts); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a second import at once: %v", err)
+	}
+	unlock()
+
 	// A state of another source is refused.
 	if _, err := loadState(statePath, "imap://other@host:993", "u@test"); err == nil {
 		t.Fatal("a state file of another source was accepted")

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // State is what an import has copied so far, kept in one file per
@@ -57,6 +59,28 @@ func StatePath(dir, source, user string) string {
 		safe = safe[:64]
 	}
 	return filepath.Join(dir, safe+"-"+hex.EncodeToString(sum[:8])+".json")
+}
+
+// lockState takes an exclusive flock(2) of path.lock, so that two imports
+// of one source into one mailbox never run at once (each would copy what
+// the other's state does not show yet). The kernel releases it when the
+// process dies, kill -9 included.
+func lockState(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("import state: %w", err)
+	}
+	fd, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("import state: %w", err)
+	}
+	if err := unix.Flock(int(fd.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		fd.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w (%s)", ErrBusy, path)
+		}
+		return nil, fmt.Errorf("import state: %w", err)
+	}
+	return func() { fd.Close() }, nil
 }
 
 // loadState reads path; a missing file is an empty state. A file of
