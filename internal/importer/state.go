@@ -38,7 +38,8 @@ type FolderState struct {
 	// TargetValidity and Mark: the target folder's UIDVALIDITY and UIDNEXT
 	// when the state was saved. A message the interrupted run appended but
 	// did not record has a UID at or above Mark, so a resumed run compares
-	// only those with the source (if the validity still matches).
+	// only those with the source (if the validity still matches; a Mark of
+	// 0 means unknown: everything is compared).
 	TargetValidity uint32 `json:"target_uidvalidity,omitempty"`
 	Mark           uint32 `json:"target_mark,omitempty"`
 
@@ -127,7 +128,7 @@ func (f *FolderState) reset(validity uint32) {
 }
 
 // started says whether anything of the folder was recorded.
-func (f *FolderState) started() bool { return f.Mark != 0 }
+func (f *FolderState) started() bool { return f.Mark != 0 || f.LastUID != 0 || len(f.Done) > 0 }
 
 // copied says whether message m was copied by an earlier batch.
 func (f *FolderState) copied(m Message) bool {
