@@ -43,9 +43,10 @@ type seedFolder struct {
 	n              int
 }
 
-// seeded is one message put into Dovecot, and what agua must show of it.
+// seeded is one message put into Dovecot, and what agua must show of it;
+// the tests know it by its Subject (some have no Message-ID).
 type seeded struct {
-	id     string
+	subject string
 	target string
 	flags  []string // the IMAP flags agua shows, sorted
 	date   int64
@@ -91,7 +92,11 @@ func seedDovecot(t *testing.T, dv *dovecottest.Server) map[string]seeded {
 		}
 		for j := range n {
 			i++
-			id := fmt.Sprintf("msg-%d@old.example", i)
+			subject := fmt.Sprintf("message %d", i)
+			idField := fmt.Sprintf("Message-ID: <msg-%d@old.example>\r\n", i)
+			if i%50 == 0 {
+				idField = "" // recognised by size and date alone
+			}
 			var flags []imap.Flag
 			var shown []string
 			add := func(fl imap.Flag, visible bool) {
@@ -122,7 +127,7 @@ func seedDovecot(t *testing.T, dv *dovecottest.Server) map[string]seeded {
 			if deleted {
 				add(imap.FlagDeleted, false)
 			}
-			body := fmt.Sprintf("From: someone@old.example\r\nTo: olduser@old.example\r\nSubject: message %d\r\nMessage-ID: <%s>\r\nDate: Mon, 2 Jan 2023 03:04:05 +0200\r\n\r\nmessage %d in %s\r\n", i, id, i, f.source)
+			body := fmt.Sprintf("From: someone@old.example\r\nTo: olduser@old.example\r\nSubject: %s\r\n%sDate: Mon, 2 Jan 2023 03:04:05 +0200\r\n\r\nmessage %d in %s\r\n", subject, idField, i, f.source)
 			if i%97 == 0 {
 				body += strings.Repeat("a longer line of text to make a larger message\r\n", 2000)
 			}
@@ -135,7 +140,7 @@ func seedDovecot(t *testing.T, dv *dovecottest.Server) map[string]seeded {
 			}
 			if !deleted {
 				slices.Sort(shown)
-				want[id] = seeded{id: id, target: f.target, flags: shown, date: date.Unix(), forwarded: i%7 == 0}
+				want[subject] = seeded{subject: subject, target: f.target, flags: shown, date: date.Unix(), forwarded: i%7 == 0}
 			}
 		}
 	}
@@ -178,23 +183,23 @@ func startAgua(t *testing.T, data string) (*server.Server, config.Config) {
 	return srv, cfg
 }
 
+// dumped is a message as imap_dump.py saw it.
+type dumped struct {
+	ID      string   `json:"id"`
+	Subject string   `json:"subject"`
+	Flags   []string `json:"flags"`
+	Date    int64    `json:"date"`
+}
+
 // dumpIMAP reads a mailbox back over agua's IMAP with Python's imaplib.
-func dumpIMAP(t *testing.T, addr, user, pass string) map[string][]struct {
-	ID    string   `json:"id"`
-	Flags []string `json:"flags"`
-	Date  int64    `json:"date"`
-} {
+func dumpIMAP(t *testing.T, addr, user, pass string) map[string][]dumped {
 	t.Helper()
 	host, port, _ := strings.Cut(addr, ":")
 	out, err := exec.Command("/usr/bin/python3", "testdata/imap_dump.py", host, port, user, pass).CombinedOutput()
 	if err != nil {
 		t.Fatalf("imap_dump.py: %v\n%s", err, out)
 	}
-	var got map[string][]struct {
-		ID    string   `json:"id"`
-		Flags []string `json:"flags"`
-		Date  int64    `json:"date"`
-	}
+	var got map[string][]dumped
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("imap_dump.py output: %v\n%s", err, out)
 	}
@@ -210,10 +215,10 @@ func checkImported(t *testing.T, srv *server.Server, user, pass string, want map
 	got := dumpIMAP(t, srv.Addr("imap"), user, pass)
 	counts := map[string]int{}
 	want = maps.Clone(want)
-	for id, w := range want {
+	for k, w := range want {
 		if r, ok := rename[w.target]; ok {
 			w.target = r
-			want[id] = w
+			want[k] = w
 		}
 		counts[w.target]++
 	}
@@ -225,23 +230,23 @@ func checkImported(t *testing.T, srv *server.Server, user, pass string, want map
 	seen := map[string]bool{}
 	for folder, msgs := range got {
 		for _, m := range msgs {
-			w, ok := want[m.ID]
+			w, ok := want[m.Subject]
 			if !ok {
-				t.Errorf("folder %s: unexpected message %q", folder, m.ID)
+				t.Errorf("folder %s: unexpected message %q", folder, m.Subject)
 				continue
 			}
-			if seen[m.ID] {
-				t.Errorf("folder %s: %s twice", folder, m.ID)
+			if seen[m.Subject] {
+				t.Errorf("folder %s: %s twice", folder, m.Subject)
 			}
-			seen[m.ID] = true
+			seen[m.Subject] = true
 			if w.target != folder {
-				t.Errorf("%s in %s, want %s", m.ID, folder, w.target)
+				t.Errorf("%s in %s, want %s", m.Subject, folder, w.target)
 			}
 			if !slices.Equal(m.Flags, w.flags) && !(len(m.Flags) == 0 && len(w.flags) == 0) {
-				t.Errorf("%s: flags %v, want %v", m.ID, m.Flags, w.flags)
+				t.Errorf("%s: flags %v, want %v", m.Subject, m.Flags, w.flags)
 			}
 			if m.Date != w.date {
-				t.Errorf("%s: internal date %d, want %d", m.ID, m.Date, w.date)
+				t.Errorf("%s: internal date %d, want %d", m.Subject, m.Date, w.date)
 			}
 		}
 	}
@@ -392,7 +397,7 @@ func TestImportFromDovecot(t *testing.T) {
 		}
 		m := map[imap.UID]string{}
 		for _, b := range bufs {
-			m[b.UID] = b.Envelope.MessageID
+			m[b.UID] = b.Envelope.Subject
 		}
 		return m
 	}
@@ -417,7 +422,7 @@ func TestImportFromDovecot(t *testing.T) {
 	// The extra message goes again, for the checks below.
 	var extraUID imap.UID
 	for uid, id := range old {
-		if id == "meanwhile@new.example" {
+		if id == "meanwhile" {
 			extraUID = uid
 		}
 	}

@@ -182,7 +182,7 @@ func (s *IMAPSource) examine(name string) (*imap.SelectData, error) {
 }
 
 // Messages examines the folder and fetches every message's UID, flags,
-// internal date, size and Message-ID.
+// internal date, size and Message-ID header field.
 func (s *IMAPSource) Messages(ctx context.Context, f Folder) (uint32, []Message, error) {
 	defer s.guard(ctx)()
 	data, err := s.examine(f.Name)
@@ -193,7 +193,11 @@ func (s *IMAPSource) Messages(ctx context.Context, f Folder) (uint32, []Message,
 		return data.UIDValidity, nil, nil
 	}
 	all := imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}} // 1:*
-	bufs, err := s.c.Fetch(all, &imap.FetchOptions{UID: true, Flags: true, InternalDate: true, RFC822Size: true, Envelope: true}).Collect()
+	// The Message-ID header field itself, not ENVELOPE's rendering of it:
+	// the target's copy is read with the same parser (messageID).
+	idField := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, HeaderFields: []string{"Message-ID"}, Peek: true}
+	bufs, err := s.c.Fetch(all, &imap.FetchOptions{UID: true, Flags: true, InternalDate: true, RFC822Size: true,
+		BodySection: []*imap.FetchItemBodySection{idField}}).Collect()
 	if err != nil {
 		return 0, nil, fmt.Errorf("import: FETCH in %q: %w", f.Name, err)
 	}
@@ -203,8 +207,8 @@ func (s *IMAPSource) Messages(ctx context.Context, f Folder) (uint32, []Message,
 			continue
 		}
 		m := Message{UID: uint32(b.UID), Date: b.InternalDate, Size: b.RFC822Size}
-		if b.Envelope != nil {
-			m.MessageID = b.Envelope.MessageID
+		for _, sec := range b.BodySection {
+			m.MessageID = messageID(bytes.NewReader(sec.Bytes))
 		}
 		m.Flags, m.Deleted, m.Keywords = fromIMAPFlags(b.Flags)
 		msgs = append(msgs, m)

@@ -251,8 +251,9 @@ func readKeywords(path string) map[byte]string {
 	return out
 }
 
-// messageID reads a message's header and returns its Message-ID as the
-// IMAP ENVELOPE gives it (go-message's parser, the one imapclient uses).
+// messageID reads a message's header (or just its Message-ID field) and
+// returns the Message-ID without angle brackets, "" if there is none or it
+// does not parse: source and target copies go through this one parser.
 func messageID(r io.Reader) string {
 	h, err := textproto.ReadHeader(bufio.NewReader(io.LimitReader(r, 256<<10)))
 	if err != nil {

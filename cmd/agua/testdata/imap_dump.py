@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads a mailbox over IMAP with Python's imaplib (a real client) and
-prints one JSON object: {folder: [{"id", "flags", "date"}]} with every
-message's Message-ID, flags and INTERNALDATE (Unix seconds).
+prints one JSON object: {folder: [{"id", "subject", "flags", "date"}]}
+with every message's Message-ID, Subject, flags and INTERNALDATE (Unix
+seconds).
 
 usage: imap_dump.py HOST PORT USER PASSWORD"""
 import datetime
@@ -27,7 +28,7 @@ for line in listing:
     assert typ == "OK", (name, data)
     msgs = []
     if int(data[0]) > 0:
-        typ, data = c.uid("FETCH", "1:*", "(FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        typ, data = c.uid("FETCH", "1:*", "(FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT)])")
         assert typ == "OK", data
         for item in data:
             if not isinstance(item, tuple):
@@ -36,8 +37,10 @@ for line in listing:
             flags = re.search(r"FLAGS \(([^)]*)\)", head).group(1).split()
             date = re.search(r'INTERNALDATE "([^"]+)"', head).group(1)
             when = datetime.datetime.strptime(date.strip(), "%d-%b-%Y %H:%M:%S %z")
-            mid = re.search(r"<([^>]*)>", literal)
-            msgs.append({"id": mid.group(1) if mid else "", "flags": sorted(flags), "date": int(when.timestamp())})
+            mid = re.search(r"(?im)^Message-ID: *<([^>]*)>", literal)
+            subject = re.search(r"(?im)^Subject: *(.*?)\r?$", literal)
+            msgs.append({"id": mid.group(1) if mid else "", "subject": subject.group(1) if subject else "",
+                         "flags": sorted(flags), "date": int(when.timestamp())})
     out[name] = msgs
 c.logout()
 print(json.dumps(out))
