@@ -47,9 +47,9 @@ type seedFolder struct {
 // the tests know it by its Subject (some have no Message-ID).
 type seeded struct {
 	subject string
-	target string
-	flags  []string // the IMAP flags agua shows, sorted
-	date   int64
+	target  string
+	flags   []string // the IMAP flags agua shows, sorted
+	date    int64
 	// forwarded: $Forwarded on the source, the Maildir P flag in agua
 	// (which IMAP does not show).
 	forwarded bool
