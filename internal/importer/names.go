@@ -40,7 +40,8 @@ var wellKnown = map[string]string{
 // INBOX). skip is true for virtual folders. Levels below INBOX move up
 // one level (Courier's and Dovecot's "INBOX." namespace: INBOX.Sent is
 // Sent); in a level, characters agua's names cannot hold ("." between
-// levels, "/", "\", controls, "*", "%") become "_".
+// levels, "/", "\", controls, "*", "%", invalid UTF-8) become "_"; a
+// name is cut to maxName bytes.
 func targetName(levels []string, attrs []string) (name string, skip bool) {
 	for _, a := range attrs {
 		a = strings.ToLower(a)
@@ -64,6 +65,7 @@ func targetName(levels []string, attrs []string) (name string, skip bool) {
 	}
 	out := make([]string, len(levels))
 	for i, l := range levels {
+		l = strings.ToValidUTF8(l, "_")
 		l = strings.Map(func(r rune) rune {
 			if r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 || strings.ContainsRune(`./\*%`, r) {
 				return '_'
@@ -78,8 +80,21 @@ func targetName(levels []string, attrs []string) (name string, skip bool) {
 		}
 		out[i] = l
 	}
-	return strings.Join(out, "."), false
+	name = strings.Join(out, ".")
+	if len(name) > maxName {
+		// Cut on a character boundary; no empty last level.
+		cut := maxName
+		for cut > 0 && !utf8.RuneStart(name[cut]) {
+			cut--
+		}
+		name = strings.TrimRight(name[:cut], ". ")
+	}
+	return name, false
 }
+
+// maxName is the longest folder name imported, in bytes: what agua's IMAP
+// server accepts from a client (imapd's maxNameLength).
+const maxName = 200
 
 // errUTF7 is a malformed modified UTF-7 name.
 var errUTF7 = errors.New("invalid modified UTF-7")
