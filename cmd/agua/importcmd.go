@@ -192,7 +192,13 @@ func printImportSummary(w io.Writer, sum importer.Summary) {
 		if f.Restarted {
 			v += " (UIDVALIDITY changed: restarted)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t\n", f.Source, target, f.Messages, f.Copied, f.Present, f.Deleted, f.TargetCount, v)
+		inTarget := "-"
+		if f.Done {
+			inTarget = fmt.Sprint(f.TargetCount)
+		} else {
+			v = "stopped"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t\n", f.Source, target, f.Messages, f.Copied, f.Present, f.Deleted, inTarget, v)
 	}
 	t := sum.Totals()
 	fmt.Fprintf(tw, "total\t\t%d\t%d\t%d\t%d\t\t\t\n", t.Messages, t.Copied, t.Present, t.Deleted)

@@ -111,6 +111,7 @@ type FolderResult struct {
 	Deleted        int // \Deleted on the source: skipped
 	Keywords       int // messages that had flags agua does not keep
 	Restarted      bool
+	Done           bool // the folder was finished (else the run stopped in it)
 	TargetCount    int  // messages in the target folder at the end
 	Verified       bool // Verify ran and found every source message
 	Missing        int  // Verify: source messages not found in the target
@@ -281,6 +282,7 @@ func importFolder(ctx context.Context, src Source, opts Options, st *State, p pl
 		}
 		res.Verified = res.Missing == 0
 	}
+	res.Done = true
 	return res, nil
 }
 
