@@ -500,3 +500,24 @@ func TestImportFromDovecot(t *testing.T) {
 		t.Fatalf("import from agua with STARTTLS into carol:\n%s", out)
 	}
 }
+
+// TestImportRefusesForeignDataFolder: an import as another user than the
+// data folder's owner would leave files the server cannot change.
+func TestImportRefusesForeignDataFolder(t *testing.T) {
+	data := t.TempDir()
+	if err := os.Chown(data, 65534, 65534); err != nil {
+		t.Skipf("needs root to give the folder away: %v", err)
+	}
+	md := t.TempDir()
+	for _, sub := range []string{"cur", "new", "tmp"} {
+		os.Mkdir(filepath.Join(md, sub), 0o755)
+	}
+	code, _, errs := agua(t, "", "import", "maildir", md, "-to", "ann@example.test", "-data", data)
+	if code != 1 || !strings.Contains(errs, "run the import as its owner") {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	code, _, errs = agua(t, "", "import", "maildir", md, "-data", t.TempDir())
+	if code != 2 || !strings.Contains(errs, "import imap -from") {
+		t.Fatalf("without -to: exit %d: %s", code, errs)
+	}
+}

@@ -48,6 +48,9 @@ func cmdImport(e *env) error {
 	if len(pos) == 0 || *to == "" {
 		return usagef(importUsage)
 	}
+	if err := checkOwner(e.cfg.DataDir); err != nil {
+		return err
+	}
 	address := strings.ToLower(*to)
 	quota, err := checkUser(e, address)
 	if err != nil {
@@ -147,6 +150,20 @@ func checkUser(e *env, address string) (int64, error) {
 		return 0, fmt.Errorf("%s is not a local user (add it first: agua user add %s)", address, address)
 	}
 	return u.Quota, err
+}
+
+// checkOwner refuses to write into a data folder another user owns: the
+// server running as that user could not rename, flag or index the files
+// and folders the import would create (they would be this user's, 0600).
+func checkOwner(data string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(data, &st); err != nil {
+		return nil // a new data folder: this user's
+	}
+	if uid := uint32(os.Geteuid()); st.Uid != uid {
+		return fmt.Errorf("the data folder %s belongs to user id %d, not to this user (%d): run the import as its owner (sudo -u OWNER agua import ...), so that the server can still change the imported mail", data, st.Uid, uid)
+	}
+	return nil
 }
 
 func readPassFile(path string) (string, error) {
