@@ -354,10 +354,10 @@ func TestImportFromDovecot(t *testing.T) {
 	appended := false
 
 	// Second run resumes: what is missing only. The message is appended
-	// after 20 of INBOX's 100 missing messages; the child can be at most a
-	// pipe's worth of progress lines (about 65) ahead of the test.
+	// after 5 of INBOX's 100 missing messages; the child can be at most a
+	// pipe's worth of progress lines (4 KiB, fewer than 80 lines) ahead of the test.
 	child, out := importChild(t, args, func(n int) bool {
-		if n == 20 {
+		if n == 5 {
 			cmd := session.Append("INBOX", int64(len(extra)), nil)
 			io.WriteString(cmd, extra)
 			cmd.Close()
