@@ -150,9 +150,9 @@ func seedDovecot(t *testing.T, dv *dovecottest.Server) map[string]seeded {
 	return want
 }
 
-// startAgua runs a server with an IMAP listener on the data folder, with
-// the users alice and bob.
-func startAgua(t *testing.T, data string) (*server.Server, config.Config) {
+// startImportServer runs a server with IMAP listeners (plain and TLS) on
+// the data folder, with the users alice, bob and carol.
+func startImportServer(t *testing.T, data string) (*server.Server, config.Config) {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = data
@@ -311,7 +311,7 @@ func TestImportFromDovecot(t *testing.T) {
 	dv := dovecottest.Start(t, "127.0.0.73")
 	want := seedDovecot(t, dv)
 	data := t.TempDir()
-	srv, _ := startAgua(t, data)
+	srv, _ := startImportServer(t, data)
 	passFile := filepath.Join(t.TempDir(), "pass")
 	if err := os.WriteFile(passFile, []byte(dv.Password+"\n"), 0o600); err != nil {
 		t.Fatal(err)

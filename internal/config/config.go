@@ -22,7 +22,7 @@ type Config struct {
 	MemoryLimit ByteSize `toml:"memory_limit" doc:"Soft memory limit of agua serve (the Go runtime's GOMEMLIMIT, set at start), so that memory goes back to the system soon after a burst of logins. 0: the GOMEMLIMIT environment variable applies, or no limit."`
 
 	Log      LogConfig      `toml:"log" doc:"Logging."`
-	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate. Empty paths mean a self-signed certificate kept in <data_dir>/tls, generated on first start."`
+	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate: the operator's files, ACME (acme = true), or else a self-signed certificate kept in <data_dir>/tls, generated on first start."`
 	Accounts AccountsConfig `toml:"accounts" doc:"Accounts directory."`
 	Store    StoreConfig    `toml:"store" doc:"Mail store (Maildir) durability."`
 	SMTP     SMTPConfig     `toml:"smtp" doc:"SMTP: MX (port 25), submission with STARTTLS (587) and implicit TLS (465)."`
@@ -45,12 +45,6 @@ type LogConfig struct {
 	MaxSize    ByteSize      `toml:"max_size" doc:"Rotate the log file when it reaches this size (whole MiB, at least 1MiB)."`
 	MaxAge     time.Duration `toml:"max_age" doc:"Delete rotated log files older than this (whole days, rounded up)."`
 	MaxBackups int           `toml:"max_backups" doc:"Most rotated log files kept."`
-}
-
-// TLSConfig names the certificate files.
-type TLSConfig struct {
-	CertFile string `toml:"cert_file" doc:"PEM certificate chain. Empty: self-signed in <data_dir>/tls/cert.pem."`
-	KeyFile  string `toml:"key_file" doc:"PEM private key. Empty: self-signed in <data_dir>/tls/key.pem."`
 }
 
 // AccountsConfig configures the accounts directory.
@@ -140,6 +134,7 @@ func Default() Config {
 	return Config{
 		DataDir:  "agua-data",
 		Hostname: "localhost",
+		TLS:      defaultTLS(),
 		Log:      LogConfig{Level: "info", Format: "text", MaxSize: 100 << 20, MaxAge: 7 * 24 * time.Hour, MaxBackups: 10},
 		Accounts: AccountsConfig{DefaultQuota: 1 << 30, Demo: true, AccountsCache: defaultAccountsCache},
 		Store:    StoreConfig{Sync: "syncfs"},
