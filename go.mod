@@ -3,6 +3,7 @@ module github.com/agua-mail/agua
 go 1.26.8
 
 require (
+	blitiri.com.ar/go/spf v1.6.0
 	github.com/BurntSushi/toml v1.6.0
 	github.com/chromedp/chromedp v0.13.6
 	github.com/emersion/go-imap/v2 v2.0.0-beta.8

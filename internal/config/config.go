@@ -31,7 +31,8 @@ type Config struct {
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
 	Outbound OutboundConfig `toml:"outbound" doc:"Delivery to other servers: the queue in <data_dir>/queue, retries, bounces, relay host."`
-	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups."`
+	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups and for the SPF, DKIM and DMARC checks of inbound mail."`
+	Auth     AuthConfig     `toml:"auth" doc:"Authentication of inbound mail on MX listeners: SPF, DKIM, DMARC, Authentication-Results, and what failures do."`
 	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
 
 	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
@@ -183,6 +184,7 @@ func Default() Config {
 		Shield:   sh,
 		Outbound: defaultOutbound(),
 		DNS:      defaultDNS(),
+		Auth:     defaultAuth(),
 
 		Autoconfig: defaultAutoconfig(),
 	}

@@ -376,6 +376,7 @@ func (c Config) Validate() []Problem {
 	}
 	ps = append(ps, c.validateOutbound()...)
 	ps = append(ps, c.Autoconfig.validate()...)
+	ps = append(ps, c.Auth.validate()...)
 	for _, err := range c.Shield.Validate() {
 		ps = append(ps, shieldProblem(err))
 	}

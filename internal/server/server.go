@@ -26,6 +26,7 @@ import (
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/imapd"
+	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
@@ -219,7 +220,17 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	if err := s.openOutbound(local); err != nil {
 		return err
 	}
-	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote()})
+	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), Log: s.log}
+	if a := s.cfg.Auth; a.Enabled {
+		var err error
+		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.out.res, Timeout: a.Timeout}); err != nil {
+			return err
+		}
+		rc.AuthPolicy = mailauth.Policy{DMARCReject: a.DMARCReject, DMARCQuarantine: a.DMARCQuarantine,
+			SPFFailReject: a.SPFFailReject, DeferTempError: a.TempError == "defer"}
+		rc.JunkFolder = a.JunkFolder
+	}
+	backend, err := router.New(rc)
 	if err != nil {
 		return err
 	}
