@@ -79,6 +79,13 @@ Reports (from the running server, or from the data folder when it is stopped):
   report attack [-since 1h] [-step 1m] [-format text|json] [-top 10]
                                 timeline, peaks, what the shield did, legitimate traffic served
 
+Import (into a local user's mailbox; safe while the server runs; resumable):
+  import imap -from HOST:PORT -user USER -pass-file FILE -to ADDRESS
+        [-tls|-starttls|-plain] [-insecure] [-folders A,B] [-state FILE] [-verify=false]
+                                every folder with flags and dates from an IMAP server
+  import maildir DIR -to ADDRESS [-folders A,B]
+                                a Dovecot/Courier Maildir++ tree on disk
+
 Load and attacks (against agua or any SMTP server on this machine):
   bench [-target 127.0.0.1:2525] [-legit 20] [-duration 10s] [-attack banner,slowloris,...]
         [-attack-src 127.66.0.0/16] [-attack-conns 50] [-json]   (agua bench -h for all flags)
@@ -125,6 +132,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"top":     cmdTop,
 		"dkim":    cmdDKIM,
 		"queue":   cmdQueue,
+		"import":  cmdImport,
 		"backup":  cmdBackup,
 		"restore": cmdRestore,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },

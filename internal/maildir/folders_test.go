@@ -2,10 +2,12 @@ package maildir
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -128,5 +130,79 @@ func TestUsageCountsFolders(t *testing.T) {
 	bytes, count, err := s.Usage(mb)
 	if err != nil || bytes != 1000 || count != 1 {
 		t.Fatalf("usage %d bytes, %d messages, %v; want 1000, 1", bytes, count, err)
+	}
+}
+
+// TestTwoProcessesOneFolder: two stores on the same root stand for the
+// server and `agua import` running at once. Each has its own in-memory
+// index; appends from both, interleaved, must get distinct UIDs that both
+// agree on, with nothing lost.
+func TestTwoProcessesOneFolder(t *testing.T) {
+	a := openTest(t)
+	b, err := Open(a.root, Options{Hostname: "other.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if err := a.CreateFolder(box, "Shared"); err != nil {
+		t.Fatal(err)
+	}
+	fa, err := a.Folder(box, "Shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := b.Folder(box, "Shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	const n = 40
+	uids := map[uint32]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, f := range []*Folder{fa, fb} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range n {
+				body := fmt.Sprintf("Subject: %d-%d\r\n\r\nx\r\n", i, j)
+				uid, _, err := f.Append(strings.NewReader(body), int64(len(body)), "S", time.Time{})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if prev, dup := uids[uid]; dup {
+					t.Errorf("UID %d handed out twice: %s and %d-%d", uid, prev, i, j)
+				}
+				uids[uid] = fmt.Sprintf("%d-%d", i, j)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	la, err := fa.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := fb.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(la.Messages) != 2*n || len(lb.Messages) != 2*n || la.UIDValidity != lb.UIDValidity {
+		t.Fatalf("listings: %d and %d messages, validity %d and %d", len(la.Messages), len(lb.Messages), la.UIDValidity, lb.UIDValidity)
+	}
+	for i, m := range la.Messages {
+		if lb.Messages[i].UID != m.UID {
+			t.Fatalf("message %d: UID %d in one process, %d in the other", i, m.UID, lb.Messages[i].UID)
+		}
+		data, err := fb.ReadMessage(m.UID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := uids[m.UID]; !strings.Contains(string(data), "Subject: "+want+"\r\n") {
+			t.Fatalf("UID %d reads %q, Append returned it for %s", m.UID, data, want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,12 +26,17 @@ import (
 //
 // one line per message in ascending UID order, the key being the file name
 // without its ":2,<flags>" info. It is replaced atomically (write to
-// agua-uidlist.tmp, fsync, rename, fsync the folder), and only ever
-// rewritten by this process under the index lock. A missing or unreadable
+// agua-uidlist.tmp, fsync, rename, fsync the folder) under the index lock
+// and an exclusive flock(2) of agua-uidlist.lock, which other processes on
+// the same Maildir take too (the server and `agua import` at once): before
+// writing, a process whose copy is older than the file on disk reads it
+// again and lists the folder anew, so no two processes hand out the same
+// UID (Dovecot's dovecot-uidlist.lock plays this part). A missing or unreadable
 // file gives every message a new UID under a new, larger UIDVALIDITY, so a
 // client never sees a UID reused for another message.
 const (
 	uidlistName    = "agua-uidlist"
+	uidlistLock    = "agua-uidlist.lock"
 	uidlistMagic   = "agua-uidlist 1"
 	maxUID         = 1<<32 - 1
 	uidlistPerm    = 0o600
@@ -60,6 +66,30 @@ type index struct {
 	keys     map[string]*entry
 	stamps   [2]dirStamp // of new/ and cur/ when last listed
 	dirty    bool        // the file on disk differs from entries
+	disk     fileStamp   // of the uidlist this index was read from or wrote
+}
+
+// fileStamp identifies one version of the uidlist file: every write
+// replaces it by a new file (a new inode).
+type fileStamp struct {
+	exists bool
+	ino    uint64
+	size   int64
+	mtime  int64
+}
+
+func statFile(path string) fileStamp {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return fileStamp{}
+	}
+	return fileStamp{exists: true, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano()}
+}
+
+// changedOnDisk says whether another process replaced the uidlist since
+// this index read or wrote it.
+func (ix *index) changedOnDisk() bool {
+	return statFile(filepath.Join(ix.dir, uidlistName)) != ix.disk
 }
 
 // entry is one message.
@@ -125,13 +155,58 @@ func (ix *index) sync(now time.Time) error {
 	if !ix.loaded {
 		ix.load(now)
 	}
+	listed, err := ix.scan(now)
+	if err != nil {
+		return err
+	}
+	if listed && ix.changedOnDisk() {
+		// Another process wrote the index: its UIDs are the truth.
+		ix.load(now)
+		if _, err := ix.scan(now); err != nil {
+			return err
+		}
+	}
+	if !ix.dirty {
+		return nil
+	}
+	return ix.commit(now)
+}
+
+// commit writes the index under the folder's lock file, after reading it
+// again if another process replaced it meanwhile (the UIDs this process
+// assigned since are not handed out yet, so they are simply assigned
+// anew on the current file).
+func (ix *index) commit(now time.Time) error {
+	fd, err := os.OpenFile(filepath.Join(ix.dir, uidlistLock), os.O_RDWR|os.O_CREATE, uidlistPerm)
+	if err != nil {
+		return fmt.Errorf("maildir: UID index lock: %w", err)
+	}
+	defer fd.Close() // releases the flock
+	if err := unix.Flock(int(fd.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("maildir: UID index lock: %w", err)
+	}
+	if ix.changedOnDisk() {
+		ix.load(now)
+		if _, err := ix.scan(now); err != nil {
+			return err
+		}
+		if !ix.dirty {
+			return nil
+		}
+	}
+	return ix.write()
+}
+
+// scan lists new/ and cur/ where they changed and reconciles the entries
+// with them; it says whether anything was listed.
+func (ix *index) scan(now time.Time) (bool, error) {
 	var seen map[string]found
 	var listed [2]bool
 	for i, sub := range subs {
 		dir := filepath.Join(ix.dir, sub)
 		var st unix.Stat_t
 		if err := unix.Stat(dir, &st); err != nil {
-			return fmt.Errorf("maildir: stat %s: %w", dir, err)
+			return false, fmt.Errorf("maildir: stat %s: %w", dir, err)
 		}
 		stamp := dirStamp{mtime: st.Mtim.Nano(), ino: st.Ino}
 		if old := ix.stamps[i]; old.ok && old.mtime == stamp.mtime && old.ino == stamp.ino {
@@ -139,7 +214,7 @@ func (ix *index) sync(now time.Time) error {
 		}
 		names, err := readNames(dir)
 		if err != nil {
-			return err
+			return false, err
 		}
 		stamp.ok = now.Sub(time.Unix(0, stamp.mtime)) > racyWindow
 		ix.stamps[i] = stamp
@@ -156,13 +231,11 @@ func (ix *index) sync(now time.Time) error {
 			seen[k] = found{n, sub}
 		}
 	}
-	if seen != nil {
-		ix.reconcile(seen, listed, now)
+	if seen == nil {
+		return false, nil
 	}
-	if ix.dirty {
-		return ix.write()
-	}
-	return nil
+	ix.reconcile(seen, listed, now)
+	return true, nil
 }
 
 // reconcile applies the listed names to the entries and gives new messages
@@ -316,8 +389,10 @@ func (ix *index) load(now time.Time) {
 	ix.loaded = true
 	ix.keys = map[string]*entry{}
 	ix.entries = nil
+	ix.dirty = false
 	ix.forceRescan()
-	data, err := os.ReadFile(filepath.Join(ix.dir, uidlistName))
+	data, stamp, err := readStamped(filepath.Join(ix.dir, uidlistName))
+	ix.disk = stamp
 	if err == nil {
 		var old uint32
 		if old, err = ix.parse(data); err == nil {
@@ -340,6 +415,21 @@ func (ix *index) load(now time.Time) {
 	}
 	ix.next = 1
 	ix.dirty = true
+}
+
+// readStamped reads a file and the stamp of the very version it read.
+func readStamped(path string) ([]byte, fileStamp, error) {
+	fd, err := os.Open(path)
+	if err != nil {
+		return nil, fileStamp{}, err
+	}
+	defer fd.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(fd.Fd()), &st); err != nil {
+		return nil, fileStamp{}, err
+	}
+	data, err := io.ReadAll(fd)
+	return data, fileStamp{exists: true, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano()}, err
 }
 
 // parse reads a uidlist into ix and returns its UIDVALIDITY, also when the
@@ -405,6 +495,10 @@ func (ix *index) write() error {
 	if err == nil {
 		err = fd.Sync()
 	}
+	var st unix.Stat_t
+	if err == nil {
+		err = unix.Fstat(int(fd.Fd()), &st)
+	}
 	if cerr := fd.Close(); err == nil {
 		err = cerr
 	}
@@ -415,6 +509,7 @@ func (ix *index) write() error {
 		os.Remove(tmp)
 		return fmt.Errorf("maildir: writing UID index: %w", err)
 	}
+	ix.disk = fileStamp{exists: true, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano()}
 	if err := syncDir(ix.dir); err != nil {
 		return err
 	}
