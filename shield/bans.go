@@ -89,23 +89,23 @@ func (s *Shield) escalate(p netip.Prefix, b *Behaviour, now time.Time) (time.Dur
 	ns := now.UnixNano()
 	count := 1
 	s.offenders.do(p, true, func(o *offender, _ bool) {
-		if o.count < 0 || (o.last != 0 && ns-o.last > s.cfg.OffenderTTL.Nanoseconds()) {
+		if o.count < 0 || (o.last != 0 && ns-o.last > s.cfg().OffenderTTL.Nanoseconds()) {
 			o.count = 0
 		}
 		o.count++
 		o.last = ns
 		count = o.count
 	})
-	rec := OffenderRecord{Prefix: p, Count: count, Last: now, Expires: now.Add(s.cfg.OffenderTTL)}
+	rec := OffenderRecord{Prefix: p, Count: count, Last: now, Expires: now.Add(s.cfg().OffenderTTL)}
 	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutOffender(ctx, rec) })
-	base, maxTTL := s.cfg.BanTTL, s.cfg.BanMaxTTL
+	base, maxTTL := s.cfg().BanTTL, s.cfg().BanMaxTTL
 	if b.BanTTL > 0 {
 		base, maxTTL = b.BanTTL, max(maxTTL, b.BanTTL)
 	}
 	if b.NoEscalation {
 		return base, count
 	}
-	ttl := float64(base) * math.Pow(s.cfg.BanFactor, float64(count-1))
+	ttl := float64(base) * math.Pow(s.cfg().BanFactor, float64(count-1))
 	if ttl > float64(maxTTL) || math.IsInf(ttl, 0) || math.IsNaN(ttl) {
 		ttl = float64(maxTTL)
 	}
@@ -117,13 +117,13 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 	t := s.bans.Load()
 	if old, ok := t.Get(b.prefix); ok {
 		b.hits.Store(old.hits.Load())
-	} else if t.Size() >= s.cfg.TableSize {
+	} else if t.Size() >= s.cfg().TableSize {
 		// Sweeping is O(bans): at most once a second when full.
 		if now.Sub(s.lastSweep) >= time.Second || now.Before(s.lastSweep) {
 			t = s.sweep(t, now)
 			s.lastSweep = now
 		}
-		if t.Size() >= s.cfg.TableSize {
+		if t.Size() >= s.cfg().TableSize {
 			s.dropped++
 			s.bans.Store(t)
 			return false
@@ -171,7 +171,7 @@ func (s *Shield) banBehaviour(addr netip.Addr, r *eventRule, now time.Time, exce
 	hp := hostPrefix(addr)
 	s.banMu.Lock()
 	ttl, count := s.escalate(hp, &r.b, now)
-	b := newBan(hp, r.name, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
+	b := newBan(hp, r.name, s.cfg().BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	net := s.netPrefix(addr)
 	var prefixBan *ban
@@ -203,11 +203,11 @@ func (s *Shield) maybeBanPrefix(net netip.Prefix, r *eventRule, now time.Time) *
 			n++
 		}
 	}
-	if n < s.cfg.PrefixBanThreshold {
+	if n < s.cfg().PrefixBanThreshold {
 		return nil
 	}
 	ttl, count := s.escalate(net, &r.b, now)
-	b := newBan(net, r.name, s.cfg.BanAction, false, false, now, ttl, count)
+	b := newBan(net, r.name, s.cfg().BanAction, false, false, now, ttl, count)
 	if !s.putBan(b, now) {
 		return nil
 	}
@@ -241,13 +241,13 @@ func (s *Shield) Ban(p netip.Prefix, ttl time.Duration, reason string, action Ac
 	p = canonPrefix(p)
 	pol := s.pol.Load()
 	if action == Allow {
-		action = s.cfg.BanAction
+		action = s.cfg().BanAction
 	}
 	if action > Tarpit {
 		return errors.New("invalid action")
 	}
 	if ttl <= 0 {
-		ttl = s.cfg.BanTTL
+		ttl = s.cfg().BanTTL
 	}
 	reason = strings.TrimSpace(reason)
 	if reason == "" {
@@ -345,7 +345,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if pol.exempt(addr) {
 		return allow
 	}
-	if b := s.banLookup(addr, now); b != nil && !s.cfg.DryRun {
+	if b := s.banLookup(addr, now); b != nil && !s.cfg().DryRun {
 		return b.decision
 	}
 	if r.b.Resets != 0 {
@@ -371,7 +371,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if n < int32(th.Count) {
 		return allow
 	}
-	if th.DryRun || s.cfg.DryRun {
+	if th.DryRun || s.cfg().DryRun {
 		s.log.Info("shield would ban", "addr", addr.String(), "reason", r.name, "count", n, "window", th.Window.String())
 		return s.wouldBlock(addr, r.decision, true)
 	}
@@ -398,10 +398,10 @@ func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) {
 // store hears of it when the address becomes known-good and then at most
 // once per KnownGoodTTL/100, not on every message.
 func (s *Shield) markKnownGood(addr netip.Addr, ns int64) {
-	until := ns + s.cfg.KnownGoodTTL.Nanoseconds()
+	until := ns + s.cfg().KnownGoodTTL.Nanoseconds()
 	refresh := false
 	s.knownGood.do(addr, true, func(v *int64, _ bool) {
-		refresh = *v < until-s.cfg.KnownGoodTTL.Nanoseconds()/100
+		refresh = *v < until-s.cfg().KnownGoodTTL.Nanoseconds()/100
 		*v = until
 	})
 	if refresh {
@@ -437,7 +437,7 @@ func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.
 	if n < int32(th.Count) {
 		return allow, false
 	}
-	if th.DryRun || s.cfg.DryRun {
+	if th.DryRun || s.cfg().DryRun {
 		s.log.Info("shield would ban", "addr", net.String(), "reason", r.netName, "count", n, "window", th.Window.String())
 		return allow, false
 	}
@@ -446,7 +446,7 @@ func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.
 	}
 	s.banMu.Lock()
 	ttl, count := s.escalate(net, &r.b, now)
-	b := newBan(net, r.netName, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
+	b := newBan(net, r.netName, s.cfg().BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	s.banMu.Unlock()
 	s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")
@@ -467,7 +467,7 @@ func (s *Shield) reportAccount(account string, now time.Time) {
 // this node's window.
 func (s *Shield) countAccountFailure(account string, at time.Time) {
 	s.accounts.do(account, true, func(w *window, _ bool) {
-		w.add(at.UnixNano(), s.cfg.AccountDelayWindow.Nanoseconds())
+		w.add(at.UnixNano(), s.cfg().AccountDelayWindow.Nanoseconds())
 	})
 }
 
@@ -483,13 +483,13 @@ func (s *Shield) AccountDelay(account string) time.Duration {
 	account = strings.ToLower(account)
 	var n int32
 	ns := s.now().UnixNano()
-	s.accounts.do(account, false, func(w *window, _ bool) { n = w.current(ns, s.cfg.AccountDelayWindow.Nanoseconds()) })
+	s.accounts.do(account, false, func(w *window, _ bool) { n = w.current(ns, s.cfg().AccountDelayWindow.Nanoseconds()) })
 	if n <= 0 {
 		return 0
 	}
 	d := 100 * time.Millisecond
-	for i := int32(1); i < n && d < s.cfg.AccountDelayMax; i++ {
+	for i := int32(1); i < n && d < s.cfg().AccountDelayMax; i++ {
 		d *= 2
 	}
-	return min(d, s.cfg.AccountDelayMax)
+	return min(d, s.cfg().AccountDelayMax)
 }

@@ -497,7 +497,7 @@ func (s *Shield) rule(ev Event) *eventRule {
 	}
 	s.rulesMu.Lock()
 	defer s.rulesMu.Unlock()
-	rs = compileRules(&s.cfg)
+	rs = compileRules(s.cfg())
 	s.rules.Store(&rs)
 	if int(ev) >= len(rs) {
 		return nil

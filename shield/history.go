@@ -252,6 +252,16 @@ func newHistory(cfg *Config, log *slog.Logger) *history {
 	}
 }
 
+// setBounds applies new history bounds (Reconfigure); a smaller bound
+// trims at the next fold.
+func (h *history) setBounds(cfg *Config) {
+	h.mu.Lock()
+	h.qmu.Lock()
+	h.maxAddrs, h.maxRecs, h.retention = cfg.HistoryMaxAddresses, cfg.HistoryMaxRecords, cfg.HistoryRetention
+	h.qmu.Unlock()
+	h.mu.Unlock()
+}
+
 func addSat32(a *uint32, n uint32) {
 	if *a+n < *a {
 		*a = ^uint32(0)

@@ -31,7 +31,7 @@ type Options struct {
 // Shield is the defence layer. One Shield serves any number of listeners
 // and HTTP handlers; per-address and per-prefix state is shared between them.
 type Shield struct {
-	cfg      Config
+	config   atomic.Pointer[Config] // replaced whole by Reconfigure; never modified in place
 	log      *slog.Logger
 	now      func() time.Time
 	stateDir string
@@ -93,8 +93,8 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("shield config: %w", errors.Join(errs...))
 	}
+	cfg.Thresholds = maps.Clone(cfg.Thresholds) // the caller's map may change later
 	s := &Shield{
-		cfg:      cfg,
 		log:      opts.Logger,
 		now:      opts.Now,
 		stateDir: opts.StateDir,
@@ -103,8 +103,8 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		tarpits:  make(map[*tarpitConn]struct{}),
 		closed:   make(chan struct{}),
 	}
-	s.cfg.Thresholds = maps.Clone(cfg.Thresholds) // the caller's map may change later
-	rules := compileRules(&s.cfg)
+	s.config.Store(&cfg)
+	rules := compileRules(s.cfg())
 	s.rules.Store(&rules)
 	if s.log == nil {
 		s.log = slog.Default()
@@ -124,10 +124,10 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	s.agg = newAggregator(s.now)
 	s.agg.netOf = s.netPrefix
 	s.act = newActivity(s.now)
-	s.hist = newHistory(&s.cfg, s.log)
+	s.hist = newHistory(s.cfg(), s.log)
 	s.lockdown.Store(cfg.Lockdown)
 
-	p, err := compilePolicy(&s.cfg)
+	p, err := compilePolicy(s.cfg())
 	if err != nil {
 		return nil, fmt.Errorf("shield rules: %w", err)
 	}
@@ -174,7 +174,7 @@ func (s *Shield) Close() error {
 
 // flushLogs logs the aggregated denials and folds them into the history.
 func (s *Shield) flushLogs() {
-	s.hist.fold(s.agg.flush(s.log, s.cfg.LogInterval), s.act.take(), s.now())
+	s.hist.fold(s.agg.flush(s.log, s.cfg().LogInterval), s.act.take(), s.now())
 }
 
 // housekeeping flushes logs, expires bans, folds the history and saves state
@@ -190,15 +190,15 @@ func (s *Shield) housekeeping() {
 			return
 		case t := <-tick.C:
 			s.expireBans(s.now())
-			if t.Sub(lastLog) >= s.cfg.LogInterval {
+			if t.Sub(lastLog) >= s.cfg().LogInterval {
 				s.flushLogs()
 				lastLog, lastFold = t, t
 			}
-			if t.Sub(lastFold) >= min(s.cfg.SaveInterval, time.Minute) {
+			if t.Sub(lastFold) >= min(s.cfg().SaveInterval, time.Minute) {
 				s.foldHistory()
 				lastFold = t
 			}
-			if t.Sub(lastSave) >= s.cfg.SaveInterval {
+			if t.Sub(lastSave) >= s.cfg().SaveInterval {
 				s.flushStore()
 				lastSave = t
 			}
@@ -211,26 +211,14 @@ func (s *Shield) housekeeping() {
 func (s *Shield) Reload() error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	p, err := compilePolicy(&s.cfg)
+	p, err := compilePolicy(s.cfg())
 	if err != nil {
 		s.reloadsFailed.Add(1)
 		s.log.Error("shield reload failed", "err", err)
 		return err
 	}
-	s.pol.Store(p)
-	s.reloadsOK.Add(1)
 	s.log.Info("shield reload", "rules", p.size())
-	for _, f := range p.files {
-		if f.Missing {
-			s.log.Warn("shield rule file missing: none of its rules are in force", "file", f.Name)
-		}
-	}
-	if s.cfg.CloseOnDeny && !s.cfg.DryRun {
-		s.kick(func(c *Conn) bool {
-			r := p.lookup(c.addr)
-			return r != nil && !r.allow && !r.dryRun && !p.trusted.Lookup(c.addr)
-		}, nil, "rule")
-	}
+	s.installPolicy(p)
 	return nil
 }
 
@@ -280,9 +268,9 @@ func (p *policy) exempt(addr netip.Addr) bool {
 // netPrefix returns the prefix that groups addr for per-prefix limits and
 // prefix bans.
 func (s *Shield) netPrefix(addr netip.Addr) netip.Prefix {
-	bits := s.cfg.IPv6Prefix
+	bits := s.cfg().IPv6Prefix
 	if addr.Is4() {
-		bits = s.cfg.IPv4Prefix
+		bits = s.cfg().IPv4Prefix
 	}
 	p, _ := addr.Prefix(bits)
 	return p
@@ -324,6 +312,10 @@ func (s *Shield) kick(match func(*Conn) bool, except *Conn, why string) int {
 	}
 	return len(victims)
 }
+
+// cfg returns the configuration in force. Callers read it once per
+// decision: a Reconfigure between two reads may change it.
+func (s *Shield) cfg() *Config { return s.config.Load() }
 
 // unmap returns addr without IPv4-in-IPv6 mapping and without zone.
 func unmap(addr netip.Addr) netip.Addr { return addr.Unmap().WithZone("") }

@@ -47,7 +47,7 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 	now := s.now()
 	ns := now.UnixNano()
 	p := s.pol.Load()
-	e := Explanation{Addr: addr, Lockdown: s.lockdown.Load(), Limits: s.cfg.Limits,
+	e := Explanation{Addr: addr, Lockdown: s.lockdown.Load(), Limits: s.cfg().Limits,
 		TrustedProxy: p.trusted.Lookup(addr), KnownGood: s.isKnownGood(addr, ns)}
 	if r := p.lookup(addr); r != nil {
 		e.Rule = &RuleInfo{Source: r.source, Text: r.text, Prefix: r.prefix, Allow: r.allow, Action: r.action, DryRun: r.dryRun}
@@ -57,7 +57,7 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 		bi := b.info()
 		e.Ban = &bi
 	}
-	lim := &s.cfg.Limits
+	lim := &s.cfg().Limits
 	e.Counters.Prefix = s.netPrefix(addr)
 	e.Counters.IPTokens = float64(lim.PerIPBurst)
 	e.Counters.PrefixTokens = float64(lim.PerPrefixBurst)
