@@ -25,6 +25,9 @@ type ban struct {
 	manual   bool
 	hits     atomic.Int64
 	decision Decision // precomputed, so refusing a banned client allocates nothing
+	// spareGood: the ban does not refuse known-good addresses (a network
+	// ban for guessing, see sparesKnownGood) nor revoke their status.
+	spareGood bool
 }
 
 // BanInfo describes one active ban.
@@ -74,7 +77,8 @@ func (s *Shield) banLookup(addr netip.Addr, now time.Time) *ban {
 
 // newBan builds a ban with its refusal decision.
 func newBan(p netip.Prefix, reason string, action Action, temporary, manual bool, created time.Time, ttl time.Duration, count int) *ban {
-	b := &ban{prefix: p, reason: reason, action: action, created: created, expires: created.Add(ttl), count: count, manual: manual}
+	b := &ban{prefix: p, reason: reason, action: action, created: created, expires: created.Add(ttl), count: count, manual: manual,
+		spareGood: sparesKnownGood(p, reason, manual)}
 	text := reasonBannedManual
 	if !manual {
 		text = banText(reason)
@@ -132,7 +136,9 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 	s.bans.Store(t.InsertPersist(b.prefix, b))
 	rec := b.record()
 	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutBan(ctx, rec) })
-	s.forgetKnownGood(b.prefix)
+	if !b.spareGood {
+		s.forgetKnownGood(b.prefix)
+	}
 	s.issued[b.reason]++
 	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
 		"action", b.action.String(), "count", b.count)
@@ -336,7 +342,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	s.act.event(addr, ev)
 	ns := now.UnixNano()
 	pol := s.pol.Load()
-	if r.b.KnownGood && s.banLookup(addr, now) == nil {
+	if r.b.KnownGood && s.activeBan(addr, now) == nil {
 		s.markKnownGood(addr, ns)
 		if c != nil {
 			c.knownGood.Store(true)
@@ -345,7 +351,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if pol.exempt(addr) {
 		return allow
 	}
-	if b := s.banLookup(addr, now); b != nil && !s.cfg().DryRun {
+	if b := s.activeBan(addr, now); b != nil && !s.cfg().DryRun {
 		return b.decision
 	}
 	if r.b.Resets != 0 {
@@ -424,7 +430,7 @@ func (s *Shield) isKnownGood(addr netip.Addr, ns int64) bool {
 // Allowlisted addresses are never counted (report returns before).
 func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.Time, except *Conn) (Decision, bool) {
 	th := r.net
-	net := s.netPrefix(addr)
+	net := s.eventNet(addr, r)
 	ns := now.UnixNano()
 	var n int32
 	s.prefixes.do(net, true, func(v *prefixState, _ bool) {
@@ -449,47 +455,9 @@ func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.
 	b := newBan(net, r.netName, s.cfg().BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	s.banMu.Unlock()
-	s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")
+	ns = s.now().UnixNano()
+	s.kick(func(c *Conn) bool {
+		return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) && !(b.spareGood && s.isKnownGood(c.addr, ns))
+	}, except, "ban")
 	return b.decision, true
-}
-
-// reportAccount counts a failed login on account for AccountDelay.
-func (s *Shield) reportAccount(account string, now time.Time) {
-	if account == "" {
-		return
-	}
-	account = strings.ToLower(account)
-	s.countAccountFailure(account, now)
-	s.toStore(func(ctx context.Context, st StateStore) error { return st.AddAccountFailure(ctx, account, now) })
-}
-
-// countAccountFailure counts a failed login on account (lower-cased) in
-// this node's window.
-func (s *Shield) countAccountFailure(account string, at time.Time) {
-	s.accounts.do(account, true, func(w *window, _ bool) {
-		w.add(at.UnixNano(), s.cfg().AccountDelayWindow.Nanoseconds())
-	})
-}
-
-// AccountDelay returns how long to wait before answering a failed login on
-// account: 0 with no recent failures, then 100ms doubling with each failure
-// from any address within AccountDelayWindow, capped at AccountDelayMax.
-// The account is never locked (Dovecot-style): the real user only ever
-// waits when they get their password wrong, if callers delay failures only.
-func (s *Shield) AccountDelay(account string) time.Duration {
-	if account == "" {
-		return 0
-	}
-	account = strings.ToLower(account)
-	var n int32
-	ns := s.now().UnixNano()
-	s.accounts.do(account, false, func(w *window, _ bool) { n = w.current(ns, s.cfg().AccountDelayWindow.Nanoseconds()) })
-	if n <= 0 {
-		return 0
-	}
-	d := 100 * time.Millisecond
-	for i := int32(1); i < n && d < s.cfg().AccountDelayMax; i++ {
-		d *= 2
-	}
-	return min(d, s.cfg().AccountDelayMax)
 }

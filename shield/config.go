@@ -46,6 +46,7 @@ type Config struct {
 	HistoryMaxAddresses int           `toml:"history_max_addresses" doc:"most addresses (and most ban and unban events) the event history keeps; beyond, the oldest minutes are dropped first, then new addresses count in the timeline only"`
 	HistoryMaxRecords   int           `toml:"history_max_records" doc:"most (address, minute) records the event history keeps; the oldest minutes are dropped first"`
 
+	Guessing   GuessingConfig   `toml:"guessing" doc:"failed logins counted per network and per account (distributed password guessing)"`
 	Limits     LimitsConfig     `toml:"limits" doc:"connection limits"`
 	Thresholds ThresholdsConfig `toml:"thresholds" doc:"behaviour thresholds by event name (network_<name>: counted per network); crossing one bans the address or network"`
 }
@@ -118,6 +119,7 @@ func DefaultConfig() Config {
 			MaxPendingRejects: 1000,
 			ProxyTimeout:      5 * time.Second,
 		},
+		Guessing:   defaultGuessing(),
 		Thresholds: defaultThresholds(),
 	}
 }
@@ -219,6 +221,7 @@ func (c Config) Validate() []error {
 	positiveInt("limits.max_pending_rejects", l.MaxPendingRejects)
 	positiveDur("limits.proxy_timeout", l.ProxyTimeout)
 
+	c.Guessing.validate(bad)
 	c.Thresholds.validate(bad)
 	return errs
 }

@@ -91,7 +91,7 @@ func (s *Shield) judge(addr netip.Addr, now time.Time, count bool) (d Decision, 
 	if s.lockdown.Load() && !s.isKnownGood(addr, now.UnixNano()) {
 		return Decision{Action: Drop, Reason: reasonLockdown, Source: "lockdown"}, false
 	}
-	if b := s.banLookup(addr, now); b != nil {
+	if b := s.activeBan(addr, now); b != nil {
 		if count {
 			b.hits.Add(1)
 		}

@@ -470,10 +470,15 @@ func (c *Conn) Report(ev Event) Decision {
 // for the address, plus per-account failure tracking for AccountDelay. A
 // success marks the connection authenticated.
 func (c *Conn) ReportAuth(account string, ok bool) Decision {
+	now := c.s.now()
 	if ok {
-		return c.Report(AuthSuccess)
+		d := c.Report(AuthSuccess)
+		if d.Action == Allow {
+			c.s.markOwner(account, c.addr, now)
+		}
+		return d
 	}
-	c.s.reportAccount(account, c.s.now())
+	c.s.reportAccount(account, c.addr, now)
 	return c.Report(AuthFailure)
 }
 

@@ -49,7 +49,7 @@ type Shield struct {
 	prefixes  *lru[netip.Prefix, prefixState]
 	offenders *lru[netip.Prefix, offender]
 	knownGood *lru[netip.Addr, int64] // until, unix nanoseconds
-	accounts  *lru[string, window]
+	accounts  *lru[string, accountState]
 
 	lockdown atomic.Bool
 
@@ -119,7 +119,7 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	s.prefixes.keep = func(v *prefixState) bool { return v.conns > 0 }
 	s.offenders = newLRU[netip.Prefix, offender](n, hashPrefix)
 	s.knownGood = newLRU[netip.Addr, int64](n, hashAddr)
-	s.accounts = newLRU[string, window](n, hashString)
+	s.accounts = newLRU[string, accountState](n, hashString)
 	s.bans.Store(new(bart.Table[*ban]))
 	s.agg = newAggregator(s.now)
 	s.agg.netOf = s.netPrefix

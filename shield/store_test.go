@@ -88,10 +88,10 @@ func TestSharedStoreBans(t *testing.T) {
 
 	// Failed logins on one account add up across nodes.
 	for range 3 {
-		n1.s.reportAccount("Carol@example.org", n1.clock.Now())
+		n1.s.reportAccount("Carol@example.org", netip.Addr{}, n1.clock.Now())
 	}
 	eventually(t, "account failures on node 2", func() bool { return n2.s.AccountDelay("carol@example.org") == 400*time.Millisecond })
-	n2.s.reportAccount("carol@example.org", n2.clock.Now())
+	n2.s.reportAccount("carol@example.org", netip.Addr{}, n2.clock.Now())
 	eventually(t, "account failures back on node 1", func() bool { return n1.s.AccountDelay("carol@example.org") == 800*time.Millisecond })
 }
 

@@ -53,7 +53,7 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 		e.Rule = &RuleInfo{Source: r.source, Text: r.text, Prefix: r.prefix, Allow: r.allow, Action: r.action, DryRun: r.dryRun}
 		e.Allowlisted = r.allow
 	}
-	if b := s.banLookup(addr, now); b != nil {
+	if b := s.activeBan(addr, now); b != nil {
 		bi := b.info()
 		e.Ban = &bi
 	}

@@ -234,7 +234,7 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		return err
 	}
 	hooks := smtpd.Hooks{
-		AccountDelay: s.shield.AccountDelay,
+		AccountDelay: s.shield.AccountDelayFrom,
 		Auth:         func(ss *smtpd.Session, ok bool) { s.metrics.Auth(ss.Mode.String(), ok) },
 		Delivered: func(ss *smtpd.Session, _ *smtpd.Envelope, size int64, took time.Duration) {
 			s.metrics.Delivered(ss.Mode.String(), size, took)
