@@ -47,6 +47,7 @@ type Config struct {
 	HistoryMaxRecords   int           `toml:"history_max_records" doc:"most (address, minute) records the event history keeps; the oldest minutes are dropped first"`
 
 	Guessing   GuessingConfig   `toml:"guessing" doc:"failed logins counted per network and per account (distributed password guessing)"`
+	Accept     AcceptConfig     `toml:"accept" doc:"accept sockets of the listeners agua binds (Shield.Listen); a change applies at the next restart"`
 	Limits     LimitsConfig     `toml:"limits" doc:"connection limits"`
 	Thresholds ThresholdsConfig `toml:"thresholds" doc:"behaviour thresholds by event name (network_<name>: counted per network); crossing one bans the address or network"`
 }
@@ -222,6 +223,7 @@ func (c Config) Validate() []error {
 	positiveDur("limits.proxy_timeout", l.ProxyTimeout)
 
 	c.Guessing.validate(bad)
+	c.Accept.validate(bad)
 	c.Thresholds.validate(bad)
 	return errs
 }

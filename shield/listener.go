@@ -50,6 +50,7 @@ type listener struct {
 type acceptResult struct {
 	c   *Conn
 	err error
+	raw net.Conn // multiListener.Accept
 }
 
 // Listener wraps inner. Accept decides before it returns, before any TLS or
@@ -132,8 +133,13 @@ func (l *listener) Close() error {
 
 func (l *listener) Accept() (net.Conn, error) {
 	l.start.Do(func() {
-		for range acceptLoops() {
-			go l.loop()
+		// Each accept socket (Shield.Listen binds several) gets its
+		// share of the accept goroutines, at least one.
+		socks := acceptSockets(l.inner)
+		for _, k := range socks {
+			for range max(1, acceptLoops()/len(socks)) {
+				go l.loop(k)
+			}
 		}
 	})
 	select {
@@ -155,9 +161,9 @@ func acceptLoops() int { return max(2, runtime.GOMAXPROCS(0)) }
 
 // loop accepts from the inner listener and hands admitted connections to
 // Accept. Refusals are handled here without ever waiting on a client.
-func (l *listener) loop() {
+func (l *listener) loop(inner net.Listener) {
 	for {
-		c, err := l.inner.Accept()
+		c, err := inner.Accept()
 		if err != nil {
 			select {
 			case l.ch <- acceptResult{err: err}:

@@ -33,9 +33,9 @@ func (e *ConfigError) Unwrap() []error { return e.Problems }
 // Nothing changes when cfg is invalid: the error is a *ConfigError that
 // lists every problem, the rule files' bad lines with file:line.
 //
-// Two settings size tables built at start and apply at the next restart
-// only: table_size and the kernel section's set sizes; a change is
-// logged, never refused.
+// Settings that size what was built at start apply at the next restart
+// only: table_size and accept (the sockets are bound); a change is logged,
+// never refused.
 func (s *Shield) Reconfigure(cfg Config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -65,6 +65,9 @@ func (s *Shield) Reconfigure(cfg Config) error {
 	old := s.cfg()
 	if old.TableSize != cfg.TableSize {
 		s.log.Warn("shield reconfigure: table_size applies at the next restart", "running", old.TableSize, "configured", cfg.TableSize)
+	}
+	if old.Accept != cfg.Accept {
+		s.log.Warn("shield reconfigure: accept.sockets and accept.backlog apply at the next restart (the sockets are bound)")
 	}
 	if err := s.kernelReconfigure(old, &cfg); err != nil {
 		return s.refuseConfig([]error{err})

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -68,7 +69,7 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	if err != nil {
 		return err
 	}
-	tcp, err := net.Listen("tcp", s.cfg.Admin.Listen)
+	tcp, err := s.shield.Listen(context.Background(), "tcp", s.cfg.Admin.Listen)
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}

@@ -272,7 +272,8 @@ func (s *Server) bind(name string, addrs []string, maxConns int, reject func(net
 		reject = nil
 	}
 	for _, addr := range addrs {
-		ln, err := net.Listen("tcp", addr)
+		// Several accept sockets with SO_REUSEPORT ([shield.accept]).
+		ln, err := s.shield.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			return fmt.Errorf("%s listener: %w", name, err)
 		}
