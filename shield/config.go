@@ -48,6 +48,7 @@ type Config struct {
 
 	Guessing   GuessingConfig   `toml:"guessing" doc:"failed logins counted per network and per account (distributed password guessing)"`
 	Accept     AcceptConfig     `toml:"accept" doc:"accept sockets of the listeners agua binds (Shield.Listen); a change applies at the next restart"`
+	Kernel     KernelConfig     `toml:"kernel" doc:"kernel offload: drop rules, drop blocks and escalated bans mirrored into nftables (off by default)"`
 	Limits     LimitsConfig     `toml:"limits" doc:"connection limits"`
 	Thresholds ThresholdsConfig `toml:"thresholds" doc:"behaviour thresholds by event name (network_<name>: counted per network); crossing one bans the address or network"`
 }
@@ -121,6 +122,7 @@ func DefaultConfig() Config {
 			ProxyTimeout:      5 * time.Second,
 		},
 		Guessing:   defaultGuessing(),
+		Kernel:     defaultKernel(),
 		Thresholds: defaultThresholds(),
 	}
 }
@@ -224,6 +226,7 @@ func (c Config) Validate() []error {
 
 	c.Guessing.validate(bad)
 	c.Accept.validate(bad)
+	c.Kernel.validate(bad)
 	c.Thresholds.validate(bad)
 	return errs
 }

@@ -328,6 +328,7 @@ func sourceClass(src string) string {
 // foldHistory moves the counts gathered since the last fold into the
 // history and appends them to the state file.
 func (s *Shield) foldHistory() {
+	s.kernelCount(true) // the kernel's drops up to now
 	s.hist.fold(s.agg.takeHistory(), s.act.take(), s.now())
 }
 

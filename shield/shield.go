@@ -26,6 +26,10 @@ type Options struct {
 	// Shield opens and closes. A Store given here is flushed by Close, not
 	// closed. See StateStore.
 	Store StateStore
+	// KernelNetNS is the network namespace (a path such as
+	// /run/netns/NAME) the kernel offload writes its nftables table in;
+	// "" = the process's own.
+	KernelNetNS string
 }
 
 // Shield is the defence layer. One Shield serves any number of listeners
@@ -52,6 +56,7 @@ type Shield struct {
 	accounts  *lru[string, accountState]
 
 	lockdown atomic.Bool
+	kern     *kernel // [shield.kernel]; nil when off
 
 	store        StateStore
 	ownStore     bool // opened by New, closed by Close
@@ -135,6 +140,13 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	if err := s.openStore(opts); err != nil {
 		return nil, err
 	}
+	if err := s.openKernel(s.cfg(), opts.KernelNetNS); err != nil {
+		close(s.closed) // stops the store writer
+		s.wg.Wait()
+		s.closeStore()
+		return nil, err
+	}
+	s.kernelSync()
 	if s.stateDir != "" {
 		if err := s.hist.open(histPath(s.stateDir), s.now()); err != nil {
 			// Not fatal: the history is for reports; bans do not depend on it.
@@ -167,13 +179,14 @@ func (s *Shield) Close() error {
 			t.c.Close()
 		}
 		s.tarpitMu.Unlock()
-		err = s.closeStore()
+		err = errors.Join(s.closeStore(), s.closeKernel())
 	})
 	return err
 }
 
 // flushLogs logs the aggregated denials and folds them into the history.
 func (s *Shield) flushLogs() {
+	s.kernelCount(true)
 	s.hist.fold(s.agg.flush(s.log, s.cfg().LogInterval), s.act.take(), s.now())
 }
 
@@ -190,6 +203,8 @@ func (s *Shield) housekeeping() {
 			return
 		case t := <-tick.C:
 			s.expireBans(s.now())
+			s.kernelSync()
+			s.kernelCount(false)
 			if t.Sub(lastLog) >= s.cfg().LogInterval {
 				s.flushLogs()
 				lastLog, lastFold = t, t

@@ -137,6 +137,7 @@ type Stats struct {
 	Lockdown      bool                     `json:"lockdown"`
 	StoreDropped  uint64                   `json:"store_dropped"` // state store writes dropped because the queue was full
 	StoreErrors   uint64                   `json:"store_errors"`  // state store writes that failed
+	Kernel        KernelStats              `json:"kernel"`        // [shield.kernel]: what the kernel dropped
 }
 
 // Stats returns a snapshot of the counters.
@@ -144,6 +145,7 @@ func (s *Shield) Stats() Stats {
 	st := Stats{Listeners: make(map[string]ListenerStats), BansIssued: make(map[string]uint64),
 		ReloadsOK: s.reloadsOK.Load(), ReloadsFailed: s.reloadsFailed.Load(), TarpitHeld: s.tarpitHeld.Load(),
 		Rules: s.pol.Load().size(), Lockdown: s.lockdown.Load(), StoreDropped: s.storeDropped.Load(), StoreErrors: s.storeErrors.Load()}
+	st.Kernel = s.kernelStats()
 	s.lnMu.Lock()
 	for name, c := range s.stats {
 		st.Listeners[name] = ListenerStats{Accepted: c.accepted.Load(), Rejected: c.rejected.Load(), Dropped: c.dropped.Load(),
