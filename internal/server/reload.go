@@ -33,7 +33,10 @@ func (s *Server) SetConfigFile(path string) {
 // not load, or a [shield] section the shield refuses, changes nothing: the
 // error lists every problem, one per line with file and line, and each is
 // logged. Without a config file it re-reads the rule files only.
-func (s *Server) ReloadConfig() error {
+func (s *Server) ReloadConfig() error { return s.reloadConfig("agua reload") }
+
+// reloadConfig is ReloadConfig, logging what asked for it.
+func (s *Server) reloadConfig(cause string) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	if s.cfgFile == "" {
@@ -57,7 +60,7 @@ func (s *Server) ReloadConfig() error {
 	if changed := restartOnly(s.cfg, cfg); len(changed) > 0 {
 		s.log.Warn("config reload: [shield] applied; other changes apply at the next restart", "sections", strings.Join(changed, ","))
 	}
-	s.log.Info("config reloaded", "file", s.cfgFile)
+	s.log.Info("config reloaded", "file", s.cfgFile, "cause", cause)
 	return nil
 }
 
@@ -125,7 +128,7 @@ func (s *Server) watchConfig(stop <-chan struct{}) (func(), error) {
 						select {
 						case <-stop:
 						default:
-							s.ReloadConfig() // logs its outcome
+							s.reloadConfig("file changed") // logs its outcome
 						}
 					})
 				} else {

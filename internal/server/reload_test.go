@@ -114,9 +114,7 @@ func TestShieldReloadLive(t *testing.T) {
 	// SIGHUP applies an edit too (the watch may beat it: both apply).
 	write("\n[shield.thresholds.protocol_error]\ncount = 2\n")
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitFor(t, "threshold 2 in force", func() bool {
-		return strings.Count(logs.String(), "config reloaded") >= 2
-	})
+	waitFor(t, "a reload on SIGHUP", func() bool { return strings.Contains(logs.String(), `cause=SIGHUP`) })
 	if n := protocolErrorsToBan(t, smtp, "127.0.31.4", 5); n != 2 {
 		t.Fatalf("after SIGHUP, banned at protocol error %d, want 2", n)
 	}

@@ -403,7 +403,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for {
 		select {
 		case <-hup:
-			if err := s.ReloadConfig(); err != nil {
+			if err := s.reloadConfig("SIGHUP"); err != nil {
 				s.log.Error("reload on SIGHUP refused; previous settings stay", "err", err)
 			}
 			s.out.signer.Reload() // logs a key file it cannot use
