@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/agua-mail/agua/shield"
 )
 
 // Session describes a session to the Backend. A transaction gets it at
@@ -18,6 +20,10 @@ type Session struct {
 	Helo       string
 	TLS        bool
 	User       string // authenticated user, "" if none
+	// Trusted is set at MAIL FROM when the client is allowlisted in the
+	// shield (a relay of this site): the backend skips its sender
+	// authentication checks.
+	Trusted bool
 }
 
 // Envelope is the part of a transaction the session itself keeps: what it
@@ -77,6 +83,15 @@ type Transaction interface {
 	Commit(ctx context.Context) error
 	// Abort ends the transaction without delivering anything.
 	Abort()
+}
+
+// Observer is an optional interface of a Transaction that saw behaviour of
+// the client the shield should count (a message failing DMARC). After the
+// message is answered, accepted or refused, the session reports each
+// event as it reports its own (unknown recipients), and ends the session
+// if the shield says so.
+type Observer interface {
+	Observed() []shield.Event
 }
 
 // Hooks let the embedding service observe and steer sessions without the

@@ -55,10 +55,17 @@ func (ss *session) cmdDATA(arg string) error {
 	if err == nil {
 		err = ss.tx.Commit(ss.ctx)
 	}
+	events := observed(ss.tx)
 	if err != nil {
 		ss.resetTransaction()
 		ss.refused(AsError(err).Code)
-		return err
+		if len(events) == 0 {
+			return err
+		}
+		if ss.Fail(err) {
+			return errQuit
+		}
+		return ss.reportAll(events)
 	}
 	ss.tx = nil // committed: nothing left to abort
 	took := time.Since(start)
@@ -70,6 +77,25 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	if !ss.report(mailevents.MessageAccepted) {
 		return errQuit
+	}
+	return ss.reportAll(events)
+}
+
+// observed returns the events a transaction saw (Observer), if any.
+func observed(tx Transaction) []shield.Event {
+	if o, ok := tx.(Observer); ok {
+		return o.Observed()
+	}
+	return nil
+}
+
+// reportAll reports events to the shield; errQuit when the session must
+// end (its reply was sent).
+func (ss *session) reportAll(events []shield.Event) error {
+	for _, ev := range events {
+		if !ss.report(ev) {
+			return errQuit
+		}
 	}
 	return nil
 }
