@@ -26,6 +26,9 @@ type ban struct {
 	node     string // the node that issued it ("" = unnamed)
 	hits     atomic.Int64
 	decision Decision // precomputed, so refusing a banned client allocates nothing
+	// spareGood: the ban does not refuse known-good addresses (a network
+	// ban for guessing, see sparesKnownGood) nor revoke their status.
+	spareGood bool
 }
 
 // BanInfo describes one active ban.
@@ -76,7 +79,8 @@ func (s *Shield) banLookup(addr netip.Addr, now time.Time) *ban {
 
 // newBan builds a ban with its refusal decision.
 func newBan(p netip.Prefix, reason string, action Action, temporary, manual bool, created time.Time, ttl time.Duration, count int) *ban {
-	b := &ban{prefix: p, reason: reason, action: action, created: created, expires: created.Add(ttl), count: count, manual: manual}
+	b := &ban{prefix: p, reason: reason, action: action, created: created, expires: created.Add(ttl), count: count, manual: manual,
+		spareGood: sparesKnownGood(p, reason, manual)}
 	text := reasonBannedManual
 	if !manual {
 		text = banText(reason)
@@ -91,23 +95,23 @@ func (s *Shield) escalate(p netip.Prefix, b *Behaviour, now time.Time) (time.Dur
 	ns := now.UnixNano()
 	count := 1
 	s.offenders.do(p, true, func(o *offender, _ bool) {
-		if o.count < 0 || (o.last != 0 && ns-o.last > s.cfg.OffenderTTL.Nanoseconds()) {
+		if o.count < 0 || (o.last != 0 && ns-o.last > s.cfg().OffenderTTL.Nanoseconds()) {
 			o.count = 0
 		}
 		o.count++
 		o.last = ns
 		count = o.count
 	})
-	rec := OffenderRecord{Prefix: p, Count: count, Last: now, Expires: now.Add(s.cfg.OffenderTTL)}
+	rec := OffenderRecord{Prefix: p, Count: count, Last: now, Expires: now.Add(s.cfg().OffenderTTL)}
 	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutOffender(ctx, rec) })
-	base, maxTTL := s.cfg.BanTTL, s.cfg.BanMaxTTL
+	base, maxTTL := s.cfg().BanTTL, s.cfg().BanMaxTTL
 	if b.BanTTL > 0 {
 		base, maxTTL = b.BanTTL, max(maxTTL, b.BanTTL)
 	}
 	if b.NoEscalation {
 		return base, count
 	}
-	ttl := float64(base) * math.Pow(s.cfg.BanFactor, float64(count-1))
+	ttl := float64(base) * math.Pow(s.cfg().BanFactor, float64(count-1))
 	if ttl > float64(maxTTL) || math.IsInf(ttl, 0) || math.IsNaN(ttl) {
 		ttl = float64(maxTTL)
 	}
@@ -119,13 +123,13 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 	t := s.bans.Load()
 	if old, ok := t.Get(b.prefix); ok {
 		b.hits.Store(old.hits.Load())
-	} else if t.Size() >= s.cfg.TableSize {
+	} else if t.Size() >= s.cfg().TableSize {
 		// Sweeping is O(bans): at most once a second when full.
 		if now.Sub(s.lastSweep) >= time.Second || now.Before(s.lastSweep) {
 			t = s.sweep(t, now)
 			s.lastSweep = now
 		}
-		if t.Size() >= s.cfg.TableSize {
+		if t.Size() >= s.cfg().TableSize {
 			s.dropped++
 			s.bans.Store(t)
 			return false
@@ -137,7 +141,9 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 	s.bans.Store(t.InsertPersist(b.prefix, b))
 	rec := b.record()
 	s.toStore(func(ctx context.Context, st StateStore) error { return st.PutBan(ctx, rec) })
-	s.forgetKnownGood(b.prefix)
+	if !b.spareGood {
+		s.forgetKnownGood(b.prefix)
+	}
 	s.issued[b.reason]++
 	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
 		"action", b.action.String(), "count", b.count)
@@ -176,7 +182,7 @@ func (s *Shield) banBehaviour(addr netip.Addr, r *eventRule, now time.Time, exce
 	hp := hostPrefix(addr)
 	s.banMu.Lock()
 	ttl, count := s.escalate(hp, &r.b, now)
-	b := newBan(hp, r.name, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
+	b := newBan(hp, r.name, s.cfg().BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	if s.counts != nil {
 		s.counts.reset(countKey{ev: r.ev, subject: hp})
@@ -211,11 +217,11 @@ func (s *Shield) maybeBanPrefix(net netip.Prefix, r *eventRule, now time.Time) *
 			n++
 		}
 	}
-	if n < s.cfg.PrefixBanThreshold {
+	if n < s.cfg().PrefixBanThreshold {
 		return nil
 	}
 	ttl, count := s.escalate(net, &r.b, now)
-	b := newBan(net, r.name, s.cfg.BanAction, false, false, now, ttl, count)
+	b := newBan(net, r.name, s.cfg().BanAction, false, false, now, ttl, count)
 	if !s.putBan(b, now) {
 		return nil
 	}
@@ -249,13 +255,13 @@ func (s *Shield) Ban(p netip.Prefix, ttl time.Duration, reason string, action Ac
 	p = canonPrefix(p)
 	pol := s.pol.Load()
 	if action == Allow {
-		action = s.cfg.BanAction
+		action = s.cfg().BanAction
 	}
 	if action > Tarpit {
 		return errors.New("invalid action")
 	}
 	if ttl <= 0 {
-		ttl = s.cfg.BanTTL
+		ttl = s.cfg().BanTTL
 	}
 	reason = strings.TrimSpace(reason)
 	if reason == "" {
@@ -344,7 +350,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	s.act.event(addr, ev)
 	ns := now.UnixNano()
 	pol := s.pol.Load()
-	if r.b.KnownGood && s.banLookup(addr, now) == nil {
+	if r.b.KnownGood && s.activeBan(addr, now) == nil {
 		s.markKnownGood(addr, ns)
 		if c != nil {
 			c.knownGood.Store(true)
@@ -353,7 +359,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if pol.exempt(addr) {
 		return allow
 	}
-	if b := s.banLookup(addr, now); b != nil && !s.cfg.DryRun {
+	if b := s.activeBan(addr, now); b != nil && !s.cfg().DryRun {
 		return b.decision
 	}
 	if r.b.Resets != 0 {
@@ -393,7 +399,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	if n < int32(th.Count) {
 		return allow
 	}
-	if th.DryRun || s.cfg.DryRun {
+	if th.DryRun || s.cfg().DryRun {
 		s.log.Info("shield would ban", "addr", addr.String(), "reason", r.name, "count", n, "window", th.Window.String())
 		return s.wouldBlock(addr, r.decision, true)
 	}
@@ -420,10 +426,10 @@ func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) {
 // store hears of it when the address becomes known-good and then at most
 // once per KnownGoodTTL/100, not on every message.
 func (s *Shield) markKnownGood(addr netip.Addr, ns int64) {
-	until := ns + s.cfg.KnownGoodTTL.Nanoseconds()
+	until := ns + s.cfg().KnownGoodTTL.Nanoseconds()
 	refresh := false
 	s.knownGood.do(addr, true, func(v *int64, _ bool) {
-		refresh = *v < until-s.cfg.KnownGoodTTL.Nanoseconds()/100
+		refresh = *v < until-s.cfg().KnownGoodTTL.Nanoseconds()/100
 		*v = until
 	})
 	if refresh {
@@ -446,7 +452,7 @@ func (s *Shield) isKnownGood(addr netip.Addr, ns int64) bool {
 // Allowlisted addresses are never counted (report returns before).
 func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.Time, except *Conn) (Decision, bool) {
 	th := r.net
-	net := s.netPrefix(addr)
+	net := s.eventNet(addr, r)
 	ns := now.UnixNano()
 	var n int32
 	s.prefixes.do(net, true, func(v *prefixState, _ bool) {
@@ -472,7 +478,7 @@ func (s *Shield) networkFlood(addr netip.Addr, ev Event, r *eventRule, now time.
 // or a trusted proxy's) and closes its connections but except.
 func (s *Shield) banNetwork(net netip.Prefix, ev Event, r *eventRule, now time.Time, except *Conn) (Decision, bool) {
 	th := r.net
-	if th.DryRun || s.cfg.DryRun {
+	if th.DryRun || s.cfg().DryRun {
 		s.log.Info("shield would ban", "addr", net.String(), "reason", r.netName, "window", th.Window.String())
 		return allow, false
 	}
@@ -484,53 +490,15 @@ func (s *Shield) banNetwork(net netip.Prefix, ev Event, r *eventRule, now time.T
 	}
 	s.banMu.Lock()
 	ttl, count := s.escalate(net, &r.b, now)
-	b := newBan(net, r.netName, s.cfg.BanAction, r.b.Temporary, false, now, ttl, count)
+	b := newBan(net, r.netName, s.cfg().BanAction, r.b.Temporary, false, now, ttl, count)
 	s.putBan(b, now)
 	s.banMu.Unlock()
 	if s.counts != nil {
 		s.counts.reset(countKey{ev: ev, net: true, subject: net})
 	}
-	s.kick(func(c *Conn) bool { return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) }, except, "ban")
-	return b.decision, true
-}
-
-// reportAccount counts a failed login on account for AccountDelay.
-func (s *Shield) reportAccount(account string, now time.Time) {
-	if account == "" {
-		return
-	}
-	account = strings.ToLower(account)
-	s.countAccountFailure(account, now)
-	s.toStore(func(ctx context.Context, st StateStore) error { return st.AddAccountFailure(ctx, account, now) })
-}
-
-// countAccountFailure counts a failed login on account (lower-cased) in
-// this node's window.
-func (s *Shield) countAccountFailure(account string, at time.Time) {
-	s.accounts.do(account, true, func(w *window, _ bool) {
-		w.add(at.UnixNano(), s.cfg.AccountDelayWindow.Nanoseconds())
-	})
-}
-
-// AccountDelay returns how long to wait before answering a failed login on
-// account: 0 with no recent failures, then 100ms doubling with each failure
-// from any address within AccountDelayWindow, capped at AccountDelayMax.
-// The account is never locked (Dovecot-style): the real user only ever
-// waits when they get their password wrong, if callers delay failures only.
-func (s *Shield) AccountDelay(account string) time.Duration {
-	if account == "" {
-		return 0
-	}
-	account = strings.ToLower(account)
-	var n int32
 	ns := s.now().UnixNano()
-	s.accounts.do(account, false, func(w *window, _ bool) { n = w.current(ns, s.cfg.AccountDelayWindow.Nanoseconds()) })
-	if n <= 0 {
-		return 0
-	}
-	d := 100 * time.Millisecond
-	for i := int32(1); i < n && d < s.cfg.AccountDelayMax; i++ {
-		d *= 2
-	}
-	return min(d, s.cfg.AccountDelayMax)
+	s.kick(func(c *Conn) bool {
+		return net.Contains(c.addr) && !s.pol.Load().exempt(c.addr) && !(b.spareGood && s.isKnownGood(c.addr, ns))
+	}, except, "ban")
+	return b.decision, true
 }

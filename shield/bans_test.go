@@ -279,7 +279,7 @@ func TestAccountDelay(t *testing.T) {
 	for i := range 20 {
 		// Failures from many addresses all count against the account.
 		a := netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})
-		h.s.reportAccount("alice@example.org", h.clock.Now())
+		h.s.reportAccount("alice@example.org", netip.Addr{}, h.clock.Now())
 		h.s.report(nil, a, AuthFailure, h.clock.Now())
 		d := h.s.AccountDelay("Alice@Example.org")
 		if d < last || d > 5*time.Second || d == 0 {
@@ -322,7 +322,7 @@ func TestTablesBounded(t *testing.T) {
 		h.s.report(nil, a, ProtocolError, now)
 		if i%100 == 0 {
 			h.s.report(nil, a, AuthSuccess, now)
-			h.s.reportAccount(a.String(), now)
+			h.s.reportAccount(a.String(), netip.Addr{}, now)
 		}
 	}
 	limit := 1000 + lruShards // per-shard rounding

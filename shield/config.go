@@ -46,6 +46,9 @@ type Config struct {
 	HistoryMaxAddresses int           `toml:"history_max_addresses" doc:"most addresses (and most ban and unban events) the event history keeps; beyond, the oldest minutes are dropped first, then new addresses count in the timeline only"`
 	HistoryMaxRecords   int           `toml:"history_max_records" doc:"most (address, minute) records the event history keeps; the oldest minutes are dropped first"`
 
+	Guessing   GuessingConfig   `toml:"guessing" doc:"failed logins counted per network and per account (distributed password guessing)"`
+	Accept     AcceptConfig     `toml:"accept" doc:"accept sockets of the listeners agua binds (Shield.Listen); a change applies at the next restart"`
+	Kernel     KernelConfig     `toml:"kernel" doc:"kernel offload: drop rules, drop blocks and escalated bans mirrored into nftables (off by default)"`
 	Limits     LimitsConfig     `toml:"limits" doc:"connection limits"`
 	Thresholds ThresholdsConfig `toml:"thresholds" doc:"behaviour thresholds by event name (network_<name>: counted per network); crossing one bans the address or network"`
 }
@@ -118,6 +121,8 @@ func DefaultConfig() Config {
 			MaxPendingRejects: 1000,
 			ProxyTimeout:      5 * time.Second,
 		},
+		Guessing:   defaultGuessing(),
+		Kernel:     defaultKernel(),
 		Thresholds: defaultThresholds(),
 	}
 }
@@ -219,6 +224,9 @@ func (c Config) Validate() []error {
 	positiveInt("limits.max_pending_rejects", l.MaxPendingRejects)
 	positiveDur("limits.proxy_timeout", l.ProxyTimeout)
 
+	c.Guessing.validate(bad)
+	c.Accept.validate(bad)
+	c.Kernel.validate(bad)
 	c.Thresholds.validate(bad)
 	return errs
 }

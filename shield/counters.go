@@ -242,7 +242,7 @@ func (s *Shield) crossedCluster(k countKey, total int64, now time.Time) {
 	}
 	s.log.Info("shield cluster threshold", "addr", addr.String(), "reason", r.name, "count", total)
 	s.ips.do(addr, false, func(v *ipState, _ bool) { *v.events.at(k.ev) = window{} })
-	if r.th.DryRun || s.cfg.DryRun {
+	if r.th.DryRun || s.cfg().DryRun {
 		s.log.Info("shield would ban", "addr", addr.String(), "reason", r.name, "count", total, "window", r.th.Window.String())
 		return
 	}

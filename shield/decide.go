@@ -83,7 +83,7 @@ func (s *Shield) judge(addr netip.Addr, now time.Time, count bool) (d Decision, 
 			return allow, true
 		}
 		rd := Decision{Action: r.action, Reason: reasonDenied, Source: r.source}
-		if !r.dryRun && !s.cfg.DryRun {
+		if !r.dryRun && !s.cfg().DryRun {
 			return rd, false
 		}
 		d = s.wouldBlock(addr, rd, count)
@@ -91,11 +91,11 @@ func (s *Shield) judge(addr netip.Addr, now time.Time, count bool) (d Decision, 
 	if s.lockdown.Load() && !s.isKnownGood(addr, now.UnixNano()) {
 		return Decision{Action: Drop, Reason: reasonLockdown, Source: "lockdown"}, false
 	}
-	if b := s.banLookup(addr, now); b != nil {
+	if b := s.activeBan(addr, now); b != nil {
 		if count {
 			b.hits.Add(1)
 		}
-		if s.cfg.DryRun {
+		if s.cfg().DryRun {
 			return s.wouldBlock(addr, b.decision, count), false
 		}
 		return b.decision, false
@@ -115,7 +115,7 @@ func (s *Shield) wouldBlock(addr netip.Addr, d Decision, count bool) Decision {
 
 // enforce applies global dry-run to a limit refusal.
 func (s *Shield) enforce(addr netip.Addr, d Decision, count bool) Decision {
-	if s.cfg.DryRun {
+	if s.cfg().DryRun {
 		return s.wouldBlock(addr, d, count)
 	}
 	return d
@@ -136,7 +136,7 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 	}
 	ns := now.UnixNano()
 	knownGood = s.isKnownGood(addr, ns)
-	lim := &s.cfg.Limits
+	lim := &s.cfg().Limits
 
 	// Per address: rate first (every attempt costs a token), then concurrency.
 	var refusal Decision
@@ -202,7 +202,7 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 // peekLimits is admit without side effects, for Decide and Why.
 func (s *Shield) peekLimits(addr netip.Addr, l *listener, now time.Time) Decision {
 	ns := now.UnixNano()
-	lim := &s.cfg.Limits
+	lim := &s.cfg().Limits
 	var refusal Decision
 	s.ips.do(addr, false, func(v *ipState, _ bool) {
 		switch {
@@ -253,7 +253,7 @@ func (s *Shield) Decide(addr netip.Addr, listener string) Decision {
 // that is not known-good, to make room on l for a known-good client.
 func (s *Shield) evictFor(l *listener, now time.Time) bool {
 	ns := now.UnixNano()
-	idle := s.cfg.Limits.EvictIdle.Nanoseconds()
+	idle := s.cfg().Limits.EvictIdle.Nanoseconds()
 	var victim *Conn
 	var oldest int64
 	l.mu.Lock()

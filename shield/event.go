@@ -60,6 +60,11 @@ type Behaviour struct {
 	Resets Event
 	// Benign events are not offences in reports (AddrHistory.Offending).
 	Benign bool
+	// Guessing marks password guessing: the network count runs over
+	// Config.Guessing prefixes (/24, /48) rather than IPv4Prefix/IPv6Prefix,
+	// and a network ban for it spares the network's known-good addresses
+	// (a real user sharing a provider with a botnet keeps logging in).
+	Guessing bool
 
 	passive bool // a name read from a history file, not registered by this process
 }
@@ -68,8 +73,11 @@ type Behaviour struct {
 var (
 	// AuthFailure is a failed login (brute force).
 	AuthFailure = MustRegister(Behaviour{Name: "auth_failure", Doc: "failed logins (brute force)",
-		Threshold: Threshold{Count: 10, Window: 10 * time.Minute},
-		Reason:    "banned for repeated authentication failures"})
+		Threshold:     Threshold{Count: 10, Window: 10 * time.Minute},
+		Network:       Threshold{Count: 30, Window: 10 * time.Minute},
+		Reason:        "banned for repeated authentication failures",
+		NetworkReason: "banned for repeated authentication failures from your network",
+		Guessing:      true})
 	// AuthSuccess resets the address's failed logins and marks it
 	// known-good; it is no free pass for other thresholds.
 	AuthSuccess = MustRegister(Behaviour{Name: "auth_success", Doc: "successful logins",
@@ -318,6 +326,9 @@ func (t ThresholdsConfig) DocOf(name string) string {
 	}
 	if base, ok := strings.CutPrefix(name, networkPrefix); ok {
 		if _, ok := LookupEvent(base); ok {
+			if ev, _ := LookupEvent(base); ev.Behaviour().Guessing {
+				return base + " counted per network (guessing.ipv4_prefix/guessing.ipv6_prefix), for guessing spread over many addresses; crossing it bans the network, except its known-good addresses"
+			}
 			return base + " counted per network (ipv4_prefix/ipv6_prefix), for a flood spread over many addresses; crossing it bans the network"
 		}
 	}
@@ -498,7 +509,7 @@ func (s *Shield) rule(ev Event) *eventRule {
 	}
 	s.rulesMu.Lock()
 	defer s.rulesMu.Unlock()
-	rs = compileRules(&s.cfg)
+	rs = compileRules(s.cfg())
 	s.rules.Store(&rs)
 	if int(ev) >= len(rs) {
 		return nil

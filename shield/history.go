@@ -253,6 +253,16 @@ func newHistory(cfg *Config, log *slog.Logger) *history {
 	}
 }
 
+// setBounds applies new history bounds (Reconfigure); a smaller bound
+// trims at the next fold.
+func (h *history) setBounds(cfg *Config) {
+	h.mu.Lock()
+	h.qmu.Lock()
+	h.maxAddrs, h.maxRecs, h.retention = cfg.HistoryMaxAddresses, cfg.HistoryMaxRecords, cfg.HistoryRetention
+	h.qmu.Unlock()
+	h.mu.Unlock()
+}
+
 func addSat32(a *uint32, n uint32) {
 	if *a+n < *a {
 		*a = ^uint32(0)
@@ -319,6 +329,7 @@ func sourceClass(src string) string {
 // foldHistory moves the counts gathered since the last fold into the
 // history and appends them to the state file.
 func (s *Shield) foldHistory() {
+	s.kernelCount(true) // the kernel's drops up to now
 	s.hist.fold(s.agg.takeHistory(), s.act.take(), s.now())
 }
 

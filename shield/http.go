@@ -54,7 +54,7 @@ func (s *Shield) Middleware(name string, next http.Handler) http.Handler {
 		retry := 0
 		if d.Action == Allow && !exempt {
 			ns := now.UnixNano()
-			lim := &s.cfg.Limits
+			lim := &s.cfg().Limits
 			var tokens float64
 			limited := false
 			s.ips.do(addr, true, func(v *ipState, _ bool) {

@@ -33,8 +33,8 @@ type listener struct {
 	s        *Shield
 	inner    net.Listener
 	lc       ListenerConfig
-	max      int
-	reserved int
+	max      atomic.Int64 // lc.MaxConns, or Config.Limits.MaxConns; set again by Reconfigure
+	reserved atomic.Int64 // max × Config.ReservedKnownGood
 	stats    *listenerStats
 	active   atomic.Int64
 
@@ -50,6 +50,7 @@ type listener struct {
 type acceptResult struct {
 	c   *Conn
 	err error
+	raw net.Conn // multiListener.Accept
 }
 
 // Listener wraps inner. Accept decides before it returns, before any TLS or
@@ -63,16 +64,12 @@ func (s *Shield) Listener(inner net.Listener, lc ListenerConfig) net.Listener {
 		s:     s,
 		inner: inner,
 		lc:    lc,
-		max:   lc.MaxConns,
 		stats: s.statsFor(lc.Name),
 		conns: make(map[*Conn]struct{}),
 		ch:    make(chan acceptResult),
 		done:  make(chan struct{}),
 	}
-	if l.max <= 0 {
-		l.max = s.cfg.Limits.MaxConns
-	}
-	l.reserved = int(float64(l.max) * s.cfg.ReservedKnownGood)
+	l.setCapacity(s.cfg())
 	s.lnMu.Lock()
 	s.listeners = append(s.listeners, l)
 	s.lnMu.Unlock()
@@ -98,9 +95,19 @@ func (s *Shield) listenerByName(name string) *listener {
 // arrives: known-good clients may use the reserved share.
 func (l *listener) ceiling(knownGood bool) int {
 	if knownGood {
-		return l.max
+		return int(l.max.Load())
 	}
-	return l.max - l.reserved
+	return int(l.max.Load() - l.reserved.Load())
+}
+
+// setCapacity sets the ceiling and the known-good reserve from cfg.
+func (l *listener) setCapacity(cfg *Config) {
+	m := l.lc.MaxConns
+	if m <= 0 {
+		m = cfg.Limits.MaxConns
+	}
+	l.max.Store(int64(m))
+	l.reserved.Store(int64(float64(m) * cfg.ReservedKnownGood))
 }
 
 // take claims a listener slot if below the ceiling.
@@ -126,8 +133,13 @@ func (l *listener) Close() error {
 
 func (l *listener) Accept() (net.Conn, error) {
 	l.start.Do(func() {
-		for range acceptLoops() {
-			go l.loop()
+		// Each accept socket (Shield.Listen binds several) gets its
+		// share of the accept goroutines, at least one.
+		socks := acceptSockets(l.inner)
+		for _, k := range socks {
+			for range max(1, acceptLoops()/len(socks)) {
+				go l.loop(k)
+			}
 		}
 	})
 	select {
@@ -149,9 +161,9 @@ func acceptLoops() int { return max(2, runtime.GOMAXPROCS(0)) }
 
 // loop accepts from the inner listener and hands admitted connections to
 // Accept. Refusals are handled here without ever waiting on a client.
-func (l *listener) loop() {
+func (l *listener) loop(inner net.Listener) {
 	for {
-		c, err := l.inner.Accept()
+		c, err := inner.Accept()
 		if err != nil {
 			select {
 			case l.ch <- acceptResult{err: err}:
@@ -176,7 +188,7 @@ func (l *listener) loop() {
 // it names.
 func (l *listener) proxied(c net.Conn) {
 	br := bufio.NewReaderSize(c, 256)
-	h, err := proxyproto.ReadHeaderTimeout(c, br, l.s.cfg.Limits.ProxyTimeout)
+	h, err := proxyproto.ReadHeaderTimeout(c, br, l.s.cfg().Limits.ProxyTimeout)
 	addr := addrOf(c.RemoteAddr())
 	var remote net.Addr
 	switch {
@@ -238,7 +250,7 @@ func (l *listener) refuse(c net.Conn, addr netip.Addr, d Decision) {
 	if action == Tarpit && !s.holdTarpit(c) {
 		action = Drop
 	}
-	if action == Reject && (l.lc.Reject == nil || s.pendingRejects.Add(1) > int64(s.cfg.Limits.MaxPendingRejects)) {
+	if action == Reject && (l.lc.Reject == nil || s.pendingRejects.Add(1) > int64(s.cfg().Limits.MaxPendingRejects)) {
 		if l.lc.Reject != nil {
 			s.pendingRejects.Add(-1)
 		}
@@ -257,8 +269,8 @@ func (l *listener) refuse(c net.Conn, addr netip.Addr, d Decision) {
 					s.log.Error("shield reject callback panicked", "listener", l.lc.Name, "panic", v, "stack", string(debug.Stack()))
 				}
 			}()
-			c.SetWriteDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
-			c.SetReadDeadline(time.Now().Add(s.cfg.Limits.RejectTimeout))
+			c.SetWriteDeadline(time.Now().Add(s.cfg().Limits.RejectTimeout))
+			c.SetReadDeadline(time.Now().Add(s.cfg().Limits.RejectTimeout))
 			l.lc.Reject(c, d)
 			// Closing with unread client data would reset the connection,
 			// and some stacks then discard the refusal. Half-close and
@@ -300,7 +312,7 @@ type tarpitConn struct{ c net.Conn }
 // holdTarpit holds c silently until TarpitHold, reading and discarding.
 // It returns false when TarpitMaxHeld connections are already held.
 func (s *Shield) holdTarpit(c net.Conn) bool {
-	if s.tarpitHeld.Add(1) > int64(s.cfg.TarpitMaxHeld) {
+	if s.tarpitHeld.Add(1) > int64(s.cfg().TarpitMaxHeld) {
 		s.tarpitHeld.Add(-1)
 		return false
 	}
@@ -317,7 +329,7 @@ func (s *Shield) holdTarpit(c net.Conn) bool {
 			dropConn(c)
 		}()
 		// Socket deadlines run on the real clock.
-		c.SetReadDeadline(time.Now().Add(s.cfg.TarpitHold))
+		c.SetReadDeadline(time.Now().Add(s.cfg().TarpitHold))
 		var buf [128]byte
 		for {
 			if _, err := c.Read(buf[:]); err != nil {
@@ -469,10 +481,15 @@ func (c *Conn) Report(ev Event) Decision {
 // for the address, plus per-account failure tracking for AccountDelay. A
 // success marks the connection authenticated.
 func (c *Conn) ReportAuth(account string, ok bool) Decision {
+	now := c.s.now()
 	if ok {
-		return c.Report(AuthSuccess)
+		d := c.Report(AuthSuccess)
+		if d.Action == Allow {
+			c.s.markOwner(account, c.addr, now)
+		}
+		return d
 	}
-	c.s.reportAccount(account, c.s.now())
+	c.s.reportAccount(account, c.addr, now)
 	return c.Report(AuthFailure)
 }
 

@@ -33,8 +33,8 @@ type LocalStoreOptions struct {
 // Every OpenLocalStore of the same folder in one process is a handle on the
 // same state, like several nodes on one shared store: a change made through
 // one handle reaches the others' Watch at once, before the writing call
-// returns. Lockdown is shared between handles but not written to the file:
-// a restarted process starts with Config.Lockdown.
+// returns. Lockdown is written to the file at once, so a restarted process
+// starts locked down if it was (or if Config.Lockdown says so).
 type LocalStore struct {
 	st *localState
 
@@ -122,6 +122,7 @@ type persisted struct {
 	Bans      []persistedBan  `json:"bans"`
 	Offenders []persistedOff  `json:"offenders"`
 	KnownGood []persistedGood `json:"known_good"`
+	Lockdown  bool            `json:"lockdown,omitempty"`
 }
 
 type persistedBan struct {
@@ -189,6 +190,7 @@ func (st *localState) load() error {
 			st.knownGood.do(unmap(g.Addr), true, func(v *time.Time, _ bool) { *v = until })
 		}
 	}
+	st.lockdown = p.Lockdown
 	return nil
 }
 
@@ -438,12 +440,17 @@ func (h *LocalStore) AddCounts(_ context.Context, at time.Time, counts []Count) 
 	return out, nil
 }
 
-// SetLockdown turns lockdown on or off for every handle.
-func (h *LocalStore) SetLockdown(_ context.Context, on bool) error {
-	return h.change(Change{Kind: ChangeLockdown, Lockdown: on}, func(st *localState) error {
+// SetLockdown turns lockdown on or off for every handle and writes the
+// state file at once: lockdown is what an operator turns on in an attack,
+// and a restart (or a crash) must not quietly turn it off.
+func (h *LocalStore) SetLockdown(ctx context.Context, on bool) error {
+	if err := h.change(Change{Kind: ChangeLockdown, Lockdown: on}, func(st *localState) error {
 		st.lockdown = on
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	return h.Flush(ctx)
 }
 
 // Lockdown reports whether lockdown is on.
@@ -481,7 +488,7 @@ func (h *LocalStore) Flush(context.Context) error {
 	st.mu.Lock()
 	s := st.snapshot()
 	st.mu.Unlock()
-	p := persisted{Version: 2, Saved: st.now()}
+	p := persisted{Version: 2, Saved: st.now(), Lockdown: s.Lockdown}
 	for _, b := range s.Bans {
 		p.Bans = append(p.Bans, persistedBan{Prefix: b.Prefix, Reason: b.Reason, Action: b.Action, Manual: b.Manual,
 			Temp: b.Temporary, Created: b.Created, Expires: b.Expires, Count: b.Count, Node: b.Node})

@@ -61,6 +61,11 @@ func newAggregator(now func() time.Time) *aggregator {
 }
 
 func (a *aggregator) add(where netip.Prefix, source string, action Action, dryRun bool) {
+	a.addN(where, source, action, dryRun, 1)
+}
+
+// addN counts n denials at once (the kernel's drops, read back).
+func (a *aggregator) addN(where netip.Prefix, source string, action Action, dryRun bool, n uint64) {
 	ns := a.now().UnixNano()
 	k := aggKey{where: where, source: source, action: action, dryRun: dryRun, minute: unixMinute(ns)}
 	sh := &a.shards[hashPrefix(where)%uint64(len(a.shards))]
@@ -70,8 +75,8 @@ func (a *aggregator) add(where netip.Prefix, source string, action Action, dryRu
 		k.where = netip.Prefix{}
 		v = sh.m[k]
 	}
-	v.log++
-	v.hist++
+	v.log += n
+	v.hist += n
 	if v.first == 0 {
 		v.first = ns
 	}

@@ -30,12 +30,16 @@ type Options struct {
 	// Node names this node in the bans it issues (BanInfo.Node), so an
 	// operator of several nodes sees which one banned; "" = unnamed.
 	Node string
+	// KernelNetNS is the network namespace (a path such as
+	// /run/netns/NAME) the kernel offload writes its nftables table in;
+	// "" = the process's own.
+	KernelNetNS string
 }
 
 // Shield is the defence layer. One Shield serves any number of listeners
 // and HTTP handlers; per-address and per-prefix state is shared between them.
 type Shield struct {
-	cfg      Config
+	config   atomic.Pointer[Config] // replaced whole by Reconfigure; never modified in place
 	log      *slog.Logger
 	now      func() time.Time
 	stateDir string
@@ -54,9 +58,10 @@ type Shield struct {
 	prefixes  *lru[netip.Prefix, prefixState]
 	offenders *lru[netip.Prefix, offender]
 	knownGood *lru[netip.Addr, int64] // until, unix nanoseconds
-	accounts  *lru[string, window]
+	accounts  *lru[string, accountState]
 
 	lockdown atomic.Bool
+	kern     *kernel // [shield.kernel]; nil when off
 
 	store        StateStore
 	ownStore     bool // opened by New, closed by Close
@@ -99,8 +104,8 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("shield config: %w", errors.Join(errs...))
 	}
+	cfg.Thresholds = maps.Clone(cfg.Thresholds) // the caller's map may change later
 	s := &Shield{
-		cfg:      cfg,
 		log:      opts.Logger,
 		now:      opts.Now,
 		stateDir: opts.StateDir,
@@ -110,8 +115,8 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		tarpits:  make(map[*tarpitConn]struct{}),
 		closed:   make(chan struct{}),
 	}
-	s.cfg.Thresholds = maps.Clone(cfg.Thresholds) // the caller's map may change later
-	rules := compileRules(&s.cfg)
+	s.config.Store(&cfg)
+	rules := compileRules(s.cfg())
 	s.rules.Store(&rules)
 	if s.log == nil {
 		s.log = slog.Default()
@@ -126,15 +131,15 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	s.prefixes.keep = func(v *prefixState) bool { return v.conns > 0 }
 	s.offenders = newLRU[netip.Prefix, offender](n, hashPrefix)
 	s.knownGood = newLRU[netip.Addr, int64](n, hashAddr)
-	s.accounts = newLRU[string, window](n, hashString)
+	s.accounts = newLRU[string, accountState](n, hashString)
 	s.bans.Store(new(bart.Table[*ban]))
 	s.agg = newAggregator(s.now)
 	s.agg.netOf = s.netPrefix
 	s.act = newActivity(s.now)
-	s.hist = newHistory(&s.cfg, s.log)
+	s.hist = newHistory(s.cfg(), s.log)
 	s.lockdown.Store(cfg.Lockdown)
 
-	p, err := compilePolicy(&s.cfg)
+	p, err := compilePolicy(s.cfg())
 	if err != nil {
 		return nil, fmt.Errorf("shield rules: %w", err)
 	}
@@ -142,6 +147,13 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	if err := s.openStore(opts); err != nil {
 		return nil, err
 	}
+	if err := s.openKernel(s.cfg(), opts.KernelNetNS); err != nil {
+		close(s.closed) // stops the store writer
+		s.wg.Wait()
+		s.closeStore()
+		return nil, err
+	}
+	s.kernelSync()
 	if s.stateDir != "" {
 		if err := s.hist.open(histPath(s.stateDir), s.now()); err != nil {
 			// Not fatal: the history is for reports; bans do not depend on it.
@@ -174,14 +186,15 @@ func (s *Shield) Close() error {
 			t.c.Close()
 		}
 		s.tarpitMu.Unlock()
-		err = s.closeStore()
+		err = errors.Join(s.closeStore(), s.closeKernel())
 	})
 	return err
 }
 
 // flushLogs logs the aggregated denials and folds them into the history.
 func (s *Shield) flushLogs() {
-	s.hist.fold(s.agg.flush(s.log, s.cfg.LogInterval), s.act.take(), s.now())
+	s.kernelCount(true)
+	s.hist.fold(s.agg.flush(s.log, s.cfg().LogInterval), s.act.take(), s.now())
 }
 
 // housekeeping flushes logs, expires bans, folds the history and saves state
@@ -197,15 +210,17 @@ func (s *Shield) housekeeping() {
 			return
 		case t := <-tick.C:
 			s.expireBans(s.now())
-			if t.Sub(lastLog) >= s.cfg.LogInterval {
+			s.kernelSync()
+			s.kernelCount(false)
+			if t.Sub(lastLog) >= s.cfg().LogInterval {
 				s.flushLogs()
 				lastLog, lastFold = t, t
 			}
-			if t.Sub(lastFold) >= min(s.cfg.SaveInterval, time.Minute) {
+			if t.Sub(lastFold) >= min(s.cfg().SaveInterval, time.Minute) {
 				s.foldHistory()
 				lastFold = t
 			}
-			if t.Sub(lastSave) >= s.cfg.SaveInterval {
+			if t.Sub(lastSave) >= s.cfg().SaveInterval {
 				s.flushStore()
 				lastSave = t
 			}
@@ -218,26 +233,14 @@ func (s *Shield) housekeeping() {
 func (s *Shield) Reload() error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	p, err := compilePolicy(&s.cfg)
+	p, err := compilePolicy(s.cfg())
 	if err != nil {
 		s.reloadsFailed.Add(1)
 		s.log.Error("shield reload failed", "err", err)
 		return err
 	}
-	s.pol.Store(p)
-	s.reloadsOK.Add(1)
 	s.log.Info("shield reload", "rules", p.size())
-	for _, f := range p.files {
-		if f.Missing {
-			s.log.Warn("shield rule file missing: none of its rules are in force", "file", f.Name)
-		}
-	}
-	if s.cfg.CloseOnDeny && !s.cfg.DryRun {
-		s.kick(func(c *Conn) bool {
-			r := p.lookup(c.addr)
-			return r != nil && !r.allow && !r.dryRun && !p.trusted.Lookup(c.addr)
-		}, nil, "rule")
-	}
+	s.installPolicy(p)
 	return nil
 }
 
@@ -287,9 +290,9 @@ func (p *policy) exempt(addr netip.Addr) bool {
 // netPrefix returns the prefix that groups addr for per-prefix limits and
 // prefix bans.
 func (s *Shield) netPrefix(addr netip.Addr) netip.Prefix {
-	bits := s.cfg.IPv6Prefix
+	bits := s.cfg().IPv6Prefix
 	if addr.Is4() {
-		bits = s.cfg.IPv4Prefix
+		bits = s.cfg().IPv4Prefix
 	}
 	p, _ := addr.Prefix(bits)
 	return p
@@ -331,6 +334,10 @@ func (s *Shield) kick(match func(*Conn) bool, except *Conn, why string) int {
 	}
 	return len(victims)
 }
+
+// cfg returns the configuration in force. Callers read it once per
+// decision: a Reconfigure between two reads may change it.
+func (s *Shield) cfg() *Config { return s.config.Load() }
 
 // unmap returns addr without IPv4-in-IPv6 mapping and without zone.
 func unmap(addr netip.Addr) netip.Addr { return addr.Unmap().WithZone("") }

@@ -35,7 +35,7 @@ type storeOp func(ctx context.Context, st StateStore) error
 func (s *Shield) openStore(opts Options) error {
 	st := opts.Store
 	if st == nil {
-		ls, err := OpenLocalStore(opts.StateDir, LocalStoreOptions{Capacity: s.cfg.TableSize, Now: s.now})
+		ls, err := OpenLocalStore(opts.StateDir, LocalStoreOptions{Capacity: s.cfg().TableSize, Now: s.now})
 		if err != nil {
 			return err
 		}
@@ -64,7 +64,7 @@ func (s *Shield) openStore(opts Options) error {
 		// A store given by the caller is shared with other nodes (a store
 		// the Shield opened itself is this process's alone): count
 		// behaviour across nodes.
-		s.counts = newSharedCounts(s.cfg.TableSize)
+		s.counts = newSharedCounts(s.cfg().TableSize)
 		s.wg.Add(1)
 		go s.counterLoop()
 	}
@@ -150,7 +150,7 @@ func (s *Shield) storeFailed(err error) {
 	// One line per interval, not one per event.
 	now := s.now()
 	s.storeLogMu.Lock()
-	quiet := now.Sub(s.storeLogged) < s.cfg.LogInterval
+	quiet := now.Sub(s.storeLogged) < s.cfg().LogInterval
 	if !quiet {
 		s.storeLogged = now
 	}
@@ -182,11 +182,11 @@ func (s *Shield) banFromRecord(r BanRecord, now time.Time) *ban {
 		return nil
 	}
 	ttl := r.Expires.Sub(r.Created)
-	if !r.Manual && ttl > s.cfg.BanMaxTTL {
-		ttl = s.cfg.BanMaxTTL // the config may have lowered it since
+	if !r.Manual && ttl > s.cfg().BanMaxTTL {
+		ttl = s.cfg().BanMaxTTL // the config may have lowered it since
 	}
 	if r.Action == Allow || r.Action > Tarpit {
-		r.Action = s.cfg.BanAction
+		r.Action = s.cfg().BanAction
 	}
 	if r.Reason == "" {
 		r.Reason = "manual"
@@ -214,7 +214,7 @@ func (s *Shield) applyState(st State) {
 		inStore[b.prefix] = true
 		if old, ok := t.Get(b.prefix); ok {
 			b.hits.Store(old.hits.Load())
-		} else if t.Size() >= s.cfg.TableSize {
+		} else if t.Size() >= s.cfg().TableSize {
 			continue
 		}
 		t = t.InsertPersist(b.prefix, b)
@@ -239,7 +239,7 @@ func (s *Shield) applyState(st State) {
 }
 
 func (s *Shield) applyOffender(o OffenderRecord, now time.Time) {
-	if o.Prefix.IsValid() && now.Sub(o.Last) <= s.cfg.OffenderTTL {
+	if o.Prefix.IsValid() && now.Sub(o.Last) <= s.cfg().OffenderTTL {
 		s.offenders.do(canonPrefix(o.Prefix), true, func(v *offender, _ bool) {
 			*v = offender{count: max(o.Count, 0), last: o.Last.UnixNano()}
 		})
@@ -248,7 +248,7 @@ func (s *Shield) applyOffender(o OffenderRecord, now time.Time) {
 
 func (s *Shield) applyKnownGood(addr netip.Addr, until, now time.Time) {
 	if addr.IsValid() && now.Before(until) {
-		u := min(until.UnixNano(), now.Add(s.cfg.KnownGoodTTL).UnixNano())
+		u := min(until.UnixNano(), now.Add(s.cfg().KnownGoodTTL).UnixNano())
 		s.knownGood.do(unmap(addr), true, func(v *int64, _ bool) { *v = u })
 	}
 }
@@ -267,7 +267,7 @@ func (s *Shield) applyChange(c Change) {
 		t := s.bans.Load()
 		if old, ok := t.Get(b.prefix); ok {
 			b.hits.Store(old.hits.Load())
-		} else if t.Size() >= s.cfg.TableSize {
+		} else if t.Size() >= s.cfg().TableSize {
 			s.dropped++
 			s.banMu.Unlock()
 			return
@@ -299,7 +299,7 @@ func (s *Shield) applyChange(c Change) {
 	case ChangeLockdown:
 		s.setLockdown(c.Lockdown)
 	case ChangeAccountFailure:
-		if c.Account != "" && len(c.Account) <= 320 && now.Sub(c.At) < s.cfg.AccountDelayWindow {
+		if c.Account != "" && len(c.Account) <= 320 && now.Sub(c.At) < s.cfg().AccountDelayWindow {
 			s.countAccountFailure(strings.ToLower(c.Account), c.At)
 		}
 	case ChangeResync:
@@ -311,7 +311,7 @@ func (s *Shield) applyChange(c Change) {
 			return
 		}
 		s.applyState(st)
-		s.setLockdown(st.Lockdown || s.cfg.Lockdown)
+		s.setLockdown(st.Lockdown || s.cfg().Lockdown)
 	}
 }
 

@@ -89,10 +89,10 @@ func TestSharedStoreBans(t *testing.T) {
 
 	// Failed logins on one account add up across nodes.
 	for range 3 {
-		n1.s.reportAccount("Carol@example.org", n1.clock.Now())
+		n1.s.reportAccount("Carol@example.org", netip.Addr{}, n1.clock.Now())
 	}
 	eventually(t, "account failures on node 2", func() bool { return n2.s.AccountDelay("carol@example.org") == 400*time.Millisecond })
-	n2.s.reportAccount("carol@example.org", n2.clock.Now())
+	n2.s.reportAccount("carol@example.org", netip.Addr{}, n2.clock.Now())
 	eventually(t, "account failures back on node 1", func() bool { return n1.s.AccountDelay("carol@example.org") == 800*time.Millisecond })
 }
 
@@ -184,7 +184,7 @@ func TestResyncRepublishesBans(t *testing.T) {
 // bans, and a node that knows the total bans at once on the next event.
 func TestCountersAddUpAcrossNodes(t *testing.T) {
 	n1, n2 := twoNodes(t)
-	th := n1.s.cfg.Thresholds["auth_failure"].Count
+	th := n1.s.cfg().Thresholds["auth_failure"].Count
 	nodes := []*harness{n1, n2}
 	spread := func(addr netip.Addr, events int) {
 		for i := range events {
@@ -246,7 +246,7 @@ func TestCountersAddUpAcrossNodes(t *testing.T) {
 // threshold): what the cluster counters fix.
 func TestCountersAloneWithoutSharedStore(t *testing.T) {
 	n1, n2 := newHarness(t, testConfig(), Options{}), newHarness(t, testConfig(), Options{})
-	th := n1.s.cfg.Thresholds["auth_failure"].Count
+	th := n1.s.cfg().Thresholds["auth_failure"].Count
 	a := mustAddr("192.0.2.172")
 	for i := range th + th/2 {
 		n := []*harness{n1, n2}[i%2]

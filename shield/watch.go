@@ -14,7 +14,7 @@ const reloadDebounce = 100 * time.Millisecond
 // startWatcher watches the folders of the rule files, so that a file that
 // does not exist yet, or that an editor replaces by rename, is still seen.
 func (s *Shield) startWatcher() error {
-	if len(s.cfg.RuleFiles) == 0 {
+	if len(s.cfg().RuleFiles) == 0 {
 		return nil
 	}
 	w, err := fsnotify.NewWatcher()
@@ -23,7 +23,7 @@ func (s *Shield) startWatcher() error {
 	}
 	files := make(map[string]bool)
 	dirs := make(map[string]bool)
-	for _, f := range s.cfg.RuleFiles {
+	for _, f := range s.cfg().RuleFiles {
 		abs, err := filepath.Abs(f)
 		if err != nil {
 			abs = filepath.Clean(f)

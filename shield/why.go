@@ -47,17 +47,17 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 	now := s.now()
 	ns := now.UnixNano()
 	p := s.pol.Load()
-	e := Explanation{Addr: addr, Lockdown: s.lockdown.Load(), Limits: s.cfg.Limits,
+	e := Explanation{Addr: addr, Lockdown: s.lockdown.Load(), Limits: s.cfg().Limits,
 		TrustedProxy: p.trusted.Lookup(addr), KnownGood: s.isKnownGood(addr, ns)}
 	if r := p.lookup(addr); r != nil {
 		e.Rule = &RuleInfo{Source: r.source, Text: r.text, Prefix: r.prefix, Allow: r.allow, Action: r.action, DryRun: r.dryRun}
 		e.Allowlisted = r.allow
 	}
-	if b := s.banLookup(addr, now); b != nil {
+	if b := s.activeBan(addr, now); b != nil {
 		bi := b.info()
 		e.Ban = &bi
 	}
-	lim := &s.cfg.Limits
+	lim := &s.cfg().Limits
 	e.Counters.Prefix = s.netPrefix(addr)
 	e.Counters.IPTokens = float64(lim.PerIPBurst)
 	e.Counters.PrefixTokens = float64(lim.PerPrefixBurst)
@@ -138,6 +138,7 @@ type Stats struct {
 	StoreDropped  uint64                   `json:"store_dropped"` // state store writes dropped because the queue was full
 	StoreErrors   uint64                   `json:"store_errors"`  // state store writes that failed
 	Counters      CounterStats             `json:"counters"`      // behaviour counted across nodes (a shared store)
+	Kernel        KernelStats              `json:"kernel"`        // [shield.kernel]: what the kernel dropped
 }
 
 // Stats returns a snapshot of the counters.
@@ -146,6 +147,7 @@ func (s *Shield) Stats() Stats {
 		ReloadsOK: s.reloadsOK.Load(), ReloadsFailed: s.reloadsFailed.Load(), TarpitHeld: s.tarpitHeld.Load(),
 		Rules: s.pol.Load().size(), Lockdown: s.lockdown.Load(), StoreDropped: s.storeDropped.Load(), StoreErrors: s.storeErrors.Load(),
 		Counters: s.counts.stats()}
+	st.Kernel = s.kernelStats()
 	s.lnMu.Lock()
 	for name, c := range s.stats {
 		st.Listeners[name] = ListenerStats{Accepted: c.accepted.Load(), Rejected: c.rejected.Load(), Dropped: c.dropped.Load(),

@@ -50,7 +50,7 @@ func cmdReload(e *env) error {
 	}
 	var out admin.ReloadResult
 	if err := c.Do("POST", "/v1/reload", nil, &out); err != nil {
-		return fmt.Errorf("reload refused, the previous rules stay in force:\n%w", err)
+		return fmt.Errorf("reload refused, the previous settings stay in force:\n%w", err)
 	}
 	fmt.Fprintln(e.stdout, out.Result)
 	for _, f := range out.Files {

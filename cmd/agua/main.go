@@ -27,7 +27,7 @@ Server:
   serve                         run the server (embedded defaults without -config)
   status                        show the running server's state
   top [-interval 1s] [-once]    live terminal view: listeners, rates, top talkers, bans
-  reload                        reload the shield rule files now
+  reload                        re-read the config file's [shield] section and the rule files now
 
 Config:
   config example                print a complete commented config
@@ -232,6 +232,9 @@ func cmdServe(e *env) error {
 	srv, err := server.New(e.cfg, log, e.stdout)
 	if err != nil {
 		return err
+	}
+	if e.cfgPath != "" {
+		srv.SetConfigFile(e.cfgPath)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

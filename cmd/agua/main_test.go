@@ -2,18 +2,14 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/agua-mail/agua/internal/config"
-	"github.com/agua-mail/agua/internal/server"
 )
 
 // agua runs the CLI in-process and returns its exit code and output.
@@ -128,21 +124,7 @@ func TestShieldVerbs(t *testing.T) {
 	cfg.POP3.TLSListen = nil
 	cfg.IMAP.Listen = nil
 	cfg.IMAP.TLSListen = nil
-	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("server did not stop")
-		}
-	}()
+	runAgua(t, cfg, io.Discard)
 
 	out := mustAgua(t, "", "block", "192.0.2.0/24", "-for", "2h", "-reason", "scanner", "-action", "drop", "-data", data)
 	if !strings.Contains(out, "192.0.2.0/24 blocked") {

@@ -32,6 +32,11 @@ type Server struct {
 	// Reload, if set, runs on POST /v1/reload after the shield's rules
 	// (the DKIM keys); its error is reported after the rules reloaded.
 	Reload func() error
+	// ReloadShield, if set, replaces Shield.Reload on POST /v1/reload:
+	// the server re-reads its config file and applies the whole [shield]
+	// section (Shield.Reconfigure). Its error lists every problem, one
+	// per line, and means nothing changed.
+	ReloadShield func() error
 	// WidestBlock4 and WidestBlock6 are the widest prefixes (fewest bits)
 	// a block accepts without Force; 0 means DefaultWidestBlock4/6.
 	WidestBlock4, WidestBlock6 int
@@ -113,7 +118,11 @@ func (a *Server) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Server) reload(w http.ResponseWriter, r *http.Request) {
-	if err := a.Shield.Reload(); err != nil {
+	reload := a.Shield.Reload
+	if a.ReloadShield != nil {
+		reload = a.ReloadShield
+	}
+	if err := reload(); err != nil {
 		fail(w, http.StatusUnprocessableEntity, "%v", err)
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -138,14 +139,26 @@ func (f *Frame) Handshake(c net.Conn, cfg *tls.Config, timeout time.Duration) (*
 // The wait ends early when the session does (a shield kick) or the server
 // shuts down. It returns the shield's decision: when it is not Allow, the
 // caller ends the session with it instead of answering.
-func (f *Frame) FailedLogin(user string, delay time.Duration, accountDelay func(string) time.Duration) shield.Decision {
+func (f *Frame) FailedLogin(user string, delay time.Duration, accountDelay func(string, netip.Addr) time.Duration) shield.Decision {
 	f.Log.Info("auth failed", "user", Sanitize(user, 64))
 	d := shield.ReportAuth(f.Conn, user, false)
 	if accountDelay != nil {
-		delay += accountDelay(user)
+		delay += accountDelay(user, clientAddr(f.Conn))
 	}
 	f.Wait(delay)
 	return d
+}
+
+// clientAddr is the client's address: the shield's (after the PROXY
+// protocol) when c came through one, else the socket's peer.
+func clientAddr(c net.Conn) netip.Addr {
+	if sc := shield.FromConn(c); sc != nil {
+		return sc.Addr()
+	}
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // Wait waits d, or less when the session ends or the server shuts down;

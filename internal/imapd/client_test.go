@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -316,7 +317,7 @@ func TestStalledSTARTTLSHandshake(t *testing.T) {
 func TestAccountDelayOnFailureOnly(t *testing.T) {
 	var asked, okAuth, failedAuth atomic.Int32
 	ts := startTestHooks(t, nil, Hooks{
-		AccountDelay: func(account string) time.Duration {
+		AccountDelay: func(account string, _ netip.Addr) time.Duration {
 			asked.Add(1)
 			return time.Millisecond
 		},

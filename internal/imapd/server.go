@@ -49,6 +49,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -131,8 +132,10 @@ type Authenticator interface {
 // Hooks let the embedding service steer sessions. All are optional.
 type Hooks struct {
 	// AccountDelay returns an extra delay before answering a failed login
-	// on account (the shield's per-account protection).
-	AccountDelay func(account string) time.Duration
+	// on account from the client address addr (the shield's per-account
+	// protection, Shield.AccountDelayFrom: the account's owner networks
+	// never wait).
+	AccountDelay func(account string, addr netip.Addr) time.Duration
 	// Auth is told about every login attempt (metrics).
 	Auth func(ok bool)
 }

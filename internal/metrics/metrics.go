@@ -92,6 +92,9 @@ var (
 	lockdownDesc   = prometheus.NewDesc("agua_lockdown", "1 while lockdown is on.", nil, nil)
 	tarpitDesc     = prometheus.NewDesc("agua_tarpit_held", "Connections held in the tarpit now.", nil, nil)
 	rulesDesc      = prometheus.NewDesc("agua_shield_rules", "Rules in force.", nil, nil)
+	kernelPktDesc  = prometheus.NewDesc("agua_shield_kernel_dropped_packets_total", "Packets the kernel dropped for the shield ([shield.kernel]).", nil, nil)
+	kernelByteDesc = prometheus.NewDesc("agua_shield_kernel_dropped_bytes_total", "Bytes the kernel dropped for the shield ([shield.kernel]).", nil, nil)
+	kernelElDesc   = prometheus.NewDesc("agua_shield_kernel_prefixes", "Prefixes mirrored into the kernel's drop sets ([shield.kernel]).", nil, nil)
 )
 
 // shieldCollector turns a shield.Stats snapshot into metrics at scrape time.
@@ -101,7 +104,7 @@ type shieldCollector struct {
 }
 
 func (c *shieldCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connDesc, activeDesc, sessionsDesc, bansActiveDesc, bansIssuedDesc, reloadsDesc, lockdownDesc, tarpitDesc, rulesDesc} {
+	for _, d := range []*prometheus.Desc{connDesc, activeDesc, sessionsDesc, bansActiveDesc, bansIssuedDesc, reloadsDesc, lockdownDesc, tarpitDesc, rulesDesc, kernelPktDesc, kernelByteDesc, kernelElDesc} {
 		ch <- d
 	}
 }
@@ -132,4 +135,9 @@ func (c *shieldCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(lockdownDesc, prometheus.GaugeValue, lock)
 	ch <- prometheus.MustNewConstMetric(tarpitDesc, prometheus.GaugeValue, float64(st.TarpitHeld))
 	ch <- prometheus.MustNewConstMetric(rulesDesc, prometheus.GaugeValue, float64(st.Rules))
+	if st.Kernel.Enabled {
+		ch <- prometheus.MustNewConstMetric(kernelPktDesc, prometheus.CounterValue, float64(st.Kernel.Packets))
+		ch <- prometheus.MustNewConstMetric(kernelByteDesc, prometheus.CounterValue, float64(st.Kernel.Bytes))
+		ch <- prometheus.MustNewConstMetric(kernelElDesc, prometheus.GaugeValue, float64(st.Kernel.Elements))
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -309,7 +310,7 @@ func TestPanicRecovered(t *testing.T) {
 func TestAccountDelayOnFailureOnly(t *testing.T) {
 	var asked, okAuth, failedAuth atomic.Int32
 	ts := startTestHooks(t, nil, Hooks{
-		AccountDelay: func(account string) time.Duration {
+		AccountDelay: func(account string, _ netip.Addr) time.Duration {
 			asked.Add(1)
 			return time.Millisecond
 		},

@@ -30,6 +30,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 )
 
@@ -134,8 +135,10 @@ type Backend interface {
 // depending on it. All fields are optional.
 type Hooks struct {
 	// AccountDelay returns an extra delay before answering a failed login
-	// on account (per-account brute-force protection).
-	AccountDelay func(account string) time.Duration
+	// on account from the client address addr (the shield's per-account
+	// protection, Shield.AccountDelayFrom: the account's owner networks
+	// never wait).
+	AccountDelay func(account string, addr netip.Addr) time.Duration
 	// Auth is called after every credential check that got an answer
 	// (not after temporary failures), for metrics.
 	Auth func(s *Session, ok bool)

@@ -55,6 +55,10 @@ type Offender struct {
 	Refused  uint64 // connections refused (rules, limits, bans; not for a full server)
 	Banned   uint64 // of those, refused by a ban for the address's own abuse: it kept coming back
 	Bans     int    // behaviour bans issued (not the operator's)
+	// Spread names the behaviour a network was banned for as a whole
+	// (network_auth_failure: "auth_failure"), "" for none: its addresses
+	// each stayed under the per-address threshold.
+	Spread   string
 	PTR      string // reverse DNS name, "" when unknown
 	Evidence []string
 }
@@ -80,6 +84,9 @@ func (o *Offender) abuse() uint64 {
 // Activities names what the address did, most telling first.
 func (o *Offender) Activities() []string {
 	var out []string
+	if o.Spread == "auth_failure" {
+		out = append(out, "distributed brute force (failed logins spread over many addresses of the network)")
+	}
 	if o.Auth > 0 {
 		out = append(out, "brute force (failed logins)")
 	}
@@ -173,7 +180,24 @@ func Abuse(ctx context.Context, snap shield.HistorySnapshot, opts AbuseOptions) 
 		opts.Contact = "postmaster@" + opts.Hostname
 	}
 	r := &AbuseReport{Hostname: opts.Hostname, Contact: opts.Contact, Now: snap.Now.UTC(), Since: snap.Since.UTC()}
-	r.Networks = networks(snap, opts.Prefix4, opts.Prefix6, func(o *Offender) bool { return o.abuse() >= opts.Min || o.Bans > 0 })
+	// A network banned as a whole for a behaviour is reported with every
+	// address of it that took part, each one below Min: that is how the
+	// behaviour was spread.
+	var spread []netip.Prefix
+	for i := range snap.Addrs {
+		if o := offender(&snap.Addrs[i]); o != nil && o.Spread != "" {
+			spread = append(spread, o.Addr)
+		}
+	}
+	inSpread := func(o *Offender) bool {
+		for _, p := range spread {
+			if p.Contains(o.Addr.Addr()) && o.abuse() > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	r.Networks = networks(snap, opts.Prefix4, opts.Prefix6, func(o *Offender) bool { return o.abuse() >= opts.Min || o.Bans > 0 || inSpread(o) })
 	if opts.Resolver != nil {
 		var all []*Offender
 		for _, n := range r.Networks {
@@ -253,9 +277,17 @@ func networks(snap shield.HistorySnapshot, prefix4, prefix6 int, report func(*Of
 }
 
 // behaviourBans are the reasons of the shield's own bans (its threshold
-// names); any other reason is an operator's block.
+// names, and network_<name> for a network ban); any other reason is an
+// operator's block.
 var behaviourBans = map[string]bool{"auth_failure": true, "unknown_recipient": true, "protocol_error": true,
-	"pregreet": true, "message": true, "recipient": true, "network_message": true}
+	"pregreet": true, "message": true, "recipient": true}
+
+// behaviourBan returns the behaviour a ban's reason names and whether it
+// banned a network for it as a whole.
+func behaviourBan(reason string) (name string, network, ok bool) {
+	name, network = strings.CutPrefix(reason, "network_")
+	return name, network, behaviourBans[name]
+}
 
 // offender reads what an address did; nil when it did nothing reportable.
 func offender(a *shield.AddrHistory) *Offender {
@@ -267,10 +299,12 @@ func offender(a *shield.AddrHistory) *Offender {
 			continue // a full server refuses everyone: not the client's doing
 		}
 		o.Refused += r.Count
-		if reason, ok := strings.CutPrefix(r.Source, "ban:"); ok && behaviourBans[reason] {
-			o.Banned += r.Count
-			if reason == "message" || reason == "recipient" || reason == "network_message" {
-				o.Flood = true
+		if reason, ok := strings.CutPrefix(r.Source, "ban:"); ok {
+			if name, _, ok := behaviourBan(reason); ok {
+				o.Banned += r.Count
+				if name == "message" || name == "recipient" {
+					o.Flood = true
+				}
 			}
 		}
 	}
@@ -279,7 +313,11 @@ func offender(a *shield.AddrHistory) *Offender {
 			continue // an operator's block is not evidence
 		}
 		o.Bans++
-		if b.Reason == "message" || b.Reason == "recipient" {
+		name, network, ok := behaviourBan(b.Reason)
+		if ok && network && !o.Addr.IsSingleIP() {
+			o.Spread = name
+		}
+		if name == "message" || name == "recipient" {
 			o.Flood = true
 		}
 	}

@@ -34,6 +34,9 @@ func (o *Offender) abuseTags() []string {
 // tags are short names of what an offender did (attack report).
 func (o *Offender) tags() []string {
 	var out []string
+	if o.Spread == "auth_failure" {
+		out = append(out, "distributed_brute_force")
+	}
 	if o.Auth > 0 {
 		out = append(out, "brute_force")
 	}
@@ -296,7 +299,7 @@ func (r *AbuseReport) xarf(o *Offender) xarfReport {
 			"pregreet": o.Pregreet, "messages": o.Messages, "recipients": o.Rcpts, "refused_while_banned": o.Banned, "bans": uint64(o.Bans)},
 	}
 	switch {
-	case o.Auth > 0:
+	case o.Auth > 0 || o.Spread == "auth_failure":
 		x.Type = "login_attack"
 	case o.Unknown > 0 || o.Protocol > 0 || o.Pregreet > 0:
 		// Probing the service: which mailboxes exist (harvesting), how it

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -57,7 +58,7 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	os.Chmod(path, 0o600)
 	s.adminLn = ln
 	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log,
-		Queue: s.out.adminHandler(), Suspensions: s.suspensionsHandler(), Reload: s.out.signer.Reload,
+		Queue: s.out.adminHandler(), Suspensions: s.suspensionsHandler(), Reload: s.out.signer.Reload, ReloadShield: s.ReloadConfig,
 		WidestBlock4: s.cfg.Admin.WidestBlock4, WidestBlock6: s.cfg.Admin.WidestBlock6}
 	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 
@@ -68,7 +69,7 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	if err != nil {
 		return err
 	}
-	tcp, err := net.Listen("tcp", s.cfg.Admin.Listen)
+	tcp, err := s.shield.Listen(context.Background(), "tcp", s.cfg.Admin.Listen)
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}

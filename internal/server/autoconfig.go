@@ -23,7 +23,7 @@ func (s *Server) listenAutoconfig() error {
 	if ac.Listen == "" {
 		return nil
 	}
-	tcp, err := net.Listen("tcp", ac.Listen)
+	tcp, err := s.shield.Listen(context.Background(), "tcp", ac.Listen)
 	if err != nil {
 		return fmt.Errorf("autoconfig listener: %w", err)
 	}

@@ -17,7 +17,7 @@ func (s *Server) listenIMAP(tlsCfg *tls.Config) error {
 	auth := imapd.NewAuthenticator(s.dir)
 	store := s.store.MailStore()
 	hooks := imapd.Hooks{
-		AccountDelay: s.shield.AccountDelay,
+		AccountDelay: s.shield.AccountDelayFrom,
 		Auth:         func(ok bool) { s.metrics.Auth("imap", ok) },
 	}
 	for _, group := range []struct {

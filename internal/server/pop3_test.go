@@ -233,6 +233,12 @@ func runServer(t *testing.T, cfg config.Config) (*Server, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srv, serveInBackground(t, srv, logs)
+}
+
+// serveInBackground runs srv until the returned stop (also a cleanup).
+func serveInBackground(t *testing.T, srv *Server, logs *logBuffer) func() {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
@@ -254,7 +260,7 @@ func runServer(t *testing.T, cfg config.Config) (*Server, func()) {
 		})
 	}
 	t.Cleanup(stop)
-	return srv, stop
+	return stop
 }
 
 func testConfig(t *testing.T) config.Config {

@@ -46,6 +46,9 @@ type Server struct {
 	log     *slog.Logger
 	started time.Time
 
+	cfgFile  string     // where cfg came from ("" = defaults): re-read by ReloadConfig
+	reloadMu sync.Mutex // one ReloadConfig at a time
+
 	dir    *directory.Directory
 	store  *maildir.Store
 	shield *shield.Shield
@@ -183,15 +186,12 @@ const rulesHeader = `# agua shield rules: one rule per line, changes apply withi
 `
 
 func (s *Server) openShield() (*shield.Shield, error) {
-	sc := s.cfg.Shield
-	files := make([]string, len(sc.RuleFiles))
-	for i, f := range sc.RuleFiles {
-		files[i] = s.cfg.Resolve(f)
-		if _, err := os.Stat(files[i]); errors.Is(err, os.ErrNotExist) && filepath.Dir(files[i]) == filepath.Clean(s.cfg.DataDir) {
-			os.WriteFile(files[i], []byte(rulesHeader), 0o640)
+	sc := s.shieldConfig(s.cfg.Shield)
+	for _, f := range sc.RuleFiles {
+		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) && filepath.Dir(f) == filepath.Clean(s.cfg.DataDir) {
+			os.WriteFile(f, []byte(rulesHeader), 0o640)
 		}
 	}
-	sc.RuleFiles = files
 	opts := shield.Options{Logger: s.log, StateDir: ShieldStateDir(s.cfg)}
 	if err := s.openCluster(&opts); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -245,7 +245,7 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		return err
 	}
 	hooks := smtpd.Hooks{
-		AccountDelay: s.shield.AccountDelay,
+		AccountDelay: s.shield.AccountDelayFrom,
 		Auth: func(ss *smtpd.Session, ok bool) {
 			s.metrics.Auth(ss.Mode.String(), ok)
 			s.loginSeen(ss, ok)
@@ -286,7 +286,8 @@ func (s *Server) bind(name string, addrs []string, maxConns int, reject func(net
 		reject = nil
 	}
 	for _, addr := range addrs {
-		ln, err := net.Listen("tcp", addr)
+		// Several accept sockets with SO_REUSEPORT ([shield.accept]).
+		ln, err := s.shield.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			return fmt.Errorf("%s listener: %w", name, err)
 		}
@@ -377,12 +378,20 @@ func (s *Server) Addr(name string) string {
 // Shield returns the server's shield.
 func (s *Server) Shield() *shield.Shield { return s.shield }
 
-// Serve runs until ctx ends, then shuts down gracefully. SIGHUP reloads the
-// shield rules.
+// Serve runs until ctx ends, then shuts down gracefully. SIGHUP, and a
+// change of the config file (SetConfigFile), reload the [shield] section
+// and the rule files (ReloadConfig) and the DKIM keys.
 func (s *Server) Serve(ctx context.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	stopWatch := make(chan struct{})
+	unwatch, err := s.watchConfig(stopWatch)
+	if err != nil {
+		// Not fatal: SIGHUP and agua reload still work.
+		s.log.Warn("config file not watched", "file", s.cfgFile, "err", err)
+		unwatch = func() {}
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, len(s.listeners)+1)
 	for _, l := range s.listeners {
@@ -424,8 +433,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	for {
 		select {
 		case <-hup:
-			if err := s.shield.Reload(); err != nil {
-				s.log.Error("reload on SIGHUP failed; previous rules stay", "err", err)
+			if err := s.reloadConfig("SIGHUP"); err != nil {
+				s.log.Error("reload on SIGHUP refused; previous settings stay", "err", err)
 			}
 			s.out.signer.Reload() // logs a key file it cannot use
 			continue
@@ -438,6 +447,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		break
 	}
 	s.log.Info("shutting down")
+	close(stopWatch)
+	unwatch()
 	for _, l := range s.listeners {
 		l.ln.Close()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/agua-mail/agua/shield"
@@ -96,9 +97,11 @@ type Observer interface {
 // Hooks let the embedding service observe and steer sessions without the
 // package depending on it. All fields are optional.
 type Hooks struct {
-	// AccountDelay returns an extra delay before answering an auth attempt
-	// for account (per-account brute-force protection).
-	AccountDelay func(account string) time.Duration
+	// AccountDelay returns an extra delay before answering a failed login
+	// on account from the client address addr (the shield's per-account
+	// protection, Shield.AccountDelayFrom: the account's owner networks
+	// never wait).
+	AccountDelay func(account string, addr netip.Addr) time.Duration
 	// Delivered is called after a message is accepted; took is the time
 	// the backend needed to make it durable.
 	Delivered func(s *Session, env *Envelope, size int64, took time.Duration)
