@@ -73,48 +73,39 @@ func fairLevels(addr netip.Addr) []int {
 
 // fairNode is one network at one level.
 type fairNode struct {
-	key        netip.Prefix
-	count      int        // contestable connections inside
-	parent     *fairGroup // the group this node belongs to
-	prev, next *fairNode  // bucket list of parent, by count
-	kids       *fairGroup // the networks one level down; nil at the last level
-	head, tail *Conn      // last level: the connections, CLOCK order
+	key    netip.Prefix
+	count  int                // contestable connections inside
+	parent *fairGroup         // the group this node belongs to
+	bucket links[fairNode]    // in its parent's bucket of nodes with its count
+	kids   *fairGroup         // the networks one level down; nil at the last level
+	conns  ilist[Conn, *Conn] // last level: the connections, CLOCK order
 }
+
+func (n *fairNode) links() *links[fairNode] { return &n.bucket }
+
+// fairBucket is the networks of a group holding the same count.
+type fairBucket = ilist[fairNode, *fairNode]
 
 // fairGroup is the set of networks inside one network (or the top level),
 // bucketed by count.
 type fairGroup struct {
 	owner   *fairNode // nil at the top
 	members map[netip.Prefix]*fairNode
-	buckets []*fairNode // buckets[k]: members with count k (k ≥ 1); [0] unused
-	max     int         // largest count; buckets[max] is non-empty unless max == 0
+	buckets []fairBucket // buckets[k]: members with count k (k ≥ 1); [0] unused
+	max     int          // largest count; buckets[max] is non-empty unless max == 0
 }
 
 func newFairGroup(owner *fairNode) *fairGroup {
 	return &fairGroup{owner: owner, members: make(map[netip.Prefix]*fairNode)}
 }
 
-func (g *fairGroup) unlink(n *fairNode) {
-	if n.prev != nil {
-		n.prev.next = n.next
-	} else {
-		g.buckets[n.count] = n.next
-	}
-	if n.next != nil {
-		n.next.prev = n.prev
-	}
-	n.prev, n.next = nil, nil
-}
+func (g *fairGroup) unlink(n *fairNode) { g.buckets[n.count].unlink(n) }
 
 func (g *fairGroup) push(n *fairNode) {
 	for len(g.buckets) <= n.count {
-		g.buckets = append(g.buckets, nil)
+		g.buckets = append(g.buckets, fairBucket{})
 	}
-	n.next = g.buckets[n.count]
-	if n.next != nil {
-		n.next.prev = n
-	}
-	g.buckets[n.count] = n
+	g.buckets[n.count].pushBack(n)
 }
 
 // inc moves n one bucket up.
@@ -137,11 +128,11 @@ func (g *fairGroup) dec(n *fairNode) {
 		delete(g.members, n.key)
 	}
 	// Counts move by one, so the new largest is max or max-1.
-	for g.max > 0 && g.buckets[g.max] == nil {
+	for g.max > 0 && g.buckets[g.max].empty() {
 		g.max--
 	}
 	if len(g.buckets) > 2*g.max+8 {
-		g.buckets = append([]*fairNode(nil), g.buckets[:g.max+1]...)
+		g.buckets = append([]fairBucket(nil), g.buckets[:g.max+1]...)
 	}
 }
 
@@ -173,7 +164,7 @@ func (f *fairShares) add(c *Conn) {
 		g.inc(n)
 		if n.kids == nil {
 			c.fairLeaf = n
-			n.append(c)
+			n.conns.pushBack(c)
 			return
 		}
 		g = n.kids
@@ -186,37 +177,13 @@ func (f *fairShares) remove(c *Conn) {
 	if n == nil {
 		return
 	}
-	n.unlinkConn(c)
+	n.conns.unlink(c)
 	c.fairLeaf = nil
 	for n != nil {
 		g := n.parent
 		g.dec(n)
 		n = g.owner
 	}
-}
-
-func (n *fairNode) append(c *Conn) {
-	c.fprev, c.fnext = n.tail, nil
-	if n.tail != nil {
-		n.tail.fnext = c
-	} else {
-		n.head = c
-	}
-	n.tail = c
-}
-
-func (n *fairNode) unlinkConn(c *Conn) {
-	if c.fprev != nil {
-		c.fprev.fnext = c.fnext
-	} else {
-		n.head = c.fnext
-	}
-	if c.fnext != nil {
-		c.fnext.fprev = c.fprev
-	} else {
-		n.tail = c.fprev
-	}
-	c.fprev, c.fnext = nil, nil
 }
 
 // fairSearch is one victim search.
@@ -270,7 +237,7 @@ func (s *fairSearch) fromGroup(g *fairGroup, least int) *Conn {
 		if s.budget--; s.budget < 0 {
 			return nil
 		}
-		for n := g.buckets[k]; n != nil; n = n.next {
+		for n := g.buckets[k].head; n != nil; n = next(n) {
 			if v := s.fromNode(n); v != nil {
 				return v
 			}
@@ -292,7 +259,7 @@ func (s *fairSearch) fromNode(n *fairNode) *Conn {
 	}
 	// CLOCK: look at the head; an idle one is the victim, a busy one goes
 	// to the tail and is looked at again only after all the others.
-	c := n.head
+	c := n.conns.head
 	for range n.count {
 		if s.budget--; s.budget < 0 || c == nil {
 			return nil
@@ -300,12 +267,12 @@ func (s *fairSearch) fromNode(n *fairNode) *Conn {
 		if s.ns-c.lastActive.Load() >= s.idle {
 			return c
 		}
-		next := c.fnext
-		if s.commit && n.tail != c {
-			n.unlinkConn(c)
-			n.append(c)
+		after := next(c)
+		if s.commit && after != nil {
+			n.conns.unlink(c)
+			n.conns.pushBack(c)
 		}
-		c = next
+		c = after
 	}
 	return nil
 }

@@ -121,7 +121,7 @@ func (m *fairModel) checkCounts(t *testing.T, f *fairShares) {
 				}
 			} else {
 				k := 0
-				for c := n.head; c != nil; c = c.fnext {
+				for c := n.conns.head; c != nil; c = next(c) {
 					k++
 				}
 				if k != n.count {

@@ -370,8 +370,8 @@ type Conn struct {
 	// Fair capacity (fair.go), guarded by l.mu: the leaf network counting
 	// this connection while it is contestable, and its place in the leaf's
 	// CLOCK list.
-	fairLeaf     *fairNode
-	fprev, fnext *Conn
+	fairLeaf  *fairNode
+	fairLinks links[Conn]
 
 	release   func()
 	relOnce   sync.Once
@@ -379,6 +379,8 @@ type Conn struct {
 	done      chan struct{}
 	doneOnce  sync.Once
 }
+
+func (c *Conn) links() *links[Conn] { return &c.fairLinks }
 
 // Addr returns the client's address, unmapped (IPv4-mapped IPv6 as IPv4).
 func (c *Conn) Addr() netip.Addr { return c.addr }

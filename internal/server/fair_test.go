@@ -205,3 +205,56 @@ func needFiles(t *testing.T, n uint64) {
 		t.Fatalf("this test holds %d open files and RLIMIT_NOFILE cannot be raised to it: %v", n, err)
 	}
 }
+
+// TestBotnetFloodLeavesLegitDelivery (issue 13, botnet message floods): 20
+// addresses of one /16 deliver 10 messages each, as fast as they can, every
+// one under the per-address limits, through a delivery queue of 2 slots;
+// strangers from five other networks, never seen before, deliver meanwhile.
+// Every legitimate message is accepted and committed, and the queue served
+// strangers while the flood, known-good after its first accepted message,
+// waited (shield.Gate: the order itself is checked in shield's
+// TestGateFairOrder).
+func TestBotnetFloodLeavesLegitDelivery(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.SMTP.DeliverySlots = 2 })
+	addr := ts.srv.Addr("smtp")
+	const bots, each, strangers, legitEach = 20, 10, 5, 4
+	send := func(src, subject string, n int) {
+		c := dialFrom(t, addr, src)
+		c.expect("220 ")
+		c.cmd("EHLO "+strings.ReplaceAll(src, ".", "-")+".example", "250")
+		for i := range n {
+			if got := c.deliver("x@"+src+".example", []string{testUser}, fmt.Sprintf("Subject: %s %d\r\n\r\nbody\r\n", subject, i)); !strings.HasPrefix(got, "250 ") {
+				t.Errorf("%s message %d: %q", src, i, got)
+				return
+			}
+		}
+		c.cmd("QUIT", "221")
+	}
+	var flood, legit sync.WaitGroup
+	for i := range bots {
+		flood.Go(func() { send(fmt.Sprintf("127.30.%d.%d", i/10, i%10+1), "flood", each) })
+	}
+	// The strangers start once the flood has had to queue.
+	waitForCond(t, "the flood waiting for delivery slots", func() bool { return ts.srv.deliveries.Stats().Waited > 0 })
+	for i := range strangers {
+		legit.Go(func() { send(fmt.Sprintf("127.%d.7.%d", 180+i, 20+i), "legit", legitEach) })
+	}
+	legit.Wait()
+	flood.Wait()
+	var gotLegit, gotFlood int
+	for _, m := range ts.messages(t, testUser) {
+		switch {
+		case strings.Contains(m, "Subject: legit "):
+			gotLegit++
+		case strings.Contains(m, "Subject: flood "):
+			gotFlood++
+		}
+	}
+	if gotLegit != strangers*legitEach || gotFlood != bots*each {
+		t.Fatalf("committed %d legitimate and %d flood messages, want %d and %d", gotLegit, gotFlood, strangers*legitEach, bots*each)
+	}
+	st := ts.srv.deliveries.Stats()
+	if st.Waited == 0 || st.GrantedRest < strangers*legitEach || st.GrantedFirst == 0 {
+		t.Fatalf("delivery queue %+v: want it contended, strangers and known-good senders served", st)
+	}
+}

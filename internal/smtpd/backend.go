@@ -91,4 +91,10 @@ type Hooks struct {
 	Refused func(s *Session, code int)
 	// Auth is called after each authentication attempt.
 	Auth func(s *Session, ok bool)
+	// CommitSlot waits for the session's turn to hand a received message to
+	// the backend (Body and Commit) and returns the function that ends the
+	// turn: a fair queue across clients (shield.Gate), so a flood of
+	// messages from a few networks cannot push everyone else's delivery
+	// behind it. An error is answered 451 4.3.0.
+	CommitSlot func(ctx context.Context, c net.Conn) (release func(), err error)
 }

@@ -51,11 +51,7 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	env := ss.env
 	start := time.Now()
-	err = ss.tx.Body(ss.ctx, sp, sp.Size())
-	if err == nil {
-		err = ss.tx.Commit(ss.ctx)
-	}
-	if err != nil {
+	if err := ss.commit(sp); err != nil {
 		ss.resetTransaction()
 		ss.refused(AsError(err).Code)
 		return err
@@ -72,6 +68,21 @@ func (ss *session) cmdDATA(arg string) error {
 		return errQuit
 	}
 	return nil
+}
+
+// commit hands the message to the backend, in the session's turn.
+func (ss *session) commit(sp *spool) error {
+	if h := ss.srv.hooks.CommitSlot; h != nil {
+		release, err := h(ss.ctx, ss.conn)
+		if err != nil {
+			return ErrTempLocal.WithCause(err)
+		}
+		defer release()
+	}
+	if err := ss.tx.Body(ss.ctx, sp, sp.Size()); err != nil {
+		return err
+	}
+	return ss.tx.Commit(ss.ctx)
 }
 
 func (ss *session) refused(code int) {
