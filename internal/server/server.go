@@ -229,6 +229,7 @@ func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
 
 func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	s.deliveries = s.shield.Gate(s.cfg.SMTP.DeliverySlots)
+	s.metrics.DeliveryQueue(s.deliveries.Stats)
 	local := router.NewLocal(s.store)
 	if err := s.openOutbound(local); err != nil {
 		return err
