@@ -189,9 +189,15 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 			withNode(pfxNode, func(v *prefixState) { v.conns-- })
 		}
 	}
-	if !l.take(knownGood) && !(s.makeRoom(l, addr, knownGood, now) && l.take(knownGood)) {
-		releaseAddr()
-		return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, knownGood
+	if !l.take(knownGood) {
+		if !s.makeRoom(l, addr, knownGood, now) {
+			releaseAddr()
+			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, knownGood
+		}
+		// A swap: the newcomer takes the slot its victim gave back, so the
+		// count does not grow, even when known-good clients hold part of
+		// the reserve and the listener is above the strangers' ceiling.
+		l.active.Add(1)
 	}
 	return dry, func() {
 		releaseAddr()
@@ -268,14 +274,8 @@ func (l *listener) roomFor(addr netip.Addr, knownGood bool, now time.Time) bool 
 	return l.victim(addr, knownGood, now, false) != nil
 }
 
-// victim picks the connection to close for a newcomer, nil for none. Closing
-// one helps only when the listener is exactly at the newcomer's ceiling: past
-// it (allowlisted clients are admitted beyond every ceiling, known-good ones
-// beyond the unknown clients'), one slot freed would not be enough.
+// victim picks the connection to close for a newcomer, nil for none.
 func (l *listener) victim(addr netip.Addr, knownGood bool, now time.Time, commit bool) *Conn {
-	if int(l.active.Load()) > l.ceiling(knownGood) {
-		return nil
-	}
 	search := fairSearch{ns: now.UnixNano(), idle: l.s.cfg.Limits.EvictIdle.Nanoseconds(), budget: fairBudget, commit: commit}
 	l.mu.Lock()
 	defer l.mu.Unlock()

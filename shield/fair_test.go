@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 // fairModel is the fairness rule of fair.go computed the slow way, by
@@ -270,5 +271,52 @@ func BenchmarkFairVictim(b *testing.B) {
 		}
 		v.addr = netip.AddrFrom4([4]byte{127, byte(64 + i%64), byte(i >> 8), byte(i)})
 		f.add(v)
+	}
+}
+
+// TestStrangerEvictsFromLargestNetwork: a listener whose strangers' share
+// is full of idle bots of one /24, and whose reserve a known-good client
+// uses: a stranger of another network gets a bot's slot (a swap: the count
+// stays), a further bot of the same /24 gets nothing, and neither the
+// known-good client nor an authenticated bot is touched. Before fair
+// capacity the stranger got "421 4.7.0 server busy".
+func TestStrangerEvictsFromLargestNetwork(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp", MaxConns: 10}) // 8 for strangers
+	good := mustAddr("127.51.0.1")
+	h.s.report(nil, good, AuthSuccess, h.clock.Now())
+
+	var bots []*client
+	for i := range 8 {
+		b := dialFrom(t, srv.addr, fmt.Sprintf("127.50.0.%d", i+1))
+		b.expect("220")
+		bots = append(bots, b)
+	}
+	bots[0].cmd("AUTH bob good") // authenticated: out of the contest
+	kg := dialFrom(t, srv.addr, "127.51.0.1")
+	kg.expect("220") // in the reserve: 9 of 10
+	h.clock.Advance(time.Minute)
+
+	dialFrom(t, srv.addr, "127.50.0.20").expect("421 4.7.0 server busy")
+	stranger := dialFrom(t, srv.addr, "127.52.0.1")
+	stranger.expect("220")
+	if r := stranger.cmd("NOOP"); r != "250 ok" {
+		t.Fatal(r)
+	}
+	// The victim: the oldest idle contestable connection of the /24.
+	bots[1].expectClosed()
+	for _, b := range bots[2:] {
+		if r := b.cmd("NOOP"); r != "250 ok" {
+			t.Fatalf("bot not chosen: %q", r)
+		}
+	}
+	for _, c := range []*client{bots[0], kg} {
+		if r := c.cmd("NOOP"); r != "250 ok" {
+			t.Fatalf("untouchable client: %q", r)
+		}
+	}
+	st := h.s.Stats().Listeners["smtp"]
+	if st.Evicted != 1 || st.Active != 9 {
+		t.Fatalf("evicted %d active %d, want 1 and 9", st.Evicted, st.Active)
 	}
 }
