@@ -166,6 +166,9 @@ func serve(c net.Conn) {
 		case len(f) == 0:
 			d = Report(c, ProtocolError)
 		case f[0] == "NOOP":
+		case f[0] == "TRUSTED":
+			fmt.Fprintf(c, "250 %v\r\n", Allowlisted(c))
+			continue
 		case f[0] == "QUIT":
 			fmt.Fprintf(c, "221 bye\r\n")
 			return

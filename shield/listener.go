@@ -403,6 +403,11 @@ func (c *Conn) RemoteAddr() net.Addr {
 	return c.Conn.RemoteAddr()
 }
 
+// Allowlisted reports whether the client is allowlisted or a trusted proxy
+// under the rules in force: never limited or banned, and a relay the
+// service may trust (a mail server skips its sender checks).
+func (c *Conn) Allowlisted() bool { return c.s.pol.Load().exempt(c.addr) }
+
 // NetConn returns the underlying connection.
 func (c *Conn) NetConn() net.Conn { return c.Conn }
 
@@ -517,6 +522,13 @@ func Report(c net.Conn, ev Event) Decision {
 		return sc.Report(ev)
 	}
 	return allow
+}
+
+// Allowlisted is Conn.Allowlisted for any net.Conn; false when c did not
+// come from a shield listener.
+func Allowlisted(c net.Conn) bool {
+	sc := FromConn(c)
+	return sc != nil && sc.Allowlisted()
 }
 
 // ReportAuth is Conn.ReportAuth for any net.Conn; a no-op Allow when c did

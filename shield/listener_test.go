@@ -229,6 +229,28 @@ func TestEvictionForKnownGood(t *testing.T) {
 	}
 }
 
+// Allowlisted tells a service that its client is allowlisted (agua's MX
+// trusts such relays); a net.Conn not from a shield listener is not.
+func TestAllowlisted(t *testing.T) {
+	cfg := testConfig()
+	cfg.Allow = []string{"127.41.9.9"}
+	h := newHarness(t, cfg, Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp"})
+	for src, want := range map[string]string{"127.41.9.9": "250 true", "127.41.1.1": "250 false"} {
+		c := dialFrom(t, srv.addr, src)
+		c.expect("220")
+		if got := c.cmd("TRUSTED"); got != want {
+			t.Errorf("from %s: %q, want %q", src, got, want)
+		}
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if Allowlisted(a) {
+		t.Error("a plain net.Conn is allowlisted")
+	}
+}
+
 func TestLockdown(t *testing.T) {
 	cfg := testConfig()
 	cfg.Allow = []string{"127.40.9.9"}

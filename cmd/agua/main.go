@@ -59,6 +59,13 @@ Outbound queue (the queue folder, or the running server that holds it):
   queue list|stats [-json]      messages waiting, with each recipient's state
   queue show|hold|release|delete|retry ID    one message; retry -all: every one
 
+Backup (while the server runs) and restore (into a stopped server's data folder):
+  backup DIR                    consistent snapshot: accounts database, Maildirs (hard links
+                                where possible), shield state, DKIM keys, queue, certificates,
+                                config; manifest.json with counts
+  restore [-force] DIR          refuses while the server runs, and into a non-empty data
+                                folder unless -force (which moves the old one aside)
+
 Reports (from the running server, or from the data folder when it is stopped):
   report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48]
         [-per4 16] [-per6 48] [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
@@ -114,6 +121,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"top":     cmdTop,
 		"dkim":    cmdDKIM,
 		"queue":   cmdQueue,
+		"backup":  cmdBackup,
+		"restore": cmdRestore,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]

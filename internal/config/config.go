@@ -22,7 +22,7 @@ type Config struct {
 	MemoryLimit ByteSize `toml:"memory_limit" doc:"Soft memory limit of agua serve (the Go runtime's GOMEMLIMIT, set at start), so that memory goes back to the system soon after a burst of logins. 0: the GOMEMLIMIT environment variable applies, or no limit."`
 
 	Log      LogConfig      `toml:"log" doc:"Logging."`
-	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate. Empty paths mean a self-signed certificate kept in <data_dir>/tls, generated on first start."`
+	TLS      TLSConfig      `toml:"tls" doc:"TLS certificate: the operator's files, ACME (acme = true), or else a self-signed certificate kept in <data_dir>/tls, generated on first start."`
 	Accounts AccountsConfig `toml:"accounts" doc:"Accounts directory."`
 	Store    StoreConfig    `toml:"store" doc:"Mail store (Maildir) durability."`
 	SMTP     SMTPConfig     `toml:"smtp" doc:"SMTP: MX (port 25), submission with STARTTLS (587) and implicit TLS (465)."`
@@ -31,7 +31,8 @@ type Config struct {
 	Admin    AdminConfig    `toml:"admin" doc:"Admin API used by the CLI (agua block, bans, why, reload, lockdown)."`
 	Shield   shield.Config  `toml:"shield" doc:"The shield: who is served, behaviour bans, limits, lockdown."`
 	Outbound OutboundConfig `toml:"outbound" doc:"Delivery to other servers: the queue in <data_dir>/queue, retries, bounces, relay host."`
-	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups."`
+	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups and for the SPF, DKIM and DMARC checks of inbound mail."`
+	Auth     AuthConfig     `toml:"auth" doc:"Authentication of inbound mail on MX listeners: SPF, DKIM, DMARC, Authentication-Results, and what failures do."`
 	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
 
 	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
@@ -45,12 +46,6 @@ type LogConfig struct {
 	MaxSize    ByteSize      `toml:"max_size" doc:"Rotate the log file when it reaches this size (whole MiB, at least 1MiB)."`
 	MaxAge     time.Duration `toml:"max_age" doc:"Delete rotated log files older than this (whole days, rounded up)."`
 	MaxBackups int           `toml:"max_backups" doc:"Most rotated log files kept."`
-}
-
-// TLSConfig names the certificate files.
-type TLSConfig struct {
-	CertFile string `toml:"cert_file" doc:"PEM certificate chain. Empty: self-signed in <data_dir>/tls/cert.pem."`
-	KeyFile  string `toml:"key_file" doc:"PEM private key. Empty: self-signed in <data_dir>/tls/key.pem."`
 }
 
 // AccountsConfig configures the accounts directory.
@@ -141,6 +136,7 @@ func Default() Config {
 	return Config{
 		DataDir:  "agua-data",
 		Hostname: "localhost",
+		TLS:      defaultTLS(),
 		Log:      LogConfig{Level: "info", Format: "text", MaxSize: 100 << 20, MaxAge: 7 * 24 * time.Hour, MaxBackups: 10},
 		Accounts: AccountsConfig{DefaultQuota: 1 << 30, Demo: true, AccountsCache: defaultAccountsCache},
 		Store:    StoreConfig{Sync: "syncfs"},
@@ -190,6 +186,7 @@ func Default() Config {
 		Shield:   sh,
 		Outbound: defaultOutbound(),
 		DNS:      defaultDNS(),
+		Auth:     defaultAuth(),
 
 		Autoconfig: defaultAutoconfig(),
 	}

@@ -25,6 +25,11 @@ func (c Config) CheckFiles(name string) error {
 			ps = append(ps, Problem{Key: "tls.cert_file", Msg: err.Error()})
 		}
 	}
+	if c.TLS.ACMECARoot != "" {
+		if _, err := LoadCARoots(c.Resolve(c.TLS.ACMECARoot)); err != nil {
+			ps = append(ps, Problem{Key: "tls.acme_ca_root", Msg: err.Error()})
+		}
+	}
 	sh := c.Shield
 	sh.RuleFiles = nil
 	for _, f := range c.Shield.RuleFiles {

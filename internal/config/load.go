@@ -238,9 +238,7 @@ func (c Config) Validate() []Problem {
 	if c.Log.MaxBackups <= 0 {
 		bad("log.max_backups", "must be > 0")
 	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		bad("tls", "cert_file and key_file must be set together")
-	}
+	ps = append(ps, c.validateTLS()...)
 	if c.Store.Sync != "syncfs" && c.Store.Sync != "fsync" {
 		bad("store.sync", "must be syncfs or fsync, not %q", c.Store.Sync)
 	}
@@ -379,6 +377,7 @@ func (c Config) Validate() []Problem {
 	}
 	ps = append(ps, c.validateOutbound()...)
 	ps = append(ps, c.Autoconfig.validate()...)
+	ps = append(ps, c.Auth.validate()...)
 	for _, err := range c.Shield.Validate() {
 		ps = append(ps, shieldProblem(err))
 	}
@@ -400,12 +399,17 @@ func (c Config) Listeners() []Listener {
 		{"pop3.listen", c.POP3.Listen}, {"pop3.tls_listen", c.POP3.TLSListen},
 		{"imap.listen", c.IMAP.Listen}, {"imap.tls_listen", c.IMAP.TLSListen},
 		{"admin.listen", []string{c.Admin.Listen}},
+		{"autoconfig.listen", []string{c.Autoconfig.Listen}},
 	} {
 		for _, a := range g.addrs {
 			if a != "" {
 				ls = append(ls, Listener{g.key, a})
 			}
 		}
+	}
+	// ACME's challenge listener, unless the autoconfig listener answers.
+	if c.TLS.ACME && c.TLS.ACMEChallengeAddr() != c.Autoconfig.Listen {
+		ls = append(ls, Listener{"tls.acme_challenge_listen", c.TLS.ACMEChallengeAddr()})
 	}
 	return ls
 }

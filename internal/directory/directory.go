@@ -84,7 +84,7 @@ func Open(path string, opts Options) (*Directory, error) {
 	// take the write lock at BEGIN so two writers queue on busy_timeout
 	// instead of failing when a read lock cannot be upgraded.
 	// The path goes into a URI (file:...), where %, ? and # are special.
-	uriPath := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	uriPath := uriEscape(path)
 	dsn := fmt.Sprintf("file:%s?_busy_timeout=%d&_journal_mode=WAL&_txlock=immediate&_foreign_keys=1",
 		uriPath, busyTimeout.Milliseconds())
 	db, err := sql.Open("sqlite", dsn)

@@ -174,6 +174,23 @@ func (s *Store) ListFolders(mailbox string) ([]string, error) {
 	return out, nil
 }
 
+// ensureFolder returns the folder name of mailbox for a delivery,
+// creating it if it does not exist (a Junk folder for quarantined mail
+// that the user's IMAP client never made).
+func (s *Store) ensureFolder(mailbox, name string) (string, error) {
+	dir, err := s.folderDir(mailbox, name)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new")); err == nil {
+		return dir, nil
+	}
+	if err := s.CreateFolder(mailbox, name); err != nil && !errors.Is(err, ErrFolderExists) {
+		return "", err
+	}
+	return dir, nil
+}
+
 // CreateDefaultFolders creates the given folders the first time it is
 // called for mailbox (a marker file records it), so that folders a user
 // deleted later are not made again. Folders that exist are kept.

@@ -46,6 +46,9 @@ type Recipient struct {
 	Mailbox string // the user's address, local@domain
 	Quota   int64  // bytes, > 0
 	Prefix  []byte // header lines to prepend for this recipient, CRLF-terminated
+	// Folder is the Maildir++ folder the message goes to ("Junk"),
+	// created if missing; "" is INBOX.
+	Folder string
 }
 
 // QuotaError reports a recipient whose quota does not allow the message.
@@ -324,6 +327,11 @@ func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (er
 		if r.Mailbox == "" || r.Quota <= 0 {
 			return fmt.Errorf("maildir: invalid recipient %q with quota %d", r.Mailbox, r.Quota)
 		}
+		if r.Folder != "" {
+			if _, err := s.folderDir(r.Mailbox, r.Folder); err != nil {
+				return err
+			}
+		}
 	}
 
 	// Quota: reserve every recipient's bytes before writing anything.
@@ -359,7 +367,7 @@ func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (er
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.writeTmp(f, msg, rcpts[i].Prefix); err != nil {
+		if err := s.writeTmp(f, msg, rcpts[i]); err != nil {
 			return err
 		}
 	}
@@ -378,12 +386,19 @@ func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (er
 	return <-c.err
 }
 
-// writeTmp writes prefix and the message to a new file in the tmp/ folder of
-// f's mailbox, and fsyncs it in FsyncEach mode.
-func (s *Store) writeTmp(f *file, msg Message, prefix []byte) (err error) {
+// writeTmp writes the recipient's prefix and the message to a new file in
+// the tmp/ folder of f's mailbox (or of its folder r.Folder), and fsyncs it
+// in FsyncEach mode.
+func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
+	prefix := r.Prefix
 	dir, fs, err := f.mb.ensureDirs(s)
 	if err != nil {
 		return err
+	}
+	if r.Folder != "" {
+		if dir, err = s.ensureFolder(r.Mailbox, r.Folder); err != nil {
+			return err
+		}
 	}
 	f.fs = fs
 	name := s.uniqueName(f.size)

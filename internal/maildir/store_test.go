@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -422,5 +423,45 @@ func TestWriteFailureLeavesNothing(t *testing.T) {
 	}
 	if n := len(files(t, s, "c@example.org", "new")) + len(files(t, s, "c@example.org", "tmp")); n != 0 {
 		t.Errorf("c has %d files after a cancelled delivery", n)
+	}
+}
+
+// A recipient with a Folder gets the message in that Maildir++ folder,
+// made if missing, counted in the mailbox's usage; a bad name delivers
+// nothing.
+func TestDeliverToFolder(t *testing.T) {
+	s := openTest(t)
+	junk := rcpt("alice@example.org", 1<<20)
+	junk.Folder = "Junk"
+	inbox := rcpt("bob@example.org", 1<<20)
+	if err := s.Deliver(context.Background(), message(body), []Recipient{junk, inbox}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(files(t, s, "alice@example.org", ".Junk/new")); n != 1 {
+		t.Fatalf(".Junk/new holds %d files, want 1", n)
+	}
+	if n := len(files(t, s, "alice@example.org", "new")); n != 0 {
+		t.Fatalf("INBOX new/ holds %d files, want 0", n)
+	}
+	if n := len(files(t, s, "bob@example.org", "new")); n != 1 {
+		t.Fatalf("bob's INBOX holds %d files, want 1", n)
+	}
+	if names, err := s.ListFolders("alice@example.org"); err != nil || !slices.Contains(names, "Junk") {
+		t.Fatalf("ListFolders = %q, %v", names, err)
+	}
+	// The folder exists now: a second delivery uses it.
+	if err := s.Deliver(context.Background(), message(body), []Recipient{junk}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(files(t, s, "alice@example.org", ".Junk/new")); n != 2 {
+		t.Fatalf(".Junk/new holds %d files, want 2", n)
+	}
+	if b, _, _ := s.FolderUsage("alice@example.org"); b == 0 {
+		t.Fatal("the Junk folder's messages are not in the usage")
+	}
+	bad := junk
+	bad.Folder = "../x"
+	if err := s.Deliver(context.Background(), message(body), []Recipient{bad}); !errors.Is(err, ErrBadFolder) {
+		t.Fatalf("folder ../x: %v, want ErrBadFolder", err)
 	}
 }

@@ -9,7 +9,7 @@
 // The behaviours register when this package is initialised, so importing it
 // (internal/config does) is what makes their thresholds part of the
 // configuration: [shield.thresholds.unknown_recipient], pregreet, message,
-// recipient and network_message.
+// recipient, network_message, dmarc_fail and network_dmarc_fail.
 package mailevents
 
 import (
@@ -61,5 +61,19 @@ var (
 		Reason:    "too many recipients, slow down",
 		Temporary: true,
 		Benign:    true,
+	})
+
+	// DMARCFail is a message whose From domain publishes an enforcing
+	// DMARC policy (p=quarantine or p=reject, RFC 7489 6.3) and that has
+	// no aligned SPF or DKIM pass: spoofing, or a badly broken forwarder.
+	// The per-network threshold catches a spoofing campaign spread over a
+	// network; p=none failures (mailing lists) are not counted.
+	DMARCFail = shield.MustRegister(shield.Behaviour{
+		Name:          "dmarc_fail",
+		Doc:           "messages failing DMARC against a quarantine or reject policy (spoofed senders)",
+		Threshold:     shield.Threshold{Count: 10, Window: time.Hour},
+		Network:       shield.Threshold{Count: 30, Window: time.Hour},
+		Reason:        "banned for sending mail that fails sender authentication (DMARC)",
+		NetworkReason: "your network sent too much mail that fails sender authentication (DMARC)",
 	})
 )

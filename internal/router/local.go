@@ -38,7 +38,7 @@ func (l *Local) Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size
 	rcpts := make([]maildir.Recipient, len(env.Rcpts))
 	for i, r := range env.Rcpts {
 		prefix := fmt.Sprintf("Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, r.Address)
-		rcpts[i] = maildir.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: []byte(prefix)}
+		rcpts[i] = maildir.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: []byte(prefix), Folder: r.Folder}
 	}
 	err := l.store.Deliver(ctx, maildir.Message{R: msg, Size: size}, rcpts)
 	var qe *maildir.QuotaError

@@ -12,15 +12,26 @@
 // outbound queue, when one is configured (see Queue), and are refused with
 // 550 5.3.0 when none is. The session's own Received field is added by
 // smtpd, the server that receives (RFC 5321 4.4).
+//
+// Mail arriving on MX from a client that is neither authenticated nor
+// allowlisted is authenticated (internal/mailauth: SPF from MAIL FROM on,
+// DKIM and DMARC at the end of DATA) when Config.Auth is set: the message
+// gets an Authentication-Results field (RFC 8601), and the policy refuses
+// it (550 5.7.1), defers it (451 4.7.0) or delivers it to the recipients'
+// Junk folder.
 package router
 
 import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/smtpd"
 )
 
@@ -41,6 +52,9 @@ type Target interface {
 type Recipient struct {
 	Address string // local target: the mailbox; remote: the address as given at RCPT
 	Quota   int64  // local mailboxes: bytes allowed; 0 for remote recipients
+	// Folder is the mailbox folder the local target delivers to: "" is
+	// the inbox, Config.JunkFolder a message quarantined by DMARC.
+	Folder string
 }
 
 // Envelope is what a target delivers: the reverse-path and its recipients,
@@ -76,6 +90,15 @@ type Config struct {
 	Accounts accounts.Lookup
 	Local    Target // required: the local mailboxes
 	Remote   Target // optional: the outbound queue; nil refuses remote recipients
+
+	// Auth authenticates inbound MX mail; nil checks nothing.
+	Auth *mailauth.Checker
+	// AuthPolicy is what the results decide.
+	AuthPolicy mailauth.Policy
+	// JunkFolder receives quarantined mail. Default "Junk".
+	JunkFolder string
+	// Log receives one line per authenticated message. nil: discarded.
+	Log *slog.Logger
 }
 
 // Router routes SMTP transactions. It is safe for concurrent use.
@@ -94,6 +117,12 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Accounts == nil || cfg.Local == nil {
 		return nil, errors.New("router: accounts and a local target are required")
 	}
+	if cfg.JunkFolder == "" {
+		cfg.JunkFolder = "Junk"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	return &Router{cfg: cfg}, nil
 }
 
@@ -111,16 +140,32 @@ func (r *Router) Authenticate(ctx context.Context, s *smtpd.Session, user, pass 
 }
 
 // NewTransaction vets the sender and starts a transaction. On MX anyone may
-// send (sender authentication, SPF at this point, comes later); on
-// submission the user must own the address or an alias of theirs
-// (RFC 6409 6.1), and the null reverse-path is refused.
+// send, and the sender authentication checks start here (SPF runs while
+// the recipients and data arrive); on submission the user must own the
+// address or an alias of theirs (RFC 6409 6.1), and the null reverse-path
+// is refused.
 func (r *Router) NewTransaction(ctx context.Context, s *smtpd.Session, mail smtpd.Mail) (smtpd.Transaction, error) {
 	if s.Mode != smtpd.ModeMX {
 		if err := r.checkSender(ctx, s.User, mail.From); err != nil {
 			return nil, err
 		}
 	}
-	return &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}, nil
+	t := &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}
+	// Authenticated submission and allowlisted relays are this site's own
+	// mail: their senders are not checked (RFC 7489 does not apply to mail
+	// a domain's own servers relay).
+	if r.cfg.Auth != nil && s.Mode == smtpd.ModeMX && s.User == "" && !s.Trusted {
+		t.auth = r.cfg.Auth.Begin(ctx, mailauth.Envelope{IP: remoteIP(s.RemoteAddr), Helo: s.Helo, From: mail.From})
+	}
+	return t, nil
+}
+
+// remoteIP is the client's address, or the zero Addr.
+func remoteIP(a net.Addr) netip.Addr {
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 func (r *Router) checkSender(ctx context.Context, user, from string) error {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/mailauth"
+	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/internal/smtpd"
+	"github.com/agua-mail/agua/shield"
 )
 
 // transaction is one SMTP transaction: the recipients resolved at RCPT
@@ -21,7 +25,12 @@ type transaction struct {
 	seen   map[string]bool // mailboxes and remote addresses already routed
 	msg    io.ReaderAt
 	size   int64
+	auth   *mailauth.Check // sender authentication, on MX; nil otherwise
+	folder string          // where local recipients get the message; "" inbox
+	events []shield.Event  // for the shield (smtpd.Observer)
 }
+
+var _ smtpd.Observer = (*transaction)(nil)
 
 // AddRcpt resolves rcpt and routes it: to the local target for local
 // mailboxes (all of an alias's, each once per message), to the remote
@@ -72,12 +81,60 @@ func (t *transaction) addRemote(ctx context.Context, rcpt string) error {
 	return nil
 }
 
-// Body keeps the message for Commit. Content checks (DKIM verification,
-// RFC 6376) belong here.
+// Body keeps the message for Commit, authenticated first on MX: the
+// Authentication-Results field is added (and forged ones dropped), and the
+// policy may refuse the message, defer it or send it to the Junk folder.
 func (t *transaction) Body(ctx context.Context, msg io.ReaderAt, size int64) error {
 	t.msg, t.size = msg, size
+	if t.auth == nil {
+		return nil
+	}
+	res, err := t.auth.Finish(ctx, msg, size)
+	t.auth.Close()
+	if errors.Is(err, mailauth.ErrHeaderTooLong) {
+		// RFC 3463 5.3.4: too big for the system. A field past the
+		// bound could not be checked for a forged result.
+		return smtpd.Errorf(552, "5.3.4", "Message header section is larger than %d bytes", mailauth.MaxHeader)
+	}
+	if err != nil {
+		return smtpd.ErrTempLocal.WithCause(err)
+	}
+	v := res.Decide(t.r.cfg.AuthPolicy)
+	t.r.cfg.Log.Info("mail auth", "session", t.s.ID, "client", t.s.RemoteAddr.String(),
+		"spf", string(res.SPF.Result), "spf_domain", res.SPF.Domain, "dkim", dkimSummary(res.DKIM),
+		"dmarc", res.DMARC.Result, "from_domain", res.DMARC.Domain, "policy", string(res.DMARC.Policy),
+		"action", v.Action.String(), "forged_ar", res.Forged())
+	if v.DMARCFail {
+		t.events = append(t.events, mailevents.DMARCFail)
+	}
+	switch v.Action {
+	case mailauth.Reject:
+		// RFC 7489 6.7 / RFC 7208 8.4: refuse at the end of DATA, with
+		// the reason.
+		return smtpd.Errorf(550, v.Code, "%s", v.Reason)
+	case mailauth.Defer:
+		return smtpd.Errorf(451, v.Code, "%s", v.Reason)
+	case mailauth.Junk:
+		t.folder = t.r.cfg.JunkFolder
+	}
+	t.msg, t.size = res.Message(msg, size)
 	return nil
 }
+
+// dkimSummary is "pass:example.org,fail:other.example" for the log.
+func dkimSummary(ds []mailauth.DKIMResult) string {
+	if len(ds) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = d.Result + ":" + d.Domain
+	}
+	return strings.Join(parts, ",")
+}
+
+// Observed returns the DMARC failure for the shield (smtpd.Observer).
+func (t *transaction) Observed() []shield.Event { return t.events }
 
 // Commit delivers the message to every recipient, or to none (issue 12:
 // one transaction). With a remote target that is a Preparer (the outbound
@@ -107,6 +164,14 @@ func (t *transaction) Commit(ctx context.Context) error {
 	env := func(rcpts []Recipient) Envelope {
 		return Envelope{From: t.from, Rcpts: rcpts, UTF8: t.utf8, Account: t.s.User}
 	}
+	local := t.local
+	if t.folder != "" {
+		local = make([]Recipient, len(t.local))
+		for i, r := range t.local {
+			r.Folder = t.folder
+			local[i] = r
+		}
+	}
 	var prepared Prepared
 	if p, ok := t.r.cfg.Remote.(Preparer); ok && len(t.remote) > 0 {
 		var err error
@@ -115,7 +180,7 @@ func (t *transaction) Commit(ctx context.Context) error {
 		}
 	}
 	if len(t.local) > 0 {
-		if err := t.r.cfg.Local.Deliver(ctx, env(t.local), t.msg, t.size); err != nil {
+		if err := t.r.cfg.Local.Deliver(ctx, env(local), t.msg, t.size); err != nil {
 			if prepared != nil {
 				prepared.Abort()
 			}
@@ -136,5 +201,11 @@ func (t *transaction) Commit(ctx context.Context) error {
 	return nil
 }
 
-// Abort forgets the transaction; nothing was delivered.
-func (t *transaction) Abort() { t.msg = nil }
+// Abort forgets the transaction; nothing was delivered. Lookups still
+// running stop.
+func (t *transaction) Abort() {
+	t.msg = nil
+	if t.auth != nil {
+		t.auth.Close()
+	}
+}

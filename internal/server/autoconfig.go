@@ -18,7 +18,7 @@ import (
 // listenAutoconfig binds the [autoconfig] HTTP listener, when configured:
 // client autoconfiguration and MTA-STS policies behind the shield, like
 // the HTTP admin listener.
-func (s *Server) listenAutoconfig(tlsCfg *tls.Config) error {
+func (s *Server) listenAutoconfig() error {
 	ac := s.cfg.Autoconfig
 	if ac.Listen == "" {
 		return nil
@@ -29,13 +29,16 @@ func (s *Server) listenAutoconfig(tlsCfg *tls.Config) error {
 	}
 	var ln net.Listener = s.shield.Listener(tcp, shield.ListenerConfig{Name: "autoconfig", MaxConns: 200, Reject: httpReject})
 	if ac.TLS {
-		ln = tls.NewListener(ln, tlsCfg)
+		ln = tls.NewListener(ln, s.certs.HTTPSConfig())
 	}
-	h := &autoconfig.Handler{
+	var h http.Handler = &autoconfig.Handler{
 		Services: s.services(),
 		Domains:  s.dir.ListDomains,
 		MTASTS:   dnsrecords.PolicyParams{Mode: ac.MTASTSMode, MaxAge: ac.MTASTSMaxAge},
 		Log:      s.log,
+	}
+	if s.acme != nil && s.cfg.TLS.ACMEChallenge == "http-01" && ac.Listen == s.cfg.TLS.ACMEChallengeAddr() {
+		h = s.acme.HTTPChallengeHandler(h) // RFC 8555 8.3 on this listener
 	}
 	srv := &http.Server{
 		Handler:           s.shield.Middleware("autoconfig", h),

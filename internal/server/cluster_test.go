@@ -44,10 +44,16 @@ func smtpGreeting(t *testing.T, ts *testServer, from string) string {
 // waitFor waits for cond with a bounded deadline; nothing is timed.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	waitWithin(t, 15*time.Second, what, cond)
+}
+
+// waitWithin polls cond until it holds; bound only stops a hung test.
+func waitWithin(t *testing.T, bound time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("not within 15s: %s", what)
+			t.Fatalf("not within %v: %s", bound, what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -24,7 +24,8 @@ type outboundParts struct {
 	queue  *queue.File
 	signer *dkim.Signer
 	engine *outbound.Engine
-	local  router.Target // where DSNs for local senders go
+	local  router.Target      // where DSNs for local senders go
+	res    *resolver.Resolver // shared with the inbound sender checks
 
 	stop    chan struct{} // closed to stop the engine
 	done    chan struct{} // closed when it has stopped
@@ -62,6 +63,7 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 		}
 	}
 	opts.Resolver = res
+	o.res = res
 	opts.Queue, opts.Logger, opts.Bounce = o.queue, s.log, s.bounce
 	// Deferred mail is looked for at least as often as the shortest
 	// retry interval, so a short retry_min (labs, tests) is honoured.

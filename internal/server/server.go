@@ -22,15 +22,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agua-mail/agua/internal/certs"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/imapd"
+	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
 	"github.com/agua-mail/agua/internal/router"
 	"github.com/agua-mail/agua/internal/smtpd"
-	"github.com/agua-mail/agua/internal/tlsutil"
 	"github.com/agua-mail/agua/shield"
 	"github.com/agua-mail/agua/shield/redisstore"
 )
@@ -63,6 +64,8 @@ type Server struct {
 	webLn     net.Listener
 	metrics   *metrics.Metrics
 	out       *outboundParts // queue, DKIM signer, delivery engine
+	certs     *certs.Source  // every TLS listener's certificate
+	acme      *certs.ACME    // [tls] acme; nil when off
 }
 
 type boundListener struct {
@@ -130,22 +133,6 @@ func (s *Server) open(out io.Writer) (err error) {
 	if s.dir, err = OpenDirectory(cfg, log); err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
-	var tlsCfg *tls.Config
-	if cfg.TLS.CertFile != "" {
-		// The operator's certificate: never replaced by a generated one.
-		if tlsCfg, err = tlsutil.Load(cfg.Resolve(cfg.TLS.CertFile), cfg.Resolve(cfg.TLS.KeyFile)); err != nil {
-			return err
-		}
-	} else {
-		certFile, keyFile := filepath.Join(cfg.DataDir, "tls", "cert.pem"), filepath.Join(cfg.DataDir, "tls", "key.pem")
-		var created bool
-		if tlsCfg, created, err = tlsutil.LoadOrCreate(certFile, keyFile, []string{cfg.Hostname}); err != nil {
-			return err
-		}
-		if created {
-			log.Info("generated a self-signed TLS certificate", "cert", certFile)
-		}
-	}
 	if s.store, err = maildir.Open(filepath.Join(cfg.DataDir, "mail"), maildir.Options{Logger: log, Hostname: cfg.Hostname, FsyncEach: cfg.Store.Sync == "fsync"}); err != nil {
 		return fmt.Errorf("mail store: %w", err)
 	}
@@ -153,6 +140,10 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	s.metrics = metrics.New(s.shield, s.sessionCounts)
+	if err := s.openCerts(); err != nil {
+		return err
+	}
+	tlsCfg := s.certs.TLSConfig()
 	if err := s.listenSMTP(tlsCfg); err != nil {
 		return err
 	}
@@ -165,7 +156,7 @@ func (s *Server) open(out io.Writer) (err error) {
 	if err := s.listenAdmin(tlsCfg); err != nil {
 		return err
 	}
-	if err := s.listenAutoconfig(tlsCfg); err != nil {
+	if err := s.listenAutoconfig(); err != nil {
 		return err
 	}
 	// Last, once every port is bound: a start that fails must not use up
@@ -234,7 +225,17 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	if err := s.openOutbound(local); err != nil {
 		return err
 	}
-	backend, err := router.New(router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote()})
+	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), Log: s.log}
+	if a := s.cfg.Auth; a.Enabled {
+		var err error
+		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.out.res, Timeout: a.Timeout}); err != nil {
+			return err
+		}
+		rc.AuthPolicy = mailauth.Policy{DMARCReject: a.DMARCReject, DMARCQuarantine: a.DMARCQuarantine,
+			SPFFailReject: a.SPFFailReject, DeferTempError: a.TempError == "defer"}
+		rc.JunkFolder = a.JunkFolder
+	}
+	backend, err := router.New(rc)
 	if err != nil {
 		return err
 	}
@@ -321,6 +322,9 @@ type Status struct {
 	RuleFiles   []shield.RuleFile `json:"rule_files"`
 	Shield      shield.Stats      `json:"shield"`
 	Cluster     *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
+	// Certificates: with [tls] acme, each managed name and the
+	// certificate it is served now (none yet: the self-signed pair).
+	Certificates []certs.NameStatus `json:"acme_certificates,omitempty"`
 }
 
 func (s *Server) status() any {
@@ -333,6 +337,9 @@ func (s *Server) status() any {
 		st.Listeners[s.webLn.Addr().String()] = "admin"
 	}
 	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
+	if s.acme != nil {
+		st.Certificates = s.acme.Status()
+	}
 	for _, srv := range s.smtp {
 		st.Sessions += srv.Sessions()
 	}
@@ -398,6 +405,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
 	}
 	s.out.start()
+	certCtx, stopCerts := context.WithCancel(context.Background())
+	defer stopCerts()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.manageCerts(certCtx)
+	}()
 	s.log.Info("agua started", "version", Version, "data", s.cfg.DataDir, "admin", AdminSocket(s.cfg))
 	for {
 		select {
@@ -435,6 +449,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		srv.Shutdown(sctx)
 	}
 	s.out.stopEngine()
+	stopCerts()
 	wg.Wait()
 	return s.Close()
 }
@@ -452,6 +467,10 @@ func (s *Server) Close() error {
 		os.Remove(AdminSocket(s.cfg))
 	}
 	var errs []error
+	if s.acme != nil {
+		s.acme.Stop()
+		s.acme = nil
+	}
 	if s.out != nil {
 		errs = append(errs, s.out.close())
 		s.out = nil

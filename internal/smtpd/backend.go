@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/agua-mail/agua/shield"
 )
 
 // Session describes a session to the Backend. A transaction gets it at
@@ -17,6 +19,10 @@ type Session struct {
 	Helo       string
 	TLS        bool
 	User       string // authenticated user, "" if none
+	// Trusted is set at MAIL FROM when the client is allowlisted in the
+	// shield (a relay of this site): the backend skips its sender
+	// authentication checks.
+	Trusted bool
 }
 
 // Envelope is the part of a transaction the session itself keeps: what it
@@ -78,6 +84,15 @@ type Transaction interface {
 	Abort()
 }
 
+// Observer is an optional interface of a Transaction that saw behaviour of
+// the client the shield should count (a message failing DMARC). After the
+// message is answered, accepted or refused, the session reports each
+// event as it reports its own (unknown recipients), and ends the session
+// if the shield says so.
+type Observer interface {
+	Observed() []shield.Event
+}
+
 // Hooks let the embedding service observe and steer sessions without the
 // package depending on it. All fields are optional.
 type Hooks struct {
@@ -91,10 +106,10 @@ type Hooks struct {
 	Refused func(s *Session, code int)
 	// Auth is called after each authentication attempt.
 	Auth func(s *Session, ok bool)
-	// CommitSlot waits for the session's turn to hand a received message to
-	// the backend (Body and Commit) and returns the function that ends the
-	// turn: a fair queue across clients (shield.Gate), so a flood of
-	// messages from a few networks cannot push everyone else's delivery
-	// behind it. An error is answered 451 4.3.0.
+	// CommitSlot waits for the session's turn to make a received message
+	// durable (Commit; Body runs before, outside the turn) and returns the
+	// function that ends the turn: a fair queue across clients
+	// (shield.Gate), so a flood of messages from a few networks cannot push
+	// everyone else's delivery behind it. An error is answered 451 4.3.0.
 	CommitSlot func(ctx context.Context, c net.Conn) (release func(), err error)
 }

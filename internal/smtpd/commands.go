@@ -8,6 +8,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/mailevents"
+	"github.com/agua-mail/agua/shield"
 )
 
 func (ss *session) cmdEHLO(arg string) error { return ss.greet(arg, true) }
@@ -135,6 +136,8 @@ func (ss *session) cmdMAIL(arg string) error {
 	if !mail.SMTPUTF8 && !isASCII(from) {
 		return errUTF8Addr
 	}
+	// Asked at each transaction: a reload may have changed the allowlist.
+	ss.info.Trusted = shield.Allowlisted(ss.conn)
 	tx, err := ss.srv.backend.NewTransaction(ss.ctx, &ss.info, mail)
 	if err != nil {
 		return err

@@ -51,10 +51,18 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	env := ss.env
 	start := time.Now()
-	if err := ss.commit(sp); err != nil {
+	err = ss.commit(sp)
+	events := observed(ss.tx)
+	if err != nil {
 		ss.resetTransaction()
 		ss.refused(AsError(err).Code)
-		return err
+		if len(events) == 0 {
+			return err
+		}
+		if ss.Fail(err) {
+			return errQuit
+		}
+		return ss.reportAll(events)
 	}
 	ss.tx = nil // committed: nothing left to abort
 	took := time.Since(start)
@@ -67,20 +75,41 @@ func (ss *session) cmdDATA(arg string) error {
 	if !ss.report(mailevents.MessageAccepted) {
 		return errQuit
 	}
+	return ss.reportAll(events)
+}
+
+// observed returns the events a transaction saw (Observer), if any.
+func observed(tx Transaction) []shield.Event {
+	if o, ok := tx.(Observer); ok {
+		return o.Observed()
+	}
 	return nil
 }
 
-// commit hands the message to the backend, in the session's turn.
+// reportAll reports events to the shield; errQuit when the session must
+// end (its reply was sent).
+func (ss *session) reportAll(events []shield.Event) error {
+	for _, ev := range events {
+		if !ss.report(ev) {
+			return errQuit
+		}
+	}
+	return nil
+}
+
+// commit hands the message to the backend: Body (content checks, which
+// may wait on DNS) at once, then Commit (making it durable) in the
+// session's turn of the fair delivery queue.
 func (ss *session) commit(sp *spool) error {
+	if err := ss.tx.Body(ss.ctx, sp, sp.Size()); err != nil {
+		return err
+	}
 	if h := ss.srv.hooks.CommitSlot; h != nil {
 		release, err := h(ss.ctx, ss.conn)
 		if err != nil {
 			return ErrTempLocal.WithCause(err)
 		}
 		defer release()
-	}
-	if err := ss.tx.Body(ss.ctx, sp, sp.Size()); err != nil {
-		return err
 	}
 	return ss.tx.Commit(ss.ctx)
 }
