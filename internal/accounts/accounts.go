@@ -27,10 +27,14 @@ type User struct {
 	Quota    int64     // effective quota in bytes (the default applied)
 	QuotaSet int64     // stored quota in bytes, 0 = the default
 	Created  time.Time // when the user was added
+	// Forward: not a mailbox but an address outside the local domains
+	// that an alias forwards to (Resolve only); Quota and Created are zero.
+	Forward bool
 }
 
 // Alias maps From to To. From is "local@domain", or "@domain" for the
-// catch-all of that domain; To is a local address.
+// catch-all of that domain; To is a local address, or an external one
+// that mail is forwarded to.
 type Alias struct {
 	From, To string
 }

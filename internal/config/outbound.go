@@ -1,9 +1,11 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -17,12 +19,18 @@ type OutboundConfig struct {
 	RelayPassword      string           `toml:"relay_password" doc:"Password for AUTH at the relay host."`
 	RelayRequireTLS    bool             `toml:"relay_require_tls" doc:"Require STARTTLS with a certificate valid for the relay host's name; without it mail waits in the queue."`
 	DANE               bool             `toml:"dane" doc:"Authenticate MX hosts with DANE (RFC 7672): when the MX, address and TLSA answers are DNSSEC-validated (AD bit from dns.resolver), TLS is required and the certificate must match a TLSA record, else mail waits. Needs a validating resolver to have any effect."`
+	MTASTS             bool             `toml:"mta_sts" doc:"Honour recipient domains' MTA-STS policies (RFC 8461): the _mta-sts TXT record and the policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt (certificate verified), cached in <data_dir>/mta-sts.json. In enforce mode mail goes only to the MX hosts the policy names, over TLS with a certificate valid for the MX name, else it waits in the queue; testing mode logs and delivers. DANE, where it applies, takes precedence. Not used for a relay host."`
+	MTASTSCacheSize    int              `toml:"mta_sts_cache_size" doc:"Most MTA-STS policies kept (one per destination domain that publishes one); the one expiring first makes room."`
 	InitialConcurrency int              `toml:"initial_concurrency" doc:"Connections per destination at first; one more after as many successes, one less on a 421/451 or failed connection (Postfix's initial_destination_concurrency)."`
 	MaxConcurrency     int              `toml:"max_concurrency" doc:"Most connections per destination."`
+	RatePerMinute      int              `toml:"rate_per_minute" doc:"Most messages per minute to any one destination domain, evenly spaced (one every minute/N). 0: unlimited."`
+	RateLimits         []string         `toml:"rate_limits" doc:"Rates for named destinations, each \"NAME=N\": N messages per minute to the destination domain NAME, or to the MX host NAME whatever domain it serves (0: unlimited). Overrides rate_per_minute for that name."`
 	MessagesPerConn    int              `toml:"messages_per_connection" doc:"Most messages sent over one connection before it is closed."`
 	RetryMin           time.Duration    `toml:"retry_min" doc:"Wait before the first retry of a temporary failure; it doubles with each attempt (with ±10% jitter)."`
 	RetryMax           time.Duration    `toml:"retry_max" doc:"Longest wait between retries."`
 	QueueLifetime      time.Duration    `toml:"queue_lifetime" doc:"A message not delivered after this long bounces (4.4.7) with a delivery status notification to its sender."`
+	SRSMaxAge          time.Duration    `toml:"srs_max_age" doc:"How long a bounce to a forwarded message's rewritten sender (SRS0=...@domain, keyed by <data_dir>/srs.key) is accepted and sent back to the original sender; older or forged ones get 550 5.1.1. Whole days, 1 to 1000."`
+	DelayNotice        time.Duration    `toml:"delay_notice" doc:"A message still not delivered this long after it was queued gets one delay notice (RFC 3464 DSN, Action: delayed) to its sender; never to the null sender. 0 (or a time not shorter than queue_lifetime): no delay notices."`
 	Timeouts           OutboundTimeouts `toml:"timeouts" doc:"Peer timeouts of outgoing SMTP sessions (RFC 5321 4.5.3.2 minimums by default)."`
 }
 
@@ -54,12 +62,16 @@ func defaultOutbound() OutboundConfig {
 		SMTPPort:           25,
 		RelayRequireTLS:    true,
 		DANE:               true,
+		MTASTS:             true,
+		MTASTSCacheSize:    10000,
 		InitialConcurrency: 5,
 		MaxConcurrency:     20,
 		MessagesPerConn:    100,
 		RetryMin:           5 * time.Minute,
 		RetryMax:           4 * time.Hour,
 		QueueLifetime:      5 * 24 * time.Hour,
+		DelayNotice:        4 * time.Hour,
+		SRSMaxAge:          21 * 24 * time.Hour,
 		Timeouts: OutboundTimeouts{
 			Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute,
 			Mail: 5 * time.Minute, Rcpt: 5 * time.Minute, DataInit: 2 * time.Minute,
@@ -99,6 +111,15 @@ func (c Config) validateOutbound() []Problem {
 	} else if o.InitialConcurrency > o.MaxConcurrency {
 		bad("outbound.initial_concurrency", "must not exceed max_concurrency")
 	}
+	if o.RatePerMinute < 0 {
+		bad("outbound.rate_per_minute", "must not be negative (0: unlimited)")
+	}
+	if _, err := ParseRateLimits(o.RateLimits); err != nil {
+		bad("outbound.rate_limits", err.Error())
+	}
+	if o.MTASTSCacheSize <= 0 {
+		bad("outbound.mta_sts_cache_size", "must be > 0")
+	}
 	if o.MessagesPerConn <= 0 {
 		bad("outbound.messages_per_connection", "must be > 0")
 	}
@@ -110,6 +131,12 @@ func (c Config) validateOutbound() []Problem {
 	}
 	if o.QueueLifetime <= 0 {
 		bad("outbound.queue_lifetime", "must be > 0")
+	}
+	if o.SRSMaxAge < 24*time.Hour || o.SRSMaxAge > 1000*24*time.Hour {
+		bad("outbound.srs_max_age", "must be between 24h and 24000h (1 to 1000 days)")
+	}
+	if o.DelayNotice < 0 {
+		bad("outbound.delay_notice", "must not be negative (0: no delay notices)")
 	}
 	t := o.Timeouts
 	for _, d := range []struct {
@@ -149,4 +176,20 @@ func (c Config) validateOutbound() []Problem {
 		bad("dns.max_negative_ttl", "must not be negative")
 	}
 	return ps
+}
+
+// ParseRateLimits reads "NAME=N" entries (messages per minute to the
+// destination domain or MX host NAME).
+func ParseRateLimits(entries []string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, e := range entries {
+		name, n, ok := strings.Cut(e, "=")
+		name = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
+		v, err := strconv.Atoi(strings.TrimSpace(n))
+		if !ok || name == "" || strings.ContainsAny(name, " @/:") || err != nil || v < 0 {
+			return nil, fmt.Errorf("%q is not NAME=MESSAGES_PER_MINUTE", e)
+		}
+		out[name] = v
+	}
+	return out, nil
 }

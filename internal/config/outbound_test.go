@@ -15,6 +15,8 @@ relay_host = "smtp.provider.example:587"
 relay_user = "me@example.com"
 relay_password = "secret"
 retry_min = "1m"
+delay_notice = "0s"
+rate_limits = ["gmail.com=60"]
 
 [outbound.timeouts]
 greeting = "30s"
@@ -32,6 +34,9 @@ cache_size = 0
 		o.RetryMin != time.Minute || o.RetryMax != 4*time.Hour || o.Timeouts.Greeting != 30*time.Second || o.Timeouts.DataEnd != 10*time.Minute {
 		t.Fatalf("outbound = %+v", o)
 	}
+	if o.DelayNotice != 0 || !o.MTASTS || o.RateLimits[0] != "gmail.com=60" || Default().Outbound.DelayNotice != 4*time.Hour {
+		t.Fatalf("outbound = %+v", o)
+	}
 	if !slices.Equal(c.DNS.Resolver, []string{"127.0.0.53", "[::1]:5353"}) || c.DNS.CacheSize != 0 || c.DNS.Timeout != 5*time.Second {
 		t.Fatalf("dns = %+v", c.DNS)
 	}
@@ -45,6 +50,10 @@ relay_user = "x"
 initial_concurrency = 30
 retry_min = "1h"
 retry_max = "1m"
+delay_notice = "-1h"
+rate_per_minute = -1
+rate_limits = ["gmail.com:60"]
+mta_sts_cache_size = 0
 
 [outbound.timeouts]
 data_end = "0s"
@@ -66,10 +75,23 @@ attempts = 0
 		}
 	}
 	want := []string{"outbound.smtp_port", "outbound.source_ip", "outbound.relay_user", "outbound.initial_concurrency",
-		"outbound.retry_max", "outbound.timeouts.data_end", "dns.resolver", "dns.attempts"}
+		"outbound.retry_max", "outbound.timeouts.data_end", "dns.resolver", "dns.attempts",
+		"outbound.delay_notice", "outbound.rate_per_minute", "outbound.rate_limits", "outbound.mta_sts_cache_size"}
 	slices.Sort(keys)
 	slices.Sort(want)
 	if !slices.Equal(keys, want) {
 		t.Fatalf("problems %v, want keys %v", ce.Problems, want)
+	}
+}
+
+func TestParseRateLimits(t *testing.T) {
+	m, err := ParseRateLimits([]string{"Gmail.com=60", "mx.example.net.= 10"})
+	if err != nil || m["gmail.com"] != 60 || m["mx.example.net"] != 10 {
+		t.Fatalf("%v %v", m, err)
+	}
+	for _, bad := range []string{"gmail.com", "=5", "a.test=-1", "a.test=x", "u@a.test=5"} {
+		if _, err := ParseRateLimits([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }

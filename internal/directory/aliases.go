@@ -14,9 +14,13 @@ const maxAliasDepth = 8
 
 // AddAlias makes mail to from go to to. from is "local@domain", or
 // "@domain" for the catch-all of domain, which applies to addresses of domain
-// that are neither users nor aliases. from's domain must be local. to must be
-// a local user or alias: forwarding to external addresses needs the outbound
-// queue, which does not exist yet.
+// that are neither users nor aliases. from's domain must be local. to is a
+// local user or alias, or an address in a domain that is not local: mail is
+// then forwarded to it through the outbound queue (with SRS, see
+// internal/srs). An external target's local part may not carry the old
+// routing syntaxes that make relays of careless servers: "%" (the
+// percent hack) and "!" (UUCP bang paths); source routes and address
+// literals do not pass the address syntax check at all.
 func (d *Directory) AddAlias(ctx context.Context, from, to string) error {
 	src, srcDomain, err := normaliseAliasSource(from)
 	if err != nil {
@@ -33,21 +37,16 @@ func (d *Directory) AddAlias(ctx context.Context, from, to string) error {
 		if err := requireDomain(ctx, tx, srcDomain); err != nil {
 			return err
 		}
-		if ok, err := isLocalDomain(ctx, tx, dstDomain); err != nil {
-			return err
-		} else if !ok {
-			return newErr(ErrInvalid, "cannot alias "+src+" to "+dst+": forwarding to external addresses needs the outbound queue, which is not available yet")
-		}
-		isUser, err := exists(ctx, tx, `SELECT 1 FROM users WHERE address = ?`, dst)
+		local, err := isLocalDomain(ctx, tx, dstDomain)
 		if err != nil {
 			return err
 		}
-		isAlias, err := exists(ctx, tx, `SELECT 1 FROM aliases WHERE source = ?`, dst)
-		if err != nil {
+		if !local {
+			if err := checkForward(src, dst); err != nil {
+				return err
+			}
+		} else if err := requireTarget(ctx, tx, src, dst); err != nil {
 			return err
-		}
-		if !isUser && !isAlias {
-			return newErr(ErrNotFound, "cannot alias "+src+" to "+dst+": no user or alias "+dst)
 		}
 		if ok, err := exists(ctx, tx, `SELECT 1 FROM users WHERE address = ?`, src); err != nil {
 			return err
@@ -65,6 +64,34 @@ func (d *Directory) AddAlias(ctx context.Context, from, to string) error {
 		}
 		return nil
 	})
+}
+
+// checkForward vets an external alias target.
+func checkForward(src, dst string) error {
+	local := dst[:strings.LastIndexByte(dst, '@')]
+	if strings.ContainsAny(local, "%!") {
+		return newErr(ErrInvalid, "cannot forward "+src+" to "+dst+": '%' and '!' in a local part are relay routing syntax, not accepted in a forwarding target")
+	}
+	if !strings.Contains(dst[len(local)+1:], ".") {
+		return newErr(ErrInvalid, "cannot forward "+src+" to "+dst+": the domain is not local and has no dot")
+	}
+	return nil
+}
+
+// requireTarget checks that a local alias target is a user or an alias.
+func requireTarget(ctx context.Context, tx *sql.Tx, src, dst string) error {
+	isUser, err := exists(ctx, tx, `SELECT 1 FROM users WHERE address = ?`, dst)
+	if err != nil {
+		return err
+	}
+	isAlias, err := exists(ctx, tx, `SELECT 1 FROM aliases WHERE source = ?`, dst)
+	if err != nil {
+		return err
+	}
+	if !isUser && !isAlias {
+		return newErr(ErrNotFound, "cannot alias "+src+" to "+dst+": no user or alias "+dst)
+	}
+	return nil
 }
 
 // RemoveAlias removes the alias from -> to. ErrNotFound if there is none.
@@ -129,6 +156,7 @@ func (d *Directory) ListAliases(ctx context.Context, domain string) ([]Alias, er
 // Resolve returns the local mailboxes that mail to address is delivered to:
 // the user with that address; else the targets of the exact alias, followed
 // through chains up to 8 deep and deduplicated; else the domain's catch-all.
+// Alias targets outside the local domains come back as User{Forward: true}.
 // ErrNotLocal if the domain is not ours, ErrNoSuchUser if it is but nothing
 // matches (including aliases that lead nowhere, such as a loop).
 func (d *Directory) Resolve(ctx context.Context, address string) ([]User, error) {
@@ -250,6 +278,21 @@ func (r *resolver) expand(ctx context.Context, addr string, depth int, top bool)
 		return nil
 	}
 	r.seen[addr] = true
+	domain := addr[strings.LastIndexByte(addr, '@')+1:]
+	if !top {
+		local, err := r.src.isLocalDomain(ctx, domain)
+		if err != nil {
+			return err
+		}
+		if !local {
+			// An external target: forwarded, not followed further.
+			if !r.found[addr] {
+				r.found[addr] = true
+				r.users = append(r.users, User{Address: addr, Domain: domain, Forward: true})
+			}
+			return nil
+		}
+	}
 	u, ok, err := r.src.user(ctx, addr)
 	switch {
 	case err != nil:
@@ -266,7 +309,6 @@ func (r *resolver) expand(ctx context.Context, addr string, depth int, top bool)
 		return err
 	}
 	if len(targets) == 0 {
-		domain := addr[strings.LastIndexByte(addr, '@')+1:]
 		if targets, err = r.src.targets(ctx, "@"+domain); err != nil {
 			return err
 		}

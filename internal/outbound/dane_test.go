@@ -84,12 +84,8 @@ func TestDANE(t *testing.T) {
 			if !strings.Contains(m.Rcpts[0].Reply, tc.reply) {
 				t.Fatalf("reply %q, want %q", m.Rcpts[0].Reply, tc.reply)
 			}
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			for _, c := range p.cmds {
-				if strings.HasPrefix(c, "MAIL") {
-					t.Fatal("mail sent although DANE failed")
-				}
+			if p.sawMail() {
+				t.Fatal("mail sent although DANE failed")
 			}
 		})
 	}

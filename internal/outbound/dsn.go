@@ -13,11 +13,19 @@ import (
 // maxDSNHeaders bounds the original header section returned in a DSN.
 const maxDSNHeaders = 64 << 10
 
-// buildDSN writes the failure notification (RFC 3464 multipart/report,
-// RFC 6522) for the bounced recipients of one message: a human-readable
+// dsnKind is what a DSN reports (RFC 3464 2.3.3 Action).
+type dsnKind uint8
+
+const (
+	dsnFailed  dsnKind = iota // the message will not be delivered
+	dsnDelayed                // not yet delivered, still being retried
+)
+
+// buildDSN writes the notification (RFC 3464 multipart/report, RFC 6522)
+// for some recipients of one message, failed or delayed: a human-readable
 // part, the machine-readable delivery status with each remote reply, and
 // the original header section (text/rfc822-headers).
-func (e *Engine) buildDSN(dl *delivery, bounced []outcome, now time.Time) ([]byte, error) {
+func (e *Engine) buildDSN(dl *delivery, bounced []outcome, now time.Time, kind dsnKind) ([]byte, error) {
 	var hdrs []byte
 	if rc, err := e.q.Open(dl.job.ID); err == nil {
 		hdrs = headerSection(rc)
@@ -33,7 +41,11 @@ func (e *Engine) buildDSN(dl *delivery, bounced []outcome, now time.Time) ([]byt
 	line := func(format string, a ...any) { fmt.Fprintf(&b, format+"\r\n", a...) }
 	line("From: Mail Delivery System <MAILER-DAEMON@%s>", e.hostname)
 	line("To: <%s>", clean(env.From))
-	line("Subject: Undelivered Mail Returned to Sender")
+	if kind == dsnDelayed {
+		line("Subject: Delayed Mail (still being retried)")
+	} else {
+		line("Subject: Undelivered Mail Returned to Sender")
+	}
 	line("Date: %s", date)
 	line("Message-ID: <%x.dsn@%s>", rb, e.hostname)
 	// RFC 3834 5: an automatic reply; nobody should answer it.
@@ -49,8 +61,16 @@ func (e *Engine) buildDSN(dl *delivery, bounced []outcome, now time.Time) ([]byt
 	line("")
 	line("This is the mail system at %s.", e.hostname)
 	line("")
-	line("Your message could not be delivered to one or more recipients.")
-	line("It is attached below (headers only).")
+	retryUntil := env.Received.Add(e.opts.Lifetime)
+	if kind == dsnDelayed {
+		line("Your message could not be delivered to one or more recipients yet.")
+		line("This is only a warning: you do not need to send it again.")
+		line("Delivery will be tried until %s.", retryUntil.Format(time.RFC1123Z))
+		line("Its headers are attached below.")
+	} else {
+		line("Your message could not be delivered to one or more recipients.")
+		line("It is attached below (headers only).")
+	}
 	line("")
 	for _, o := range bounced {
 		line("<%s>: %s", clean(o.rcpt.Addr), clean(o.reply))
@@ -70,13 +90,21 @@ func (e *Engine) buildDSN(dl *delivery, bounced []outcome, now time.Time) ([]byt
 			addrType = "utf-8" // RFC 6533 3
 		}
 		line("Final-Recipient: %s; %s", addrType, clean(o.rcpt.Addr))
-		line("Action: failed")
+		if kind == dsnDelayed {
+			line("Action: delayed")
+		} else {
+			line("Action: failed")
+		}
 		line("Status: %s", statusCode(o.reply))
 		if o.remoteMTA != "" {
 			line("Remote-MTA: dns; %s", clean(o.remoteMTA))
 		}
 		line("Diagnostic-Code: smtp; %s", clean(o.reply))
 		line("Last-Attempt-Date: %s", date)
+		if kind == dsnDelayed {
+			// RFC 3464 2.3.9.
+			line("Will-Retry-Until: %s", retryUntil.Format(time.RFC1123Z))
+		}
 	}
 	line("")
 	line("--%s", boundary)

@@ -8,7 +8,8 @@
 // connection with PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME
 // (RFC 6152) and SMTPUTF8 (RFC 6531) as the peer offers them, with
 // opportunistic STARTTLS (RFC 3207, RFC 7435), or DANE (RFC 7672) where
-// validated TLSA records exist. Or it sends everything to a relay host,
+// validated TLSA records exist, or verified TLS to the MX hosts an MTA-STS
+// policy (RFC 8461) names. Or it sends everything to a relay host,
 // with AUTH (RFC 4954) and required TLS.
 //
 // Each destination starts with a few concurrent connections and gains one
@@ -87,6 +88,13 @@ type Options struct {
 	// DisableDANE ignores TLSA records. DANE (RFC 7672) applies only to
 	// MX hosts whose MX, address and TLSA answers carry the AD bit.
 	DisableDANE bool
+	// MTASTS gives destination domains' MTA-STS policies (RFC 8461); nil:
+	// MTA-STS is not used. It does not apply to a relay host.
+	MTASTS Policies
+
+	// Rate limits messages per minute per destination domain or MX host;
+	// zero: unlimited.
+	Rate RateLimits
 
 	InitialConcurrency int           // per destination; default 5
 	MaxConcurrency     int           // per destination; default 20
@@ -95,7 +103,11 @@ type Options struct {
 	RetryMin           time.Duration // first retry after; default 5m
 	RetryMax           time.Duration // retries at most this far apart; default 4h
 	Lifetime           time.Duration // bounce after this long in the queue; default 5 days
-	Poll               time.Duration // look for due deferred mail this often; default 30s
+	// DelayNotice: a message still not delivered this long after it was
+	// queued gets one delay notice (RFC 3464 Action: delayed) to its
+	// sender; 0: none.
+	DelayNotice time.Duration
+	Poll        time.Duration // look for due deferred mail this often; default 30s
 
 	Now func() time.Time // the clock of queue state (tests); time.Now
 }
@@ -109,6 +121,9 @@ const (
 	DefaultRetryMax           = 4 * time.Hour
 	DefaultLifetime           = 5 * 24 * time.Hour // Postfix maximal_queue_lifetime
 )
+
+// maxNoticed bounds the engine's memory of delay notices sent (noticeOnce).
+const maxNoticed = 10000
 
 // Engine delivers queued mail. Run it with Run.
 type Engine struct {
@@ -127,8 +142,15 @@ type Engine struct {
 	relayRequireTLS bool
 	noTLS           bool
 	dane            bool
+	sts             Policies
+
+	rate   *rateLimiter
+	wakeMu sync.Mutex
+	wakeAt time.Time   // when the rate-limit timer fires
+	wakeT  *time.Timer // signals freed when a rate-limited destination may send again
 
 	mu       sync.Mutex
+	noticed  map[string]bool // messages given a delay notice in this run (noticeOnce)
 	dests    map[string]*dest
 	inflight int
 	freed    chan struct{}
@@ -159,7 +181,7 @@ func New(o Options) (*Engine, error) {
 		opts: o, q: o.Queue, res: o.Resolver, log: o.Logger, now: o.Now,
 		hostname: o.Hostname, port: o.Port, sourceIP: o.SourceIP, timeouts: o.Timeouts.withDefaults(),
 		relayUser: o.RelayUser, relayPass: o.RelayPassword, relayRequireTLS: o.RelayRequireTLS,
-		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
+		noTLS: o.DisableTLS, dane: !o.DisableDANE && !o.DisableTLS, sts: o.MTASTS, rate: newRateLimiter(o.Rate), noticed: map[string]bool{}, dests: map[string]*dest{}, freed: make(chan struct{}, 1),
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -297,6 +319,14 @@ func (e *Engine) take(d *dest) *delivery {
 		}
 		return nil
 	}
+	if ok, wait := e.rate.take(d.name, true, e.now()); !ok {
+		// Over the destination's rate: this worker ends, and the engine
+		// looks again when the next message may go.
+		d.workers--
+		e.wakeIn(wait)
+		e.log.Debug("outbound: destination rate limit reached", "destination", d.name, "wait", wait)
+		return nil
+	}
 	dl := d.pending[0]
 	d.pending = d.pending[1:]
 	return dl
@@ -354,6 +384,14 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 				continue
 			}
 		}
+		if ok, wait := e.rate.take(strings.ToLower(strings.TrimSuffix(s.host, ".")), false, e.now()); !ok {
+			// Over the MX host's own rate: the message goes back to the
+			// front of the line and this worker ends.
+			e.putBack(d, dl)
+			e.wakeIn(wait)
+			e.log.Debug("outbound: MX host rate limit reached", "destination", d.name, "host", s.host, "wait", wait)
+			return
+		}
 		outcomes, rate := e.deliver(ctx, s, dl)
 		sent++
 		if ctx.Err() != nil && s.dead {
@@ -366,6 +404,36 @@ func (e *Engine) worker(ctx context.Context, d *dest) {
 			s.reset()
 		}
 	}
+}
+
+// putBack returns a delivery to the front of d's line and ends the
+// calling worker.
+func (e *Engine) putBack(d *dest, dl *delivery) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	d.pending = append([]*delivery{dl}, d.pending...)
+	d.workers--
+}
+
+// wakeIn makes Run look for work again after wait (a rate limit's
+// next slot), keeping one timer for the earliest such time.
+func (e *Engine) wakeIn(wait time.Duration) {
+	e.wakeMu.Lock()
+	defer e.wakeMu.Unlock()
+	at := time.Now().Add(wait)
+	if e.wakeT != nil && !e.wakeAt.After(at) && e.wakeAt.After(time.Now()) {
+		return
+	}
+	if e.wakeT != nil {
+		e.wakeT.Stop()
+	}
+	e.wakeAt = at
+	e.wakeT = time.AfterFunc(wait, func() {
+		select {
+		case e.freed <- struct{}{}:
+		default:
+		}
+	})
 }
 
 // drain takes every waiting delivery of d.
@@ -480,6 +548,11 @@ func (e *Engine) finish(ctx context.Context, dl *delivery, outs []outcome, lvl s
 	if len(bounced) > 0 {
 		e.bounce(ctx, dl, bounced, now)
 	}
+	if e.delayNotice(ctx, dl, outs, now) {
+		for i := range results {
+			results[i].DelayNotified = true
+		}
+	}
 	// The update must land even while shutting down: it records what the
 	// peer already accepted.
 	if err := e.q.Update(context.WithoutCancel(ctx), dl.job.ID, results); err != nil && !errors.Is(err, queue.ErrNotFound) {
@@ -511,7 +584,7 @@ func (e *Engine) bounce(ctx context.Context, dl *delivery, bounced []outcome, no
 		e.log.Info("outbound: bounce of a null-sender message dropped", "id", dl.job.ID)
 		return
 	}
-	msg, err := e.buildDSN(dl, bounced, now)
+	msg, err := e.buildDSN(dl, bounced, now, dsnFailed)
 	if err != nil {
 		e.log.Error("outbound: building DSN", "id", dl.job.ID, "err", err)
 		return
@@ -519,6 +592,59 @@ func (e *Engine) bounce(ctx context.Context, dl *delivery, bounced []outcome, no
 	if err := e.opts.Bounce(context.WithoutCancel(ctx), env.From, msg); err != nil {
 		e.log.Error("outbound: delivering DSN", "id", dl.job.ID, "to", env.From, "err", err)
 	}
+}
+
+// delayNotice sends the message's one delay notice (RFC 3464 Action:
+// delayed) when it has been in the queue for DelayNotice and some
+// recipients are still deferred, and says whether it did. Never to the
+// null sender (RFC 3464 / RFC 5321 6.1).
+func (e *Engine) delayNotice(ctx context.Context, dl *delivery, outs []outcome, now time.Time) bool {
+	env := dl.job.Envelope
+	if e.opts.DelayNotice <= 0 || env.From == "" || now.Sub(env.Received) < e.opts.DelayNotice {
+		return false
+	}
+	var delayed []outcome
+	for _, o := range outs {
+		if o.status == queue.Deferred {
+			delayed = append(delayed, o)
+		}
+	}
+	if len(delayed) == 0 || dl.job.DelayNotified || !e.noticeOnce(dl.job.ID, true) {
+		return false
+	}
+	msg, err := e.buildDSN(dl, delayed, now, dsnDelayed)
+	if err == nil {
+		err = e.opts.Bounce(context.WithoutCancel(ctx), env.From, msg)
+	}
+	if err != nil {
+		e.log.Error("outbound: delivering the delay notice", "id", dl.job.ID, "to", env.From, "err", err)
+		e.noticeOnce(dl.job.ID, false) // tried again after the next attempt
+		return false
+	}
+	e.log.Info("outbound: delay notice sent", "id", dl.job.ID, "to", env.From, "recipients", len(delayed))
+	return true
+}
+
+// noticeOnce marks (set) or unmarks a message as having had its delay
+// notice in this run, and says whether set changed anything. The queue
+// records it durably (Result.DelayNotified), but deliveries of one message
+// to several destinations, claimed before that record lands, need this to
+// agree. Bounded: when full it is cleared, and the queue's record serves.
+func (e *Engine) noticeOnce(id string, set bool) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !set {
+		delete(e.noticed, id)
+		return true
+	}
+	if e.noticed[id] {
+		return false
+	}
+	if len(e.noticed) >= maxNoticed {
+		clear(e.noticed)
+	}
+	e.noticed[id] = true
+	return true
 }
 
 func addrs(rs []queue.Recipient) []string {

@@ -131,6 +131,18 @@ func (p *peer) received() []received {
 	return append([]received(nil), p.msgs...)
 }
 
+// sawMail reports whether any session sent MAIL.
+func (p *peer) sawMail() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.cmds {
+		if strings.HasPrefix(c, "MAIL") {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *peer) connections() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()

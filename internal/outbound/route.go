@@ -37,7 +37,8 @@ func (e *routeError) Error() string { return fmt.Sprintf("%d %s %s", e.Code, e.E
 type host struct {
 	name   string
 	port   int
-	secure bool // found through a DNSSEC-validated MX answer (DANE may apply)
+	secure bool    // found through a DNSSEC-validated MX answer (DANE may apply)
+	sts    stsMode // what the domain's MTA-STS policy asks of the connection
 }
 
 // hosts returns the hosts to try for domain, best first (RFC 5321 5.1):
@@ -91,6 +92,9 @@ func (e *Engine) hosts(ctx context.Context, domain string) ([]host, *routeError)
 // RFC 7435) or as the relay host requires, authenticated to the relay.
 func (e *Engine) connect(ctx context.Context, domain string) (*session, *routeError) {
 	hosts, rerr := e.hosts(ctx, domain)
+	if rerr == nil {
+		hosts, rerr = e.applySTS(ctx, domain, hosts)
+	}
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -130,7 +134,7 @@ func (e *Engine) connect(ctx context.Context, domain string) (*session, *routeEr
 				break
 			}
 			tried++
-			s, err := e.session(ctx, netip.AddrPortFrom(a, uint16(h.port)), h.name, tlsa)
+			s, err := e.session(ctx, netip.AddrPortFrom(a, uint16(h.port)), h, tlsa)
 			if err == nil {
 				return s, nil
 			}
@@ -150,6 +154,10 @@ func (e *Engine) connect(ctx context.Context, domain string) (*session, *routeEr
 	}
 	if errors.Is(last, ErrTLSRequired) {
 		return nil, &routeError{Code: 451, Enhanced: "4.7.10", Text: errorText(last)}
+	}
+	if errors.Is(last, ErrMTASTS) {
+		// RFC 8461 5: in enforce mode a failed TLS negotiation defers.
+		return nil, &routeError{Code: 451, Enhanced: "4.7.5", Text: errorText(last)}
 	}
 	if errors.Is(last, ErrDANE) {
 		// RFC 7672 2.2 / RFC 3463 4.7.5: cryptographic failure.
@@ -176,20 +184,22 @@ func (e *Engine) addrs(ctx context.Context, name string) ([]netip.Addr, bool, er
 }
 
 // session dials one address and prepares the session.
-func (e *Engine) session(ctx context.Context, addr netip.AddrPort, name string, tlsa []resolver.TLSA) (*session, error) {
-	s, err := e.open(ctx, addr, name, tlsa, true)
-	if err != nil && !e.relayRequireTLS && tlsa == nil && errors.As(err, new(tlsFailure)) {
+func (e *Engine) session(ctx context.Context, addr netip.AddrPort, h host, tlsa []resolver.TLSA) (*session, error) {
+	name := h.name
+	s, err := e.open(ctx, addr, h, tlsa, true)
+	if err != nil && !e.relayRequireTLS && tlsa == nil && h.sts != stsEnforce && errors.As(err, new(tlsFailure)) {
 		// RFC 7435 (opportunistic security): a failed handshake with a
 		// server that is not required to do TLS is retried in the clear.
 		e.log.Info("outbound: TLS handshake failed, retrying without TLS", "host", name, "addr", addr, "err", err)
-		s, err = e.open(ctx, addr, name, nil, false)
+		s, err = e.open(ctx, addr, h, nil, false)
 	}
 	return s, err
 }
 
 type tlsFailure struct{ error }
 
-func (e *Engine) open(ctx context.Context, addr netip.AddrPort, name string, tlsa []resolver.TLSA, tryTLS bool) (*session, error) {
+func (e *Engine) open(ctx context.Context, addr netip.AddrPort, h host, tlsa []resolver.TLSA, tryTLS bool) (*session, error) {
+	name := h.name
 	s, err := dial(ctx, addr, e.sourceIP, name, e.timeouts)
 	if err != nil {
 		return nil, err
@@ -211,6 +221,22 @@ func (e *Engine) open(ctx context.Context, addr netip.AddrPort, name string, tls
 		if err := s.startTLS(daneConfig(e.tlsConfig(name), name, tlsa)); err != nil {
 			s.quit()
 			return nil, fmt.Errorf("%w: %v", ErrDANE, err)
+		}
+	// RFC 8461 2: DANE, when it applies, takes precedence over MTA-STS.
+	case h.sts == stsEnforce && !s.has("STARTTLS"):
+		s.quit()
+		return nil, fmt.Errorf("%w: %s does not offer STARTTLS", ErrMTASTS, name)
+	case h.sts == stsEnforce:
+		if err := s.startTLS(e.stsConfig(e.tlsConfig(name), name, h.sts)); err != nil {
+			s.quit()
+			return nil, fmt.Errorf("%w: %v", ErrMTASTS, err)
+		}
+	case h.sts == stsTesting && tryTLS && !s.has("STARTTLS"):
+		e.log.Info("outbound: MX host does not offer STARTTLS (MTA-STS testing mode, delivering)", "host", name)
+	case h.sts == stsTesting && tryTLS && !e.noTLS:
+		if err := s.startTLS(e.stsConfig(e.tlsConfig(name), name, h.sts)); err != nil {
+			s.quit()
+			return nil, tlsFailure{err}
 		}
 	case tryTLS && s.has("STARTTLS") && !e.noTLS:
 		if err := s.startTLS(e.tlsConfig(name)); err != nil {

@@ -79,16 +79,23 @@ type entry struct {
 	size    int64
 	bodyOff int64
 	held    bool
+	delayed bool // a delay notice was sent (Message.DelayNotified)
 	rcpts   []Recipient
 	claimed []bool
 	deleted bool
 	wmu     sync.Mutex // serialises state file writes
 }
 
+// state is what the state file of e holds. q.mu is held.
+func (e *entry) state() state {
+	return state{Held: e.held, Delayed: e.delayed, Rcpts: slices.Clone(e.rcpts)}
+}
+
 // state is the content of a state file.
 type state struct {
-	Held  bool        `json:"held,omitempty"`
-	Rcpts []Recipient `json:"rcpts"`
+	Held    bool        `json:"held,omitempty"`
+	Delayed bool        `json:"delay_notified,omitempty"`
+	Rcpts   []Recipient `json:"rcpts"`
 }
 
 // Open opens (creating) the queue in dir, removes writes that never
@@ -251,7 +258,7 @@ func (q *File) read(id string, hasState bool) (*entry, error) {
 				return nil, fmt.Errorf("state file does not match the envelope")
 			}
 		}
-		e.rcpts, e.held = s.Rcpts, s.Held
+		e.rcpts, e.held, e.delayed = s.Rcpts, s.Held, s.Delayed
 	}
 	e.claimed = make([]bool, len(e.rcpts))
 	return e, nil
@@ -437,7 +444,7 @@ func (q *File) Claim(now time.Time, max int) ([]Job, error) {
 		if len(jobs) >= max {
 			break
 		}
-		j := Job{ID: e.id, Envelope: e.env, Size: e.size}
+		j := Job{ID: e.id, Envelope: e.env, Size: e.size, DelayNotified: e.delayed}
 		for i, r := range e.rcpts {
 			if !e.claimed[i] && isDue(r, now) {
 				e.claimed[i] = true
@@ -534,6 +541,9 @@ func (q *File) Update(ctx context.Context, id string, results []Result) error {
 			r.Next = res.Next
 		}
 		e.claimed[i] = false
+		if res.DelayNotified {
+			e.delayed = true
+		}
 	}
 	// Recipients claimed by this job without a result go back as they were.
 	// (Claims are per recipient; a job always reports for all of its own.)
@@ -541,7 +551,7 @@ func (q *File) Update(ctx context.Context, id string, results []Result) error {
 	if done {
 		e.deleted = true
 	}
-	snap := state{Held: e.held, Rcpts: slices.Clone(e.rcpts)}
+	snap := e.state()
 	q.mu.Unlock()
 
 	if done {

@@ -27,7 +27,7 @@ func (q *File) List() ([]Message, error) {
 }
 
 func (e *entry) message() Message {
-	return Message{ID: e.id, Envelope: e.env, Size: e.size, Held: e.held, Rcpts: slices.Clone(e.rcpts)}
+	return Message{ID: e.id, Envelope: e.env, Size: e.size, Held: e.held, DelayNotified: e.delayed, Rcpts: slices.Clone(e.rcpts)}
 }
 
 // Get implements Queue.
@@ -66,7 +66,7 @@ func (q *File) Retry(id string, now time.Time) error {
 func (q *File) change(id string, f func(*entry)) error {
 	return q.locked(id, func(e *entry) error {
 		f(e)
-		snap := state{Held: e.held, Rcpts: slices.Clone(e.rcpts)}
+		snap := e.state()
 		q.mu.Unlock()
 		err := q.writeState(context.Background(), id, snap)
 		q.signal()

@@ -45,7 +45,7 @@ func TestReopenKeepsState(t *testing.T) {
 	next := now.Add(time.Hour).Truncate(time.Second)
 	if err := q.Update(ctx, a, []queue.Result{
 		{Rcpt: "x@r.test", Status: queue.Delivered, Reply: "250 ok"},
-		{Rcpt: "y@r.test", Status: queue.Deferred, Reply: "451 try later", Next: next},
+		{Rcpt: "y@r.test", Status: queue.Deferred, Reply: "451 try later", Next: next, DelayNotified: true},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestReopenKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !m.Envelope.UTF8 || m.Envelope.Account != "a@l.test" || m.Rcpts[0].Status != queue.Delivered ||
-		m.Rcpts[1].Status != queue.Deferred || !m.Rcpts[1].Next.Equal(next) || m.Rcpts[1].Reply != "451 try later" || m.Rcpts[1].Attempts != 1 {
+		m.Rcpts[1].Status != queue.Deferred || !m.Rcpts[1].Next.Equal(next) || m.Rcpts[1].Reply != "451 try later" || m.Rcpts[1].Attempts != 1 || !m.DelayNotified {
 		t.Fatalf("state after reopen: %+v", m)
 	}
 	if m, _ := q.Get(b); !m.Held || queuetest.ReadBody(t, q, b) != "BBB" {

@@ -95,11 +95,14 @@ type Recipient struct {
 
 // Message is a queued message without its bytes.
 type Message struct {
-	ID       string      `json:"id"`
-	Envelope Envelope    `json:"envelope"`
-	Size     int64       `json:"size"` // of the message bytes
-	Held     bool        `json:"held"`
-	Rcpts    []Recipient `json:"rcpts"`
+	ID       string   `json:"id"`
+	Envelope Envelope `json:"envelope"`
+	Size     int64    `json:"size"` // of the message bytes
+	Held     bool     `json:"held"`
+	// DelayNotified: the sender was told of the delay (RFC 3464
+	// Action: delayed); it is told once per message.
+	DelayNotified bool        `json:"delay_notified,omitempty"`
+	Rcpts         []Recipient `json:"rcpts"`
 }
 
 // Job is a claim on some recipients of one message: the delivery that
@@ -109,6 +112,8 @@ type Job struct {
 	Envelope Envelope
 	Size     int64
 	Rcpts    []Recipient // the claimed ones, with their state so far
+	// DelayNotified: a delay notice for the message was already sent.
+	DelayNotified bool
 }
 
 // Result is the outcome of one delivery attempt for one recipient.
@@ -117,6 +122,9 @@ type Result struct {
 	Status Status    // Delivered, Bounced or Deferred
 	Reply  string    // the remote reply or the error, for the log and the DSN
 	Next   time.Time // when Deferred: the next attempt
+	// DelayNotified records that a delay notice for the message went out
+	// with this attempt (Message.DelayNotified from then on).
+	DelayNotified bool
 }
 
 // Stats are the figures of the queue.

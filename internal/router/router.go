@@ -10,7 +10,10 @@
 // to a Target. Local mailboxes go to the Local target (the Maildir store);
 // addresses in domains that are not local go to the Remote target, the
 // outbound queue, when one is configured (see Queue), and are refused with
-// 550 5.3.0 when none is. The session's own Received field is added by
+// 550 5.3.0 when none is. An alias to an external address forwards the
+// message through the outbound queue with its sender rewritten by SRS, and
+// a bounce to such a rewritten address (verified, not expired) goes back to
+// the original sender; forged or expired ones get 550 5.1.1. The session's own Received field is added by
 // smtpd, the server that receives (RFC 5321 4.4).
 //
 // Mail arriving on MX from a client that is neither authenticated nor
@@ -99,6 +102,16 @@ type Config struct {
 	JunkFolder string
 	// Log receives one line per authenticated message. nil: discarded.
 	Log *slog.Logger
+	// SRS rewrites the sender of forwarded mail and reverses bounces to
+	// the rewritten addresses (internal/srs); nil: forwarding aliases are
+	// refused like remote recipients without a queue.
+	SRS SRS
+}
+
+// SRS is the Sender Rewriting Scheme as the router uses it (*srs.SRS).
+type SRS interface {
+	Forward(sender, domain string) (string, error)
+	Reverse(addr string) (string, error)
 }
 
 // Router routes SMTP transactions. It is safe for concurrent use.
@@ -107,6 +120,11 @@ type Router struct {
 }
 
 var _ smtpd.Backend = (*Router)(nil)
+
+// errBadSRS refuses an SRS address whose hash does not verify (forged)
+// or that is too old: it is no bounce of a message this server forwarded,
+// and an MX relays for no one (RFC 5321 3.6.2).
+var errBadSRS = smtpd.Errorf(550, "5.1.1", "Invalid or expired SRS address")
 
 // errNoOutbound refuses a remote recipient on submission while no outbound
 // queue is configured.

@@ -10,6 +10,7 @@ import (
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/internal/smtpd"
+	"github.com/agua-mail/agua/internal/srs"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -21,13 +22,17 @@ type transaction struct {
 	from   string
 	utf8   bool
 	local  []Recipient
-	remote []Recipient
-	seen   map[string]bool // mailboxes and remote addresses already routed
-	msg    io.ReaderAt
-	size   int64
-	auth   *mailauth.Check // sender authentication, on MX; nil otherwise
-	folder string          // where local recipients get the message; "" inbox
-	events []shield.Event  // for the shield (smtpd.Observer)
+	remote []Recipient // sent with the reverse-path as given
+	// forward are external alias targets, sent with the reverse-path
+	// rewritten by SRS in fwdDomain (the first forwarding alias's domain).
+	forward   []Recipient
+	fwdDomain string
+	seen      map[string]bool // mailboxes and remote addresses already routed
+	msg       io.ReaderAt
+	size      int64
+	auth      *mailauth.Check // sender authentication, on MX; nil otherwise
+	folder    string          // where local recipients get the message; "" inbox
+	events    []shield.Event  // for the shield (smtpd.Observer)
 }
 
 var _ smtpd.Observer = (*transaction)(nil)
@@ -40,6 +45,10 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 	switch {
 	case errors.Is(err, accounts.ErrNotLocal):
 		return t.addRemote(ctx, rcpt)
+	case srs.IsSRS(rcpt) && t.r.cfg.SRS != nil:
+		// A bounce (or reply) to an address this server's forwarding
+		// made, at a local domain: back to the original sender.
+		return t.addReturn(ctx, rcpt, 0)
 	case errors.Is(err, accounts.ErrNoSuchUser), errors.Is(err, accounts.ErrInvalid):
 		return smtpd.ErrUnknownRecipient
 	case err != nil:
@@ -47,11 +56,30 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 	}
 	// Every mailbox must take the message, or the recipient is refused.
 	for _, u := range users {
+		if u.Forward {
+			if t.r.cfg.Remote == nil || t.r.cfg.SRS == nil {
+				return errNoOutbound
+			}
+			if err := t.r.cfg.Remote.Check(ctx, Recipient{Address: u.Address}); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := t.r.cfg.Local.Check(ctx, Recipient{Address: u.Address, Quota: u.Quota}); err != nil {
 			return err
 		}
 	}
 	for _, u := range users {
+		if u.Forward {
+			if !t.seen[u.Address] {
+				t.seen[u.Address] = true
+				t.forward = append(t.forward, Recipient{Address: u.Address})
+				if t.fwdDomain == "" {
+					t.fwdDomain = domainOf(rcpt)
+				}
+			}
+			continue
+		}
 		if !t.seen[u.Address] {
 			t.seen[u.Address] = true
 			t.local = append(t.local, Recipient{Address: u.Address, Quota: u.Quota})
@@ -79,6 +107,48 @@ func (t *transaction) addRemote(ctx context.Context, rcpt string) error {
 		t.remote = append(t.remote, Recipient{Address: rcpt})
 	}
 	return nil
+}
+
+// addReturn reverses an SRS address (internal/srs: hash and age checked)
+// and routes the message to the original sender, whatever the relay
+// policy: the address proves that this server forwarded mail from that
+// sender lately, so the bounce goes only where the forwarded mail came
+// from.
+//
+// An SRS1 address reverses to the first forwarder's SRS0 address, which is
+// reversed here too when that forwarder is this server (depth: at most
+// one more step).
+func (t *transaction) addReturn(ctx context.Context, rcpt string, depth int) error {
+	orig, err := t.r.cfg.SRS.Reverse(rcpt)
+	if err != nil {
+		return errBadSRS.WithCause(err)
+	}
+	if t.r.cfg.Remote == nil {
+		return errNoOutbound
+	}
+	if _, err := t.r.resolve(ctx, orig); !errors.Is(err, accounts.ErrNotLocal) {
+		// The original sender is ours, or an SRS address of ours (an
+		// SRS1 reversed): deliver it as any local recipient.
+		if srs.IsSRS(orig) {
+			if depth > 0 {
+				return errBadSRS
+			}
+			return t.addReturn(ctx, orig, depth+1)
+		}
+		return t.AddRcpt(ctx, orig)
+	}
+	if err := t.r.cfg.Remote.Check(ctx, Recipient{Address: orig}); err != nil {
+		return err
+	}
+	if !t.seen[orig] {
+		t.seen[orig] = true
+		t.remote = append(t.remote, Recipient{Address: orig})
+	}
+	return nil
+}
+
+func domainOf(addr string) string {
+	return strings.ToLower(addr[strings.LastIndexByte(addr, '@')+1:])
 }
 
 // Body keeps the message for Commit, authenticated first on MX: the
@@ -172,29 +242,54 @@ func (t *transaction) Commit(ctx context.Context) error {
 			local[i] = r
 		}
 	}
-	var prepared Prepared
-	if p, ok := t.r.cfg.Remote.(Preparer); ok && len(t.remote) > 0 {
-		var err error
-		if prepared, err = p.Prepare(ctx, env(t.remote), t.msg, t.size); err != nil {
-			return err
+	// The remote copies: one with the sender as given, one for the
+	// forwarded recipients with the sender rewritten (SRS).
+	var remotes []Envelope
+	if len(t.remote) > 0 {
+		remotes = append(remotes, env(t.remote))
+	}
+	if len(t.forward) > 0 {
+		from, err := t.r.cfg.SRS.Forward(t.from, t.fwdDomain)
+		if err != nil {
+			return smtpd.ErrTempLocal.WithCause(err)
+		}
+		e := env(t.forward)
+		e.From = from
+		remotes = append(remotes, e)
+	}
+	var prepared []Prepared
+	abort := func() {
+		for _, p := range prepared {
+			p.Abort()
+		}
+	}
+	if p, ok := t.r.cfg.Remote.(Preparer); ok {
+		for _, e := range remotes {
+			pr, err := p.Prepare(ctx, e, t.msg, t.size)
+			if err != nil {
+				abort()
+				return err
+			}
+			prepared = append(prepared, pr)
 		}
 	}
 	if len(t.local) > 0 {
 		if err := t.r.cfg.Local.Deliver(ctx, env(local), t.msg, t.size); err != nil {
-			if prepared != nil {
-				prepared.Abort()
-			}
+			abort()
 			return err
 		}
 	}
-	switch {
-	case prepared != nil:
-		if err := prepared.Commit(ctx); err != nil {
-			return err
+	if prepared != nil {
+		for _, p := range prepared {
+			if err := p.Commit(ctx); err != nil {
+				return err
+			}
 		}
-	case len(t.remote) > 0:
-		if err := t.r.cfg.Remote.Deliver(ctx, env(t.remote), t.msg, t.size); err != nil {
-			return err
+	} else {
+		for _, e := range remotes {
+			if err := t.r.cfg.Remote.Deliver(ctx, e, t.msg, t.size); err != nil {
+				return err
+			}
 		}
 	}
 	t.msg = nil

@@ -5,16 +5,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/dkim"
+	"github.com/agua-mail/agua/internal/mtasts"
 	"github.com/agua-mail/agua/internal/outbound"
 	"github.com/agua-mail/agua/internal/queue"
 	"github.com/agua-mail/agua/internal/queue/queuehttp"
 	"github.com/agua-mail/agua/internal/resolver"
 	"github.com/agua-mail/agua/internal/router"
+	"github.com/agua-mail/agua/internal/srs"
 )
 
 // outboundParts is delivery to other servers as `agua serve` runs it: the
@@ -26,6 +31,7 @@ type outboundParts struct {
 	engine *outbound.Engine
 	local  router.Target      // where DSNs for local senders go
 	res    *resolver.Resolver // shared with the inbound sender checks
+	srs    *srs.SRS           // forwarding's sender rewriting, keyed by <data_dir>/srs.key
 
 	stop    chan struct{} // closed to stop the engine
 	done    chan struct{} // closed when it has stopped
@@ -41,6 +47,13 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 	s.out = o
 	if o.queue, err = queue.Open(QueueDir(cfg), queue.Options{Logger: s.log, FsyncEach: QueueOptions(cfg).FsyncEach}); err != nil {
 		return fmt.Errorf("outbound queue: %w", err)
+	}
+	secret, err := srs.LoadOrCreateSecret(filepath.Join(cfg.DataDir, "srs.key"))
+	if err != nil {
+		return fmt.Errorf("srs secret: %w", err)
+	}
+	if o.srs, err = srs.New(secret, int(cfg.Outbound.SRSMaxAge/(24*time.Hour)), nil); err != nil {
+		return err
 	}
 	o.signer = dkim.NewSigner(dkim.Options{DataDir: cfg.DataDir, Log: s.log})
 	if err := o.signer.Watch(); err != nil {
@@ -64,6 +77,14 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 	}
 	opts.Resolver = res
 	o.res = res
+	if cfg.Outbound.MTASTS {
+		if opts.MTASTS, err = mtasts.New(mtasts.Options{
+			TXT: mtasts.TXTLookup(res), Dial: resolverDial(res, opts.SourceIP),
+			Dir: cfg.DataDir, MaxEntries: cfg.Outbound.MTASTSCacheSize, Logger: s.log,
+		}); err != nil {
+			return fmt.Errorf("mta-sts: %w", err)
+		}
+	}
 	opts.Queue, opts.Logger, opts.Bounce = o.queue, s.log, s.bounce
 	// Deferred mail is looked for at least as often as the shortest
 	// retry interval, so a short retry_min (labs, tests) is honoured.
@@ -72,6 +93,38 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 		return err
 	}
 	return nil
+}
+
+// resolverDial connects to a host name through agua's resolver
+// (dns.resolver), not the system's: the MTA-STS policy host is found the way
+// the MX hosts are.
+func resolverDial(res *resolver.Resolver, source netip.Addr) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		ips, _, err := res.IP(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		d := net.Dialer{Timeout: 30 * time.Second}
+		if source.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: source.AsSlice()}
+		}
+		last := fmt.Errorf("%s has no address records", host)
+		for _, ip := range ips {
+			if source.IsValid() && ip.Is4() != source.Is4() {
+				continue
+			}
+			c, err := d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+			if err == nil {
+				return c, nil
+			}
+			last = err
+		}
+		return nil, last
+	}
 }
 
 // remote is the router's remote target: sign with DKIM, then queue.
@@ -133,8 +186,25 @@ func (o *outboundParts) close() error {
 // bounce delivers a DSN (RFC 3464) to rcpt, the sender of a message that
 // failed. A local sender gets it in their mailbox through the local target
 // (Return-Path: <>); any other is queued with the null reverse-path
-// (RFC 5321 4.5.5), which never bounces again.
+// (RFC 5321 4.5.5), which never bounces again. The sender of a forwarded
+// message is an SRS address of ours: it is reversed first, so the DSN goes
+// to the original sender.
 func (s *Server) bounce(ctx context.Context, rcpt string, dsn []byte) error {
+	// An SRS1 address reverses to the first forwarder's SRS0 address,
+	// reversed here too when that forwarder is this server.
+	for i := range 2 {
+		if !srs.IsSRS(rcpt) {
+			break
+		}
+		orig, err := s.out.srs.Reverse(rcpt)
+		if err != nil && i == 0 {
+			return fmt.Errorf("DSN to %s: %w", rcpt, err)
+		}
+		if err != nil {
+			break // another forwarder's SRS0 address: it goes there
+		}
+		rcpt = orig
+	}
 	users, err := s.dir.Resolve(ctx, rcpt)
 	switch {
 	case errors.Is(err, accounts.ErrNotLocal):
@@ -144,8 +214,21 @@ func (s *Server) bounce(ctx context.Context, rcpt string, dsn []byte) error {
 		return err
 	}
 	env := router.Envelope{From: ""}
+	var forward []string
 	for _, u := range users {
+		if u.Forward {
+			forward = append(forward, u.Address)
+			continue
+		}
 		env.Rcpts = append(env.Rcpts, router.Recipient{Address: u.Address, Quota: u.Quota})
+	}
+	if len(forward) > 0 {
+		if _, err := s.out.queue.Enqueue(ctx, queue.Envelope{From: "", To: forward}, bytes.NewReader(dsn)); err != nil {
+			return err
+		}
+	}
+	if len(env.Rcpts) == 0 {
+		return nil
 	}
 	return s.out.local.Deliver(ctx, env, bytes.NewReader(dsn), int64(len(dsn)))
 }

@@ -52,12 +52,18 @@ func OutboundOptions(cfg config.Config) (outbound.Options, error) {
 		RetryMin:           o.RetryMin,
 		RetryMax:           o.RetryMax,
 		Lifetime:           o.QueueLifetime,
+		DelayNotice:        o.DelayNotice,
 		Timeouts: outbound.Timeouts{
 			Connect: o.Timeouts.Connect, Greeting: o.Timeouts.Greeting, Command: o.Timeouts.Command,
 			Mail: o.Timeouts.Mail, Rcpt: o.Timeouts.Rcpt, DataInit: o.Timeouts.DataInit,
 			DataBlock: o.Timeouts.DataBlock, DataEnd: o.Timeouts.DataEnd,
 		},
 	}
+	rates, err := config.ParseRateLimits(o.RateLimits)
+	if err != nil {
+		return opts, fmt.Errorf("outbound.rate_limits: %w", err)
+	}
+	opts.Rate = outbound.RateLimits{Default: o.RatePerMinute, PerDest: rates}
 	if o.SourceIP != "" {
 		a, err := netip.ParseAddr(o.SourceIP)
 		if err != nil {

@@ -225,7 +225,7 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	if err := s.openOutbound(local); err != nil {
 		return err
 	}
-	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), Log: s.log}
+	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), SRS: s.out.srs, Log: s.log}
 	if a := s.cfg.Auth; a.Enabled {
 		var err error
 		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.out.res, Timeout: a.Timeout}); err != nil {

@@ -14,6 +14,14 @@ import (
 	"github.com/agua-mail/agua/shield"
 )
 
+// MaxReceived is the number of Received fields at which a message is
+// refused as looping (RFC 5321 6.3: loop detection by counting Received
+// fields). The RFC suggests a large threshold (at least 100) for servers
+// that are never to break legitimate long paths; Postfix uses 50; agua
+// takes 30 (issue 12), far above any real path (a handful of hops) and
+// low enough that a forwarding loop between two servers ends quickly.
+const MaxReceived = 30
+
 // memSpoolLimit is how much of a message is kept in memory before the rest
 // goes to a temporary file, so a thousand concurrent large DATA transfers
 // cannot exhaust memory.
@@ -44,7 +52,7 @@ func (ss *session) cmdDATA(arg string) error {
 		ss.resetTransaction()
 		ss.refused(bad.Code)
 		ss.reply(bad)
-		if bad != errTooBig && !ss.report(shield.ProtocolError) {
+		if bad != errTooBig && bad != ErrTooManyHops && !ss.report(shield.ProtocolError) {
 			return errQuit
 		}
 		return nil
@@ -133,6 +141,7 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 	// A "." line ends the data only if the line before it ended in CRLF:
 	// "<LF>.<CRLF>" is the classic smuggling sequence (CVE-2023-51766 class).
 	prevCRLF := true
+	inHeader, received := true, 0
 	for {
 		ss.conn.SetReadDeadline(ss.frame.ReadDeadline(cfg.DataTimeout))
 		frag, rerr := ss.r.ReadSlice('\n')
@@ -178,6 +187,18 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 		body := line
 		if body[0] == '.' {
 			body = body[1:]
+		}
+		if inHeader {
+			// RFC 5321 6.3: count the Received fields (ours is not among
+			// them: it goes before the data, outside this count).
+			switch {
+			case len(body) <= 2: // the empty line ends the header section
+				inHeader = false
+			case len(body) >= 9 && strings.EqualFold(string(body[:9]), "received:"):
+				if received++; received >= MaxReceived && bad == nil {
+					bad = ErrTooManyHops
+				}
+			}
 		}
 		size += int64(len(body))
 		if size > cfg.MaxMessageSize && bad == nil {

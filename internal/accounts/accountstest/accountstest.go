@@ -225,7 +225,10 @@ func testAliases(t *testing.T, d accounts.Directory) {
 	must(t, d.AddAlias(ctx, "Sales@Example.org", "alice@example.org"))
 	wantErr(t, d.AddAlias(ctx, "sales@example.org", "ALICE@example.org"), accounts.ErrExists)
 	wantErr(t, d.AddAlias(ctx, "x@nowhere.org", "alice@example.org"), accounts.ErrNotFound)
-	wantErr(t, d.AddAlias(ctx, "x@example.org", "someone@elsewhere.example"), accounts.ErrInvalid)
+	wantErr(t, d.AddAlias(ctx, "x@example.org", "someone%victim.example@elsewhere.example"), accounts.ErrInvalid)
+	wantErr(t, d.AddAlias(ctx, "x@example.org", "host!someone@elsewhere.example"), accounts.ErrInvalid)
+	wantErr(t, d.AddAlias(ctx, "x@example.org", "@relay.example:someone@elsewhere.example"), accounts.ErrInvalid)
+	wantErr(t, d.AddAlias(ctx, "x@example.org", "someone@[192.0.2.1]"), accounts.ErrInvalid)
 	wantErr(t, d.AddAlias(ctx, "x@example.org", "ghost@example.org"), accounts.ErrNotFound)
 	wantErr(t, d.AddAlias(ctx, "alice@example.org", "bob@example.org"), accounts.ErrExists)
 	wantErr(t, d.AddAlias(ctx, "x@example.org", "x@example.org"), accounts.ErrInvalid)
@@ -337,6 +340,31 @@ func testResolve(t *testing.T, d accounts.Directory) {
 	must(t, d.RemoveUser(ctx, "temp@example.net"))
 	_, err = d.Resolve(ctx, "dangling@example.net")
 	wantErr(t, err, accounts.ErrNoSuchUser)
+
+	// Forwarding: an external target comes back as a Forward, through
+	// chains too, beside the local mailboxes, each once.
+	must(t, d.AddAlias(ctx, "fwd@example.net", "Someone@Elsewhere.example"))
+	must(t, d.AddAlias(ctx, "both@example.net", "fwd@example.net"))
+	must(t, d.AddAlias(ctx, "both@example.net", "carol@example.net"))
+	must(t, d.AddAlias(ctx, "both@example.net", "someone@elsewhere.example"))
+	users, err = d.Resolve(ctx, "both@example.net")
+	must(t, err)
+	var fwd, local []string
+	for _, u := range users {
+		if u.Forward {
+			fwd = append(fwd, u.Address)
+		} else {
+			local = append(local, u.Address)
+		}
+	}
+	if !slices.Equal(fwd, []string{"someone@elsewhere.example"}) || !slices.Equal(local, []string{"carol@example.net"}) {
+		t.Errorf("forwarding: %+v", users)
+	}
+	wantErr(t, d.AddAlias(ctx, "fwd@example.net", "someone@elsewhere.example"), accounts.ErrExists)
+	wantErr(t, d.AddAlias(ctx, "carol@example.net", "someone@elsewhere.example"), accounts.ErrExists)
+	if ok, _ := d.CanSendAs(ctx, "carol@example.net", "fwd@example.net"); ok {
+		t.Error("a forwarding alias lets a user send as it")
+	}
 }
 
 func testCanSendAs(t *testing.T, d accounts.Directory) {

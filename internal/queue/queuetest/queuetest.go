@@ -29,6 +29,7 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) queue.Queue
 		{"PartialResults", testPartial},
 		{"HoldRelease", testHold},
 		{"Retry", testRetry},
+		{"DelayNotified", testDelayNotified},
 		{"Delete", testDelete},
 		{"BeginAbort", testTx},
 		{"BadIDs", testBadIDs},
@@ -222,6 +223,25 @@ func testRetry(t *testing.T, q queue.Queue, clk *Clock) {
 		t.Fatal(err)
 	}
 	claimOne(t, q, clk.Now())
+}
+
+// testDelayNotified: a result can record that the sender was told of the
+// delay; the message and its later jobs say so.
+func testDelayNotified(t *testing.T, q queue.Queue, clk *Clock) {
+	id := enqueue(t, q, "a@local.test", []string{"b@remote.test", "c@remote.test"}, "x")
+	if j := claimOne(t, q, clk.Now()); j.DelayNotified {
+		t.Fatal("new job marked notified")
+	}
+	q.Update(context.Background(), id, []queue.Result{
+		{Rcpt: "b@remote.test", Status: queue.Deferred, Next: clk.Now(), DelayNotified: true},
+		{Rcpt: "c@remote.test", Status: queue.Deferred, Next: clk.Now()},
+	})
+	if m, _ := q.Get(id); !m.DelayNotified {
+		t.Fatal("message not marked notified")
+	}
+	if j := claimOne(t, q, clk.Now()); !j.DelayNotified {
+		t.Fatal("later job not marked notified")
+	}
 }
 
 func testDelete(t *testing.T, q queue.Queue, clk *Clock) {
