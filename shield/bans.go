@@ -352,8 +352,8 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 	pol := s.pol.Load()
 	if r.b.KnownGood && s.activeBan(addr, now) == nil {
 		s.markKnownGood(addr, ns)
-		if c != nil {
-			c.knownGood.Store(true)
+		if c != nil && !c.knownGood.Swap(true) {
+			c.uncontested()
 		}
 	}
 	if pol.exempt(addr) {

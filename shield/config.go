@@ -65,7 +65,7 @@ type LimitsConfig struct {
 	PerPrefixBurst    int           `toml:"per_prefix_burst" doc:"new connections from one prefix allowed in a burst"`
 	RequestRate       float64       `toml:"request_rate" doc:"HTTP requests per second from one address (Middleware)"`
 	RequestBurst      int           `toml:"request_burst" doc:"HTTP requests from one address allowed in a burst"`
-	EvictIdle         time.Duration `toml:"evict_idle" doc:"an unauthenticated connection idle this long may be closed to make room for a known-good client when a listener is full"`
+	EvictIdle         time.Duration `toml:"evict_idle" doc:"an unauthenticated connection idle this long may be closed to make room when a listener is full: for a known-good client, or for a newcomer from a network holding a smaller share than the largest (fair capacity)"`
 	RejectTimeout     time.Duration `toml:"reject_timeout" doc:"write deadline for the short refusal written to a rejected client"`
 	MaxPendingRejects int           `toml:"max_pending_rejects" doc:"most refusals being written at once; beyond, reject becomes drop"`
 	ProxyTimeout      time.Duration `toml:"proxy_timeout" doc:"how long a trusted proxy has to send its PROXY protocol header"`

@@ -189,9 +189,15 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 			withNode(pfxNode, func(v *prefixState) { v.conns-- })
 		}
 	}
-	if !l.take(knownGood) && !(knownGood && s.evictFor(l, now) && l.take(true)) {
-		releaseAddr()
-		return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, knownGood
+	if !l.take(knownGood) {
+		if !s.makeRoom(l, addr, knownGood, now) {
+			releaseAddr()
+			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, knownGood
+		}
+		// A swap: the newcomer takes the slot its victim gave back, so the
+		// count does not grow, even when known-good clients hold part of
+		// the reserve and the listener is above the strangers' ceiling.
+		l.active.Add(1)
 	}
 	return dry, func() {
 		releaseAddr()
@@ -227,7 +233,7 @@ func (s *Shield) peekLimits(addr netip.Addr, l *listener, now time.Time) Decisio
 	}
 	if l != nil {
 		kg := s.isKnownGood(addr, ns)
-		if int(l.active.Load()) >= l.ceiling(kg) {
+		if int(l.active.Load()) >= l.ceiling(kg) && !l.roomFor(addr, kg, now) {
 			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}
 		}
 	}
@@ -249,24 +255,11 @@ func (s *Shield) Decide(addr netip.Addr, listener string) Decision {
 	return d
 }
 
-// evictFor closes the oldest idle unauthenticated connection of a client
-// that is not known-good, to make room on l for a known-good client.
-func (s *Shield) evictFor(l *listener, now time.Time) bool {
-	ns := now.UnixNano()
-	idle := s.cfg().Limits.EvictIdle.Nanoseconds()
-	var victim *Conn
-	var oldest int64
-	l.mu.Lock()
-	for c := range l.conns {
-		last := c.lastActive.Load()
-		if c.authed.Load() || c.knownGood.Load() || ns-last < idle {
-			continue
-		}
-		if victim == nil || last < oldest {
-			victim, oldest = c, last
-		}
-	}
-	l.mu.Unlock()
+// makeRoom closes an idle contestable connection of l for a newcomer from
+// addr (knownGood: it goes first), chosen by the fairness rule of fair.go,
+// and reports whether it did.
+func (s *Shield) makeRoom(l *listener, addr netip.Addr, knownGood bool, now time.Time) bool {
+	victim := l.victim(addr, knownGood, now, true)
 	if victim == nil {
 		return false
 	}
@@ -274,6 +267,19 @@ func (s *Shield) evictFor(l *listener, now time.Time) bool {
 	l.stats.evicted.Add(1)
 	s.agg.add(hostPrefix(victim.addr), "evicted:capacity", Drop, false)
 	return true
+}
+
+// roomFor reports whether a full l would make room for a newcomer from addr.
+func (l *listener) roomFor(addr netip.Addr, knownGood bool, now time.Time) bool {
+	return l.victim(addr, knownGood, now, false) != nil
+}
+
+// victim picks the connection to close for a newcomer, nil for none.
+func (l *listener) victim(addr netip.Addr, knownGood bool, now time.Time, commit bool) *Conn {
+	search := fairSearch{ns: now.UnixNano(), idle: l.s.cfg().Limits.EvictIdle.Nanoseconds(), budget: fairBudget, commit: commit}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fair.victim(addr, knownGood, &search)
 }
 
 // hostPrefix is addr as a single-address prefix, the aggregation key.

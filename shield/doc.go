@@ -36,8 +36,14 @@
 //     silently, bounded by Config.TarpitMaxHeld).
 //   - Fair capacity: addresses that authenticated or delivered accepted mail
 //     are known-good; a share of each listener (Config.ReservedKnownGood) is
-//     kept for them, and when a listener is full the oldest idle
-//     unauthenticated connection makes room for a known-good client.
+//     kept for them. When a listener is full, an idle connection that is
+//     neither authenticated nor known-good is closed for a newcomer, taken
+//     from the network holding the largest share (IPv4 /16 then /24, IPv6
+//     /32, /48, /64): for a known-good client always, for a stranger when
+//     its own network holds a smaller share (max-min fairness; fair.go).
+//   - Fair delivery ([Shield.Gate]): a queue in front of a shared stage,
+//     known-good clients first without starving strangers, networks taking
+//     turns.
 //   - Lockdown ([Shield.SetLockdown]): only allowlisted and known-good
 //     addresses are served.
 //   - Dry run, per rule ("dry-run"), per threshold or global: log "shield

@@ -40,6 +40,7 @@ type listener struct {
 
 	mu    sync.Mutex
 	conns map[*Conn]struct{}
+	fair  *fairShares // contestable connections by network, for fair capacity
 
 	start   sync.Once
 	ch      chan acceptResult
@@ -66,6 +67,7 @@ func (s *Shield) Listener(inner net.Listener, lc ListenerConfig) net.Listener {
 		lc:    lc,
 		stats: s.statsFor(lc.Name),
 		conns: make(map[*Conn]struct{}),
+		fair:  newFairShares(),
 		ch:    make(chan acceptResult),
 		done:  make(chan struct{}),
 	}
@@ -230,6 +232,9 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 	sc.lastActive.Store(now.UnixNano())
 	l.mu.Lock()
 	l.conns[sc] = struct{}{}
+	if !knownGood { // allowlisted and trusted clients are known-good here too
+		l.fair.add(sc)
+	}
 	l.mu.Unlock()
 	select {
 	case l.ch <- acceptResult{c: sc}:
@@ -373,12 +378,21 @@ type Conn struct {
 
 	lastActive atomic.Int64
 	authed     atomic.Bool
-	release    func()
-	relOnce    sync.Once
-	closeOnce  sync.Once
-	done       chan struct{}
-	doneOnce   sync.Once
+
+	// Fair capacity (fair.go), guarded by l.mu: the leaf network counting
+	// this connection while it is contestable, and its place in the leaf's
+	// CLOCK list.
+	fairLeaf  *fairNode
+	fairLinks links[Conn]
+
+	release   func()
+	relOnce   sync.Once
+	closeOnce sync.Once
+	done      chan struct{}
+	doneOnce  sync.Once
 }
+
+func (c *Conn) links() *links[Conn] { return &c.fairLinks }
 
 // Addr returns the client's address, unmapped (IPv4-mapped IPv6 as IPv4).
 func (c *Conn) Addr() netip.Addr { return c.addr }
@@ -450,8 +464,17 @@ func (c *Conn) unregister() {
 		}
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
+		c.l.fair.remove(c)
 		c.l.mu.Unlock()
 	})
+}
+
+// uncontested takes c out of fair capacity's contest: it authenticated or
+// became known-good, and is never evicted to make room.
+func (c *Conn) uncontested() {
+	c.l.mu.Lock()
+	c.l.fair.remove(c)
+	c.l.mu.Unlock()
 }
 
 // kick is the shield closing the connection: Done is closed, the socket
@@ -471,8 +494,8 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 // Action is not Allow the caller answers (Temporary: a 421-style temporary
 // refusal) and closes.
 func (c *Conn) Report(ev Event) Decision {
-	if ev == AuthSuccess {
-		c.authed.Store(true)
+	if ev == AuthSuccess && !c.authed.Swap(true) {
+		c.uncontested()
 	}
 	return c.s.report(c, c.addr, ev, c.s.now())
 }

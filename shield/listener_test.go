@@ -191,6 +191,8 @@ func TestBotnet(t *testing.T) {
 
 // TestEvictionForKnownGood: when the listener is completely full, the
 // oldest idle unauthenticated connection makes room for a known-good client.
+// A stranger from the /24 that holds the contested connections gets no
+// eviction: it would only evict its own kind (fair.go).
 func TestEvictionForKnownGood(t *testing.T) {
 	cfg := testConfig()
 	cfg.ReservedKnownGood = 0
@@ -212,7 +214,7 @@ func TestEvictionForKnownGood(t *testing.T) {
 	h.clock.Advance(10 * time.Second)
 	busy.cmd("NOOP") // activity keeps it
 
-	dialFrom(t, srv.addr, "127.30.2.1").expect("421 4.7.0 server busy")
+	dialFrom(t, srv.addr, "127.30.1.4").expect("421 4.7.0 server busy")
 	kg := dialFrom(t, srv.addr, "127.30.0.1")
 	kg.expect("220")
 	idle.expectClosed()

@@ -25,7 +25,8 @@ func cmdBench(e *env) error {
 	f.IntVar(&cfg.MaxFetch, "max-fetch", 20, "pop3/imap: most messages fetched per session")
 	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
 	f.IntVar(&cfg.Legit, "legit", 20, "concurrent legitimate clients (0 = attack only)")
-	legitSrc := f.String("legit-src", "", "comma-separated source addresses of legitimate clients (default: the kernel's choice, 127.0.0.1)")
+	legitSrc := f.String("legit-src", "", "comma-separated source addresses of legitimate clients, loopback but never 127.0.0.1 (default: drawn from -legit-pool)")
+	legitPool := f.String("legit-pool", bench.DefaultLegitPool.String(), "IPv4 loopback prefix legitimate clients come from: half of them at fixed addresses (returning users), half at random ones drawn for each run (never seen before); must not hold 127.0.0.1 or overlap -attack-src")
 	f.IntVar(&cfg.PerSession, "per-session", 1, "messages per legitimate session")
 	f.IntVar(&cfg.MaxSessions, "sessions", 0, "sessions per legitimate client, then it stops (0 = for the whole -duration)")
 	f.IntVar(&cfg.MsgSize, "size", 2048, "message size in bytes")
@@ -36,7 +37,7 @@ func cmdBench(e *env) error {
 	attacks := f.String("attack", "", "comma-separated attack scenarios: "+strings.Join(scenarioList(), ", "))
 	f.StringVar(&cfg.AttackTarget, "attack-target", "", "host:port attacked (default: -target)")
 	f.StringVar(&cfg.TLSTarget, "tls-target", "127.0.0.1:2465", "implicit-TLS host:port for -attack tls")
-	attackSrc := f.String("attack-src", "127.66.0.0/16", "attacker source addresses: one address or a loopback CIDR (a botnet)")
+	attackSrc := f.String("attack-src", "127.66.0.0/16", "attacker source addresses: one address or a loopback CIDR (a botnet in one /16; 127.64.0.0/10 for one over 64 /16s), used spread over its networks")
 	f.IntVar(&cfg.AttackConns, "attack-conns", 50, "concurrent attackers per scenario (for slowloris: sockets held)")
 	f.IntVar(&cfg.AttackRate, "attack-rate", 0, "attempts per second per scenario (0 = as fast as possible)")
 	pid := f.Int("pid", -1, "target process to sample RSS/threads/open files from /proc (-1: ask the local agua's admin socket, 0: none)")
@@ -60,6 +61,11 @@ func cmdBench(e *env) error {
 			}
 			cfg.LegitSrc = append(cfg.LegitSrc, a)
 		}
+	}
+	if p, err := netip.ParsePrefix(*legitPool); err == nil {
+		cfg.LegitPool = p
+	} else {
+		return fmt.Errorf("-legit-pool: %q is not a CIDR", *legitPool)
 	}
 	if *attacks != "" {
 		cfg.Attacks = strings.Split(*attacks, ",")

@@ -13,6 +13,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/bits"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sort"
@@ -29,7 +31,8 @@ type Config struct {
 	MaxFetch    int           // pop3/imap: messages fetched per session at most (default 20)
 	Duration    time.Duration // how long to run
 	Legit       int           // concurrent legitimate clients (0 = none)
-	LegitSrc    []netip.Addr  // their source addresses, round-robin ("" = kernel's choice)
+	LegitSrc    []netip.Addr  // their source addresses, round-robin (none: drawn from LegitPool)
+	LegitPool   netip.Prefix  // where legitimate clients come from when LegitSrc is empty (sources.go); default DefaultLegitPool
 	PerSession  int           // messages per legitimate session (>= 1)
 	MaxSessions int           // sessions per legitimate client, then it stops (0 = until the end of the run)
 	MsgSize     int           // bytes per message body
@@ -47,6 +50,8 @@ type Config struct {
 
 	PID      int          // target process to sample from /proc (0 = none)
 	Progress func(Report) // called about once a second with the figures so far
+
+	sources *legitSources // the legitimate sessions' source addresses
 }
 
 func (c *Config) setDefaults() {
@@ -83,14 +88,18 @@ func (c *Config) setDefaults() {
 	if !c.AttackSrc.IsValid() {
 		c.AttackSrc = netip.MustParsePrefix("127.66.0.0/16")
 	}
+	if !c.LegitPool.IsValid() {
+		c.LegitPool = DefaultLegitPool
+	}
 }
 
 // Report is the outcome of a run (and its progress snapshots).
 type Report struct {
-	Elapsed  time.Duration   `json:"elapsed"`
-	Legit    LegitReport     `json:"legit"`
-	Attacks  []AttackReport  `json:"attacks,omitempty"`
-	Resource *ResourceReport `json:"resources,omitempty"`
+	Elapsed      time.Duration   `json:"elapsed"`
+	Legit        LegitReport     `json:"legit"`
+	LegitSources LegitSources    `json:"legit_sources"`
+	Attacks      []AttackReport  `json:"attacks,omitempty"`
+	Resource     *ResourceReport `json:"resources,omitempty"`
 }
 
 // LegitReport is what the legitimate clients got.
@@ -110,6 +119,7 @@ type LegitReport struct {
 // AttackReport is what one scenario's attackers got.
 type AttackReport struct {
 	Scenario  string           `json:"scenario"`
+	Source    string           `json:"source"` // the attackers' prefix
 	Attempts  int64            `json:"attempts"`
 	PerS      float64          `json:"attempts_per_s"`
 	Outcomes  map[string]int64 `json:"outcomes"` // served, refused, dropped, held, dial_failed, ...
@@ -196,10 +206,11 @@ type attackStats struct {
 	maxHeld  atomic.Int64
 	outcomes counter
 	addrs    int
+	source   string
 }
 
 func (a *attackStats) report(elapsed time.Duration) AttackReport {
-	r := AttackReport{Scenario: a.name, Attempts: a.attempts.Load(), Outcomes: a.outcomes.snapshot(), MaxHeld: a.maxHeld.Load(), Addresses: a.addrs}
+	r := AttackReport{Scenario: a.name, Attempts: a.attempts.Load(), Outcomes: a.outcomes.snapshot(), MaxHeld: a.maxHeld.Load(), Addresses: a.addrs, Source: a.source}
 	if s := elapsed.Seconds(); s > 0 {
 		r.PerS = float64(r.Attempts) / s
 	}
@@ -229,6 +240,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	default:
 		return nil, fmt.Errorf("unknown protocol %q (smtp, submission, pop3, imap)", cfg.Proto)
 	}
+	if err := checkLegitSources(&cfg); err != nil {
+		return nil, err
+	}
+	cfg.sources = newLegitSources(&cfg, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13)))
 	if cfg.Legit > 0 {
 		if err := probe(ctx, &cfg); err != nil {
 			return nil, err
@@ -252,7 +267,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}()
 	}
 	for _, name := range cfg.Attacks {
-		st := &attackStats{name: name}
+		st := &attackStats{name: name, source: cfg.AttackSrc.String()}
 		attacks = append(attacks, st)
 		src := newAddrPool(cfg.AttackSrc)
 		st.addrs = src.size()
@@ -272,7 +287,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	snapshot := func() Report {
 		el := time.Since(start)
-		r := Report{Elapsed: el, Legit: legit.report(el)}
+		r := Report{Elapsed: el, Legit: legit.report(el), LegitSources: cfg.sources.report()}
 		for _, a := range attacks {
 			r.Attacks = append(r.Attacks, a.report(el))
 		}
@@ -306,40 +321,67 @@ loop:
 	return &r, nil
 }
 
-// addrPool hands out source addresses from a prefix, round-robin.
+// addrPool hands out source addresses from a prefix, every one in turn.
+// In a prefix of several /24s consecutive addresses lie in different /24s,
+// bit-reversed so that they also lie in different /16s: a botnet's
+// concurrent attackers sit in many networks at once (in every /16 of a /10),
+// not in the first /24 of the range. .0 and .255 are never used.
 type addrPool struct {
 	base netip.Addr
-	n    uint64
+	n    uint64 // addresses in the prefix (at most 2^24)
+	nets uint64 // /24s in it, when n >= 512; else 0
+	bits int    // log2(nets)
 	next atomic.Uint64
 }
 
 func newAddrPool(p netip.Prefix) *addrPool {
-	bits := p.Addr().BitLen() - p.Bits()
+	hostBits := p.Addr().BitLen() - p.Bits()
 	n := uint64(1)
-	if bits > 0 {
-		n = uint64(1) << min(bits, 24)
+	if hostBits > 0 {
+		n = uint64(1) << min(hostBits, 24)
 	}
-	return &addrPool{base: p.Masked().Addr(), n: n}
+	a := &addrPool{base: p.Masked().Addr(), n: n}
+	if n >= 512 {
+		a.nets, a.bits = n/256, bits.Len64(n/256)-1
+	}
+	return a
 }
 
-func (a *addrPool) size() int { return int(a.n) }
-
-// get returns the next usable address (skipping .0 and .255 style ends).
-func (a *addrPool) get() netip.Addr {
-	for {
-		i := a.next.Add(1) % a.n
-		if a.n > 2 && (i == 0 || i == a.n-1) {
-			continue
-		}
-		b := a.base.As16()
-		v := binary.BigEndian.Uint64(b[8:]) + i
-		binary.BigEndian.PutUint64(b[8:], v)
-		addr := netip.AddrFrom16(b)
-		if a.base.Is4() {
-			addr = addr.Unmap()
-		}
-		return addr
+func (a *addrPool) size() int {
+	if a.nets > 0 {
+		return int(a.nets * 254)
 	}
+	return int(a.n)
+}
+
+// get returns the next address.
+func (a *addrPool) get() netip.Addr {
+	if a.nets > 0 {
+		return a.at(a.next.Add(1) - 1)
+	}
+	for {
+		off := a.next.Add(1) % a.n
+		if a.n <= 2 || off != 0 && off != a.n-1 {
+			return a.offset(off)
+		}
+	}
+}
+
+// at returns the j-th address of the spread order (pools of several /24s).
+func (a *addrPool) at(j uint64) netip.Addr {
+	j %= a.nets * 254
+	net := bits.Reverse64(j%a.nets) >> (64 - a.bits)
+	return a.offset(net*256 + 1 + j/a.nets)
+}
+
+func (a *addrPool) offset(off uint64) netip.Addr {
+	b := a.base.As16()
+	binary.BigEndian.PutUint64(b[8:], binary.BigEndian.Uint64(b[8:])+off)
+	addr := netip.AddrFrom16(b)
+	if a.base.Is4() {
+		addr = addr.Unmap()
+	}
+	return addr
 }
 
 // dialFrom connects from src. The connection is closed when ctx ends, so

@@ -40,22 +40,42 @@ func WriteText(w io.Writer, r *Report) {
 			fmt.Fprintf(w, "    %-40s %d\n", k, l.Failures[k])
 		}
 	}
+	writeSources(w, r.LegitSources)
 	if len(r.Attacks) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ATTACK\taddresses\tattempts\tattempts/s\tmax held\toutcomes")
+		fmt.Fprintln(tw, "ATTACK\tsource\taddresses\tattempts\tattempts/s\tmax held\toutcomes")
 		for _, a := range r.Attacks {
 			var outs []string
 			for _, k := range sortedKeys(a.Outcomes) {
 				outs = append(outs, fmt.Sprintf("%s=%d", k, a.Outcomes[k]))
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%d\t%s\n", a.Scenario, a.Addresses, a.Attempts, a.PerS, a.MaxHeld, strings.Join(outs, " "))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%d\t%s\n", a.Scenario, a.Source, a.Addresses, a.Attempts, a.PerS, a.MaxHeld, strings.Join(outs, " "))
 		}
 		tw.Flush()
 	}
 	if rr := r.Resource; rr != nil {
 		fmt.Fprintf(w, "\nTARGET pid %d: RSS max %.1f MB (last %.1f MB), threads max %d, open files max %d (%d samples)\n",
 			rr.PID, rr.RSSMaxMB, rr.RSSLastMB, rr.ThreadsMax, rr.FDsMax, rr.Samples)
+	}
+}
+
+// writeSources prints the legitimate clients' addresses: how many of each
+// kind and the first ones (the JSON report lists them all, up to 10,000).
+func writeSources(w io.Writer, s LegitSources) {
+	first := func(l []string) string {
+		if len(l) > 8 {
+			return strings.Join(l[:8], " ") + " ..."
+		}
+		return strings.Join(l, " ")
+	}
+	switch {
+	case len(s.Given) > 0:
+		fmt.Fprintf(w, "  legitimate clients from (-legit-src): %s\n", strings.Join(s.Given, " "))
+	case s.Pool != "":
+		fmt.Fprintf(w, "  legitimate clients from %s, one address per session:\n", s.Pool)
+		fmt.Fprintf(w, "    %d returning (the same every run): %s\n", s.ReturningCount, first(s.Returning))
+		fmt.Fprintf(w, "    %d fresh (never seen before this run): %s\n", s.FreshCount, first(s.Fresh))
 	}
 }
 

@@ -13,12 +13,8 @@ import (
 )
 
 // runLegit is one legitimate client: full sessions back to back until ctx
-// ends. Client i uses source address LegitSrc[i % len].
+// ends, each from its own source address (sources.go).
 func runLegit(ctx context.Context, cfg *Config, i int, st *legitStats) {
-	var src netip.Addr
-	if len(cfg.LegitSrc) > 0 {
-		src = cfg.LegitSrc[i%len(cfg.LegitSrc)]
-	}
 	// A "%d" in the login or the recipient is the client's number, so that
 	// each client can have a mailbox of its own (POP3 locks the maildrop:
 	// RFC 1939 8).
@@ -28,6 +24,7 @@ func runLegit(ctx context.Context, cfg *Config, i int, st *legitStats) {
 	rcpt := cfg.Rcpt
 	body := message(cfg.From, rcpt, cfg.MsgSize)
 	for done := 0; ctx.Err() == nil && (cfg.MaxSessions == 0 || done < cfg.MaxSessions); done++ {
+		src := cfg.sources.addr(i, done)
 		start := time.Now()
 		var n int
 		var cause string

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"strings"
 	"time"
 )
@@ -38,10 +37,8 @@ func (e *WrongServiceError) Error() string {
 // as something else, and nil when it matches or did not answer (the run
 // counts that as it goes).
 func probe(ctx context.Context, cfg *Config) error {
-	var src netip.Addr // the kernel's choice, as runLegit's client 0
-	if len(cfg.LegitSrc) > 0 {
-		src = cfg.LegitSrc[0]
-	}
+	// Client 0's first address: a returning one, never a fresh one.
+	src := cfg.sources.addr(0, 0)
 	c, err := dialFrom(ctx, src, cfg.Target, 10*time.Second)
 	if err != nil {
 		return nil

@@ -356,6 +356,7 @@ func (c Config) Validate() []Problem {
 		{"smtp.data_timeout", int64(s.DataTimeout)},
 		{"smtp.session_timeout", int64(s.SessionTimeout)},
 		{"smtp.max_connections", int64(s.MaxConns)},
+		{"smtp.delivery_slots", int64(s.DeliverySlots)},
 	}
 	for _, p := range positive {
 		if p.v <= 0 {

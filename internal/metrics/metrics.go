@@ -1,6 +1,7 @@
 // Package metrics exposes agua's Prometheus metrics (prometheus/client_golang):
 // connections by listener and outcome, active sessions, authentications,
-// messages and bytes, delivery latency, bans, rule reloads and lockdown; and
+// messages and bytes, delivery latency, the fair delivery queue, bans, rule
+// reloads and lockdown; and
 // the outbound side (outbound.go): queue size, held and oldest, deliveries by
 // result and destination, delivery latency, suspended accounts, limit hits.
 // Shield figures are read from shield.Stats at scrape time, so the accept
@@ -72,6 +73,37 @@ func (m *Metrics) Delivered(listener string, size int64, took time.Duration) {
 	m.messages.WithLabelValues(listener, "accepted", "250").Inc()
 	m.messageBytes.WithLabelValues(listener).Add(float64(size))
 	m.deliveryLatency.Observe(took.Seconds())
+}
+
+// DeliveryQueue exports the fair delivery queue's figures (shield.Gate, in
+// front of making accepted mail durable), read at scrape time.
+func (m *Metrics) DeliveryQueue(stats func() shield.GateStats) {
+	m.reg.MustRegister(&gateCollector{stats: stats})
+}
+
+var (
+	gateWaitingDesc = prometheus.NewDesc("agua_delivery_queue_waiting", "Messages waiting for a delivery slot now.", nil, nil)
+	gateBusyDesc    = prometheus.NewDesc("agua_delivery_queue_busy", "Delivery slots in use now (of smtp.delivery_slots).", nil, nil)
+	gateGrantedDesc = prometheus.NewDesc("agua_delivery_queue_granted_total",
+		"Delivery slots granted by sender class: first (known-good, authenticated, allowlisted) or stranger.", []string{"class"}, nil)
+	gateWaitedDesc = prometheus.NewDesc("agua_delivery_queue_waited_total", "Delivery slots granted after a wait.", nil, nil)
+)
+
+type gateCollector struct{ stats func() shield.GateStats }
+
+func (c *gateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{gateWaitingDesc, gateBusyDesc, gateGrantedDesc, gateWaitedDesc} {
+		ch <- d
+	}
+}
+
+func (c *gateCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stats()
+	ch <- prometheus.MustNewConstMetric(gateWaitingDesc, prometheus.GaugeValue, float64(st.Waiting))
+	ch <- prometheus.MustNewConstMetric(gateBusyDesc, prometheus.GaugeValue, float64(st.Busy))
+	ch <- prometheus.MustNewConstMetric(gateGrantedDesc, prometheus.CounterValue, float64(st.GrantedFirst), "first")
+	ch <- prometheus.MustNewConstMetric(gateGrantedDesc, prometheus.CounterValue, float64(st.GrantedRest), "stranger")
+	ch <- prometheus.MustNewConstMetric(gateWaitedDesc, prometheus.CounterValue, float64(st.Waited))
 }
 
 // Refused counts a message refused after DATA.

@@ -127,6 +127,8 @@ func TestAdminHTTPAndMetrics(t *testing.T) {
 		{"agua_connections_total", []string{`listener="smtp"`, `outcome="rejected"`}},
 		{"agua_connections_total", []string{`listener="smtp"`, `outcome="served"`}},
 		{"agua_bans_issued_total", []string{`reason="auth_failure"`}},
+		// 127.0.0.1 is allowlisted: its message goes in the first class.
+		{"agua_delivery_queue_granted_total", []string{`class="first"`}},
 	}
 	for _, m := range moved {
 		if b, a := metric(t, before, m.name, m.labels...), metric(t, after, m.name, m.labels...); a <= b {
@@ -136,7 +138,7 @@ func TestAdminHTTPAndMetrics(t *testing.T) {
 	if metric(t, after, "agua_bans_active") < 1 {
 		t.Error("agua_bans_active is 0 with a ban in force")
 	}
-	for _, name := range []string{"agua_lockdown", "agua_rule_reloads_total", "agua_sessions_active", "agua_shield_rules", "go_goroutines", "process_resident_memory_bytes"} {
+	for _, name := range []string{"agua_lockdown", "agua_rule_reloads_total", "agua_sessions_active", "agua_shield_rules", "agua_delivery_queue_waiting", "agua_delivery_queue_busy", "go_goroutines", "process_resident_memory_bytes"} {
 		if !regexp.MustCompile(`(?m)^` + name + `[{ ]`).MatchString(after) {
 			t.Errorf("metric %s missing", name)
 		}

@@ -52,6 +52,9 @@ type Server struct {
 	dir    *directory.Directory
 	store  *maildir.Store
 	shield *shield.Shield
+	// deliveries is the fair queue in front of making accepted mail
+	// durable, shared by every SMTP listener.
+	deliveries *shield.Gate
 
 	cluster *redisstore.Store // shared shield state ([cluster] redis); nil = local
 
@@ -224,6 +227,8 @@ func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
 }
 
 func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
+	s.deliveries = s.shield.Gate(s.cfg.SMTP.DeliverySlots)
+	s.metrics.DeliveryQueue(s.deliveries.Stats)
 	local := router.NewLocal(s.store)
 	if err := s.openOutbound(local); err != nil {
 		return err
@@ -254,6 +259,9 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 			s.metrics.Delivered(ss.Mode.String(), size, took)
 		},
 		Refused: func(ss *smtpd.Session, code int) { s.metrics.Refused(ss.Mode.String(), code) },
+		// One fair queue in front of the store for every SMTP listener
+		// (issue 13: botnet message floods).
+		CommitSlot: s.deliveries.Acquire,
 	}
 	for _, group := range []struct {
 		mode  smtpd.Mode

@@ -109,4 +109,10 @@ type Hooks struct {
 	Refused func(s *Session, code int)
 	// Auth is called after each authentication attempt.
 	Auth func(s *Session, ok bool)
+	// CommitSlot waits for the session's turn to make a received message
+	// durable (Commit; Body runs before, outside the turn) and returns the
+	// function that ends the turn: a fair queue across clients
+	// (shield.Gate), so a flood of messages from a few networks cannot push
+	// everyone else's delivery behind it. An error is answered 451 4.3.0.
+	CommitSlot func(ctx context.Context, c net.Conn) (release func(), err error)
 }

@@ -59,10 +59,7 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	env := ss.env
 	start := time.Now()
-	err = ss.tx.Body(ss.ctx, sp, sp.Size())
-	if err == nil {
-		err = ss.tx.Commit(ss.ctx)
-	}
+	err = ss.commit(sp)
 	events := observed(ss.tx)
 	if err != nil {
 		ss.resetTransaction()
@@ -109,6 +106,23 @@ func (ss *session) reportAll(events []shield.Event) error {
 		}
 	}
 	return nil
+}
+
+// commit hands the message to the backend: Body (content checks, which
+// may wait on DNS) at once, then Commit (making it durable) in the
+// session's turn of the fair delivery queue.
+func (ss *session) commit(sp *spool) error {
+	if err := ss.tx.Body(ss.ctx, sp, sp.Size()); err != nil {
+		return err
+	}
+	if h := ss.srv.hooks.CommitSlot; h != nil {
+		release, err := h(ss.ctx, ss.conn)
+		if err != nil {
+			return ErrTempLocal.WithCause(err)
+		}
+		defer release()
+	}
+	return ss.tx.Commit(ss.ctx)
 }
 
 func (ss *session) refused(code int) {
