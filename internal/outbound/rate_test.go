@@ -40,7 +40,11 @@ func TestRateLimitPerDestination(t *testing.T) {
 			t.Fatalf("%d messages sent within the rate's interval, want %d", n, step-1)
 		}
 		ev.clk.Add(30 * time.Second)
-		ev.q.Retry(ids[0], ev.clk.Now()) // wakes the engine (the timer would, in real time)
+		// Wake the engine (the timer would, in real time): a change to a
+		// message still queued signals it; the first one is gone already.
+		for _, id := range ids {
+			ev.q.Retry(id, ev.clk.Now())
+		}
 		ev.waitFor(fmt.Sprintf("message %d", step), func() bool { return len(limited.received()) == step })
 	}
 	for _, id := range ids {
