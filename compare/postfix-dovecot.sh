@@ -47,6 +47,12 @@ install() {
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y postfix dovecot-pop3d dovecot-imapd
   fi
+  # Installed with "No configuration" (as .ci/run does), the package leaves
+  # no main.cf: start from Debian's, loopback only.
+  if [ ! -e /etc/postfix/main.cf ]; then
+    cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf
+    postconf -e inet_interfaces=loopback-only myhostname=postfix-bench.localdomain
+  fi
   postconf -h mail_version
   dovecot --version
 }

@@ -102,6 +102,18 @@ tls_listen = []
 [outbound]
 relay_host = "$SINK"
 relay_require_tls = false
+
+# One account sends the whole benchmark, from many addresses (agua bench
+# draws its clients from -legit-pool, a fresh address per session): the
+# trip switch's per-account limits and its "logins from many networks"
+# signal (made for people) are raised so that they measure nothing here.
+[outbound.limits]
+suspend_login_networks = 100000000
+messages_per_hour = 100000000
+messages_per_day = 100000000
+new_recipients_per_day = 100000000
+domain_messages_per_hour = 100000000
+domain_messages_per_day = 100000000
 EOF
 "$agua" domain add example.test -config "$cfg" >/dev/null
 for u in bench local; do printf '%s\n' "$pass" | "$agua" user add "$u@example.test" -config "$cfg" >/dev/null; done
@@ -158,6 +170,9 @@ import json, sys
 name, count = sys.argv[1], int(sys.argv[2])
 t0, t1, t2, c0, c1 = map(float, sys.argv[3:8])
 b = json.load(open(sys.argv[8]))
+if b["legit"]["messages"] != count:
+    # A figure over messages that were not all accepted would flatter.
+    sys.exit(f"{name}: {b['legit']['messages']} of {count} messages accepted; see the server's log")
 print(json.dumps({"name": name, "messages": count, "accepted": b["legit"]["messages"], "accept_s": round(t1 - t0, 3),
   "end_to_end_s": round(t2 - t0, 3), "end_to_end_msgs_per_s": round(count / (t2 - t0), 1),
   "cpu_s": round(c1 - c0, 2), "cpu_ms_per_msg": round(1000 * (c1 - c0) / max(count, 1), 3)}))
