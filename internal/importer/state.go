@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agua-mail/agua/internal/atomicfile"
 )
 
 // State is what an import has copied so far, kept in one file per
@@ -159,23 +161,7 @@ func (st *State) save(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return fmt.Errorf("import state: %w", err)
 	}
-	tmp := path + ".tmp"
-	fd, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("import state: %w", err)
-	}
-	_, err = fd.Write(append(data, '\n'))
-	if err == nil {
-		err = fd.Sync()
-	}
-	if cerr := fd.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Write(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("import state: %w", err)
 	}
 	return nil

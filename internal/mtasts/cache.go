@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agua-mail/agua/internal/atomicfile"
 	"github.com/agua-mail/agua/internal/resolver"
 )
 
@@ -151,10 +152,7 @@ func (c *Cache) save() {
 		err = os.MkdirAll(c.opts.Dir, 0o700)
 	}
 	if err == nil {
-		tmp := filepath.Join(c.opts.Dir, cacheFile+".tmp")
-		if err = os.WriteFile(tmp, b, 0o600); err == nil {
-			err = os.Rename(tmp, filepath.Join(c.opts.Dir, cacheFile))
-		}
+		err = atomicfile.Write(filepath.Join(c.opts.Dir, cacheFile), b, 0o600)
 	}
 	if err != nil {
 		c.log.Warn("mta-sts: saving the policy cache", "err", err)

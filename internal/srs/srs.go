@@ -45,6 +45,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/agua-mail/agua/internal/atomicfile"
 )
 
 // Errors of Reverse.
@@ -114,11 +116,9 @@ func LoadOrCreateSecret(path string) ([]byte, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return nil, err
-	}
-	return b, os.Rename(tmp, path)
+	// Synced before it is used: a secret lost to a power cut would make
+	// every SRS address handed out since unverifiable.
+	return b, atomicfile.Write(path, b, 0o600)
 }
 
 // IsSRS reports whether addr looks like an SRS address (its local part
