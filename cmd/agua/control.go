@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/dnsbl"
 	"github.com/agua-mail/agua/internal/server"
 	"github.com/agua-mail/agua/shield"
 )
@@ -217,7 +218,36 @@ func formatWhy(x admin.WhyResult) string {
 	for ev, n := range c.Events {
 		fmt.Fprintf(&b, "  events:    %s = %d in the current window\n", ev, n)
 	}
+	if d := x.DNSBL; d != nil {
+		formatDNSBL(&b, d)
+	}
 	return b.String()
+}
+
+// formatDNSBL renders the [dnsbl] score of an address, one line per list.
+func formatDNSBL(b *strings.Builder, d *dnsbl.Result) {
+	verdict := "not listed"
+	switch {
+	case !d.Done:
+		verdict = "lookups not finished (served as not listed)"
+	case d.Allowlisted:
+		verdict = "allowlisted"
+	case d.Listed:
+		verdict = "listed: refused before the greeting (" + d.Reason() + ")"
+	}
+	fmt.Fprintf(b, "  dnsbl:     score %d, %s\n", d.Score, verdict)
+	for _, a := range d.Answers {
+		answer := "not listed"
+		switch {
+		case a.Error != "":
+			answer = "no answer (" + a.Error + "), counted as not listed"
+		case a.Listed:
+			answer = fmt.Sprintf("listed %v, weight %+d", a.Records, a.Weight)
+		case len(a.Records) > 0:
+			answer = fmt.Sprintf("answer %v outside the pattern, not counted", a.Records)
+		}
+		fmt.Fprintf(b, "    %-24s %s\n", a.List, answer)
+	}
 }
 
 func cmdLockdown(e *env) error {

@@ -6,6 +6,7 @@ package admin
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agua-mail/agua/internal/dnsbl"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -40,6 +42,9 @@ type Server struct {
 	// WidestBlock4 and WidestBlock6 are the widest prefixes (fewest bits)
 	// a block accepts without Force; 0 means DefaultWidestBlock4/6.
 	WidestBlock4, WidestBlock6 int
+	// DNSBL, if set, scores an address against the [dnsbl] lists for
+	// GET /v1/why, waiting for the lookups until ctx ends.
+	DNSBL func(ctx context.Context, addr netip.Addr) dnsbl.Result
 }
 
 // The widest blocks accepted without force by default: a /8 of IPv4 (16
@@ -277,7 +282,12 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x := a.Shield.Why(ip.Unmap())
-	writeJSON(w, http.StatusOK, WhyResult{Explanation: x, Limits: configView(reflect.ValueOf(x.Limits))})
+	res := WhyResult{Explanation: x, Limits: configView(reflect.ValueOf(x.Limits))}
+	if a.DNSBL != nil {
+		d := a.DNSBL(r.Context(), ip.Unmap())
+		res.DNSBL = &d
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 // WhyResult is the answer to GET /v1/why: the shield's explanation, with
@@ -286,6 +296,7 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 type WhyResult struct {
 	shield.Explanation
 	Limits map[string]any `json:"limits"`
+	DNSBL  *dnsbl.Result  `json:"dnsbl,omitempty"` // each list's answer and the score; nil without [dnsbl] lists
 }
 
 // configView renders a config struct as its TOML keys and values, with

@@ -25,6 +25,7 @@ import (
 	"github.com/agua-mail/agua/internal/certs"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
+	"github.com/agua-mail/agua/internal/dnsbl"
 	"github.com/agua-mail/agua/internal/imapd"
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/maildir"
@@ -71,6 +72,7 @@ type Server struct {
 	limits    *sendlimit.Tracker // sending limits and suspended accounts
 	certs     *certs.Source      // every TLS listener's certificate
 	acme      *certs.ACME        // [tls] acme; nil when off
+	dnsbl     *dnsbl.Checker     // [dnsbl] lists; nil when none
 }
 
 type boundListener struct {
@@ -262,6 +264,12 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		// One fair queue in front of the store for every SMTP listener
 		// (issue 13: botnet message floods).
 		CommitSlot: s.deliveries.Acquire,
+	}
+	if s.dnsbl, err = s.openDNSBL(); err != nil {
+		return err
+	}
+	if s.dnsbl != nil {
+		hooks.Screen = s.dnsblScreen(s.dnsbl)
 	}
 	for _, group := range []struct {
 		mode  smtpd.Mode

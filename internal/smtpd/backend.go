@@ -115,4 +115,10 @@ type Hooks struct {
 	// (shield.Gate), so a flood of messages from a few networks cannot push
 	// everyone else's delivery behind it. An error is answered 451 4.3.0.
 	CommitSlot func(ctx context.Context, c net.Conn) (release func(), err error)
+	// Screen is called on MX listeners as a session starts, before the
+	// banner delay: it starts whatever checks of the client run in the
+	// background (DNS blocklists) and returns the function that, after the
+	// banner delay, waits for them within its own budget. A non-nil *Error
+	// is sent instead of the greeting and the session ends.
+	Screen func(c net.Conn) (wait func(ctx context.Context) *Error)
 }

@@ -113,8 +113,20 @@ func (s *Server) serveConn(c net.Conn) {
 
 func (ss *session) run() {
 	s := ss.srv
+	var screen func(context.Context) *Error
+	if s.mode == ModeMX && s.hooks.Screen != nil {
+		screen = s.hooks.Screen(ss.conn)
+	}
 	if s.mode == ModeMX && s.cfg.BannerDelay > 0 && ss.pregreet() {
 		return
+	}
+	if screen != nil {
+		if e := screen(ss.ctx); e != nil {
+			ss.log.Debug("smtp client screened out", "reply", e.Error())
+			ss.reply(e)
+			ss.Flush()
+			return
+		}
 	}
 	ss.replyLine(220, "", s.cfg.Hostname+" ESMTP agua")
 	if ss.Flush() != nil {
