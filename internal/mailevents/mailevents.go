@@ -88,4 +88,15 @@ var (
 		Reason:        "banned for sending mail that fails sender authentication (DMARC)",
 		NetworkReason: "your network sent too much mail that fails sender authentication (DMARC)",
 	})
+
+	// DNSAllowlisted is a client whose [dnsbl] score is at or below the
+	// allowlist threshold (a DNSWL hit): a signal, never counted, that
+	// marks the address known-good (reserved capacity, served under
+	// lockdown).
+	DNSAllowlisted = shield.MustRegister(shield.Behaviour{
+		Name:      "dnswl",
+		Doc:       "a client allowlisted by the [dnsbl] lists' score (a DNSWL hit); marks it known-good",
+		KnownGood: true,
+		Benign:    true,
+	})
 )

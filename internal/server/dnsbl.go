@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/agua-mail/agua/internal/dnsbl"
+	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/internal/smtpd"
 	"github.com/agua-mail/agua/shield"
 )
@@ -41,7 +42,11 @@ func (s *Server) dnsblScreen(c *dnsbl.Checker) func(net.Conn) func(context.Conte
 				s.log.Debug("dnsbl: lookups not done within banner_budget; served as not listed", "addr", addr)
 				return nil
 			}
-			if !r.Listed || r.Allowlisted {
+			if r.Allowlisted {
+				shield.Report(conn, mailevents.DNSAllowlisted)
+				return nil
+			}
+			if !r.Listed {
 				return nil
 			}
 			reason := r.Reason()

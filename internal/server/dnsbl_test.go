@@ -92,8 +92,14 @@ func TestDNSBLRefusedBeforeGreeting(t *testing.T) {
 	if why.DNSBL == nil || why.DNSBL.Score != -1 || !why.DNSBL.Allowlisted || why.DNSBL.Listed {
 		t.Fatalf("why 127.0.5.8: %+v", why.DNSBL)
 	}
+	if !why.KnownGood {
+		t.Errorf("127.0.5.8, allowlisted by wl.test, is not known-good")
+	}
 	if err := admin.NewClient(AdminSocket(ts.cfg)).Do("GET", "/v1/why?ip=127.0.5.7", nil, &why); err != nil {
 		t.Fatal(err)
+	}
+	if why.KnownGood {
+		t.Errorf("127.0.5.7, served but not allowlisted, is known-good")
 	}
 	if why.DNSBL == nil || why.DNSBL.Score != 2 || why.DNSBL.Listed || why.DNSBL.Answers[0].Listed || len(why.DNSBL.Answers[0].Records) != 1 {
 		t.Fatalf("why 127.0.5.7: %+v", why.DNSBL)
