@@ -134,6 +134,12 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 		l.active.Add(1)
 		return d, func() { l.active.Add(-1) }, true
 	}
+	if rd, ok := s.repRefusal(addr, l); ok {
+		if d = s.enforce(addr, rd, true); d.Action != Allow {
+			return d, nil, false
+		}
+		dry = d
+	}
 	ns := now.UnixNano()
 	knownGood = s.isKnownGood(addr, ns)
 	lim := &s.cfg().Limits
@@ -249,7 +255,11 @@ func (s *Shield) Decide(addr netip.Addr, listener string) Decision {
 	if d.Action != Allow || exempt {
 		return d
 	}
-	if ld := s.peekLimits(addr, s.listenerByName(listener), now); ld.Action != Allow || ld.DryRun {
+	l := s.listenerByName(listener)
+	if rd, ok := s.repRefusal(addr, l); ok {
+		return s.enforce(addr, rd, false)
+	}
+	if ld := s.peekLimits(addr, l, now); ld.Action != Allow || ld.DryRun {
 		return ld
 	}
 	return d

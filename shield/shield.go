@@ -58,6 +58,7 @@ type Shield struct {
 	prefixes  *lru[netip.Prefix, prefixState]
 	offenders *lru[netip.Prefix, offender]
 	knownGood *lru[netip.Addr, int64] // until, unix nanoseconds
+	rep       reputation              // SetReputation
 	accounts  *lru[string, accountState]
 
 	lockdown atomic.Bool

@@ -68,3 +68,22 @@ func remoteAddr(c net.Conn) netip.Addr {
 	}
 	return netip.Addr{}
 }
+
+// dnsblReputation gives the shield the cached [dnsbl] scores, so that a
+// client already known to be listed is refused at accept on MX listeners,
+// without a session. Uncached addresses are left to the session's Screen.
+type dnsblReputation struct {
+	c      *dnsbl.Checker
+	refuse bool // action = refuse
+}
+
+func (d dnsblReputation) Peek(addr netip.Addr, listener string) (shield.Verdict, bool) {
+	if listener != smtpd.ModeMX.String() || !d.refuse {
+		return shield.Verdict{}, false
+	}
+	r := d.c.Peek(addr)
+	if !r.Done || !r.Listed || r.Allowlisted {
+		return shield.Verdict{}, false
+	}
+	return shield.Verdict{Refuse: true, Reason: "Service refused: listed by " + r.ListedBy(), Source: r.Reason()}, true
+}

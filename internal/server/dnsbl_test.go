@@ -65,6 +65,16 @@ func TestDNSBLRefusedBeforeGreeting(t *testing.T) {
 	if !strings.Contains(ts.logs.String(), "reason=dnsbl:bl.test") {
 		t.Errorf("no dnsbl:bl.test reason in the log")
 	}
+	// Its score is cached now: the next connection is refused by the
+	// shield at accept, before any session.
+	got, c = greeting(t, ts, "127.0.5.5")
+	if want := "554 5.7.1 " + ts.cfg.Hostname + " Service refused: listed by bl.test"; got != want {
+		t.Fatalf("listed client, cached: %q, want %q", got, want)
+	}
+	c.expectClosed()
+	if n := d.Queries("5.5.0.127.bl.test.", dns.TypeA); n != 1 {
+		t.Errorf("bl.test asked %d times about 127.0.5.5, want 1 (cached)", n)
+	}
 	for _, src := range []string{"127.0.5.6", "127.0.5.7", "127.0.5.8", "127.0.5.9"} {
 		got, c := greeting(t, ts, src)
 		if !strings.HasPrefix(got, "220 ") {

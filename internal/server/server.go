@@ -270,6 +270,7 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	}
 	if s.dnsbl != nil {
 		hooks.Screen = s.dnsblScreen(s.dnsbl)
+		s.shield.SetReputation(dnsblReputation{c: s.dnsbl, refuse: s.cfg.DNSBL.Action == "refuse"})
 	}
 	for _, group := range []struct {
 		mode  smtpd.Mode
