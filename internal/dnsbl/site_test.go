@@ -61,3 +61,23 @@ func TestQueryName(t *testing.T) {
 		t.Errorf("v6: %s", got)
 	}
 }
+
+// FuzzParseSite: any input is a Site or ErrSyntax, never a panic, and a
+// parsed site's pattern only matches IPv4 answers.
+func FuzzParseSite(f *testing.F) {
+	for _, s := range []string{"zen.example=127.0.0.[2..11]*3", "wl.example=127.0.[0..255].[0..255]*-2", "b.example=127.0.0.2;127.0.0.[4;6..7]", "x.example=[", "y.example=1.2.3.[]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		site, err := ParseSite(s)
+		if err != nil {
+			if !errors.Is(err, ErrSyntax) {
+				t.Fatalf("%q: untyped error %v", s, err)
+			}
+			return
+		}
+		if site.Weight == 0 || site.Name == "" || site.Matches(netip.MustParseAddr("::1")) {
+			t.Fatalf("%q: %+v", s, site)
+		}
+	})
+}
