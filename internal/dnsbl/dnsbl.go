@@ -184,12 +184,12 @@ func (c *Checker) ask(ctx context.Context, addr netip.Addr, s *Site) Answer {
 }
 
 // Peek returns addr's cached result without waiting; Done is false when
-// the lookups have not finished (or not started).
+// the lookups have not finished, not started, or the result expired.
 func (c *Checker) Peek(addr netip.Addr) Result {
 	addr = addr.Unmap()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.entries[addr]; ok && !e.expires.IsZero() {
+	if e, ok := c.entries[addr]; ok && !e.expires.IsZero() && c.cfg.Now().Before(e.expires) {
 		return e.res
 	}
 	return Result{Addr: addr}
