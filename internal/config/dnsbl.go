@@ -12,12 +12,12 @@ import (
 type DNSBLConfig struct {
 	Lists              []string      `toml:"lists" doc:"Lists in Postfix postscreen_dnsbl_sites syntax, name[=pattern][*weight]: \"zen.spamhaus.org=127.0.0.[2..11]*3\", \"list.dnswl.org=127.0.[0..255].[0..255]*-2\". The pattern is addresses separated by ; with octets as numbers or [a..b;c] sets (no pattern: any answer counts); the weight defaults to 1, a negative weight makes an allowlist. Empty (the default): no lookups."`
 	Threshold          int           `toml:"threshold" doc:"A client whose listing lists' weights add up to this or more is refused before the greeting (554 5.7.1, reason dnsbl:<list>)."`
-	AllowlistThreshold int           `toml:"allowlist_threshold" doc:"A score at or below this (with negative-weight lists) skips the refusal whatever the blocklists say, and is shown as allowlisted by agua why."`
+	AllowlistThreshold int           `toml:"allowlist_threshold" doc:"A score at or below this (with negative-weight lists) skips the refusal whatever the blocklists say and marks the client known-good for the shield (shield event dnswl: reserved capacity, served under lockdown)."`
 	Action             string        `toml:"action" doc:"What a score at or above threshold does: refuse (554 5.7.1 before the greeting) or log (only logged: a dry run for a new list)."`
 	Timeout            time.Duration `toml:"timeout" doc:"Bound on the lookups of one client address (every list at once). A list that has not answered by then, or answers SERVFAIL, counts as not listing the address."`
 	BannerBudget       time.Duration `toml:"banner_budget" doc:"Longest the greeting waits for lookups still running (the wait overlaps smtp.banner_delay); then the client is served as not listed, and the answers, when they come, are cached for its next connection."`
 	CacheTTL           time.Duration `toml:"cache_ttl" doc:"How long the score of an address is kept (the resolver also honours each answer's TTL)."`
-	CacheSize          int           `toml:"cache_size" doc:"Most addresses whose score is kept; beyond that the oldest known are forgotten."`
+	CacheSize          int           `toml:"cache_size" doc:"Most addresses whose score is kept; beyond that expired scores are forgotten first, then others at random (lookups in flight are kept until they end)."`
 }
 
 func defaultDNSBL() DNSBLConfig {
