@@ -2,10 +2,7 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/smtp"
 	"os"
@@ -33,24 +30,7 @@ func startAgua(t *testing.T, data string) (*server.Server, func()) {
 	cfg.POP3.Listen, cfg.POP3.TLSListen = []string{"127.0.0.1:0"}, nil
 	cfg.IMAP.Listen, cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}, nil
 	cfg.POP3.AuthDelay, cfg.IMAP.AuthDelay, cfg.SMTP.AuthDelay = 0, 0, 0
-	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return srv, stop
+	return runServer(t, cfg, nil)
 }
 
 // deliverFrom sends one message over SMTP from the loopback address src

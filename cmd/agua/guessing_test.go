@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -113,7 +111,7 @@ func TestDistributedGuessing(t *testing.T) {
 	cfg.IMAP.AuthDelay = 0
 	cfg.Shield.AccountDelayMax = 50 * time.Millisecond // keeps the test short; the value is checked, not timed
 	logs := &syncLog{}
-	srv := runAgua(t, cfg, logs)
+	srv, _ := runServer(t, cfg, logs)
 	const owner, ownerPass = "alice@example.test", "owner's long password"
 	const stranger, strangerPass = "bob@example.test", "bob's long password"
 	mustAgua(t, "", "domain", "add", "example.test", "-data", data)
@@ -221,31 +219,6 @@ func TestDistributedGuessing(t *testing.T) {
 			t.Errorf("agua report abuse names %s, a legitimate client:\n%s", not, out)
 		}
 	}
-}
-
-// runAgua runs agua serve on cfg in this process, logging to w, until the
-// test ends; the log is shown when the test failed and w is a *syncLog.
-func runAgua(t *testing.T, cfg config.Config, w io.Writer) *server.Server {
-	t.Helper()
-	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(w, nil)), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("server did not stop")
-		}
-		if l, ok := w.(*syncLog); ok && t.Failed() {
-			t.Logf("server log:\n%s", l)
-		}
-	})
-	return srv
 }
 
 // syncLog is a log sink safe for concurrent writers.

@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"os"
 	"os/exec"
@@ -161,21 +159,7 @@ func startImportServer(t *testing.T, data string) (*server.Server, config.Config
 	cfg.Admin.Listen = ""
 	cfg.POP3.Listen, cfg.POP3.TLSListen = nil, nil
 	cfg.IMAP.Listen, cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}, []string{"127.0.0.1:0"}
-	srv, err := server.New(cfg, slog.New(slog.DiscardHandler), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("server did not stop")
-		}
-	})
+	srv, _ := runServer(t, cfg, nil)
 	mustAgua(t, "", "domain", "add", "example.test", "-data", data)
 	mustAgua(t, "alice's password\n", "user", "add", "alice@example.test", "-data", data)
 	mustAgua(t, "bob's password\n", "user", "add", "bob@example.test", "-data", data)

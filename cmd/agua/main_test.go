@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,7 +123,7 @@ func TestShieldVerbs(t *testing.T) {
 	cfg.POP3.TLSListen = nil
 	cfg.IMAP.Listen = nil
 	cfg.IMAP.TLSListen = nil
-	runAgua(t, cfg, io.Discard)
+	runServer(t, cfg, nil)
 
 	out := mustAgua(t, "", "block", "192.0.2.0/24", "-for", "2h", "-reason", "scanner", "-action", "drop", "-data", data)
 	if !strings.Contains(out, "192.0.2.0/24 blocked") {

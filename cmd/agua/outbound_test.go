@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/base64"
-	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -47,21 +45,8 @@ func TestQueueListThroughServer(t *testing.T) {
 	cfg.Outbound.SMTPPort = port
 	cfg.Outbound.RetryMin = 50 * time.Millisecond
 	cfg.Outbound.RetryMax = 100 * time.Millisecond
-	srv, err := server.New(cfg, slog.New(slog.DiscardHandler), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("server did not stop")
-		}
-	}()
+	srv, _ := runServer(t, cfg, nil)
+	ctx := t.Context()
 	dir, err := server.OpenDirectory(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,28 +24,38 @@ import (
 	"github.com/agua-mail/agua/internal/smtptest"
 )
 
-// runServer starts agua on cfg and returns its stop function.
-func runServer(t *testing.T, cfg config.Config) (*server.Server, func()) {
+// runServer runs agua serve on cfg in this process until stop is called
+// or the test ends, logging to w (nil: discarded; a *syncLog is shown when
+// the test failed). The one in-process server starter of these tests.
+func runServer(t *testing.T, cfg config.Config, w io.Writer) (*server.Server, func()) {
 	t.Helper()
-	srv, err := server.New(cfg, slog.New(slog.DiscardHandler), io.Discard)
+	log := slog.New(slog.DiscardHandler)
+	if w != nil {
+		log = slog.New(slog.NewTextHandler(w, nil))
+	}
+	srv, err := server.New(cfg, log, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	stopped := false
+	var once sync.Once
 	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("server did not stop")
-		}
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("serve: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Error("server did not stop")
+			}
+			if l, ok := w.(*syncLog); ok && t.Failed() {
+				t.Logf("server log:\n%s", l)
+			}
+		})
 	}
 	t.Cleanup(stop)
 	return srv, stop
@@ -87,7 +98,7 @@ func TestCompromisedAccount(t *testing.T) {
 	cfg.IMAP.Listen, cfg.IMAP.TLSListen = nil, nil
 	cfg.DNS.Resolver = []string{dns.Addr}
 	cfg.Outbound.SMTPPort = port
-	srv, stop := runServer(t, cfg)
+	srv, stop := runServer(t, cfg, nil)
 	lim := cfg.Outbound.Limits
 
 	login := func() *smtptest.Client {
@@ -203,7 +214,7 @@ bot:
 
 	// A restart keeps the suspension and the held mail.
 	stop()
-	srv, _ = runServer(t, cfg)
+	srv, _ = runServer(t, cfg, nil)
 	if out := mustAgua(t, "", "user", "suspended", "-data", data); !strings.Contains(out, user) {
 		t.Fatalf("suspension lost on restart:\n%s", out)
 	}
@@ -254,7 +265,7 @@ func TestUserSuspendVerbs(t *testing.T) {
 	cfg.POP3.Listen, cfg.POP3.TLSListen = nil, nil
 	cfg.IMAP.Listen, cfg.IMAP.TLSListen = nil, nil
 	cfg.DNS.Resolver = []string{"127.0.0.1:1"}
-	runServer(t, cfg)
+	runServer(t, cfg, nil)
 	out := mustAgua(t, "", "user", "suspend", "Alice@example.test", "-reason", "phished", "-data", data)
 	if !strings.Contains(out, "sending of alice@example.test suspended") {
 		t.Fatalf("suspend: %q", out)
