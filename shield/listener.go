@@ -424,6 +424,7 @@ type Conn struct {
 
 	lastActive atomic.Int64
 	authed     atomic.Bool
+	gateTurns  atomic.Uint32 // slots this connection got from a Gate (gate.go: repeat deliveries)
 
 	// Fair capacity (fair.go), guarded by l.mu: the leaf network counting
 	// this connection while it is contestable, and its place in the leaf's
