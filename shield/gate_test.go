@@ -36,22 +36,8 @@ func TestGateFairOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var mu sync.Mutex
-	var order []string
-	var wg sync.WaitGroup
-	wait := func(name, addr string) {
-		wg.Go(func() {
-			release, err := g.Acquire(ctx, connFrom(addr))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			order = append(order, name)
-			mu.Unlock()
-			release()
-		})
-	}
+	grants := newGrantLog(t, g)
+	wait := func(name, addr string) { grants.wait(name, connFrom(addr)) }
 	const flood = 300
 	for i := range flood {
 		addr := fmt.Sprintf("127.30.%d.%d", i/50, i%50+1)
@@ -73,7 +59,7 @@ func TestGateFairOrder(t *testing.T) {
 	}
 	eventually(t, "everyone waiting", func() bool { return g.Stats().Waiting == flood+len(legit) })
 	hold()
-	wg.Wait()
+	order := grants.done()
 
 	if len(order) != flood+len(legit) {
 		t.Fatalf("%d grants, want %d", len(order), flood+len(legit))
@@ -235,22 +221,8 @@ func TestGateRepeatOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var order []string
-	var wg sync.WaitGroup
-	wait := func(name string, c net.Conn) {
-		wg.Go(func() {
-			release, err := g.Acquire(ctx, c)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			order = append(order, name)
-			mu.Unlock()
-			release()
-		})
-	}
+	grants := newGrantLog(t, g)
+	wait := grants.wait
 	const flood = 100
 	for i := range flood {
 		wait("repeat", repeatOf(fmt.Sprintf("127.%d.%d.9", 64+i%64, i/64)))
@@ -272,7 +244,7 @@ func TestGateRepeatOrder(t *testing.T) {
 	}
 	eventually(t, "everyone waiting", func() bool { return g.Stats().Waiting == flood+len(legit) })
 	hold()
-	wg.Wait()
+	order := grants.done()
 	for pos, name := range order[:len(legit)] {
 		if name == "repeat" {
 			t.Fatalf("a repeat served at position %d, before first messages: %v", pos, order[:len(legit)+1])
@@ -281,7 +253,8 @@ func TestGateRepeatOrder(t *testing.T) {
 
 	// Starvation: one repeat waits while strangers keep coming.
 	hold, _ = g.Acquire(ctx, shieldConn(h, "127.7.0.1"))
-	order = nil
+	grants = newGrantLog(t, g)
+	wait = grants.wait
 	wait("repeat", repeatOf("127.31.0.1"))
 	eventually(t, "the repeat waiting", func() bool { return g.Stats().Waiting == 1 })
 	for i := range 3 * gateRepeatEvery {
@@ -289,8 +262,7 @@ func TestGateRepeatOrder(t *testing.T) {
 	}
 	eventually(t, "the strangers waiting", func() bool { return g.Stats().Waiting == 1+3*gateRepeatEvery })
 	hold()
-	wg.Wait()
-	for pos, name := range order {
+	for pos, name := range grants.done() {
 		if name == "repeat" {
 			if pos > gateRepeatEvery {
 				t.Fatalf("the repeat served at position %d, want <= %d", pos, gateRepeatEvery)
@@ -299,4 +271,37 @@ func TestGateRepeatOrder(t *testing.T) {
 		}
 	}
 	t.Fatal("the repeat was never served")
+}
+
+// grantLog records the order in which waiting clients got a slot.
+type grantLog struct {
+	t     *testing.T
+	g     *Gate
+	mu    sync.Mutex
+	order []string
+	wg    sync.WaitGroup
+}
+
+func newGrantLog(t *testing.T, g *Gate) *grantLog { return &grantLog{t: t, g: g} }
+
+// wait has c wait for a slot in its own goroutine; once granted, its name
+// is recorded and the slot released.
+func (l *grantLog) wait(name string, c net.Conn) {
+	l.wg.Go(func() {
+		release, err := l.g.Acquire(context.Background(), c)
+		if err != nil {
+			l.t.Error(err)
+			return
+		}
+		l.mu.Lock()
+		l.order = append(l.order, name)
+		l.mu.Unlock()
+		release()
+	})
+}
+
+// done waits for every waiter and returns the order of their grants.
+func (l *grantLog) done() []string {
+	l.wg.Wait()
+	return l.order
 }
