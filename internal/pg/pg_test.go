@@ -11,6 +11,8 @@ import (
 	"github.com/agua-mail/agua/internal/pg/pgtest"
 )
 
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
 var steps = []pg.Migration{
 	{Component: "t", Version: 1, Name: "notes", SQL: `CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL)`},
 	{Component: "t", Version: 2, Name: "notes.author", SQL: `ALTER TABLE notes ADD COLUMN author text NOT NULL DEFAULT ''`},
@@ -18,7 +20,7 @@ var steps = []pg.Migration{
 }
 
 func TestMigrate(t *testing.T) {
-	srv := pgtest.StartWith(t, pgtest.Options{NoFsync: true})
+	srv := pgtest.Shared(t)
 	ctx := context.Background()
 	pool, err := pg.Open(ctx, srv.NewDatabase(t), pg.Options{MaxConns: 8})
 	if err != nil {
@@ -77,7 +79,7 @@ func TestMigrate(t *testing.T) {
 }
 
 func TestFailedStepRollsBack(t *testing.T) {
-	srv := pgtest.StartWith(t, pgtest.Options{NoFsync: true})
+	srv := pgtest.Shared(t)
 	ctx := context.Background()
 	pool, err := pg.Open(ctx, srv.NewDatabase(t), pg.Options{})
 	if err != nil {

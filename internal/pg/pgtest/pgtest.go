@@ -12,6 +12,7 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -20,6 +21,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -57,53 +60,125 @@ func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
 // StartWith starts a PostgreSQL server with options o.
 func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
-	bin := findBin()
-	if bin == "" {
+	skipWithout(t)
+	s, err := launch(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.t = t
+	t.Cleanup(s.remove)
+	return s
+}
+
+func skipWithout(t testing.TB) {
+	t.Helper()
+	if findBin() == "" {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("PostgreSQL not installed (CI=%s): .ci/run installs the postgresql package", os.Getenv("CI"))
 		}
 		t.Skip("PostgreSQL (initdb, postgres) not installed")
 	}
+}
+
+var shared struct {
+	mu  sync.Mutex
+	s   *Server
+	err error
+}
+
+// Shared returns one server (fsync on) shared by all the tests of a
+// package, started on first use; each test takes its own database with
+// NewDatabase. The package's TestMain must be
+//
+//	func TestMain(m *testing.M) { pgtest.Main(m) }
+//
+// so that the server is stopped when the tests end. Tests that stop, kill
+// or restart a server start their own with Start.
+func Shared(t testing.TB) *Server {
+	t.Helper()
+	skipWithout(t)
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.s == nil && shared.err == nil {
+		shared.s, shared.err = launch(Options{})
+	}
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.s
+}
+
+// Main runs the tests and then stops the Shared server, if one started.
+func Main(m *testing.M) {
+	code := m.Run()
+	shared.mu.Lock()
+	if shared.s != nil {
+		shared.s.remove()
+	}
+	shared.mu.Unlock()
+	os.Exit(code)
+}
+
+// launch initialises and starts a server in a new temporary folder.
+func launch(o Options) (*Server, error) {
 	dir, err := os.MkdirTemp("", "pgtest-")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Server{t: t, dir: dir, bin: bin}
+	s := &Server{dir: dir, bin: findBin()}
+	if err := s.init(o); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		if s.Addr, err = freeAddr(); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		err = s.start()
+		if err == nil {
+			return s, nil
+		}
+		if attempt == 2 {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+}
+
+func (s *Server) init(o Options) error {
 	if os.Geteuid() == 0 {
-		s.cred = unprivileged(t)
-		if err := os.Chown(dir, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
-			t.Fatal(err)
+		var err error
+		if s.cred, err = unprivileged(); err != nil {
+			return err
+		}
+		if err := os.Chown(s.dir, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+			return err
 		}
 	}
 	out, err := s.command("initdb", "-D", s.data(), "-A", "trust", "-U", "agua", "-E", "UTF8", "--no-sync", "--no-instructions").CombinedOutput()
 	if err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
+		return fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	conf := "listen_addresses = '127.0.0.1'\nunix_socket_directories = '" + dir + "'\nmax_connections = 200\nshared_buffers = 32MB\nlog_min_messages = warning\nlogging_collector = off\n"
+	conf := "listen_addresses = '127.0.0.1'\nunix_socket_directories = '" + s.dir + "'\nmax_connections = 300\nshared_buffers = 32MB\nlog_min_messages = warning\nlogging_collector = off\n"
 	if o.NoFsync {
 		conf += "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
 	}
 	f, err := os.OpenFile(filepath.Join(s.data(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err == nil {
-		_, err = f.WriteString(conf)
-		f.Close()
-	}
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	for attempt := 0; ; attempt++ {
-		s.Addr = freeAddr(t)
-		err := s.start()
-		if err == nil {
-			break
-		}
-		if attempt == 2 {
-			t.Fatal(err)
-		}
+	_, err = f.WriteString(conf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	t.Cleanup(s.Stop)
-	return s
+	return err
+}
+
+// remove stops the server and deletes its folder.
+func (s *Server) remove() {
+	s.Stop()
+	os.RemoveAll(s.dir)
 }
 
 // URL is the connection URL of database db (created by NewDatabase, or
@@ -195,15 +270,25 @@ func (s *Server) ping() bool {
 // back, committed ones are on disk) and waits for it to exit.
 func (s *Server) Stop() { s.signal(syscall.SIGINT) }
 
-// Kill kills the server with SIGKILL, as a crash: on the next start it
-// recovers from its write-ahead log.
+// Kill kills the server and all its processes with SIGKILL, as a crash:
+// on the next start it recovers from its write-ahead log.
 func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
 
 func (s *Server) signal(sig syscall.Signal) {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
-	s.cmd.Process.Signal(sig)
+	if sig == syscall.SIGKILL {
+		// Backends keep answering their connections for a moment after
+		// the postmaster alone dies, and each runs in a session of its own
+		// (setsid): kill them by parent.
+		for _, pid := range children(s.cmd.Process.Pid) {
+			syscall.Kill(pid, sig)
+		}
+		s.cmd.Process.Signal(sig)
+	} else {
+		s.cmd.Process.Signal(sig)
+	}
 	select {
 	case <-s.done:
 	case <-time.After(startDeadline):
@@ -221,10 +306,33 @@ func (s *Server) signal(sig syscall.Signal) {
 	s.cmd = nil
 }
 
+// children lists the processes whose parent is pid (from /proc).
+func children(pid int) []int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var out []int
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			if c, err := strconv.Atoi(filepath.Base(filepath.Dir(st))); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
 // Restart starts the server again on the same port with the same data
 // (after Stop or Kill).
 func (s *Server) Restart() {
-	s.t.Helper()
 	if s.cmd != nil {
 		s.Stop()
 	}
@@ -235,16 +343,19 @@ func (s *Server) Restart() {
 		}
 		time.Sleep(100 * time.Millisecond) // the old postmaster's socket
 	}
+	if s.t == nil {
+		panic(err)
+	}
 	s.t.Fatal(err)
 }
 
-func freeAddr(t testing.TB) string {
+func freeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer ln.Close()
-	return ln.Addr().String()
+	return ln.Addr().String(), nil
 }
 
 // findBin returns the folder holding initdb and postgres: PATH first, then
@@ -272,7 +383,7 @@ func version(binDir string) int {
 }
 
 // unprivileged is the user postgres runs as when the test runs as root.
-func unprivileged(t testing.TB) *syscall.Credential {
+func unprivileged() (*syscall.Credential, error) {
 	for _, name := range []string{"postgres", "nobody"} {
 		u, err := user.Lookup(name)
 		if err != nil {
@@ -280,8 +391,7 @@ func unprivileged(t testing.TB) *syscall.Credential {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 	}
-	t.Fatal("running as root and no postgres or nobody user to run PostgreSQL as")
-	return nil
+	return nil, errors.New("running as root and no postgres or nobody user to run PostgreSQL as")
 }
