@@ -43,6 +43,7 @@ func (s *Shield) Reconfigure(cfg Config) error {
 		return s.refuseConfig(errs)
 	}
 	cfg.Thresholds = maps.Clone(cfg.Thresholds)
+	cfg.Reputation.Weights = maps.Clone(cfg.Reputation.Weights)
 	cfg.Rules = slices.Clone(cfg.Rules)
 	cfg.RuleFiles = slices.Clone(cfg.RuleFiles)
 	cfg.Allow = slices.Clone(cfg.Allow)
@@ -74,7 +75,7 @@ func (s *Shield) Reconfigure(cfg Config) error {
 	}
 	s.config.Store(&cfg)
 	s.rulesMu.Lock()
-	rules := compileRules(&cfg)
+	rules := compileRules(&cfg) // with the new reputation weights
 	s.rules.Store(&rules)
 	s.rulesMu.Unlock()
 	s.hist.setBounds(&cfg)
