@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"path/filepath"
+	"sort"
 	"time"
 )
 
@@ -103,4 +104,33 @@ func (s *Shield) loadReputation() error {
 		}
 	}
 	return nil
+}
+
+// ReadWorstScores returns the n lowest scores (below zero) of addresses
+// and of networks that a stopped shield saved in stateDir, decayed to now
+// with cfg's half-life, for tools that run while the server is down. A
+// missing file gives none.
+func ReadWorstScores(stateDir string, cfg Config, n int, now time.Time) (addrs, nets []Score, err error) {
+	var in savedReputation
+	if _, err := readJSONFile(filepath.Join(stateDir, reputationFile), &in, "shield reputation"); err != nil {
+		return nil, nil, err
+	}
+	ns, hl := now.UnixNano(), cfg.Reputation.HalfLife.Nanoseconds()
+	worstOf := func(recs []savedRecs) []Score {
+		var out []Score
+		for _, sr := range recs {
+			r := repRec{at: min(sr.At, ns)}
+			for name, v := range sr.Parts {
+				if in, ok := repInputNamed(name); ok && v == v {
+					r.add(in, v)
+				}
+			}
+			if sc := scoreOf(sr.Prefix, &r, ns, hl); sc.Score < 0 {
+				out = append(out, sc)
+			}
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Score < out[j].Score })
+		return out[:min(len(out), max(n, 0))]
+	}
+	return worstOf(in.Addrs), worstOf(in.Nets), nil
 }
