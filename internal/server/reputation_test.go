@@ -69,3 +69,63 @@ func TestReputationReloadLive(t *testing.T) {
 		t.Fatalf("a refused edit changed the threshold: %+v", r)
 	}
 }
+
+// The SPF and DMARC results of the mail an address sent are parts of its
+// reputation: a legitimate signed message adds spf_pass, dmarc_pass and
+// the accepted message; a spoofed p=reject one, refused, dmarc_fail.
+func TestReputationFromMailAuth(t *testing.T) {
+	w := newAuthWorld(t)
+	ts := w.start(t, nil)
+	legit := authMsg("Alice <alice@bank.example>", "statement", "")
+	sig, err := w.signer.Sign("alice@bank.example", []byte(legit))
+	if err != nil || sig == nil {
+		t.Fatalf("sign: %v", err)
+	}
+	if got := authSend(t, ts, "127.0.0.22", "mx.bank.example", "alice@bank.example", string(sig)+legit); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("legitimate message: %q", got)
+	}
+	r := ts.srv.Shield().Reputation(netip.MustParseAddr("127.0.0.22"))
+	if p := r.Address.Parts; p["spf_pass"] != 0.5 || p["dmarc_pass"] != 1 || p["message"] != 1 || r.Address.Score != 2.5 {
+		t.Fatalf("legitimate sender: %+v", r.Address)
+	}
+	if got := authSend(t, ts, "127.0.0.23", "evil.example", "x@evil.example", authMsg("Bank <security@bank.example>", "verify", "")); !strings.HasPrefix(got, "550 5.7.1") {
+		t.Fatalf("spoof: %q", got)
+	}
+	r = ts.srv.Shield().Reputation(netip.MustParseAddr("127.0.0.23"))
+	if p := r.Address.Parts; p["dmarc_fail"] != -3 || p["message"] != 0 || p["dmarc_pass"] != 0 {
+		t.Fatalf("spoofer: %+v", r.Address)
+	}
+}
+
+// The [dnsbl] score is the "dnsbl" part of the address's reputation (and
+// moves its network's): a listing lowers it, an allowlisting raises it
+// enough to make the client trusted. agua why shows it.
+func TestReputationFromDNSBL(t *testing.T) {
+	ts, d := dnsblServer(t, nil)
+	d.Add(t,
+		"5.6.0.127.bl.test. 300 IN A 127.0.0.2", // weight 2, below the threshold: served
+		"8.6.0.127.wl.test. 300 IN A 127.0.10.3", // weight -5
+	)
+	for _, src := range []string{"127.0.6.5", "127.0.6.8"} {
+		got, c := greeting(t, ts, src) // the greeting waits for the lookups
+		if !strings.HasPrefix(got, "220 ") {
+			t.Fatalf("%s: %q", src, got)
+		}
+		c.cmd("QUIT", "221")
+	}
+	why := func(ip string) admin.WhyResult {
+		t.Helper()
+		var x admin.WhyResult
+		if err := admin.NewClient(AdminSocket(ts.cfg)).Do("GET", "/v1/why?ip="+ip, nil, &x); err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	if r := why("127.0.6.5").Reputation; r.Address.Parts["dnsbl"] != -2 || r.Standing != shield.Neutral {
+		t.Fatalf("listed by bl.test: %+v", r)
+	}
+	r := why("127.0.6.8").Reputation
+	if r.Address.Parts["dnsbl"] != 5 || r.Standing != shield.Trusted || r.Network.Parts["dnsbl"] != 3 {
+		t.Fatalf("allowlisted by wl.test: %+v", r)
+	}
+}
