@@ -103,7 +103,7 @@ func TestReputationFromMailAuth(t *testing.T) {
 func TestReputationFromDNSBL(t *testing.T) {
 	ts, d := dnsblServer(t, nil)
 	d.Add(t,
-		"5.6.0.127.bl.test. 300 IN A 127.0.0.2", // weight 2, below the threshold: served
+		"5.6.0.127.bl.test. 300 IN A 127.0.0.2",  // weight 2, below the threshold: served
 		"8.6.0.127.wl.test. 300 IN A 127.0.10.3", // weight -5
 	)
 	for _, src := range []string{"127.0.6.5", "127.0.6.8"} {
