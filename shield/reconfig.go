@@ -26,7 +26,8 @@ func (e *ConfigError) Unwrap() []error { return e.Problems }
 // Reconfigure applies a whole new configuration to the running Shield:
 // thresholds, limits, capacities, ban durations and actions, allowlists,
 // trusted proxies, inline rules and rule files (re-read, and watched anew
-// when the list changed), lockdown, history bounds. Connections and state
+// when the list changed), lockdown, history bounds, reputation thresholds
+// and weights. Connections and state
 // (bans, counters, known-good) are kept; the new values apply from the
 // next decision. New bans use the new durations; bans in force keep theirs.
 //
