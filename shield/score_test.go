@@ -283,3 +283,25 @@ func TestReputationReconfigure(t *testing.T) {
 		t.Fatal("a refused config changed the thresholds")
 	}
 }
+
+// A damaged reputation file costs the scores, never the start: New logs it
+// and starts from nothing; absurd values are bounded.
+func TestReputationFileDamaged(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir+"/"+reputationFile, `{"version":1,"addresses":[{"prefix":"127.76.0.1/32","at":`)
+	h := newHarness(t, repConfig(), Options{StateDir: dir})
+	if !strings.Contains(h.logs.String(), "shield reputation not loaded") {
+		t.Fatalf("no log line for the damaged file:\n%s", h.logs.String())
+	}
+	h.s.Close()
+
+	writeFile(t, dir+"/"+reputationFile, `{"version":1,"addresses":[
+		{"prefix":"127.76.0.1/32","at":-5,"parts":{"protocol_error":-1e300,"no_such_input":-4}},
+		{"prefix":"127.76.0.2/32","at":1,"parts":{}}],
+		"networks":[{"prefix":"127.76.0.0/24","at":4000000000000000000,"parts":{"ban":-5}}]}`)
+	h2 := newHarness(t, repConfig(), Options{StateDir: dir})
+	r := h2.s.Reputation(mustAddr("127.76.0.1"))
+	if math.IsInf(r.Address.Score, 0) || r.Address.Score > -1e6 || len(r.Address.Parts) != 1 || !near(r.Network.Score, -5) {
+		t.Fatalf("loaded: %+v", r)
+	}
+}
