@@ -2,6 +2,7 @@ package pgqueue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/agua-mail/agua/internal/pg"
 	"github.com/agua-mail/agua/internal/queue"
 )
 
@@ -177,14 +179,81 @@ func (q *Queue) forget(id string, addrs []string) {
 // Update implements queue.Queue. Results for recipients this node no
 // longer holds (its lease ran out and another node took them over, or it
 // never claimed them) are not recorded: the error is queue.ErrNotClaimed,
-// after the others were.
+// after the others were. When the database cannot be reached the results
+// are kept, with the claims, and recorded once it answers again (so a
+// delivery made during an outage is not made again after it); the error
+// says so.
 func (q *Queue) Update(ctx context.Context, id string, results []queue.Result) error {
 	if !queue.ValidID(id) {
 		return queue.ErrBadID
 	}
+	u := update{id: id, results: results, now: q.now()}
+	err := q.record(ctx, u)
+	if errors.Is(err, pg.ErrUnavailable) && q.later(u) {
+		return fmt.Errorf("%w (results kept, recorded when the database answers)", err)
+	}
+	q.forget(id, u.addrs())
+	return err
+}
+
+// update is the outcome of one delivery, as Update got it.
+type update struct {
+	id      string
+	results []queue.Result
+	now     time.Time
+}
+
+func (u update) addrs() []string {
+	a := make([]string, len(u.results))
+	for i, r := range u.results {
+		a[i] = r.Rcpt
+	}
+	return a
+}
+
+// maxLater bounds the outcomes kept while the database is unreachable;
+// beyond it, an outcome is dropped and its recipients are tried again once
+// their lease lapses.
+const maxLater = 10000
+
+// later keeps u for recordLater, unless the queue is closing or full.
+func (q *Queue) later(u update) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed || len(q.pending) >= maxLater {
+		return false
+	}
+	q.pending = append(q.pending, u)
+	return true
+}
+
+// recordLater records the outcomes kept while the database was
+// unreachable, in order, until it fails again.
+func (q *Queue) recordLater() {
+	q.mu.Lock()
+	ps := q.pending
+	q.pending = nil
+	q.mu.Unlock()
+	for i, u := range ps {
+		err := q.record(context.Background(), u)
+		if errors.Is(err, pg.ErrUnavailable) {
+			q.mu.Lock()
+			q.pending = append(ps[i:], q.pending...)
+			q.mu.Unlock()
+			return
+		}
+		q.forget(u.id, u.addrs())
+		if err != nil && !errors.Is(err, queue.ErrNotFound) {
+			q.log.Warn("pgqueue: recording delivery results kept during an outage", "id", u.id, "err", err)
+		}
+	}
+}
+
+// record writes u in one transaction.
+func (q *Queue) record(ctx context.Context, u update) error {
+	id, results, now := u.id, u.results, u.now
 	ctx, cancel := q.op(ctx)
 	defer cancel()
-	now := q.now()
 	var (
 		notClaimed []string
 		found      bool
@@ -240,11 +309,6 @@ func (q *Queue) Update(ctx context.Context, id string, results []queue.Result) e
 		}
 		return tx.SendBatch(ctx, b).Close()
 	})
-	addrs := make([]string, len(results))
-	for i, r := range results {
-		addrs[i] = r.Rcpt
-	}
-	q.forget(id, addrs)
 	if err != nil {
 		return fail("recording delivery results", err)
 	}
@@ -278,16 +342,21 @@ func (q *Queue) Unclaim(id string, rcpts []string) {
 }
 
 // renew extends the leases of the claims this node holds, every Lease/3,
-// until Close. A claim whose lease already ran out is not renewed: another
+// and records outcomes kept during an outage, every Poll, until Close. A claim whose lease already ran out is not renewed: another
 // node may have it now.
 func (q *Queue) renew() {
 	defer q.bg.Done()
 	t := time.NewTicker(q.opts.Lease / 3)
 	defer t.Stop()
+	retry := time.NewTicker(q.opts.Poll)
+	defer retry.Stop()
 	for {
 		select {
 		case <-q.ctx.Done():
 			return
+		case <-retry.C:
+			q.recordLater()
+			continue
 		case <-t.C:
 		}
 		q.mu.Lock()

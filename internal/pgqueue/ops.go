@@ -171,6 +171,9 @@ func (q *Queue) Stats() queue.Stats {
 	return st
 }
 
+// Figures is Stats with the database's failure returned (agua queue stats).
+func (q *Queue) Figures() (queue.Stats, error) { return q.stats() }
+
 func (q *Queue) stats() (queue.Stats, error) {
 	ctx, cancel := q.op(context.Background())
 	defer cancel()

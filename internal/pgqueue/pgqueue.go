@@ -104,6 +104,7 @@ type Queue struct {
 	closed  bool
 	writers sync.WaitGroup            // enqueues between Begin and the end of Commit
 	held    map[string]map[string]int // claims this node holds: message → address → count
+	pending []update                  // outcomes kept while the database was unreachable
 	stopped chan struct{}             // closed when the committer has ended
 }
 
@@ -265,6 +266,7 @@ func (q *Queue) Close() error {
 	<-q.stopped
 	q.cancel()
 	q.bg.Wait()
+	q.recordLater() // a last try; what is left is tried again by a node once its lease lapses
 	ctx, cancel := q.op(context.Background())
 	defer cancel()
 	tag, err := q.pool.Exec(ctx, `UPDATE queue_rcpt SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1`, q.node)
