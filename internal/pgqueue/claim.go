@@ -14,11 +14,10 @@ import (
 	"github.com/agua-mail/agua/internal/queue"
 )
 
-// due is the condition on a recipient row r that Claim takes: pending, or
-// deferred and its time has come ($1 is now), and claimed by no one whose
-// lease still runs.
-const due = `(r.status = 0 OR (r.status = 1 AND (r.next_at IS NULL OR r.next_at <= $1)))
-	AND (r.claimed_until IS NULL OR r.claimed_until < $1)`
+// due is the condition on a recipient row r that Claim takes: not final
+// and its time has come ($1 is now; a pending recipient's time is its
+// arrival), and claimed by no one whose lease still runs.
+const due = `r.status < 2 AND r.next_at <= $1 AND (r.claimed_until IS NULL OR r.claimed_until < $1)`
 
 // Claim implements queue.Queue. Messages are locked with SKIP LOCKED, so
 // nodes claiming at the same moment take different messages; the UPDATE
@@ -38,7 +37,7 @@ func (q *Queue) Claim(now time.Time, max int) ([]queue.Job, error) {
 		jobs = jobs[:0]
 		rows, err := tx.Query(ctx, `SELECT m.id, m.sender, m.smtputf8, m.eightbit, m.account, m.received, m.size, m.delay_notified
 			FROM queue_message m
-			WHERE NOT m.held AND EXISTS (SELECT 1 FROM queue_rcpt r WHERE r.message = m.id AND `+due+`)
+			WHERE NOT m.held AND m.id IN (SELECT r.message FROM queue_rcpt r WHERE `+due+`)
 			ORDER BY m.received, m.id LIMIT $2
 			FOR UPDATE OF m SKIP LOCKED`, now, max)
 		if err != nil {
@@ -111,6 +110,9 @@ func collectRcpts(rows pgx.Rows) (map[string][]indexed, error) {
 	_, err := pgx.ForEachRow(rows, []any{&id, &r.idx, &r.Addr, &status, &r.Attempts, &next, &r.Reply, &updated}, func() error {
 		r.Status = queue.Status(status)
 		r.Next, r.Updated = timeOf(next), timeOf(updated)
+		if r.Status != queue.Deferred {
+			r.Next = time.Time{} // only a deferred recipient has a next attempt
+		}
 		out[id] = append(out[id], r)
 		return nil
 	})
@@ -122,10 +124,6 @@ func timeOf(t pgtype.Timestamptz) time.Time {
 		return time.Time{}
 	}
 	return t.Time
-}
-
-func nullTime(t time.Time) pgtype.Timestamptz {
-	return pgtype.Timestamptz{Time: t, Valid: !t.IsZero()}
 }
 
 // envelopeTo returns the envelope recipients of messages, in order.
@@ -290,13 +288,16 @@ func (q *Queue) record(ctx context.Context, u update) error {
 				continue
 			}
 			rs[i].used = true
-			var next time.Time
+			next := now // a final recipient's next_at is never read
 			if res.Status == queue.Deferred {
 				next, deferred = res.Next, true
+				if next.IsZero() {
+					next = now
+				}
 			}
 			b.Queue(`UPDATE queue_rcpt SET status = $3, reply = $4, next_at = $5, updated = $6, attempts = attempts + 1,
 				claimed_by = NULL, claimed_until = NULL WHERE message = $1 AND idx = $2`,
-				id, rs[i].idx, int16(res.Status), res.Reply, nullTime(next), now)
+				id, rs[i].idx, int16(res.Status), res.Reply, next, now)
 			delayed = delayed || res.DelayNotified
 		}
 		if delayed {

@@ -131,7 +131,7 @@ func (q *Queue) insert(batch []*commit) error {
 			b.Queue(`INSERT INTO queue_message (id, sender, smtputf8, eightbit, account, received, size) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
 				m.id, m.env.From, m.env.UTF8, m.env.EightBit, m.env.Account, m.env.Received, int64(len(m.body)))
 			b.Queue(`INSERT INTO queue_body (message, data) VALUES ($1, $2)`, m.id, m.body)
-			b.Queue(`INSERT INTO queue_rcpt (message, idx, addr) SELECT $1, i - 1, a FROM unnest($2::text[]) WITH ORDINALITY AS t(a, i)`, m.id, m.env.To)
+			b.Queue(`INSERT INTO queue_rcpt (message, idx, addr, next_at) SELECT $1, i - 1, a, $3 FROM unnest($2::text[]) WITH ORDINALITY AS t(a, i)`, m.id, m.env.To, m.env.Received)
 		}
 		b.Queue(`SELECT pg_notify('` + notifyChannel + `', '')`)
 		return tx.SendBatch(ctx, b).Close()

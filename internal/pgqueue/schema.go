@@ -27,7 +27,9 @@ CREATE TABLE queue_body (
 );
 
 -- One row per recipient (idx: its place in the envelope). status:
--- 0 pending, 1 deferred, 2 delivered, 3 bounced (queue.Status). A claim is
+-- 0 pending, 1 deferred, 2 delivered, 3 bounced (queue.Status). next_at is
+-- when it is due: the arrival for a pending one, so that Claim finds due
+-- recipients by one range of queue_rcpt_due whatever their status. A claim is
 -- claimed_by (a node's name) until claimed_until: a node that dies leaves
 -- its claims to the others when the lease runs out.
 CREATE TABLE queue_rcpt (
@@ -36,14 +38,14 @@ CREATE TABLE queue_rcpt (
 	addr          text        NOT NULL,
 	status        smallint    NOT NULL DEFAULT 0,
 	attempts      integer     NOT NULL DEFAULT 0,
-	next_at       timestamptz,
+	next_at       timestamptz NOT NULL,
 	reply         text        NOT NULL DEFAULT '',
 	updated       timestamptz,
 	claimed_by    text,
 	claimed_until timestamptz,
 	PRIMARY KEY (message, idx)
 );
-CREATE INDEX queue_rcpt_waiting ON queue_rcpt (next_at) WHERE status < 2;
+CREATE INDEX queue_rcpt_due ON queue_rcpt (next_at) WHERE status < 2;
 CREATE INDEX queue_rcpt_claimed ON queue_rcpt (claimed_by) WHERE claimed_by IS NOT NULL;
 `},
 }
