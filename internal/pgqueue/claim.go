@@ -32,9 +32,11 @@ func (q *Queue) Claim(now time.Time, max int) ([]queue.Job, error) {
 	}
 	ctx, cancel := q.op(context.Background())
 	defer cancel()
-	var jobs []queue.Job
+	var (
+		jobs    []queue.Job
+		claimed map[string][]indexed
+	)
 	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
-		jobs = jobs[:0]
 		rows, err := tx.Query(ctx, `SELECT m.id, m.sender, m.smtputf8, m.eightbit, m.account, m.received, m.size, m.delay_notified
 			FROM queue_message m
 			WHERE NOT m.held AND m.id IN (SELECT r.message FROM queue_rcpt r WHERE `+due+`)
@@ -61,8 +63,7 @@ func (q *Queue) Claim(now time.Time, max int) ([]queue.Job, error) {
 		if err != nil {
 			return err
 		}
-		claimed, err := collectRcpts(rows)
-		if err != nil {
+		if claimed, err = collectRcpts(rows); err != nil {
 			return err
 		}
 		to, err := envelopeTo(ctx, tx, ids)
@@ -80,12 +81,14 @@ func (q *Queue) Claim(now time.Time, max int) ([]queue.Job, error) {
 		// A message whose due recipients another node claimed between
 		// the two statements yields no job.
 		jobs = slices.DeleteFunc(jobs, func(j queue.Job) bool { return len(j.Rcpts) == 0 })
-		q.hold(claimed)
 		return nil
 	})
 	if err != nil {
+		// Claims whose COMMIT went through unanswered lapse with their
+		// lease: they are not renewed.
 		return nil, fail("claim", err)
 	}
+	q.hold(claimed)
 	return jobs, nil
 }
 
@@ -258,6 +261,15 @@ func (q *Queue) record(ctx context.Context, u update) error {
 	)
 	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		notClaimed, found = nil, false
+		// The message row first, as Claim and the operator's changes lock
+		// it: one lock order, no deadlock.
+		var one int
+		if err := tx.QueryRow(ctx, `SELECT 1 FROM queue_message WHERE id = $1 FOR UPDATE`, id).Scan(&one); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil // deleted meanwhile (by the operator): nothing to record
+			}
+			return err
+		}
 		rows, err := tx.Query(ctx, `SELECT idx, addr, coalesce(claimed_by, '') FROM queue_rcpt WHERE message = $1 ORDER BY idx FOR UPDATE`, id)
 		if err != nil {
 			return err
