@@ -2,6 +2,7 @@ package pgqueue_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,4 +61,32 @@ func TestNodes(t *testing.T) {
 		b := newQueue(t, openPool(t, url), pgqueue.Options{Now: now, Lease: lease, Node: "b"})
 		return a, b
 	})
+}
+
+// TestWakeAcrossNodes: node b, which never polls within the test, is woken
+// by node a's enqueues through LISTEN/NOTIFY. (The first round may be
+// answered by the wake-up b gives itself when its LISTEN starts; the
+// second can only come from a notification.)
+func TestWakeAcrossNodes(t *testing.T) {
+	srv := pgtest.Shared(t)
+	url := srv.NewDatabase(t)
+	a := newQueue(t, openPool(t, url), pgqueue.Options{})
+	b := newQueue(t, openPool(t, url), pgqueue.Options{Poll: time.Hour})
+	for round := range 2 {
+		for drained := false; !drained; {
+			select {
+			case <-b.Wake():
+			default:
+				drained = true
+			}
+		}
+		if _, err := a.Enqueue(t.Context(), queue.Envelope{From: "a@local.test", To: []string{"b@remote.test"}}, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-b.Wake():
+		case <-time.After(time.Minute):
+			t.Fatalf("round %d: node b not woken by node a's enqueue", round)
+		}
+	}
 }
