@@ -51,9 +51,9 @@ func (s *Store) flush(batch []*commit) {
 	var fss []*os.File // the file systems the batch wrote to, usually one
 	if !s.fsyncEach {
 		for _, c := range batch {
-			for _, f := range c.files {
-				if !slices.Contains(fss, f.fs) {
-					fss = append(fss, f.fs)
+			for i := range c.files {
+				if fs := c.files[i].fs; !slices.Contains(fss, fs) {
+					fss = append(fss, fs)
 				}
 			}
 		}
@@ -65,16 +65,22 @@ func (s *Store) flush(batch []*commit) {
 			return
 		}
 	}
-	dirs := map[string][]int{} // new/ folder → deliveries with a file in it
+	var dirs map[string][]int // FsyncEach: new/ folder → deliveries with a file in it
+	if s.fsyncEach {
+		dirs = map[string][]int{}
+	}
 	for i, c := range batch {
-		for _, f := range c.files {
+		for j := range c.files {
+			f := &c.files[j]
 			if err := f.mb.commitRename(f); err != nil {
 				errs[i] = err
 				break
 			}
-			dir := filepath.Dir(f.newPath)
-			if l := dirs[dir]; len(l) == 0 || l[len(l)-1] != i {
-				dirs[dir] = append(l, i)
+			if dirs != nil {
+				dir := filepath.Dir(f.newPath)
+				if l := dirs[dir]; len(l) == 0 || l[len(l)-1] != i {
+					dirs[dir] = append(l, i)
+				}
 			}
 		}
 	}
@@ -97,8 +103,8 @@ func (s *Store) flush(batch []*commit) {
 	}
 	for i, c := range batch {
 		if errs[i] != nil {
-			for _, f := range c.files {
-				f.mb.undo(s, f)
+			for j := range c.files {
+				c.files[j].mb.undo(s, &c.files[j])
 			}
 		}
 		c.err <- errs[i]
