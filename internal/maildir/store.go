@@ -83,15 +83,17 @@ const (
 // Store is a set of Maildirs below one root folder. It is safe for
 // concurrent use.
 type Store struct {
-	root      string
-	hostname  string // escaped for file names
-	pid       int
-	log       *slog.Logger
-	maxBatch  int
-	now       func() time.Time // for tests
-	fsyncEach bool
-	batches   atomic.Int64 // commits made, for benchmarks
-	committed atomic.Int64 // deliveries in them
+	root     string
+	hostname string // escaped for file names
+	pid      int
+	log      *slog.Logger
+	maxBatch int
+	now      func() time.Time // for tests
+	// beforeSyncfs, if set, runs before each commit step's syncfs (tests).
+	beforeSyncfs func()
+	fsyncEach    bool
+	batches      atomic.Int64 // commits made, for benchmarks
+	committed    atomic.Int64 // deliveries in them
 
 	fsMu  sync.Mutex
 	fsFDs map[uint64]*os.File // device → an open folder on it, for syncfs
