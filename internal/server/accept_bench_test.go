@@ -18,7 +18,7 @@ import (
 // acknowledged only once it is on disk. The figures that do not depend on
 // the machine's load are the allocations: allocs/msg and B/msg (allocs/rcpt
 // for recipients) count the whole process, the server and the benchmark's
-// raw-socket client, whose own share is its net.Dial and Close (about 25
+// raw-socket client, whose own share is its net.Dial and Close (about 20
 // allocations per connection; nothing per command). ns/op is the disk's and
 // the machine's.
 //
@@ -43,12 +43,12 @@ func BenchmarkAccept(b *testing.B) {
 	// (connect, EHLO, MAIL, RCPT, DATA, QUIT).
 	b.Run("Session", func(b *testing.B) {
 		tx := benchTransaction(testUser)
-		measure(b, 1, func() {
+		measure(b, "msg", 1, func() {
 			c := dialBench(b, addr, &src)
 			c.expect("220")
-			c.cmd("EHLO client.example\r\n", "250")
+			c.send(cmdEHLO, "250")
 			c.transaction(tx)
-			c.cmd("QUIT\r\n", "221")
+			c.send(cmdQUIT, "221")
 			c.conn.Close()
 		})
 	})
@@ -57,7 +57,7 @@ func BenchmarkAccept(b *testing.B) {
 	b.Run("Reuse", func(b *testing.B) {
 		tx := benchTransaction(testUser)
 		s := benchSession{b: b, addr: addr, src: &src, per: 400}
-		measure(b, 1, func() { s.next().transaction(tx) })
+		measure(b, "msg", 1, func() { s.next().transaction(tx) })
 		s.close()
 	})
 	// TenRcpts: each message to ten mailboxes (a new connection every 150
@@ -65,7 +65,7 @@ func BenchmarkAccept(b *testing.B) {
 	b.Run("TenRcpts", func(b *testing.B) {
 		tx := benchTransaction(boxes...)
 		s := benchSession{b: b, addr: addr, src: &src, per: 150}
-		measure(b, len(boxes), func() { s.next().transaction(tx) })
+		measure(b, "msg", len(boxes), func() { s.next().transaction(tx) })
 		s.close()
 	})
 }
@@ -81,11 +81,11 @@ func BenchmarkAcceptRCPT(b *testing.B) {
 	s := benchSession{b: b, addr: ts.srv.Addr("smtp"), src: &src, per: 1500}
 	rcpt := []byte("RCPT TO:<" + testUser + ">\r\n")
 	n := 0
-	measure(b, 1, func() {
+	measure(b, "rcpt", 1, func() {
 		c := s.next()
 		if n%50 == 0 {
-			c.cmd("RSET\r\n", "250")
-			c.cmd("MAIL FROM:<sender@client.example>\r\n", "250")
+			c.send(cmdRSET, "250")
+			c.send(cmdMAIL, "250")
 		}
 		n++
 		c.send(rcpt, "250")
@@ -93,9 +93,10 @@ func BenchmarkAcceptRCPT(b *testing.B) {
 	s.close()
 }
 
-// measure runs op b.N times and reports the allocations per op and per
-// recipient (op delivers to rcpts mailboxes).
-func measure(b *testing.B, rcpts int, op func()) {
+// measure runs op b.N times and reports the allocations per op (unit
+// "msg" or "rcpt"), and per recipient when op delivers to rcpts > 1
+// mailboxes.
+func measure(b *testing.B, unit string, rcpts int, op func()) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	b.ReportAllocs()
@@ -104,8 +105,8 @@ func measure(b *testing.B, rcpts int, op func()) {
 	}
 	runtime.ReadMemStats(&after)
 	allocs := float64(after.Mallocs-before.Mallocs) / float64(b.N)
-	b.ReportMetric(allocs, "allocs/msg")
-	b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/float64(b.N), "B/msg")
+	b.ReportMetric(allocs, "allocs/"+unit)
+	b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/float64(b.N), "B/"+unit)
 	if rcpts > 1 {
 		b.ReportMetric(allocs/float64(rcpts), "allocs/rcpt")
 	}
@@ -114,7 +115,7 @@ func measure(b *testing.B, rcpts int, op func()) {
 // benchTransaction is MAIL, RCPT for each mailbox, DATA, and the message
 // (2 KiB, as smtp-source -l 2048 sends), each with the reply it expects.
 func benchTransaction(rcpts ...string) []benchStep {
-	steps := []benchStep{{[]byte("MAIL FROM:<sender@client.example>\r\n"), "250"}}
+	steps := []benchStep{{cmdMAIL, "250"}}
 	for _, r := range rcpts {
 		steps = append(steps, benchStep{[]byte("RCPT TO:<" + r + ">\r\n"), "250"})
 	}
@@ -170,7 +171,7 @@ func (s *benchSession) next() *benchClient {
 		s.close()
 		s.c, s.use = dialBench(s.b, s.addr, s.src), 0
 		s.c.expect("220")
-		s.c.cmd("EHLO client.example\r\n", "250")
+		s.c.send(cmdEHLO, "250")
 	}
 	s.use++
 	return s.c
@@ -178,7 +179,7 @@ func (s *benchSession) next() *benchClient {
 
 func (s *benchSession) close() {
 	if s.c != nil {
-		s.c.cmd("QUIT\r\n", "221")
+		s.c.send(cmdQUIT, "221")
 		s.c.conn.Close()
 	}
 }
@@ -189,7 +190,12 @@ func (c *benchClient) transaction(steps []benchStep) {
 	}
 }
 
-func (c *benchClient) cmd(line, want string) { c.send([]byte(line), want) }
+var (
+	cmdEHLO = []byte("EHLO client.example\r\n")
+	cmdMAIL = []byte("MAIL FROM:<sender@client.example>\r\n")
+	cmdRSET = []byte("RSET\r\n")
+	cmdQUIT = []byte("QUIT\r\n")
+)
 
 func (c *benchClient) send(p []byte, want string) {
 	if _, err := c.conn.Write(p); err != nil {

@@ -150,7 +150,11 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 	prevCRLF := true
 	inHeader, received := true, 0
 	for {
-		ss.conn.SetReadDeadline(ss.frame.ReadDeadline(cfg.DataTimeout))
+		// The timeout is for each read from the network: a line already
+		// in the buffer needs no new deadline (nor a clock reading).
+		if !connsrv.HasLine(ss.r) {
+			ss.conn.SetReadDeadline(ss.frame.ReadDeadline(cfg.DataTimeout))
+		}
 		frag, rerr := ss.r.ReadSlice('\n')
 		if rerr != nil && rerr != bufio.ErrBufferFull {
 			return nil, rerr
