@@ -35,6 +35,7 @@ type Config struct {
 	Auth     AuthConfig     `toml:"auth" doc:"Authentication of inbound mail on MX listeners: SPF, DKIM, DMARC, Authentication-Results, and what failures do."`
 	DNSBL    DNSBLConfig    `toml:"dnsbl" doc:"DNS blocklists and allowlists with weights (postscreen-style), asked in parallel when a client connects to an MX listener; a listed client is refused before the greeting."`
 	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
+	Postgres PostgresConfig `toml:"postgres" doc:"Several nodes, the same users: the accounts directory, the mailboxes and the outbound queue on PostgreSQL, each part chosen on its own."`
 
 	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
 }
@@ -191,5 +192,6 @@ func Default() Config {
 		DNSBL:    defaultDNSBL(),
 
 		Autoconfig: defaultAutoconfig(),
+		Postgres:   PostgresConfig{MaxConns: 16},
 	}
 }
