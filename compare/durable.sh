@@ -27,6 +27,12 @@
 # OUT_DIR/durable.jsonl has one line per run, OUT_DIR/summary.md the table
 # with agua/Postfix ratios.
 #
+# PG=1 adds a third server: agua with the accounts and the mailboxes on
+# PostgreSQL ([postgres] accounts, mail; issue 17), against a PostgreSQL
+# this script starts (initdb in WORK/pg, loopback port 3732, fsync and
+# synchronous_commit on, as the postgres user): its 250 comes after the
+# COMMIT. Its CPU figure is agua's tree plus PostgreSQL's.
+#
 # Environment: COUNT (4000: messages with 20 sessions), COUNT1 (1000: with
 # 1 session), SIZE (2048), RUNS ("20 1": session counts), PIN ("no yes"),
 # SYNC (syncfs, or fsync: agua's [store] sync), WORK (/var/tmp/agua-durable,
@@ -58,6 +64,8 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/de
 agua_pid=
 cleanup() {
   [ -z "$agua_pid" ] || { kill -INT "$agua_pid" 2>/dev/null; wait "$agua_pid" 2>/dev/null; } || true
+  [ -z "${aguapg_pid:-}" ] || { kill -INT "$aguapg_pid" 2>/dev/null; wait "$aguapg_pid" 2>/dev/null; } || true
+  [ -z "${pg_pid:-}" ] || { kill -INT "$pg_pid" 2>/dev/null; wait "$pg_pid" 2>/dev/null; } || true
   [ "${KEEP_RUNNING:-0}" = 1 ] || "$pd" stop || true
 }
 trap cleanup EXIT
@@ -99,6 +107,29 @@ echo 'durable bench password' | "$agua" user add demo@example.test -config "$cfg
 agua_pid=$!
 wait_port "$AG_SMTP"
 
+# --- agua on PostgreSQL (PG=1) -------------------------------------------------
+AG_PG_SMTP=127.0.0.1:3726
+aguapg_pid= pg_pid=
+if [ "${PG:-0}" = 1 ]; then
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  rm -rf "$work/pg" "$work/data-pg"; mkdir -p "$work/pg"; chown postgres "$work/pg"
+  runuser -u postgres -- "$pgbin/initdb" -D "$work/pg/data" -A trust -U agua -E UTF8 --no-instructions >/dev/null
+  printf "listen_addresses = '127.0.0.1'\nport = 3732\nunix_socket_directories = '%s'\nmax_connections = 100\n" "$work/pg" >> "$work/pg/data/postgresql.conf"
+  runuser -u postgres -- "$pgbin/postgres" -D "$work/pg/data" >> "$out/postgres.log" 2>&1 &
+  pg_pid=$!
+  wait_port 127.0.0.1:3732
+  sleep 1
+  "$pgbin/psql" -h 127.0.0.1 -p 3732 -U agua -d postgres -qc 'CREATE DATABASE agua' >/dev/null
+  sed -e "s|$work/data\"|$work/data-pg\"|" -e "s|$AG_SMTP|$AG_PG_SMTP|" "$cfg" > "$work/agua-pg.toml"
+  printf '[postgres]\nurl = "postgres://agua@127.0.0.1:3732/agua?sslmode=disable"\nmigrate = true\naccounts = true\nmail = true\n' >> "$work/agua-pg.toml"
+  "$agua" db migrate -config "$work/agua-pg.toml" >/dev/null
+  "$agua" domain add example.test -config "$work/agua-pg.toml" >/dev/null
+  echo 'durable bench password' | "$agua" user add demo@example.test -config "$work/agua-pg.toml" >/dev/null
+  (ulimit -n 20000; exec "$agua" serve -config "$work/agua-pg.toml" >> "$out/agua-pg.log" 2>&1) &
+  aguapg_pid=$!
+  wait_port "$AG_PG_SMTP"
+fi
+
 # --- Postfix -----------------------------------------------------------------
 log "Postfix (compare/postfix-dovecot.sh)"
 "$pd" install >/dev/null
@@ -123,7 +154,7 @@ cat "$out/machine.txt" >&2
 # forked later inherit it from their parent (Postfix's master).
 pin_tree() {
   local p
-  for p in $(python3 - "$1" <<'PY'
+  for p in $(python3 - ${1//,/ } <<'PY'
 import os, sys
 kids = {}
 for d in os.listdir("/proc"):
@@ -133,7 +164,7 @@ for d in os.listdir("/proc"):
             kids.setdefault(int(s[s.rindex(")") + 2:].split()[1]), []).append(int(d))
         except OSError:
             pass
-todo, out = [int(sys.argv[1])], []
+todo, out = [int(a) for a in sys.argv[1:]], []
 while todo:
     p = todo.pop(); out.append(p); todo += kids.get(p, [])
 print(" ".join(map(str, out)))
@@ -187,6 +218,7 @@ PY
 for s in $runs; do
   for pin in $pins; do
     one agua "$AG_SMTP" "$agua_pid" "$s" "$pin"
+    [ -z "$aguapg_pid" ] || one agua-pg "$AG_PG_SMTP" "$aguapg_pid,$pg_pid" "$s" "$pin"
     one postfix "$PF_SMTP" "$pf_pid" "$s" "$pin"
   done
 done
@@ -199,16 +231,24 @@ print("```\n" + sys.argv[2] + "\n```\n")
 print("| sessions | pinned | agua accepted/s | Postfix accepted/s | Postfix into Maildir/s | agua/Postfix (accepted) | agua CPU ms/msg | Postfix CPU ms/msg | smtp-source CPU ms/msg (agua, Postfix) |")
 print("|---|---|---|---|---|---|---|---|---|")
 key = lambda r: (r["sessions"], r["pinned"])
-by = {}
+by, pg_rows = {}, []
 for r in rows:
     by.setdefault(key(r), {})[r["server"]] = r
 for (s, p), d in by.items():
-    a, f = d.get("agua"), d.get("postfix")
+    a, f, g = d.get("agua"), d.get("postfix"), d.get("agua-pg")
     if not a or not f:
         continue
+    if g:
+        pg_rows.append(f"| {s} | {'yes' if p else 'no'} | {g['accept_per_s']} | {a['accept_per_s']} | {f['accept_per_s']} | "
+                       f"{g['accept_per_s'] / f['accept_per_s']:.1f}× | {g['server_cpu_ms_per_msg']} |")
     print(f"| {s} | {'yes' if p else 'no'} | {a['accept_per_s']} | {f['accept_per_s']} | {f['in_maildir_per_s']} | "
           f"{a['accept_per_s'] / f['accept_per_s']:.1f}× | {a['server_cpu_ms_per_msg']} | {f['server_cpu_ms_per_msg']} | "
           f"{a['smtp_source_cpu_ms_per_msg']}, {f['smtp_source_cpu_ms_per_msg']} |")
+if pg_rows:
+    print("\nWith the accounts and mailboxes on PostgreSQL (PG=1; CPU: agua + PostgreSQL):\n")
+    print("| sessions | pinned | agua on PostgreSQL accepted/s | agua Maildir accepted/s | Postfix accepted/s | PostgreSQL/Postfix | agua+PostgreSQL CPU ms/msg |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(pg_rows))
 errs = [r for r in rows if r["errors"]]
 if errs:
     print("\nsmtp-source reported errors: " + "; ".join(f"{r['server']} {r['sessions']}: {r['errors']}" for r in errs))

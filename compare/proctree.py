@@ -4,7 +4,7 @@ then print one JSON object: peak RSS and PSS summed over the tree, peak
 process count, and the CPU seconds the tree used while sampled.
 
     compare/proctree.py PID [INTERVAL_S] > out.json &  ...  kill $!
-    compare/proctree.py cpu PID    # the tree's CPU seconds so far, once
+    compare/proctree.py cpu PID[,PID]  # the tree's (trees') CPU seconds so far, once
 
 For a one-process server (agua) RSS and PSS are about equal; for
 multi-process servers (Postfix, Dovecot) the RSS sum counts shared pages
@@ -83,8 +83,8 @@ def sample(root):
 
 
 def main():
-    if sys.argv[1] == "cpu":
-        print(round(sample(int(sys.argv[2]))[0], 2))
+    if sys.argv[1] == "cpu":  # PID[,PID...]: the trees' CPU seconds summed
+        print(round(sum(sample(int(p))[0] for p in sys.argv[2].split(",")), 2))
         return
     root = int(sys.argv[1])
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
