@@ -141,7 +141,7 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 		dry = d
 	}
 	ns := now.UnixNano()
-	knownGood = s.isKnownGood(addr, ns)
+	knownGood = s.isKnownGood(addr, ns) && !s.repUntrusted(addr, l)
 	lim := &s.cfg().Limits
 
 	// Per address: rate first (every attempt costs a token), then concurrency.
