@@ -34,6 +34,7 @@ type Config struct {
 	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups and for the SPF, DKIM and DMARC checks of inbound mail."`
 	Auth     AuthConfig     `toml:"auth" doc:"Authentication of inbound mail on MX listeners: SPF, DKIM, DMARC, Authentication-Results, and what failures do."`
 	DNSBL    DNSBLConfig    `toml:"dnsbl" doc:"DNS blocklists and allowlists with weights (postscreen-style), asked in parallel when a client connects to an MX listener; a listed client is refused before the greeting."`
+	Greylist GreylistConfig `toml:"greylist" doc:"Greylisting of inbound mail (RFC 6647), off by default."`
 	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
 
 	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
@@ -189,6 +190,7 @@ func Default() Config {
 		DNS:      defaultDNS(),
 		Auth:     defaultAuth(),
 		DNSBL:    defaultDNSBL(),
+		Greylist: defaultGreylist(),
 
 		Autoconfig: defaultAutoconfig(),
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/mailauth"
@@ -81,6 +82,9 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 			return err
 		}
 	}
+	if err := t.greylist(rcpt); err != nil {
+		return err
+	}
 	if err := t.limitRcpt(rcpt, false); err != nil {
 		return err
 	}
@@ -101,6 +105,33 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 		}
 	}
 	return nil
+}
+
+// greylist defers the first attempt of a triplet (RFC 6647) of mail that
+// is not this site's own or a known-good client's.
+func (t *transaction) greylist(rcpt string) error {
+	g := t.r.cfg.Greylist
+	s := t.s
+	if g == nil || s.Mode != smtpd.ModeMX || s.User != "" || s.Trusted || s.KnownGood {
+		return nil
+	}
+	ip := remoteIP(s.RemoteAddr)
+	if !ip.IsValid() {
+		return nil
+	}
+	now := t.r.cfg.Now()
+	v := g.Check(ip, t.from, rcpt, now)
+	if v.Pass {
+		if v.Why == "retried" {
+			t.r.cfg.Log.Info("greylist: retry passed", "session", s.ID, "client", ip, "from", t.from, "rcpt", rcpt)
+		}
+		return nil
+	}
+	wait := max(v.Retry.Sub(now).Round(time.Second), time.Second)
+	t.r.cfg.Log.Info("greylist: deferred", "session", s.ID, "client", ip, "from", t.from, "rcpt", rcpt, "why", v.Why, "retry_in", wait)
+	// RFC 6647 2.1: a temporary failure; RFC 3463 4.7.1, delivery not
+	// authorized (yet).
+	return smtpd.Errorf(451, "4.7.1", "Greylisted: a new sender and recipient for your network; please retry in %s", wait)
 }
 
 // addRemote applies the relay policy: RFC 5321 3.6.2, an MX relays for no

@@ -25,12 +25,12 @@ import (
 	"github.com/agua-mail/agua/internal/certs"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
-	"github.com/agua-mail/agua/internal/dnsbl"
 	"github.com/agua-mail/agua/internal/imapd"
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
+	"github.com/agua-mail/agua/internal/resolver"
 	"github.com/agua-mail/agua/internal/router"
 	"github.com/agua-mail/agua/internal/sendlimit"
 	"github.com/agua-mail/agua/internal/smtpd"
@@ -72,7 +72,11 @@ type Server struct {
 	limits    *sendlimit.Tracker // sending limits and suspended accounts
 	certs     *certs.Source      // every TLS listener's certificate
 	acme      *certs.ACME        // [tls] acme; nil when off
-	dnsbl     *dnsbl.Checker     // [dnsbl] lists; nil when none
+	dnsbl     dnsblLive          // [dnsbl] lists and their checker, swapped on reload
+	grey      *greyGate          // [greylist]
+	// acceptDNS is the resolver of the accept path ([auth], [dnsbl]),
+	// behind a circuit breaker.
+	acceptDNS resolver.Guarded
 }
 
 type boundListener struct {
@@ -236,11 +240,13 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		return err
 	}
 	s.metrics.WatchOutbound(outboundFigures{s})
+	s.acceptDNS = resolver.Guarded{R: s.out.res, B: &resolver.Breaker{Failures: s.cfg.DNS.BreakerFailures, Cooldown: s.cfg.DNS.BreakerCooldown}}
+	s.grey = s.openGreylist()
 	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), SRS: s.out.srs, Log: s.log,
-		Limits: routerLimits{s.limits}}
+		Limits: routerLimits{s.limits}, Greylist: s.grey, Now: s.grey.clock}
 	if a := s.cfg.Auth; a.Enabled {
 		var err error
-		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.out.res, Timeout: a.Timeout}); err != nil {
+		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.acceptDNS, Timeout: a.Timeout}); err != nil {
 			return err
 		}
 		rc.AuthPolicy = mailauth.Policy{DMARCReject: a.DMARCReject, DMARCQuarantine: a.DMARCQuarantine,
@@ -265,13 +271,14 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		// (issue 13: botnet message floods).
 		CommitSlot: s.deliveries.Acquire,
 	}
-	if s.dnsbl, err = s.openDNSBL(); err != nil {
+	st, err := s.newDNSBL(s.cfg.DNSBL)
+	if err != nil {
 		return err
 	}
-	if s.dnsbl != nil {
-		hooks.Screen = s.dnsblScreen(s.dnsbl)
-		s.shield.SetReputation(dnsblReputation{c: s.dnsbl, refuse: s.cfg.DNSBL.Action == "refuse"})
-	}
+	s.dnsbl.p.Store(st)
+	// Installed even without lists: a reload may add some.
+	hooks.Screen = s.dnsblScreen
+	s.shield.SetReputation(dnsblReputation{live: &s.dnsbl})
 	for _, group := range []struct {
 		mode  smtpd.Mode
 		addrs []string
@@ -446,6 +453,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer wg.Done()
 		s.manageCerts(certCtx)
 	}()
+	if s.grey != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.keepSaving(certCtx, s.grey) // a last save once the listeners are shut
+		}()
+	}
 	s.log.Info("agua started", "version", Version, "data", s.cfg.DataDir, "admin", AdminSocket(s.cfg))
 	for {
 		select {

@@ -73,6 +73,7 @@ type session struct {
 	limitReported bool
 	remembered    string          // the user the session is filed under for EndSessions ("" none)
 	ctx           context.Context // ended by the session's end and by a shield kick
+	tarpit        time.Duration   // Screening.Reply: each reply waits this long
 	frame         *connsrv.Frame
 }
 
@@ -113,7 +114,7 @@ func (s *Server) serveConn(c net.Conn) {
 
 func (ss *session) run() {
 	s := ss.srv
-	var screen func(context.Context) *Error
+	var screen func(context.Context) Screening
 	if s.mode == ModeMX && s.hooks.Screen != nil {
 		screen = s.hooks.Screen(ss.conn)
 	}
@@ -121,10 +122,15 @@ func (ss *session) run() {
 		return
 	}
 	if screen != nil {
-		if e := screen(ss.ctx); e != nil {
+		sc := screen(ss.ctx)
+		if e := sc.Refuse; e != nil {
 			ss.log.Debug("smtp client screened out", "reply", e.Error())
 			ss.reply(e)
 			ss.Flush()
+			return
+		}
+		ss.tarpit = min(max(sc.Reply, 0), MaxTarpitReply)
+		if d := min(sc.Greeting, MaxTarpitGreeting); d > 0 && !ss.frame.Wait(d) {
 			return
 		}
 	}
@@ -321,6 +327,9 @@ func (ss *session) replyLines(code int, lines []string) {
 }
 
 func (ss *session) Flush() error {
+	if ss.tarpit > 0 && ss.w.Buffered() > 0 && !ss.frame.Wait(ss.tarpit) {
+		return errShuttingDown
+	}
 	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.CommandTimeout))
 	return ss.w.Flush()
 }
