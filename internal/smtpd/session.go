@@ -115,6 +115,7 @@ func (s *Server) serveConn(c net.Conn) {
 func (ss *session) run() {
 	s := ss.srv
 	var screen func(context.Context) Screening
+	var tarpit time.Duration
 	if s.mode == ModeMX && s.hooks.Screen != nil {
 		screen = s.hooks.Screen(ss.conn)
 	}
@@ -129,15 +130,16 @@ func (ss *session) run() {
 			ss.Flush()
 			return
 		}
-		ss.tarpit = min(max(sc.Reply, 0), MaxTarpitReply)
 		if d := min(sc.Greeting, MaxTarpitGreeting); d > 0 && !ss.frame.Wait(d) {
 			return
 		}
+		tarpit = min(max(sc.Reply, 0), MaxTarpitReply)
 	}
 	ss.replyLine(220, "", s.cfg.Hostname+" ESMTP agua")
 	if ss.Flush() != nil {
 		return
 	}
+	ss.tarpit = tarpit // the replies after the greeting
 	ss.frame.Loop(ss.r, ss, &frameReplies)
 }
 
