@@ -105,6 +105,11 @@ type Config struct {
 	Auth *mailauth.Checker
 	// AuthPolicy is what the results decide.
 	AuthPolicy mailauth.Policy
+	// DomainPolicies override AuthPolicy for mail to a recipient domain
+	// (lower case). One transaction is judged under one policy: a
+	// recipient under another gets 452 4.5.3 and comes in another
+	// transaction.
+	DomainPolicies map[string]mailauth.Policy
 	// JunkFolder receives quarantined mail. Default "Junk".
 	JunkFolder string
 	// Log receives one line per authenticated message. nil: discarded.

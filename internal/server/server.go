@@ -249,8 +249,15 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.acceptDNS, Timeout: a.Timeout}); err != nil {
 			return err
 		}
-		rc.AuthPolicy = mailauth.Policy{DMARCReject: a.DMARCReject, DMARCQuarantine: a.DMARCQuarantine,
-			SPFFailReject: a.SPFFailReject, DeferTempError: a.TempError == "defer"}
+		rc.AuthPolicy = authPolicy(a.Global())
+		pols, err := a.Policies()
+		if err != nil {
+			return err
+		}
+		rc.DomainPolicies = map[string]mailauth.Policy{}
+		for d, p := range pols {
+			rc.DomainPolicies[d] = authPolicy(p)
+		}
 		rc.JunkFolder = a.JunkFolder
 	}
 	backend, err := router.New(rc)
@@ -300,6 +307,12 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		}
 	}
 	return nil
+}
+
+// authPolicy is the mailauth.Policy of an [auth] policy.
+func authPolicy(p config.AuthPolicy) mailauth.Policy {
+	return mailauth.Policy{DMARCReject: p.DMARCReject, DMARCQuarantine: p.DMARCQuarantine,
+		SPFFailReject: p.SPFFailReject, DeferTempError: p.TempError == "defer"}
 }
 
 // bind listens on every address, behind the shield, and records the
