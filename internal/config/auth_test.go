@@ -100,3 +100,24 @@ domain_policy = [
 		t.Fatalf("%d problems, want 8: %v", n, ce.Problems)
 	}
 }
+
+// The domain_policy parser never panics; what it accepts names a domain
+// and only known values.
+func FuzzDomainPolicy(f *testing.F) {
+	for _, s := range []string{"example.com: dmarc_reject=off", "a.b: temperror=defer, spf_fail_reject=on", ":", "x:=,", "a.b: dmarc_quarantine=on,,"} {
+		f.Add(s)
+	}
+	a := defaultAuth()
+	f.Fuzz(func(t *testing.T, s string) {
+		d, p, err := a.parseDomainPolicy(s)
+		if err != nil {
+			if !errors.Is(err, ErrPolicySyntax) {
+				t.Fatalf("%q: untyped error %v", s, err)
+			}
+			return
+		}
+		if !isDomain(d) || (p.TempError != "accept" && p.TempError != "defer") {
+			t.Fatalf("%q accepted as %q %+v", s, d, p)
+		}
+	})
+}

@@ -24,6 +24,13 @@ type greyGate struct {
 	now     atomic.Pointer[func() time.Time] // the clock (tests)
 }
 
+// GreylistStatus is the greylist part of agua status.
+type GreylistStatus struct {
+	Enabled  bool `json:"enabled"`
+	Triplets int  `json:"triplets"`
+	Networks int  `json:"networks"`
+}
+
 func greylistPath(cfg config.Config) string { return filepath.Join(cfg.DataDir, "greylist.json") }
 
 // openGreylist loads the table saved by the last run. A file that cannot

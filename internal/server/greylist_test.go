@@ -109,6 +109,10 @@ func TestGreylistSMTP(t *testing.T) {
 		t.Fatalf("authenticated submission: %q", r)
 	}
 
+	if st := srv.status().(Status); st.Greylist == nil || !st.Greylist.Enabled || st.Greylist.Triplets != 3 || st.Greylist.Networks != 1 {
+		t.Fatalf("status greylist: %+v", st.Greylist)
+	}
+
 	// Restart: the pending triplet of 127.0.10.0/24 and the allowed
 	// 127.0.9.0/24 are remembered.
 	stop()

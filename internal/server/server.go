@@ -365,6 +365,11 @@ type Status struct {
 	RuleFiles   []shield.RuleFile `json:"rule_files"`
 	Shield      shield.Stats      `json:"shield"`
 	Cluster     *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
+	// AcceptDNS is the circuit breaker of the accept path's lookups
+	// ([auth], [dnsbl]): open, and how many lookups it did not send.
+	AcceptDNS *resolver.BreakerStats `json:"accept_dns,omitempty"`
+	// Greylist: on or off, and the triplets and networks it holds.
+	Greylist *GreylistStatus `json:"greylist,omitempty"`
 	// Suspended are the accounts whose sending is suspended.
 	Suspended []SuspensionInfo `json:"suspended_accounts"`
 	// Certificates: with [tls] acme, each managed name and the
@@ -383,6 +388,15 @@ func (s *Server) status() any {
 	}
 	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
 	st.Suspended = s.suspensions()
+	if b := s.acceptDNS.B; b != nil {
+		bs := b.Stats()
+		st.AcceptDNS = &bs
+	}
+	if g := s.grey; g != nil {
+		gs := GreylistStatus{Enabled: g.enabled.Load()}
+		gs.Triplets, gs.Networks = g.table.Len()
+		st.Greylist = &gs
+	}
 	if s.acme != nil {
 		st.Certificates = s.acme.Status()
 	}
