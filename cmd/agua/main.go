@@ -70,6 +70,10 @@ Backup (while the server runs) and restore (into a stopped server's data folder)
   restore [-force] DIR          refuses while the server runs, and into a non-empty data
                                 folder unless -force (which moves the old one aside)
 
+PostgreSQL ([postgres] in the config: accounts, mail and queue shared by several nodes):
+  db migrate [-status]          apply the schema migrations this agua needs (one node at a
+                                time); -status lists applied and pending ones
+
 Reports (from the running server, or from the data folder when it is stopped):
   report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48]
         [-per4 16] [-per6 48] [-min 10] [-resolver HOST:PORT] [-contact ADDRESS]
@@ -135,6 +139,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"import":  cmdImport,
 		"backup":  cmdBackup,
 		"restore": cmdRestore,
+		"db":      cmdDB,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]

@@ -36,6 +36,7 @@ type Config struct {
 	DNSBL    DNSBLConfig    `toml:"dnsbl" doc:"DNS blocklists and allowlists with weights (postscreen-style), asked in parallel when a client connects to an MX listener; a listed client is refused before the greeting, tarpitted or untrusted (action). Applied live on reload."`
 	Greylist GreylistConfig `toml:"greylist" doc:"Greylisting of inbound mail (RFC 6647), off by default."`
 	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
+	Postgres PostgresConfig `toml:"postgres" doc:"Several nodes, the same users: the accounts directory, the mailboxes and the outbound queue on PostgreSQL, each part chosen on its own."`
 
 	Autoconfig AutoconfigConfig `toml:"autoconfig" doc:"Client autoconfiguration, MTA-STS policy hosting and the DNS records of agua domain dns."`
 }
@@ -193,5 +194,6 @@ func Default() Config {
 		Greylist: defaultGreylist(),
 
 		Autoconfig: defaultAutoconfig(),
+		Postgres:   PostgresConfig{MaxConns: 16},
 	}
 }

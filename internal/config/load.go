@@ -219,6 +219,7 @@ func (c Config) Validate() []Problem {
 		bad("data_dir", "must not be empty")
 	}
 	ps = append(ps, c.Cluster.validate()...)
+	ps = append(ps, c.Postgres.validate()...)
 	if c.Hostname == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
 		bad("hostname", "must be a host name")
 	}

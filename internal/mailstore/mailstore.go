@@ -148,3 +148,25 @@ type Message struct {
 // inodes of new/ and cur/; a database: a modification sequence). Only
 // equality means anything.
 type Stamp [4]uint64
+
+// ErrNotEmpty: SetUIDs was called on a folder that holds messages, with a
+// UIDVALIDITY other than its own.
+var ErrNotEmpty = errors.New("folder is not empty")
+
+// UIDKeeper is a Folder that can take messages from another store with
+// their UIDs (agua migrate maildir-to-db and back, issue 17), so that a
+// client's cached UIDs (IMAP UID, POP3 UIDL) stay valid across the move.
+// Both backends implement it; the conformance suite checks it.
+type UIDKeeper interface {
+	// SetUIDs gives the folder UIDVALIDITY validity and UIDNEXT next. On a
+	// folder holding messages it only accepts its own validity (a resumed
+	// move) and a next not below the folder's own (ErrNotEmpty otherwise).
+	SetUIDs(validity, next uint32) error
+	// AppendUID stores a message durably under uid, which must be above
+	// every UID in the folder (ErrBadUID otherwise), with flags and internal
+	// date as Append; it is not New. UIDNEXT becomes at least uid+1.
+	AppendUID(r io.Reader, size int64, uid uint32, flags string, date time.Time) error
+}
+
+// ErrBadUID: AppendUID was given a UID not above every UID of the folder.
+var ErrBadUID = errors.New("uid not above the folder's uids")

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/agua-mail/agua/internal/certs"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
@@ -77,6 +79,7 @@ type Server struct {
 	// acceptDNS is the resolver of the accept path ([auth], [dnsbl]),
 	// behind a circuit breaker.
 	acceptDNS resolver.Guarded
+	pg        *pgxpool.Pool // [postgres]; nil when nothing is there
 }
 
 type boundListener struct {
@@ -140,6 +143,9 @@ func (s *Server) open(out io.Writer) (err error) {
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o750); err != nil {
 		return fmt.Errorf("data folder: %w", err)
+	}
+	if err := s.openPostgres(); err != nil {
+		return err
 	}
 	if s.dir, err = OpenDirectory(cfg, log); err != nil {
 		return fmt.Errorf("accounts: %w", err)
@@ -571,6 +577,10 @@ func (s *Server) Close() error {
 	if s.dir != nil {
 		errs = append(errs, s.dir.Close())
 		s.dir = nil
+	}
+	if s.pg != nil {
+		s.pg.Close() // last: the parts above may use it while closing
+		s.pg = nil
 	}
 	return errors.Join(errs...)
 }
