@@ -292,6 +292,7 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	// Installed even without lists: a reload may add some.
 	hooks.Screen = s.dnsblScreen
 	s.shield.SetReputation(dnsblReputation{live: &s.dnsbl})
+	s.shield.SetScoreSource(dnsblScores{live: &s.dnsbl})
 	for _, group := range []struct {
 		mode  smtpd.Mode
 		addrs []string
