@@ -148,6 +148,11 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 	if !s.isKnownGood(addr, ns) {
 		class = s.standing(addr, ns)
 	}
+	if s.repUntrusted(addr, l) {
+		// The Reputation's verdict (agua: a [dnsbl] listing with action
+		// tarpit or untrusted) outweighs known-good and the score.
+		class = Untrusted
+	}
 	knownGood := class == Trusted
 	lim := &s.cfg().Limits
 

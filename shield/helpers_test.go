@@ -169,6 +169,9 @@ func serve(c net.Conn) {
 		case f[0] == "TRUSTED":
 			fmt.Fprintf(c, "250 %v\r\n", Allowlisted(c))
 			continue
+		case f[0] == "KNOWNGOOD":
+			fmt.Fprintf(c, "250 %v\r\n", KnownGood(c))
+			continue
 		case f[0] == "QUIT":
 			fmt.Fprintf(c, "221 bye\r\n")
 			return

@@ -475,6 +475,11 @@ func (c *Conn) RemoteAddr() net.Addr {
 // service may trust (a mail server skips its sender checks).
 func (c *Conn) Allowlisted() bool { return c.s.pol.Load().exempt(c.addr) }
 
+// KnownGood reports whether the client is known-good: when admitted (and
+// not untrusted by the Reputation), or since (a behaviour with KnownGood,
+// such as an accepted message or a DNSWL hit).
+func (c *Conn) KnownGood() bool { return c.knownGood.Load() }
+
 // NetConn returns the underlying connection.
 func (c *Conn) NetConn() net.Conn { return c.Conn }
 
@@ -613,6 +618,13 @@ func Report(c net.Conn, ev Event) Decision {
 func Allowlisted(c net.Conn) bool {
 	sc := FromConn(c)
 	return sc != nil && sc.Allowlisted()
+}
+
+// KnownGood is Conn.KnownGood for any net.Conn; false when c did not come
+// from a shield listener.
+func KnownGood(c net.Conn) bool {
+	sc := FromConn(c)
+	return sc != nil && sc.KnownGood()
 }
 
 // ReportAuth is Conn.ReportAuth for any net.Conn; a no-op Allow when c did

@@ -19,6 +19,10 @@ type Verdict struct {
 	Refuse bool   // refuse the connection (Reject, permanent)
 	Reason string // client-safe text of the refusal
 	Source string // for logs and reports, e.g. "dnsbl:zen.example"
+	// Untrusted, without Refuse, serves the client as a stranger even if
+	// it is known-good: no reserved capacity, evicted first like any
+	// unknown client.
+	Untrusted bool
 }
 
 // reputation holds the Reputation set by SetReputation.
@@ -46,4 +50,15 @@ func (s *Shield) repRefusal(addr netip.Addr, l *listener) (Decision, bool) {
 		return allow, false
 	}
 	return Decision{Action: Reject, Reason: v.Reason, Source: v.Source}, true
+}
+
+// repUntrusted reports whether the reputation asks to serve addr on l as
+// an untrusted stranger.
+func (s *Shield) repUntrusted(addr netip.Addr, l *listener) bool {
+	rp := s.rep.r.Load()
+	if rp == nil || l == nil {
+		return false
+	}
+	v, ok := (*rp).Peek(addr, l.lc.Name)
+	return ok && v.Untrusted
 }

@@ -36,3 +36,31 @@ func TestReputationRefusesAtAccept(t *testing.T) {
 	h.s.SetReputation(nil)
 	dialFrom(t, mx.addr, "127.0.4.3").expect("220 ")
 }
+
+// untrustRep serves the addresses in bad as untrusted strangers.
+type untrustRep map[netip.Addr]bool
+
+func (u untrustRep) Peek(addr netip.Addr, _ string) (Verdict, bool) {
+	if !u[addr] {
+		return Verdict{}, false
+	}
+	return Verdict{Untrusted: true, Source: "dnsbl:bl.test"}, true
+}
+
+// An untrusted verdict takes a known-good client's reserved capacity away:
+// it is admitted as a stranger, and KnownGood says so to the service.
+func TestReputationUntrusted(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	srv := startServer(t, h.s, ListenerConfig{Name: "mx"})
+	good, other := mustAddr("127.0.5.1"), mustAddr("127.0.5.2")
+	h.s.report(nil, good, MessageAccepted, h.clock.Now())
+	h.s.report(nil, other, MessageAccepted, h.clock.Now())
+	h.s.SetReputation(untrustRep{good: true})
+	for src, want := range map[string]string{"127.0.5.1": "250 false", "127.0.5.2": "250 true", "127.0.5.3": "250 false"} {
+		c := dialFrom(t, srv.addr, src)
+		c.expect("220")
+		if got := c.cmd("KNOWNGOOD"); got != want {
+			t.Errorf("from %s: %q, want %q", src, got, want)
+		}
+	}
+}

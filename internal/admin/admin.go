@@ -43,8 +43,9 @@ type Server struct {
 	// a block accepts without Force; 0 means DefaultWidestBlock4/6.
 	WidestBlock4, WidestBlock6 int
 	// DNSBL, if set, scores an address against the [dnsbl] lists for
-	// GET /v1/why, waiting for the lookups until ctx ends.
-	DNSBL func(ctx context.Context, addr netip.Addr) dnsbl.Result
+	// GET /v1/why, waiting for the lookups until ctx ends; nil when no
+	// list is configured (now: the lists change on reload).
+	DNSBL func(ctx context.Context, addr netip.Addr) *dnsbl.Result
 }
 
 // The widest blocks accepted without force by default: a /8 of IPv4 (16
@@ -284,8 +285,7 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 	x := a.Shield.Why(ip.Unmap())
 	res := WhyResult{Explanation: x, Limits: configView(reflect.ValueOf(x.Limits))}
 	if a.DNSBL != nil {
-		d := a.DNSBL(r.Context(), ip.Unmap())
-		res.DNSBL = &d
+		res.DNSBL = a.DNSBL(r.Context(), ip.Unmap())
 	}
 	writeJSON(w, http.StatusOK, res)
 }

@@ -33,7 +33,8 @@ type Config struct {
 	Outbound OutboundConfig `toml:"outbound" doc:"Delivery to other servers: the queue in <data_dir>/queue, retries, bounces, relay host."`
 	DNS      DNSConfig      `toml:"dns" doc:"DNS resolver for MX lookups and for the SPF, DKIM and DMARC checks of inbound mail."`
 	Auth     AuthConfig     `toml:"auth" doc:"Authentication of inbound mail on MX listeners: SPF, DKIM, DMARC, Authentication-Results, and what failures do."`
-	DNSBL    DNSBLConfig    `toml:"dnsbl" doc:"DNS blocklists and allowlists with weights (postscreen-style), asked in parallel when a client connects to an MX listener; a listed client is refused before the greeting."`
+	DNSBL    DNSBLConfig    `toml:"dnsbl" doc:"DNS blocklists and allowlists with weights (postscreen-style), asked in parallel when a client connects to an MX listener; a listed client is refused before the greeting, tarpitted or untrusted (action). Applied live on reload."`
+	Greylist GreylistConfig `toml:"greylist" doc:"Greylisting of inbound mail (RFC 6647), off by default."`
 	Cluster  ClusterConfig  `toml:"cluster" doc:"Several nodes, one shield: shared bans and lockdown through Redis or Valkey."`
 	Postgres PostgresConfig `toml:"postgres" doc:"Several nodes, the same users: the accounts directory, the mailboxes and the outbound queue on PostgreSQL, each part chosen on its own."`
 
@@ -190,6 +191,7 @@ func Default() Config {
 		DNS:      defaultDNS(),
 		Auth:     defaultAuth(),
 		DNSBL:    defaultDNSBL(),
+		Greylist: defaultGreylist(),
 
 		Autoconfig: defaultAutoconfig(),
 		Postgres:   PostgresConfig{MaxConns: 16},

@@ -380,6 +380,7 @@ func (c Config) Validate() []Problem {
 	ps = append(ps, c.Autoconfig.validate()...)
 	ps = append(ps, c.Auth.validate()...)
 	ps = append(ps, c.DNSBL.validate()...)
+	ps = append(ps, c.Greylist.validate()...)
 	for _, err := range c.Shield.Validate() {
 		ps = append(ps, shieldProblem(err))
 	}

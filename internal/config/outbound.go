@@ -76,6 +76,9 @@ type DNSConfig struct {
 	CacheSize      int           `toml:"cache_size" doc:"Most answers cached (for their TTL; negative answers for the SOA's negative TTL, RFC 2308). 0 disables the cache."`
 	MaxTTL         time.Duration `toml:"max_ttl" doc:"Longest time an answer is cached, whatever its TTL."`
 	MaxNegativeTTL time.Duration `toml:"max_negative_ttl" doc:"Longest time a \"no such name\" or \"no such record\" answer is cached."`
+	// The circuit breaker of the accept path (resolver.Breaker).
+	BreakerFailures int           `toml:"breaker_failures" doc:"Circuit breaker of the lookups made while mail is accepted ([auth] SPF, DKIM, DMARC; [dnsbl]): after this many consecutive lookups got no answer at all (timeouts; SERVFAIL is an answer), lookups the cache cannot answer are not sent for breaker_cooldown and count as DNS timeouts at once: SPF, DKIM and DMARC results are temperror (Authentication-Results shows spf=temperror, dkim=temperror for each signature, dmarc=temperror), never a fail, so no message is refused for it (auth.temperror decides between accept and a 451); a [dnsbl] list counts as not listing. Then one lookup probes the resolvers, and an answer closes the circuit. Outbound delivery is not affected."`
+	BreakerCooldown time.Duration `toml:"breaker_cooldown" doc:"How long the accept path's lookups are suspended once the circuit breaker opens (see breaker_failures)."`
 }
 
 func defaultOutbound() OutboundConfig {
@@ -108,7 +111,8 @@ func defaultOutbound() OutboundConfig {
 }
 
 func defaultDNS() DNSConfig {
-	return DNSConfig{Timeout: 5 * time.Second, Attempts: 2, CacheSize: 10000, MaxTTL: time.Hour, MaxNegativeTTL: 15 * time.Minute}
+	return DNSConfig{Timeout: 5 * time.Second, Attempts: 2, CacheSize: 10000, MaxTTL: time.Hour, MaxNegativeTTL: 15 * time.Minute,
+		BreakerFailures: 5, BreakerCooldown: 30 * time.Second}
 }
 
 // validateOutbound checks [outbound] and [dns].
@@ -222,6 +226,12 @@ func (c Config) validateOutbound() []Problem {
 	}
 	if d.Attempts <= 0 {
 		bad("dns.attempts", "must be > 0")
+	}
+	if d.BreakerFailures < 1 || d.BreakerFailures > 1000 {
+		bad("dns.breaker_failures", "must be between 1 and 1000")
+	}
+	if d.BreakerCooldown < time.Second || d.BreakerCooldown > time.Hour {
+		bad("dns.breaker_cooldown", "must be between 1s and 1h")
 	}
 	if d.CacheSize < 0 {
 		bad("dns.cache_size", "must not be negative (0 disables the cache)")

@@ -362,6 +362,31 @@ func (r *Resolver) lookup(ctx context.Context, name string, t uint16) (*answer, 
 			return a.result(name, tname, true)
 		}
 	}
+	// A Breaker (Guarded) sends nothing while the upstreams are silent.
+	b := breakerOf(ctx)
+	probe := false
+	if b != nil {
+		var ok bool
+		if ok, probe = b.allow(); !ok {
+			return nil, Info{}, &Error{Name: name, Type: tname, Rcode: -1, Err: ErrTemporary, Cause: ErrCircuitOpen}
+		}
+	}
+	ans, info, err := r.lookupShared(ctx, key, name, tname, t)
+	if b != nil {
+		var re *Error
+		silent := errors.As(err, &re) && re.Rcode == -1 && re.Err == ErrTemporary
+		if silent && errors.Is(err, context.Canceled) {
+			b.abandon(probe) // the caller gave up: no verdict
+		} else {
+			b.record(probe, !silent)
+		}
+	}
+	return ans, info, err
+}
+
+// lookupShared sends the query, or waits for the same one in flight.
+func (r *Resolver) lookupShared(ctx context.Context, key cacheKey, name, tname string, t uint16) (*answer, Info, error) {
+	fqdn := key.name
 	r.mu.Lock()
 	if c, ok := r.inflight[key]; ok {
 		r.mu.Unlock()

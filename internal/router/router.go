@@ -22,6 +22,11 @@
 // gets an Authentication-Results field (RFC 8601), and the policy refuses
 // it (550 5.7.1), defers it (451 4.7.0) or delivers it to the recipients'
 // Junk folder.
+//
+// With Config.Greylist, the same unauthenticated MX mail, from a client that
+// is neither allowlisted nor known-good to the shield, is greylisted at RCPT
+// TO (RFC 6647) once the recipient is known to exist, so that unknown
+// recipients still get their 550.
 package router
 
 import (
@@ -35,6 +40,7 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/greylist"
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/smtpd"
 )
@@ -99,6 +105,11 @@ type Config struct {
 	Auth *mailauth.Checker
 	// AuthPolicy is what the results decide.
 	AuthPolicy mailauth.Policy
+	// DomainPolicies override AuthPolicy for mail to a recipient domain
+	// (lower case). One transaction is judged under one policy: a
+	// recipient under another gets 452 4.5.3 and comes in another
+	// transaction.
+	DomainPolicies map[string]mailauth.Policy
 	// JunkFolder receives quarantined mail. Default "Junk".
 	JunkFolder string
 	// Log receives one line per authenticated message. nil: discarded.
@@ -110,7 +121,15 @@ type Config struct {
 	// Limits, optional, are the sending limits of authenticated
 	// submission (internal/sendlimit); nil: none.
 	Limits SendLimits
-	Now    func() time.Time // the limits' clock; time.Now
+	// Greylist, optional, defers the first attempt of each triplet of
+	// unauthenticated MX mail (internal/greylist); nil: none.
+	Greylist Greylist
+	Now      func() time.Time // the limits' and greylist's clock; time.Now
+}
+
+// Greylist decides on one delivery attempt (*greylist.Greylist).
+type Greylist interface {
+	Check(addr netip.Addr, from, rcpt string, now time.Time) greylist.Verdict
 }
 
 // SRS is the Sender Rewriting Scheme as the router uses it (*srs.SRS).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/mailauth"
@@ -30,10 +31,11 @@ type transaction struct {
 	seen      map[string]bool // mailboxes and remote addresses already routed
 	msg       io.ReaderAt
 	size      int64
-	auth      *mailauth.Check // sender authentication, on MX; nil otherwise
-	folder    string          // where local recipients get the message; "" inbox
-	events    []shield.Event  // for the shield (smtpd.Observer)
-	limits    SendTx          // authenticated submission: the sending limits of this message
+	auth      *mailauth.Check  // sender authentication, on MX; nil otherwise
+	policy    *mailauth.Policy // the auth policy of the recipients accepted so far; nil before the first
+	folder    string           // where local recipients get the message; "" inbox
+	events    []shield.Event   // for the shield (smtpd.Observer)
+	limits    SendTx           // authenticated submission: the sending limits of this message
 }
 
 // limitRcpt asks the sending limits about one more recipient.
@@ -81,9 +83,17 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 			return err
 		}
 	}
+	pol, err := t.authPolicy(rcpt)
+	if err != nil {
+		return err
+	}
+	if err := t.greylist(rcpt); err != nil {
+		return err
+	}
 	if err := t.limitRcpt(rcpt, false); err != nil {
 		return err
 	}
+	t.policy = pol
 	for _, u := range users {
 		if u.Forward {
 			if !t.seen[u.Address] {
@@ -101,6 +111,55 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 		}
 	}
 	return nil
+}
+
+// errOtherPolicy defers a recipient whose domain's authentication policy
+// differs from the transaction's: RFC 5321 4.5.3.1.10, the client sends
+// the recipients refused with 452 in another transaction.
+var errOtherPolicy = smtpd.Errorf(452, "4.5.3", "Recipient in a domain with another sender authentication policy; send to it in a separate transaction")
+
+// authPolicy returns the authentication policy of rcpt's domain, or
+// errOtherPolicy when recipients under another one were accepted. nil
+// when the transaction is not authenticated.
+func (t *transaction) authPolicy(rcpt string) (*mailauth.Policy, error) {
+	if t.auth == nil {
+		return nil, nil
+	}
+	p := t.r.cfg.AuthPolicy
+	if dp, ok := t.r.cfg.DomainPolicies[domainOf(rcpt)]; ok {
+		p = dp
+	}
+	if t.policy != nil && *t.policy != p {
+		return nil, errOtherPolicy
+	}
+	return &p, nil
+}
+
+// greylist defers the first attempt of a triplet (RFC 6647) of mail that
+// is not this site's own or a known-good client's.
+func (t *transaction) greylist(rcpt string) error {
+	g := t.r.cfg.Greylist
+	s := t.s
+	if g == nil || s.Mode != smtpd.ModeMX || s.User != "" || s.Trusted || s.KnownGood {
+		return nil
+	}
+	ip := remoteIP(s.RemoteAddr)
+	if !ip.IsValid() {
+		return nil
+	}
+	now := t.r.cfg.Now()
+	v := g.Check(ip, t.from, rcpt, now)
+	if v.Pass {
+		if v.Why == "retried" {
+			t.r.cfg.Log.Info("greylist: retry passed", "session", s.ID, "client", ip, "from", t.from, "rcpt", rcpt)
+		}
+		return nil
+	}
+	wait := max(v.Retry.Sub(now).Round(time.Second), time.Second)
+	t.r.cfg.Log.Info("greylist: deferred", "session", s.ID, "client", ip, "from", t.from, "rcpt", rcpt, "why", v.Why, "retry_in", wait)
+	// RFC 6647 2.1: a temporary failure; RFC 3463 4.7.1, delivery not
+	// authorized (yet).
+	return smtpd.Errorf(451, "4.7.1", "Greylisted: a new sender and recipient for your network; please retry in %s", wait)
 }
 
 // addRemote applies the relay policy: RFC 5321 3.6.2, an MX relays for no
@@ -187,7 +246,11 @@ func (t *transaction) Body(ctx context.Context, msg io.ReaderAt, size int64) err
 	if err != nil {
 		return smtpd.ErrTempLocal.WithCause(err)
 	}
-	v := res.Decide(t.r.cfg.AuthPolicy)
+	pol := t.r.cfg.AuthPolicy
+	if t.policy != nil {
+		pol = *t.policy
+	}
+	v := res.Decide(pol)
 	t.r.cfg.Log.Info("mail auth", "session", t.s.ID, "client", t.s.RemoteAddr.String(),
 		"spf", string(res.SPF.Result), "spf_domain", res.SPF.Domain, "dkim", dkimSummary(res.DKIM),
 		"dmarc", res.DMARC.Result, "from_domain", res.DMARC.Domain, "policy", string(res.DMARC.Policy),

@@ -60,9 +60,7 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log,
 		Queue: s.out.adminHandler(), Suspensions: s.suspensionsHandler(), Reload: s.out.signer.Reload, ReloadShield: s.ReloadConfig,
 		WidestBlock4: s.cfg.Admin.WidestBlock4, WidestBlock6: s.cfg.Admin.WidestBlock6}
-	if s.dnsbl != nil {
-		api.DNSBL = s.dnsbl.Check
-	}
+	api.DNSBL = s.dnsblWhy
 	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 
 	if s.cfg.Admin.Listen == "" {

@@ -130,7 +130,7 @@ func TestDNSBLFailuresNotListed(t *testing.T) {
 		t.Fatalf("lists failing: %q, want the greeting", got)
 	}
 	c.cmd("EHLO client.test", "250")
-	r := ts.srv.dnsbl.Peek(netip.MustParseAddr("127.0.6.5"))
+	r := ts.srv.dnsblChecker().Peek(netip.MustParseAddr("127.0.6.5"))
 	if !r.Done || r.Score != 0 || r.Answers[0].Error == "" || r.Answers[1].Error == "" {
 		t.Fatalf("result: %+v", r)
 	}
@@ -154,7 +154,7 @@ func TestDNSBLSlowListDoesNotHoldOthers(t *testing.T) {
 	if !strings.HasPrefix(got, "220 ") {
 		t.Fatalf("client of the slow list: %q, want the greeting after the budget", got)
 	}
-	if ts.srv.dnsbl.Peek(slow).Done {
+	if ts.srv.dnsblChecker().Peek(slow).Done {
 		t.Fatal("the silent list answered: the test proves nothing")
 	}
 	// Other clients while the slow lookup is still pending.
@@ -168,7 +168,7 @@ func TestDNSBLSlowListDoesNotHoldOthers(t *testing.T) {
 	}
 	c2.cmd("EHLO other.test", "250")
 	c.cmd("EHLO slow.test", "250")
-	if ts.srv.dnsbl.Peek(slow).Done {
+	if ts.srv.dnsblChecker().Peek(slow).Done {
 		t.Fatal("the silent list answered: the test proves nothing")
 	}
 	if n := d.Queries("5.7.0.127.bl.test.", dns.TypeA); n != 1 {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -244,5 +245,72 @@ func TestInboundAuthDNSTimeout(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// auth.domain_policy: the same spoofed p=reject message is refused for a
+// recipient domain under the global policy and delivered to the inbox of
+// one whose policy turns DMARC rejection and quarantine off; one
+// transaction to both gets 452 4.5.3 for the second recipient.
+func TestAuthDomainPolicy(t *testing.T) {
+	w := newAuthWorld(t)
+	ts := w.start(t, func(c *config.Config) {
+		c.Auth.DomainPolicy = []string{"lenient.test: dmarc_reject=off, dmarc_quarantine=off"}
+	})
+	ctx := context.Background()
+	if err := ts.dir.AddDomain(ctx, "lenient.test"); err != nil {
+		t.Fatal(err)
+	}
+	const bob = "bob@lenient.test"
+	if err := ts.dir.AddUser(ctx, bob, testPass, 0); err != nil {
+		t.Fatal(err)
+	}
+	spoof := func(to string) string {
+		return strings.Replace(authMsg("Bank Security <security@bank.example>", "verify", ""), "To: "+testUser, "To: "+to, 1)
+	}
+	send := func(rcpts ...string) (*client, []string) {
+		c := dialFrom(t, ts.srv.Addr("smtp"), "127.0.22.1")
+		c.expect("220 ")
+		c.cmd("EHLO evil.example", "250")
+		c.cmd("MAIL FROM:<x@evil.example>", "250")
+		var got []string
+		for _, r := range rcpts {
+			c.send("RCPT TO:<" + r + ">")
+			lines, err := c.reply()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, lines[len(lines)-1])
+		}
+		return c, got
+	}
+	finish := func(c *client, body string) string {
+		c.cmd("DATA", "354")
+		c.raw(body + ".\r\n")
+		lines, err := c.reply()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lines[len(lines)-1]
+	}
+
+	c, _ := send(testUser)
+	if got := finish(c, spoof(testUser)); !strings.HasPrefix(got, "550 5.7.1 ") {
+		t.Fatalf("global policy: %q, want 550 5.7.1", got)
+	}
+	c, _ = send(bob)
+	if got := finish(c, spoof(bob)); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("lenient.test policy: %q, want delivered", got)
+	}
+	msgs := ts.messages(t, bob)
+	if len(msgs) != 1 || !strings.Contains(msgs[0], "dmarc=fail") {
+		t.Fatalf("bob's inbox: %q", msgs)
+	}
+	c, got := send(testUser, bob)
+	if !strings.HasPrefix(got[0], "250") || got[1] != "452 4.5.3 Recipient in a domain with another sender authentication policy; send to it in a separate transaction" {
+		t.Fatalf("mixed policies in one transaction: %q", got)
+	}
+	if got := finish(c, spoof(testUser)); !strings.HasPrefix(got, "550 5.7.1 ") {
+		t.Fatalf("mixed transaction, first recipient's policy: %q", got)
 	}
 }

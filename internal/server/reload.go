@@ -29,7 +29,9 @@ func (s *Server) SetConfigFile(path string) {
 
 // ReloadConfig re-reads the config file and applies its whole [shield]
 // section to the running shield (thresholds, limits, capacities, ban
-// durations, allowlists, rules and rule files, lockdown). A file that does
+// durations, allowlists, rules and rule files, lockdown), its [dnsbl]
+// section (lists, weights, thresholds, action, timeouts: a new checker)
+// and its [greylist] section (on or off, delays; the table is kept). A file that does
 // not load, or a [shield] section the shield refuses, changes nothing: the
 // error lists every problem, one per line with file and line, and each is
 // logged. Without a config file it re-reads the rule files only.
@@ -57,8 +59,14 @@ func (s *Server) reloadConfig(cause string) error {
 	if err := s.shield.Reconfigure(s.shieldConfig(cfg.Shield)); err != nil {
 		return err // the shield logged every problem
 	}
+	if err := s.reloadDNSBL(cfg.DNSBL); err != nil {
+		s.log.Error("config reload: [dnsbl] refused; previous lists stay", "err", err)
+	}
+	if s.grey != nil {
+		s.grey.apply(cfg.Greylist)
+	}
 	if changed := restartOnly(s.cfg, cfg); len(changed) > 0 {
-		s.log.Warn("config reload: [shield] applied; other changes apply at the next restart", "sections", strings.Join(changed, ","))
+		s.log.Warn("config reload: [shield], [dnsbl] and [greylist] applied; other changes apply at the next restart", "sections", strings.Join(changed, ","))
 	}
 	s.log.Info("config reloaded", "file", s.cfgFile, "cause", cause)
 	return nil
@@ -74,7 +82,8 @@ func (s *Server) shieldConfig(sc shield.Config) shield.Config {
 	return sc
 }
 
-// restartOnly names the top-level sections, other than [shield], that
+// restartOnly names the top-level sections, other than those applied live
+// ([shield], [dnsbl], [greylist]), that
 // differ between the running configuration and a reloaded one.
 func restartOnly(running, loaded config.Config) []string {
 	var out []string
@@ -82,7 +91,7 @@ func restartOnly(running, loaded config.Config) []string {
 	t := a.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		if f.Name == "Shield" || !f.IsExported() {
+		if f.Name == "Shield" || f.Name == "DNSBL" || f.Name == "Greylist" || !f.IsExported() {
 			continue
 		}
 		if !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {

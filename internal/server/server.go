@@ -27,12 +27,12 @@ import (
 	"github.com/agua-mail/agua/internal/certs"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
-	"github.com/agua-mail/agua/internal/dnsbl"
 	"github.com/agua-mail/agua/internal/imapd"
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pop3d"
+	"github.com/agua-mail/agua/internal/resolver"
 	"github.com/agua-mail/agua/internal/router"
 	"github.com/agua-mail/agua/internal/sendlimit"
 	"github.com/agua-mail/agua/internal/smtpd"
@@ -74,8 +74,12 @@ type Server struct {
 	limits    *sendlimit.Tracker // sending limits and suspended accounts
 	certs     *certs.Source      // every TLS listener's certificate
 	acme      *certs.ACME        // [tls] acme; nil when off
-	dnsbl     *dnsbl.Checker     // [dnsbl] lists; nil when none
-	pg        *pgxpool.Pool      // [postgres]; nil when nothing is there
+	dnsbl     dnsblLive          // [dnsbl] lists and their checker, swapped on reload
+	grey      *greyGate          // [greylist]
+	// acceptDNS is the resolver of the accept path ([auth], [dnsbl]),
+	// behind a circuit breaker.
+	acceptDNS resolver.Guarded
+	pg        *pgxpool.Pool // [postgres]; nil when nothing is there
 }
 
 type boundListener struct {
@@ -242,15 +246,24 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		return err
 	}
 	s.metrics.WatchOutbound(outboundFigures{s})
+	s.acceptDNS = resolver.Guarded{R: s.out.res, B: &resolver.Breaker{Failures: s.cfg.DNS.BreakerFailures, Cooldown: s.cfg.DNS.BreakerCooldown}}
+	s.grey = s.openGreylist()
 	rc := router.Config{Hostname: s.cfg.Hostname, Accounts: s.dir, Local: local, Remote: s.out.remote(), SRS: s.out.srs, Log: s.log,
-		Limits: routerLimits{s.limits}}
+		Limits: routerLimits{s.limits}, Greylist: s.grey, Now: s.grey.clock}
 	if a := s.cfg.Auth; a.Enabled {
 		var err error
-		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.out.res, Timeout: a.Timeout}); err != nil {
+		if rc.Auth, err = mailauth.New(mailauth.Config{Hostname: s.cfg.Hostname, Resolver: s.acceptDNS, Timeout: a.Timeout}); err != nil {
 			return err
 		}
-		rc.AuthPolicy = mailauth.Policy{DMARCReject: a.DMARCReject, DMARCQuarantine: a.DMARCQuarantine,
-			SPFFailReject: a.SPFFailReject, DeferTempError: a.TempError == "defer"}
+		rc.AuthPolicy = authPolicy(a.Global())
+		pols, err := a.Policies()
+		if err != nil {
+			return err
+		}
+		rc.DomainPolicies = map[string]mailauth.Policy{}
+		for d, p := range pols {
+			rc.DomainPolicies[d] = authPolicy(p)
+		}
 		rc.JunkFolder = a.JunkFolder
 	}
 	backend, err := router.New(rc)
@@ -271,14 +284,15 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		// (issue 13: botnet message floods).
 		CommitSlot: s.deliveries.Acquire,
 	}
-	if s.dnsbl, err = s.openDNSBL(); err != nil {
+	st, err := s.newDNSBL(s.cfg.DNSBL)
+	if err != nil {
 		return err
 	}
-	if s.dnsbl != nil {
-		hooks.Screen = s.dnsblScreen(s.dnsbl)
-		s.shield.SetReputation(dnsblReputation{c: s.dnsbl, refuse: s.cfg.DNSBL.Action == "refuse"})
-		s.shield.SetScoreSource(dnsblScores{c: s.dnsbl})
-	}
+	s.dnsbl.p.Store(st)
+	// Installed even without lists: a reload may add some.
+	hooks.Screen = s.dnsblScreen
+	s.shield.SetReputation(dnsblReputation{live: &s.dnsbl})
+	s.shield.SetScoreSource(dnsblScores{live: &s.dnsbl})
 	for _, group := range []struct {
 		mode  smtpd.Mode
 		addrs []string
@@ -300,6 +314,12 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 		}
 	}
 	return nil
+}
+
+// authPolicy is the mailauth.Policy of an [auth] policy.
+func authPolicy(p config.AuthPolicy) mailauth.Policy {
+	return mailauth.Policy{DMARCReject: p.DMARCReject, DMARCQuarantine: p.DMARCQuarantine,
+		SPFFailReject: p.SPFFailReject, DeferTempError: p.TempError == "defer"}
 }
 
 // bind listens on every address, behind the shield, and records the
@@ -352,6 +372,11 @@ type Status struct {
 	RuleFiles   []shield.RuleFile `json:"rule_files"`
 	Shield      shield.Stats      `json:"shield"`
 	Cluster     *ClusterStatus    `json:"cluster,omitempty"` // [cluster] redis: connected or not, nodes seen
+	// AcceptDNS is the circuit breaker of the accept path's lookups
+	// ([auth], [dnsbl]): open, and how many lookups it did not send.
+	AcceptDNS *resolver.BreakerStats `json:"accept_dns,omitempty"`
+	// Greylist: on or off, and the triplets and networks it holds.
+	Greylist *GreylistStatus `json:"greylist,omitempty"`
 	// Suspended are the accounts whose sending is suspended.
 	Suspended []SuspensionInfo `json:"suspended_accounts"`
 	// Certificates: with [tls] acme, each managed name and the
@@ -370,6 +395,15 @@ func (s *Server) status() any {
 	}
 	st.AdminSocket, st.RuleFiles = AdminSocket(s.cfg), s.shield.RuleFiles()
 	st.Suspended = s.suspensions()
+	if b := s.acceptDNS.B; b != nil {
+		bs := b.Stats()
+		st.AcceptDNS = &bs
+	}
+	if g := s.grey; g != nil {
+		gs := GreylistStatus{Enabled: g.enabled.Load()}
+		gs.Triplets, gs.Networks = g.table.Len()
+		st.Greylist = &gs
+	}
 	if s.acme != nil {
 		st.Certificates = s.acme.Status()
 	}
@@ -453,6 +487,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer wg.Done()
 		s.manageCerts(certCtx)
 	}()
+	if s.grey != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.keepSaving(certCtx, s.grey) // a last save once the listeners are shut
+		}()
+	}
 	s.log.Info("agua started", "version", Version, "data", s.cfg.DataDir, "admin", AdminSocket(s.cfg))
 	for {
 		select {

@@ -24,6 +24,10 @@ type Session struct {
 	// shield (a relay of this site): the backend skips its sender
 	// authentication checks.
 	Trusted bool
+	// KnownGood is set at MAIL FROM when the shield knows the client as
+	// good (accepted mail before, a DNSWL hit): the backend does not
+	// greylist it.
+	KnownGood bool
 }
 
 // Envelope is the part of a transaction the session itself keeps: what it
@@ -118,7 +122,26 @@ type Hooks struct {
 	// Screen is called on MX listeners as a session starts, before the
 	// banner delay: it starts whatever checks of the client run in the
 	// background (DNS blocklists) and returns the function that, after the
-	// banner delay, waits for them within its own budget. A non-nil *Error
-	// is sent instead of the greeting and the session ends.
-	Screen func(c net.Conn) (wait func(ctx context.Context) *Error)
+	// banner delay, waits for them within its own budget and says what
+	// to do with the client.
+	Screen func(c net.Conn) (wait func(ctx context.Context) Screening)
+}
+
+// MaxTarpit bounds Screening's delays.
+const (
+	MaxTarpitGreeting = 5 * time.Minute // RFC 5321 4.5.3.2.1: clients wait 5 minutes for the greeting
+	MaxTarpitReply    = time.Minute
+)
+
+// Screening is a Screen's decision on a client.
+type Screening struct {
+	// Refuse, when not nil, is sent instead of the greeting and the
+	// session ends.
+	Refuse *Error
+	// Greeting and Reply tarpit the client: the greeting is sent that
+	// much later, and every reply after it that much after the command
+	// (bounded by MaxTarpitGreeting and MaxTarpitReply). The waits run in
+	// the session's own goroutine and end early at shutdown or a shield
+	// kick; no goroutine or timer outlives the session.
+	Greeting, Reply time.Duration
 }

@@ -132,6 +132,7 @@ func (ss *session) cmdMAIL(arg string) error {
 	}
 	// Asked at each transaction: a reload may have changed the allowlist.
 	ss.info.Trusted = shield.Allowlisted(ss.conn)
+	ss.info.KnownGood = shield.KnownGood(ss.conn)
 	tx, err := ss.srv.backend.NewTransaction(ss.ctx, &ss.info, mail)
 	if err != nil {
 		if !ss.reportSending(err) {

@@ -99,6 +99,7 @@ type session struct {
 	limitReported bool
 	remembered    string          // the user the session is filed under for EndSessions ("" none)
 	ctx           context.Context // ended by the session's end and by a shield kick
+	tarpit        time.Duration   // Screening.Reply: each reply waits this long
 	frame         *connsrv.Frame
 }
 
@@ -139,7 +140,8 @@ func (s *Server) serveConn(c net.Conn) {
 
 func (ss *session) run() {
 	s := ss.srv
-	var screen func(context.Context) *Error
+	var screen func(context.Context) Screening
+	var tarpit time.Duration
 	if s.mode == ModeMX && s.hooks.Screen != nil {
 		screen = s.hooks.Screen(ss.conn)
 	}
@@ -147,17 +149,23 @@ func (ss *session) run() {
 		return
 	}
 	if screen != nil {
-		if e := screen(ss.ctx); e != nil {
+		sc := screen(ss.ctx)
+		if e := sc.Refuse; e != nil {
 			ss.log.Debug("smtp client screened out", "reply", e.Error())
 			ss.reply(e)
 			ss.Flush()
 			return
 		}
+		if d := min(sc.Greeting, MaxTarpitGreeting); d > 0 && !ss.frame.Wait(d) {
+			return
+		}
+		tarpit = min(max(sc.Reply, 0), MaxTarpitReply)
 	}
 	ss.replyLine(220, "", s.cfg.Hostname, " ESMTP agua")
 	if ss.Flush() != nil {
 		return
 	}
+	ss.tarpit = tarpit // the replies after the greeting
 	ss.frame.Loop(ss.r, ss, &frameReplies)
 }
 
@@ -374,6 +382,9 @@ func (ss *session) replyLines(code int, lines ...string) {
 }
 
 func (ss *session) Flush() error {
+	if ss.tarpit > 0 && ss.w.Buffered() > 0 && !ss.frame.Wait(ss.tarpit) {
+		return errShuttingDown
+	}
 	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.CommandTimeout))
 	return ss.w.Flush()
 }

@@ -22,6 +22,8 @@ type Server struct {
 	records  map[string][]dns.RR // by lower-case FQDN
 	rcodes   map[key]int
 	silent   map[key]bool
+	dead     bool                  // SilentAll
+	hold     map[key]chan struct{} // Hold: answered once closed
 	truncate map[key]bool
 	ad       bool
 	negTTL   uint32
@@ -38,7 +40,7 @@ type key struct {
 func Start(t testing.TB, ip string) *Server {
 	t.Helper()
 	s := &Server{
-		records: map[string][]dns.RR{}, rcodes: map[key]int{}, silent: map[key]bool{},
+		records: map[string][]dns.RR{}, rcodes: map[key]int{}, silent: map[key]bool{}, hold: map[key]chan struct{}{},
 		truncate: map[key]bool{}, queries: map[key]int{}, tcp: map[key]int{}, negTTL: 300,
 	}
 	var pc net.PacketConn
@@ -107,6 +109,27 @@ func (s *Server) Silent(name string, qtype uint16, on bool) {
 	s.silent[key{strings.ToLower(dns.Fqdn(name)), qtype}] = on
 }
 
+// SilentAll makes every query go unanswered: a dead upstream.
+func (s *Server) SilentAll(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dead = on
+}
+
+// Hold makes queries for name and type wait, received and counted but
+// unanswered, until release is called (a slow list). release is safe to
+// call more than once; the test's end releases what is left.
+func (s *Server) Hold(t testing.TB, name string, qtype uint16) (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.hold[key{strings.ToLower(dns.Fqdn(name)), qtype}] = ch
+	s.mu.Unlock()
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	return release
+}
+
 // Truncate makes UDP answers for name and type empty with the TC bit.
 func (s *Server) Truncate(name string, qtype uint16) {
 	s.mu.Lock()
@@ -157,7 +180,8 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	if isTCP {
 		s.tcp[k]++
 	}
-	silent, trunc := s.silent[k], s.truncate[k]
+	silent, trunc := s.silent[k] || s.dead, s.truncate[k]
+	hold := s.hold[k]
 	rcode, hasRcode := s.rcodes[k]
 	ad, negTTL := s.ad, s.negTTL
 	var answer []dns.RR
@@ -183,6 +207,9 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	s.mu.Unlock()
 	if silent {
 		return
+	}
+	if hold != nil {
+		<-hold
 	}
 	m := new(dns.Msg)
 	m.SetReply(req)
