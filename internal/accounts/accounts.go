@@ -51,6 +51,19 @@ var (
 	ErrInvalid    = errors.New("invalid")
 )
 
+// Error is a backend's error: a message meant for the operator and the
+// sentinel it stands for (errors.Is matches the sentinel).
+type Error struct {
+	Kind error
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.Kind }
+
+// NewError returns an *Error of kind with msg.
+func NewError(kind error, msg string) error { return &Error{Kind: kind, Msg: msg} }
+
 // Lookup is what the mail services ask of the accounts while serving.
 // Every call reads the backend's current state: a change made through Admin
 // (by another process too) applies at once.

@@ -9,7 +9,7 @@
 // IsLocalDomain, the user part of Authenticate) from an in-memory snapshot
 // that every lookup first checks against the database's change counter
 // (snapshot.go, walindex.go), and otherwise every call reads the database.
-// Successful logins may be remembered for a short time (authcache.go), keyed
+// Successful logins may be remembered for a short time (passwd.Cache), keyed
 // by an HMAC of the password, never the password, and forgotten when the
 // user's stored hash changes.
 //
