@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/config"
-	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/resolver/dnstest"
 	"github.com/agua-mail/agua/internal/smtptest"
 )
@@ -26,7 +26,7 @@ import (
 type testServer struct {
 	srv  *Server
 	cfg  config.Config
-	dir  *directory.Directory
+	dir  accounts.Directory
 	logs *logBuffer
 }
 
