@@ -1,7 +1,10 @@
 package server
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -87,4 +90,49 @@ func TestAccountsOnPostgresDown(t *testing.T) {
 		return strings.HasPrefix(pop3, "+OK") && strings.HasPrefix(imap, "a1 OK") && strings.HasPrefix(auth, "235 ") && strings.HasPrefix(rcpt, "250 ")
 	})
 	waitFor(t, "the change listener to be back", live)
+}
+
+// The first start of two nodes at once on an empty PostgreSQL directory:
+// both start, exactly one demo user exists, and its printed password works.
+func TestDemoOnPostgres(t *testing.T) {
+	url := pgtest.Shared(t).NewDatabase(t)
+	type started struct {
+		srv *Server
+		out string
+		err error
+	}
+	results := make(chan started, 2)
+	for range 2 {
+		cfg := serverConfig(t, func(cfg *config.Config) {
+			onPostgres(url)(cfg)
+			cfg.Accounts.Demo = true
+		})
+		go func() {
+			var out bytes.Buffer
+			srv, err := New(cfg, slog.New(slog.DiscardHandler), &out)
+			results <- started{srv, out.String(), err}
+		}()
+	}
+	var passwords []string
+	for range 2 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("node start: %v", r.err)
+		}
+		t.Cleanup(func() { r.srv.Close() })
+		if _, pw, ok := strings.Cut(r.out, "password: "); ok && !strings.Contains(r.out, "Another node") {
+			passwords = append(passwords, strings.Fields(pw)[0])
+		}
+	}
+	if len(passwords) != 1 {
+		t.Fatalf("%d nodes claim the demo password, want 1", len(passwords))
+	}
+	d, err := OpenDirectory(serverConfig(t, onPostgres(url)), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.Authenticate(context.Background(), "demo@example.test", passwords[0]); err != nil {
+		t.Fatalf("the printed demo password: %v", err)
+	}
 }

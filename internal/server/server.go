@@ -615,7 +615,12 @@ func (s *Server) createDemo(out io.Writer) error {
 	if err := s.dir.AddDomain(ctx, domain); err != nil && !errors.Is(err, accounts.ErrExists) {
 		return err
 	}
-	if err := s.dir.AddUser(ctx, user, pass, 0); err != nil {
+	if err := s.dir.AddUser(ctx, user, pass, 0); errors.Is(err, accounts.ErrExists) {
+		// Another node sharing the PostgreSQL directory made it first: its
+		// password is the one that works.
+		fmt.Fprintf(out, "Another node created %s at the same moment: the password above does not apply; use the one that node printed.\n\n", user)
+		return nil
+	} else if err != nil {
 		return err
 	}
 	if err := s.dir.AddAlias(ctx, "postmaster@"+domain, user); err != nil && !errors.Is(err, accounts.ErrExists) {
