@@ -200,33 +200,21 @@ func (d *Directory) ListUsers(ctx context.Context, domain string) ([]User, error
 // Other errors (database, ctx, a corrupt stored hash) are returned as they
 // are: they are the operator's problem, not the client's.
 func (d *Directory) Authenticate(ctx context.Context, address, password string) (User, error) {
-	hash := d.dummyHash
-	var user User
-	found := false
 	addr, _, err := accounts.NormaliseAddress(address)
-	if err == nil && password != "" && len(password) <= passwd.MaxLen {
+	usable := err == nil && passwd.Usable(password)
+	if usable {
 		if u, ok, err := d.cachedLogin(ctx, addr, password); err != nil || ok {
 			return u, err
 		}
-		var stored string
-		if stored, user, found, err = d.authUser(ctx, addr); err != nil {
-			return User{}, err
-		}
-		if found {
-			hash = stored
-		}
 	}
-	// The password given for an unusable address or length still costs one
-	// verification, of a bounded-length stand-in.
-	if len(password) > passwd.MaxLen {
-		password = password[:passwd.MaxLen]
-	}
-	ok, err := d.hasher.Verify(ctx, hash, password)
+	var user User
+	hash, err := d.hasher.Check(ctx, d.dummyHash, password, usable, func() (string, bool, error) {
+		stored, u, found, err := d.authUser(ctx, addr)
+		user = u
+		return stored, found, err
+	})
 	if err != nil {
-		return User{}, fmt.Errorf("verifying password of %s: %w", addr, err)
-	}
-	if !ok || !found {
-		return User{}, ErrAuthFailed
+		return User{}, err
 	}
 	if d.cache != nil {
 		d.cache.Put(addr, password, passwd.Fingerprint([]byte(hash)))

@@ -227,6 +227,43 @@ func (h *Hasher) Verify(ctx context.Context, hash, password string) (bool, error
 	return Verify(hash, password)
 }
 
+// Usable says whether password can be checked at all: not empty, not over
+// MaxLen. An unusable one still costs a verification in Check.
+func Usable(password string) bool { return password != "" && len(password) <= MaxLen }
+
+// Check is the password check of every backend's Authenticate. usable says
+// the address is valid and the password Usable; lookup, called only then,
+// reads the stored hash (found false for an unknown user). It verifies
+// exactly once in every case, against dummy when there is no stored hash
+// and with a password cut to MaxLen, so that timing does not tell an
+// unknown user from a wrong password. It returns the stored hash that
+// matched; accounts.ErrAuthFailed for a wrong password or an unknown user;
+// the error of lookup, or of a verification that could not run (ctx, a
+// corrupt stored hash), as it is: the operator's problem, not the client's.
+func (h *Hasher) Check(ctx context.Context, dummy, password string, usable bool, lookup func() (stored string, found bool, err error)) (string, error) {
+	hash, found := dummy, false
+	if usable {
+		stored, ok, err := lookup()
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			hash, found = stored, true
+		}
+	}
+	if len(password) > MaxLen {
+		password = password[:MaxLen]
+	}
+	ok, err := h.Verify(ctx, hash, password)
+	if err != nil {
+		return "", fmt.Errorf("verifying a password: %w", err)
+	}
+	if !ok || !found {
+		return "", accounts.ErrAuthFailed
+	}
+	return hash, nil
+}
+
 // CheckNew validates a password being set.
 func CheckNew(password string) error {
 	if password == "" {
