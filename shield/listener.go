@@ -41,6 +41,9 @@ type listener struct {
 	mu    sync.Mutex
 	conns map[*Conn]struct{}
 	fair  *fairShares // contestable connections by network, for fair capacity
+	// untrusted are the contestable connections whose client's
+	// reputation is untrusted: evicted first (score.go).
+	untrusted map[*Conn]struct{}
 
 	start   sync.Once
 	ch      chan acceptResult
@@ -62,14 +65,15 @@ func (s *Shield) Listener(inner net.Listener, lc ListenerConfig) net.Listener {
 		lc.Name = inner.Addr().String()
 	}
 	l := &listener{
-		s:     s,
-		inner: inner,
-		lc:    lc,
-		stats: s.statsFor(lc.Name),
-		conns: make(map[*Conn]struct{}),
-		fair:  newFairShares(),
-		ch:    make(chan acceptResult),
-		done:  make(chan struct{}),
+		s:         s,
+		inner:     inner,
+		lc:        lc,
+		stats:     s.statsFor(lc.Name),
+		conns:     make(map[*Conn]struct{}),
+		fair:      newFairShares(),
+		untrusted: make(map[*Conn]struct{}),
+		ch:        make(chan acceptResult),
+		done:      make(chan struct{}),
 	}
 	l.setCapacity(s.cfg())
 	s.lnMu.Lock()
@@ -214,7 +218,8 @@ func (l *listener) proxied(c net.Conn) {
 func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.Reader) {
 	s := l.s
 	now := s.now()
-	d, release, knownGood := s.admit(l, addr, now)
+	d, release, class := s.admit(l, addr, now)
+	knownGood := class == Trusted
 	if d.Action != Allow {
 		if remote != nil {
 			c = &proxiedConn{Conn: c, remote: remote} // so Reject sees the client
@@ -234,6 +239,9 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 	l.conns[sc] = struct{}{}
 	if !knownGood { // allowlisted and trusted clients are known-good here too
 		l.fair.add(sc)
+		if class == Untrusted {
+			l.untrusted[sc] = struct{}{}
+		}
 	}
 	l.mu.Unlock()
 	select {
@@ -465,6 +473,7 @@ func (c *Conn) unregister() {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
 		c.l.fair.remove(c)
+		delete(c.l.untrusted, c)
 		c.l.mu.Unlock()
 	})
 }
@@ -474,7 +483,18 @@ func (c *Conn) unregister() {
 func (c *Conn) uncontested() {
 	c.l.mu.Lock()
 	c.l.fair.remove(c)
+	delete(c.l.untrusted, c)
 	c.l.mu.Unlock()
+}
+
+// markUntrusted makes c, if still contestable, one of the first evicted:
+// its client's reputation became untrusted during the connection.
+func (l *listener) markUntrusted(c *Conn) {
+	l.mu.Lock()
+	if c.fairLeaf != nil {
+		l.untrusted[c] = struct{}{}
+	}
+	l.mu.Unlock()
 }
 
 // kick is the shield closing the connection: Done is closed, the socket

@@ -155,17 +155,9 @@ type persistedGood struct {
 const legacyOffenderTTL = 7 * 24 * time.Hour
 
 func (st *localState) load() error {
-	path := filepath.Join(st.dir, stateFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("shield state: %w", err)
-	}
 	var p persisted
-	if err := json.Unmarshal(data, &p); err != nil {
-		return fmt.Errorf("shield state %s: %w", path, err)
+	if found, err := readJSONFile(filepath.Join(st.dir, stateFile), &p, "shield state"); !found {
+		return err
 	}
 	now := st.now()
 	for _, b := range p.Bans {
@@ -504,6 +496,23 @@ func (h *LocalStore) Flush(context.Context) error {
 		return err
 	}
 	return writeFileAtomic(st.dir, stateFile, data, "shield state")
+}
+
+// readJSONFile decodes the JSON file at path into v; found is false when
+// it is missing (no error: a fresh start) or unreadable (the error, which
+// starts with what).
+func readJSONFile(path string, v any, what string) (found bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	return true, nil
 }
 
 // writeFileAtomic writes dir/name through a temporary file, fsync, rename
