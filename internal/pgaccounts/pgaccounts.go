@@ -97,6 +97,13 @@ const writeLock = 0x61636374
 // Open returns the directory in the database of pool, whose schema must be
 // migrated (Migrations). It does not own the pool unless opts.ClosePool.
 func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Directory, error) {
+	return open(ctx, pool, opts, func(ctx context.Context) (*pgx.Conn, error) {
+		return pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
+	})
+}
+
+// open is Open with the function that opens the listening connection.
+func open(ctx context.Context, pool *pgxpool.Pool, opts Options, dial func(context.Context) (*pgx.Conn, error)) (*Directory, error) {
 	if opts.DefaultQuota <= 0 {
 		return nil, newErr(accounts.ErrInvalid, "default quota must be greater than zero")
 	}
@@ -123,7 +130,7 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Directory, er
 		d.cache = passwd.NewCache(opts.AuthCacheTTL, opts.AuthCacheSize)
 	}
 	if opts.SnapshotMaxEntries > 0 || d.cache != nil {
-		d.w = &watcher{d: d, maxEntries: opts.SnapshotMaxEntries}
+		d.w = &watcher{d: d, maxEntries: opts.SnapshotMaxEntries, dial: dial}
 		wctx, stop := context.WithCancel(context.Background())
 		d.stop = stop
 		go func() {

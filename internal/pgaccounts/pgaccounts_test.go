@@ -3,9 +3,11 @@ package pgaccounts
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agua-mail/agua/internal/accounts"
@@ -36,7 +38,7 @@ func migrated(t *testing.T, url string) *pgxpool.Pool {
 	return pool
 }
 
-func open(t *testing.T, pool *pgxpool.Pool, opts Options) *Directory {
+func openDir(t *testing.T, pool *pgxpool.Pool, opts Options) *Directory {
 	t.Helper()
 	if opts.DefaultQuota == 0 {
 		opts.DefaultQuota = accountstest.DefaultQuota
@@ -94,7 +96,7 @@ func TestTwoNodes(t *testing.T) {
 	poolB, err := pg.Open(ctx, pool.Config().ConnString(), pg.Options{MaxConns: 4})
 	must(t, err)
 	t.Cleanup(poolB.Close)
-	a, b := open(t, pool, cached), open(t, poolB, cached)
+	a, b := openDir(t, pool, cached), openDir(t, poolB, cached)
 	if !b.Live() {
 		t.Fatal("node B is not listening after Open")
 	}
@@ -140,7 +142,7 @@ func TestTwoNodes(t *testing.T) {
 func TestChangeBySQL(t *testing.T) {
 	ctx := context.Background()
 	pool := migrated(t, pgtest.Shared(t).NewDatabase(t))
-	d := open(t, pool, cached)
+	d := openDir(t, pool, cached)
 	must(t, d.AddDomain(ctx, "example.org"))
 	must(t, d.AddUser(ctx, "alice@example.org", "secret", 0))
 	if _, err := d.Authenticate(ctx, "alice@example.org", "secret"); err != nil {
@@ -162,5 +164,57 @@ func TestTwoNodesConcurrentAdds(t *testing.T) {
 	poolB, err := pg.Open(context.Background(), pool.Config().ConnString(), pg.Options{MaxConns: 4})
 	must(t, err)
 	t.Cleanup(poolB.Close)
-	accountstest.ConcurrentAdds(t, open(t, pool, Options{}), open(t, poolB, cached))
+	accountstest.ConcurrentAdds(t, openDir(t, pool, Options{}), openDir(t, poolB, cached))
+}
+
+// A node whose listening connection is lost cannot hear of changes: until
+// it listens again it reads SQL, so a password changed on another node
+// meanwhile is refused there at once, never served from its snapshot or
+// login cache; when it is back, it still is.
+func TestListenerLost(t *testing.T) {
+	ctx := context.Background()
+	pool := migrated(t, pgtest.Shared(t).NewDatabase(t))
+	poolB, err := pg.Open(ctx, pool.Config().ConnString(), pg.Options{MaxConns: 4})
+	must(t, err)
+	t.Cleanup(poolB.Close)
+	var hold atomic.Bool // while set, B cannot listen again
+	opts := cached
+	opts.DefaultQuota = accountstest.DefaultQuota
+	b, err := open(ctx, poolB, opts, func(ctx context.Context) (*pgx.Conn, error) {
+		for hold.Load() {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return pgx.ConnectConfig(ctx, poolB.Config().ConnConfig.Copy())
+	})
+	must(t, err)
+	t.Cleanup(func() { b.Close() })
+	a := openDir(t, pool, Options{})
+	must(t, a.AddDomain(ctx, "example.org"))
+	must(t, a.AddUser(ctx, "alice@example.org", "old secret", 0))
+	eventually(t, "B logs alice in (snapshot and cache warm)", func() bool {
+		_, err := b.Authenticate(ctx, "alice@example.org", "old secret")
+		return err == nil
+	})
+
+	hold.Store(true)
+	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "B notices its listener is gone", func() bool { return !b.Live() })
+	must(t, a.SetPassword(ctx, "alice@example.org", "new secret")) // B hears nothing of it
+	if _, err := b.Authenticate(ctx, "alice@example.org", "old secret"); !errors.Is(err, accounts.ErrAuthFailed) {
+		t.Fatalf("B without its listener, old password: %v, want ErrAuthFailed", err)
+	}
+	if _, err := b.Authenticate(ctx, "alice@example.org", "new secret"); err != nil {
+		t.Fatalf("B without its listener, new password: %v", err)
+	}
+
+	hold.Store(false)
+	eventually(t, "B listens again", b.Live)
+	if _, err := b.Authenticate(ctx, "alice@example.org", "old secret"); !errors.Is(err, accounts.ErrAuthFailed) {
+		t.Fatalf("B listening again, old password: %v", err)
+	}
 }

@@ -49,6 +49,8 @@ func (s *snapshot) IsLocalDomain(_ context.Context, domain string) (bool, error)
 type watcher struct {
 	d          *Directory
 	maxEntries int // 0: no snapshot, the watcher guards the login cache only
+	// dial opens the listening connection (tests hold it back).
+	dial func(ctx context.Context) (*pgx.Conn, error)
 
 	mu      sync.Mutex
 	live    bool          // listening now
@@ -156,7 +158,7 @@ func (w *watcher) run(ctx context.Context) {
 // fails or ctx is done.
 func (w *watcher) listen(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, pingWait)
-	conn, err := pgx.ConnectConfig(cctx, w.d.pool.Config().ConnConfig.Copy())
+	conn, err := w.dial(cctx)
 	cancel()
 	if err != nil {
 		return err
