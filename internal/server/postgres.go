@@ -10,6 +10,7 @@ import (
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/pg"
 	"github.com/agua-mail/agua/internal/pgaccounts"
+	"github.com/agua-mail/agua/internal/pgqueue"
 )
 
 // PostgresMigrations is every schema step of the parts that can live on
@@ -18,6 +19,7 @@ import (
 func PostgresMigrations() []pg.Migration {
 	var ms []pg.Migration
 	ms = append(ms, pgaccounts.Migrations...)
+	ms = append(ms, pgqueue.Migrations...)
 	return ms
 }
 
