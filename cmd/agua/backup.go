@@ -9,6 +9,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/admin"
 	"github.com/agua-mail/agua/internal/backup"
+	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/server"
 )
 
@@ -22,6 +23,9 @@ func cmdBackup(e *env) error {
 		return usagef("backup DIR")
 	}
 	cfg := e.cfg
+	if err := refusePostgres(cfg, "backup"); err != nil {
+		return err
+	}
 	var logFile string
 	if cfg.Log.File != "" {
 		logFile, _ = filepath.Abs(cfg.Resolve(cfg.Log.File))
@@ -50,6 +54,9 @@ func cmdRestore(e *env) error {
 		return usagef("restore [-force] DIR")
 	}
 	cfg := e.cfg
+	if err := refusePostgres(cfg, "restore"); err != nil {
+		return err
+	}
 	running := func() bool {
 		err := admin.NewClient(server.AdminSocket(cfg)).Do("GET", "/v1/status", nil, nil)
 		return !errors.Is(err, admin.ErrNotRunning)
@@ -73,4 +80,19 @@ func cmdRestore(e *env) error {
 func printManifest(e *env, what string, m backup.Manifest) {
 	fmt.Fprintf(e.stdout, "%s\n  accounts: %d domains, %d users, %d aliases\n  mail: %d messages (%d bytes) in %d folders\n  other files: %d (shield state, DKIM keys, queue, certificates)\n  %d files hard-linked, %d copied\n",
 		what, m.Accounts.Domains, m.Accounts.Users, m.Accounts.Aliases, m.Mail.Messages, m.Mail.Bytes, m.Mail.Folders, m.Files, m.Linked, m.Copied)
+}
+
+// errAccountsOnPostgres: backup and restore handle the SQLite directory and
+// a node's files; a directory on PostgreSQL is the database's to back up.
+var errAccountsOnPostgres = errors.New("the accounts are on PostgreSQL ([postgres] accounts = true)")
+
+// refusePostgres stops backup and restore when the accounts are on
+// PostgreSQL rather than produce a backup without them.
+func refusePostgres(cfg config.Config, verb string) error {
+	if !cfg.Postgres.Accounts {
+		return nil
+	}
+	return fmt.Errorf("%s: %w: agua %s copies the SQLite accounts file and this node's data folder only, so it would leave the accounts out. "+
+		"Back up the database with PostgreSQL's own tools (pg_dump -Fc, or base backups with WAL archiving) and restore it with pg_restore; "+
+		"copy the data folder (DKIM keys, TLS, shield state) as files", verb, errAccountsOnPostgres, verb)
 }

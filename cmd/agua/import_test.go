@@ -23,6 +23,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/importer/dovecottest"
+	"github.com/agua-mail/agua/internal/pg/pgtest"
 	"github.com/agua-mail/agua/internal/server"
 )
 
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("AGUA_TEST_CLI") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	pgtest.Main(m)
 }
 
 // seedFolder is a source folder of the import test and where agua puts it.

@@ -2,10 +2,13 @@
 // account directory: the value types, the sentinel errors, and two
 // interfaces, Lookup (what the mail services ask while serving: authenticate,
 // resolve, can-send-as, list domains) and Admin (what the CLI and admin
-// verbs change). internal/directory (SQLite) implements both; a later
-// backend (PostgreSQL) must too, and must pass the conformance suite in
-// internal/accounts/accountstest, which runs against the SQLite directory in
-// its own tests.
+// verbs change). internal/directory (SQLite) and internal/pgaccounts
+// (PostgreSQL) implement both and pass the conformance suite in
+// internal/accounts/accountstest, each in its own tests.
+//
+// The rules that are not storage are here too, so that the backends share
+// them rather than copy them: the address syntax (address.go) and alias
+// resolution over a backend's Source (resolve.go).
 //
 // The interfaces are defined here, not in a backend package, so that
 // consumers name them and never a backend's concrete type (as CoreDNS's
@@ -50,6 +53,19 @@ var (
 	ErrNoSuchUser = errors.New("no such user")
 	ErrInvalid    = errors.New("invalid")
 )
+
+// Error is a backend's error: a message meant for the operator and the
+// sentinel it stands for (errors.Is matches the sentinel).
+type Error struct {
+	Kind error
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.Kind }
+
+// NewError returns an *Error of kind with msg.
+func NewError(kind error, msg string) error { return &Error{Kind: kind, Msg: msg} }
 
 // Lookup is what the mail services ask of the accounts while serving.
 // Every call reads the backend's current state: a change made through Admin

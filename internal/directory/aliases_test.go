@@ -6,13 +6,14 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/accounts/accountstest"
 )
 
 // TestAliasDepth: the suite's chain depth is this backend's limit.
 func TestAliasDepth(t *testing.T) {
-	if maxAliasDepth != accountstest.MaxAliasDepth {
-		t.Errorf("maxAliasDepth = %d, the accounts contract says %d", maxAliasDepth, accountstest.MaxAliasDepth)
+	if accounts.MaxAliasDepth != accountstest.MaxAliasDepth {
+		t.Errorf("accounts.MaxAliasDepth = %d, the accounts contract says %d", accounts.MaxAliasDepth, accountstest.MaxAliasDepth)
 	}
 }
 

@@ -7,6 +7,9 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/passwd"
 )
 
 // Benchmarks of the lookups every RCPT TO makes (router.resolve ->
@@ -63,8 +66,8 @@ func benchResolve(b *testing.B, addr string, want error) {
 }
 
 func isKind(err, kind error) bool {
-	de, ok := err.(*dirError)
-	return ok && de.kind == kind
+	de, ok := err.(*accounts.Error)
+	return ok && de.Kind == kind
 }
 
 func BenchmarkResolveUser(b *testing.B)    { benchResolve(b, "alice@example.org", nil) }
@@ -112,7 +115,7 @@ func BenchmarkSnapshotMemory(b *testing.B) {
 		}
 	}
 	must(d.AddDomain(ctx, "example.org"))
-	hash, err := hashPassword("pw")
+	hash, err := passwd.Hash("pw")
 	must(err)
 	tx, err := d.db.Begin()
 	must(err)

@@ -13,6 +13,7 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/passwd"
 )
 
 // Options configure a Directory.
@@ -27,10 +28,10 @@ type Options struct {
 	SnapshotMaxEntries int
 	// HashMemory in bytes bounds the memory of password hashing at once
 	// (one slot per 19 MiB, at least one, at most one per core); 0 means
-	// DefaultHashMemory.
+	// passwd.DefaultHashMemory.
 	HashMemory int64
 	// AuthCacheTTL is how long a successful login is remembered
-	// (authcache.go); 0 disables the cache. AuthCacheSize bounds it and
+	// (passwd.Cache); 0 disables the cache. AuthCacheSize bounds it and
 	// must be > 0 when the cache is on.
 	AuthCacheTTL  time.Duration
 	AuthCacheSize int
@@ -49,10 +50,10 @@ type Directory struct {
 	q            *stmtCache // read queries, prepared once
 	defaultQuota int64
 	log          *slog.Logger
-	hasher       *hasher
-	dummyHash    string     // verified for unknown users so they cost the same
-	snaps        *snapshots // nil: every lookup reads SQL
-	cache        *authCache // nil: every login is verified
+	hasher       *passwd.Hasher
+	dummyHash    string        // verified for unknown users so they cost the same
+	snaps        *snapshots    // nil: every lookup reads SQL
+	cache        *passwd.Cache // nil: every login is verified
 }
 
 var _ accounts.Directory = (*Directory)(nil)
@@ -74,7 +75,7 @@ func Open(path string, opts Options) (*Directory, error) {
 		return nil, newErr(ErrInvalid, "the login cache needs a size greater than zero")
 	}
 	if opts.HashMemory == 0 {
-		opts.HashMemory = DefaultHashMemory
+		opts.HashMemory = passwd.DefaultHashMemory
 	}
 	log := opts.Logger
 	if log == nil {
@@ -97,22 +98,28 @@ func Open(path string, opts Options) (*Directory, error) {
 		q:            newStmtCache(db),
 		defaultQuota: opts.DefaultQuota,
 		log:          log,
-		hasher:       newHasher(opts.HashMemory, runtime.GOMAXPROCS(0)),
+		hasher:       passwd.NewHasher(opts.HashMemory, runtime.GOMAXPROCS(0)),
 	}
 	if opts.AuthCacheTTL > 0 {
-		d.cache = newAuthCache(opts.AuthCacheTTL, opts.AuthCacheSize)
+		d.cache = passwd.NewCache(opts.AuthCacheTTL, opts.AuthCacheSize)
 	}
 	if opts.SnapshotMaxEntries > 0 {
 		d.snaps = &snapshots{db: db, path: path, maxEntries: opts.SnapshotMaxEntries}
 		if d.cache != nil {
-			d.snaps.onReload = d.cache.sync
+			cache := d.cache
+			d.snaps.onReload = func(snap *snapshot) {
+				cache.Retain(func(addr string) (uint64, bool) {
+					r, ok := snap.users[addr]
+					return r.pwFP, ok
+				})
+			}
 		}
 	}
 	if err := d.migrate(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if d.dummyHash, err = hashPassword("agua dummy password for unknown users"); err != nil {
+	if d.dummyHash, err = passwd.Hash("agua dummy password for unknown users"); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -261,7 +268,7 @@ func requireDomain(ctx context.Context, q querier, domain string) error {
 
 // AddDomain adds a local domain. ErrExists if it is already local.
 func (d *Directory) AddDomain(ctx context.Context, name string) error {
-	domain, err := normaliseDomain(name)
+	domain, err := accounts.NormaliseDomain(name)
 	if err != nil {
 		return err
 	}
@@ -283,7 +290,7 @@ func (d *Directory) AddDomain(ctx context.Context, name string) error {
 // RemoveDomain removes a local domain. ErrNotFound if it is not local,
 // ErrNotEmpty while it still has users or aliases.
 func (d *Directory) RemoveDomain(ctx context.Context, name string) error {
-	domain, err := normaliseDomain(name)
+	domain, err := accounts.NormaliseDomain(name)
 	if err != nil {
 		return err
 	}
@@ -332,7 +339,7 @@ func (d *Directory) ListDomains(ctx context.Context) ([]string, error) {
 // IsLocalDomain reports whether name is one of our domains. A syntactically
 // invalid name is simply not local.
 func (d *Directory) IsLocalDomain(ctx context.Context, name string) (bool, error) {
-	domain, err := normaliseDomain(name)
+	domain, err := accounts.NormaliseDomain(name)
 	if err != nil {
 		return false, nil
 	}
@@ -340,5 +347,5 @@ func (d *Directory) IsLocalDomain(ctx context.Context, name string) (bool, error
 	if err != nil {
 		return false, err
 	}
-	return src.isLocalDomain(ctx, domain)
+	return src.IsLocalDomain(ctx, domain)
 }

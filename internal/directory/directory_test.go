@@ -2,6 +2,7 @@ package directory
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/agua-mail/agua/internal/passwd"
 )
 
 const testQuota = 1 << 20
@@ -112,15 +115,12 @@ func TestAuthenticateCancelled(t *testing.T) {
 	must(t, d.AddUser(ctx, "alice@example.org", "battery staple", 0))
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	for range cap(d.hasher.sem) {
-		d.hasher.sem <- struct{}{}
-	}
-	_, err := d.Authenticate(cctx, "alice@example.org", "battery staple")
+	release, err := d.hasher.Acquire(ctx, d.hasher.Cap())
+	must(t, err)
+	defer release()
+	_, err = d.Authenticate(cctx, "alice@example.org", "battery staple")
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("with a full hasher and cancelled ctx: %v", err)
-	}
-	for range cap(d.hasher.sem) {
-		<-d.hasher.sem
 	}
 }
 
@@ -159,21 +159,21 @@ func TestStoredHashFormats(t *testing.T) {
 	// An argon2id hash made elsewhere with other parameters.
 	salt := []byte("somesaltsomesalt")
 	key := argon2.IDKey([]byte("password"), salt, 3, 4096, 2, 32)
-	other := "$argon2id$v=19$m=4096,t=3,p=2$" + b64.EncodeToString(salt) + "$" + b64.EncodeToString(key)
-	if ok, err := verifyPassword(other, "password"); err != nil || !ok {
+	other := "$argon2id$v=19$m=4096,t=3,p=2$" + base64.RawStdEncoding.EncodeToString(salt) + "$" + base64.RawStdEncoding.EncodeToString(key)
+	if ok, err := passwd.Verify(other, "password"); err != nil || !ok {
 		t.Errorf("argon2id m=4096,t=3,p=2: %v %v", ok, err)
 	}
-	h, err := hashPassword("round trip")
+	h, err := passwd.Hash("round trip")
 	must(t, err)
-	if ok, err := verifyPassword(h, "round trip"); err != nil || !ok {
+	if ok, err := passwd.Verify(h, "round trip"); err != nil || !ok {
 		t.Errorf("round trip: %v %v", ok, err)
 	}
-	if ok, err := verifyPassword(h, "round trap"); err != nil || ok {
+	if ok, err := passwd.Verify(h, "round trap"); err != nil || ok {
 		t.Errorf("round trip mismatch: %v %v", ok, err)
 	}
 	for _, bad := range []string{"plain", "$1$abc$def", "$argon2id$v=19$m=99999999,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "$argon2id$v=16$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"} {
-		if _, err := verifyPassword(bad, "x"); err == nil {
-			t.Errorf("verifyPassword(%q) accepted a bad hash", bad)
+		if _, err := passwd.Verify(bad, "x"); err == nil {
+			t.Errorf("passwd.Verify(%q) accepted a bad hash", bad)
 		}
 	}
 }
@@ -201,7 +201,7 @@ func TestAuthenticateFlood(t *testing.T) {
 	must(t, d.AddUser(ctx, "alice@example.org", "pw", 0))
 	var wg sync.WaitGroup
 	var ok, failed atomic.Int32
-	for i := range 3 * cap(d.hasher.sem) {
+	for i := range 3 * d.hasher.Cap() {
 		wg.Go(func() {
 			pw := "pw"
 			if i%2 == 1 {
@@ -219,10 +219,10 @@ func TestAuthenticateFlood(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := 3 * cap(d.hasher.sem); int(ok.Load()) != (n+1)/2 || int(failed.Load()) != n/2 {
+	if n := 3 * d.hasher.Cap(); int(ok.Load()) != (n+1)/2 || int(failed.Load()) != n/2 {
 		t.Errorf("%d ok, %d failed of %d", ok.Load(), failed.Load(), n)
 	}
-	if len(d.hasher.sem) != 0 {
-		t.Errorf("%d hasher slots still taken", len(d.hasher.sem))
+	if d.hasher.InUse() != 0 {
+		t.Errorf("%d hasher slots still taken", d.hasher.InUse())
 	}
 }

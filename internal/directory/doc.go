@@ -9,35 +9,15 @@
 // IsLocalDomain, the user part of Authenticate) from an in-memory snapshot
 // that every lookup first checks against the database's change counter
 // (snapshot.go, walindex.go), and otherwise every call reads the database.
-// Successful logins may be remembered for a short time (authcache.go), keyed
+// Successful logins may be remembered for a short time (passwd.Cache), keyed
 // by an HMAC of the password, never the password, and forgotten when the
 // user's stored hash changes.
 //
 // *Directory implements the accounts contract (internal/accounts: Lookup for
 // the mail services, Admin for the CLI) and passes its conformance suite
-// (internal/accounts/accountstest). A PostgreSQL backend would implement the
-// same contract, but it cannot reuse this SQL as it is. What is SQLite's:
-//   - `?` placeholders; PostgreSQL drivers want $1, $2, ...
-//   - quota and created are INTEGER, which SQLite stores as 64 bits and
-//     PostgreSQL as 32 (a quota over 2 GiB would be refused, created ends
-//     in 2038): PostgreSQL needs BIGINT.
-//   - correctness under concurrent writers: every write checks, then writes,
-//     in a transaction that takes SQLite's one write lock at BEGIN
-//     (_txlock=immediate), so the checks that give ErrExists, ErrNotEmpty
-//     and ErrNotFound cannot race. Under PostgreSQL's READ COMMITTED two
-//     writers can pass the same check; the primary and foreign keys would
-//     then fail with constraint errors that must be mapped to the sentinels,
-//     and the rule that an address is a user or an alias, never both, has no
-//     constraint at all: those writes need SERIALIZABLE (with retries) or a
-//     lock.
-//   - the connection string (file: URI, _busy_timeout, _journal_mode=WAL,
-//     _foreign_keys=1) and the busy detection by SQLite's error text, which
-//     the first-start migration retries on.
-//   - ORDER BY compares bytes (SQLite's BINARY collation); PostgreSQL sorts
-//     by the database's collation unless told COLLATE "C".
-//
-// The schema itself (CREATE TABLE, primary and foreign keys, indexes, the
-// schema_version table) and the queries are otherwise plain SQL.
+// (internal/accounts/accountstest), as internal/pgaccounts does on PostgreSQL.
+// What is not SQL is shared with it: the address syntax and alias resolution
+// (internal/accounts) and the password work (internal/passwd).
 //
 // Addresses are normalised to lower case (local part and domain) and checked:
 // one @, a dot-atom local part that may contain UTF-8 (RFC 5321 4.1.2, RFC 6531

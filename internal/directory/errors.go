@@ -16,16 +16,7 @@ var (
 	ErrInvalid    = accounts.ErrInvalid
 )
 
-// dirError carries an operator-facing message and the sentinel it stands for.
-type dirError struct {
-	kind error
-	msg  string
-}
-
-func (e *dirError) Error() string { return e.msg }
-func (e *dirError) Unwrap() error { return e.kind }
-
-func newErr(kind error, msg string) error { return &dirError{kind: kind, msg: msg} }
+func newErr(kind error, msg string) error { return accounts.NewError(kind, msg) }
 
 func errDomainNotLocal(domain string) error {
 	return newErr(ErrNotFound, "domain "+domain+" is not a local domain; add it with `agua domain add`")

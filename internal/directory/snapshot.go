@@ -5,10 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/agua-mail/agua/internal/passwd"
 )
 
 // snapshot is the whole directory in memory, minus the password hashes (a
@@ -46,14 +47,6 @@ func (r userRec) user(defaultQuota int64) User {
 	}
 	return u
 }
-
-// fpSeed keys the fingerprints of password hashes; per process, so a
-// fingerprint means nothing outside it.
-var fpSeed = maphash.MakeSeed()
-
-// hashFingerprint identifies a stored password hash: when it changes
-// (`agua user passwd`), every cached login of the user stops matching.
-func hashFingerprint(stored []byte) uint64 { return maphash.Bytes(fpSeed, stored) }
 
 // snapshots keeps the current snapshot and notices changes to the database.
 //
@@ -250,7 +243,7 @@ func (s *snapshots) load(ctx context.Context, version int64) (*snapshot, error) 
 		if err := rows.Scan(&r.address, &r.domain, &r.quotaSet, &r.created, &pw); err != nil {
 			return err
 		}
-		r.pwFP = hashFingerprint(pw)
+		r.pwFP = passwd.Fingerprint(pw)
 		if d, ok := snap.domains[r.domain]; ok {
 			r.domain = d // one string per domain, shared by its users
 		}

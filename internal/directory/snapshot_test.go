@@ -119,7 +119,7 @@ func TestSnapshotTooBig(t *testing.T) {
 // countHashes counts the password hashes d computes.
 func countHashes(d *Directory) *atomic.Int64 {
 	var n atomic.Int64
-	d.hasher.observe = func() { n.Add(1) }
+	d.hasher.Observe = func() { n.Add(1) }
 	return &n
 }
 
@@ -153,7 +153,7 @@ func TestAuthCache(t *testing.T) {
 			ctx := context.Background()
 			d, cli := openPair(t, c.opts)
 			clock := newFakeClock()
-			d.cache.now = clock.now
+			d.cache.Now = clock.now
 			hashes := countHashes(d)
 			login := func(addr, pw string, wantOK bool, wantHashes int64) {
 				t.Helper()
@@ -208,77 +208,6 @@ func TestAuthCache(t *testing.T) {
 			must(t, cli.AddUser(ctx, "bob@example.org", "bob secret", 0))
 			login("bob@example.org", "bob secret", true, 1)
 		})
-	}
-}
-
-// The cache holds at most its size.
-func TestAuthCacheBounded(t *testing.T) {
-	c := newAuthCache(time.Minute, 3)
-	for i := range 10 {
-		c.put(string(rune('a'+i))+"@example.org", "pw", 1)
-		if c.len() > 3 {
-			t.Fatalf("%d entries in a cache of 3", c.len())
-		}
-	}
-	if !c.hit("j@example.org", "pw", 1) || c.hit("j@example.org", "pw", 2) || c.hit("j@example.org", "px", 1) {
-		t.Fatal("hit does not check the password and the stored hash")
-	}
-}
-
-// The hash semaphore is sized from the memory budget and the cores; an
-// imported hash with a larger m takes more slots.
-func TestHasherBudget(t *testing.T) {
-	for _, c := range []struct {
-		budget   int64
-		cores    int
-		want     int
-		bigSlots int
-	}{
-		{64 << 20, 8, 3, 3},
-		{64 << 20, 2, 2, 2},
-		{1 << 20, 4, 1, 1},
-		{1 << 30, 16, 16, 4},
-	} {
-		h := newHasher(c.budget, c.cores)
-		if cap(h.sem) != c.want {
-			t.Errorf("newHasher(%d, %d) has %d slots, want %d", c.budget, c.cores, cap(h.sem), c.want)
-		}
-		big := "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
-		if got := h.slots(big); got != c.bigSlots {
-			t.Errorf("budget %d: a 64 MiB hash takes %d slots, want %d", c.budget, got, c.bigSlots)
-		}
-		if got := h.slots("$2b$10$xxxxxxxx"); got != 1 {
-			t.Errorf("bcrypt takes %d slots", got)
-		}
-	}
-}
-
-// A verification waits while the budget is in use, and one that gives up
-// gives back the slots it had taken.
-func TestHasherWaitsForBudget(t *testing.T) {
-	h := newHasher(2*hashSlot, 8)
-	hash, err := hashPassword("pw")
-	must(t, err)
-	release, err := h.acquire(context.Background(), 2)
-	must(t, err)
-	cancelled, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := h.verify(cancelled, hash, "pw"); err == nil {
-		t.Fatal("a verification ran beyond the memory budget")
-	}
-	release()
-	one, err := h.acquire(context.Background(), 1)
-	must(t, err)
-	big := "$argon2id$v=19$m=38912,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA" // two slots
-	if _, err := h.verify(cancelled, big, "pw"); err == nil {
-		t.Fatal("a two-slot verification ran with one slot free")
-	}
-	if len(h.sem) != 1 {
-		t.Fatalf("%d slots held after a cancelled wait, want 1", len(h.sem))
-	}
-	one()
-	if ok, err := h.verify(context.Background(), hash, "pw"); err != nil || !ok {
-		t.Fatalf("verify = %v, %v", ok, err)
 	}
 }
 

@@ -6,17 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/passwd"
 )
 
 // AddUser adds a user with password and quota in bytes (0 = the default
 // quota). Its domain must be local; ErrExists if the address is already a
 // user or an alias.
 func (d *Directory) AddUser(ctx context.Context, address, password string, quota int64) error {
-	addr, domain, err := normaliseAddress(address)
+	addr, domain, err := accounts.NormaliseAddress(address)
 	if err != nil {
 		return err
 	}
-	if err := checkNewPassword(password); err != nil {
+	if err := passwd.CheckNew(password); err != nil {
 		return err
 	}
 	if quota < 0 {
@@ -24,7 +27,7 @@ func (d *Directory) AddUser(ctx context.Context, address, password string, quota
 	}
 	// Hash outside the transaction: it takes tens of milliseconds and the
 	// write lock is shared with every other process.
-	hash, err := d.hasher.hash(ctx, password)
+	hash, err := d.hasher.Hash(ctx, password)
 	if err != nil {
 		return err
 	}
@@ -54,14 +57,14 @@ func (d *Directory) AddUser(ctx context.Context, address, password string, quota
 
 // SetPassword replaces a user's password. ErrNotFound for an unknown user.
 func (d *Directory) SetPassword(ctx context.Context, address, password string) error {
-	addr, _, err := normaliseAddress(address)
+	addr, _, err := accounts.NormaliseAddress(address)
 	if err != nil {
 		return err
 	}
-	if err := checkNewPassword(password); err != nil {
+	if err := passwd.CheckNew(password); err != nil {
 		return err
 	}
-	hash, err := d.hasher.hash(ctx, password)
+	hash, err := d.hasher.Hash(ctx, password)
 	if err != nil {
 		return err
 	}
@@ -72,7 +75,7 @@ func (d *Directory) SetPassword(ctx context.Context, address, password string) e
 
 // SetQuota sets a user's quota in bytes (0 = the default quota).
 func (d *Directory) SetQuota(ctx context.Context, address string, quota int64) error {
-	addr, _, err := normaliseAddress(address)
+	addr, _, err := accounts.NormaliseAddress(address)
 	if err != nil {
 		return err
 	}
@@ -85,7 +88,7 @@ func (d *Directory) SetQuota(ctx context.Context, address string, quota int64) e
 // RemoveUser removes a user. Its mail is left alone (the caller owns the
 // store) and aliases pointing at it stay until removed; Resolve skips them.
 func (d *Directory) RemoveUser(ctx context.Context, address string) error {
-	addr, _, err := normaliseAddress(address)
+	addr, _, err := accounts.NormaliseAddress(address)
 	if err != nil {
 		return err
 	}
@@ -99,7 +102,7 @@ func (d *Directory) RemoveUser(ctx context.Context, address string) error {
 // the stored hash itself.)
 func (d *Directory) forgetLogin(addr string) {
 	if d.cache != nil {
-		d.cache.forget(addr)
+		d.cache.Forget(addr)
 	}
 }
 
@@ -137,7 +140,7 @@ func (d *Directory) scanUser(row interface{ Scan(...any) error }) (User, error) 
 
 // GetUser returns a user. ErrNotFound for an unknown user.
 func (d *Directory) GetUser(ctx context.Context, address string) (User, error) {
-	addr, _, err := normaliseAddress(address)
+	addr, _, err := accounts.NormaliseAddress(address)
 	if err != nil {
 		return User{}, err
 	}
@@ -161,7 +164,7 @@ func (d *Directory) ListUsers(ctx context.Context, domain string) ([]User, error
 	query := `SELECT ` + userColumns + ` FROM users ORDER BY domain, address`
 	var args []any
 	if domain != "" {
-		dom, err := normaliseDomain(domain)
+		dom, err := accounts.NormaliseDomain(domain)
 		if err != nil {
 			return nil, err
 		}
@@ -193,46 +196,34 @@ func (d *Directory) ListUsers(ctx context.Context, domain string) ([]User, error
 // Authenticate checks a user's password. It returns ErrAuthFailed for a
 // wrong password, an unknown user and a malformed address alike, and does the
 // same hashing work in every case so that timing does not tell them apart.
-// Only a repeat of a recent successful login (authcache.go) skips the hash.
+// Only a repeat of a recent successful login (passwd.Cache) skips the hash.
 // Other errors (database, ctx, a corrupt stored hash) are returned as they
 // are: they are the operator's problem, not the client's.
 func (d *Directory) Authenticate(ctx context.Context, address, password string) (User, error) {
-	hash := d.dummyHash
-	var user User
-	found := false
-	addr, _, err := normaliseAddress(address)
-	if err == nil && password != "" && len(password) <= maxPasswordLen {
+	addr, _, err := accounts.NormaliseAddress(address)
+	usable := err == nil && passwd.Usable(password)
+	if usable {
 		if u, ok, err := d.cachedLogin(ctx, addr, password); err != nil || ok {
 			return u, err
 		}
-		var stored string
-		if stored, user, found, err = d.authUser(ctx, addr); err != nil {
-			return User{}, err
-		}
-		if found {
-			hash = stored
-		}
 	}
-	// The password given for an unusable address or length still costs one
-	// verification, of a bounded-length stand-in.
-	if len(password) > maxPasswordLen {
-		password = password[:maxPasswordLen]
-	}
-	ok, err := d.hasher.verify(ctx, hash, password)
+	var user User
+	hash, err := d.hasher.Check(ctx, d.dummyHash, password, usable, func() (string, bool, error) {
+		stored, u, found, err := d.authUser(ctx, addr)
+		user = u
+		return stored, found, err
+	})
 	if err != nil {
-		return User{}, fmt.Errorf("verifying password of %s: %w", addr, err)
-	}
-	if !ok || !found {
-		return User{}, ErrAuthFailed
+		return User{}, err
 	}
 	if d.cache != nil {
-		d.cache.put(addr, password, hashFingerprint([]byte(hash)))
+		d.cache.Put(addr, password, passwd.Fingerprint([]byte(hash)))
 	}
 	return user, nil
 }
 
 // cachedLogin answers a repeat of a recent successful login from the
-// cache (authcache.go), against the current snapshot, or against the stored
+// cache (passwd.Cache), against the current snapshot, or against the stored
 // hash read from SQL when there is no snapshot. ok is false when the cache
 // cannot answer; the login is then verified.
 func (d *Directory) cachedLogin(ctx context.Context, addr, password string) (u User, ok bool, err error) {
@@ -245,13 +236,13 @@ func (d *Directory) cachedLogin(ctx context.Context, addr, password string) (u U
 	}
 	if s, isSnap := src.(snapSource); isSnap {
 		r, known := s.s.users[addr]
-		if !known || !d.cache.hit(addr, password, r.pwFP) {
+		if !known || !d.cache.Hit(addr, password, r.pwFP) {
 			return User{}, false, nil
 		}
 		return r.user(d.defaultQuota), true, nil
 	}
 	stored, u, found, err := d.authUser(ctx, addr)
-	if err != nil || !found || !d.cache.hit(addr, password, hashFingerprint([]byte(stored))) {
+	if err != nil || !found || !d.cache.Hit(addr, password, passwd.Fingerprint([]byte(stored))) {
 		return User{}, false, err
 	}
 	return u, true, nil

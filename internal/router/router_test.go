@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/smtpd"
@@ -21,7 +22,7 @@ import (
 // example.test with alice, bob (quota 10 bytes) and the aliases team
 // (alice, bob's alias al) and postmaster (alice).
 type fixture struct {
-	dir   *directory.Directory
+	dir   accounts.Directory
 	store *maildir.Store
 	root  string
 	queue *fakeQueue

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/config"
-	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/resolver/dnstest"
 	"github.com/agua-mail/agua/internal/smtptest"
 )
@@ -26,7 +26,7 @@ import (
 type testServer struct {
 	srv  *Server
 	cfg  config.Config
-	dir  *directory.Directory
+	dir  accounts.Directory
 	logs *logBuffer
 }
 
@@ -42,29 +42,7 @@ const (
 // info level, formatted and discarded, instead of collected at debug level.
 func startServer(t testing.TB, mutate func(*config.Config)) *testServer {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Accounts.Demo = false
-	cfg.SMTP.Listen = []string{"127.0.0.1:0"}
-	cfg.SMTP.SubmissionListen = []string{"127.0.0.1:0"}
-	cfg.SMTP.SubmissionsListen = []string{"127.0.0.1:0"}
-	cfg.SMTP.AuthDelay = 0
-	cfg.Admin.Listen = "127.0.0.1:0"
-	cfg.POP3.Listen = []string{"127.0.0.1:0"}
-	cfg.POP3.TLSListen = []string{"127.0.0.1:0"}
-	cfg.POP3.AuthDelay = 0
-	cfg.IMAP.Listen = []string{"127.0.0.1:0"}
-	cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}
-	cfg.IMAP.AuthDelay = 0
-	// Mail queued for other domains is looked up here, never in the
-	// system's DNS: a server that knows no names.
-	cfg.DNS.Resolver = []string{dnstest.Start(t, "127.0.0.1").Addr}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	if probs := cfg.Validate(); len(probs) > 0 {
-		t.Fatalf("test config invalid: %v", probs)
-	}
+	cfg := serverConfig(t, mutate)
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, ok := t.(*testing.B); ok {
@@ -105,6 +83,36 @@ func startServer(t testing.TB, mutate func(*config.Config)) *testServer {
 		t.Fatal(err)
 	}
 	return ts
+}
+
+// serverConfig is the config of startServer: loopback ports chosen by the
+// kernel, no demo, no login delays, changed by mutate.
+func serverConfig(t *testing.T, mutate func(*config.Config)) config.Config {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.Accounts.Demo = false
+	cfg.SMTP.Listen = []string{"127.0.0.1:0"}
+	cfg.SMTP.SubmissionListen = []string{"127.0.0.1:0"}
+	cfg.SMTP.SubmissionsListen = []string{"127.0.0.1:0"}
+	cfg.SMTP.AuthDelay = 0
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.POP3.Listen = []string{"127.0.0.1:0"}
+	cfg.POP3.TLSListen = []string{"127.0.0.1:0"}
+	cfg.POP3.AuthDelay = 0
+	cfg.IMAP.Listen = []string{"127.0.0.1:0"}
+	cfg.IMAP.TLSListen = []string{"127.0.0.1:0"}
+	cfg.IMAP.AuthDelay = 0
+	// Mail queued for other domains is looked up here, never in the
+	// system's DNS: a server that knows no names.
+	cfg.DNS.Resolver = []string{dnstest.Start(t, "127.0.0.1").Addr}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if probs := cfg.Validate(); len(probs) > 0 {
+		t.Fatalf("test config invalid: %v", probs)
+	}
+	return cfg
 }
 
 // logBuffer collects the server's log for failed tests.

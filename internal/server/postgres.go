@@ -9,6 +9,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/pg"
+	"github.com/agua-mail/agua/internal/pgaccounts"
 	"github.com/agua-mail/agua/internal/pgqueue"
 )
 
@@ -17,6 +18,7 @@ import (
 // [postgres] migrate apply them, and serve checks them.
 func PostgresMigrations() []pg.Migration {
 	var ms []pg.Migration
+	ms = append(ms, pgaccounts.Migrations...)
 	ms = append(ms, pgqueue.Migrations...)
 	return ms
 }

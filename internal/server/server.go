@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/certs"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/directory"
@@ -31,6 +32,8 @@ import (
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
+	"github.com/agua-mail/agua/internal/pg"
+	"github.com/agua-mail/agua/internal/pgaccounts"
 	"github.com/agua-mail/agua/internal/pop3d"
 	"github.com/agua-mail/agua/internal/resolver"
 	"github.com/agua-mail/agua/internal/router"
@@ -52,7 +55,7 @@ type Server struct {
 	cfgFile  string     // where cfg came from ("" = defaults): re-read by ReloadConfig
 	reloadMu sync.Mutex // one ReloadConfig at a time
 
-	dir    *directory.Directory
+	dir    accounts.Directory
 	store  *maildir.Store
 	shield *shield.Shield
 	// deliveries is the fair queue in front of making accepted mail
@@ -108,12 +111,46 @@ func AdminSocket(cfg config.Config) string {
 // and event history.
 func ShieldStateDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "shield") }
 
-// OpenDirectory opens the accounts database of cfg (also used by the CLI).
-func OpenDirectory(cfg config.Config, log *slog.Logger) (*directory.Directory, error) {
+// OpenDirectory opens the accounts directory of cfg (also used by the CLI):
+// the SQLite file, or PostgreSQL with [postgres] accounts, through a pool of
+// its own that Close closes.
+func OpenDirectory(cfg config.Config, log *slog.Logger) (accounts.Directory, error) {
+	return openDirectory(cfg, log, nil)
+}
+
+// openDirectory opens the directory; on PostgreSQL it uses pool, or opens
+// one when pool is nil. It refuses a PostgreSQL schema that lacks the
+// accounts migrations.
+func openDirectory(cfg config.Config, log *slog.Logger, pool *pgxpool.Pool) (accounts.Directory, error) {
+	a := cfg.Accounts
+	if cfg.Postgres.Accounts {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		own := pool == nil
+		if own {
+			var err error
+			if pool, err = OpenPostgres(ctx, cfg); err != nil {
+				return nil, err
+			}
+		}
+		d, err := func() (accounts.Directory, error) {
+			if err := pg.Ready(ctx, pool, pgaccounts.Migrations); err != nil {
+				return nil, fmt.Errorf("postgres: %w", err)
+			}
+			return pgaccounts.Open(ctx, pool, pgaccounts.Options{
+				DefaultQuota: int64(a.DefaultQuota), Logger: log,
+				SnapshotMaxEntries: a.SnapshotMaxEntries, HashMemory: int64(a.HashMemory),
+				AuthCacheTTL: a.AuthCacheTTL, AuthCacheSize: a.AuthCacheSize, ClosePool: own,
+			})
+		}()
+		if err != nil && own {
+			pool.Close()
+		}
+		return d, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, err
 	}
-	a := cfg.Accounts
 	return directory.Open(DatabasePath(cfg), directory.Options{
 		DefaultQuota: int64(a.DefaultQuota), Logger: log,
 		SnapshotMaxEntries: a.SnapshotMaxEntries, HashMemory: int64(a.HashMemory),
@@ -147,7 +184,7 @@ func (s *Server) open(out io.Writer) (err error) {
 	if err := s.openPostgres(); err != nil {
 		return err
 	}
-	if s.dir, err = OpenDirectory(cfg, log); err != nil {
+	if s.dir, err = openDirectory(cfg, log, s.pg); err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
 	if s.store, err = maildir.Open(filepath.Join(cfg.DataDir, "mail"), maildir.Options{Logger: log, Hostname: cfg.Hostname, FsyncEach: cfg.Store.Sync == "fsync"}); err != nil {
@@ -617,13 +654,18 @@ func (s *Server) createDemo(out io.Writer) error {
 	if f, ok := out.(interface{ Sync() error }); ok {
 		f.Sync()
 	}
-	if err := s.dir.AddDomain(ctx, domain); err != nil && !errors.Is(err, directory.ErrExists) {
+	if err := s.dir.AddDomain(ctx, domain); err != nil && !errors.Is(err, accounts.ErrExists) {
 		return err
 	}
-	if err := s.dir.AddUser(ctx, user, pass, 0); err != nil {
+	if err := s.dir.AddUser(ctx, user, pass, 0); errors.Is(err, accounts.ErrExists) {
+		// Another node sharing the PostgreSQL directory made it first: its
+		// password is the one that works.
+		fmt.Fprintf(out, "Another node created %s at the same moment: the password above does not apply; use the one that node printed.\n\n", user)
+		return nil
+	} else if err != nil {
 		return err
 	}
-	if err := s.dir.AddAlias(ctx, "postmaster@"+domain, user); err != nil && !errors.Is(err, directory.ErrExists) {
+	if err := s.dir.AddAlias(ctx, "postmaster@"+domain, user); err != nil && !errors.Is(err, accounts.ErrExists) {
 		return err
 	}
 	return nil

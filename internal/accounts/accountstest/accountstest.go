@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,6 +40,7 @@ func Run(t *testing.T, newDir NewFunc) {
 		{"Aliases", testAliases},
 		{"Resolve", testResolve},
 		{"CanSendAs", testCanSendAs},
+		{"Concurrent", testConcurrent},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := newDir(t, DefaultQuota)
@@ -396,4 +398,58 @@ func testCanSendAs(t *testing.T, d accounts.Directory) {
 	}
 	_, err := d.CanSendAs(ctx, "alice@example.org", "bad address")
 	wantErr(t, err, accounts.ErrInvalid)
+}
+
+// Concurrent calls that add the same thing: exactly one succeeds, the
+// others get ErrExists (not a constraint error, not a second success).
+func testConcurrent(t *testing.T, d accounts.Directory) {
+	ConcurrentAdds(t, d, d)
+}
+
+// ConcurrentAdds races a and b (two handles on one backend, or the same
+// one twice) adding the same domain, user and alias: each add succeeds
+// exactly once and every other attempt gets ErrExists.
+func ConcurrentAdds(t *testing.T, a, b accounts.Admin) {
+	ctx := context.Background()
+	const n = 4
+	race := func(what string, add func(accounts.Admin) error) {
+		t.Helper()
+		errs := make(chan error, 2*n)
+		var wg sync.WaitGroup
+		for i := range 2 * n {
+			d := a
+			if i%2 == 1 {
+				d = b
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- add(d)
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		ok := 0
+		for err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, accounts.ErrExists):
+				t.Errorf("%s: %v, want nil or ErrExists", what, err)
+			}
+		}
+		if ok != 1 {
+			t.Errorf("%s: %d of %d concurrent adds succeeded, want 1", what, ok, 2*n)
+		}
+	}
+	race("AddDomain", func(d accounts.Admin) error { return d.AddDomain(ctx, "race.example") })
+	race("AddUser", func(d accounts.Admin) error { return d.AddUser(ctx, "u@race.example", "pw", 0) })
+	race("AddAlias", func(d accounts.Admin) error { return d.AddAlias(ctx, "a@race.example", "u@race.example") })
+	// A user and an alias of the same address: never both.
+	race("AddUser or AddAlias", func(d accounts.Admin) error {
+		if d == b {
+			return d.AddAlias(ctx, "x@race.example", "u@race.example")
+		}
+		return d.AddUser(ctx, "x@race.example", "pw", 0)
+	})
 }

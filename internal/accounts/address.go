@@ -1,4 +1,4 @@
-package directory
+package accounts
 
 import (
 	"strconv"
@@ -14,9 +14,9 @@ const (
 	maxLabel     = 63
 )
 
-// normaliseDomain lower-cases and trims a domain name and checks that it is a
+// NormaliseDomain lower-cases and trims a domain name and checks that it is a
 // valid host name.
-func normaliseDomain(name string) (string, error) {
+func NormaliseDomain(name string) (string, error) {
 	d := strings.ToLower(strings.TrimSpace(name))
 	if err := checkDomain(d); err != nil {
 		return "", err
@@ -29,50 +29,50 @@ func normaliseDomain(name string) (string, error) {
 // end of a label.
 func checkDomain(d string) error {
 	if d == "" {
-		return newErr(ErrInvalid, "domain is empty")
+		return NewError(ErrInvalid, "domain is empty")
 	}
 	if len(d) > maxDomain {
-		return newErr(ErrInvalid, "domain "+quote(d)+" is longer than 253 characters")
+		return NewError(ErrInvalid, "domain "+quote(d)+" is longer than 253 characters")
 	}
 	for rest, more := d, true; more; {
 		var label string
 		label, rest, more = strings.Cut(rest, ".")
 		if label == "" {
-			return newErr(ErrInvalid, "domain "+quote(d)+" has an empty label")
+			return NewError(ErrInvalid, "domain "+quote(d)+" has an empty label")
 		}
 		if len(label) > maxLabel {
-			return newErr(ErrInvalid, "domain "+quote(d)+" has a label longer than 63 characters")
+			return NewError(ErrInvalid, "domain "+quote(d)+" has a label longer than 63 characters")
 		}
 		if label[0] == '-' || label[len(label)-1] == '-' {
-			return newErr(ErrInvalid, "domain "+quote(d)+" has a label that starts or ends with a hyphen")
+			return NewError(ErrInvalid, "domain "+quote(d)+" has a label that starts or ends with a hyphen")
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
 			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
 				if c >= utf8.RuneSelf {
-					return newErr(ErrInvalid, "domain "+quote(d)+" is not ASCII; write internationalised domains in their xn-- form")
+					return NewError(ErrInvalid, "domain "+quote(d)+" is not ASCII; write internationalised domains in their xn-- form")
 				}
-				return newErr(ErrInvalid, "domain "+quote(d)+" contains "+quote(string(c))+"; only letters, digits, hyphens and dots are allowed")
+				return NewError(ErrInvalid, "domain "+quote(d)+" contains "+quote(string(c))+"; only letters, digits, hyphens and dots are allowed")
 			}
 		}
 	}
 	return nil
 }
 
-// normaliseAddress lower-cases and trims an address and checks its syntax.
+// NormaliseAddress lower-cases and trims an address and checks its syntax.
 // It returns the address and its domain.
-func normaliseAddress(address string) (addr, domain string, err error) {
+func NormaliseAddress(address string) (addr, domain string, err error) {
 	a := strings.ToLower(strings.TrimSpace(address))
 	if a == "" {
-		return "", "", newErr(ErrInvalid, "address is empty")
+		return "", "", NewError(ErrInvalid, "address is empty")
 	}
 	at := strings.LastIndexByte(a, '@')
 	if at < 0 {
-		return "", "", newErr(ErrInvalid, "address "+quote(a)+" has no @")
+		return "", "", NewError(ErrInvalid, "address "+quote(a)+" has no @")
 	}
 	local, domain := a[:at], a[at+1:]
 	if strings.IndexByte(local, '@') >= 0 {
-		return "", "", newErr(ErrInvalid, "address "+quote(a)+" has more than one @")
+		return "", "", NewError(ErrInvalid, "address "+quote(a)+" has more than one @")
 	}
 	if err := checkLocalPart(local, a); err != nil {
 		return "", "", err
@@ -83,8 +83,8 @@ func normaliseAddress(address string) (addr, domain string, err error) {
 	return a, domain, nil
 }
 
-// normaliseAliasSource accepts "local@domain" or "@domain" (catch-all).
-func normaliseAliasSource(from string) (addr, domain string, err error) {
+// NormaliseAliasSource accepts "local@domain" or "@domain" (catch-all).
+func NormaliseAliasSource(from string) (addr, domain string, err error) {
 	f := strings.ToLower(strings.TrimSpace(from))
 	if strings.HasPrefix(f, "@") {
 		d := f[1:]
@@ -93,7 +93,7 @@ func normaliseAliasSource(from string) (addr, domain string, err error) {
 		}
 		return f, d, nil
 	}
-	return normaliseAddress(f)
+	return NormaliseAddress(f)
 }
 
 // atext of RFC 5322 3.2.3 besides letters and digits, without "/": local
@@ -107,16 +107,16 @@ const atextSpecials = "!#$%&'*+-=?^_`{|}~"
 // "/" is refused too (see atextSpecials).
 func checkLocalPart(local, addr string) error {
 	if local == "" {
-		return newErr(ErrInvalid, "address "+quote(addr)+" has an empty local part")
+		return NewError(ErrInvalid, "address "+quote(addr)+" has an empty local part")
 	}
 	if len(local) > maxLocalPart {
-		return newErr(ErrInvalid, "address "+quote(addr)+" has a local part longer than 64 octets")
+		return NewError(ErrInvalid, "address "+quote(addr)+" has a local part longer than 64 octets")
 	}
 	if !utf8.ValidString(local) {
-		return newErr(ErrInvalid, "address "+quote(addr)+" is not valid UTF-8")
+		return NewError(ErrInvalid, "address "+quote(addr)+" is not valid UTF-8")
 	}
 	if local[0] == '.' || local[len(local)-1] == '.' || strings.Contains(local, "..") {
-		return newErr(ErrInvalid, "address "+quote(addr)+" has a misplaced dot in its local part")
+		return NewError(ErrInvalid, "address "+quote(addr)+" has a misplaced dot in its local part")
 	}
 	for _, r := range local {
 		switch {
@@ -124,7 +124,7 @@ func checkLocalPart(local, addr string) error {
 		case r < utf8.RuneSelf && strings.ContainsRune(atextSpecials, r):
 		case r >= utf8.RuneSelf && unicode.IsGraphic(r) && !unicode.IsSpace(r):
 		default:
-			return newErr(ErrInvalid, "address "+quote(addr)+" contains "+quote(string(r))+" in its local part")
+			return NewError(ErrInvalid, "address "+quote(addr)+" contains "+quote(string(r))+" in its local part")
 		}
 	}
 	return nil
@@ -132,3 +132,18 @@ func checkLocalPart(local, addr string) error {
 
 // quote quotes s for an error message, escaping control characters.
 func quote(s string) string { return strconv.Quote(s) }
+
+// CheckForward vets an external alias target dst of src: its local part may
+// not carry the old routing syntaxes that make relays of careless servers,
+// "%" (the percent hack) and "!" (UUCP bang paths), and its domain must have
+// a dot. (Source routes and address literals do not pass NormaliseAddress.)
+func CheckForward(src, dst string) error {
+	local := dst[:strings.LastIndexByte(dst, '@')]
+	if strings.ContainsAny(local, "%!") {
+		return NewError(ErrInvalid, "cannot forward "+src+" to "+dst+": '%' and '!' in a local part are relay routing syntax, not accepted in a forwarding target")
+	}
+	if !strings.Contains(dst[len(local)+1:], ".") {
+		return NewError(ErrInvalid, "cannot forward "+src+" to "+dst+": the domain is not local and has no dot")
+	}
+	return nil
+}

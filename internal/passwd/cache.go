@@ -1,16 +1,17 @@
-package directory
+package passwd
 
 import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"time"
 )
 
-// authCache remembers recent successful logins, as Dovecot's auth_cache
+// Cache remembers recent successful logins, as Dovecot's auth_cache
 // does, so that a mail client that polls every minute does not pay
 // argon2id (19 MiB, tens of milliseconds) each time.
 //
@@ -21,33 +22,34 @@ import (
 // with the same password, before the expiry, while the stored hash is the
 // same one: `agua user passwd` changes the hash, and a removed user is not
 // found at all, so neither can be served from the cache even when the CLI
-// did it from another process. Entries of changed users are also dropped
-// when the snapshot is rebuilt, and at once for changes made through this
-// Directory. Failures are never cached: a wrong password always pays the
-// full verification, as does an unknown user.
-type authCache struct {
+// did it from another process. A backend also drops the entries of changed
+// users (Forget, Retain, Clear) as it learns of changes. Failures are never
+// cached: a wrong password always pays the full verification, as does an
+// unknown user.
+type Cache struct {
 	ttl time.Duration
 	max int
-	now func() time.Time
+	Now func() time.Time // the clock; tests replace it
 	key [32]byte
 
 	mu sync.Mutex
-	m  map[string]authEntry
+	m  map[string]entry
 }
 
-type authEntry struct {
+type entry struct {
 	mac     [sha256.Size]byte
 	pwFP    uint64
 	expires time.Time
 }
 
-func newAuthCache(ttl time.Duration, max int) *authCache {
-	c := &authCache{ttl: ttl, max: max, now: time.Now, m: map[string]authEntry{}}
+// NewCache returns a cache whose entries live ttl, at most max of them.
+func NewCache(ttl time.Duration, max int) *Cache {
+	c := &Cache{ttl: ttl, max: max, Now: time.Now, m: map[string]entry{}}
 	rand.Read(c.key[:]) // never fails (crypto/rand, Go 1.24)
 	return c
 }
 
-func (c *authCache) mac(addr, password string) [sha256.Size]byte {
+func (c *Cache) mac(addr, password string) [sha256.Size]byte {
 	h := hmac.New(sha256.New, c.key[:])
 	h.Write([]byte(addr))
 	h.Write([]byte{0})
@@ -59,11 +61,11 @@ func (c *authCache) mac(addr, password string) [sha256.Size]byte {
 
 // hit reports whether addr logged in with password recently, against the
 // stored hash whose fingerprint is pwFP.
-func (c *authCache) hit(addr, password string, pwFP uint64) bool {
+func (c *Cache) Hit(addr, password string, pwFP uint64) bool {
 	c.mu.Lock()
 	e, ok := c.m[addr]
 	c.mu.Unlock()
-	if !ok || e.pwFP != pwFP || !c.now().Before(e.expires) {
+	if !ok || e.pwFP != pwFP || !c.Now().Before(e.expires) {
 		return false
 	}
 	mac := c.mac(addr, password)
@@ -72,12 +74,12 @@ func (c *authCache) hit(addr, password string, pwFP uint64) bool {
 
 // put records a successful login. When the cache is full, expired entries
 // go first, then arbitrary ones: it is bounded, not exact.
-func (c *authCache) put(addr, password string, pwFP uint64) {
-	e := authEntry{mac: c.mac(addr, password), pwFP: pwFP, expires: c.now().Add(c.ttl)}
+func (c *Cache) Put(addr, password string, pwFP uint64) {
+	e := entry{mac: c.mac(addr, password), pwFP: pwFP, expires: c.Now().Add(c.ttl)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[addr]; !ok && len(c.m) >= c.max {
-		now := c.now()
+		now := c.Now()
 		for a, old := range c.m {
 			if !now.Before(old.expires) {
 				delete(c.m, a)
@@ -94,25 +96,42 @@ func (c *authCache) put(addr, password string, pwFP uint64) {
 }
 
 // forget drops the entry of addr.
-func (c *authCache) forget(addr string) {
+func (c *Cache) Forget(addr string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, addr)
 }
 
-// sync drops the entries of users that are gone from snap or whose stored
-// hash changed.
-func (c *authCache) sync(snap *snapshot) {
+// Retain keeps the entries for which current returns the fingerprint they
+// were checked against, and drops those of users that are gone (ok false)
+// or whose stored hash changed.
+func (c *Cache) Retain(current func(addr string) (fp uint64, ok bool)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for a, e := range c.m {
-		if r, ok := snap.users[a]; !ok || r.pwFP != e.pwFP {
+		if fp, ok := current(a); !ok || fp != e.pwFP {
 			delete(c.m, a)
 		}
 	}
 }
 
-func (c *authCache) len() int {
+// Clear drops every entry: the backend can no longer tell which are still
+// true (it lost track of changes).
+func (c *Cache) Clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.m)
+}
+
+// fpSeed keys the fingerprints of password hashes; per process, so a
+// fingerprint means nothing outside it.
+var fpSeed = maphash.MakeSeed()
+
+// Fingerprint identifies a stored password hash: when it changes
+// (`agua user passwd`), every cached login of the user stops matching.
+func Fingerprint(stored []byte) uint64 { return maphash.Bytes(fpSeed, stored) }
+
+func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.m)

@@ -1,4 +1,10 @@
-package directory
+// Package passwd is the password work every accounts backend shares: argon2id
+// hashes in the PHC string format (RFC 9106, OWASP minimum parameters
+// m=19456 KiB, t=2, p=1), verification of those and of imported bcrypt
+// hashes ($2a$, $2b$, $2y$), a semaphore that bounds the memory hashing
+// holds at once (Hasher), and the cache of recent successful logins
+// (Cache). It knows nothing of where the hashes are stored.
+package passwd
 
 import (
 	"context"
@@ -8,6 +14,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+
+	"github.com/agua-mail/agua/internal/accounts"
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
@@ -32,13 +40,13 @@ const (
 	maxArgonThreads = 16
 )
 
-// maxPasswordLen bounds the work an attacker can make us do per attempt.
-const maxPasswordLen = 1024
+// MaxLen bounds the work an attacker can make us do per attempt.
+const MaxLen = 1024
 
 var b64 = base64.RawStdEncoding
 
-// hashPassword returns the argon2id PHC string of password.
-func hashPassword(password string) (string, error) {
+// Hash returns the argon2id PHC string of password.
+func Hash(password string) (string, error) {
 	salt := make([]byte, argonSaltLen)
 	if _, err := rand.Read(salt); err != nil {
 		return "", fmt.Errorf("reading random salt: %w", err)
@@ -48,10 +56,10 @@ func hashPassword(password string) (string, error) {
 		argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key)), nil
 }
 
-// verifyPassword reports whether password matches the stored hash, which is
+// Verify reports whether password matches the stored hash, which is
 // an argon2id PHC string or a bcrypt hash. An unsupported or malformed hash
 // is an error, not a mismatch, so that the operator hears of it.
-func verifyPassword(hash, password string) (bool, error) {
+func Verify(hash, password string) (bool, error) {
 	switch {
 	case strings.HasPrefix(hash, "$argon2id$"):
 		return verifyArgon2id(hash, password)
@@ -114,11 +122,11 @@ func verifyArgon2id(hash, password string) (bool, error) {
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 
-// hashSlot is the memory one verification of agua's own argon2id hashes
+// HashSlot is the memory one verification of agua's own argon2id hashes
 // holds: the unit of the hasher's memory budget.
-const hashSlot = argonMemory << 10
+const HashSlot = argonMemory << 10
 
-// DefaultHashMemory is the hash memory budget when Options leave it 0:
+// DefaultHashMemory is the usual hash memory budget:
 // three verifications at once.
 const DefaultHashMemory = 64 << 20
 
@@ -128,24 +136,24 @@ const DefaultHashMemory = 64 << 20
 // one slot per 19 MiB of the memory budget, and no more slots than cores.
 // A stored hash with a larger m (an imported one) takes as many slots as
 // its memory needs, at most all of them.
-type hasher struct {
+type Hasher struct {
 	sem chan struct{}
 	big sync.Mutex // held while taking several slots, so two such never deadlock
 	// observe, when set (tests), is called for every hash computed.
-	observe func()
+	Observe func()
 }
 
-// newHasher sizes the semaphore from a memory budget in bytes and the
+// NewHasher sizes the semaphore from a memory budget in bytes and the
 // number of cores.
-func newHasher(budget int64, cores int) *hasher {
-	n := int(min(budget/hashSlot, int64(cores)))
-	return &hasher{sem: make(chan struct{}, max(n, 1))}
+func NewHasher(budget int64, cores int) *Hasher {
+	n := int(min(budget/HashSlot, int64(cores)))
+	return &Hasher{sem: make(chan struct{}, max(n, 1))}
 }
 
 // slots returns how many slots verifying against hash takes.
-func (h *hasher) slots(hash string) int {
+func (h *Hasher) Slots(hash string) int {
 	m := argonMemoryOf(hash)
-	return min(max(int((m<<10+hashSlot-1)/hashSlot), 1), cap(h.sem))
+	return min(max(int((m<<10+HashSlot-1)/HashSlot), 1), cap(h.sem))
 }
 
 // argonMemoryOf returns the m parameter (KiB) of an argon2id PHC string, or
@@ -167,7 +175,7 @@ func argonMemoryOf(hash string) int64 {
 
 // acquire waits for n slots, honouring ctx, and returns the function that
 // gives them back.
-func (h *hasher) acquire(ctx context.Context, n int) (release func(), err error) {
+func (h *Hasher) Acquire(ctx context.Context, n int) (release func(), err error) {
 	if n > 1 {
 		h.big.Lock()
 		defer h.big.Unlock()
@@ -187,37 +195,82 @@ func (h *hasher) acquire(ctx context.Context, n int) (release func(), err error)
 			return nil, ctx.Err()
 		}
 	}
-	if h.observe != nil {
-		h.observe()
+	if h.Observe != nil {
+		h.Observe()
 	}
 	return give, nil
 }
 
-func (h *hasher) hash(ctx context.Context, password string) (string, error) {
-	release, err := h.acquire(ctx, 1)
+// Cap is the number of slots.
+func (h *Hasher) Cap() int { return cap(h.sem) }
+
+// InUse is the number of slots taken now.
+func (h *Hasher) InUse() int { return len(h.sem) }
+
+// Hash hashes password in one slot.
+func (h *Hasher) Hash(ctx context.Context, password string) (string, error) {
+	release, err := h.Acquire(ctx, 1)
 	if err != nil {
 		return "", err
 	}
 	defer release()
-	return hashPassword(password)
+	return Hash(password)
 }
 
-func (h *hasher) verify(ctx context.Context, hash, password string) (bool, error) {
-	release, err := h.acquire(ctx, h.slots(hash))
+// Verify checks password against hash in the slots hash needs.
+func (h *Hasher) Verify(ctx context.Context, hash, password string) (bool, error) {
+	release, err := h.Acquire(ctx, h.Slots(hash))
 	if err != nil {
 		return false, err
 	}
 	defer release()
-	return verifyPassword(hash, password)
+	return Verify(hash, password)
 }
 
-// checkNewPassword validates a password being set.
-func checkNewPassword(password string) error {
-	if password == "" {
-		return newErr(ErrInvalid, "password is empty")
+// Usable says whether password can be checked at all: not empty, not over
+// MaxLen. An unusable one still costs a verification in Check.
+func Usable(password string) bool { return password != "" && len(password) <= MaxLen }
+
+// Check is the password check of every backend's Authenticate. usable says
+// the address is valid and the password Usable; lookup, called only then,
+// reads the stored hash (found false for an unknown user). It verifies
+// exactly once in every case, against dummy when there is no stored hash
+// and with a password cut to MaxLen, so that timing does not tell an
+// unknown user from a wrong password. It returns the stored hash that
+// matched; accounts.ErrAuthFailed for a wrong password or an unknown user;
+// the error of lookup, or of a verification that could not run (ctx, a
+// corrupt stored hash), as it is: the operator's problem, not the client's.
+func (h *Hasher) Check(ctx context.Context, dummy, password string, usable bool, lookup func() (stored string, found bool, err error)) (string, error) {
+	hash, found := dummy, false
+	if usable {
+		stored, ok, err := lookup()
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			hash, found = stored, true
+		}
 	}
-	if len(password) > maxPasswordLen {
-		return newErr(ErrInvalid, fmt.Sprintf("password is longer than %d bytes", maxPasswordLen))
+	if len(password) > MaxLen {
+		password = password[:MaxLen]
+	}
+	ok, err := h.Verify(ctx, hash, password)
+	if err != nil {
+		return "", fmt.Errorf("verifying a password: %w", err)
+	}
+	if !ok || !found {
+		return "", accounts.ErrAuthFailed
+	}
+	return hash, nil
+}
+
+// CheckNew validates a password being set.
+func CheckNew(password string) error {
+	if password == "" {
+		return accounts.NewError(accounts.ErrInvalid, "password is empty")
+	}
+	if len(password) > MaxLen {
+		return accounts.NewError(accounts.ErrInvalid, fmt.Sprintf("password is longer than %d bytes", MaxLen))
 	}
 	return nil
 }

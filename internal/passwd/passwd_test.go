@@ -1,0 +1,101 @@
+package passwd
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func FuzzVerifyPassword(f *testing.F) {
+	f.Add("$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "pw")
+	f.Add("$2b$04$abcdefghijklmnopqrstuu", "pw")
+	f.Add("$argon2id$v=19$m=19456,t=2,p=1$$", "")
+	f.Fuzz(func(t *testing.T, hash, pw string) {
+		if strings.HasPrefix(hash, "$argon2id$") {
+			// Keep the fuzzer fast: refuse costly parameters before hashing.
+			if !strings.Contains(hash, "m=8,") || !strings.Contains(hash, "t=1,") {
+				return
+			}
+		}
+		Verify(hash, pw) // must not panic
+	})
+}
+
+// The cache holds at most its size.
+func TestAuthCacheBounded(t *testing.T) {
+	c := NewCache(time.Minute, 3)
+	for i := range 10 {
+		c.Put(string(rune('a'+i))+"@example.org", "pw", 1)
+		if c.Len() > 3 {
+			t.Fatalf("%d entries in a cache of 3", c.Len())
+		}
+	}
+	if !c.Hit("j@example.org", "pw", 1) || c.Hit("j@example.org", "pw", 2) || c.Hit("j@example.org", "px", 1) {
+		t.Fatal("hit does not check the password and the stored hash")
+	}
+}
+
+// The hash semaphore is sized from the memory budget and the cores; an
+// imported hash with a larger m takes more slots.
+func TestHasherBudget(t *testing.T) {
+	for _, c := range []struct {
+		budget   int64
+		cores    int
+		want     int
+		bigSlots int
+	}{
+		{64 << 20, 8, 3, 3},
+		{64 << 20, 2, 2, 2},
+		{1 << 20, 4, 1, 1},
+		{1 << 30, 16, 16, 4},
+	} {
+		h := NewHasher(c.budget, c.cores)
+		if cap(h.sem) != c.want {
+			t.Errorf("NewHasher(%d, %d) has %d slots, want %d", c.budget, c.cores, cap(h.sem), c.want)
+		}
+		big := "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+		if got := h.Slots(big); got != c.bigSlots {
+			t.Errorf("budget %d: a 64 MiB hash takes %d slots, want %d", c.budget, got, c.bigSlots)
+		}
+		if got := h.Slots("$2b$10$xxxxxxxx"); got != 1 {
+			t.Errorf("bcrypt takes %d slots", got)
+		}
+	}
+}
+
+// A verification waits while the budget is in use, and one that gives up
+// gives back the slots it had taken.
+func TestHasherWaitsForBudget(t *testing.T) {
+	h := NewHasher(2*HashSlot, 8)
+	hash, err := Hash("pw")
+	must(t, err)
+	release, err := h.Acquire(context.Background(), 2)
+	must(t, err)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := h.Verify(cancelled, hash, "pw"); err == nil {
+		t.Fatal("a verification ran beyond the memory budget")
+	}
+	release()
+	one, err := h.Acquire(context.Background(), 1)
+	must(t, err)
+	big := "$argon2id$v=19$m=38912,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA" // two slots
+	if _, err := h.Verify(cancelled, big, "pw"); err == nil {
+		t.Fatal("a two-slot verification ran with one slot free")
+	}
+	if len(h.sem) != 1 {
+		t.Fatalf("%d slots held after a cancelled wait, want 1", len(h.sem))
+	}
+	one()
+	if ok, err := h.Verify(context.Background(), hash, "pw"); err != nil || !ok {
+		t.Fatalf("verify = %v, %v", ok, err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
