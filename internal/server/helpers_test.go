@@ -87,7 +87,7 @@ func startServer(t testing.TB, mutate func(*config.Config)) *testServer {
 
 // serverConfig is the config of startServer: loopback ports chosen by the
 // kernel, no demo, no login delays, changed by mutate.
-func serverConfig(t *testing.T, mutate func(*config.Config)) config.Config {
+func serverConfig(t testing.TB, mutate func(*config.Config)) config.Config {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
