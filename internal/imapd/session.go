@@ -67,14 +67,20 @@ var (
 	errOverQuota      = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeOverQuota, "Quota exceeded")
 	errTempAuth       = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeUnavailable, "Temporary authentication failure, try again later")
 	errTemp           = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeServerBug, "Temporary local problem, try again later")
+	errUnavailable    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeUnavailable, "Mail store temporarily unavailable, try again later")
 	errTooManyFolders = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeLimit, "Too many mailboxes")
 	errSameMailbox    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Source and destination are the same mailbox")
 	errSessionEnded   = imapErr(imap.StatusResponseTypeBye, "", "Session ended")
 )
 
-// temp logs an internal error and returns a client-safe reply.
+// temp logs an internal error and returns a client-safe reply: NO
+// [UNAVAILABLE] when the store is down for now (RFC 5530 3: "a subsystem
+// is down"), NO [SERVERBUG] otherwise.
 func (s *session) temp(op string, err error) error {
 	s.log.Warn("imap "+op+" failed", "user", s.user, "err", err)
+	if errors.Is(err, mailstore.ErrUnavailable) {
+		return errUnavailable
+	}
 	return errTemp
 }
 
