@@ -70,6 +70,10 @@ func TestConformance(t *testing.T) {
 				return s, close
 			},
 			Deliver: func(t *testing.T, user, msg string) { t.Helper(); deliver(t, cur, user, msg) },
+			OpenNode: func(t *testing.T) (mailstore.Store, func(t *testing.T, user, msg string), func()) {
+				s, close := open(t)
+				return s, func(t *testing.T, user, msg string) { t.Helper(); deliver(t, s.(*Store), user, msg) }, close
+			},
 		}
 	})
 }
