@@ -559,7 +559,9 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 
 // Idle polls the selected mailbox every IdlePoll until the client says
 // DONE: deliveries by SMTP, and changes by other sessions, are announced
-// within about that time (RFC 2177).
+// within about that time (RFC 2177). A store that is unavailable for a
+// while (its database restarting) does not end the IDLE: the next tick
+// tries again.
 func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 	t := time.NewTicker(s.srv.cfg.IdlePoll)
 	defer t.Stop()
@@ -570,7 +572,7 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 		case <-s.conn.closed:
 			return nil
 		case <-t.C:
-			if err := s.Poll(w, true); err != nil {
+			if err := s.Poll(w, true); err != nil && err != errUnavailable {
 				return err
 			}
 		}
