@@ -244,6 +244,8 @@ SELECT f, u, s, now(), true, b FROM unnest($1::bigint[], $2::bigint[], $3::bigin
 	})
 	if err == nil {
 		s.hub.changed(folderIDs...)
+		s.batches.Add(1)
+		s.committed.Add(int64(len(batch)))
 	}
 	return err
 }

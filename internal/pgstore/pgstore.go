@@ -54,6 +54,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -101,6 +102,8 @@ type Store struct {
 	maxBatch  int
 	opTimeout time.Duration
 	hub       *hub
+	batches   atomic.Int64 // delivery transactions committed, for benchmarks
+	committed atomic.Int64 // deliveries in them
 
 	closeMu sync.RWMutex // held for reading while sending to queue
 	closed  bool
