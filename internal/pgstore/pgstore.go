@@ -441,6 +441,18 @@ func (s *Store) CreateDefaultFolders(ctx context.Context, user string, names []s
 		}
 		keys[i] = k
 	}
+	// Every IMAP login asks: a read answers it after the first time,
+	// without a transaction to flush.
+	qctx, cancel := s.op(ctx)
+	var made bool
+	err := s.pool.QueryRow(qctx, `SELECT defaults_made FROM mail_users WHERE usr = $1`, user).Scan(&made)
+	cancel()
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return dbErr("creating default folders", err)
+	}
+	if made {
+		return nil
+	}
 	return s.inTx(ctx, "creating default folders", func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := lockUser(ctx, tx, user); err != nil {
 			return err
