@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,57 +14,14 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/mailstore/storetest"
 	"github.com/agua-mail/agua/internal/pg"
 	"github.com/agua-mail/agua/internal/pg/pgtest"
 	"github.com/agua-mail/agua/internal/pgstore"
 	"github.com/agua-mail/agua/internal/resolver/dnstest"
 	"github.com/agua-mail/agua/internal/server"
+	"github.com/agua-mail/agua/internal/smtptest"
 )
-
-// sendRaw delivers one message over SMTP and returns the reply to the
-// data, or an error when the connection failed on the way.
-func sendRaw(addr, rcpt, subject, body string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	r := bufio.NewReader(conn)
-	reply := func() (string, error) {
-		for {
-			l, err := r.ReadString('\n')
-			if err != nil {
-				return "", err
-			}
-			if len(l) < 4 || l[3] != '-' {
-				return strings.TrimRight(l, "\r\n"), nil
-			}
-		}
-	}
-	step := func(cmd, want string) error {
-		if cmd != "" {
-			if _, err := io.WriteString(conn, cmd); err != nil {
-				return err
-			}
-		}
-		l, err := reply()
-		if err == nil && !strings.HasPrefix(l, want) {
-			err = fmt.Errorf("%q: %s", strings.TrimSpace(cmd), l)
-		}
-		return err
-	}
-	for _, s := range [][2]string{{"", "220"}, {"EHLO sender.example\r\n", "250"}, {"MAIL FROM:<someone@elsewhere.example>\r\n", "250"},
-		{"RCPT TO:<" + rcpt + ">\r\n", "250"}, {"DATA\r\n", "354"}} {
-		if err := step(s[0], s[1]); err != nil {
-			return "", err
-		}
-	}
-	if _, err := io.WriteString(conn, "Subject: "+subject+"\r\n\r\n"+body+".\r\n"); err != nil {
-		return "", err
-	}
-	return reply()
-}
 
 // TestPostgresMailKill9 kills agua serve with SIGKILL while twelve clients
 // deliver to a mailbox on PostgreSQL, twice, and checks after each kill
@@ -164,7 +119,7 @@ migrate = true
 					}
 					subject := fmt.Sprintf("kill9-r%d-w%d-n%d", round, w, n)
 					body := strings.Repeat(subject+" 0123456789abcdef\r\n", 1+(n*7919+w*104729)%600)
-					reply, err := sendRaw(smtpAddr, user, subject, body)
+					reply, err := smtptest.Deliver(smtpAddr, "", "someone@elsewhere.example", user, "Subject: "+subject+"\r\n\r\n"+body)
 					if err != nil {
 						return // the server is gone
 					}
@@ -229,27 +184,9 @@ func mailboxSubjects(t *testing.T, url, user string) map[string]int {
 	defer pool.Close()
 	st := pgstore.Open(pool, pgstore.Options{})
 	defer st.Close()
-	f, err := st.Folder(ctx, user, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	l, err := f.List()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]int{}
-	for _, m := range l.Messages {
-		rc, _, err := f.Open(m.UID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, rest, _ := strings.Cut(string(b), "\r\nSubject: ")
+	for _, m := range storetest.Contents(t, st, user, "") {
+		_, rest, _ := strings.Cut(m, "\r\nSubject: ")
 		subject, _, _ := strings.Cut(rest, "\r\n")
 		out[subject]++
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,7 +11,9 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/mailstore/storetest"
 	"github.com/agua-mail/agua/internal/pg/pgtest"
+	"github.com/agua-mail/agua/internal/smtptest"
 )
 
 // pgMailNode returns the config changes of a node keeping its mailboxes
@@ -156,4 +159,105 @@ func TestPostgresMailDatabaseDown(t *testing.T) {
 	p.do("PASS "+testPass, "+OK")
 	p.do("STAT", "+OK 2 ")
 	p.do("QUIT", "+OK")
+}
+
+// The fault "PostgreSQL restart under load": twelve clients
+// deliver while PostgreSQL is killed and started again. Every reply is
+// 250 or a temporary 4xx (never a permanent refusal for the outage),
+// every 250'd message is in the mailbox exactly once, and the node
+// accepts mail again after the restart by itself.
+func TestPostgresMailRestartUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test skipped in -short")
+	}
+	db := pgtest.Start(t)
+	ts := startServer(t, pgMailNode(db.NewDatabase(t), "127.0.1.8"))
+	addr := ts.srv.Addr("smtp")
+	var (
+		mu       sync.Mutex
+		acked    = map[string]bool{}
+		refused  []string
+		phase    atomic.Int32 // 0 before the kill, 1 down, 2 restarted
+		afterRun atomic.Int32 // 250s after the restart
+		temps    atomic.Int32 // 4xx replies while PostgreSQL was down
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 12 {
+		wg.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				subject := fmt.Sprintf("load-w%d-n%d", w, n)
+				reply, err := smtptest.Deliver(addr, "127.0.1.8", "someone@elsewhere.example", testUser, "Subject: "+subject+"\r\n\r\nunder load\r\n")
+				if err != nil {
+					mu.Lock()
+					refused = append(refused, subject+": "+err.Error())
+					mu.Unlock()
+					continue
+				}
+				mu.Lock()
+				switch {
+				case strings.HasPrefix(reply, "250 "):
+					acked[subject] = true
+					if phase.Load() == 2 {
+						afterRun.Add(1)
+					}
+				case strings.HasPrefix(reply, "4"):
+					if phase.Load() == 1 {
+						temps.Add(1)
+					}
+				default:
+					refused = append(refused, subject+": "+reply)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	waitForCond(t, "30 deliveries before the kill", func() bool { return count() >= 30 })
+	phase.Store(1)
+	db.Kill()
+	waitForCond(t, "4xx replies while PostgreSQL is down", func() bool { return temps.Load() >= 12 })
+	db.Restart()
+	phase.Store(2)
+	deadline := time.Now().Add(60 * time.Second)
+	for afterRun.Load() < 30 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d deliveries accepted within 60 s of the restart", afterRun.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if len(refused) > 0 {
+		t.Fatalf("%d deliveries failed other than with 4xx, e.g. %q", len(refused), refused[0])
+	}
+	found := map[string]int{}
+	for _, m := range pgMailbox(t, ts) {
+		_, rest, _ := strings.Cut(m, "\r\nSubject: ")
+		subject, _, _ := strings.Cut(rest, "\r\n")
+		found[subject]++
+	}
+	for s := range acked {
+		if found[s] != 1 {
+			t.Errorf("acknowledged message %s found %d times", s, found[s])
+		}
+	}
+	for s, n := range found {
+		if n > 1 {
+			t.Errorf("message %s stored %d times", s, n)
+		}
+	}
+	t.Logf("%d acknowledged, %d stored", len(acked), len(found))
+}
+
+// pgMailbox returns the messages in the test user's INBOX, read through
+// the server's own store.
+func pgMailbox(t *testing.T, ts *testServer) []string {
+	t.Helper()
+	return storetest.Contents(t, ts.srv.mail.read, testUser, "")
 }

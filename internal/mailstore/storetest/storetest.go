@@ -814,3 +814,32 @@ func testNodesSeeChanges(t *testing.T, e *env) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Contents returns the content of every message of a user's folder in
+// UID order, for tests that check what a server stored.
+func Contents(t testing.TB, s mailstore.Store, user, folder string) []string {
+	t.Helper()
+	f, err := s.Folder(context.Background(), user, folder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	l, err := f.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]string, len(l.Messages))
+	for i, m := range l.Messages {
+		rc, _, err := f.Open(m.UID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = string(b)
+	}
+	return out
+}
