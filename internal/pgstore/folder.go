@@ -17,13 +17,12 @@ import (
 // folder is one open folder: the row id it was opened on and the name it
 // had then (a rename or delete ends it: ErrNoFolder from Stamp and List).
 type folder struct {
-	s        *Store
-	ctx      context.Context // the session's
-	user     string
-	name     string // "" is INBOX
-	id       int64
-	validity uint32
-	w        *watch
+	s    *Store
+	ctx  context.Context // the session's
+	user string
+	name string // "" is INBOX
+	id   int64
+	w    *watch
 
 	mu     sync.Mutex
 	unlock func() // the maildrop lock held, if any

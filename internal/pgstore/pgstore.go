@@ -259,13 +259,13 @@ func (s *Store) Folder(ctx context.Context, user, name string) (mailstore.Folder
 	}
 	octx, cancel := s.op(ctx)
 	defer cancel()
-	const find = `SELECT id, uidvalidity FROM mail_folders WHERE usr = $1 AND name = $2`
-	var id, validity int64
-	err = s.pool.QueryRow(octx, find, user, key).Scan(&id, &validity)
+	const find = `SELECT id FROM mail_folders WHERE usr = $1 AND name = $2`
+	var id int64
+	err = s.pool.QueryRow(octx, find, user, key).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) && key == "" {
 		if _, err = s.pool.Exec(octx, `INSERT INTO mail_users (usr) VALUES ($1) ON CONFLICT DO NOTHING`, user); err == nil {
 			if _, err = s.pool.Exec(octx, `INSERT INTO mail_folders (usr, name) VALUES ($1, '') ON CONFLICT DO NOTHING`, user); err == nil {
-				err = s.pool.QueryRow(octx, find, user, key).Scan(&id, &validity)
+				err = s.pool.QueryRow(octx, find, user, key).Scan(&id)
 			}
 		}
 	}
@@ -275,7 +275,7 @@ func (s *Store) Folder(ctx context.Context, user, name string) (mailstore.Folder
 	if err != nil {
 		return nil, dbErr("opening folder", err)
 	}
-	return &folder{s: s, ctx: ctx, user: user, name: key, id: id, validity: uint32(validity), w: s.hub.watch(id)}, nil
+	return &folder{s: s, ctx: ctx, user: user, name: key, id: id, w: s.hub.watch(id)}, nil
 }
 
 // CreateFolder creates a folder; ErrFolderExists, ErrBadFolder.
