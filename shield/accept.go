@@ -25,25 +25,31 @@ import (
 
 // AcceptConfig configures the sockets Listen binds.
 type AcceptConfig struct {
-	Sockets int `toml:"sockets" doc:"accept sockets bound to each listener address with SO_REUSEPORT (Linux spreads new connections over their queues); 0: one per CPU (GOMAXPROCS)"`
+	Sockets int `toml:"sockets" doc:"accept sockets bound to each listener address with SO_REUSEPORT (Linux spreads new connections over their queues); 0: one per CPU (GOMAXPROCS), at least 4"`
 	Backlog int `toml:"backlog" doc:"listen backlog of each accept socket (accept queue length); the kernel caps it at net.core.somaxconn, raise that with sysctl -w net.core.somaxconn=N (and net.ipv4.tcp_max_syn_backlog); 0: net.core.somaxconn"`
 }
 
 func (a AcceptConfig) validate(bad func(field, format string, args ...any)) {
 	if a.Sockets < 0 || a.Sockets > 256 {
-		bad("accept.sockets", "must be between 0 (one per CPU) and 256")
+		bad("accept.sockets", "must be between 0 (one per CPU, at least 4) and 256")
 	}
 	if a.Backlog < 0 || a.Backlog > 1<<20 {
 		bad("accept.backlog", "must be between 0 (net.core.somaxconn) and 1048576")
 	}
 }
 
+// minSockets is the fewest sockets Listen binds by default. Each has its
+// own accept queue of up to net.core.somaxconn connections, so even on a
+// machine of one or two CPUs a connect flood has several queues to fill
+// while a busy process is between two accepts.
+const minSockets = 4
+
 // sockets is how many sockets Listen binds.
 func (a AcceptConfig) sockets() int {
 	if a.Sockets > 0 {
 		return a.Sockets
 	}
-	return max(1, runtime.GOMAXPROCS(0))
+	return max(minSockets, runtime.GOMAXPROCS(0))
 }
 
 // Somaxconn returns the kernel's cap on a listen backlog
@@ -71,18 +77,26 @@ func (s *Shield) Listen(ctx context.Context, network, address string) (net.Liste
 	}
 	m := &multiListener{}
 	for i := range n {
-		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-			if n == 1 {
-				return nil
-			}
-			var serr error
-			if err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}}
+		lc := net.ListenConfig{
+			// TCP keep-alive is set once on the listening socket, which
+			// accepted connections inherit on Linux, instead of by Go on
+			// each accepted one (four setsockopt(2) calls per connection).
+			KeepAlive: -1,
+			Control: func(network, _ string, c syscall.RawConn) error {
+				var serr error
+				if err := c.Control(func(fd uintptr) {
+					if strings.HasPrefix(network, "tcp") {
+						serr = setKeepAlive(int(fd))
+					}
+					if serr == nil && n > 1 {
+						serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+					}
+				}); err != nil {
+					return err
+				}
+				return serr
+			},
+		}
 		ln, err := lc.Listen(ctx, network, address)
 		if err != nil {
 			m.Close()
@@ -104,6 +118,32 @@ func (s *Shield) Listen(ctx context.Context, network, address string) (net.Liste
 		m.socks = append(m.socks, &socket{Listener: ln})
 	}
 	return m, nil
+}
+
+// keepAlive* are the TCP keep-alive settings of accepted
+// connections: Go's defaults (net.KeepAliveConfig), probes after 15 s
+// idle, every 15 s, 9 unanswered end the connection.
+const (
+	keepAliveIdle     = 15
+	keepAliveInterval = 15
+	keepAliveCount    = 9
+)
+
+// setKeepAlive turns TCP keep-alive on for a listening socket fd: the
+// connections it accepts inherit the settings (Linux copies them in
+// tcp_create_openreq_child).
+func setKeepAlive(fd int) error {
+	for _, o := range []struct{ level, opt, v int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return fmt.Errorf("keep-alive on the listening socket: %w", err)
+		}
+	}
+	return nil
 }
 
 // setBacklog calls listen(2) again on a listening socket: Linux then

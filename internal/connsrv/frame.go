@@ -54,9 +54,11 @@ func (t *Tracker) Open(c net.Conn, proto string, sessionTimeout time.Duration) *
 	id := NewID()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Frame{
-		ID:       id,
-		Conn:     c,
-		Log:      t.log.With("conn", id, "remote", c.RemoteAddr().String(), "proto", proto, "listener", t.name),
+		ID:   id,
+		Conn: c,
+		// Attrs, not key-value pairs: no boxing of each value.
+		Log: slog.New(t.log.Handler().WithAttrs([]slog.Attr{slog.String("conn", id),
+			slog.String("remote", c.RemoteAddr().String()), slog.String("proto", proto), slog.String("listener", t.name)})),
 		Ctx:      ctx,
 		Deadline: time.Now().Add(sessionTimeout),
 		t:        t,
@@ -216,6 +218,22 @@ var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": 
 // IsHTTPVerb reports whether verb (upper case) is an HTTP method: line
 // protocols answer it with an error and close.
 func IsHTTPVerb(verb string) bool { return httpVerbs[verb] }
+
+// NotACommand reports whether line cannot start any command of a protocol
+// whose commands begin with a letter (SMTP: RFC 5321 4.1.1, POP3: RFC 1939
+// 3): random bytes, binary, a reply or a header sent to the wrong port.
+// Such a client is no mail client that mistyped; the session answers once
+// and closes, as Postfix does by default (smtpd_forbidden_commands holds
+// regexp:{{/^[^A-Z]/ Bogus}}, case-insensitive), instead of reading on to
+// the error limit: a junk flood then costs one line per connection. An
+// empty line is not judged here (a plain syntax error).
+func NotACommand(line string) bool {
+	if line == "" {
+		return false
+	}
+	c := line[0] | 0x20 // ASCII lower case
+	return c < 'a' || c > 'z'
+}
 
 // ReadDeadline is when the next read must be done: timeout from now, but
 // never past the session's deadline.

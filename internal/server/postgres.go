@@ -9,6 +9,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/pg"
+	"github.com/agua-mail/agua/internal/pgqueue"
 	"github.com/agua-mail/agua/internal/pgstore"
 )
 
@@ -18,6 +19,7 @@ import (
 func PostgresMigrations() []pg.Migration {
 	var ms []pg.Migration
 	ms = append(ms, pgstore.Migrations...)
+	ms = append(ms, pgqueue.Migrations...)
 	return ms
 }
 
