@@ -19,7 +19,6 @@ import (
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/importer"
-	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/server"
 )
 
@@ -102,17 +101,17 @@ func cmdImport(e *env) error {
 	}
 	defer src.Close()
 
-	store, err := maildir.Open(filepath.Join(e.cfg.DataDir, "mail"), maildir.Options{
-		Logger: newLogger(e.cfg, e.stderr), Hostname: e.cfg.Hostname, FsyncEach: e.cfg.Store.Sync == "fsync"})
+	// The server's store: Maildir, or PostgreSQL with [postgres] mail.
+	store, closeStore, err := server.OpenMailStore(ctx, e.cfg, newLogger(e.cfg, e.stderr))
 	if err != nil {
-		return fmt.Errorf("mail store: %w", err)
+		return err
 	}
-	defer store.Close()
+	defer closeStore()
 	if *statePath == "" {
 		*statePath = importer.StatePath(filepath.Join(e.cfg.DataDir, "import"), src.ID(), address)
 	}
 	opts := importer.Options{
-		Store: store.MailStore(), User: address, StatePath: *statePath, Verify: *verify,
+		Store: store, User: address, StatePath: *statePath, Verify: *verify,
 		Progress: importer.NewProgress(e.stderr, isTerminal(e.stderr), *every),
 	}
 	if *folders != "" {

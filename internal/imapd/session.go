@@ -67,14 +67,20 @@ var (
 	errOverQuota      = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeOverQuota, "Quota exceeded")
 	errTempAuth       = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeUnavailable, "Temporary authentication failure, try again later")
 	errTemp           = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeServerBug, "Temporary local problem, try again later")
+	errUnavailable    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeUnavailable, "Mail store temporarily unavailable, try again later")
 	errTooManyFolders = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeLimit, "Too many mailboxes")
 	errSameMailbox    = imapErr(imap.StatusResponseTypeNo, imap.ResponseCodeCannot, "Source and destination are the same mailbox")
 	errSessionEnded   = imapErr(imap.StatusResponseTypeBye, "", "Session ended")
 )
 
-// temp logs an internal error and returns a client-safe reply.
+// temp logs an internal error and returns a client-safe reply: NO
+// [UNAVAILABLE] when the store is down for now (RFC 5530 3: "a subsystem
+// is down"), NO [SERVERBUG] otherwise.
 func (s *session) temp(op string, err error) error {
 	s.log.Warn("imap "+op+" failed", "user", s.user, "err", err)
+	if errors.Is(err, mailstore.ErrUnavailable) {
+		return errUnavailable
+	}
 	return errTemp
 }
 
@@ -553,7 +559,9 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 
 // Idle polls the selected mailbox every IdlePoll until the client says
 // DONE: deliveries by SMTP, and changes by other sessions, are announced
-// within about that time (RFC 2177).
+// within about that time (RFC 2177). A store that is unavailable for a
+// while (its database restarting) does not end the IDLE: the next tick
+// tries again.
 func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 	t := time.NewTicker(s.srv.cfg.IdlePoll)
 	defer t.Stop()
@@ -564,7 +572,7 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 		case <-s.conn.closed:
 			return nil
 		case <-t.C:
-			if err := s.Poll(w, true); err != nil {
+			if err := s.Poll(w, true); err != nil && err != errUnavailable {
 				return err
 			}
 		}

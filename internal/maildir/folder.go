@@ -93,22 +93,7 @@ func (s *Store) Folder(mailbox, name string) (*Folder, error) {
 
 // validFolderName accepts Maildir++ names: "." separates levels, so no
 // level may be empty; no "/", no control characters.
-func validFolderName(name string) bool {
-	if name == "" || len(name) > 255 {
-		return false
-	}
-	for _, level := range strings.Split(name, ".") {
-		if level == "" {
-			return false
-		}
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c < 0x20 || c == 0x7f || c == '/' || c == '\\' {
-			return false
-		}
-	}
-	return true
-}
+func validFolderName(name string) bool { return mailstore.ValidFolderName(name) }
 
 // Name returns the folder's name, "" for INBOX.
 func (f *Folder) Name() string { return f.name }

@@ -1,6 +1,7 @@
 package maildir
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"golang.org/x/sys/unix"
@@ -55,6 +56,13 @@ func (s *Store) Usage(mailbox string) (bytes int64, count int, err error) {
 		return 0, 0, err
 	}
 	return mb.bytes, mb.count, nil
+}
+
+// Used returns the bytes in mailbox as Usage does (up to a minute old):
+// the quota check of internal/router's MailboxWriter. ctx is not consulted.
+func (s *Store) Used(_ context.Context, mailbox string) (int64, error) {
+	bytes, _, err := s.Usage(mailbox)
+	return bytes, err
 }
 
 // Forget drops the usage of mailbox so that the next use lists its folders

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/agua-mail/agua/internal/mailstore"
 )
 
 // Options configure a Store.
@@ -34,36 +36,15 @@ type Options struct {
 	FsyncEach bool
 }
 
-// Message is the message as received, with CRLF line endings.
-type Message struct {
-	R    io.ReaderAt
-	Size int64
-}
-
-// Recipient is one mailbox a message is delivered to.
-type Recipient struct {
-	Mailbox string // the user's address, local@domain
-	Quota   int64  // bytes, > 0
-	Prefix  []byte // header lines to prepend for this recipient, CRLF-terminated
-	// Folder is the Maildir++ folder the message goes to ("Junk"),
-	// created if missing; "" is INBOX.
-	Folder string
-}
-
-// QuotaError reports a recipient whose quota does not allow the message.
-type QuotaError struct {
-	Mailbox string
-	// Permanent is set when the message is larger than the whole quota
-	// (RFC 3463 5.2.2); otherwise the mailbox is full for now (4.2.2).
-	Permanent bool
-}
-
-func (e *QuotaError) Error() string {
-	if e.Permanent {
-		return "message exceeds the quota of mailbox " + e.Mailbox
-	}
-	return "mailbox " + e.Mailbox + " is full"
-}
+// Message is the message as received, with CRLF line endings; Recipient is
+// one mailbox it goes to; QuotaError reports a recipient whose quota does
+// not allow it. They are the delivery contract's types (internal/mailstore),
+// so that Store.Deliver is what internal/router's MailboxWriter asks for.
+type (
+	Message    = mailstore.Delivery
+	Recipient  = mailstore.Recipient
+	QuotaError = mailstore.QuotaError
+)
 
 // ErrClosed is returned by Deliver after Close.
 var ErrClosed = errors.New("maildir: store is closed")

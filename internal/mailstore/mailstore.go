@@ -12,9 +12,10 @@
 // (files, listings, stamps), as go-imap v2's server names its own backend
 // interfaces and imapmemserver is but one implementation.
 //
-// Delivery (SMTP's final delivery, group commit, the quota check at RCPT)
-// is not part of this contract: internal/router's local target writes
-// through the store's own Deliver.
+// Final delivery (SMTP's, through internal/router's local target) is a
+// separate, smaller contract owned by the router (router.MailboxWriter); its
+// value types (Delivery, Recipient, QuotaError) live here so that every
+// store implements it without importing the router.
 //
 // Flags are ASCII letters in ascending order, the Maildir info flags: D
 // draft, F flagged, P passed, R replied (IMAP \Answered), S seen, T trashed
@@ -26,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -45,7 +47,31 @@ var (
 	ErrLocked = errors.New("folder is locked by another session")
 	// ErrForeignFolder: CopyTo was given a folder of another store.
 	ErrForeignFolder = errors.New("folders of different stores")
+	// ErrUnavailable: the store cannot serve now (its database is down or
+	// unreachable) and nothing was done; the client should try again later
+	// (SMTP 4xx, POP3 -ERR [SYS/TEMP], IMAP NO [UNAVAILABLE], RFC 5530).
+	ErrUnavailable = errors.New("mail store temporarily unavailable")
 )
+
+// ValidFolderName says whether name can be a folder other than INBOX: "."
+// separates levels, so no level may be empty; no "/", backslash or control
+// characters; at most 255 bytes. Every store accepts the same names.
+func ValidFolderName(name string) bool {
+	if name == "" || len(name) > 255 {
+		return false
+	}
+	for _, level := range strings.Split(name, ".") {
+		if level == "" {
+			return false
+		}
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c == 0x7f || c == '/' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
 
 // Store is a mail store as POP3 and IMAP sessions use it. A user is the
 // canonical address the accounts directory returned at login; folder names
@@ -170,3 +196,36 @@ type UIDKeeper interface {
 
 // ErrBadUID: AppendUID was given a UID not above every UID of the folder.
 var ErrBadUID = errors.New("uid not above the folder's uids")
+
+// Delivery is a message for final delivery, as received, with CRLF line
+// endings.
+type Delivery struct {
+	R    io.ReaderAt
+	Size int64
+}
+
+// Recipient is one mailbox a Delivery goes to.
+type Recipient struct {
+	Mailbox string // the user's address, local@domain
+	Quota   int64  // bytes, > 0
+	Prefix  []byte // header lines to prepend for this recipient, CRLF-terminated
+	// Folder is the folder the message goes to ("Junk"), created if
+	// missing; "" is INBOX.
+	Folder string
+}
+
+// QuotaError reports a recipient whose quota does not allow a delivery;
+// match it with errors.As.
+type QuotaError struct {
+	Mailbox string
+	// Permanent is set when the message is larger than the whole quota
+	// (RFC 3463 5.2.2); otherwise the mailbox is full for now (4.2.2).
+	Permanent bool
+}
+
+func (e *QuotaError) Error() string {
+	if e.Permanent {
+		return "message exceeds the quota of mailbox " + e.Mailbox
+	}
+	return "mailbox " + e.Mailbox + " is full"
+}

@@ -5,22 +5,38 @@ import (
 	"errors"
 	"io"
 
-	"github.com/agua-mail/agua/internal/maildir"
+	"github.com/agua-mail/agua/internal/mailstore"
 	"github.com/agua-mail/agua/internal/smtpd"
 )
 
-// Local is the target for local mailboxes: the Maildir store.
+// MailboxWriter is final delivery into local mailboxes, as the local target
+// needs it: internal/maildir's Store and internal/pgstore's Store implement
+// it.
+type MailboxWriter interface {
+	// Used returns the bytes stored in mailbox, for the quota check at
+	// RCPT time; it may lag a little behind deliveries in progress.
+	Used(ctx context.Context, mailbox string) (int64, error)
+	// Deliver writes msg into every recipient's mailbox, each copy after
+	// its recipient's Prefix, and returns nil only once every copy is
+	// durable (the 250 after DATA waits for it). All or nothing: a
+	// recipient over quota (*mailstore.QuotaError) or any failure, and no
+	// mailbox gets it. A store that cannot serve now returns an error
+	// matching mailstore.ErrUnavailable.
+	Deliver(ctx context.Context, msg mailstore.Delivery, rcpts []mailstore.Recipient) error
+}
+
+// Local is the target for local mailboxes.
 type Local struct {
-	store *maildir.Store
+	store MailboxWriter
 }
 
 // NewLocal returns the local target on store.
-func NewLocal(store *maildir.Store) *Local { return &Local{store: store} }
+func NewLocal(store MailboxWriter) *Local { return &Local{store: store} }
 
 // Check defers a mailbox already over quota, with a temporary code
 // (RFC 3463 4.2.2) so the sender retries after the user cleans up.
 func (l *Local) Check(ctx context.Context, rcpt Recipient) error {
-	used, _, err := l.store.Usage(rcpt.Address)
+	used, err := l.store.Used(ctx, rcpt.Address)
 	if err != nil {
 		return smtpd.ErrTempLocal.WithCause(err)
 	}
@@ -41,7 +57,7 @@ func (l *Local) Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size
 		n += fixed + len(env.From) + len(r.Address)
 	}
 	prefixes := make([]byte, 0, n)
-	rcpts := make([]maildir.Recipient, len(env.Rcpts))
+	rcpts := make([]mailstore.Recipient, len(env.Rcpts))
 	for i, r := range env.Rcpts {
 		start := len(prefixes)
 		prefixes = append(prefixes, "Return-Path: <"...)
@@ -49,10 +65,10 @@ func (l *Local) Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size
 		prefixes = append(prefixes, ">\r\nDelivered-To: "...)
 		prefixes = append(prefixes, r.Address...)
 		prefixes = append(prefixes, "\r\n"...)
-		rcpts[i] = maildir.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: prefixes[start:len(prefixes):len(prefixes)], Folder: r.Folder}
+		rcpts[i] = mailstore.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: prefixes[start:len(prefixes):len(prefixes)], Folder: r.Folder}
 	}
-	err := l.store.Deliver(ctx, maildir.Message{R: msg, Size: size}, rcpts)
-	var qe *maildir.QuotaError
+	err := l.store.Deliver(ctx, mailstore.Delivery{R: msg, Size: size}, rcpts)
+	var qe *mailstore.QuotaError
 	switch {
 	case err == nil:
 		return nil

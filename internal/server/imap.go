@@ -15,7 +15,7 @@ import (
 func (s *Server) listenIMAP(tlsCfg *tls.Config) error {
 	c := s.cfg.IMAP
 	auth := imapd.NewAuthenticator(s.dir)
-	store := s.store.MailStore()
+	store := s.mail.read
 	hooks := imapd.Hooks{
 		AccountDelay: s.shield.AccountDelayFrom,
 		Auth:         func(ok bool) { s.metrics.Auth("imap", ok) },

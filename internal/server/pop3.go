@@ -14,7 +14,7 @@ import (
 // goroutine, never in Accept.
 func (s *Server) listenPOP3(tlsCfg *tls.Config) error {
 	c := s.cfg.POP3
-	backend := pop3d.NewBackend(s.dir, s.store.MailStore(), s.log)
+	backend := pop3d.NewBackend(s.dir, s.mail.read, s.log)
 	hooks := pop3d.Hooks{
 		AccountDelay: s.shield.AccountDelayFrom,
 		Auth:         func(ss *pop3d.Session, ok bool) { s.metrics.Auth(ss.Listener, ok) },

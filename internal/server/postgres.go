@@ -11,6 +11,7 @@ import (
 	"github.com/agua-mail/agua/internal/pg"
 	"github.com/agua-mail/agua/internal/pgaccounts"
 	"github.com/agua-mail/agua/internal/pgqueue"
+	"github.com/agua-mail/agua/internal/pgstore"
 )
 
 // PostgresMigrations is every schema step of the parts that can live on
@@ -19,6 +20,7 @@ import (
 func PostgresMigrations() []pg.Migration {
 	var ms []pg.Migration
 	ms = append(ms, pgaccounts.Migrations...)
+	ms = append(ms, pgstore.Migrations...)
 	ms = append(ms, pgqueue.Migrations...)
 	return ms
 }

@@ -30,7 +30,6 @@ import (
 	"github.com/agua-mail/agua/internal/directory"
 	"github.com/agua-mail/agua/internal/imapd"
 	"github.com/agua-mail/agua/internal/mailauth"
-	"github.com/agua-mail/agua/internal/maildir"
 	"github.com/agua-mail/agua/internal/metrics"
 	"github.com/agua-mail/agua/internal/pg"
 	"github.com/agua-mail/agua/internal/pgaccounts"
@@ -56,7 +55,7 @@ type Server struct {
 	reloadMu sync.Mutex // one ReloadConfig at a time
 
 	dir    accounts.Directory
-	store  *maildir.Store
+	mail   *mailStore // Maildir or PostgreSQL (mailstore.go)
 	shield *shield.Shield
 	// deliveries is the fair queue in front of making accepted mail
 	// durable, shared by every SMTP listener.
@@ -187,8 +186,8 @@ func (s *Server) open(out io.Writer) (err error) {
 	if s.dir, err = openDirectory(cfg, log, s.pg); err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
-	if s.store, err = maildir.Open(filepath.Join(cfg.DataDir, "mail"), maildir.Options{Logger: log, Hostname: cfg.Hostname, FsyncEach: cfg.Store.Sync == "fsync"}); err != nil {
-		return fmt.Errorf("mail store: %w", err)
+	if err := s.openMailStore(); err != nil {
+		return err
 	}
 	if s.shield, err = s.openShield(); err != nil {
 		return err
@@ -278,7 +277,7 @@ func (s *Server) smtpConfig(tlsCfg *tls.Config) smtpd.Config {
 func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	s.deliveries = s.shield.Gate(s.cfg.SMTP.DeliverySlots)
 	s.metrics.DeliveryQueue(s.deliveries.Stats)
-	local := router.NewLocal(s.store)
+	local := router.NewLocal(s.mail.deliver)
 	if err := s.openOutbound(local); err != nil {
 		return err
 	}
@@ -608,9 +607,9 @@ func (s *Server) Close() error {
 		errs = append(errs, s.cluster.Close())
 		s.cluster = nil
 	}
-	if s.store != nil {
-		errs = append(errs, s.store.Close())
-		s.store = nil
+	if s.mail != nil {
+		errs = append(errs, s.mail.close())
+		s.mail = nil
 	}
 	if s.dir != nil {
 		errs = append(errs, s.dir.Close())

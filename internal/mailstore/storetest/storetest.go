@@ -30,6 +30,11 @@ type Env struct {
 	// Deliver puts msg into user's INBOX as SMTP's final delivery does:
 	// a new message without flags. Called only while a store is open.
 	Deliver func(t *testing.T, user, msg string)
+	// OpenNode opens another store on the same data while the first is
+	// open, as a second node of a cluster does, with its own delivery.
+	// Nil for a store that lives on one machine (Maildir): the cases of
+	// several nodes are skipped.
+	OpenNode func(t *testing.T) (store mailstore.Store, deliver func(t *testing.T, user, msg string), close func())
 }
 
 // NewFunc makes the Env of one test.
@@ -76,6 +81,9 @@ func Run(t *testing.T, newEnv NewFunc) {
 		{"ConcurrentAppend", testConcurrentAppend},
 		{"LockIsExclusive", testLock},
 		{"Stamp", testStamp},
+		{"NodesShareUIDs", testNodesShareUIDs},
+		{"NodesShareLock", testNodesShareLock},
+		{"NodesSeeChanges", testNodesSeeChanges},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel() // Stamp waits for the clock; the others need not wait for it
@@ -630,4 +638,208 @@ func testStamp(t *testing.T, e *env) {
 	if _, _, err := other.Stamp(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// node is a second store on the same data (another node of a cluster).
+type node struct {
+	s       mailstore.Store
+	deliver func(t *testing.T, user, msg string)
+}
+
+func (e *env) node() *node {
+	e.t.Helper()
+	if e.OpenNode == nil {
+		e.t.Skip("the store lives on one machine: no second node")
+	}
+	s, deliver, close := e.OpenNode(e.t)
+	e.t.Cleanup(close)
+	return &node{s: s, deliver: deliver}
+}
+
+func (n *node) folder(t *testing.T, user, name string) mailstore.Folder {
+	t.Helper()
+	f, err := n.s.Folder(context.Background(), user, name)
+	must(t, err)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// Deliveries and appends on two nodes at once each get a UID of their own;
+// both nodes list the same messages under the same UIDs and UIDVALIDITY,
+// and the usage counts every one.
+func testNodesShareUIDs(t *testing.T, e *env) {
+	b := e.node()
+	const n = 12
+	var wg sync.WaitGroup
+	errs := make([]error, 4*n)
+	for i := range n {
+		wg.Go(func() { e.Deliver(t, User, message(i)) })
+		wg.Go(func() { b.deliver(t, User, message(n+i)) })
+		for j, s := range []mailstore.Store{e.s, b.s} {
+			k := (2+j)*n + i
+			wg.Go(func() {
+				f, err := s.Folder(e.ctx, User, "")
+				if err != nil {
+					errs[k] = err
+					return
+				}
+				defer f.Close()
+				msg := message(k)
+				_, _, errs[k] = f.Append(strings.NewReader(msg), int64(len(msg)), "S", time.Time{})
+			})
+		}
+	}
+	wg.Wait()
+	must(t, errors.Join(errs...))
+	la, lb := list(t, e.folder(User, "")), list(t, b.folder(t, User, ""))
+	if len(la.Messages) != 4*n || la.UIDValidity != lb.UIDValidity || !slices.Equal(uidsOf(la), uidsOf(lb)) {
+		t.Fatalf("node A lists %d messages %v (validity %d), node B %v (validity %d)", len(la.Messages), uidsOf(la), la.UIDValidity, uidsOf(lb), lb.UIDValidity)
+	}
+	seen := map[string]bool{}
+	fb := b.folder(t, User, "")
+	var total int64
+	for _, m := range la.Messages {
+		body := read(t, fb, m.UID)
+		if seen[body] {
+			t.Fatalf("UID %d holds a message stored twice", m.UID)
+		}
+		seen[body] = true
+		total += m.Size
+	}
+	for _, s := range []mailstore.Store{e.s, b.s} {
+		if u, err := s.Usage(e.ctx, User); err != nil || u != total {
+			t.Fatalf("usage %d %v, want %d", u, err, total)
+		}
+	}
+}
+
+// The maildrop lock holds across nodes (RFC 1939 8: one POP3 session per
+// maildrop, whichever node it is on), and is free again once the holder
+// unlocks or closes.
+func testNodesShareLock(t *testing.T, e *env) {
+	b := e.node()
+	a := e.folder(User, "")
+	unlock, err := a.Lock()
+	must(t, err)
+	fb := b.folder(t, User, "")
+	if _, err := fb.Lock(); !errors.Is(err, mailstore.ErrLocked) {
+		t.Fatalf("Lock on node B while node A holds it: %v, want ErrLocked", err)
+	}
+	unlock()
+	if _, err := fb.Lock(); err != nil {
+		t.Fatalf("Lock on node B after node A unlocked: %v", err)
+	}
+	if _, err := a.Lock(); !errors.Is(err, mailstore.ErrLocked) {
+		t.Fatalf("Lock on node A while node B holds it: %v, want ErrLocked", err)
+	}
+	must(t, fb.Close()) // Close releases it
+	ua, err := a.Lock()
+	must(t, err)
+	ua()
+}
+
+// A change on one node reaches a Folder open on the other (IMAP IDLE on
+// node B sees a delivery on node A): its stamp changes or is unsettled,
+// within a bounded wait; a rename there ends it (ErrNoFolder).
+func testNodesSeeChanges(t *testing.T, e *env) {
+	b := e.node()
+	must(t, e.s.CreateFolder(e.ctx, User, "Work"))
+	fb := b.folder(t, User, "")
+	wb := b.folder(t, User, "Work")
+	// waitChange polls f as IDLE does until its stamp differs from
+	// before or is unsettled.
+	waitChange := func(what string, f mailstore.Folder, before mailstore.Stamp) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st, settled, err := f.Stamp()
+			must(t, err)
+			if !settled || st != before {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node B's stamp unchanged 30 s after %s on node A", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	settled := func(f mailstore.Folder) mailstore.Stamp {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st, ok, err := f.Stamp()
+			must(t, err)
+			if ok {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("stamp not settled after 30 s")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	st := settled(fb)
+	e.Deliver(t, User, message(1))
+	waitChange("a delivery", fb, st)
+	l := list(t, fb)
+	if len(l.Messages) != 1 || read(t, fb, l.Messages[0].UID) != message(1) {
+		t.Fatalf("node B lists %+v after a delivery on node A", l)
+	}
+	st = settled(fb)
+	fa := e.folder(User, "")
+	must(t, fa.SetFlags([]uint32{l.Messages[0].UID}, "S", ""))
+	waitChange("a flag change", fb, st)
+	if got := flagsOf(list(t, fb))[l.Messages[0].UID]; got != "S" {
+		t.Fatalf("node B sees flags %q after node A set S", got)
+	}
+	st = settled(fb)
+	must(t, fa.Delete([]uint32{l.Messages[0].UID}))
+	waitChange("an expunge", fb, st)
+	if l := list(t, fb); len(l.Messages) != 0 {
+		t.Fatalf("node B lists %+v after an expunge on node A", l)
+	}
+
+	settled(wb)
+	must(t, e.s.RenameFolder(e.ctx, User, "Work", "Play"))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, _, err := wb.Stamp()
+		if errors.Is(err, mailstore.ErrNoFolder) {
+			break
+		}
+		must(t, err)
+		if time.Now().After(deadline) {
+			t.Fatal("node B's Folder of a folder renamed on node A still answers after 30 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Contents returns the content of every message of a user's folder in
+// UID order, for tests that check what a server stored.
+func Contents(t testing.TB, s mailstore.Store, user, folder string) []string {
+	t.Helper()
+	f, err := s.Folder(context.Background(), user, folder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	l, err := f.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]string, len(l.Messages))
+	for i, m := range l.Messages {
+		rc, _, err := f.Open(m.UID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = string(b)
+	}
+	return out
 }
