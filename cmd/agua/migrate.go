@@ -75,8 +75,17 @@ func cmdMigrate(e *env) error {
 		src, dst = dst, src
 	}
 
+	if pos[0] == "db-to-maildir" {
+		if err := checkOwner(cfg.DataDir); err != nil {
+			return err
+		}
+	}
 	if *user != "" {
-		opts.Users = []string{strings.ToLower(*user)}
+		address := strings.ToLower(*user)
+		if _, err := checkUser(e, address); err != nil {
+			return err
+		}
+		opts.Users = []string{address}
 	} else if opts.Users, err = allUsers(ctx, e); err != nil {
 		return err
 	}

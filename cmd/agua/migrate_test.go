@@ -152,6 +152,11 @@ func TestMigrateThereAndBack(t *testing.T) {
 	if !strings.Contains(out, " 0 messages (0 bytes) copied") {
 		t.Fatalf("second migrate maildir-to-db said %q", out)
 	}
+	mustAgua(t, "", "domain", "add", "example.test", "-data", back)
+	if code, _, errs := agua(t, "", "migrate", "db-to-maildir", "-user", "carol@example.test", "-data", back); code == 0 || !strings.Contains(errs, "not a local user") {
+		t.Fatalf("migrate of a user the directory does not know: exit %d %q", code, errs)
+	}
+	mustAgua(t, "pass-word-1\n", "user", "add", "carol@example.test", "-data", back)
 	mustAgua(t, "", "migrate", "db-to-maildir", "-user", "Carol@Example.test", "-data", back)
 	sameMail(t, "carol back in a Maildir", want[users[0]], mailOf(t, dataMaildir(t, back), users[0]))
 

@@ -304,4 +304,14 @@ func TestPrinter(t *testing.T) {
 	if len(lines) != 2 || !strings.HasPrefix(lines[1], "migrate: 3/3 messages, 0.0 MiB/0.0 MiB, 2/2 folders in ") {
 		t.Fatalf("progress lines: %q", lines)
 	}
+	// On a terminal: a bar redrawn in place, a line break at the end.
+	b.Reset()
+	p = mailmove.Printer(&b, true, 0)
+	p(mailmove.Progress{Messages: 1, TotalMessages: 2, Bytes: 50, TotalBytes: 100, FolderCount: 1, User: user})
+	p(mailmove.Progress{Messages: 2, TotalMessages: 2, Bytes: 100, TotalBytes: 100, FoldersDone: 1, FolderCount: 1})
+	out := b.String()
+	if !strings.HasPrefix(out, "\r\x1b[K["+strings.Repeat("#", 15)+strings.Repeat(".", 15)+"] 1/2 messages") ||
+		!strings.Contains(out, "\r\x1b[K["+strings.Repeat("#", 30)+"] 2/2 messages") || !strings.HasSuffix(out, "\n") {
+		t.Fatalf("progress bar: %q", out)
+	}
 }
