@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/agua-mail/agua/internal/mailstore"
 )
@@ -37,7 +38,8 @@ var (
 	ErrMismatch = errors.New("target differs from source")
 )
 
-// Verify says how much of the messages' content the end check compares;
+// Verify says for how many messages the end check compares content
+// (SHA-256) and internal date (to the second);
 // counts, UIDs, sizes, flags, UIDVALIDITY and UIDNEXT are always compared.
 type Verify int
 
@@ -395,6 +397,19 @@ func (m *mover) verify(user, name string, sf, df mailstore.Folder) error {
 			m.rep.Compared++
 			if a != b {
 				problem("UID %d: content differs", uid)
+			}
+			// IMAP INTERNALDATE has a precision of seconds (RFC 3501 9:
+			// date-time); stores may keep more, or less (PostgreSQL: µs).
+			da, err := sf.ModTime(uid)
+			if err != nil {
+				return fmt.Errorf("verifying UID %d in the source: %w", uid, err)
+			}
+			db, err := df.ModTime(uid)
+			if err != nil {
+				return fmt.Errorf("verifying UID %d in the target: %w", uid, err)
+			}
+			if da.Unix() != db.Unix() {
+				problem("UID %d: internal date %s, source %s", uid, db.UTC().Format(time.RFC3339), da.UTC().Format(time.RFC3339))
 			}
 		}
 	}
