@@ -3,14 +3,13 @@ package maildir
 import (
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // mailbox is the in-memory state of one Maildir: whether its folders exist
