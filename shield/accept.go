@@ -25,25 +25,31 @@ import (
 
 // AcceptConfig configures the sockets Listen binds.
 type AcceptConfig struct {
-	Sockets int `toml:"sockets" doc:"accept sockets bound to each listener address with SO_REUSEPORT (Linux spreads new connections over their queues); 0: one per CPU (GOMAXPROCS)"`
+	Sockets int `toml:"sockets" doc:"accept sockets bound to each listener address with SO_REUSEPORT (Linux spreads new connections over their queues); 0: one per CPU (GOMAXPROCS), at least 4"`
 	Backlog int `toml:"backlog" doc:"listen backlog of each accept socket (accept queue length); the kernel caps it at net.core.somaxconn, raise that with sysctl -w net.core.somaxconn=N (and net.ipv4.tcp_max_syn_backlog); 0: net.core.somaxconn"`
 }
 
 func (a AcceptConfig) validate(bad func(field, format string, args ...any)) {
 	if a.Sockets < 0 || a.Sockets > 256 {
-		bad("accept.sockets", "must be between 0 (one per CPU) and 256")
+		bad("accept.sockets", "must be between 0 (one per CPU, at least 4) and 256")
 	}
 	if a.Backlog < 0 || a.Backlog > 1<<20 {
 		bad("accept.backlog", "must be between 0 (net.core.somaxconn) and 1048576")
 	}
 }
 
+// minSockets is the fewest sockets Listen binds by default. Each has its
+// own accept queue of up to net.core.somaxconn connections, so even on a
+// machine of one or two CPUs a connect flood has several queues to fill
+// while a busy process is between two accepts.
+const minSockets = 4
+
 // sockets is how many sockets Listen binds.
 func (a AcceptConfig) sockets() int {
 	if a.Sockets > 0 {
 		return a.Sockets
 	}
-	return max(1, runtime.GOMAXPROCS(0))
+	return max(minSockets, runtime.GOMAXPROCS(0))
 }
 
 // Somaxconn returns the kernel's cap on a listen backlog

@@ -126,3 +126,68 @@ func TestListenPlainAccept(t *testing.T) {
 		}
 	}
 }
+
+// TestAcceptDrainsKernelQueue: the accept loops empty the kernel's accept
+// queue while the service's Accept is busy elsewhere (here: never called
+// again), so a connect flood is held in the process, bounded by max_conns,
+// instead of overflowing the kernel queue. Before, a loop waited for Accept
+// with each connection it took, and the rest stayed in the kernel queue.
+func TestAcceptDrainsKernelQueue(t *testing.T) {
+	cfg := testConfig()
+	cfg.Accept = AcceptConfig{Sockets: 1}
+	h := newHarness(t, cfg, Options{})
+	inner, err := h.s.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := h.s.Listener(inner, ListenerConfig{Name: "drain", MaxConns: 100})
+	first := make(chan net.Conn, 1)
+	go func() { // one Accept starts the loops; nothing takes the rest
+		if c, err := ln.Accept(); err == nil {
+			first <- c
+		}
+	}()
+	addr := inner.Addr().String()
+	const n = 60
+	for i := range n {
+		dialFrom(t, addr, fmt.Sprintf("127.0.62.%d", 1+i))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for h.s.Stats().Listeners["drain"].Accepted < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h.s.Stats().Listeners["drain"].Accepted; got != n {
+		t.Fatalf("%d of %d connections taken from the kernel queue while Accept was not called", got, n)
+	}
+	if q := acceptQueued(t, inner.Addr().(*net.TCPAddr).Port); q != 0 {
+		t.Errorf("kernel accept queue holds %d connections", q)
+	}
+	// Closing the listener closes the connections nobody accepted.
+	(<-first).Close()
+	ln.Close()
+	deadline = time.Now().Add(10 * time.Second)
+	for h.s.Stats().Listeners["drain"].Active != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a := h.s.Stats().Listeners["drain"].Active; a != 0 {
+		t.Errorf("%d connections still open after Close", a)
+	}
+}
+
+// acceptQueued returns the connections waiting in the accept queues of
+// the listening sockets on port (ss's Recv-Q).
+func acceptQueued(t *testing.T, port int) int {
+	t.Helper()
+	out, err := exec.Command("ss", "-ltnH", fmt.Sprintf("sport = :%d", port)).Output()
+	if err != nil {
+		t.Skipf("ss (iproute2) not available: %v", err)
+	}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "LISTEN" {
+			q, _ := strconv.Atoi(f[1])
+			n += q
+		}
+	}
+	return n
+}

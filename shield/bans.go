@@ -145,6 +145,7 @@ func (s *Shield) putBan(b *ban, now time.Time) bool {
 		s.forgetKnownGood(b.prefix)
 	}
 	s.issued[b.reason]++
+	s.repBan(b, now)
 	s.log.Warn("shield ban", "addr", b.prefix.String(), "reason", b.reason, "ttl", b.expires.Sub(b.created).String(),
 		"action", b.action.String(), "count", b.count)
 	s.historyBan(BanEvent{Time: now, Kind: "ban", Prefix: b.prefix, Reason: b.reason, Action: b.action,
@@ -348,6 +349,7 @@ func (s *Shield) report(c *Conn, addr netip.Addr, ev Event, now time.Time) Decis
 		return allow
 	}
 	s.act.event(addr, ev)
+	s.repEvent(c, addr, r, now)
 	ns := now.UnixNano()
 	pol := s.pol.Load()
 	if r.b.KnownGood && s.activeBan(addr, now) == nil {

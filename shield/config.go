@@ -46,6 +46,7 @@ type Config struct {
 	HistoryMaxAddresses int           `toml:"history_max_addresses" doc:"most addresses (and most ban and unban events) the event history keeps; beyond, the oldest minutes are dropped first, then new addresses count in the timeline only"`
 	HistoryMaxRecords   int           `toml:"history_max_records" doc:"most (address, minute) records the event history keeps; the oldest minutes are dropped first"`
 
+	Reputation ReputationConfig `toml:"reputation" doc:"a decaying score per address and per network, from bans, reported events and the outside (DNS list) score; used for capacity and lockdown (kept per node, saved in the state folder)"`
 	Guessing   GuessingConfig   `toml:"guessing" doc:"failed logins counted per network and per account (distributed password guessing)"`
 	Accept     AcceptConfig     `toml:"accept" doc:"accept sockets of the listeners agua binds (Shield.Listen); a change applies at the next restart"`
 	Kernel     KernelConfig     `toml:"kernel" doc:"kernel offload: drop rules, drop blocks and escalated bans mirrored into nftables (off by default)"`
@@ -121,6 +122,7 @@ func DefaultConfig() Config {
 			MaxPendingRejects: 1000,
 			ProxyTimeout:      5 * time.Second,
 		},
+		Reputation: defaultReputation(),
 		Guessing:   defaultGuessing(),
 		Kernel:     defaultKernel(),
 		Thresholds: defaultThresholds(),
@@ -224,6 +226,7 @@ func (c Config) Validate() []error {
 	positiveInt("limits.max_pending_rejects", l.MaxPendingRejects)
 	positiveDur("limits.proxy_timeout", l.ProxyTimeout)
 
+	c.Reputation.validate(bad)
 	c.Guessing.validate(bad)
 	c.Accept.validate(bad)
 	c.Kernel.validate(bad)

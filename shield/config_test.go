@@ -40,6 +40,13 @@ func configFields(t *testing.T) (keys []string, defaults, docs map[string]string
 					if strings.Contains(n.String(), "test_") || strings.Contains(n.String(), "spf_fail") {
 						continue // behaviours registered by tests and examples only
 					}
+					if fv.Type().Elem().Kind() != reflect.Struct { // reputation weights, by input
+						full := prefix + key + "." + n.String()
+						keys = append(keys, full)
+						defaults[full] = fmt.Sprint(fv.MapIndex(n).Interface())
+						docs[full] = fv.Interface().(interface{ DocOf(string) string }).DocOf(n.String())
+						continue
+					}
 					walk(prefix+key+"."+n.String()+".", fv.MapIndex(n))
 				}
 				continue

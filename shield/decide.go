@@ -88,7 +88,7 @@ func (s *Shield) judge(addr netip.Addr, now time.Time, count bool) (d Decision, 
 		}
 		d = s.wouldBlock(addr, rd, count)
 	}
-	if s.lockdown.Load() && !s.isKnownGood(addr, now.UnixNano()) {
+	if s.lockdown.Load() && !s.isKnownGood(addr, now.UnixNano()) && !s.lockdownServed(addr, now.UnixNano()) {
 		return Decision{Action: Drop, Reason: reasonLockdown, Source: "lockdown"}, false
 	}
 	if b := s.activeBan(addr, now); b != nil {
@@ -123,25 +123,32 @@ func (s *Shield) enforce(addr netip.Addr, d Decision, count bool) Decision {
 
 // admit decides on a new connection to l from addr and, when it is allowed,
 // takes its slots: per address, per prefix, per listener. The returned
-// release gives back exactly the slots taken.
-func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision, release func(), knownGood bool) {
+// release gives back exactly the slots taken. class is Trusted for a
+// client that counts as known-good (allowlisted, known-good, or trusted by
+// its reputation), Untrusted for one its reputation makes untrusted.
+func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision, release func(), class Standing) {
 	d, exempt := s.judge(addr, now, true)
 	if d.Action != Allow {
-		return d, nil, false
+		return d, nil, Neutral
 	}
 	dry := d // a dry-run match to report if nothing else refuses
 	if exempt {
 		l.active.Add(1)
-		return d, func() { l.active.Add(-1) }, true
+		return d, func() { l.active.Add(-1) }, Trusted
 	}
 	if rd, ok := s.repRefusal(addr, l); ok {
 		if d = s.enforce(addr, rd, true); d.Action != Allow {
-			return d, nil, false
+			return d, nil, Neutral
 		}
 		dry = d
 	}
 	ns := now.UnixNano()
-	knownGood = s.isKnownGood(addr, ns)
+	s.repOutside(addr, now)
+	class = Trusted
+	if !s.isKnownGood(addr, ns) {
+		class = s.standing(addr, ns)
+	}
+	knownGood := class == Trusted
 	lim := &s.cfg().Limits
 
 	// Per address: rate first (every attempt costs a token), then concurrency.
@@ -159,7 +166,7 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 	})
 	if refusal.Action != Allow {
 		if d = s.enforce(addr, refusal, true); d.Action != Allow {
-			return d, nil, knownGood
+			return d, nil, class
 		}
 		ipNode = nil // dry run: admitted without a slot
 		dry = d
@@ -182,7 +189,7 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 			if ipNode != nil {
 				withNode(ipNode, func(v *ipState) { v.conns-- })
 			}
-			return d, nil, knownGood
+			return d, nil, class
 		}
 		pfxNode = nil
 		dry = d
@@ -196,9 +203,9 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 		}
 	}
 	if !l.take(knownGood) {
-		if !s.makeRoom(l, addr, knownGood, now) {
+		if !s.makeRoom(l, addr, class, now) {
 			releaseAddr()
-			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, knownGood
+			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, class
 		}
 		// A swap: the newcomer takes the slot its victim gave back, so the
 		// count does not grow, even when known-good clients hold part of
@@ -208,7 +215,7 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 	return dry, func() {
 		releaseAddr()
 		l.active.Add(-1)
-	}, knownGood
+	}, class
 }
 
 // peekLimits is admit without side effects, for Decide and Why.
@@ -238,8 +245,11 @@ func (s *Shield) peekLimits(addr netip.Addr, l *listener, now time.Time) Decisio
 		return s.enforce(addr, refusal, false)
 	}
 	if l != nil {
-		kg := s.isKnownGood(addr, ns)
-		if int(l.active.Load()) >= l.ceiling(kg) && !l.roomFor(addr, kg, now) {
+		class := Trusted
+		if !s.isKnownGood(addr, ns) {
+			class = s.standing(addr, ns)
+		}
+		if int(l.active.Load()) >= l.ceiling(class == Trusted) && !l.roomFor(addr, class, now) {
 			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}
 		}
 	}
@@ -266,10 +276,10 @@ func (s *Shield) Decide(addr netip.Addr, listener string) Decision {
 }
 
 // makeRoom closes an idle contestable connection of l for a newcomer from
-// addr (knownGood: it goes first), chosen by the fairness rule of fair.go,
-// and reports whether it did.
-func (s *Shield) makeRoom(l *listener, addr netip.Addr, knownGood bool, now time.Time) bool {
-	victim := l.victim(addr, knownGood, now, true)
+// addr of the given class (Trusted: it goes first), chosen by the fairness
+// rule of fair.go, and reports whether it did.
+func (s *Shield) makeRoom(l *listener, addr netip.Addr, class Standing, now time.Time) bool {
+	victim := l.victim(addr, class, now, true)
 	if victim == nil {
 		return false
 	}
@@ -280,16 +290,42 @@ func (s *Shield) makeRoom(l *listener, addr netip.Addr, knownGood bool, now time
 }
 
 // roomFor reports whether a full l would make room for a newcomer from addr.
-func (l *listener) roomFor(addr netip.Addr, knownGood bool, now time.Time) bool {
-	return l.victim(addr, knownGood, now, false) != nil
+func (l *listener) roomFor(addr netip.Addr, class Standing, now time.Time) bool {
+	return l.victim(addr, class, now, false) != nil
 }
 
-// victim picks the connection to close for a newcomer, nil for none.
-func (l *listener) victim(addr netip.Addr, knownGood bool, now time.Time, commit bool) *Conn {
+// victim picks the connection to close for a newcomer, nil for none: an
+// idle untrusted connection first (for any newcomer that is not untrusted
+// itself), else by the fairness rule.
+func (l *listener) victim(addr netip.Addr, class Standing, now time.Time, commit bool) *Conn {
 	search := fairSearch{ns: now.UnixNano(), idle: l.s.cfg().Limits.EvictIdle.Nanoseconds(), budget: fairBudget, commit: commit}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.fair.victim(addr, knownGood, &search)
+	if class != Untrusted {
+		if v := l.untrustedVictim(&search); v != nil {
+			return v
+		}
+	}
+	return l.fair.victim(addr, class == Trusted, &search)
+}
+
+// untrustedVictim returns an idle untrusted connection, looking at no
+// more than the search's budget of them; with commit it is no longer
+// counted. Called under l.mu.
+func (l *listener) untrustedVictim(s *fairSearch) *Conn {
+	for c := range l.untrusted {
+		if s.budget--; s.budget < 0 {
+			return nil
+		}
+		if s.ns-c.lastActive.Load() >= s.idle {
+			if s.commit {
+				l.fair.remove(c)
+				delete(l.untrusted, c)
+			}
+			return c
+		}
+	}
+	return nil
 }
 
 // hostPrefix is addr as a single-address prefix, the aggregation key.

@@ -44,8 +44,14 @@
 //   - Fair delivery ([Shield.Gate]): a queue in front of a shared stage,
 //     known-good clients first without starving strangers, networks taking
 //     turns.
+//   - Reputation, explained ([Shield.Reputation], Config.Reputation): a
+//     decaying score per address and per network, kept by part (bans by
+//     escalation level, each reported event by its weight, an outside
+//     [ScoreSource] such as DNS lists). A good score counts as known-good
+//     for capacity and serves the client in lockdown; a bad one makes it
+//     untrusted: no reserve, and the first evicted (score.go).
 //   - Lockdown ([Shield.SetLockdown]): only allowlisted and known-good
-//     addresses are served.
+//     addresses (and those of a good enough reputation) are served.
 //   - Dry run, per rule ("dry-run"), per threshold or global: log "shield
 //     would block" and enforce nothing.
 //   - Logs that stay small: see Logs below.

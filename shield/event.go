@@ -60,6 +60,11 @@ type Behaviour struct {
 	Resets Event
 	// Benign events are not offences in reports (AddrHistory.Offending).
 	Benign bool
+	// Reputation is the default weight of one event in the reporting
+	// address's reputation score (and its network's): negative for bad
+	// behaviour, positive for good, 0 for none. Configured under
+	// reputation.weights.<name>.
+	Reputation float64
 	// Guessing marks password guessing: the network count runs over
 	// Config.Guessing prefixes (/24, /48) rather than IPv4Prefix/IPv6Prefix,
 	// and a network ban for it spares the network's known-good addresses
@@ -77,16 +82,16 @@ var (
 		Network:       Threshold{Count: 30, Window: 10 * time.Minute},
 		Reason:        "banned for repeated authentication failures",
 		NetworkReason: "banned for repeated authentication failures from your network",
-		Guessing:      true})
+		Guessing:      true, Reputation: -1})
 	// AuthSuccess resets the address's failed logins and marks it
 	// known-good; it is no free pass for other thresholds.
 	AuthSuccess = MustRegister(Behaviour{Name: "auth_success", Doc: "successful logins",
-		KnownGood: true, Resets: AuthFailure, Benign: true})
+		KnownGood: true, Resets: AuthFailure, Benign: true, Reputation: 1})
 	// ProtocolError is a syntax error, an unknown command, HTTP on a
 	// non-HTTP port, a line too long.
 	ProtocolError = MustRegister(Behaviour{Name: "protocol_error", Doc: "syntax errors, unknown commands, HTTP on a mail port, lines too long",
 		Threshold: Threshold{Count: 10, Window: 5 * time.Minute},
-		Reason:    "banned for repeated protocol errors"})
+		Reason:    "banned for repeated protocol errors", Reputation: -1})
 )
 
 // networkPrefix starts the config name of a behaviour's network threshold.
@@ -178,6 +183,9 @@ func (b *Behaviour) check() error {
 		if t.Count < 0 || (t.Count > 0 && t.Window <= 0) {
 			return errors.New("a threshold needs Count >= 0 and, with a Count, Window > 0")
 		}
+	}
+	if b.Reputation != b.Reputation || b.Reputation > maxWeight || b.Reputation < -maxWeight {
+		return errors.New("Reputation must be a number between -1e6 and 1e6")
 	}
 	if b.BanTTL < 0 {
 		return errors.New("BanTTL must not be negative")
@@ -463,6 +471,7 @@ type eventRule struct {
 	netName  string
 	th, net  Threshold
 	decision Decision // the dry-run refusal of a host ban
+	rep      float64  // weight in the reputation score
 }
 
 // compileRules builds the rules of every registered event from cfg.
@@ -488,6 +497,7 @@ func compileRules(cfg *Config) []eventRule {
 		if text == "" {
 			text = reasonBannedManual
 		}
+		r.rep = cfg.Reputation.Weights.weight(b.Name)
 		r.decision = Decision{Action: cfg.BanAction, Temporary: b.Temporary, Reason: text, Source: "ban:" + b.Name}
 		rules[i] = r
 	}

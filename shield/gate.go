@@ -14,12 +14,27 @@ import (
 // flood from many addresses, each under its per-address limits, cannot push
 // everyone else behind it:
 //
-//   - Two classes. First: allowlisted, trusted, authenticated and known-good
-//     clients. Then everyone else (strangers). First goes first, but not
-//     always: after gateFirstBurst grants in a row to the first class while
-//     strangers wait, one stranger is served. Strict priority would let a
-//     flood whose addresses earned known-good status (an accepted message is
-//     enough) starve every stranger, and a real user is usually a stranger.
+//   - Three classes. First: allowlisted, trusted, authenticated and known-good
+//     clients. Then everyone else (strangers). Last, repeats: a connection
+//     that already had a slot and is neither authenticated nor allowlisted
+//     (a second message in one session from an unauthenticated sender).
+//   - First goes first, but not always: after gateFirstBurst grants in a row
+//     to the first class while strangers wait, one stranger is served.
+//     Strict priority would let a flood whose addresses earned known-good
+//     status (an accepted message is enough) starve every stranger, and a
+//     real user is usually a stranger.
+//   - Repeats go when neither other class waits (or after gateRepeatEvery
+//     grants to the others while they waited, so they never starve), and
+//     at most RepeatSlots of them are inside at once even when slots are
+//     free. A message flood is many messages per connection over a few
+//     hundred connections; a session's first message (every new sender's,
+//     a real user's) goes ahead of the flood's next ones, and the flood's
+//     connections wait here, costing nothing, instead of all being served
+//     at once and sharing the CPU with everyone else (least attained
+//     service first: short sessions before long ones). Known-good status
+//     helps the first message of a session only, so a botnet whose
+//     addresses delivered before is a repeat sender too; authentication and
+//     the allowlist keep a session first for all its messages.
 //   - Inside a class, networks take turns (round robin over /16s, IPv6 /32s,
 //     and inside each over its /24s, /64s; first come first served inside
 //     one /24 or /64). A botnet in one /16 gets one turn per round however
@@ -31,37 +46,64 @@ import (
 // bounded by the service's connections) and one node per network with a
 // waiter.
 type Gate struct {
-	s     *Shield
-	slots int
+	s           *Shield
+	slots       int
+	repeatSlots int
 
-	mu     sync.Mutex
-	busy   int
-	first  gateClass
-	rest   gateClass
-	streak int // grants in a row to first while rest waited
-	stats  GateStats
+	mu          sync.Mutex
+	busy        int
+	repeatBusy  int // repeats inside (of busy)
+	first       gateClass
+	rest        gateClass
+	repeat      gateClass
+	streak      int // grants in a row to first while rest waited
+	repeatSkips int // grants to the other classes while a repeat could have gone
+	stats       GateStats
 }
 
 // gateFirstBurst is how many grants in a row the first class gets while
 // strangers wait.
 const gateFirstBurst = 4
 
+// gateRepeatEvery is how many grants the first and stranger classes get
+// while a repeat waits under its cap, before one repeat is served anyway.
+const gateRepeatEvery = 16
+
+// gateRepeatShare is the share of the slots repeats may hold at once: one
+// in gateRepeatShare (at least one).
+const gateRepeatShare = 32
+
+// gateTier is a waiter's class.
+type gateTier uint8
+
+const (
+	tierFirst gateTier = iota
+	tierRest
+	tierRepeat
+)
+
 // GateStats are a Gate's counters.
 type GateStats struct {
 	Slots        int    `json:"slots"`
+	RepeatSlots  int    `json:"repeat_slots"` // most repeat deliveries inside at once
 	Busy         int    `json:"busy"`
+	RepeatBusy   int    `json:"repeat_busy"`
 	Waiting      int    `json:"waiting"`
-	GrantedFirst uint64 `json:"granted_first"` // grants to known-good, authenticated or allowlisted clients
-	GrantedRest  uint64 `json:"granted_rest"`  // grants to strangers
-	Waited       uint64 `json:"waited"`        // grants that had to wait for a slot
-	Canceled     uint64 `json:"canceled"`      // waits ended by the caller's context
+	GrantedFirst uint64 `json:"granted_first"`  // grants to known-good, authenticated or allowlisted clients
+	GrantedRest  uint64 `json:"granted_rest"`   // grants to strangers
+	GrantedRep   uint64 `json:"granted_repeat"` // grants to connections that had a slot before (unauthenticated)
+	Waited       uint64 `json:"waited"`         // grants that had to wait for a slot
+	Canceled     uint64 `json:"canceled"`       // waits ended by the caller's context
 }
 
-// Gate returns a new fair admission queue with slots places (at least 1).
+// Gate returns a new fair admission queue with slots places (at least 1);
+// repeat deliveries may hold one in gateRepeatShare of them (at least 1).
 func (s *Shield) Gate(slots int) *Gate {
-	g := &Gate{s: s, slots: max(1, slots)}
+	slots = max(1, slots)
+	g := &Gate{s: s, slots: slots, repeatSlots: max(1, slots/gateRepeatShare)}
 	g.first.init()
 	g.rest.init()
+	g.repeat.init()
 	return g
 }
 
@@ -70,7 +112,8 @@ func (g *Gate) Stats() GateStats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st := g.stats
-	st.Slots, st.Busy, st.Waiting = g.slots, g.busy, g.first.n+g.rest.n
+	st.Slots, st.RepeatSlots, st.Busy, st.RepeatBusy = g.slots, g.repeatSlots, g.busy, g.repeatBusy
+	st.Waiting = g.first.n + g.rest.n + g.repeat.n
 	return st
 }
 
@@ -78,32 +121,28 @@ func (g *Gate) Stats() GateStats {
 // net.Conn judged by its remote address) and returns the function that gives
 // it back. It returns ctx's error if ctx ends first.
 func (g *Gate) Acquire(ctx context.Context, c net.Conn) (release func(), err error) {
-	addr, first := g.classify(c)
+	sc := FromConn(c)
+	addr, tier := g.classify(sc, c)
 	g.mu.Lock()
-	if g.busy < g.slots && g.first.n+g.rest.n == 0 {
-		g.busy++
-		g.count(first, false)
+	if g.free(tier) {
+		g.take(tier, false)
 		g.mu.Unlock()
-		return g.releaser(), nil
+		return g.granted(sc, tier), nil
 	}
-	w := &gateWaiter{ready: make(chan struct{}), first: first}
-	if first {
-		g.first.push(w, addr)
-	} else {
-		g.rest.push(w, addr)
-	}
+	w := &gateWaiter{ready: make(chan struct{}), tier: tier}
+	g.class(tier).push(w, addr)
 	g.dispatch() // a slot may be free while others waited
 	g.mu.Unlock()
 	select {
 	case <-w.ready:
-		return g.releaser(), nil
+		return g.granted(sc, tier), nil
 	case <-ctx.Done():
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if w.granted {
 		// Granted as ctx ended: hand the slot on.
-		g.busy--
+		g.give(tier)
 		g.dispatch()
 	} else {
 		w.class.remove(w)
@@ -112,45 +151,94 @@ func (g *Gate) Acquire(ctx context.Context, c net.Conn) (release func(), err err
 	return nil, ctx.Err()
 }
 
-// classify returns the client's address and whether it goes in the first
-// class.
-func (g *Gate) classify(c net.Conn) (netip.Addr, bool) {
-	sc := FromConn(c)
+// free reports whether a client of tier may go in at once: a slot is free
+// and nobody it must not overtake waits. Called with mu held.
+func (g *Gate) free(tier gateTier) bool {
+	if g.busy >= g.slots {
+		return false
+	}
+	if tier == tierRepeat {
+		return g.repeatBusy < g.repeatSlots && g.repeat.n == 0
+	}
+	return g.first.n+g.rest.n == 0
+}
+
+func (g *Gate) class(tier gateTier) *gateClass {
+	switch tier {
+	case tierFirst:
+		return &g.first
+	case tierRest:
+		return &g.rest
+	}
+	return &g.repeat
+}
+
+// classify returns the client's address and class. sc is c's shield
+// connection, or nil.
+func (g *Gate) classify(sc *Conn, c net.Conn) (netip.Addr, gateTier) {
 	var addr netip.Addr
 	if sc != nil {
 		addr = sc.addr
-		if sc.authed.Load() || sc.knownGood.Load() {
-			return addr, true
+		switch {
+		case sc.authed.Load():
+			return addr, tierFirst
+		case sc.gateTurns.Load() > 0:
+			if g.s.pol.Load().exempt(addr) {
+				return addr, tierFirst
+			}
+			return addr, tierRepeat
+		case sc.knownGood.Load():
+			return addr, tierFirst
 		}
 	} else if c != nil {
 		addr = addrOf(c.RemoteAddr())
 	}
 	if !addr.IsValid() {
-		return addr, false
+		return addr, tierRest
 	}
-	return addr, g.s.pol.Load().exempt(addr) || g.s.isKnownGood(addr, g.s.now().UnixNano())
+	if g.s.pol.Load().exempt(addr) || g.s.isKnownGood(addr, g.s.now().UnixNano()) {
+		return addr, tierFirst
+	}
+	return addr, tierRest
 }
 
-func (g *Gate) releaser() func() {
+// granted counts the slot on sc's connection and returns its release.
+func (g *Gate) granted(sc *Conn, tier gateTier) func() {
+	if sc != nil {
+		sc.gateTurns.Add(1)
+	}
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			g.mu.Lock()
-			g.busy--
+			g.give(tier)
 			g.dispatch()
 			g.mu.Unlock()
 		})
 	}
 }
 
-func (g *Gate) count(first, waited bool) {
-	if first {
+// take and give count a slot of tier in and out. Called with mu held.
+func (g *Gate) take(tier gateTier, waited bool) {
+	g.busy++
+	switch tier {
+	case tierFirst:
 		g.stats.GrantedFirst++
-	} else {
+	case tierRest:
 		g.stats.GrantedRest++
+	case tierRepeat:
+		g.repeatBusy++
+		g.stats.GrantedRep++
 	}
 	if waited {
 		g.stats.Waited++
+	}
+}
+
+func (g *Gate) give(tier gateTier) {
+	g.busy--
+	if tier == tierRepeat {
+		g.repeatBusy--
 	}
 }
 
@@ -158,8 +246,13 @@ func (g *Gate) count(first, waited bool) {
 // Called with mu held.
 func (g *Gate) dispatch() {
 	for g.busy < g.slots {
+		repeatMay := g.repeat.n > 0 && g.repeatBusy < g.repeatSlots
+		others := g.first.n + g.rest.n
 		var w *gateWaiter
 		switch {
+		case repeatMay && (others == 0 || g.repeatSkips >= gateRepeatEvery):
+			w = g.repeat.pop()
+			g.repeatSkips = 0
 		case g.first.n > 0 && (g.rest.n == 0 || g.streak < gateFirstBurst):
 			w = g.first.pop()
 			if g.rest.n > 0 {
@@ -171,9 +264,11 @@ func (g *Gate) dispatch() {
 		default:
 			return
 		}
+		if w.tier != tierRepeat && repeatMay {
+			g.repeatSkips++
+		}
 		w.granted = true
-		g.busy++
-		g.count(w.first, true)
+		g.take(w.tier, true)
 		close(w.ready)
 	}
 }
@@ -182,7 +277,7 @@ func (g *Gate) dispatch() {
 type gateWaiter struct {
 	ready   chan struct{}
 	granted bool
-	first   bool
+	tier    gateTier
 	class   *gateClass
 	leaf    *gateNet
 	link    links[gateWaiter]

@@ -41,9 +41,13 @@ type listener struct {
 	mu    sync.Mutex
 	conns map[*Conn]struct{}
 	fair  *fairShares // contestable connections by network, for fair capacity
+	// untrusted are the contestable connections whose client's
+	// reputation is untrusted: evicted first (score.go).
+	untrusted map[*Conn]struct{}
 
 	start   sync.Once
-	ch      chan acceptResult
+	loops   sync.WaitGroup    // the accept loops
+	ch      chan acceptResult // admitted connections waiting for Accept (acceptBuffer)
 	done    chan struct{}
 	closeMu sync.Once
 }
@@ -62,14 +66,15 @@ func (s *Shield) Listener(inner net.Listener, lc ListenerConfig) net.Listener {
 		lc.Name = inner.Addr().String()
 	}
 	l := &listener{
-		s:     s,
-		inner: inner,
-		lc:    lc,
-		stats: s.statsFor(lc.Name),
-		conns: make(map[*Conn]struct{}),
-		fair:  newFairShares(),
-		ch:    make(chan acceptResult),
-		done:  make(chan struct{}),
+		s:         s,
+		inner:     inner,
+		lc:        lc,
+		stats:     s.statsFor(lc.Name),
+		conns:     make(map[*Conn]struct{}),
+		fair:      newFairShares(),
+		untrusted: make(map[*Conn]struct{}),
+		ch:        make(chan acceptResult, acceptBuffer),
+		done:      make(chan struct{}),
 	}
 	l.setCapacity(s.cfg())
 	s.lnMu.Lock()
@@ -129,8 +134,27 @@ func (l *listener) take(knownGood bool) bool {
 func (l *listener) Addr() net.Addr { return l.inner.Addr() }
 
 func (l *listener) Close() error {
-	l.closeMu.Do(func() { close(l.done) })
-	return l.inner.Close()
+	first := false
+	l.closeMu.Do(func() { close(l.done); first = true })
+	err := l.inner.Close()
+	if first {
+		// Connections admitted but never taken by Accept are closed once
+		// the loops have stopped adding any.
+		go func() {
+			l.loops.Wait()
+			for {
+				select {
+				case r := <-l.ch:
+					if r.c != nil {
+						r.c.Close()
+					}
+				default:
+					return
+				}
+			}
+		}()
+	}
+	return err
 }
 
 func (l *listener) Accept() (net.Conn, error) {
@@ -140,6 +164,7 @@ func (l *listener) Accept() (net.Conn, error) {
 		socks := acceptSockets(l.inner)
 		for _, k := range socks {
 			for range max(1, acceptLoops()/len(socks)) {
+				l.loops.Add(1)
 				go l.loop(k)
 			}
 		}
@@ -161,9 +186,27 @@ func (l *listener) Accept() (net.Conn, error) {
 // legitimate clients too; accept(2) is safe to call concurrently.
 func acceptLoops() int { return max(2, runtime.GOMAXPROCS(0)) }
 
+// acceptBuffer is how many admitted connections may wait for Accept. The
+// accept loops hand connections over without waiting for Accept's caller,
+// so each time a loop runs it empties the kernel's accept queue (accept(2)
+// until it would block). Handing over through an unbuffered channel took
+// one connection per turn of two goroutines, and on a loaded machine those
+// turns are slow: a connect flood overflowed the kernel queue
+// (TcpExtListenOverflows), which costs every client a SYN retry. Each
+// waiting connection already holds its listener slot, so max_conns still
+// bounds them; refusals never wait here.
+const acceptBuffer = 1024
+
+// acceptRetryMax bounds the pause of an accept loop after accept(2) failed
+// (e.g. out of file descriptors), so a lasting failure neither spins nor
+// fills the buffer with errors.
+const acceptRetryMax = time.Second
+
 // loop accepts from the inner listener and hands admitted connections to
 // Accept. Refusals are handled here without ever waiting on a client.
 func (l *listener) loop(inner net.Listener) {
+	defer l.loops.Done()
+	var pause time.Duration
 	for {
 		c, err := inner.Accept()
 		if err != nil {
@@ -175,8 +218,15 @@ func (l *listener) loop(inner net.Listener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			pause = min(max(2*pause, 5*time.Millisecond), acceptRetryMax)
+			select {
+			case <-time.After(pause):
+			case <-l.done:
+				return
+			}
 			continue
 		}
+		pause = 0
 		addr := addrOf(c.RemoteAddr())
 		if l.lc.ProxyProtocol && l.s.pol.Load().trusted.Lookup(addr) {
 			go l.proxied(c)
@@ -214,7 +264,8 @@ func (l *listener) proxied(c net.Conn) {
 func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.Reader) {
 	s := l.s
 	now := s.now()
-	d, release, knownGood := s.admit(l, addr, now)
+	d, release, class := s.admit(l, addr, now)
+	knownGood := class == Trusted
 	if d.Action != Allow {
 		if remote != nil {
 			c = &proxiedConn{Conn: c, remote: remote} // so Reject sees the client
@@ -234,6 +285,9 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 	l.conns[sc] = struct{}{}
 	if !knownGood { // allowlisted and trusted clients are known-good here too
 		l.fair.add(sc)
+		if class == Untrusted {
+			l.untrusted[sc] = struct{}{}
+		}
 	}
 	l.mu.Unlock()
 	select {
@@ -378,6 +432,7 @@ type Conn struct {
 
 	lastActive atomic.Int64
 	authed     atomic.Bool
+	gateTurns  atomic.Uint32 // slots this connection got from a Gate (gate.go: repeat deliveries)
 
 	// Fair capacity (fair.go), guarded by l.mu: the leaf network counting
 	// this connection while it is contestable, and its place in the leaf's
@@ -465,6 +520,7 @@ func (c *Conn) unregister() {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
 		c.l.fair.remove(c)
+		delete(c.l.untrusted, c)
 		c.l.mu.Unlock()
 	})
 }
@@ -474,7 +530,18 @@ func (c *Conn) unregister() {
 func (c *Conn) uncontested() {
 	c.l.mu.Lock()
 	c.l.fair.remove(c)
+	delete(c.l.untrusted, c)
 	c.l.mu.Unlock()
+}
+
+// markUntrusted makes c, if still contestable, one of the first evicted:
+// its client's reputation became untrusted during the connection.
+func (l *listener) markUntrusted(c *Conn) {
+	l.mu.Lock()
+	if c.fairLeaf != nil {
+		l.untrusted[c] = struct{}{}
+	}
+	l.mu.Unlock()
 }
 
 // kick is the shield closing the connection: Done is closed, the socket

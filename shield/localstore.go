@@ -155,17 +155,9 @@ type persistedGood struct {
 const legacyOffenderTTL = 7 * 24 * time.Hour
 
 func (st *localState) load() error {
-	path := filepath.Join(st.dir, stateFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("shield state: %w", err)
-	}
 	var p persisted
-	if err := json.Unmarshal(data, &p); err != nil {
-		return fmt.Errorf("shield state %s: %w", path, err)
+	if found, err := readJSONFile(filepath.Join(st.dir, stateFile), &p, "shield state"); !found {
+		return err
 	}
 	now := st.now()
 	for _, b := range p.Bans {
@@ -376,6 +368,13 @@ func (h *LocalStore) MarkKnownGood(_ context.Context, addr netip.Addr, until tim
 func (h *LocalStore) RevokeKnownGood(_ context.Context, p netip.Prefix) error {
 	p = canonPrefix(p)
 	return h.change(Change{Kind: ChangeRevokeKnownGood, Prefix: p}, func(st *localState) error {
+		if p.IsSingleIP() {
+			// Every behaviour ban of one address comes here: a lookup,
+			// not a walk over up to table_size known-good addresses (a
+			// junk flood bans hundreds of addresses a second).
+			st.knownGood.delete(p.Addr())
+			return nil
+		}
 		st.knownGood.each(func(a netip.Addr, _ *time.Time) bool { return !p.Contains(a) })
 		return nil
 	})
@@ -504,6 +503,23 @@ func (h *LocalStore) Flush(context.Context) error {
 		return err
 	}
 	return writeFileAtomic(st.dir, stateFile, data, "shield state")
+}
+
+// readJSONFile decodes the JSON file at path into v; found is false when
+// it is missing (no error: a fresh start) or unreadable (the error, which
+// starts with what).
+func readJSONFile(path string, v any, what string) (found bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	return true, nil
 }
 
 // writeFileAtomic writes dir/name through a temporary file, fsync, rename

@@ -26,7 +26,8 @@ func (e *ConfigError) Unwrap() []error { return e.Problems }
 // Reconfigure applies a whole new configuration to the running Shield:
 // thresholds, limits, capacities, ban durations and actions, allowlists,
 // trusted proxies, inline rules and rule files (re-read, and watched anew
-// when the list changed), lockdown, history bounds. Connections and state
+// when the list changed), lockdown, history bounds, reputation thresholds
+// and weights. Connections and state
 // (bans, counters, known-good) are kept; the new values apply from the
 // next decision. New bans use the new durations; bans in force keep theirs.
 //
@@ -43,6 +44,7 @@ func (s *Shield) Reconfigure(cfg Config) error {
 		return s.refuseConfig(errs)
 	}
 	cfg.Thresholds = maps.Clone(cfg.Thresholds)
+	cfg.Reputation.Weights = maps.Clone(cfg.Reputation.Weights)
 	cfg.Rules = slices.Clone(cfg.Rules)
 	cfg.RuleFiles = slices.Clone(cfg.RuleFiles)
 	cfg.Allow = slices.Clone(cfg.Allow)
@@ -74,7 +76,7 @@ func (s *Shield) Reconfigure(cfg Config) error {
 	}
 	s.config.Store(&cfg)
 	s.rulesMu.Lock()
-	rules := compileRules(&cfg)
+	rules := compileRules(&cfg) // with the new reputation weights
 	s.rules.Store(&rules)
 	s.rulesMu.Unlock()
 	s.hist.setBounds(&cfg)

@@ -57,8 +57,11 @@ type Shield struct {
 	ips       *lru[netip.Addr, ipState]
 	prefixes  *lru[netip.Prefix, prefixState]
 	offenders *lru[netip.Prefix, offender]
-	knownGood *lru[netip.Addr, int64] // until, unix nanoseconds
-	rep       reputation              // SetReputation
+	knownGood *lru[netip.Addr, int64]    // until, unix nanoseconds
+	rep       reputation                 // SetReputation
+	repAddrs  *lru[netip.Addr, repRec]   // reputation score per address (score.go)
+	repNets   *lru[netip.Prefix, repRec] // and per network
+	repSrc    repSource                  // SetScoreSource
 	accounts  *lru[string, accountState]
 
 	lockdown atomic.Bool
@@ -106,6 +109,7 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		return nil, fmt.Errorf("shield config: %w", errors.Join(errs...))
 	}
 	cfg.Thresholds = maps.Clone(cfg.Thresholds) // the caller's map may change later
+	cfg.Reputation.Weights = maps.Clone(cfg.Reputation.Weights)
 	s := &Shield{
 		log:      opts.Logger,
 		now:      opts.Now,
@@ -133,6 +137,7 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	s.offenders = newLRU[netip.Prefix, offender](n, hashPrefix)
 	s.knownGood = newLRU[netip.Addr, int64](n, hashAddr)
 	s.accounts = newLRU[string, accountState](n, hashString)
+	s.newRepTables(n)
 	s.bans.Store(new(bart.Table[*ban]))
 	s.agg = newAggregator(s.now)
 	s.agg.netOf = s.netPrefix
@@ -155,6 +160,10 @@ func New(cfg Config, opts Options) (*Shield, error) {
 		return nil, err
 	}
 	s.kernelSync()
+	if err := s.loadReputation(); err != nil {
+		// Not fatal: scores are rebuilt from behaviour; bans do not depend on them.
+		s.log.Error("shield reputation not loaded", "err", err)
+	}
 	if s.stateDir != "" {
 		if err := s.hist.open(histPath(s.stateDir), s.now()); err != nil {
 			// Not fatal: the history is for reports; bans do not depend on it.
@@ -187,7 +196,7 @@ func (s *Shield) Close() error {
 			t.c.Close()
 		}
 		s.tarpitMu.Unlock()
-		err = errors.Join(s.closeStore(), s.closeKernel())
+		err = errors.Join(s.closeStore(), s.closeKernel(), s.saveReputation())
 	})
 	return err
 }
@@ -223,6 +232,9 @@ func (s *Shield) housekeeping() {
 			}
 			if t.Sub(lastSave) >= s.cfg().SaveInterval {
 				s.flushStore()
+				if err := s.saveReputation(); err != nil {
+					s.log.Error("shield reputation save failed", "err", err)
+				}
 				lastSave = t
 			}
 		}
@@ -251,7 +263,8 @@ func (s *Shield) RuleFiles() []RuleFile { return slices.Clone(s.pol.Load().files
 
 // SetLockdown turns lockdown on or off, on every node sharing the store.
 // Turning it on closes the open connections of clients that are neither
-// allowlisted nor known-good.
+// allowlisted nor known-good, nor of a reputation at or above
+// reputation.lockdown.
 func (s *Shield) SetLockdown(on bool) {
 	if s.setLockdown(on) {
 		s.toStore(func(ctx context.Context, st StateStore) error { return st.SetLockdown(ctx, on) })
@@ -271,7 +284,7 @@ func (s *Shield) setLockdown(on bool) bool {
 	now := s.now().UnixNano()
 	p := s.pol.Load()
 	s.kick(func(c *Conn) bool {
-		return !p.exempt(c.addr) && !s.isKnownGood(c.addr, now)
+		return !p.exempt(c.addr) && !s.isKnownGood(c.addr, now) && !s.lockdownServed(c.addr, now)
 	}, nil, "lockdown")
 	return true
 }

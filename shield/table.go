@@ -19,7 +19,15 @@ type lru[K comparable, V any] struct {
 	// with open connections); a spared victim moves to the front, and after
 	// a few tries the victim is evicted anyway.
 	keep func(*V) bool
+	// significance, when set, makes eviction pick the least significant
+	// of the evictSample least recently used entries (reputation: a score
+	// that has decayed to nothing goes before a recent ban).
+	significance func(*V) float64
 }
+
+// evictSample is how many least recently used entries eviction compares
+// by significance.
+const evictSample = 8
 
 type lruShard[K comparable, V any] struct {
 	mu   sync.Mutex
@@ -117,6 +125,21 @@ func withNode[K comparable, V any](n *lruNode[K, V], fn func(v *V)) {
 }
 
 func (t *lru[K, V]) evict(sh *lruShard[K, V]) {
+	if t.significance != nil {
+		victim := sh.tail
+		least := 0.0
+		i := 0
+		for n := sh.tail; n != nil && i < evictSample; n, i = n.prev, i+1 {
+			if w := t.significance(&n.val); n == sh.tail || w < least {
+				victim, least = n, w
+			}
+		}
+		if victim != nil {
+			sh.unlink(victim)
+			delete(sh.m, victim.key)
+		}
+		return
+	}
 	for tries := 0; tries < 4 && t.keep != nil && sh.tail != nil && sh.tail != sh.head && t.keep(&sh.tail.val); tries++ {
 		sh.moveFront(sh.tail)
 	}

@@ -28,20 +28,22 @@ type Counters struct {
 
 // Explanation says why the shield treats an address the way it does.
 type Explanation struct {
-	Addr         netip.Addr   `json:"addr"`
-	Rule         *RuleInfo    `json:"rule,omitempty"`
-	Ban          *BanInfo     `json:"ban,omitempty"`
-	Allowlisted  bool         `json:"allowlisted"`
-	TrustedProxy bool         `json:"trusted_proxy"`
-	KnownGood    bool         `json:"known_good"`
-	Lockdown     bool         `json:"lockdown"`
-	Limits       LimitsConfig `json:"limits"`
-	Counters     Counters     `json:"counters"`
-	Decision     Decision     `json:"decision"` // what a new connection would get (no listener capacity check)
+	Addr         netip.Addr     `json:"addr"`
+	Rule         *RuleInfo      `json:"rule,omitempty"`
+	Ban          *BanInfo       `json:"ban,omitempty"`
+	Allowlisted  bool           `json:"allowlisted"`
+	TrustedProxy bool           `json:"trusted_proxy"`
+	KnownGood    bool           `json:"known_good"`
+	Lockdown     bool           `json:"lockdown"`
+	Limits       LimitsConfig   `json:"limits"`
+	Counters     Counters       `json:"counters"`
+	Reputation   ReputationInfo `json:"reputation"` // the score of the address and its network, with their parts
+	Decision     Decision       `json:"decision"`   // what a new connection would get (no listener capacity check)
 }
 
 // Why explains the treatment of addr: matching rule, ban, limits and
-// current counters, known-good and lockdown state, and the final decision.
+// current counters, known-good and lockdown state, reputation, and the
+// final decision.
 func (s *Shield) Why(addr netip.Addr) Explanation {
 	addr = unmap(addr)
 	now := s.now()
@@ -81,6 +83,7 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 		e.Counters.PrefixConns = int(v.conns)
 		e.Counters.PrefixTokens = v.rate.peek(ns, lim.PerPrefixRate, lim.PerPrefixBurst)
 	})
+	e.Reputation = s.Reputation(addr)
 	e.Decision = s.Decide(addr, "")
 	return e
 }

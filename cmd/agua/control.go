@@ -218,10 +218,33 @@ func formatWhy(x admin.WhyResult) string {
 	for ev, n := range c.Events {
 		fmt.Fprintf(&b, "  events:    %s = %d in the current window\n", ev, n)
 	}
+	formatReputation(&b, &x.Reputation)
 	if d := x.DNSBL; d != nil {
 		formatDNSBL(&b, d)
 	}
 	return b.String()
+}
+
+// formatReputation renders the reputation score of an address and of its
+// network, each with its parts, and what they make of the client.
+func formatReputation(b *strings.Builder, r *shield.ReputationInfo) {
+	why := fmt.Sprintf("trusted at or above %g, untrusted at or below %g (network %g)", r.Trusted, r.Untrusted, r.NetworkUntrusted)
+	switch {
+	case r.Standing == shield.Trusted:
+		why = fmt.Sprintf("address score at or above %g: counts as known-good for capacity", r.Trusted)
+	case r.Standing == shield.Untrusted && r.Address.Score <= r.Untrusted:
+		why = fmt.Sprintf("address score at or below %g: no reserved share, evicted first", r.Untrusted)
+	case r.Standing == shield.Untrusted:
+		why = fmt.Sprintf("network score at or below %g: no reserved share, evicted first", r.NetworkUntrusted)
+	}
+	lockdown := "no"
+	if r.LockdownServed {
+		lockdown = "yes"
+	}
+	fmt.Fprintf(b, "  reputation: %s (%s); served in lockdown: %s (at or above %g); half-life %s\n",
+		r.Standing, why, lockdown, r.Lockdown, r.HalfLife)
+	fmt.Fprintf(b, "    address %-20s %s\n", r.Address.Prefix, r.Address.Line())
+	fmt.Fprintf(b, "    network %-20s %s\n", r.Network.Prefix, r.Network.Line())
 }
 
 // formatDNSBL renders the [dnsbl] score of an address, one line per list.

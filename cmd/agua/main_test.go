@@ -137,6 +137,10 @@ func TestShieldVerbs(t *testing.T) {
 	if !strings.Contains(out, "drop") || !strings.Contains(out, "ban:scanner") {
 		t.Fatalf("why: %q", out)
 	}
+	// The block is part of the network's reputation score.
+	if !strings.Contains(out, "network 192.0.2.0/24         -5 (ban -5)") {
+		t.Fatalf("why lacks the network's score: %q", out)
+	}
 	if out := mustAgua(t, "", "why", "198.51.100.1", "-data", data); !strings.Contains(out, "served") {
 		t.Fatalf("why for a clean address: %q", out)
 	}

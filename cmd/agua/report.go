@@ -155,8 +155,28 @@ func reportAttack(e *env) error {
 		return err
 	}
 	r := report.Attack(snap, report.AttackOptions{Hostname: e.cfg.Hostname, Top: *top})
+	r.WorstNetworks = e.worstNetworks(*top)
 	if *format == "json" {
 		return r.WriteJSON(e.stdout)
 	}
 	return r.WriteText(e.stdout)
+}
+
+// worstNetworks returns the n lowest reputation scores of networks: from
+// the running server (this node's), or from the state folder when it is
+// stopped; none when neither answers (the report does without).
+func (e *env) worstNetworks(n int) []shield.Score {
+	var live admin.Live
+	err := admin.NewClient(server.AdminSocket(e.cfg)).Do("GET", "/v1/live", nil, &live)
+	if errors.Is(err, admin.ErrNotRunning) {
+		_, nets, err := shield.ReadWorstScores(server.ShieldStateDir(e.cfg), e.cfg.Shield, n, time.Now())
+		if err != nil {
+			return nil
+		}
+		return nets
+	}
+	if err != nil {
+		return nil
+	}
+	return live.WorstNets[:min(n, len(live.WorstNets))]
 }

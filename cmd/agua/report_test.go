@@ -34,6 +34,11 @@ func TestReportFromStoppedServer(t *testing.T) {
 	if !strings.Contains(out, "by the operator:    1 (scanner 1)") {
 		t.Errorf("attack report:\n%s", out)
 	}
+	// The block is saved in the network's reputation, which the report
+	// lists among the worst.
+	if !strings.Contains(out, "Worst reputation now (networks; score and its parts)\n  203.0.113.0/24       -5 (ban -5)\n") {
+		t.Errorf("attack report lacks the network's reputation:\n%s", out)
+	}
 	var x []map[string]any
 	out = mustAgua(t, "", "report", "abuse", "-format", "xarf", "-data", data)
 	if err := json.Unmarshal([]byte(out), &x); err != nil || len(x) != 0 {

@@ -31,3 +31,24 @@ func TestFormatWhyDNSBL(t *testing.T) {
 		}
 	}
 }
+
+// agua why prints the reputation of the address and of its network, each
+// with its parts, worst first, and what they make of the client.
+func TestFormatWhyReputation(t *testing.T) {
+	a := netip.MustParseAddr("192.0.2.5")
+	x := admin.WhyResult{Explanation: shield.Explanation{Addr: a, Reputation: shield.ReputationInfo{
+		Address:  shield.Score{Prefix: netip.MustParsePrefix("192.0.2.5/32"), Score: -7.5, Parts: map[string]float64{"ban": -5, "protocol_error": -3, "message": 0.5}},
+		Network:  shield.Score{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Score: -12, Parts: map[string]float64{"ban": -5, "protocol_error": -7}},
+		Standing: shield.Untrusted, HalfLife: "24h0m0s", Trusted: 5, Untrusted: -5, NetworkUntrusted: -20, Lockdown: 10,
+	}}}
+	out := formatWhy(x)
+	for _, want := range []string{
+		"reputation: untrusted (address score at or below -5: no reserved share, evicted first); served in lockdown: no (at or above 10); half-life 24h0m0s",
+		"address 192.0.2.5/32         -7.5 (ban -5, protocol_error -3, message +0.5)",
+		"network 192.0.2.0/24         -12 (protocol_error -7, ban -5)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+}

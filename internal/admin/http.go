@@ -75,6 +75,10 @@ type Live struct {
 	TopNets   []Talker                        `json:"top_networks"`
 	Lockdown  bool                            `json:"lockdown"`
 	Conns     int                             `json:"connections"`
+	// WorstAddrs and WorstNets are the lowest reputation scores (below
+	// zero), with their parts.
+	WorstAddrs []shield.Score `json:"worst_addresses"`
+	WorstNets  []shield.Score `json:"worst_networks"`
 }
 
 // Talker is one address or network with its open connections.
@@ -132,6 +136,7 @@ func (a *Server) LiveSnapshot() Live {
 	if l.Bans == nil {
 		l.Bans = []shield.BanInfo{}
 	}
+	l.WorstAddrs, l.WorstNets = a.Shield.WorstScores(topN)
 	return l
 }
 

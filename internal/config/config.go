@@ -83,7 +83,7 @@ type SMTPConfig struct {
 	AuthDelay         time.Duration `toml:"auth_failure_delay" doc:"Fixed delay before answering a failed AUTH."`
 	AllowInsecureAuth bool          `toml:"allow_insecure_auth_loopback" doc:"Offer AUTH without TLS to clients on loopback addresses (useful for local scripts)."`
 	MaxConns          int           `toml:"max_connections" doc:"Connection ceiling per SMTP listener (the shield reserves part of it for known-good clients)."`
-	DeliverySlots     int           `toml:"delivery_slots" doc:"Messages made durable at once, across every SMTP listener; the others wait in a fair queue: known-good and authenticated senders first (a stranger is still served after every 4 of theirs), and inside each class networks take turns (/16 then /24, IPv6 /32 then /64), so a flood from many addresses of a few networks cannot push other senders behind it. More slots let the group commit batch more under load."`
+	DeliverySlots     int           `toml:"delivery_slots" doc:"Messages made durable at once, across every SMTP listener; the others wait in a fair queue: known-good and authenticated senders first (a stranger is still served after every 4 of theirs); a further message in a session that is neither authenticated nor allowlisted goes after every session's first one and at most 1 in 32 of the slots (at least 1) hold such messages at once, so a flood of many messages per connection waits here instead of sharing the CPU with new senders; inside each class networks take turns (/16 then /24, IPv6 /32 then /64), so a flood from many addresses of a few networks cannot push other senders behind it. More slots let the group commit batch more under load."`
 }
 
 // POP3Config configures the POP3 listeners and their limits.

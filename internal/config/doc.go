@@ -87,6 +87,20 @@ func walk(table string, v reflect.Value, onTable func(table, doc string), onKey 
 		if s.v.Kind() == reflect.Map {
 			keys := s.v.MapKeys()
 			sort.Slice(keys, func(i, j int) bool { return fmt.Sprint(keys[i]) < fmt.Sprint(keys[j]) })
+			if s.v.Type().Elem().Kind() != reflect.Struct {
+				// A table of values (reputation weights): one key each,
+				// documented by DocOf.
+				onTable(s.name, s.doc)
+				d, _ := s.v.Interface().(interface{ DocOf(string) string })
+				for _, k := range keys {
+					doc := ""
+					if d != nil {
+						doc = d.DocOf(fmt.Sprint(k))
+					}
+					onKey(s.name, fmt.Sprint(k), doc, s.v.MapIndex(k))
+				}
+				continue
+			}
 			for _, k := range keys {
 				name := join(s.name, fmt.Sprint(k))
 				doc := s.doc
@@ -121,7 +135,10 @@ func isTable(v reflect.Value) bool {
 	case reflect.Struct:
 		return true
 	case reflect.Map:
-		return v.Type().Elem().Kind() == reflect.Struct
+		// Tables of tables (thresholds), and tables of values that
+		// document their keys (reputation weights).
+		_, documented := v.Interface().(interface{ DocOf(string) string })
+		return v.Type().Elem().Kind() == reflect.Struct || documented
 	}
 	return false
 }

@@ -217,6 +217,22 @@ var httpVerbs = map[string]bool{"GET": true, "POST": true, "HEAD": true, "PUT": 
 // protocols answer it with an error and close.
 func IsHTTPVerb(verb string) bool { return httpVerbs[verb] }
 
+// NotACommand reports whether line cannot start any command of a protocol
+// whose commands begin with a letter (SMTP: RFC 5321 4.1.1, POP3: RFC 1939
+// 3): random bytes, binary, a reply or a header sent to the wrong port.
+// Such a client is no mail client that mistyped; the session answers once
+// and closes, as Postfix does by default (smtpd_forbidden_commands holds
+// regexp:{{/^[^A-Z]/ Bogus}}, case-insensitive), instead of reading on to
+// the error limit: a junk flood then costs one line per connection. An
+// empty line is not judged here (a plain syntax error).
+func NotACommand(line string) bool {
+	if line == "" {
+		return false
+	}
+	c := line[0] | 0x20 // ASCII lower case
+	return c < 'a' || c > 'z'
+}
+
 // ReadDeadline is when the next read must be done: timeout from now, but
 // never past the session's deadline.
 func (f *Frame) ReadDeadline(timeout time.Duration) time.Time {

@@ -85,7 +85,7 @@ var (
 	gateWaitingDesc = prometheus.NewDesc("agua_delivery_queue_waiting", "Messages waiting for a delivery slot now.", nil, nil)
 	gateBusyDesc    = prometheus.NewDesc("agua_delivery_queue_busy", "Delivery slots in use now (of smtp.delivery_slots).", nil, nil)
 	gateGrantedDesc = prometheus.NewDesc("agua_delivery_queue_granted_total",
-		"Delivery slots granted by sender class: first (known-good, authenticated, allowlisted) or stranger.", []string{"class"}, nil)
+		"Delivery slots granted by sender class: first (known-good, authenticated, allowlisted), stranger, or repeat (a further message of an unauthenticated session).", []string{"class"}, nil)
 	gateWaitedDesc = prometheus.NewDesc("agua_delivery_queue_waited_total", "Delivery slots granted after a wait.", nil, nil)
 )
 
@@ -103,6 +103,7 @@ func (c *gateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(gateBusyDesc, prometheus.GaugeValue, float64(st.Busy))
 	ch <- prometheus.MustNewConstMetric(gateGrantedDesc, prometheus.CounterValue, float64(st.GrantedFirst), "first")
 	ch <- prometheus.MustNewConstMetric(gateGrantedDesc, prometheus.CounterValue, float64(st.GrantedRest), "stranger")
+	ch <- prometheus.MustNewConstMetric(gateGrantedDesc, prometheus.CounterValue, float64(st.GrantedRep), "repeat")
 	ch <- prometheus.MustNewConstMetric(gateWaitedDesc, prometheus.CounterValue, float64(st.Waited))
 }
 

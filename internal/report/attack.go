@@ -64,6 +64,9 @@ type AttackReport struct {
 	Attackers            int                    `json:"attackers"` // offending addresses
 	TopNetworks          []NetworkSummary       `json:"top_networks"`
 	Timeline             []shield.TimelinePoint `json:"timeline"`
+	// WorstNetworks are the lowest reputation scores of networks now,
+	// with their parts (set by the caller; none when unknown).
+	WorstNetworks []shield.Score `json:"worst_networks,omitempty"`
 }
 
 // Attack builds the attack report of snap.
@@ -218,6 +221,13 @@ func (r *AttackReport) WriteText(w io.Writer) error {
 			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\t%s\n", n.Prefix, n.Addresses, n.Offences, n.Refused, utc(n.First), utc(n.Last), strings.Join(n.Activities, ", "))
 		}
 		tw.Flush()
+	}
+
+	if len(r.WorstNetworks) > 0 {
+		fmt.Fprintf(w, "\nWorst reputation now (networks; score and its parts)\n")
+		for _, s := range r.WorstNetworks {
+			fmt.Fprintf(w, "  %-20s %s\n", s.Prefix, s.Line())
+		}
 	}
 
 	fmt.Fprintf(w, "\nTimeline (UTC, per %s; steps without activity left out)\n", r.Step)

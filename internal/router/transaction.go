@@ -195,6 +195,7 @@ func (t *transaction) Body(ctx context.Context, msg io.ReaderAt, size int64) err
 	if v.DMARCFail {
 		t.events = append(t.events, mailevents.DMARCFail)
 	}
+	t.events = append(t.events, mailevents.AuthResults(string(res.SPF.Result), res.DMARC.Result)...)
 	switch v.Action {
 	case mailauth.Reject:
 		// RFC 7489 6.7 / RFC 7208 8.4: refuse at the end of DATA, with
@@ -221,7 +222,8 @@ func dkimSummary(ds []mailauth.DKIMResult) string {
 	return strings.Join(parts, ",")
 }
 
-// Observed returns the DMARC failure for the shield (smtpd.Observer).
+// Observed returns the DMARC failure and the SPF/DMARC results for the
+// shield (smtpd.Observer).
 func (t *transaction) Observed() []shield.Event { return t.events }
 
 // Commit delivers the message to every recipient, or to none (issue 12:

@@ -201,6 +201,19 @@ func TestDashboardEndToEnd(t *testing.T) {
 	); err != nil {
 		t.Fatalf("block from the page: %v", err)
 	}
+	// The block lowers the address's reputation: the page lists it among
+	// the worst scores with its ban part, and its network too.
+	var repParts string
+	if err := chromedp.Run(ctx,
+		chromedp.WaitVisible(`#worst-addrs tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#worst-nets tr[data-prefix="127.0.0.0/24"]`, chromedp.ByQuery),
+		chromedp.Text(`#worst-addrs tr[data-prefix="127.0.0.200/32"] td:nth-child(3)`, &repParts, chromedp.ByQuery),
+	); err != nil {
+		t.Fatalf("the blocked address never showed among the worst reputations: %v", err)
+	}
+	if !strings.Contains(repParts, "ban -5") {
+		t.Errorf("reputation parts of the blocked address: %q, want the ban's -5", repParts)
+	}
 	// The refusals of the blocked attacker reach the aggregated history.
 	if err := chromedp.Run(ctx,
 		chromedp.WaitVisible(`#events tr[data-prefix="127.0.0.200/32"]`, chromedp.ByQuery),

@@ -211,9 +211,11 @@ func needFiles(t *testing.T, n uint64) {
 // one under the per-address limits, through a delivery queue of 2 slots;
 // strangers from five other networks, never seen before, deliver meanwhile.
 // Every legitimate message is accepted and committed, and the queue served
-// strangers while the flood, known-good after its first accepted message,
-// waited (shield.Gate: the order itself is checked in shield's
-// TestGateFairOrder).
+// strangers while the flood waited: every sender's first message as a
+// stranger's (the flood's too), their further ones as repeats, at most one
+// slot of the two at once (shield.Gate: the order itself is checked in
+// shield's TestGateFairOrder, TestGateRepeatsWaitBehindFirstMessages and
+// TestGateRepeatOrder).
 func TestBotnetFloodLeavesLegitDelivery(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) { c.SMTP.DeliverySlots = 2 })
 	addr := ts.srv.Addr("smtp")
@@ -254,7 +256,7 @@ func TestBotnetFloodLeavesLegitDelivery(t *testing.T) {
 		t.Fatalf("committed %d legitimate and %d flood messages, want %d and %d", gotLegit, gotFlood, strangers*legitEach, bots*each)
 	}
 	st := ts.srv.deliveries.Stats()
-	if st.Waited == 0 || st.GrantedRest < strangers*legitEach || st.GrantedFirst == 0 {
-		t.Fatalf("delivery queue %+v: want it contended, strangers and known-good senders served", st)
+	if st.Waited == 0 || st.GrantedRest < bots+strangers || st.GrantedRep != bots*(each-1)+strangers*(legitEach-1) || st.RepeatSlots != 1 {
+		t.Fatalf("delivery queue %+v: want it contended, each session's first message a stranger's, the others repeats", st)
 	}
 }

@@ -277,6 +277,7 @@ func (s *Server) listenSMTP(tlsCfg *tls.Config) error {
 	if s.dnsbl != nil {
 		hooks.Screen = s.dnsblScreen(s.dnsbl)
 		s.shield.SetReputation(dnsblReputation{c: s.dnsbl, refuse: s.cfg.DNSBL.Action == "refuse"})
+		s.shield.SetScoreSource(dnsblScores{c: s.dnsbl})
 	}
 	for _, group := range []struct {
 		mode  smtpd.Mode

@@ -146,6 +146,7 @@ var (
 	errNoChunking        = Errorf(502, "5.5.1", "CHUNKING is not offered; closing")
 	errDataPipelined     = Errorf(554, "5.5.1", "Message data sent before DATA was accepted; closing")
 	errHTTP              = Errorf(554, "5.7.0", "This is an SMTP server, not an HTTP server; closing")
+	errNotSMTP           = Errorf(554, "5.5.2", "Not an SMTP command (commands start with a letter); closing")
 	errTooManyErrors     = Errorf(421, "4.7.0", "Too many errors, closing connection")
 	errTimeout           = Errorf(421, "4.4.2", "Timeout exceeded, closing connection")
 	errSessionTimeout    = Errorf(421, "4.4.2", "Session time limit exceeded, closing connection")

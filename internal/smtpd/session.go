@@ -170,6 +170,10 @@ var frameReplies = connsrv.Replies{TooLong: errLineTooLong, Quit: errQuit, Shutt
 
 // Dispatch runs one command line through the command table.
 func (ss *session) Dispatch(line string) error {
+	if connsrv.NotACommand(line) {
+		ss.log.Debug("smtp non-command line")
+		return ss.closeWith(errNotSMTP)
+	}
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
 	cmd, ok := commands[verb]

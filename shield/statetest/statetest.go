@@ -185,7 +185,8 @@ func testKnownGood(t *testing.T, open Open) {
 	st := handle(t, open)
 	until := now().Add(time.Hour)
 	in, in6, out := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10"), netip.MustParseAddr("192.0.3.10")
-	for _, a := range []netip.Addr{in, in6, out} {
+	one := netip.MustParseAddr("192.0.3.11") // revoked alone, next to out
+	for _, a := range []netip.Addr{in, in6, out, one} {
 		must(t, st.MarkKnownGood(ctx, a, until))
 	}
 	if u, ok, err := st.KnownGood(ctx, in); err != nil || !ok || !u.Equal(until) {
@@ -193,6 +194,10 @@ func testKnownGood(t *testing.T, open Open) {
 	}
 	must(t, st.RevokeKnownGood(ctx, netip.MustParsePrefix("192.0.2.0/24")))
 	must(t, st.RevokeKnownGood(ctx, netip.MustParsePrefix("2001:db8::10/128")))
+	must(t, st.RevokeKnownGood(ctx, netip.PrefixFrom(one, 32)))
+	if _, ok, _ := st.KnownGood(ctx, one); ok {
+		t.Error("revoked by /32, still known-good")
+	}
 	if _, ok, _ := st.KnownGood(ctx, in); ok {
 		t.Error("revoked by prefix, still known-good")
 	}

@@ -118,6 +118,18 @@ function render(live) {
   fill($("#top-addrs tbody"), talkerRows(live.top_addresses || []));
   fill($("#top-nets tbody"), talkerRows(live.top_networks || []));
 
+  // Reputation: the lowest scores, each with its parts, worst part first.
+  const scoreRows = (list) => list.map((s) => {
+    const tr = el("tr");
+    tr.dataset.prefix = s.prefix;
+    const parts = Object.entries(s.parts || {}).sort((a, b) => a[1] - b[1] || a[0].localeCompare(b[0]))
+      .map(([k, v]) => k + " " + (v > 0 ? "+" : "") + v).join(", ");
+    tr.append(el("td", s.prefix), el("td", String(s.score)), el("td", parts));
+    return tr;
+  });
+  fill($("#worst-addrs tbody"), scoreRows(live.worst_addresses || []));
+  fill($("#worst-nets tbody"), scoreRows(live.worst_networks || []));
+
   $("#ban-count").textContent = "(" + live.bans.length + ")";
   fill($("#bans tbody"), live.bans.map((b) => {
     const tr = el("tr");
