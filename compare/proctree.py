@@ -4,6 +4,7 @@ then print one JSON object: peak RSS and PSS summed over the tree, peak
 process count, and the CPU seconds the tree used while sampled.
 
     compare/proctree.py PID [INTERVAL_S] > out.json &  ...  kill $!
+    compare/proctree.py cpu PID[,PID]  # the tree's (trees') CPU seconds so far, once
 
 For a one-process server (agua) RSS and PSS are about equal; for
 multi-process servers (Postfix, Dovecot) the RSS sum counts shared pages
@@ -82,6 +83,9 @@ def sample(root):
 
 
 def main():
+    if sys.argv[1] == "cpu":  # PID[,PID...]: the trees' CPU seconds summed
+        print(round(sum(sample(int(p))[0] for p in sys.argv[2].split(",")), 2))
+        return
     root = int(sys.argv[1])
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
     stop = []
@@ -100,6 +104,8 @@ def main():
         peak["rss_mb"] = max(peak["rss_mb"], rss / 1024)
         peak["pss_mb"] = max(peak["pss_mb"], pss / 1024)
         peak["procs"] = max(peak["procs"], n)
+    if os.path.exists(f"/proc/{root}"):
+        cpu = max(cpu, sample(root)[0])  # up to the stop, not the last tick
     el = time.monotonic() - t0
     out = {"pid": root, "seconds": round(el, 2), "cpu_s": round(cpu - cpu0, 2),
            "cpu_cores": round((cpu - cpu0) / el, 2) if el > 0 else 0,

@@ -77,18 +77,26 @@ func (s *Shield) Listen(ctx context.Context, network, address string) (net.Liste
 	}
 	m := &multiListener{}
 	for i := range n {
-		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-			if n == 1 {
-				return nil
-			}
-			var serr error
-			if err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}}
+		lc := net.ListenConfig{
+			// TCP keep-alive is set once on the listening socket, which
+			// accepted connections inherit on Linux, instead of by Go on
+			// each accepted one (four setsockopt(2) calls per connection).
+			KeepAlive: -1,
+			Control: func(network, _ string, c syscall.RawConn) error {
+				var serr error
+				if err := c.Control(func(fd uintptr) {
+					if strings.HasPrefix(network, "tcp") {
+						serr = setKeepAlive(int(fd))
+					}
+					if serr == nil && n > 1 {
+						serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+					}
+				}); err != nil {
+					return err
+				}
+				return serr
+			},
+		}
 		ln, err := lc.Listen(ctx, network, address)
 		if err != nil {
 			m.Close()
@@ -110,6 +118,32 @@ func (s *Shield) Listen(ctx context.Context, network, address string) (net.Liste
 		m.socks = append(m.socks, &socket{Listener: ln})
 	}
 	return m, nil
+}
+
+// keepAlive* are the TCP keep-alive settings of accepted
+// connections: Go's defaults (net.KeepAliveConfig), probes after 15 s
+// idle, every 15 s, 9 unanswered end the connection.
+const (
+	keepAliveIdle     = 15
+	keepAliveInterval = 15
+	keepAliveCount    = 9
+)
+
+// setKeepAlive turns TCP keep-alive on for a listening socket fd: the
+// connections it accepts inherit the settings (Linux copies them in
+// tcp_create_openreq_child).
+func setKeepAlive(fd int) error {
+	for _, o := range []struct{ level, opt, v int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return fmt.Errorf("keep-alive on the listening socket: %w", err)
+		}
+	}
+	return nil
 }
 
 // setBacklog calls listen(2) again on a listening socket: Linux then

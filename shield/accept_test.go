@@ -9,8 +9,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // listening returns the backlog (ss's Send-Q) of every listening socket
@@ -124,6 +127,57 @@ func TestListenPlainAccept(t *testing.T) {
 		if k.accepted.Load() == 0 {
 			t.Errorf("socket %d accepted nothing", i)
 		}
+	}
+}
+
+// TestListenKeepAlive: accepted connections have TCP keep-alive with Go's
+// default settings, inherited from the listening sockets (Go sets nothing
+// per connection), with one socket and with several.
+func TestListenKeepAlive(t *testing.T) {
+	for _, sockets := range []int{1, 3} {
+		cfg := testConfig()
+		cfg.Accept = AcceptConfig{Sockets: sockets}
+		h := newHarness(t, cfg, Options{})
+		inner, err := h.s.Listen(context.Background(), "tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := inner.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := c.(syscall.Conn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		rc.Control(func(fd uintptr) {
+			for name, o := range map[string][2]int{
+				"SO_KEEPALIVE":  {unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+				"TCP_KEEPIDLE":  {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+				"TCP_KEEPINTVL": {unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+				"TCP_KEEPCNT":   {unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+			} {
+				v, err := unix.GetsockoptInt(int(fd), o[0], o[1])
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+				}
+				got[name] = v
+			}
+		})
+		want := map[string]int{"SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": 15, "TCP_KEEPCNT": 9}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%d sockets: accepted connection has %s = %d, want %d", sockets, k, got[k], v)
+			}
+		}
+		c.Close()
+		cl.Close()
+		inner.Close()
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 
@@ -218,8 +219,24 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// writeProfile writes the named runtime profile (block, mutex) to file.
+func writeProfile(name, file string, stderr io.Writer) {
+	f, err := os.Create(file)
+	if err == nil {
+		err = pprof.Lookup(name).WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "agua: writing the %s profile: %v\n", name, err)
+	}
+}
+
 func cmdServe(e *env) error {
 	cpuProfile := e.flags.String("cpuprofile", "", "write a CPU profile to this file until the server stops (for diagnosis)")
+	blockProfile := e.flags.String("blockprofile", "", "write a profile of where goroutines waited (channels, I/O-free blocking) to this file when the server stops (for diagnosis)")
+	mutexProfile := e.flags.String("mutexprofile", "", "write a profile of mutex contention to this file when the server stops (for diagnosis)")
 	pos, err := e.parse()
 	if err != nil {
 		return err
@@ -256,6 +273,14 @@ func cmdServe(e *env) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *blockProfile != "" {
+		runtime.SetBlockProfileRate(1) // every blocking event
+		defer writeProfile("block", *blockProfile, e.stderr)
+	}
+	if *mutexProfile != "" {
+		runtime.SetMutexProfileFraction(1) // every contention
+		defer writeProfile("mutex", *mutexProfile, e.stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/pg"
+	"github.com/agua-mail/agua/internal/pgqueue"
 	"github.com/agua-mail/agua/internal/queue"
 	"github.com/agua-mail/agua/internal/queue/queuehttp"
 	"github.com/agua-mail/agua/internal/server"
@@ -16,7 +19,9 @@ import (
 const queueUsage = "queue list | show ID | retry ID|-all | hold ID | release ID | delete ID | stats  [-json]"
 
 // cmdQueue runs the operator's queue commands: on the queue folder itself
-// when no server has it open, else through the running server's admin API.
+// when no server has it open, else through the running server's admin API;
+// with [postgres] queue, on the database directly (several processes share
+// it safely).
 func cmdQueue(e *env) error {
 	asJSON := e.flags.Bool("json", false, "print JSON")
 	all := e.flags.Bool("all", false, "retry: every message")
@@ -41,6 +46,10 @@ func cmdQueue(e *env) error {
 		return err
 	}
 	defer done()
+	stats := func() (queue.Stats, error) { return ops.Stats(), nil }
+	if q, ok := ops.(*pgqueue.Queue); ok {
+		stats = q.Figures // a database that does not answer is an error, not an empty queue
+	}
 	switch op {
 	case "list":
 		l, err := ops.List()
@@ -62,7 +71,7 @@ func cmdQueue(e *env) error {
 		if remote != nil {
 			err = remote.Do("GET", "/v1/queue/stats", nil, &st)
 		} else {
-			st = ops.Stats()
+			st, err = stats()
 		}
 		if err != nil {
 			return err
@@ -108,6 +117,9 @@ func cmdQueue(e *env) error {
 // openQueue opens the queue folder, or, when the running server holds it,
 // returns a client of its admin API.
 func openQueue(e *env) (ops queuehttp.Ops, remote *admin.Client, done func(), err error) {
+	if e.cfg.Postgres.Queue {
+		return openPGQueue(e)
+	}
 	q, err := queue.Open(server.QueueDir(e.cfg), server.QueueOptions(e.cfg))
 	if err == nil {
 		return q, nil, func() { q.Close() }, nil
@@ -117,6 +129,27 @@ func openQueue(e *env) (ops queuehttp.Ops, remote *admin.Client, done func(), er
 	}
 	c := admin.NewClient(server.AdminSocket(e.cfg))
 	return queuehttp.Client{Do: c.Do}, c, func() {}, nil
+}
+
+// openPGQueue opens the queue on PostgreSQL, checking that the database's
+// schema is this binary's.
+func openPGQueue(e *env) (queuehttp.Ops, *admin.Client, func(), error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool, err := server.OpenPostgres(ctx, e.cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := pg.Ready(ctx, pool, server.PostgresMigrations()); err != nil {
+		pool.Close()
+		return nil, nil, nil, fmt.Errorf("postgres: %w", err)
+	}
+	q, err := pgqueue.New(pool, pgqueue.Options{Node: "agua-queue-cli"})
+	if err != nil {
+		pool.Close()
+		return nil, nil, nil, err
+	}
+	return q, nil, func() { q.Close(); pool.Close() }, nil
 }
 
 func printQueue(e *env, l []queue.Message) error {

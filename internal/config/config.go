@@ -62,7 +62,7 @@ type AccountsConfig struct {
 // StoreConfig configures how deliveries reach the disk. Either way a
 // message is on disk (data and directory entry) before the 250 reply.
 type StoreConfig struct {
-	Sync string `toml:"sync" doc:"How a batch of concurrent deliveries is made durable: \"syncfs\" (two syncfs(2) calls per batch, fastest on a file system of its own) or \"fsync\" (each file fsynced, then each folder once; better when the data folder shares a file system with other busy writers)."`
+	Sync string `toml:"sync" doc:"How a batch of concurrent deliveries is made durable: \"syncfs\" (syncfs(2) calls shared by a whole batch: one per batch under continuous load, two for a lone delivery; fastest on a file system of its own) or \"fsync\" (each file fsynced, then each folder once; better when the data folder shares a file system with other busy writers)."`
 }
 
 // SMTPConfig configures the SMTP listeners and their limits.

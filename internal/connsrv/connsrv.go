@@ -195,10 +195,14 @@ var ErrLineTooLong = errors.New("line too long")
 // end and reported as ErrLineTooLong, so the session stays in step; memory
 // never grows past max whatever the client sends.
 func ReadLine(r *bufio.Reader, max int) (string, error) {
+	frag, err := r.ReadSlice('\n')
+	if err == nil && len(frag) <= max {
+		// The usual case, the whole line in the buffer: one allocation.
+		return string(trimEOL(frag)), nil
+	}
 	var buf []byte
 	tooLong := false
 	for {
-		frag, err := r.ReadSlice('\n')
 		if !tooLong {
 			if len(buf)+len(frag) > max {
 				tooLong = true
@@ -208,6 +212,7 @@ func ReadLine(r *bufio.Reader, max int) (string, error) {
 			}
 		}
 		if err == bufio.ErrBufferFull {
+			frag, err = r.ReadSlice('\n')
 			continue
 		}
 		if err != nil {
@@ -218,11 +223,16 @@ func ReadLine(r *bufio.Reader, max int) (string, error) {
 	if tooLong {
 		return "", ErrLineTooLong
 	}
-	buf = buf[:len(buf)-1]
-	if n := len(buf); n > 0 && buf[n-1] == '\r' {
-		buf = buf[:n-1]
+	return string(trimEOL(buf)), nil
+}
+
+// trimEOL drops the LF, and the CR before it, from a line.
+func trimEOL(b []byte) []byte {
+	b = b[:len(b)-1]
+	if n := len(b); n > 0 && b[n-1] == '\r' {
+		b = b[:n-1]
 	}
-	return string(buf), nil
+	return b
 }
 
 // HasLine reports whether r holds a complete line (an LF) that can be read

@@ -54,9 +54,11 @@ func (t *Tracker) Open(c net.Conn, proto string, sessionTimeout time.Duration) *
 	id := NewID()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Frame{
-		ID:       id,
-		Conn:     c,
-		Log:      t.log.With("conn", id, "remote", c.RemoteAddr().String(), "proto", proto, "listener", t.name),
+		ID:   id,
+		Conn: c,
+		// Attrs, not key-value pairs: no boxing of each value.
+		Log: slog.New(t.log.Handler().WithAttrs([]slog.Attr{slog.String("conn", id),
+			slog.String("remote", c.RemoteAddr().String()), slog.String("proto", proto), slog.String("listener", t.name)})),
 		Ctx:      ctx,
 		Deadline: time.Now().Add(sessionTimeout),
 		t:        t,

@@ -9,65 +9,146 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// committer runs the group commits until the queue is closed and empty.
+// committer runs the group commits until the queue is closed and every
+// delivery has its outcome.
+//
+// In syncfs mode the steps of consecutive batches overlap: one syncfs
+// makes the data of the batch just taken durable and, with it, the renames
+// of the batch before, which is then acknowledged (see step). Under
+// continuous load that is one syncfs per batch instead of two; a batch
+// with no successor gets its second syncfs at once.
 func (s *Store) committer() {
 	defer close(s.done)
 	batch := make([]*commit, 0, s.maxBatch)
-	for c := range s.queue {
-		batch = append(batch[:0], c)
-		// Take whatever queued while the previous flush ran, without
-		// waiting for more: waiting would only add latency.
-	more:
-		for len(batch) < s.maxBatch {
-			select {
-			case c, ok := <-s.queue:
-				if !ok {
-					break more
-				}
-				batch = append(batch, c)
-			default:
-				break more
+	pending := make([]*commit, 0, s.maxBatch) // renamed, not yet synced
+	open := true
+	for open || len(pending) > 0 {
+		if len(pending) == 0 {
+			c, ok := <-s.queue
+			if !ok {
+				return
 			}
+			batch = append(batch, c)
 		}
-		s.flush(batch)
-		s.batches.Add(1)
-		s.committed.Add(int64(len(batch)))
-		clear(batch)
+		// Take whatever queued while the previous step ran, without
+		// waiting for more: waiting would only add latency.
+		open = s.take(&batch, open)
+		if len(batch) > 0 {
+			s.batches.Add(1)
+			s.committed.Add(int64(len(batch)))
+		}
+		if s.fsyncEach {
+			s.flushEach(batch)
+			clear(batch)
+			batch = batch[:0]
+			continue
+		}
+		renamed := s.step(pending, batch)
+		clear(pending)
+		// The renamed deliveries wait for the next step's syncfs; the old
+		// pending array takes the next batch.
+		pending, batch = renamed, pending[:0]
 	}
 }
 
-// flush commits a batch and tells each delivery its outcome:
+// take adds what is queued, up to maxBatch, to *batch without waiting, and
+// reports whether the queue is still open.
+func (s *Store) take(batch *[]*commit, open bool) bool {
+	for open && len(*batch) < s.maxBatch {
+		select {
+		case c, ok := <-s.queue:
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, c)
+		default:
+			return true
+		}
+	}
+	return open
+}
+
+// step is one syncfs-mode commit step:
 //
-//  1. make the files' data durable: one syncfs(2), or nothing in FsyncEach
-//     mode, where each delivering goroutine fsynced its own files;
-//  2. rename every file from tmp/ to new/;
-//  3. make the new names durable: one more syncfs, or one fsync per distinct
-//     new/ folder in FsyncEach mode.
+//  1. syncfs(2) of every file system pending and batch wrote to: the data
+//     of batch's files, and pending's new/ entries, are on disk;
+//  2. pending is acknowledged;
+//  3. every file of batch is renamed from tmp/ to new/.
 //
-// A delivery whose step fails gets the error, and any of its files already
-// in new/ are removed again.
-func (s *Store) flush(batch []*commit) {
-	errs := make([]error, len(batch))
-	var fss []*os.File // the file systems the batch wrote to, usually one
-	if !s.fsyncEach {
-		for _, c := range batch {
-			for _, f := range c.files {
-				if !slices.Contains(fss, f.fs) {
-					fss = append(fss, f.fs)
+// It returns the deliveries of batch whose renames succeeded, in batch's
+// array: they are acknowledged by the next step, after its syncfs. A
+// delivery whose rename fails gets the error at once, with its files
+// already in new/ removed again; when the syncfs fails, pending's files
+// are removed from new/ and every delivery of both gets the error (batch's
+// tmp/ files are removed by Deliver).
+func (s *Store) step(pending, batch []*commit) []*commit {
+	var fss []*os.File // the file systems written to, usually one
+	for _, l := range [2][]*commit{pending, batch} {
+		for _, c := range l {
+			for i := range c.files {
+				if fs := c.files[i].fs; !slices.Contains(fss, fs) {
+					fss = append(fss, fs)
 				}
 			}
 		}
-		if err := syncfs(fss); err != nil {
-			// Nothing was renamed: Deliver removes the tmp/ files.
-			for _, c := range batch {
-				c.err <- err
-			}
-			return
+	}
+	if s.beforeSyncfs != nil {
+		s.beforeSyncfs()
+	}
+	if err := syncfs(fss); err != nil {
+		for _, c := range pending {
+			c.fail(s, err)
+		}
+		for _, c := range batch {
+			c.err <- err
+		}
+		return batch[:0]
+	}
+	for _, c := range pending {
+		c.err <- nil
+	}
+	renamed := batch[:0]
+	for _, c := range batch {
+		if err := c.rename(); err != nil {
+			c.fail(s, err)
+			continue
+		}
+		renamed = append(renamed, c)
+	}
+	clear(batch[len(renamed):]) // answered: not held by the array
+	return renamed
+}
+
+// rename moves every file of c from tmp/ to new/, stopping at the first
+// failure.
+func (c *commit) rename() error {
+	for i := range c.files {
+		if err := c.files[i].mb.commitRename(&c.files[i]); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// fail removes c's files from new/ again and gives c its error.
+func (c *commit) fail(s *Store, err error) {
+	for i := range c.files {
+		c.files[i].mb.undo(s, &c.files[i])
+	}
+	c.err <- err
+}
+
+// flushEach commits a batch in FsyncEach mode, where each delivering
+// goroutine fsynced its own files: rename every file from tmp/ to new/,
+// then fsync each distinct new/ folder once. A delivery whose rename or
+// folder sync fails gets the error, and any of its files already in new/
+// are removed again.
+func (s *Store) flushEach(batch []*commit) {
+	errs := make([]error, len(batch))
 	dirs := map[string][]int{} // new/ folder → deliveries with a file in it
 	for i, c := range batch {
-		for _, f := range c.files {
+		for j := range c.files {
+			f := &c.files[j]
 			if err := f.mb.commitRename(f); err != nil {
 				errs[i] = err
 				break
@@ -78,30 +159,21 @@ func (s *Store) flush(batch []*commit) {
 			}
 		}
 	}
-	if s.fsyncEach {
-		for dir, users := range dirs {
-			if err := syncDir(dir); err != nil {
-				for _, i := range users {
-					if errs[i] == nil {
-						errs[i] = err
-					}
+	for dir, users := range dirs {
+		if err := syncDir(dir); err != nil {
+			for _, i := range users {
+				if errs[i] == nil {
+					errs[i] = err
 				}
-			}
-		}
-	} else if err := syncfs(fss); err != nil {
-		for i := range errs {
-			if errs[i] == nil {
-				errs[i] = err
 			}
 		}
 	}
 	for i, c := range batch {
 		if errs[i] != nil {
-			for _, f := range c.files {
-				f.mb.undo(s, f)
-			}
+			c.fail(s, errs[i])
+			continue
 		}
-		c.err <- errs[i]
+		c.err <- nil
 	}
 }
 

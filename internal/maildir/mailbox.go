@@ -9,18 +9,22 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // mailbox is the in-memory state of one Maildir: whether its folders exist
-// and its usage. All fields are guarded by mu.
+// and its usage. The fields after mu are guarded by it.
 type mailbox struct {
 	name string
 	path string
+	// made is an open folder on the mailbox's file system (Store.fsFor)
+	// once its tmp/, new/ and cur/ exist, nil before and after Forget: read
+	// without the lock, so that a delivery does not wait for the
+	// committer's renames (which hold mu) to learn that they exist.
+	made atomic.Pointer[os.File]
 
 	mu       sync.Mutex
-	dirsMade bool
-	fs       *os.File  // from Store.fsFor, set with dirsMade
 	loaded   bool      // bytes and count are valid as of scanned
 	scanned  time.Time // when new/ and cur/ were last listed
 	bytes    int64     // committed bytes in new/ and cur/
@@ -65,7 +69,7 @@ func (s *Store) Forget(mailbox string) {
 	}
 	mb.mu.Lock()
 	mb.loaded = false
-	mb.dirsMade = false // the folders may have been removed too
+	mb.made.Store(nil) // the folders may have been removed too
 	mb.mu.Unlock()
 }
 
@@ -206,10 +210,13 @@ func (mb *mailbox) undo(s *Store, f *file) {
 // Newly created folders are fsynced into their parents so that the first
 // delivery's directory entries are durable.
 func (mb *mailbox) ensureDirs(s *Store) (string, *os.File, error) {
+	if fs := mb.made.Load(); fs != nil {
+		return mb.path, fs, nil
+	}
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	if mb.dirsMade {
-		return mb.path, mb.fs, nil
+	if fs := mb.made.Load(); fs != nil {
+		return mb.path, fs, nil
 	}
 	if _, err := os.Stat(filepath.Join(mb.path, "cur")); err != nil {
 		// Find the folders that are missing, create everything, then sync
@@ -246,7 +253,7 @@ func (mb *mailbox) ensureDirs(s *Store) (string, *os.File, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	mb.dirsMade, mb.fs = true, fs
+	mb.made.Store(fs)
 	return mb.path, fs, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -463,5 +464,76 @@ func TestDeliverToFolder(t *testing.T) {
 	bad.Folder = "../x"
 	if err := s.Deliver(context.Background(), message(body), []Recipient{bad}); !errors.Is(err, ErrBadFolder) {
 		t.Fatalf("folder ../x: %v, want ErrBadFolder", err)
+	}
+}
+
+// In syncfs mode one syncfs makes a batch's data and the previous batch's
+// renames durable together (doc.go), and a delivery is acknowledged only
+// after a syncfs that began once its file was in new/. A first delivery
+// holds the committer in its syncfs until 20 more have queued: three
+// syncfs calls for the two batches (two per batch would be four), and at
+// the start of each, no more deliveries have returned than there were files
+// in new/ when the previous one began.
+func TestCommitStepsOverlap(t *testing.T) {
+	if testFsyncEach {
+		t.Skip("syncfs mode only")
+	}
+	s := openTest(t)
+	ctx := context.Background()
+	newDir := filepath.Join(s.MaildirPath("box@example.org"), "new")
+	var returned atomic.Int64
+	var inNew []int // files in new/ at the start of each syncfs
+	var violations []string
+	release := make(chan struct{})
+	s.beforeSyncfs = func() { // the committer's goroutine: no lock needed
+		ents, _ := os.ReadDir(newDir)
+		if k := len(inNew); k > 0 && returned.Load() > int64(inNew[k-1]) {
+			violations = append(violations, fmt.Sprintf("syncfs %d: %d deliveries returned, %d files were in new/ at syncfs %d", k+1, returned.Load(), inNew[k-1], k))
+		}
+		inNew = append(inNew, len(ents))
+		if len(inNew) == 1 {
+			<-release
+		}
+	}
+	deliver := func(errs chan<- error) {
+		err := s.Deliver(ctx, message("Subject: overlap\r\n\r\nbody\r\n"), []Recipient{rcpt("box@example.org", 1<<30)})
+		if err == nil {
+			returned.Add(1)
+		}
+		errs <- err
+	}
+	errs := make(chan error, 21)
+	go deliver(errs)
+	waitFor(t, func() bool { return s.batches.Load() == 1 }) // the first is in its syncfs
+	for range 20 {
+		go deliver(errs)
+	}
+	waitFor(t, func() bool { return len(s.queue) == 20 })
+	close(release)
+	for range 21 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(violations) > 0 {
+		t.Fatalf("acknowledged before a syncfs after the rename: %v", violations)
+	}
+	if len(inNew) != 3 || s.batches.Load() != 2 {
+		t.Fatalf("%d syncfs calls for %d batches, want 3 for 2 (files in new/ at each: %v)", len(inNew), s.batches.Load(), inNew)
+	}
+	if ents, _ := os.ReadDir(newDir); len(ents) != 21 {
+		t.Fatalf("%d files in new/, want 21", len(ents))
+	}
+}
+
+// waitFor waits, with a bounded deadline, until cond holds.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 20 s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -45,29 +45,14 @@ func (q *File) commit(ctx context.Context, rs []rename) error {
 // (waiting would only add latency), in the way internal/maildir does.
 func (q *File) committer() {
 	defer close(q.done)
-	batch := make([]*commit, 0, q.maxBatch)
-	for c := range q.commits {
-		batch = append(batch[:0], c)
-	more:
-		for len(batch) < q.maxBatch {
-			select {
-			case c, ok := <-q.commits:
-				if !ok {
-					break more
-				}
-				batch = append(batch, c)
-			default:
-				break more
-			}
-		}
+	Batches(q.commits, q.maxBatch, func(batch []*commit) {
 		if q.testHookBatch != nil {
 			q.testHookBatch(len(batch))
 		}
 		q.flush(batch)
 		q.batches.Add(1)
 		q.committed.Add(int64(len(batch)))
-		clear(batch)
-	}
+	})
 }
 
 // flush makes the batch durable:
@@ -104,5 +89,30 @@ func (q *File) flush(batch []*commit) {
 			errs[i] = fmt.Errorf("queue: syncing %s: %w", q.msgDir, err)
 		}
 		c.err <- errs[i]
+	}
+}
+
+// Batches runs flush on what arrives on c until c is closed: each batch is
+// what queued while the previous flush ran (at most max), without waiting
+// for more, since waiting would only add latency. It is the loop of a
+// group committer; every queue implementation's committer uses it.
+func Batches[T any](c <-chan T, max int, flush func([]T)) {
+	batch := make([]T, 0, max)
+	for first := range c {
+		batch = append(batch[:0], first)
+	more:
+		for len(batch) < max {
+			select {
+			case x, ok := <-c:
+				if !ok {
+					break more
+				}
+				batch = append(batch, x)
+			default:
+				break more
+			}
+		}
+		flush(batch)
+		clear(batch)
 	}
 }

@@ -185,7 +185,7 @@ func (q *File) load() error {
 			}
 			continue
 		}
-		if !validID(name) {
+		if !ValidID(name) {
 			q.quarantine(name, "not a queue file name")
 			continue
 		}
@@ -320,7 +320,7 @@ func (q *File) write(env Envelope, body io.Reader) (*fileTx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	id := newID(q.now())
+	id := NewID(q.now())
 	tmp := filepath.Join(q.tmpDir, id)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
@@ -490,7 +490,7 @@ type body struct {
 func (b *body) Close() error { return b.f.Close() }
 
 func (q *File) entry(id string) (*entry, error) {
-	if !validID(id) {
+	if !ValidID(id) {
 		return nil, ErrBadID
 	}
 	q.mu.Lock()
@@ -646,17 +646,18 @@ func allFinal(rs []Recipient) bool {
 	return true
 }
 
-// newID returns a queue ID: the time in nanoseconds and 32 random bits, in
-// hexadecimal, so IDs sort roughly by arrival.
-func newID(now time.Time) string {
+// NewID returns a queue ID: the time in nanoseconds and 32 random bits, in
+// hexadecimal, so IDs sort roughly by arrival. Every implementation names
+// messages this way, so that IDs read the same whichever queue holds them.
+func NewID(now time.Time) string {
 	var rb [4]byte
 	rand.Read(rb[:])
 	return fmt.Sprintf("%016x%08x", uint64(now.UnixNano()), binary.BigEndian.Uint32(rb[:]))
 }
 
-// validID accepts what newID makes: lower-case hex, nothing a path could
+// ValidID accepts what NewID makes: lower-case hex, nothing a path could
 // use.
-func validID(id string) bool {
+func ValidID(id string) bool {
 	if len(id) == 0 || len(id) > 64 {
 		return false
 	}

@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 
 	"github.com/agua-mail/agua/internal/maildir"
@@ -35,10 +34,22 @@ func (l *Local) Check(ctx context.Context, rcpt Recipient) error {
 // Return-Path and Delivered-To (RFC 5321 4.4: Return-Path is added at final
 // delivery). All or nothing: over quota, no mailbox gets it.
 func (l *Local) Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size int64) error {
+	// Every copy's prefix in one buffer.
+	const fixed = len("Return-Path: <>\r\nDelivered-To: \r\n")
+	n := 0
+	for _, r := range env.Rcpts {
+		n += fixed + len(env.From) + len(r.Address)
+	}
+	prefixes := make([]byte, 0, n)
 	rcpts := make([]maildir.Recipient, len(env.Rcpts))
 	for i, r := range env.Rcpts {
-		prefix := fmt.Sprintf("Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, r.Address)
-		rcpts[i] = maildir.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: []byte(prefix), Folder: r.Folder}
+		start := len(prefixes)
+		prefixes = append(prefixes, "Return-Path: <"...)
+		prefixes = append(prefixes, env.From...)
+		prefixes = append(prefixes, ">\r\nDelivered-To: "...)
+		prefixes = append(prefixes, r.Address...)
+		prefixes = append(prefixes, "\r\n"...)
+		rcpts[i] = maildir.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: prefixes[start:len(prefixes):len(prefixes)], Folder: r.Folder}
 	}
 	err := l.store.Deliver(ctx, maildir.Message{R: msg, Size: size}, rcpts)
 	var qe *maildir.QuotaError

@@ -36,7 +36,11 @@ const (
 	testPass   = "correct horse battery"
 )
 
-func startServer(t *testing.T, mutate func(*config.Config)) *testServer {
+// startServer starts agua with the test config (every listener on a port
+// the kernel picks, mutate applied) and a domain with one user.
+// Benchmarks (t a *testing.B) get the server's log as production does, at
+// info level, formatted and discarded, instead of collected at debug level.
+func startServer(t testing.TB, mutate func(*config.Config)) *testServer {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
@@ -63,6 +67,9 @@ func startServer(t *testing.T, mutate func(*config.Config)) *testServer {
 	}
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, ok := t.(*testing.B); ok {
+		log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
 	srv, err := New(cfg, log, io.Discard)
 	if err != nil {
 		t.Fatal(err)

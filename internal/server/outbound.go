@@ -15,6 +15,7 @@ import (
 	"github.com/agua-mail/agua/internal/dkim"
 	"github.com/agua-mail/agua/internal/mtasts"
 	"github.com/agua-mail/agua/internal/outbound"
+	"github.com/agua-mail/agua/internal/pgqueue"
 	"github.com/agua-mail/agua/internal/queue"
 	"github.com/agua-mail/agua/internal/queue/queuehttp"
 	"github.com/agua-mail/agua/internal/resolver"
@@ -23,10 +24,11 @@ import (
 )
 
 // outboundParts is delivery to other servers as `agua serve` runs it: the
-// queue in <data_dir>/queue, the DKIM signer on <data_dir>/dkim, and the
-// engine that delivers from the queue.
+// queue (in <data_dir>/queue, or on PostgreSQL with [postgres] queue), the
+// DKIM signer on <data_dir>/dkim, and the engine that delivers from the
+// queue.
 type outboundParts struct {
-	queue  *queue.File
+	queue  queue.Queue
 	signer *dkim.Signer
 	engine *outbound.Engine
 	local  router.Target      // where DSNs for local senders go
@@ -45,7 +47,7 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 	cfg := s.cfg
 	o := &outboundParts{local: local, stop: make(chan struct{}), done: make(chan struct{})}
 	s.out = o
-	if o.queue, err = queue.Open(QueueDir(cfg), queue.Options{Logger: s.log, FsyncEach: QueueOptions(cfg).FsyncEach}); err != nil {
+	if o.queue, err = s.openQueue(); err != nil {
 		return fmt.Errorf("outbound queue: %w", err)
 	}
 	secret, err := srs.LoadOrCreateSecret(filepath.Join(cfg.DataDir, "srs.key"))
@@ -93,6 +95,25 @@ func (s *Server) openOutbound(local router.Target) (err error) {
 		return err
 	}
 	return nil
+}
+
+// openQueue opens the outbound queue: on PostgreSQL, shared with the
+// other nodes, when [postgres] queue says so; else the file queue.
+func (s *Server) openQueue() (queue.Queue, error) {
+	if s.cfg.Postgres.Queue {
+		q, err := pgqueue.New(s.pg, pgqueue.Options{Logger: s.log})
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return q, nil
+	}
+	o := QueueOptions(s.cfg)
+	o.Logger = s.log
+	q, err := queue.Open(QueueDir(s.cfg), o)
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
 }
 
 // resolverDial connects to a host name through agua's resolver

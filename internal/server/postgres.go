@@ -9,6 +9,7 @@ import (
 
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/pg"
+	"github.com/agua-mail/agua/internal/pgqueue"
 )
 
 // PostgresMigrations is every schema step of the parts that can live on
@@ -16,6 +17,7 @@ import (
 // [postgres] migrate apply them, and serve checks them.
 func PostgresMigrations() []pg.Migration {
 	var ms []pg.Migration
+	ms = append(ms, pgqueue.Migrations...)
 	return ms
 }
 

@@ -2,7 +2,6 @@ package smtpd
 
 import (
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 
@@ -22,25 +21,20 @@ func (ss *session) greet(arg string, extended bool) error {
 	ss.info.Helo = arg
 	ss.resetTransaction()
 	ss.state = stateReady
-	greeting := fmt.Sprintf("%s Hello %s", ss.srv.cfg.Hostname, arg)
 	if !extended {
-		ss.replyLine(250, "", greeting)
+		ss.replyLine(250, "", ss.srv.cfg.Hostname, " Hello ", arg)
 		return nil
 	}
-	lines := []string{greeting,
-		"PIPELINING",
-		"SIZE " + strconv.FormatInt(ss.srv.cfg.MaxMessageSize, 10),
-		"8BITMIME",
-		"SMTPUTF8",
-		"ENHANCEDSTATUSCODES",
-	}
+	// RFC 5321 4.1.1.1: the greeting, then one extension per line.
+	writeReplyLine(ss.w, 250, '-', "", ss.srv.cfg.Hostname, " Hello ", arg)
+	exts := ss.srv.extensions
 	if ss.srv.cfg.TLS != nil && !ss.info.TLS {
-		lines = append(lines, "STARTTLS")
+		exts = append(exts[:len(exts):len(exts)], "STARTTLS")
 	}
 	if ss.authOffered() {
-		lines = append(lines, "AUTH PLAIN LOGIN")
+		exts = append(exts[:len(exts):len(exts)], "AUTH PLAIN LOGIN")
 	}
-	ss.replyLines(250, lines)
+	ss.replyLines(250, exts...)
 	return nil
 }
 

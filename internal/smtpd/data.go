@@ -3,10 +3,13 @@ package smtpd
 import (
 	"bufio"
 	"bytes"
-	"fmt"
+	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agua-mail/agua/internal/connsrv"
@@ -35,10 +38,10 @@ func (ss *session) cmdDATA(arg string) error {
 	if err := ss.Flush(); err != nil {
 		return errQuit
 	}
-	sp := &spool{dir: ss.srv.cfg.SpoolDir}
+	sp := newSpool(ss.srv.cfg.SpoolDir)
 	defer sp.Close()
 	msgID := connsrv.NewID()
-	sp.Write([]byte(ss.receivedHeader(msgID)))
+	sp.Write(ss.appendReceived(sp.mem.AvailableBuffer(), msgID))
 	bad, err := ss.readData(sp)
 	if err != nil {
 		ss.frame.ReadEnded(err, ss, &frameReplies)
@@ -77,8 +80,9 @@ func (ss *session) cmdDATA(arg string) error {
 	}
 	ss.tx = nil // committed: nothing left to abort
 	took := time.Since(start)
-	ss.log.Info("smtp message accepted", "id", msgID, "from", env.From, "rcpts", len(env.Recipients), "size", sp.Size(), "took", took.Round(time.Microsecond))
-	ss.replyLine(250, "2.0.0", "OK queued as "+msgID)
+	ss.log.LogAttrs(ss.ctx, slog.LevelInfo, "smtp message accepted", slog.String("id", msgID), slog.String("from", env.From),
+		slog.Int("rcpts", len(env.Recipients)), slog.Int64("size", sp.Size()), slog.Duration("took", took.Round(time.Microsecond)))
+	ss.replyLine(250, "2.0.0", "OK queued as ", msgID)
 	ss.resetTransaction()
 	if h := ss.srv.hooks.Delivered; h != nil {
 		h(&ss.info, &env, sp.Size(), took)
@@ -146,7 +150,11 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 	prevCRLF := true
 	inHeader, received := true, 0
 	for {
-		ss.conn.SetReadDeadline(ss.frame.ReadDeadline(cfg.DataTimeout))
+		// The timeout is for each read from the network: a line already
+		// in the buffer needs no new deadline (nor a clock reading).
+		if !connsrv.HasLine(ss.r) {
+			ss.conn.SetReadDeadline(ss.frame.ReadDeadline(cfg.DataTimeout))
+		}
 		frag, rerr := ss.r.ReadSlice('\n')
 		if rerr != nil && rerr != bufio.ErrBufferFull {
 			return nil, rerr
@@ -214,37 +222,69 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 	}
 }
 
-// receivedHeader is the trace field of RFC 5321 4.4, with the protocol
-// keyword of RFC 3848 / RFC 6531 7.
-func (ss *session) receivedHeader(id string) string {
+// appendReceived appends the trace field of RFC 5321 4.4, with the
+// protocol keyword of RFC 3848 / RFC 6531 7, to b.
+func (ss *session) appendReceived(b []byte, id string) []byte {
 	proto := "ESMTP"
 	if ss.env.SMTPUTF8 {
 		proto = "UTF8SMTP"
 	}
+	b = append(b, "Received: from "...)
+	b = append(b, connsrv.Sanitize(ss.info.Helo, 32)...)
+	b = append(b, " ("...)
+	b = appendHostLiteral(b, ss.conn.RemoteAddr())
+	b = append(b, ")\r\n\tby "...)
+	b = append(b, ss.srv.cfg.Hostname...)
+	b = append(b, " (agua) with "...)
+	b = append(b, proto...)
 	if ss.info.TLS {
-		proto += "S"
+		b = append(b, 'S')
 	}
 	if ss.info.User != "" {
-		proto += "A"
+		b = append(b, 'A')
 	}
-	host := ss.conn.RemoteAddr().String()
+	b = append(b, " id "...)
+	b = append(b, id...)
+	b = append(b, ";\r\n\t"...)
+	b = time.Now().AppendFormat(b, time.RFC1123Z)
+	return append(b, "\r\n"...)
+}
+
+// appendHostLiteral appends the client's address as an address literal
+// without the port: [192.0.2.1], [::1].
+func appendHostLiteral(b []byte, a net.Addr) []byte {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		b = append(b, '[')
+		b = ta.AddrPort().Addr().Unmap().AppendTo(b)
+		return append(b, ']')
+	}
+	host := a.String()
 	if h, _, ok := strings.Cut(host, "]:"); ok { // [::1]:port
 		host = h + "]"
 	} else if i := strings.LastIndexByte(host, ':'); i >= 0 {
 		host = "[" + host[:i] + "]"
 	}
-	return fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (agua) with %s id %s;\r\n\t%s\r\n",
-		connsrv.Sanitize(ss.info.Helo, 32), host, ss.srv.cfg.Hostname, proto, id, time.Now().Format(time.RFC1123Z))
+	return append(b, host...)
 }
 
 // spool buffers one message in memory, spilling to a temporary file past
-// memSpoolLimit. It implements io.ReaderAt for the backend.
+// memSpoolLimit. It implements io.ReaderAt for the backend. Spools are
+// reused (newSpool, Close) with their memory, so that a message of the
+// usual size allocates no buffer.
 type spool struct {
 	dir  string
 	mem  bytes.Buffer
 	file *os.File
 	size int64
 	err  error
+}
+
+var spools = sync.Pool{New: func() any { return new(spool) }}
+
+func newSpool(dir string) *spool {
+	s := spools.Get().(*spool)
+	s.dir = dir
+	return s
 }
 
 func (s *spool) Write(p []byte) (int, error) {
@@ -284,14 +324,35 @@ func (s *spool) ReadAt(p []byte, off int64) (int, error) {
 	if s.file != nil {
 		return s.file.ReadAt(p, off)
 	}
-	return bytes.NewReader(s.mem.Bytes()).ReadAt(p, off)
+	b := s.mem.Bytes()
+	if off < 0 {
+		return 0, errors.New("smtpd: spool: negative offset")
+	}
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 func (s *spool) Size() int64 { return s.size }
 
+// Close releases the spool; nothing may read it afterwards (the backend
+// is done with the message when Commit or Abort returns).
 func (s *spool) Close() error {
+	var err error
 	if s.file != nil {
-		return s.file.Close()
+		err = s.file.Close()
 	}
-	return nil
+	mem := s.mem
+	*s = spool{}
+	if mem.Cap() <= memSpoolLimit {
+		mem.Reset()
+		s.mem = mem // a buffer that grew past the limit is left to the collector
+	}
+	spools.Put(s)
+	return err
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/agua-mail/agua/internal/connsrv"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -105,6 +106,10 @@ type Server struct {
 	hooks   Hooks
 	log     *slog.Logger
 
+	// extensions are the EHLO keywords every session offers (RFC 5321
+	// 4.1.1.1); STARTTLS and AUTH are added per session.
+	extensions []string
+
 	usersMu sync.Mutex
 	users   map[string]map[*session]struct{} // open authenticated sessions by user (EndSessions)
 
@@ -120,7 +125,8 @@ func NewServer(mode Mode, cfg Config, backend Backend, hooks Hooks, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{cfg: cfg, mode: mode, backend: backend, hooks: hooks, log: log, Tracker: connsrv.New(mode.String(), log)}, nil
+	exts := []string{"PIPELINING", "SIZE " + strconv.FormatInt(cfg.MaxMessageSize, 10), "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"}
+	return &Server{cfg: cfg, mode: mode, backend: backend, hooks: hooks, log: log, extensions: exts, Tracker: connsrv.New(mode.String(), log)}, nil
 }
 
 // Serve accepts connections until the listener is closed. For

@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"github.com/agua-mail/agua/internal/connsrv"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agua-mail/agua/internal/mailevents"
@@ -54,6 +54,32 @@ func init() {
 	}
 }
 
+// internalLine is the reply to a session's panic (connsrv.Frame.Guard).
+var internalLine = errInternal.line()
+
+// The sessions' read and write buffers are reused: a session that
+// carries one message allocates neither.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+func getBuffers(c net.Conn) (*bufio.Reader, *bufio.Writer) {
+	r, w := readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
+	r.Reset(c)
+	w.Reset(c)
+	return r, w
+}
+
+// putBuffers gives the session's buffers back at its normal end (a
+// session that panics leaves them to the panic guard and the collector).
+func (ss *session) putBuffers() {
+	ss.r.Reset(nil)
+	ss.w.Reset(nil)
+	readers.Put(ss.r)
+	writers.Put(ss.w)
+}
+
 // errQuit ends a session after its reply has been written.
 var errQuit = errors.New("quit")
 
@@ -93,7 +119,7 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	defer c.Close()
 	fr.WatchShield(func() { c.Close() })
-	defer fr.Guard(&ss.w, errInternal.line())
+	defer fr.Guard(&ss.w, internalLine)
 	if s.mode == ModeSubmissions {
 		tc, err := fr.Handshake(c, s.cfg.TLS, s.cfg.CommandTimeout)
 		if err != nil {
@@ -102,13 +128,13 @@ func (s *Server) serveConn(c net.Conn) {
 		ss.conn = tc
 		ss.info.TLS = true
 	}
-	ss.r = bufio.NewReaderSize(ss.conn, 4096)
-	ss.w = bufio.NewWriterSize(ss.conn, 4096)
+	ss.r, ss.w = getBuffers(ss.conn)
 	ss.log.Debug("smtp session start")
 	defer ss.resetTransaction() // a transaction left open by a dropped client is aborted
 	defer s.forget(ss)
 	ss.run()
 	ss.log.Debug("smtp session end", "errors", ss.errors)
+	ss.putBuffers()
 }
 
 func (ss *session) run() {
@@ -128,7 +154,7 @@ func (ss *session) run() {
 			return
 		}
 	}
-	ss.replyLine(220, "", s.cfg.Hostname+" ESMTP agua")
+	ss.replyLine(220, "", s.cfg.Hostname, " ESMTP agua")
 	if ss.Flush() != nil {
 		return
 	}
@@ -309,18 +335,41 @@ func (ss *session) reply(e *Error) {
 	ss.replyLine(e.Code, e.Enhanced, e.Msg)
 }
 
-func (ss *session) replyLine(code int, enhanced, msg string) {
-	ss.w.WriteString(replyText(code, enhanced, msg))
+// replyLine writes one reply line (buffered): the code, the enhanced code
+// if any, and the text, which is the concatenation of msg.
+func (ss *session) replyLine(code int, enhanced string, msg ...string) {
+	writeReplyLine(ss.w, code, ' ', enhanced, msg...)
 }
 
-// replyLines writes a multi-line reply (RFC 5321 4.2.1).
-func (ss *session) replyLines(code int, lines []string) {
+// writeReplyLine writes "code" sep ["enhanced "] msg... CRLF to w without
+// building the line first: the reply path allocates nothing.
+func writeReplyLine(w *bufio.Writer, code int, sep byte, enhanced string, msg ...string) {
+	if code < 100 || code > 999 {
+		code = 451 // never sent: every reply in this package has three digits
+	}
+	w.WriteByte(byte('0' + code/100))
+	w.WriteByte(byte('0' + code/10%10))
+	w.WriteByte(byte('0' + code%10))
+	w.WriteByte(sep)
+	if enhanced != "" {
+		w.WriteString(enhanced)
+		w.WriteByte(' ')
+	}
+	for _, m := range msg {
+		w.WriteString(m)
+	}
+	w.WriteString("\r\n")
+}
+
+// replyLines writes a multi-line reply (RFC 5321 4.2.1): every line but the
+// last with "-" after the code.
+func (ss *session) replyLines(code int, lines ...string) {
 	for i, l := range lines {
-		sep := "-"
+		sep := byte('-')
 		if i == len(lines)-1 {
-			sep = " "
+			sep = ' '
 		}
-		fmt.Fprintf(ss.w, "%d%s%s\r\n", code, sep, l)
+		writeReplyLine(ss.w, code, sep, "", l)
 	}
 }
 

@@ -375,3 +375,162 @@ func testStats(t *testing.T, q queue.Queue, clk *Clock) {
 		t.Fatalf("Stats = %+v", st)
 	}
 }
+
+// OpenNodes opens two queues on one shared store, as two nodes of a
+// cluster would, with the same clock; both must claim with the given
+// lease. An implementation that one process owns (the file queue) skips.
+type OpenNodes func(t *testing.T, now func() time.Time) (a, b queue.Queue)
+
+// RunNodes runs the cases of a queue shared by several nodes: what one
+// enqueues the other sees and is woken for, no recipient is claimed by two
+// at once, and a claim whose lease ran out (its node died) is taken over.
+func RunNodes(t *testing.T, lease time.Duration, open OpenNodes) {
+	tests := []struct {
+		name string
+		f    func(t *testing.T, a, b queue.Queue, clk *Clock, lease time.Duration)
+	}{
+		{"SeenAndWoken", testNodesSeen},
+		{"NoDoubleClaim", testNodesNoDoubleClaim},
+		{"ExpiredClaimTakenOver", testNodesTakeover},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := &Clock{T: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+			a, b := open(t, clk.Now)
+			t.Cleanup(func() { a.Close(); b.Close() })
+			tc.f(t, a, b, clk, lease)
+		})
+	}
+}
+
+// drain empties a wake channel.
+func drain(c <-chan struct{}) {
+	for {
+		select {
+		case <-c:
+		default:
+			return
+		}
+	}
+}
+
+func testNodesSeen(t *testing.T, a, b queue.Queue, clk *Clock, lease time.Duration) {
+	drain(b.Wake())
+	id := enqueue(t, a, "a@local.test", []string{"b@remote.test"}, "from node a")
+	// Bounded wait: a notification crosses nodes asynchronously.
+	select {
+	case <-b.Wake():
+	case <-time.After(30 * time.Second):
+		t.Fatal("node b was not woken by node a's enqueue")
+	}
+	m, err := b.Get(id)
+	if err != nil || m.Envelope.From != "a@local.test" {
+		t.Fatalf("node b Get = %+v, %v", m, err)
+	}
+	if got := ReadBody(t, b, id); got != "from node a" {
+		t.Fatalf("node b body = %q", got)
+	}
+	j := claimOne(t, b, clk.Now())
+	if err := b.Update(context.Background(), j.ID, []queue.Result{{Rcpt: "b@remote.test", Status: queue.Delivered}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Get(id); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("node a still has the message b delivered: %v", err)
+	}
+}
+
+func testNodesNoDoubleClaim(t *testing.T, a, b queue.Queue, clk *Clock, lease time.Duration) {
+	const n = 30
+	want := map[string]bool{}
+	for i := range n {
+		to := []string{fmt.Sprintf("x%d@one.test", i), fmt.Sprintf("y%d@two.test", i)}
+		enqueue(t, a, "a@local.test", to, "x")
+		want[to[0]], want[to[1]] = true, true
+	}
+	var mu sync.Mutex
+	claimedBy := map[string]string{}
+	var double []string
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for name, q := range map[string]queue.Queue{"a": a, "b": b} {
+		wg.Go(func() {
+			for {
+				jobs, err := q.Claim(clk.Now(), 3)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(jobs) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, j := range jobs {
+					for _, r := range j.Rcpts {
+						if by, ok := claimedBy[r.Addr]; ok {
+							double = append(double, r.Addr+" by "+by+" and "+name)
+						}
+						claimedBy[r.Addr] = name
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if len(double) > 0 {
+		t.Fatalf("claimed twice: %v", double)
+	}
+	if len(claimedBy) != len(want) {
+		t.Fatalf("%d recipients claimed, want %d", len(claimedBy), len(want))
+	}
+	// A node cannot record results for what the other claimed.
+	for addr, by := range claimedBy {
+		other := a
+		if by == "a" {
+			other = b
+		}
+		l, _ := other.List()
+		for _, m := range l {
+			for _, r := range m.Rcpts {
+				if r.Addr == addr {
+					err := other.Update(context.Background(), m.ID, []queue.Result{{Rcpt: addr, Status: queue.Delivered}})
+					if !errors.Is(err, queue.ErrNotClaimed) {
+						t.Fatalf("update by the node that did not claim %s = %v", addr, err)
+					}
+					return
+				}
+			}
+		}
+	}
+}
+
+func testNodesTakeover(t *testing.T, a, b queue.Queue, clk *Clock, lease time.Duration) {
+	ctx := context.Background()
+	id := enqueue(t, a, "a@local.test", []string{"b@remote.test"}, "x")
+	claimOne(t, a, clk.Now())
+	// Node a "dies": it renews nothing from here on, as its clock says the
+	// lease has run out (a claim already expired is never renewed).
+	if jobs, err := b.Claim(clk.Now(), 10); err != nil || len(jobs) != 0 {
+		t.Fatalf("node b claimed a live claim of node a: %+v, %v", jobs, err)
+	}
+	clk.Add(lease + time.Second)
+	j := claimOne(t, b, clk.Now())
+	if j.ID != id || len(j.Rcpts) != 1 {
+		t.Fatalf("takeover job = %+v", j)
+	}
+	// Node a comes back with its old outcome: not recorded, b owns it now.
+	err := a.Update(ctx, id, []queue.Result{{Rcpt: "b@remote.test", Status: queue.Deferred, Next: clk.Now().Add(time.Hour)}})
+	if !errors.Is(err, queue.ErrNotClaimed) {
+		t.Fatalf("update by the node whose claim was taken over = %v", err)
+	}
+	if err := b.Update(ctx, id, []queue.Result{{Rcpt: "b@remote.test", Status: queue.Delivered}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Get(id); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("delivered message still queued: %v", err)
+	}
+}
