@@ -74,6 +74,10 @@ Backup (while the server runs) and restore (into a stopped server's data folder)
 PostgreSQL ([postgres] in the config: accounts, mail and queue shared by several nodes):
   db migrate [-status]          apply the schema migrations this agua needs (one node at a
                                 time); -status lists applied and pending ones
+  migrate maildir-to-db|db-to-maildir [-user ADDRESS] [-progress] [-verify sample|full|none]
+                                move every user's (or one user's) mail between the Maildirs and
+                                PostgreSQL, UIDs and UIDVALIDITY kept; resumable; verified at the
+                                end; refuses while the server runs
 
 Reports (from the running server, or from the data folder when it is stopped):
   report abuse [-since 24h] [-format text|csv|xarf] [-prefix4 24] [-prefix6 48]
@@ -141,6 +145,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"backup":  cmdBackup,
 		"restore": cmdRestore,
 		"db":      cmdDB,
+		"migrate": cmdMigrate,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
 	verb, ok := verbs[args[0]]

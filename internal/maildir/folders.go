@@ -257,12 +257,8 @@ func (f *Folder) Append(r io.Reader, size int64, flags string, date time.Time) (
 
 // commitFile renames a complete file into cur/ with flags and fsyncs cur/.
 func (f *Folder) commitFile(from, key, flags string) error {
-	b := []byte(flags)
-	b = slices.DeleteFunc(b, func(c byte) bool { return !isFlag(c) })
-	slices.Sort(b)
-	b = slices.Compact(b)
 	cur := filepath.Join(f.ix.dir, "cur")
-	if err := renameNoReplace(from, filepath.Join(cur, key+":2,"+string(b))); err != nil {
+	if err := renameNoReplace(from, filepath.Join(cur, key+":2,"+cleanFlags(flags))); err != nil {
 		return fmt.Errorf("maildir: %w", err)
 	}
 	if err := syncDir(cur); err != nil {

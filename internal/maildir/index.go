@@ -177,14 +177,11 @@ func (ix *index) sync(now time.Time) error {
 // assigned since are not handed out yet, so they are simply assigned
 // anew on the current file).
 func (ix *index) commit(now time.Time) error {
-	fd, err := os.OpenFile(filepath.Join(ix.dir, uidlistLock), os.O_RDWR|os.O_CREATE, uidlistPerm)
+	fd, err := ix.lockFile()
 	if err != nil {
-		return fmt.Errorf("maildir: UID index lock: %w", err)
+		return err
 	}
 	defer fd.Close() // releases the flock
-	if err := unix.Flock(int(fd.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("maildir: UID index lock: %w", err)
-	}
 	if ix.changedOnDisk() {
 		ix.load(now)
 		if _, err := ix.scan(now); err != nil {
@@ -195,6 +192,49 @@ func (ix *index) commit(now time.Time) error {
 		}
 	}
 	return ix.write()
+}
+
+// lockFile takes the exclusive flock of the uidlist's lock file, which
+// closing the file releases.
+func (ix *index) lockFile() (*os.File, error) {
+	fd, err := os.OpenFile(filepath.Join(ix.dir, uidlistLock), os.O_RDWR|os.O_CREATE, uidlistPerm)
+	if err != nil {
+		return nil, fmt.Errorf("maildir: UID index lock: %w", err)
+	}
+	if err := unix.Flock(int(fd.Fd()), unix.LOCK_EX); err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("maildir: UID index lock: %w", err)
+	}
+	return fd, nil
+}
+
+// update brings the index up to date under the uidlist's lock file, lets
+// change edit it, and writes it durably before releasing the lock, so no
+// other process can slip its own UIDs in between. ix.mu is held. When
+// change fails, what the listing changed is still written.
+func (ix *index) update(now time.Time, change func() error) error {
+	fd, err := ix.lockFile()
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	if !ix.loaded || ix.changedOnDisk() {
+		ix.load(now)
+	}
+	ix.forceRescan()
+	if _, err := ix.scan(now); err != nil {
+		return err
+	}
+	cerr := change()
+	if cerr == nil {
+		ix.dirty = true
+	}
+	if ix.dirty {
+		if err := ix.write(); err != nil {
+			return err
+		}
+	}
+	return cerr
 }
 
 // scan lists new/ and cur/ where they changed and reconciles the entries

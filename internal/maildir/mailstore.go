@@ -139,3 +139,16 @@ func (m *mailFolder) Close() error {
 	}
 	return m.f.Close()
 }
+
+var (
+	_ mailstore.UIDKeeper  = (*mailFolder)(nil)
+	_ mailstore.UIDBatcher = (*mailFolder)(nil)
+)
+
+func (m *mailFolder) SetUIDs(validity, next uint32) error { return m.f.SetUIDs(validity, next) }
+
+func (m *mailFolder) AppendUID(r io.Reader, size int64, uid uint32, flags string, date time.Time) error {
+	return m.f.AppendUID(mailstore.UIDMessage{R: r, Size: size, UID: uid, Flags: flags, Date: date})
+}
+
+func (m *mailFolder) AppendUIDs(msgs []mailstore.UIDMessage) error { return m.f.AppendUIDs(msgs) }

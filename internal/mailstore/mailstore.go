@@ -229,3 +229,25 @@ func (e *QuotaError) Error() string {
 	}
 	return "mailbox " + e.Mailbox + " is full"
 }
+
+// UIDMessage is one message for UIDBatcher.AppendUIDs: AppendUID's
+// arguments.
+type UIDMessage struct {
+	R     io.Reader
+	Size  int64
+	UID   uint32
+	Flags string
+	Date  time.Time
+}
+
+// UIDBatcher is a UIDKeeper that stores many messages at the cost of one
+// commit (Maildir: one syncfs and one index write instead of one each per
+// message). It is optional: a mover uses it when the target folder has it
+// and AppendUID otherwise.
+type UIDBatcher interface {
+	// AppendUIDs is AppendUID of each message, made durable together. The
+	// UIDs must ascend, the first above every UID in the folder (ErrBadUID
+	// otherwise, and nothing is stored). After another error a leading
+	// part of msgs may be stored: the folder's highest UID tells how far.
+	AppendUIDs(msgs []UIDMessage) error
+}

@@ -370,15 +370,9 @@ func (h *handle) Delete(uids []uint32) error {
 }
 
 func (h *handle) Append(r io.Reader, size int64, flags string, date time.Time) (uint32, uint32, error) {
-	body, err := io.ReadAll(io.LimitReader(r, size+1))
+	body, date, err := readMessage(r, size, date)
 	if err != nil {
 		return 0, 0, err
-	}
-	if int64(len(body)) != size {
-		return 0, 0, fmt.Errorf("memstore: message is %d bytes, expected %d", len(body), size)
-	}
-	if date.IsZero() {
-		date = time.Now()
 	}
 	h.d.mu.Lock()
 	defer h.d.mu.Unlock()
@@ -404,4 +398,64 @@ func (h *handle) CopyTo(dst mailstore.Folder, uids []uint32) (src, dest []uint32
 func (h *handle) Close() error {
 	h.release()
 	return nil
+}
+
+var _ mailstore.UIDKeeper = (*handle)(nil)
+
+// SetUIDs: mailstore.UIDKeeper. An empty folder that keeps its validity
+// does not lower its next, so no UID is handed out twice.
+func (h *handle) SetUIDs(validity, next uint32) error {
+	if validity == 0 || next == 0 {
+		return fmt.Errorf("memstore: UIDVALIDITY %d, UIDNEXT %d: both must be above 0", validity, next)
+	}
+	h.d.mu.Lock()
+	defer h.d.mu.Unlock()
+	f := h.f
+	if len(f.msgs) > 0 && (validity != f.validity || next < f.next) {
+		return mailstore.ErrNotEmpty
+	}
+	if validity == f.validity {
+		next = max(next, f.next)
+	}
+	f.validity, f.next = validity, next
+	f.modseq++
+	return nil
+}
+
+// AppendUID: mailstore.UIDKeeper.
+func (h *handle) AppendUID(r io.Reader, size int64, uid uint32, flags string, date time.Time) error {
+	body, date, err := readMessage(r, size, date)
+	if err != nil {
+		return err
+	}
+	h.d.mu.Lock()
+	defer h.d.mu.Unlock()
+	f := h.f
+	if uid == 0 || len(f.msgs) > 0 && f.msgs[len(f.msgs)-1].uid >= uid {
+		return fmt.Errorf("%w: %d", mailstore.ErrBadUID, uid)
+	}
+	f.modseq++
+	f.msgs = append(f.msgs, &message{uid: uid, body: body, flags: normalize(flags), date: date})
+	if uid == 1<<32-1 {
+		f.next = uid
+	} else {
+		f.next = max(f.next, uid+1)
+	}
+	return nil
+}
+
+// readMessage reads a message of size bytes and gives a zero date the
+// time now.
+func readMessage(r io.Reader, size int64, date time.Time) ([]byte, time.Time, error) {
+	body, err := io.ReadAll(io.LimitReader(r, size+1))
+	if err != nil {
+		return nil, date, err
+	}
+	if int64(len(body)) != size {
+		return nil, date, fmt.Errorf("memstore: message is %d bytes, expected %d", len(body), size)
+	}
+	if date.IsZero() {
+		date = time.Now()
+	}
+	return body, date, nil
 }

@@ -4,7 +4,8 @@
 // on: folders, UIDs and UIDVALIDITY that survive a restart and are the
 // same for every session and protocol, flags, copies that keep flags,
 // expunge, quota usage over all folders, concurrent appends, change stamps
-// and the exclusive maildrop lock. It checks behaviour through the
+// and the exclusive maildrop lock, and the UIDKeeper a move between stores
+// uses (UIDs, UIDVALIDITY, flags and dates kept). It checks behaviour through the
 // interfaces only, never a store's internals.
 package storetest
 
@@ -84,6 +85,9 @@ func Run(t *testing.T, newEnv NewFunc) {
 		{"NodesShareUIDs", testNodesShareUIDs},
 		{"NodesShareLock", testNodesShareLock},
 		{"NodesSeeChanges", testNodesSeeChanges},
+		{"SetUIDsEmpty", testSetUIDsEmpty},
+		{"AppendUID", testAppendUID},
+		{"AppendUIDs", testAppendUIDs},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel() // Stamp waits for the clock; the others need not wait for it
