@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -76,10 +77,12 @@ func startServer(t testing.TB, mutate func(*config.Config)) *testServer {
 	})
 	ts := &testServer{srv: srv, cfg: cfg, dir: dir, logs: logs}
 	ctxb := context.Background()
-	if err := dir.AddDomain(ctxb, testDomain); err != nil {
+	// Nodes sharing accounts on PostgreSQL: the first one adds them.
+	shared := cfg.Postgres.Accounts
+	if err := dir.AddDomain(ctxb, testDomain); err != nil && !(shared && errors.Is(err, accounts.ErrExists)) {
 		t.Fatal(err)
 	}
-	if err := dir.AddUser(ctxb, testUser, testPass, 0); err != nil {
+	if err := dir.AddUser(ctxb, testUser, testPass, 0); err != nil && !(shared && errors.Is(err, accounts.ErrExists)) {
 		t.Fatal(err)
 	}
 	return ts

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/internal/mailstore/storetest"
 	"github.com/agua-mail/agua/internal/pg/pgtest"
@@ -30,14 +33,68 @@ func pgMailNode(url, ip string) func(*config.Config) {
 
 // The "done when": mail delivered through node 1 is read with POP3
 // on node 2 and announced to an IMAP client IDLE on node 3, the three
-// nodes sharing one PostgreSQL (each has its own accounts file here: the
-// accounts on PostgreSQL are another part).
+// nodes sharing one PostgreSQL (each has its own accounts file here;
+// TestPostgresClusterThreeNodes puts every part on PostgreSQL).
 func TestPostgresMailThreeNodes(t *testing.T) {
 	url := pgtest.Start(t).NewDatabase(t)
 	var nodes [3]*testServer
 	for i := range nodes {
 		nodes[i] = startServer(t, pgMailNode(url, fmt.Sprintf("127.0.1.%d", i+1)))
 	}
+	acrossNodes(t, nodes)
+}
+
+// The README's three-node setup: accounts, mailboxes and the outbound
+// queue on one PostgreSQL. Besides the mail crossing nodes, a password
+// changed through node 3 is the one node 1 accepts, and a user added on
+// node 2 receives mail through node 1 at once.
+func TestPostgresClusterThreeNodes(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	var nodes [3]*testServer
+	for i := range nodes {
+		mail := pgMailNode(url, fmt.Sprintf("127.0.1.%d", i+1))
+		nodes[i] = startServer(t, func(cfg *config.Config) {
+			mail(cfg)
+			cfg.Postgres.Accounts, cfg.Postgres.Queue = true, true
+		})
+	}
+	acrossNodes(t, nodes)
+
+	ctx := context.Background()
+	// Node 1 remembers the login (its cache), then node 3 changes it.
+	if _, err := nodes[0].srv.dir.Authenticate(ctx, testUser, testPass); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[2].dir.SetPassword(ctx, testUser, "changed on node 3"); err != nil {
+		t.Fatal(err)
+	}
+	waitForCond(t, "node 1 refuses the old password", func() bool {
+		_, err := nodes[0].srv.dir.Authenticate(ctx, testUser, testPass)
+		return errors.Is(err, accounts.ErrAuthFailed)
+	})
+	if _, err := nodes[0].srv.dir.Authenticate(ctx, testUser, "changed on node 3"); err != nil {
+		t.Fatalf("node 1 with the password set through node 3: %v", err)
+	}
+	if err := nodes[1].dir.AddUser(ctx, "bob@"+testDomain, "bob's password", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitForCond(t, "node 1 knows bob", func() bool {
+		us, err := nodes[0].srv.dir.Resolve(ctx, "bob@"+testDomain)
+		return err == nil && len(us) == 1
+	})
+	sendMail(t, nodes[0].srv.Addr("smtp"), "bob@"+testDomain, "for bob", "added on node 2\r\n")
+	p := &imapc{dialFrom(t, nodes[2].srv.Addr("pop3"), "127.0.1.3")}
+	p.line("+OK")
+	p.do("USER bob@"+testDomain, "+OK")
+	p.do("PASS bob's password", "+OK")
+	p.do("STAT", "+OK 1 ")
+	p.do("QUIT", "+OK")
+}
+
+// acrossNodes: delivered on node 1, seen by IMAP IDLE on node 3, read with
+// POP3 on node 2.
+func acrossNodes(t *testing.T, nodes [3]*testServer) {
+	t.Helper()
 	var exists atomic.Uint32
 	c := imapLogin(t, nodes[2].srv.Addr("imap"), &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
 		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
