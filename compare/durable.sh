@@ -65,7 +65,8 @@ agua_pid=
 cleanup() {
   [ -z "$agua_pid" ] || { kill -INT "$agua_pid" 2>/dev/null; wait "$agua_pid" 2>/dev/null; } || true
   [ -z "${aguapg_pid:-}" ] || { kill -INT "$aguapg_pid" 2>/dev/null; wait "$aguapg_pid" 2>/dev/null; } || true
-  [ -z "${pg_pid:-}" ] || { kill -INT "$pg_pid" 2>/dev/null; wait "$pg_pid" 2>/dev/null; } || true
+  # runuser does not pass SIGINT on to postgres: pg_ctl stops it.
+  [ -z "${pg_pid:-}" ] || { runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null 2>&1; wait "$pg_pid" 2>/dev/null; } || true
   [ "${KEEP_RUNNING:-0}" = 1 ] || "$pd" stop || true
 }
 trap cleanup EXIT
