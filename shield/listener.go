@@ -194,8 +194,13 @@ func acceptLoops() int { return max(2, runtime.GOMAXPROCS(0)) }
 // turns are slow: a connect flood overflowed the kernel queue
 // (TcpExtListenOverflows), which costs every client a SYN retry. Each
 // waiting connection already holds its listener slot, so max_conns still
-// bounds them; refusals never wait here.
-const acceptBuffer = 1024
+// bounds them; refusals never wait here. Kept small against max_conns: a
+// waiting connection cannot be evicted for a newcomer (it is not an idle
+// session yet), and with 1024 a full-speed connect flood (14,000/s) kept
+// the default 1000-connection listener full of waiting attackers, so 1–4%
+// of legitimate strangers got 421 at the banner (compare/compare.sh,
+// 2026-12-06); 64 still drains the kernel queue (0 overflows measured).
+const acceptBuffer = 64
 
 // acceptRetryMax bounds the pause of an accept loop after accept(2) failed
 // (e.g. out of file descriptors), so a lasting failure neither spins nor
