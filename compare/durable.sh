@@ -38,7 +38,7 @@
 # compare/dnsstub on 127.0.0.1:5399, which answers for bench.example with
 # an SPF pass and a DMARC p=none record, cached for their TTL). Both
 # allowlist nobody (allowlisted clients skip the checks) and raise the
-# per-address limits and the message and recipient thresholds, so that
+# per-address limits and the message, recipient and network_message thresholds, so that
 # smtp-source at 127.0.0.1 is served; issue 14
 # asks for checks on within 20% of checks off.
 #
@@ -154,7 +154,7 @@ if [ "${AUTH:-0}" = 1 ]; then
     port=$AG_OPEN_SMTP; enabled=false
     [ "$v" = auth ] && { port=$AG_AUTH_SMTP; enabled=true; }
     sed -e "s|$work/data\"|$work/data-$v\"|" -e "s|$AG_SMTP|$port|" -e "/^\[auth\]/,\$d" "$cfg" > "$work/agua-$v.toml"
-    printf '[auth]\nenabled = %s\n[dns]\nresolver = ["127.0.0.1:5399"]\n[shield]\nallow = []\n[shield.limits]\nper_ip_conns = 1000\nper_ip_rate = 100000.0\nper_ip_burst = 100000\nper_prefix_conns = 1000\nper_prefix_rate = 100000.0\nper_prefix_burst = 100000\n[shield.thresholds.message]\ncount = 10000000\n[shield.thresholds.recipient]\ncount = 10000000\n' "$enabled" >> "$work/agua-$v.toml"
+    printf '[auth]\nenabled = %s\n[dns]\nresolver = ["127.0.0.1:5399"]\n[shield]\nallow = []\n[shield.limits]\nper_ip_conns = 1000\nper_ip_rate = 100000.0\nper_ip_burst = 100000\nper_prefix_conns = 1000\nper_prefix_rate = 100000.0\nper_prefix_burst = 100000\n[shield.thresholds.message]\ncount = 10000000\n[shield.thresholds.recipient]\ncount = 10000000\n[shield.thresholds.network_message]\ncount = 10000000\n' "$enabled" >> "$work/agua-$v.toml"
     "$agua" domain add example.test -config "$work/agua-$v.toml" >/dev/null
     echo 'durable bench password' | "$agua" user add demo@example.test -config "$work/agua-$v.toml" >/dev/null
     (ulimit -n 20000; exec "$agua" serve -config "$work/agua-$v.toml" >> "$out/agua-$v.log" 2>&1) &
