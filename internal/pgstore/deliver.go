@@ -138,6 +138,11 @@ func (s *Store) commit(batch []*delivery) error {
 	users = slices.Compact(users)
 	var folderIDs []int64
 	err := s.inTx(context.Background(), "delivering", func(ctx context.Context, tx pgx.Tx) error {
+		// From scratch: inTx runs this again after a deadlock.
+		folderIDs = folderIDs[:0]
+		for _, d := range batch {
+			d.quota = nil
+		}
 		// Lock every user of the batch, in order: two batches on two nodes
 		// wait for each other rather than deadlock.
 		rows, err := tx.Query(ctx, `INSERT INTO mail_users (usr) SELECT u FROM unnest($1::text[]) AS u ORDER BY u

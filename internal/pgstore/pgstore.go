@@ -52,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,12 +190,46 @@ func dbErr(op string, err error) error {
 	return fmt.Errorf("pgstore: %s: %w", op, err)
 }
 
-// inTx runs f in a transaction under the operation timeout.
+// inTx runs f in a transaction under the operation timeout. A transaction
+// PostgreSQL ended to break a deadlock or a serialization conflict is run
+// again (f must start from scratch each time: it sees nothing of the
+// rolled-back attempt); two nodes creating a user's INBOX while delivering
+// to it can deadlock on the foreign key's row lock (storetest
+// NodesShareUIDs found it in CI).
 func (s *Store) inTx(ctx context.Context, op string, f func(ctx context.Context, tx pgx.Tx) error) error {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return f(ctx, tx) })
+	err := retryConflict(ctx, func() error {
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return f(ctx, tx) })
+	})
 	return dbErr(op, err)
+}
+
+// conflictAttempts bounds the runs of a transaction that keeps losing
+// deadlocks or serialization conflicts; then the error goes to the caller
+// (ErrUnavailable: a temporary failure).
+const conflictAttempts = 5
+
+// retryConflict runs f again, after a short random pause, while it fails
+// with a deadlock (40P01) or a serialization failure (40001).
+func retryConflict(ctx context.Context, f func() error) error {
+	var err error
+	for attempt := 0; attempt < conflictAttempts; attempt++ {
+		if err = f(); !conflictErr(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(1+rand.IntN(10*(attempt+1))) * time.Millisecond):
+		}
+	}
+	return err
+}
+
+func conflictErr(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
 }
 
 func uniqueViolation(err error) bool {
@@ -261,14 +296,17 @@ func (s *Store) Folder(ctx context.Context, user, name string) (mailstore.Folder
 	defer cancel()
 	const find = `SELECT id FROM mail_folders WHERE usr = $1 AND name = $2`
 	var id int64
-	err = s.pool.QueryRow(octx, find, user, key).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) && key == "" {
-		if _, err = s.pool.Exec(octx, `INSERT INTO mail_users (usr) VALUES ($1) ON CONFLICT DO NOTHING`, user); err == nil {
-			if _, err = s.pool.Exec(octx, `INSERT INTO mail_folders (usr, name) VALUES ($1, '') ON CONFLICT DO NOTHING`, user); err == nil {
-				err = s.pool.QueryRow(octx, find, user, key).Scan(&id)
+	err = retryConflict(octx, func() error {
+		err := s.pool.QueryRow(octx, find, user, key).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) && key == "" {
+			if _, err = s.pool.Exec(octx, `INSERT INTO mail_users (usr) VALUES ($1) ON CONFLICT DO NOTHING`, user); err == nil {
+				if _, err = s.pool.Exec(octx, `INSERT INTO mail_folders (usr, name) VALUES ($1, '') ON CONFLICT DO NOTHING`, user); err == nil {
+					err = s.pool.QueryRow(octx, find, user, key).Scan(&id)
+				}
 			}
 		}
-	}
+		return err
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", mailstore.ErrNoFolder, name)
 	}
