@@ -416,13 +416,7 @@ func (s *Shield) forgetKnownGood(p netip.Prefix) {
 	s.toStore(func(ctx context.Context, st StateStore) error { return st.RevokeKnownGood(ctx, p) })
 }
 
-func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) {
-	if p.IsSingleIP() {
-		s.knownGood.delete(p.Addr())
-		return
-	}
-	s.knownGood.each(func(a netip.Addr, _ *int64) bool { return !p.Contains(a) })
-}
+func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) { deleteIn(s.knownGood, p) }
 
 // markKnownGood remembers addr as known-good until now+KnownGoodTTL. The
 // store hears of it when the address becomes known-good and then at most

@@ -368,14 +368,9 @@ func (h *LocalStore) MarkKnownGood(_ context.Context, addr netip.Addr, until tim
 func (h *LocalStore) RevokeKnownGood(_ context.Context, p netip.Prefix) error {
 	p = canonPrefix(p)
 	return h.change(Change{Kind: ChangeRevokeKnownGood, Prefix: p}, func(st *localState) error {
-		if p.IsSingleIP() {
-			// Every behaviour ban of one address comes here: a lookup,
-			// not a walk over up to table_size known-good addresses (a
-			// junk flood bans hundreds of addresses a second).
-			st.knownGood.delete(p.Addr())
-			return nil
-		}
-		st.knownGood.each(func(a netip.Addr, _ *time.Time) bool { return !p.Contains(a) })
+		// Every behaviour ban comes here: lookups, not a walk over up
+		// to table_size known-good addresses (deleteIn).
+		deleteIn(st.knownGood, p)
 		return nil
 	})
 }

@@ -178,6 +178,34 @@ func (t *lru[K, V]) each(fn func(k K, v *V) (keep bool)) {
 	}
 }
 
+// deleteIn removes every address in p from an address-keyed table. A
+// network ban comes here for each known-good table (the Shield's and the
+// store's), and a harvest or junk flood from one /16 bans hundreds of /24s
+// a second: walking up to table_size entries for each of them, under the
+// shard locks the accept path takes, cost whole seconds of CPU and stalled
+// every client (seen in compare/scenarios.sh harvest, legit p99 × 10 in the
+// second the bans came). So an IPv4 prefix of up to maxEnumerate addresses
+// is looked up address by address; only wider prefixes and IPv6 networks
+// (which cannot be enumerated) walk the table.
+func deleteIn[V any](t *lru[netip.Addr, V], p netip.Prefix) {
+	p = p.Masked()
+	if p.IsSingleIP() {
+		t.delete(p.Addr())
+		return
+	}
+	if p.Addr().Is4() && 32-p.Bits() <= maxEnumerateBits {
+		for a := p.Addr(); a.IsValid() && p.Contains(a); a = a.Next() {
+			t.delete(a)
+		}
+		return
+	}
+	t.each(func(a netip.Addr, _ *V) bool { return !p.Contains(a) })
+}
+
+// maxEnumerateBits: deleteIn looks up each address of an IPv4 prefix of at
+// most 2^12 = 4,096 addresses (a /20) rather than walk the table.
+const maxEnumerateBits = 12
+
 // len returns the number of entries.
 func (t *lru[K, V]) len() int {
 	total := 0
