@@ -114,6 +114,18 @@ type LegitReport struct {
 	P99          time.Duration    `json:"p99"`
 	Max          time.Duration    `json:"max"`
 	Failures     map[string]int64 `json:"failures,omitempty"` // by cause
+	// Timeline is each second of the run (by when a session ended):
+	// how many ended well, their p99 and max, so that a stall (a
+	// periodic save, a GC) shows as the second it happened in.
+	Timeline []SecondReport `json:"timeline,omitempty"`
+}
+
+// SecondReport is one second of a LegitReport's timeline.
+type SecondReport struct {
+	Second int           `json:"second"`
+	OK     int           `json:"ok"`
+	P99    time.Duration `json:"p99"`
+	Max    time.Duration `json:"max"`
 }
 
 // AttackReport is what one scenario's attackers got.
@@ -157,7 +169,9 @@ type legitStats struct {
 	sessions, ok, messages atomic.Int64
 	failures               counter
 	mu                     sync.Mutex
+	start                  time.Time
 	lat                    []time.Duration
+	ends                   []time.Duration // since start, parallel to lat
 }
 
 const maxSamples = 1 << 20
@@ -173,6 +187,7 @@ func (s *legitStats) record(d time.Duration, msgs int, cause string) {
 	s.mu.Lock()
 	if len(s.lat) < maxSamples {
 		s.lat = append(s.lat, d)
+		s.ends = append(s.ends, time.Since(s.start))
 	}
 	s.mu.Unlock()
 }
@@ -189,6 +204,7 @@ func (s *legitStats) report(elapsed time.Duration) LegitReport {
 	}
 	s.mu.Lock()
 	lat := append([]time.Duration(nil), s.lat...)
+	r.Timeline = timeline(s.lat, s.ends)
 	s.mu.Unlock()
 	if len(lat) > 0 {
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -197,6 +213,29 @@ func (s *legitStats) report(elapsed time.Duration) LegitReport {
 		r.Max = lat[len(lat)-1]
 	}
 	return r
+}
+
+// timeline groups latencies by the second their session ended in.
+func timeline(lat, ends []time.Duration) []SecondReport {
+	var secs [][]time.Duration
+	for i, d := range lat {
+		k := int(ends[i] / time.Second)
+		for len(secs) <= k {
+			secs = append(secs, nil)
+		}
+		secs[k] = append(secs[k], d)
+	}
+	out := make([]SecondReport, 0, len(secs))
+	for k, l := range secs {
+		r := SecondReport{Second: k, OK: len(l)}
+		if len(l) > 0 {
+			sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+			r.P99 = l[min(len(l)-1, len(l)*99/100)]
+			r.Max = l[len(l)-1]
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 type attackStats struct {
@@ -252,7 +291,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()
-	legit := &legitStats{}
+	legit := &legitStats{start: time.Now()}
 	var attacks []*attackStats
 	var wg sync.WaitGroup
 	var sampler *resourceSampler
