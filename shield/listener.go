@@ -450,6 +450,8 @@ type Conn struct {
 	closeOnce sync.Once
 	done      chan struct{}
 	doneOnce  sync.Once
+	onDoneMu  sync.Mutex
+	onDone    func() // OnDone's
 }
 
 func (c *Conn) links() *links[Conn] { return &c.fairLinks }
@@ -557,7 +559,16 @@ func (l *listener) markUntrusted(c *Conn) {
 // kick is the shield closing the connection: Done is closed, the socket
 // closed and the slots released.
 func (c *Conn) kick() {
-	c.doneOnce.Do(func() { close(c.done) })
+	c.doneOnce.Do(func() {
+		c.onDoneMu.Lock()
+		close(c.done)
+		f := c.onDone
+		c.onDone = nil
+		c.onDoneMu.Unlock()
+		if f != nil {
+			go f()
+		}
+	})
 	c.Conn.Close()
 	c.unregister()
 }
@@ -566,6 +577,26 @@ func (c *Conn) kick() {
 // newly denied by a reloaded rule (CloseOnDeny), banned, evicted to make
 // room, or locked out. The socket is closed too.
 func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// OnDone has f run, in a goroutine of its own, when the shield wants this
+// connection gone (when Done is closed), or at once if it does already: a
+// service that only needs to end its session then spares itself a
+// goroutine per connection waiting on Done. A connection holds one such
+// function; OnDone(nil) forgets it (the session ended first).
+func (c *Conn) OnDone(f func()) {
+	c.onDoneMu.Lock()
+	select {
+	case <-c.done:
+		c.onDoneMu.Unlock()
+		if f != nil {
+			go f()
+		}
+		return
+	default:
+	}
+	c.onDone = f
+	c.onDoneMu.Unlock()
+}
 
 // Report records a behaviour of this connection's client. If the decision's
 // Action is not Allow the caller answers (Temporary: a 421-style temporary

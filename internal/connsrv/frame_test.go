@@ -1,9 +1,11 @@
 package connsrv
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -60,6 +62,33 @@ func TestSanitize(t *testing.T) {
 	}{{"alice", 32, "alice"}, {"a\r\nb\x00é", 32, "a??b??"}, {"abcdef", 3, "abc"}} {
 		if got := Sanitize(tc.in, tc.max); got != tc.want {
 			t.Errorf("Sanitize(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+		}
+	}
+}
+
+// A session's log lines carry its connection's attributes, though they
+// are bound only when the first line is logged (issue 15): every line,
+// those of loggers derived with With too, and none for a level the
+// server's handler leaves out.
+func TestSessionLogAttributes(t *testing.T) {
+	var out bytes.Buffer
+	tr := New("smtp-in", slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	server, client := net.Pipe()
+	defer server.Close()
+	defer client.Close()
+	fr := tr.Open(server, "smtp", time.Hour)
+	defer fr.End()
+	fr.Log.Debug("not logged")
+	fr.Log.Info("first", "n", 1)
+	fr.Log.With("user", "alice").Warn("second")
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("logged %d lines, want 2:\n%s", len(lines), out.String())
+	}
+	common := "conn=" + fr.ID + " remote=" + server.RemoteAddr().String() + " proto=smtp listener=smtp-in"
+	for i, want := range []string{"msg=first " + common + " n=1", "msg=second " + common + " user=alice"} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %d = %q, want it to contain %q", i, lines[i], want)
 		}
 	}
 }
