@@ -92,3 +92,38 @@ func TestSessionLogAttributes(t *testing.T) {
 		}
 	}
 }
+
+// addrString writes a TCP address as net.TCPAddr's String does.
+func TestAddrString(t *testing.T) {
+	for _, a := range []net.Addr{
+		&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 25},
+		&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 65535}, // 16-byte IPv4
+		&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 587},
+		&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 993, Zone: "eth0"},
+		&net.TCPAddr{IP: net.ParseIP("::ffff:198.51.100.1"), Port: 110},
+		&net.UnixAddr{Name: "/run/agua.sock", Net: "unix"},
+	} {
+		if got, want := addrString(a), a.String(); got != want {
+			t.Errorf("addrString(%v) = %q, want %q", a, got, want)
+		}
+	}
+}
+
+// IP reads a TCP address's IP unmapped, as parsing its text did.
+func TestIP(t *testing.T) {
+	for _, tc := range []struct {
+		a    net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 25}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:198.51.100.1"), Port: 25}, "198.51.100.1"},
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 25, Zone: "eth0"}, "fe80::1%eth0"},
+		{&net.UDPAddr{IP: net.ParseIP("2001:db8::2"), Port: 53}, "2001:db8::2"},
+		{&net.UnixAddr{Name: "/run/agua.sock", Net: "unix"}, "invalid IP"},
+		{nil, "invalid IP"},
+	} {
+		if got := IP(tc.a); got.String() != tc.want {
+			t.Errorf("IP(%v) = %s, want %s", tc.a, got, tc.want)
+		}
+	}
+}
