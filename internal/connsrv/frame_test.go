@@ -3,6 +3,7 @@ package connsrv
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -125,5 +126,39 @@ func TestIP(t *testing.T) {
 		if got := IP(tc.a); got.String() != tc.want {
 			t.Errorf("IP(%v) = %s, want %s", tc.a, got, tc.want)
 		}
+	}
+}
+
+// A session's frame costs a fixed handful of allocations when the session
+// logs nothing (issue 15: its logger formatted the connection's attributes
+// up front, twelve allocations with the context): the frame, its id, its
+// context and the logger.
+func TestOpenAllocations(t *testing.T) {
+	tr := New("smtp", slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	server, client := net.Pipe()
+	defer server.Close()
+	defer client.Close()
+	n := testing.AllocsPerRun(100, func() {
+		fr := tr.Open(server, "smtp", time.Hour)
+		fr.Log.Info("below the level: not bound")
+		fr.End()
+	})
+	if n > openAllocs {
+		t.Errorf("%v allocations to open and end a frame, want at most %d", n, openAllocs)
+	}
+}
+
+// openAllocs: the Frame, its id, context.WithCancel's two, the Logger.
+const openAllocs = 5
+
+// BenchmarkOpen: a session's frame opened and ended, logging nothing.
+func BenchmarkOpen(b *testing.B) {
+	tr := New("smtp", slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	server, client := net.Pipe()
+	defer server.Close()
+	defer client.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		tr.Open(server, "smtp", time.Hour).End()
 	}
 }
