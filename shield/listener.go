@@ -280,7 +280,7 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 	}
 	s.act.admitted(addr, knownGood)
 	sc := &Conn{Conn: c, s: s, l: l, addr: addr, remote: remote, since: now, release: release,
-		done: make(chan struct{}), id: s.connIDs.Add(1)}
+		id: s.connIDs.Add(1)}
 	sc.knownGood.Store(knownGood)
 	if r != nil && r.Buffered() > 0 {
 		sc.r = r
@@ -448,10 +448,11 @@ type Conn struct {
 	release   func()
 	relOnce   sync.Once
 	closeOnce sync.Once
-	done      chan struct{}
 	doneOnce  sync.Once
-	onDoneMu  sync.Mutex
-	onDone    func() // OnDone's
+	onDoneMu  sync.Mutex    // guards the three below
+	kicked    bool          // the shield wants it gone
+	done      chan struct{} // Done's, made when asked for: most connections never are
+	onDone    func()        // OnDone's
 }
 
 func (c *Conn) links() *links[Conn] { return &c.fairLinks }
@@ -513,11 +514,11 @@ func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		err = c.Conn.Close()
-		select {
-		case <-c.done:
+		c.onDoneMu.Lock()
+		if c.kicked {
 			err = nil // the shield closed it already
-		default:
 		}
+		c.onDoneMu.Unlock()
 		c.unregister()
 	})
 	return err
@@ -561,7 +562,10 @@ func (l *listener) markUntrusted(c *Conn) {
 func (c *Conn) kick() {
 	c.doneOnce.Do(func() {
 		c.onDoneMu.Lock()
-		close(c.done)
+		c.kicked = true
+		if c.done != nil {
+			close(c.done)
+		}
 		f := c.onDone
 		c.onDone = nil
 		c.onDoneMu.Unlock()
@@ -576,7 +580,17 @@ func (c *Conn) kick() {
 // Done is closed when the shield wants this connection gone: its address was
 // newly denied by a reloaded rule (CloseOnDeny), banned, evicted to make
 // room, or locked out. The socket is closed too.
-func (c *Conn) Done() <-chan struct{} { return c.done }
+func (c *Conn) Done() <-chan struct{} {
+	c.onDoneMu.Lock()
+	defer c.onDoneMu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.kicked {
+			close(c.done)
+		}
+	}
+	return c.done
+}
 
 // OnDone has f run, in a goroutine of its own, when the shield wants this
 // connection gone (when Done is closed), or at once if it does already: a
@@ -585,14 +599,12 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 // function; OnDone(nil) forgets it (the session ended first).
 func (c *Conn) OnDone(f func()) {
 	c.onDoneMu.Lock()
-	select {
-	case <-c.done:
+	if c.kicked {
 		c.onDoneMu.Unlock()
 		if f != nil {
 			go f()
 		}
 		return
-	default:
 	}
 	c.onDone = f
 	c.onDoneMu.Unlock()
