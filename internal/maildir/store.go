@@ -404,7 +404,7 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 		}
 	}
 	f.fs = fs
-	var b [512]byte
+	var b [1024]byte // both paths, on the stack
 	tmp := s.appendUniqueName(append(append(b[:0], dir...), "/tmp/"...), f.size)
 	name := tmp[len(dir)+len("/tmp/"):]
 	// Both paths in one allocation: dir/tmp/name then dir/new/name.
@@ -412,7 +412,7 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 	tmpPath := both[:len(tmp)]
 	fd, err := unix.Open(tmpPath, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, filePerm)
 	if err != nil {
-		return fmt.Errorf("maildir: creating %s: %w", name, &os.PathError{Op: "open", Path: tmpPath, Err: err})
+		return fmt.Errorf("maildir: creating %s: %w", tmpPath[len(tmpPath)-len(name):], &os.PathError{Op: "open", Path: tmpPath, Err: err})
 	}
 	f.tmpPath, f.newPath = tmpPath, both[len(tmp):]
 	defer func() {
