@@ -134,6 +134,9 @@ func TestIP(t *testing.T) {
 // up front, twelve allocations with the context): the frame, its id, its
 // context and the logger.
 func TestOpenAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
 	tr := New("smtp", slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	server, client := net.Pipe()
 	defer server.Close()

@@ -1,0 +1,5 @@
+//go:build !race
+
+package connsrv
+
+const raceEnabled = false
