@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/agua-mail/agua/internal/atomicfile"
 )
 
 // banLogMax bounds a LocalStore's ban log.
@@ -518,34 +520,15 @@ func readJSONFile(path string, v any, what string) (found bool, err error) {
 	return true, nil
 }
 
-// writeFileAtomic writes dir/name through a temporary file, fsync, rename
-// and fsync of the folder; errors start with what.
+// writeFileAtomic replaces dir/name with data (internal/atomicfile: a
+// temporary file synced a chunk at a time, rename, fsync of the folder);
+// errors start with what.
 func writeFileAtomic(dir, name string, data []byte, what string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	f, err := os.CreateTemp(dir, name+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, name), data, 0o600); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }
