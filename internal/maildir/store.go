@@ -467,13 +467,15 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 	f.fs = fs
 	var b [512]byte
 	tmp := s.appendUniqueName(append(append(b[:0], dir...), "/tmp/"...), f.size)
-	tmpPath := string(tmp)
-	name := tmpPath[len(dir)+len("/tmp/"):]
+	name := tmp[len(dir)+len("/tmp/"):]
+	// Both paths in one allocation: dir/tmp/name then dir/new/name.
+	both := string(append(append(append(tmp, dir...), "/new/"...), name...))
+	tmpPath := both[:len(tmp)]
 	fd, err := unix.Open(tmpPath, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, filePerm)
 	if err != nil {
 		return fmt.Errorf("maildir: creating %s: %w", name, &os.PathError{Op: "open", Path: tmpPath, Err: err})
 	}
-	f.tmpPath, f.newPath = tmpPath, dir+"/new/"+name
+	f.tmpPath, f.newPath = tmpPath, both[len(tmp):]
 	defer func() {
 		if cerr := unix.Close(fd); cerr != nil && err == nil {
 			err = fmt.Errorf("maildir: closing %s: %w", f.tmpPath, cerr)
