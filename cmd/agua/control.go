@@ -51,6 +51,9 @@ func cmdReload(e *env) error {
 	}
 	var out admin.ReloadResult
 	if err := c.Do("POST", "/v1/reload", nil, &out); err != nil {
+		if errors.Is(err, admin.ErrNotRunning) {
+			return err // nothing is in force to keep: say only that
+		}
 		return fmt.Errorf("reload refused, the previous settings stay in force:\n%w", err)
 	}
 	fmt.Fprintln(e.stdout, out.Result)

@@ -28,7 +28,8 @@ Server:
   serve                         run the server (embedded defaults without -config)
   status                        show the running server's state
   top [-interval 1s] [-once]    live terminal view: listeners, rates, top talkers, bans
-  reload                        re-read the config file's [shield] section and the rule files now
+  reload                        re-read the config's [shield], [dnsbl] and [greylist] sections,
+                                the rule files and the DKIM keys now
 
 Config:
   config example                print a complete commented config
@@ -52,6 +53,11 @@ Accounts:
   alias add FROM TO             FROM may be @domain (catch-all)
   alias remove FROM TO
   alias list [DOMAIN]
+
+DKIM signing keys (the data folder; a running server picks new keys up):
+  dkim keygen DOMAIN [-algo ed25519|rsa|both] [-selector S] [-start 48h]
+                                create the domain's keys, print their DNS records
+  dkim list [DOMAIN]            every key, which ones sign, and their records
 
 Shield (talk to the running server):
   block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit] [-force]
@@ -120,19 +126,10 @@ type env struct {
 	cfgPath, data string
 }
 
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	switch args[0] {
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	case "-version", "--version", "-v":
-		args[0] = "version"
-	}
-	verbs := map[string]func(*env) error{
+// verbs maps each verb to its command; usage lists every one (a test
+// checks it).
+func verbs() map[string]func(*env) error {
+	return map[string]func(*env) error{
 		"serve": cmdServe, "status": cmdStatus, "reload": cmdReload,
 		"config": cmdConfig, "domain": cmdDomain, "user": cmdUser, "alias": cmdAlias,
 		"block": cmdBlock, "unblock": cmdUnblock, "bans": cmdBans, "why": cmdWhy, "lockdown": cmdLockdown,
@@ -148,9 +145,23 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"migrate": cmdMigrate,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
-	verb, ok := verbs[args[0]]
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "-version", "--version", "-v":
+		args[0] = "version"
+	}
+	verb, ok := verbs()[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "agua: unknown verb %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "agua: unknown verb %q (`agua help` lists the verbs)\n", args[0])
 		return 2
 	}
 	e := &env{args: args[1:], stdin: stdin, stdout: stdout, stderr: stderr}

@@ -279,7 +279,7 @@ func (a *Server) unban(w http.ResponseWriter, r *http.Request) {
 func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 	ip, err := netip.ParseAddr(strings.TrimSpace(r.URL.Query().Get("ip")))
 	if err != nil {
-		fail(w, http.StatusBadRequest, "ip=%q is not an IP address", r.URL.Query().Get("ip"))
+		fail(w, http.StatusBadRequest, "%q is not an IP address", r.URL.Query().Get("ip"))
 		return
 	}
 	x := a.Shield.Why(ip.Unmap())

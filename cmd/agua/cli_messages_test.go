@@ -1,0 +1,71 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// Every verb agua runs is listed in `agua help`.
+func TestUsageListsEveryVerb(t *testing.T) {
+	help := mustAgua(t, "", "help")
+	for verb := range verbs() {
+		if !regexp.MustCompile(`(?m)^  ` + verb + `\b`).MatchString(help) {
+			t.Errorf("agua help does not list the verb %q", verb)
+		}
+	}
+}
+
+// A mistyped verb gets one line naming it and where the list is, not the
+// whole help with the error scrolled off the top.
+func TestUnknownVerbIsOneLine(t *testing.T) {
+	code, out, errs := agua(t, "", "stauts")
+	if code != 2 || out != "" || errs != "agua: unknown verb \"stauts\" (`agua help` lists the verbs)\n" {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}
+
+// The domain verb's own usage names all its forms.
+func TestDomainUsageNamesDNSAndCheck(t *testing.T) {
+	data := t.TempDir()
+	mustAgua(t, "", "domain", "add", "example.org", "-data", data)
+	for _, args := range [][]string{{"domain"}, {"domain", "dns"}, {"domain", "check"}} {
+		code, _, errs := agua(t, "", append(args, "-data", data)...)
+		if code != 2 || !strings.Contains(errs, "domain add|remove|dns NAME") || !strings.Contains(errs, "domain check NAME -resolver HOST:PORT") {
+			t.Errorf("agua %v: exit %d, stderr %q", args, code, errs)
+		}
+	}
+}
+
+// reload with no server says only that: no "previous settings stay in
+// force" when nothing is in force.
+func TestReloadWithoutServer(t *testing.T) {
+	code, _, errs := agua(t, "", "reload", "-data", t.TempDir())
+	if code != 1 || !strings.Contains(errs, "agua is not running") || strings.Contains(errs, "previous settings") {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+}
+
+// A verb that lists accounts, run against a data folder agua never used
+// (the wrong working folder, a forgotten -config), says so instead of
+// creating an empty database and listing nothing.
+func TestListVerbsOnAFolderWithoutDatabase(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "agua-data")
+	for _, args := range [][]string{{"user", "list"}, {"domain", "list"}, {"alias", "list"}, {"domain", "dns", "example.org"}} {
+		code, out, errs := agua(t, "", append(args, "-data", data)...)
+		if code != 1 || out != "" || !strings.Contains(errs, "no accounts database at "+filepath.Join(data, "agua.db")) {
+			t.Errorf("agua %v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+	}
+	if _, err := os.Stat(data); err == nil {
+		t.Errorf("a list verb created %s", data)
+	}
+	// Adding is how a new data folder starts: it still works, and list
+	// then reads it.
+	mustAgua(t, "", "domain", "add", "example.org", "-data", data)
+	if out := mustAgua(t, "", "domain", "list", "-data", data); out != "example.org\n" {
+		t.Errorf("domain list: %q", out)
+	}
+}
