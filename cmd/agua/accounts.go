@@ -92,13 +92,24 @@ func cmdDomain(e *env) error {
 // slowed by the shield, not made pointless.
 const minPasswordLen = 8
 
-// readPassword reads one line from stdin (so scripts can pipe it).
-func readPassword(e *env) (string, error) {
-	line, err := bufio.NewReader(e.stdin).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", err
+// readPassword reads the password of address: one line from stdin (so
+// scripts can pipe it), or, at a terminal, typed twice without echo.
+func readPassword(e *env, address string) (string, error) {
+	var pass string
+	tty := false
+	if f, ok := e.stdin.(*os.File); ok {
+		var err error
+		if pass, tty, err = terminalPassword(f, e.stderr, address); err != nil {
+			return "", err
+		}
 	}
-	pass := strings.TrimRight(line, "\r\n")
+	if !tty {
+		line, err := bufio.NewReader(e.stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", err
+		}
+		pass = strings.TrimRight(line, "\r\n")
+	}
 	if pass == "" {
 		return "", errors.New("no password on standard input (pipe it: echo 'a long secret' | agua user add ...)")
 	}
@@ -121,7 +132,7 @@ func cmdUser(e *env) error {
 		case pos[0] == "suspend" && len(pos) == 2, pos[0] == "unsuspend" && len(pos) == 2, pos[0] == "suspended" && len(pos) == 1:
 			return userSending(e, pos, *reason)
 		case pos[0] == "add" && len(pos) == 2:
-			pass, err := readPassword(e)
+			pass, err := readPassword(e, pos[1])
 			if err != nil {
 				return err
 			}
@@ -131,7 +142,7 @@ func cmdUser(e *env) error {
 			fmt.Fprintf(e.stdout, "user %s added\n", strings.ToLower(pos[1]))
 			return nil
 		case pos[0] == "passwd" && len(pos) == 2:
-			pass, err := readPassword(e)
+			pass, err := readPassword(e, pos[1])
 			if err != nil {
 				return err
 			}

@@ -41,8 +41,9 @@ Accounts:
   domain list
   domain dns DOMAIN             print every DNS record the domain needs (zone-file syntax)
   domain check DOMAIN -resolver HOST:PORT   compare them with what DNS answers
-  user add ADDRESS [-quota SIZE]   add a user; password read from stdin
-  user passwd ADDRESS           set a password read from stdin
+  user add ADDRESS [-quota SIZE]   add a user; password: one line on stdin, or typed
+                                twice at a terminal (not shown)
+  user passwd ADDRESS           set a password, read the same way
   user quota ADDRESS SIZE       set a quota (0 = default)
   user list [DOMAIN]
   user remove ADDRESS
