@@ -69,3 +69,20 @@ func TestListVerbsOnAFolderWithoutDatabase(t *testing.T) {
 		t.Errorf("domain list: %q", out)
 	}
 }
+
+// `agua config check -config FILE` checks FILE, as `config check FILE`
+// does: every other verb takes the config as -config.
+func TestConfigCheckTakesDashConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "agua.toml")
+	os.WriteFile(good, []byte(mustAgua(t, "", "config", "example")), 0o644)
+	if out := mustAgua(t, "", "config", "check", "-config", good); out != good+": OK\n" {
+		t.Errorf("config check -config: %q", out)
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[smtp]\nmax_recipients = -1\n"), 0o644)
+	code, _, errs := agua(t, "", "config", "check", "-config", bad)
+	if code != 1 || !strings.Contains(errs, "bad.toml:2: smtp.max_recipients") {
+		t.Errorf("config check -config bad: exit %d, stderr %q", code, errs)
+	}
+}

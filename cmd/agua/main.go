@@ -33,7 +33,7 @@ Server:
 
 Config:
   config example                print a complete commented config
-  config check FILE             validate a config; every problem with file:line
+  config check FILE             validate a config (or -config FILE); every problem with file:line
   config doc                    print the config reference (Markdown)
 
 Accounts:
