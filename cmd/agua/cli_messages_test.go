@@ -86,3 +86,16 @@ func TestConfigCheckTakesDashConfig(t *testing.T) {
 		t.Errorf("config check -config bad: exit %d, stderr %q", code, errs)
 	}
 }
+
+// bans and report on a stopped server's data folder that holds no shield
+// state (agua never ran there) say so in a sentence, not with the path of
+// a missing JSON file and ENOENT.
+func TestStoppedVerbsOnAFolderAguaNeverUsed(t *testing.T) {
+	data := t.TempDir()
+	for _, args := range [][]string{{"bans"}, {"report", "abuse"}, {"report", "attack"}} {
+		code, _, errs := agua(t, "", append(args, "-data", data)...)
+		if code != 1 || !strings.Contains(errs, "has agua run with this data folder?") || strings.Contains(errs, "no such file") {
+			t.Errorf("agua %v: exit %d, stderr %q", args, code, errs)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"strings"
 	"text/tabwriter"
@@ -113,6 +114,10 @@ func cmdUnblock(e *env) error {
 	return nil
 }
 
+// notRunHere ends the message of a verb that reads a stopped server's
+// data folder and finds nothing there.
+const notRunHere = "has agua run with this data folder? Pass the server's -config or -data"
+
 func cmdBans(e *env) error {
 	asJSON := e.flags.Bool("json", false, "print JSON")
 	_, c, err := e.client()
@@ -124,7 +129,9 @@ func cmdBans(e *env) error {
 	if err = c.Do("GET", "/v1/bans", nil, &bans); errors.Is(err, admin.ErrNotRunning) {
 		// Stopped: the bans it saved, which it restores at its next start.
 		dir := server.ShieldStateDir(e.cfg)
-		if bans, err = shield.ReadBans(dir, time.Now()); err != nil {
+		if bans, err = shield.ReadBans(dir, time.Now()); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("agua is not running, and %s holds no saved bans: %s", dir, notRunHere)
+		} else if err != nil {
 			return fmt.Errorf("agua is not running, and no saved bans could be read: %w", err)
 		}
 		stopped = true
