@@ -1,11 +1,18 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/server"
 )
 
 // Every verb agua runs is listed in `agua help`.
@@ -97,5 +104,51 @@ func TestStoppedVerbsOnAFolderAguaNeverUsed(t *testing.T) {
 		if code != 1 || !strings.Contains(errs, "has agua run with this data folder?") || strings.Contains(errs, "no such file") {
 			t.Errorf("agua %v: exit %d, stderr %q", args, code, errs)
 		}
+	}
+}
+
+// agua reload tells the operator which changed sections wait for a
+// restart (before: only the server's log said so, and the CLI printed the
+// rule files as if all of it had applied).
+func TestReloadNamesRestartOnlyChanges(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "agua.toml")
+	body := `data_dir = %q
+hostname = %q
+[smtp]
+listen = ["127.0.0.1:0"]
+submission_listen = []
+submissions_listen = []
+[pop3]
+listen = []
+tls_listen = []
+[imap]
+listen = []
+tls_listen = []
+[admin]
+listen = ""
+`
+	os.WriteFile(file, []byte(fmt.Sprintf(body, filepath.Join(dir, "data"), "mx1.example.org")), 0o644)
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(cfg, slog.New(slog.DiscardHandler), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.SetConfigFile(file)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	if out := mustAgua(t, "", "reload", "-config", file); strings.Contains(out, "next restart") {
+		t.Errorf("reload of an unchanged file: %q", out)
+	}
+	os.WriteFile(file, []byte(fmt.Sprintf(body, filepath.Join(dir, "data"), "mx2.example.org")), 0o644)
+	out := mustAgua(t, "", "reload", "-config", file)
+	if !strings.Contains(out, "changed but applied only at the next restart: hostname") {
+		t.Errorf("reload after a hostname change: %q", out)
 	}
 }

@@ -58,6 +58,10 @@ func cmdReload(e *env) error {
 		return fmt.Errorf("reload refused, the previous settings stay in force:\n%w", err)
 	}
 	fmt.Fprintln(e.stdout, out.Result)
+	if len(out.RestartPending) > 0 {
+		fmt.Fprintf(e.stdout, "changed but applied only at the next restart: %s ([shield], [dnsbl] and [greylist] apply live)\n",
+			strings.Join(out.RestartPending, ", "))
+	}
 	for _, f := range out.Files {
 		if f.Missing {
 			return fmt.Errorf("rule file %s does not exist: none of its rules are in force", f.Name)

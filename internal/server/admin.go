@@ -75,7 +75,7 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	os.Chmod(path, 0o600)
 	s.adminLn = ln
 	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log,
-		Queue: s.out.adminHandler(), Suspensions: s.suspensionsHandler(), Reload: s.out.signer.Reload, ReloadShield: s.ReloadConfig,
+		Queue: s.out.adminHandler(), Suspensions: s.suspensionsHandler(), Reload: s.out.signer.Reload, ReloadShield: s.ReloadConfig, RestartPending: s.RestartPending,
 		WidestBlock4: s.cfg.Admin.WidestBlock4, WidestBlock6: s.cfg.Admin.WidestBlock6}
 	api.DNSBL = s.dnsblWhy
 	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}

@@ -53,6 +53,9 @@ type Server struct {
 
 	cfgFile  string     // where cfg came from ("" = defaults): re-read by ReloadConfig
 	reloadMu sync.Mutex // one ReloadConfig at a time
+	// restartPending: the sections the last reload found changed that
+	// apply only at the next restart (guarded by reloadMu).
+	restartPending []string
 
 	dir    accounts.Directory
 	mail   *mailStore // Maildir or PostgreSQL (mailstore.go)
