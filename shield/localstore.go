@@ -56,7 +56,7 @@ type localState struct {
 	mu        sync.Mutex
 	bans      map[netip.Prefix]BanRecord
 	offenders *lru[netip.Prefix, OffenderRecord]
-	knownGood *lru[netip.Addr, time.Time]
+	knownGood *netTable[time.Time]
 	counters  *lru[counterKey, int64] // AddCounts, by window; old windows fall out of the LRU
 	banLog    []BanEvent              // BanLog, at most banLogMax, oldest first
 	lockdown  bool
@@ -98,7 +98,7 @@ func OpenLocalStore(dir string, opts LocalStoreOptions) (*LocalStore, error) {
 		st = &localState{key: key, dir: dir, now: opts.Now, cap: opts.Capacity,
 			bans:      make(map[netip.Prefix]BanRecord),
 			offenders: newLRU[netip.Prefix, OffenderRecord](opts.Capacity, hashPrefix),
-			knownGood: newLRU[netip.Addr, time.Time](opts.Capacity, hashAddr),
+			knownGood: newNetTable[time.Time](opts.Capacity),
 			counters:  newLRU[counterKey, int64](2*opts.Capacity, hashCounter),
 			handles:   make(map[*LocalStore]struct{})}
 		if dir != "" {
@@ -370,9 +370,10 @@ func (h *LocalStore) MarkKnownGood(_ context.Context, addr netip.Addr, until tim
 func (h *LocalStore) RevokeKnownGood(_ context.Context, p netip.Prefix) error {
 	p = canonPrefix(p)
 	return h.change(Change{Kind: ChangeRevokeKnownGood, Prefix: p}, func(st *localState) error {
-		// Every behaviour ban comes here: lookups, not a walk over up
-		// to table_size known-good addresses (deleteIn).
-		deleteIn(st.knownGood, p)
+		// Every behaviour ban comes here, under st.mu: the network
+		// index, not a walk over up to table_size known-good addresses
+		// (netTable).
+		st.knownGood.deleteIn(p)
 		return nil
 	})
 }

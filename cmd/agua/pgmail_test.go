@@ -56,6 +56,8 @@ tls_listen = []
 [imap]
 listen = []
 tls_listen = []
+[admin]
+listen = ""
 [dns]
 resolver = [%q]
 [postgres]
