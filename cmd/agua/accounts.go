@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/agua-mail/agua/internal/accounts"
 	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/passwd"
 	"github.com/agua-mail/agua/internal/server"
 )
 
@@ -86,7 +88,7 @@ func cmdUser(e *env) error {
 	e.flags.TextVar(&quota, "quota", config.ByteSize(0), "quota for user add, e.g. 2GiB (0 = default quota)")
 	reason := e.flags.String("reason", "", "user suspend: why (shown in status and on the dashboard)")
 	return withDirectory(e, func(ctx context.Context, d accounts.Admin, pos []string) error {
-		const help = "user add|passwd|remove|suspend|unsuspend ADDRESS, user quota ADDRESS SIZE, user list [DOMAIN], or user suspended"
+		const help = "user add|passwd|remove|suspend|unsuspend ADDRESS, user quota ADDRESS SIZE, user import FILE|-, user hash, user list [DOMAIN], or user suspended"
 		if len(pos) == 0 {
 			return usagef(help)
 		}
@@ -102,6 +104,19 @@ func cmdUser(e *env) error {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "user %s added\n", strings.ToLower(pos[1]))
+			return nil
+		case pos[0] == "import" && len(pos) == 2:
+			return importUsers(e, ctx, d, pos[1], int64(quota))
+		case pos[0] == "hash" && len(pos) == 1:
+			pass, err := readPassword(e)
+			if err != nil {
+				return err
+			}
+			h, err := passwd.Hash(pass)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, h)
 			return nil
 		case pos[0] == "passwd" && len(pos) == 2:
 			pass, err := readPassword(e)
@@ -151,6 +166,32 @@ func cmdUser(e *env) error {
 		}
 		return usagef(help)
 	})
+}
+
+// importUsers adds the users of a passwd-file (passwd.ReadPasswdFile) with
+// their stored hashes, all in one transaction: all of them or none.
+func importUsers(e *env, ctx context.Context, d accounts.Admin, file string, quota int64) error {
+	var r io.Reader = e.stdin
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		r = f
+	}
+	users, err := passwd.ReadPasswdFile(r, quota)
+	if err != nil {
+		return err
+	}
+	if len(users) == 0 {
+		return fmt.Errorf("%s: no users in it", file)
+	}
+	if err := d.ImportUsers(ctx, users); err != nil {
+		return fmt.Errorf("nothing imported: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "%d users imported\n", len(users))
+	return nil
 }
 
 func cmdAlias(e *env) error {

@@ -93,33 +93,71 @@ func schemeOf(hash string) string {
 	return "(malformed)"
 }
 
-func verifyArgon2id(hash, password string) (bool, error) {
+// CheckHash reports whether hash is a stored hash Verify can check: an
+// argon2id PHC string with parameters in the supported range, or a bcrypt
+// hash. It computes nothing: `agua user import` uses it to refuse a bad line
+// before anything is stored.
+func CheckHash(hash string) error {
+	switch {
+	case strings.HasPrefix(hash, "$argon2id$"):
+		_, err := parseArgon2id(hash)
+		return err
+	case strings.HasPrefix(hash, "$2a$"), strings.HasPrefix(hash, "$2b$"), strings.HasPrefix(hash, "$2y$"):
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return fmt.Errorf("bcrypt hash: %w", err)
+		}
+		if len(hash) != 60 {
+			return fmt.Errorf("bcrypt hash: %d characters, want 60", len(hash))
+		}
+		return nil
+	default:
+		return fmt.Errorf("unsupported password hash scheme %q (want argon2id or bcrypt)", schemeOf(hash))
+	}
+}
+
+// argon2Params is a parsed argon2id PHC string.
+type argon2Params struct {
+	m, t       uint32
+	p          uint8
+	salt, want []byte
+}
+
+func parseArgon2id(hash string) (argon2Params, error) {
 	// $argon2id$v=19$m=19456,t=2,p=1$salt$hash
+	var a argon2Params
 	parts := strings.Split(hash, "$")
 	if len(parts) != 6 || parts[0] != "" {
-		return false, fmt.Errorf("malformed argon2id hash")
+		return a, fmt.Errorf("malformed argon2id hash")
 	}
 	var version int
 	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
-		return false, fmt.Errorf("argon2id hash has unsupported version %q", parts[2])
+		return a, fmt.Errorf("argon2id hash has unsupported version %q", parts[2])
 	}
 	var m, t, p uint32
 	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil {
-		return false, fmt.Errorf("argon2id hash has malformed parameters %q", parts[3])
+		return a, fmt.Errorf("argon2id hash has malformed parameters %q", parts[3])
 	}
 	if m == 0 || t == 0 || p == 0 || m > maxArgonMemory || t > maxArgonTime || p > maxArgonThreads {
-		return false, fmt.Errorf("argon2id hash parameters %q are out of the supported range", parts[3])
+		return a, fmt.Errorf("argon2id hash parameters %q are out of the supported range", parts[3])
 	}
 	salt, err := b64.DecodeString(parts[4])
 	if err != nil || len(salt) < 8 {
-		return false, fmt.Errorf("argon2id hash has a malformed salt")
+		return a, fmt.Errorf("argon2id hash has a malformed salt")
 	}
 	want, err := b64.DecodeString(parts[5])
 	if err != nil || len(want) < 16 || len(want) > 128 {
-		return false, fmt.Errorf("argon2id hash has a malformed key")
+		return a, fmt.Errorf("argon2id hash has a malformed key")
 	}
-	got := argon2.IDKey([]byte(password), salt, t, m, uint8(p), uint32(len(want)))
-	return subtle.ConstantTimeCompare(got, want) == 1, nil
+	return argon2Params{m: m, t: t, p: uint8(p), salt: salt, want: want}, nil
+}
+
+func verifyArgon2id(hash, password string) (bool, error) {
+	a, err := parseArgon2id(hash)
+	if err != nil {
+		return false, err
+	}
+	got := argon2.IDKey([]byte(password), a.salt, a.t, a.m, a.p, uint32(len(a.want)))
+	return subtle.ConstantTimeCompare(got, a.want) == 1, nil
 }
 
 // HashSlot is the memory one verification of agua's own argon2id hashes
