@@ -221,7 +221,7 @@ func (d *Directory) Authenticate(ctx context.Context, address, password string) 
 		}
 	}
 	var user User
-	hash, err := d.hasher.Check(ctx, d.dummyHash, password, usable, func() (string, bool, error) {
+	hash, err := d.hasher.Check(ctx, password, usable, func() (string, bool, error) {
 		stored, u, found, err := d.authUser(ctx, addr)
 		user = u
 		return stored, found, err
