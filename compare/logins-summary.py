@@ -33,11 +33,12 @@ if "import" in res:
 if "idle_start" in res:
     a0, a1 = res["idle_start"], res.get("idle_after_logins", {})
     lines += [f"## Idle, {users} users", "",
-              "| when | agua RSS MB | Dovecot PSS MB (RSS MB, processes) |", "|---|---|---|"]
+              "| when | agua RSS MB (anonymous) | Dovecot PSS MB (anonymous; RSS, processes) |", "|---|---|---|"]
     for name, r in (("after start + settle", a0), ("after 10 logins + settle", a1)):
         if r:
-            d = r["dovecot"]
-            lines.append(f"| {name} | {f(r['agua']['rss_mb'])} | {f(d['pss_mb'])} ({f(d['rss_mb'])}, {d['procs']}) |")
+            a, d = r["agua"], r["dovecot"]
+            lines.append(f"| {name} | {f(a['rss_mb'])} ({f(a.get('pss_anon_mb'))}) | "
+                         f"{f(d['pss_mb'])} ({f(d.get('pss_anon_mb'))}; {f(d['rss_mb'])}, {d['procs']}) |")
     worst = max(a0["agua"]["rss_mb"], a1.get("agua", {}).get("rss_mb", 0))
     goals["idle agua RSS <= 50 MB" + ("" if users >= 10000 else f" (goal at 10,000 users; this run {users})")] = (
         f"{worst:.1f} MB", worst <= 50)
@@ -47,7 +48,7 @@ if "idle_start" in res:
 bursts = [(v, res.get(f"burst_{v}_agua"), res.get(f"burst_{v}_dovecot")) for v in ("repeat", "distinct")]
 if any(a for _, a, _ in bursts):
     lines += ["## Burst of POP3 logins from strangers", "",
-              "| variant | server | sessions ok/all | seconds | sessions/s | p99 | peak MB | at end MB | after MB |",
+              "| variant | server | sessions ok/all | seconds | sessions/s | p99 | peak MB | at end MB | after MB (anonymous) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for v, a, d in bursts:
         for name, r, key in (("agua (RSS)", a, "rss"), ("Dovecot (PSS)", d, "pss")):
@@ -56,7 +57,8 @@ if any(a for _, a, _ in bursts):
             b = r["bench"]
             p99 = b.get("p99") or 0
             lines.append(f"| {v} | {name} | {b['ok']}/{b['sessions']} | {r['seconds']} | {f(b['sessions_per_s'])} | "
-                         f"{p99 / 1e6:.0f} ms | {f(r['peak'][key + '_max_mb'])} | {f(r['at_end'][key + '_mb'])} | {f(r['after'][key + '_mb'])} |")
+                         f"{p99 / 1e6:.0f} ms | {f(r['peak'][key + '_max_mb'])} | {f(r['at_end'][key + '_mb'])} | "
+                         f"{f(r['after'][key + '_mb'])} ({f(r['after'].get('pss_anon_mb'))}) |")
         if a and d:
             for when, ak, dk in (("peak", a["peak"]["rss_max_mb"], d["peak"]["pss_max_mb"]),
                                  ("at end", a["at_end"]["rss_mb"], d["at_end"]["pss_mb"]),
@@ -88,6 +90,9 @@ if any(a for _, a, _ in rates):
                 lines.append(f"\n{p} {s} failures: {r['bench']['failures']}")
     lines.append("")
 
+lines += ["RSS and PSS count the pages of the programs' files that are mapped (agua: its one binary, "
+          "about 20 MB of it; Dovecot: its binaries and libraries, shared by its processes) as well as "
+          "anonymous memory (heap, stacks); for agua, one process, RSS = PSS.", ""]
 lines += ["## Against issue 15's goals" + (" (SMOKE: not the measurement)" if smoke else ""), "",
           "| goal | this run | met |", "|---|---|---|"]
 for g, (v, ok) in goals.items():

@@ -47,6 +47,8 @@
 # (10s), SESSION_USERS (10), MSGS (3), WORK (/var/tmp/agua-logins: agua's
 # data), MEMORY_LIMIT (agua's memory_limit; default: agua's own default),
 # PROFILE (1: agua serve -memprofile, a heap profile per step in OUT_DIR),
+# DOVECOT_AUTH_CACHE (1: Dovecot's auth_cache on, 10M and 5 min, so that its
+# repeat logins skip the hash too; default off, Dovecot's own default),
 # SMOKE (1: USERS=1000 BURST=200 BURST_SECONDS=4 REPEAT_USERS=20 SETTLE=5
 # AFTER=5 DURATION=4s, unless set; the summary says SMOKE).
 set -euo pipefail
@@ -168,7 +170,9 @@ sys.stdout.write("".join(f"user{i}@{d}:{{ARGON2ID}}{h}\n" for i in range(n)))' "
   "$pd" stop
   local names
   names=$(seq -f "user%g" 0 $((users - 1)) | tr '\n' ' ')
-  USERS="$names" PASS_HASH="{ARGON2ID}$hash" "$pd" configure >/dev/null
+  # Room for a login process per client of the burst, so that Dovecot
+  # serves every one rather than refuse them ("Connection queue full").
+  DC_AUTH_CACHE=${DOVECOT_AUTH_CACHE:-0} DC_LOGIN_LIMIT=$((burst > 100 ? burst + 10 : 100)) USERS="$names" PASS_HASH="{ARGON2ID}$hash" "$pd" configure >/dev/null
   rm -rf "${VMAIL:?}/$domain"/*
   "$pd" start
 
@@ -178,17 +182,22 @@ sys.stdout.write("".join(f"user{i}@{d}:{{ARGON2ID}}{h}\n" for i in range(n)))' "
   "$agua" bench -quiet -json -target "$AG_SMTP" -legit "$mailboxes" -sessions 1 -per-session "$msgs" -size 1024 \
     -legit-rate 500 -rcpt "user%d@$domain" -pid 0 -duration 300s > "$out/fill.json"
   stop_agua
-  local i n=0 src dst
-  for ((i = 0; i < mailboxes; i++)); do
-    src="$work/agua-data/mail/$domain/user$i"
-    dst="$VMAIL/$domain/user$i"
-    mkdir -p "$dst/new" "$dst/cur" "$dst/tmp"
-    for f in "$src"/new/* "$src"/cur/*; do
-      [ -e "$f" ] || continue
-      cp "$f" "$dst/new/$(basename "${f%%:*}")"
-      n=$((n + 1))
-    done
-  done
+  local n
+  n=$(python3 - "$work/agua-data/mail/$domain" "$VMAIL/$domain" "$mailboxes" <<'PY'
+import os, shutil, sys
+src, dst, boxes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n = 0
+for i in range(boxes):
+    for d in ("tmp", "new", "cur"):
+        os.makedirs(f"{dst}/user{i}/{d}", exist_ok=True)
+    for d in ("new", "cur"):
+        p = f"{src}/user{i}/{d}"
+        for name in os.listdir(p) if os.path.isdir(p) else []:
+            shutil.copyfile(f"{p}/{name}", f"{dst}/user{i}/new/{name.split(':')[0]}")
+            n += 1
+print(n)
+PY
+)
   chown -R vmail:vmail "$VMAIL/$domain"
   [ "$n" -ge $((mailboxes * msgs)) ] || { echo "only $n of $((mailboxes * msgs)) messages were delivered to agua: see $out/fill.json" >&2; exit 1; }
   results fill "{\"mailboxes\": $mailboxes, \"messages\": $n}"
@@ -201,7 +210,7 @@ sys.stdout.write("".join(f"user{i}@{d}:{{ARGON2ID}}{h}\n" for i in range(n)))' "
     echo "kernel: $(uname -srm)"
     echo "go: $(go version)"
     echo "agua: $(git -C "$root" rev-parse HEAD)$(git -C "$root" diff --quiet HEAD -- . || echo ' (+ uncommitted changes)')${MEMORY_LIMIT:+, memory_limit $MEMORY_LIMIT}"
-    echo "dovecot: $(dovecot --version) (Debian $(dpkg-query -W -f '${Version}' dovecot-core))"
+    echo "dovecot: $(dovecot --version) (Debian $(dpkg-query -W -f '${Version}' dovecot-core)), auth_cache $([ "${DOVECOT_AUTH_CACHE:-0}" = 1 ] && echo 'on (10M, 5 min)' || echo 'off (its default)'), login process_limit $((burst > 100 ? burst + 10 : 100))"
     echo "users: $users; burst: $burst POP3 logins at $rate/s (repeat: $repeat_users users x $polls; distinct: $burst users); settle ${settle}s, after ${after}s; rate runs: $session_users clients, $dur"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   } > "$out/machine.txt"
@@ -257,7 +266,7 @@ burst() {
 rate() {
   step=rate
   start_agua
-  local p a d
+  local p a d s srv
   for p in pop3 imap; do
     [ $p = pop3 ] && { a=$AG_POP3; d=$DC_POP3; } || { a=$AG_IMAP; d=$DC_IMAP; }
     log "rate $p: $session_users clients, $dur each server"
@@ -280,7 +289,7 @@ rate() {
 
 : > "$out/results.jsonl"
 setup
-for s in ${STEPS:-idle burst rate}; do "$s"; done
+for fn in ${STEPS:-idle burst rate}; do "$fn"; done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
 python3 "$root/compare/logins-summary.py" "$out" "$users" "$smoke"
 cat "$out/summary.md"
