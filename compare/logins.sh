@@ -2,8 +2,8 @@
 # Logins and memory, agua against Dovecot (issue 15), in one run on this
 # machine, loopback only. Run as root (Dovecot) from anywhere:
 #
-#   compare/logins.sh [OUT_DIR]            # the real run (about 6 minutes)
-#   SMOKE=1 compare/logins.sh [OUT_DIR]    # small counts, to prove it works (about 2 minutes)
+#   compare/logins.sh [OUT_DIR]            # the real run (about 8 minutes on a quiet machine)
+#   SMOKE=1 compare/logins.sh [OUT_DIR]    # small counts, to prove it works (3-6 minutes)
 #
 # Setup: agua on a data folder and ports of its own (POP3 127.0.0.1:3810,
 # IMAP :3843, SMTP :3825; none of agua's defaults), and Dovecot as
@@ -19,8 +19,9 @@
 # Every legitimate client is a stranger: `agua bench` draws each session's
 # source address from 127.128.0.0/9, never 127.0.0.1 (which agua
 # allowlists). Each step starts agua afresh (its RSS and its login cache
-# are the step's own); Dovecot keeps running (its master, auth and
-# config processes; login and mail processes come and go).
+# are the step's own), and Dovecot too before each of its measurements
+# (its master, auth and config processes stay for the step; login and
+# mail processes come and go).
 #
 #   idle    agua with USERS users, RSS after start + SETTLE s; then once
 #           every user of the first 10 logged in (POP3) + SETTLE s; Dovecot's
@@ -119,6 +120,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 dovecot_pid() { cat /run/dovecot-agua-bench/master.pid; }
+# A fresh Dovecot before each of its measured steps, as agua gets a fresh
+# process: an auth backlog left by a burst it could not keep up with
+# (clients that gave up) would slow the next step. postfix-dovecot.sh
+# stops and starts its Postfix with it.
+restart_dovecot() {
+  "$pd" stop >/dev/null 2>&1 || true
+  "$pd" start >/dev/null
+  wait_port "$DC_POP3"; wait_port "$DC_IMAP"
+  sleep 2
+}
 mem() { python3 "$root/compare/proctree.py" mem "$1"; }
 # results NAME JSON: one line of OUT_DIR/results.jsonl
 results() { python3 -c 'import json, sys; print(json.dumps({"name": sys.argv[1], "data": json.loads(sys.argv[2])}))' "$1" "$2" >> "$out/results.jsonl"; }
@@ -219,6 +230,7 @@ PY
 
 idle() {
   step=idle
+  restart_dovecot
   start_agua
   log "idle: settle ${settle}s"
   sleep "$settle"
@@ -258,6 +270,7 @@ burst() {
     sleep 2
     burst_one agua "$AG_POP3" "$agua_pid" $v "$clients" "$sessions"
     stop_agua
+    restart_dovecot
     burst_one dovecot "$DC_POP3" "$(dovecot_pid)" $v "$clients" "$sessions"
     sleep 2
   done
@@ -274,7 +287,7 @@ rate() {
     s=$!
     "$agua" bench -quiet -json -proto $p -target "$a" -legit "$session_users" -user "user%d@$domain" -pass "$pass" -duration "$dur" -pid 0 > "$out/rate-$p-agua.json" || true
     kill "$s"; wait "$s" || true
-    sleep 2
+    restart_dovecot
     python3 "$root/compare/proctree.py" "$(dovecot_pid)" > "$out/rate-$p-dovecot.proc.json" &
     s=$!
     "$agua" bench -quiet -json -proto $p -target "$d" -legit "$session_users" -user "user%d@$domain" -pass "$pass" -duration "$dur" -pid 0 > "$out/rate-$p-dovecot.json" || true
