@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -23,6 +24,9 @@ func withDirectory(e *env, fn func(ctx context.Context, d accounts.Admin, pos []
 	if err != nil {
 		return err
 	}
+	if err := noDatabaseToRead(e.cfg, pos); err != nil {
+		return err
+	}
 	d, err := server.OpenDirectory(e.cfg, newLogger(e.cfg, e.stderr))
 	if err != nil {
 		return err
@@ -31,11 +35,33 @@ func withDirectory(e *env, fn func(ctx context.Context, d accounts.Admin, pos []
 	return fn(context.Background(), d, pos)
 }
 
+// noDatabaseToRead fails a verb that only reads accounts (list, dns, check)
+// when the data folder has no accounts database: run from another folder
+// than the server's, or with another -data/-config, it would create an
+// empty database and answer "nothing", as if the server had no accounts.
+func noDatabaseToRead(cfg config.Config, pos []string) error {
+	if cfg.Postgres.Accounts || len(pos) == 0 {
+		return nil
+	}
+	switch pos[0] {
+	case "list", "dns", "check":
+	default:
+		return nil
+	}
+	path := server.DatabasePath(cfg)
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("no accounts database at %s: agua has not run with this data folder; give the server's -config or -data (or run `agua serve` once, or `agua domain add` first)", path)
+}
+
+const domainHelp = "domain add|remove|dns NAME, domain check NAME -resolver HOST:PORT, or domain list"
+
 func cmdDomain(e *env) error {
 	df := domainDNSFlags(e)
 	return withDirectory(e, func(ctx context.Context, d accounts.Admin, pos []string) error {
 		if len(pos) == 0 {
-			return usagef("domain add|remove NAME, or domain list")
+			return usagef(domainHelp)
 		}
 		switch {
 		case (pos[0] == "dns" || pos[0] == "check") && len(pos) == 2:
@@ -59,7 +85,7 @@ func cmdDomain(e *env) error {
 			fmt.Fprintf(e.stdout, "domain %s removed\n", strings.ToLower(pos[1]))
 			return nil
 		}
-		return usagef("domain add|remove NAME, or domain list")
+		return usagef(domainHelp)
 	})
 }
 
@@ -67,13 +93,24 @@ func cmdDomain(e *env) error {
 // slowed by the shield, not made pointless.
 const minPasswordLen = 8
 
-// readPassword reads one line from stdin (so scripts can pipe it).
-func readPassword(e *env) (string, error) {
-	line, err := bufio.NewReader(e.stdin).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", err
+// readPassword reads the password of address: one line from stdin (so
+// scripts can pipe it), or, at a terminal, typed twice without echo.
+func readPassword(e *env, address string) (string, error) {
+	var pass string
+	tty := false
+	if f, ok := e.stdin.(*os.File); ok {
+		var err error
+		if pass, tty, err = terminalPassword(f, e.stderr, address); err != nil {
+			return "", err
+		}
 	}
-	pass := strings.TrimRight(line, "\r\n")
+	if !tty {
+		line, err := bufio.NewReader(e.stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", err
+		}
+		pass = strings.TrimRight(line, "\r\n")
+	}
 	if pass == "" {
 		return "", errors.New("no password on standard input (pipe it: echo 'a long secret' | agua user add ...)")
 	}
@@ -96,7 +133,7 @@ func cmdUser(e *env) error {
 		case pos[0] == "suspend" && len(pos) == 2, pos[0] == "unsuspend" && len(pos) == 2, pos[0] == "suspended" && len(pos) == 1:
 			return userSending(e, pos, *reason)
 		case pos[0] == "add" && len(pos) == 2:
-			pass, err := readPassword(e)
+			pass, err := readPassword(e, pos[1])
 			if err != nil {
 				return err
 			}
@@ -108,7 +145,7 @@ func cmdUser(e *env) error {
 		case pos[0] == "import" && len(pos) == 2:
 			return importUsers(e, ctx, d, pos[1], int64(quota))
 		case pos[0] == "hash" && len(pos) == 1:
-			pass, err := readPassword(e)
+			pass, err := readPassword(e, "the hash")
 			if err != nil {
 				return err
 			}
@@ -119,7 +156,7 @@ func cmdUser(e *env) error {
 			fmt.Fprintln(e.stdout, h)
 			return nil
 		case pos[0] == "passwd" && len(pos) == 2:
-			pass, err := readPassword(e)
+			pass, err := readPassword(e, pos[1])
 			if err != nil {
 				return err
 			}

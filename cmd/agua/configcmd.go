@@ -18,8 +18,14 @@ func cmdConfig(e *env) error {
 	case len(pos) == 1 && pos[0] == "doc":
 		fmt.Fprint(e.stdout, config.Reference())
 		return nil
-	case len(pos) == 2 && pos[0] == "check":
-		cfg, err := config.Load(pos[1])
+	case len(pos) == 2 && pos[0] == "check",
+		// `-config FILE`, as every other verb takes it, names the file too.
+		len(pos) == 1 && pos[0] == "check" && e.cfgPath != "":
+		file := e.cfgPath
+		if len(pos) == 2 {
+			file = pos[1]
+		}
+		cfg, err := config.Load(file)
 		if err != nil {
 			return err
 		}
@@ -27,11 +33,11 @@ func cmdConfig(e *env) error {
 			cfg.DataDir = e.data
 		}
 		// What serve reads next: the certificate and the rule files.
-		if err := cfg.CheckFiles(pos[1]); err != nil {
+		if err := cfg.CheckFiles(file); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "%s: OK\n", pos[1])
+		fmt.Fprintf(e.stdout, "%s: OK\n", file)
 		return nil
 	}
-	return usagef("config example | config check FILE | config doc")
+	return usagef("config example | config check FILE (or -config FILE) | config doc")
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"strings"
 	"text/tabwriter"
@@ -51,9 +52,16 @@ func cmdReload(e *env) error {
 	}
 	var out admin.ReloadResult
 	if err := c.Do("POST", "/v1/reload", nil, &out); err != nil {
+		if errors.Is(err, admin.ErrNotRunning) {
+			return err // nothing is in force to keep: say only that
+		}
 		return fmt.Errorf("reload refused, the previous settings stay in force:\n%w", err)
 	}
 	fmt.Fprintln(e.stdout, out.Result)
+	if len(out.RestartPending) > 0 {
+		fmt.Fprintf(e.stdout, "changed but applied only at the next restart: %s ([shield], [dnsbl] and [greylist] apply live)\n",
+			strings.Join(out.RestartPending, ", "))
+	}
 	for _, f := range out.Files {
 		if f.Missing {
 			return fmt.Errorf("rule file %s does not exist: none of its rules are in force", f.Name)
@@ -110,6 +118,10 @@ func cmdUnblock(e *env) error {
 	return nil
 }
 
+// notRunHere ends the message of a verb that reads a stopped server's
+// data folder and finds nothing there.
+const notRunHere = "has agua run with this data folder? Pass the server's -config or -data"
+
 func cmdBans(e *env) error {
 	asJSON := e.flags.Bool("json", false, "print JSON")
 	_, c, err := e.client()
@@ -121,7 +133,9 @@ func cmdBans(e *env) error {
 	if err = c.Do("GET", "/v1/bans", nil, &bans); errors.Is(err, admin.ErrNotRunning) {
 		// Stopped: the bans it saved, which it restores at its next start.
 		dir := server.ShieldStateDir(e.cfg)
-		if bans, err = shield.ReadBans(dir, time.Now()); err != nil {
+		if bans, err = shield.ReadBans(dir, time.Now()); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("agua is not running, and %s holds no saved bans: %s", dir, notRunHere)
+		} else if err != nil {
 			return fmt.Errorf("agua is not running, and no saved bans could be read: %w", err)
 		}
 		stopped = true

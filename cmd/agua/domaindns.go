@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -79,19 +82,44 @@ func domainDNS(e *env, ctx context.Context, d accounts.Admin, pos []string, f dn
 	if *f.resolver == "" {
 		return usagef("domain check DOMAIN -resolver HOST:PORT")
 	}
-	res := dnsrecords.Checker{Server: *f.resolver, Timeout: *f.timeout}.Check(ctx, recs)
-	failed := 0
+	server, err := resolverAddr(*f.resolver)
+	if err != nil {
+		return err
+	}
+	res := dnsrecords.Checker{Server: server, Timeout: *f.timeout}.Check(ctx, recs)
+	failed, unanswered := 0, 0
 	for _, r := range res {
 		fmt.Fprintln(e.stdout, r)
 		if r.Status != dnsrecords.OK {
 			failed++
 		}
+		if r.Status == dnsrecords.Failed {
+			unanswered++
+		}
 	}
 	if !hasKey {
 		fmt.Fprintf(e.stdout, "no DKIM key for this domain: run `agua dkim keygen %s`\n", strings.ToLower(pos[1]))
+	}
+	if unanswered == len(res) && len(res) > 0 {
+		// Nothing was compared: the records are not "missing", the server
+		// is not there (or drops the queries).
+		return fmt.Errorf("%w: the DNS server %s answered none of the %d queries; is it the right address, and does it run?", errChecksFailed, server, len(res))
 	}
 	if failed > 0 {
 		return fmt.Errorf("%w: %d of %d", errChecksFailed, failed, len(res))
 	}
 	return nil
+}
+
+// resolverAddr is the -resolver of domain check as HOST:PORT: a bare
+// address (9.9.9.9, 2620:fe::fe) gets DNS's port 53.
+func resolverAddr(s string) (string, error) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(ip, 53).String(), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+		return "", usagef("-resolver %q: want a DNS server's address, HOST:PORT (e.g. 9.9.9.9:53) or an IP address", s)
+	}
+	return s, nil
 }

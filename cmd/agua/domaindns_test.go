@@ -99,7 +99,10 @@ func TestDomainDNSAndCheck(t *testing.T) {
 	}{
 		{[]string{"domain", "dns", "unknown.example"}, 1, "not a local domain"},
 		{[]string{"domain", "check", "example.org"}, 2, "-resolver HOST:PORT"},
-		{[]string{"domain", "check", "example.org", "-resolver", "127.0.54.2:9", "-timeout", "300ms"}, 1, "15 of 15"},
+		{[]string{"domain", "check", "example.org", "-resolver", "127.0.54.2:9", "-timeout", "300ms"}, 1, "the DNS server 127.0.54.2:9 answered none of the 15 queries"},
+		{[]string{"domain", "check", "example.org", "-resolver", "127.0.54.2", "-timeout", "300ms"}, 1, "the DNS server 127.0.54.2:53 answered none"},
+		{[]string{"domain", "check", "example.org", "-resolver", "nonsense"}, 2, `-resolver "nonsense": want a DNS server's address`},
+		{[]string{"domain", "check", "example.org", "-resolver", "127.0.54.2:99999"}, 2, `-resolver "127.0.54.2:99999"`},
 	} {
 		code, out, errs := agua(t, "", append(c.args, "-data", data)...)
 		if code != c.code || !strings.Contains(errs, c.want) {

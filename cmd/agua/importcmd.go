@@ -87,7 +87,7 @@ func cmdImport(e *env) error {
 		}
 		s, err := importer.DialIMAP(ctx, cfg)
 		if err != nil {
-			return err
+			return withTLSHint(err)
 		}
 		src = s
 	case pos[0] == "maildir" && len(pos) == 2:
@@ -230,4 +230,24 @@ func printImportSummary(w io.Writer, sum importer.Summary) {
 		fmt.Fprintf(w, "Keywords agua does not keep were dropped: %s.\n", strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(w, "Done in %s.\n", sum.Duration.Round(time.Millisecond))
+}
+
+// withTLSHint adds to a failed connection to the source the flag that most
+// likely fixes it: -tls for a port that speaks TLS from the first byte
+// (any port but 993 is tried with STARTTLS), -starttls for one that does
+// not, -insecure for a certificate that does not verify.
+func withTLSHint(err error) error {
+	var (
+		cert   *tls.CertificateVerificationError
+		record tls.RecordHeaderError
+	)
+	switch {
+	case errors.Is(err, importer.ErrStartTLS):
+		return fmt.Errorf("%w (a port with TLS from the first byte, such as 993? use -tls)", err)
+	case errors.As(err, &record):
+		return fmt.Errorf("%w (the port does not speak TLS from the first byte: use -starttls, or -plain on this machine)", err)
+	case errors.As(err, &cert):
+		return fmt.Errorf("%w (an old server's self-signed certificate? -insecure skips the check)", err)
+	}
+	return err
 }

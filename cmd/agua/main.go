@@ -28,11 +28,12 @@ Server:
   serve                         run the server (embedded defaults without -config)
   status                        show the running server's state
   top [-interval 1s] [-once]    live terminal view: listeners, rates, top talkers, bans
-  reload                        re-read the config file's [shield] section and the rule files now
+  reload                        re-read the config's [shield], [dnsbl] and [greylist] sections,
+                                the rule files and the DKIM keys now
 
 Config:
   config example                print a complete commented config
-  config check FILE             validate a config; every problem with file:line
+  config check FILE             validate a config (or -config FILE); every problem with file:line
   config doc                    print the config reference (Markdown)
 
 Accounts:
@@ -40,8 +41,9 @@ Accounts:
   domain list
   domain dns DOMAIN             print every DNS record the domain needs (zone-file syntax)
   domain check DOMAIN -resolver HOST:PORT   compare them with what DNS answers
-  user add ADDRESS [-quota SIZE]   add a user; password read from stdin
-  user passwd ADDRESS           set a password read from stdin
+  user add ADDRESS [-quota SIZE]   add a user; password: one line on stdin, or typed
+                                twice at a terminal (not shown)
+  user passwd ADDRESS           set a password, read the same way
   user quota ADDRESS SIZE       set a quota (0 = default)
   user list [DOMAIN]
   user remove ADDRESS
@@ -52,6 +54,11 @@ Accounts:
   alias add FROM TO             FROM may be @domain (catch-all)
   alias remove FROM TO
   alias list [DOMAIN]
+
+DKIM signing keys (the data folder; a running server picks new keys up):
+  dkim keygen DOMAIN [-algo ed25519|rsa|both] [-selector S] [-start 48h]
+                                create the domain's keys, print their DNS records
+  dkim list [DOMAIN]            every key, which ones sign, and their records
 
 Shield (talk to the running server):
   block CIDR [-for 24h] [-reason TEXT] [-action reject|drop|tarpit] [-force]
@@ -120,19 +127,10 @@ type env struct {
 	cfgPath, data string
 }
 
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	switch args[0] {
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	case "-version", "--version", "-v":
-		args[0] = "version"
-	}
-	verbs := map[string]func(*env) error{
+// verbs maps each verb to its command; usage lists every one (a test
+// checks it).
+func verbs() map[string]func(*env) error {
+	return map[string]func(*env) error{
 		"serve": cmdServe, "status": cmdStatus, "reload": cmdReload,
 		"config": cmdConfig, "domain": cmdDomain, "user": cmdUser, "alias": cmdAlias,
 		"block": cmdBlock, "unblock": cmdUnblock, "bans": cmdBans, "why": cmdWhy, "lockdown": cmdLockdown,
@@ -148,9 +146,23 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"migrate": cmdMigrate,
 		"version": func(e *env) error { fmt.Fprintln(e.stdout, "agua", version); return nil },
 	}
-	verb, ok := verbs[args[0]]
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "-version", "--version", "-v":
+		args[0] = "version"
+	}
+	verb, ok := verbs()[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "agua: unknown verb %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "agua: unknown verb %q (`agua help` lists the verbs)\n", args[0])
 		return 2
 	}
 	e := &env{args: args[1:], stdin: stdin, stdout: stdout, stderr: stderr}

@@ -145,7 +145,7 @@ func TestShieldVerbs(t *testing.T) {
 		t.Fatalf("why for a clean address: %q", out)
 	}
 	code, _, errs = agua(t, "", "why", "not-an-ip", "-data", data)
-	if code == 0 || !strings.Contains(errs, "not an IP address") {
+	if code == 0 || !strings.Contains(errs, "agua: \"not-an-ip\" is not an IP address") {
 		t.Fatalf("why bad ip: %d %q", code, errs)
 	}
 	code, _, errs = agua(t, "", "block", "192.0.2.0/24", "-action", "allow", "-data", data)

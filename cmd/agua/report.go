@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"time"
@@ -69,6 +70,9 @@ func (e *env) history(since string, step time.Duration, cluster bool) (shield.Hi
 		// The server is stopped: read what it saved.
 		dir := server.ShieldStateDir(e.cfg)
 		snap, err := shield.ReadHistory(dir, e.cfg.Shield, from, step, now)
+		if errors.Is(err, fs.ErrNotExist) {
+			return snap, fmt.Errorf("agua is not running and %s holds no shield history: %s", dir, notRunHere)
+		}
 		if err != nil {
 			return snap, fmt.Errorf("agua is not running and %s holds no shield history: %w", dir, err)
 		}

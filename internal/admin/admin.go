@@ -39,6 +39,10 @@ type Server struct {
 	// section (Shield.Reconfigure). Its error lists every problem, one
 	// per line, and means nothing changed.
 	ReloadShield func() error
+	// RestartPending, if set, names the config sections that differ from
+	// the running ones but apply only at the next restart (the reload
+	// result lists them, so that the operator is told, not only the log).
+	RestartPending func() []string
 	// WidestBlock4 and WidestBlock6 are the widest prefixes (fewest bits)
 	// a block accepts without Force; 0 means DefaultWidestBlock4/6.
 	WidestBlock4, WidestBlock6 int
@@ -139,13 +143,19 @@ func (a *Server) reload(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	files := a.Shield.RuleFiles()
-	writeJSON(w, http.StatusOK, ReloadResult{Result: "rules reloaded:" + describeRuleFiles(files), Files: files})
+	res := ReloadResult{Result: "rules reloaded:" + describeRuleFiles(files), Files: files}
+	if a.RestartPending != nil {
+		res.RestartPending = a.RestartPending()
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
-// ReloadResult is the answer to POST /v1/reload: what each rule file gave.
+// ReloadResult is the answer to POST /v1/reload: what each rule file gave,
+// and the changed config sections that wait for a restart.
 type ReloadResult struct {
-	Result string            `json:"result"`
-	Files  []shield.RuleFile `json:"files"`
+	Result         string            `json:"result"`
+	Files          []shield.RuleFile `json:"files"`
+	RestartPending []string          `json:"restart_pending,omitempty"`
 }
 
 func describeRuleFiles(files []shield.RuleFile) string {
@@ -279,7 +289,7 @@ func (a *Server) unban(w http.ResponseWriter, r *http.Request) {
 func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 	ip, err := netip.ParseAddr(strings.TrimSpace(r.URL.Query().Get("ip")))
 	if err != nil {
-		fail(w, http.StatusBadRequest, "ip=%q is not an IP address", r.URL.Query().Get("ip"))
+		fail(w, http.StatusBadRequest, "%q is not an IP address", r.URL.Query().Get("ip"))
 		return
 	}
 	x := a.Shield.Why(ip.Unmap())

@@ -422,10 +422,12 @@ func (l *engineLogger) Printf(format string, args ...any) {
 			}
 			return
 		}
-		// The engine could not parse a command line and closes the
-		// connection: a protocol error.
+		// The engine could not parse a command line (no tag, no command
+		// name) and closes the connection: a protocol error. The client
+		// is told why first (RFC 9051 7.1.5: BYE when the server closes).
 		l.log.Info("imap unparsable command", "err", sanitize(msg))
 		shield.Report(l.w.raw, shield.ProtocolError)
+		l.w.bye("Syntax error: a command line is a tag, a space and a command name")
 	case format == "handling %v command: %v" && len(args) == 2:
 		// The engine answers "NO [SERVERBUG]" for any error that is not an
 		// *imap.Error. agua's session returns *imap.Error (or fails

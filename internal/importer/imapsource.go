@@ -25,6 +25,11 @@ const (
 	Plain                       // no TLS: loopback and tests only
 )
 
+// ErrStartTLS: the source did not complete STARTTLS (it closed the
+// connection, answered no greeting, or refused the command), as an
+// implicit-TLS port does.
+var ErrStartTLS = errors.New("STARTTLS failed")
+
 // IMAPConfig says where and how to log in.
 type IMAPConfig struct {
 	Addr           string // host:port
@@ -79,7 +84,7 @@ func DialIMAP(ctx context.Context, cfg IMAPConfig) (*IMAPSource, error) {
 	case StartTLS:
 		if c, err = imapclient.NewStartTLS(conn, opts); err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("import: STARTTLS with %s: %w", cfg.Addr, err)
+			return nil, fmt.Errorf("import: %w with %s: %w", ErrStartTLS, cfg.Addr, err)
 		}
 	default:
 		c = imapclient.New(conn, opts)

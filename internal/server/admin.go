@@ -1,10 +1,10 @@
 package server
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/admin"
+	"github.com/agua-mail/agua/internal/config"
 	"github.com/agua-mail/agua/shield"
 )
 
@@ -40,15 +41,31 @@ func (s *Server) adminToken() (string, error) {
 	return tok, nil
 }
 
+// ErrAlreadyRunning: another agua serves the same data folder.
+var ErrAlreadyRunning = errors.New("another agua is already running with this data folder")
+
+// checkNotRunning fails with ErrAlreadyRunning when the data folder's admin
+// socket answers. Serve checks it before opening anything, so that the
+// operator reads this rather than the first store that finds its lock taken.
+func checkNotRunning(cfg config.Config) error {
+	path := AdminSocket(cfg)
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return nil
+	}
+	c.Close()
+	return fmt.Errorf("%w, %s (its admin socket %s answers; `agua status -data %s` shows it): stop it first, or give this one its own data_dir and ports",
+		ErrAlreadyRunning, cfg.DataDir, path, cfg.DataDir)
+}
+
 // listenAdmin binds the admin unix socket (the CLI's way in) and, when
 // configured, the HTTP admin listener behind the shield.
 func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	path := AdminSocket(s.cfg)
 	// A socket left by a killed server is removed; a live one means another
-	// agua is using this data folder.
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("another agua is already running with this data folder (admin socket %s answers)", path)
+	// agua is using this data folder (checked at the start too).
+	if err := checkNotRunning(s.cfg); err != nil {
+		return err
 	}
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
@@ -58,7 +75,7 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	os.Chmod(path, 0o600)
 	s.adminLn = ln
 	api := &admin.Server{Shield: s.shield, Status: s.status, Log: s.log,
-		Queue: s.out.adminHandler(), Suspensions: s.suspensionsHandler(), Reload: s.out.signer.Reload, ReloadShield: s.ReloadConfig,
+		Queue: s.out.adminHandler(), Suspensions: s.suspensionsHandler(), Reload: s.out.signer.Reload, ReloadShield: s.ReloadConfig, RestartPending: s.RestartPending,
 		WidestBlock4: s.cfg.Admin.WidestBlock4, WidestBlock6: s.cfg.Admin.WidestBlock6}
 	api.DNSBL = s.dnsblWhy
 	s.admin = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -70,9 +87,9 @@ func (s *Server) listenAdmin(tlsCfg *tls.Config) error {
 	if err != nil {
 		return err
 	}
-	tcp, err := s.shield.Listen(context.Background(), "tcp", s.cfg.Admin.Listen)
+	tcp, err := s.listenTCP("admin", s.cfg.Admin.Listen)
 	if err != nil {
-		return fmt.Errorf("admin listener: %w", err)
+		return err
 	}
 	var wrapped net.Listener = s.shield.Listener(tcp, shield.ListenerConfig{Name: "admin", MaxConns: 200, Reject: httpReject})
 	if s.cfg.Admin.TLS {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -23,9 +22,9 @@ func (s *Server) listenAutoconfig() error {
 	if ac.Listen == "" {
 		return nil
 	}
-	tcp, err := s.shield.Listen(context.Background(), "tcp", ac.Listen)
+	tcp, err := s.listenTCP("autoconfig", ac.Listen)
 	if err != nil {
-		return fmt.Errorf("autoconfig listener: %w", err)
+		return err
 	}
 	var ln net.Listener = s.shield.Listener(tcp, shield.ListenerConfig{Name: "autoconfig", MaxConns: 200, Reject: httpReject})
 	if ac.TLS {

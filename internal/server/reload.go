@@ -4,6 +4,7 @@ import (
 	"errors"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,11 +66,21 @@ func (s *Server) reloadConfig(cause string) error {
 	if s.grey != nil {
 		s.grey.apply(cfg.Greylist)
 	}
-	if changed := restartOnly(s.cfg, cfg); len(changed) > 0 {
+	changed := restartOnly(s.cfg, cfg)
+	s.restartPending = changed
+	if len(changed) > 0 {
 		s.log.Warn("config reload: [shield], [dnsbl] and [greylist] applied; other changes apply at the next restart", "sections", strings.Join(changed, ","))
 	}
 	s.log.Info("config reloaded", "file", s.cfgFile, "cause", cause)
 	return nil
+}
+
+// RestartPending names the config sections that the last reload found
+// changed but cannot apply while running (hostname, listeners, ...).
+func (s *Server) RestartPending() []string {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	return slices.Clone(s.restartPending)
 }
 
 // shieldConfig is sc with its rule files resolved against the data folder.

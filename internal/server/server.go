@@ -53,6 +53,9 @@ type Server struct {
 
 	cfgFile  string     // where cfg came from ("" = defaults): re-read by ReloadConfig
 	reloadMu sync.Mutex // one ReloadConfig at a time
+	// restartPending: the sections the last reload found changed that
+	// apply only at the next restart (guarded by reloadMu).
+	restartPending []string
 
 	dir    accounts.Directory
 	mail   *mailStore // Maildir or PostgreSQL (mailstore.go)
@@ -179,6 +182,9 @@ func (s *Server) open(out io.Writer) (err error) {
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o750); err != nil {
 		return fmt.Errorf("data folder: %w", err)
+	}
+	if err := checkNotRunning(cfg); err != nil {
+		return err
 	}
 	if err := s.openPostgres(); err != nil {
 		return err
@@ -366,10 +372,9 @@ func (s *Server) bind(name string, addrs []string, maxConns int, reject func(net
 		reject = nil
 	}
 	for _, addr := range addrs {
-		// Several accept sockets with SO_REUSEPORT ([shield.accept]).
-		ln, err := s.shield.Listen(context.Background(), "tcp", addr)
+		ln, err := s.listenTCP(name, addr)
 		if err != nil {
-			return fmt.Errorf("%s listener: %w", name, err)
+			return err
 		}
 		sl := s.shield.Listener(ln, shield.ListenerConfig{Name: name, MaxConns: maxConns, Reject: reject})
 		s.listeners = append(s.listeners, boundListener{name: name, ln: sl, srv: srv})
