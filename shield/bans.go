@@ -416,7 +416,7 @@ func (s *Shield) forgetKnownGood(p netip.Prefix) {
 	s.toStore(func(ctx context.Context, st StateStore) error { return st.RevokeKnownGood(ctx, p) })
 }
 
-func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) { deleteIn(s.knownGood, p) }
+func (s *Shield) forgetKnownGoodLocal(p netip.Prefix) { s.knownGood.deleteIn(p) }
 
 // markKnownGood remembers addr as known-good until now+KnownGoodTTL. The
 // store hears of it when the address becomes known-good and then at most

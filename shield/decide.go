@@ -199,17 +199,9 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 		pfxNode = nil
 		dry = d
 	}
-	releaseAddr := func() {
-		if ipNode != nil {
-			withNode(ipNode, func(v *ipState) { v.conns-- })
-		}
-		if pfxNode != nil {
-			withNode(pfxNode, func(v *prefixState) { v.conns-- })
-		}
-	}
 	if !l.take(knownGood) {
 		if !s.makeRoom(l, addr, class, now) {
-			releaseAddr()
+			releaseConns(ipNode, pfxNode)
 			return Decision{Action: Reject, Temporary: true, Reason: reasonCapacity, Source: "capacity"}, nil, class
 		}
 		// A swap: the newcomer takes the slot its victim gave back, so the
@@ -217,10 +209,21 @@ func (s *Shield) admit(l *listener, addr netip.Addr, now time.Time) (d Decision,
 		// the reserve and the listener is above the strangers' ceiling.
 		l.active.Add(1)
 	}
-	return dry, func() {
-		releaseAddr()
+	return dry, func() { // one allocation per connection
+		releaseConns(ipNode, pfxNode)
 		l.active.Add(-1)
 	}, class
+}
+
+// releaseConns gives back the connection counted on an address and on its
+// prefix (either node may be nil: not counted).
+func releaseConns(ipNode *lruNode[netip.Addr, ipState], pfxNode *lruNode[netip.Prefix, prefixState]) {
+	if ipNode != nil {
+		withNode(ipNode, func(v *ipState) { v.conns-- })
+	}
+	if pfxNode != nil {
+		withNode(pfxNode, func(v *prefixState) { v.conns-- })
+	}
 }
 
 // peekLimits is admit without side effects, for Decide and Why.

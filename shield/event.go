@@ -507,19 +507,25 @@ func compileRules(cfg *Config) []eventRule {
 // rule returns how s applies ev, or nil for an unregistered event. Events
 // registered after New are picked up on first use.
 func (s *Shield) rule(ev Event) *eventRule {
-	rs := *s.rules.Load()
-	if int(ev) < len(rs) {
+	if rs := *s.rules.Load(); int(ev) < len(rs) {
 		if ev == 0 {
 			return nil
 		}
 		return &rs[ev]
 	}
+	return s.newRule(ev)
+}
+
+// newRule is rule for an event registered after the rules were compiled:
+// they are compiled again. Apart from rule, so that rule's look-up (twice
+// per accepted message) allocates nothing: the slice stored here escapes.
+func (s *Shield) newRule(ev Event) *eventRule {
 	if !ev.valid() {
 		return nil
 	}
 	s.rulesMu.Lock()
 	defer s.rulesMu.Unlock()
-	rs = compileRules(s.cfg())
+	rs := compileRules(s.cfg())
 	s.rules.Store(&rs)
 	if int(ev) >= len(rs) {
 		return nil

@@ -140,6 +140,47 @@ func (g *fairGroup) dec(n *fairNode) {
 // not safe for concurrent use: the listener's mu guards it.
 type fairShares struct {
 	top *fairGroup
+	// Networks that emptied, kept for reuse (at most fairFree of each
+	// kind, with their kids' map and buckets): a stranger from a network
+	// that holds no connection then costs no allocation here, where it
+	// cost seven (issue 15).
+	freeInner, freeLeaf []*fairNode
+}
+
+// fairFree bounds each free list of fairShares.
+const fairFree = 64
+
+// node returns a network for p in parent, with a group of kids when inner.
+func (f *fairShares) node(p netip.Prefix, parent *fairGroup, inner bool) *fairNode {
+	free := &f.freeLeaf
+	if inner {
+		free = &f.freeInner
+	}
+	if k := len(*free); k > 0 {
+		n := (*free)[k-1]
+		(*free)[k-1] = nil
+		*free = (*free)[:k-1]
+		n.key, n.parent = p, parent
+		return n
+	}
+	n := &fairNode{key: p, parent: parent}
+	if inner {
+		n.kids = newFairGroup(n)
+	}
+	return n
+}
+
+// recycle keeps n, which emptied and left its group, for node. An empty
+// network holds nothing: no connection, no kid, in no bucket.
+func (f *fairShares) recycle(n *fairNode) {
+	free := &f.freeLeaf
+	if n.kids != nil {
+		free = &f.freeInner
+	}
+	if len(*free) < fairFree {
+		n.parent = nil
+		*free = append(*free, n)
+	}
 }
 
 func newFairShares() *fairShares { return &fairShares{top: newFairGroup(nil)} }
@@ -155,10 +196,7 @@ func (f *fairShares) add(c *Conn) {
 		p, _ := c.addr.Prefix(bits)
 		n := g.members[p]
 		if n == nil {
-			n = &fairNode{key: p, parent: g}
-			if i < len(levels)-1 {
-				n.kids = newFairGroup(n)
-			}
+			n = f.node(p, g, i < len(levels)-1)
 			g.members[p] = n
 		}
 		g.inc(n)
@@ -182,6 +220,9 @@ func (f *fairShares) remove(c *Conn) {
 	for n != nil {
 		g := n.parent
 		g.dec(n)
+		if n.count == 0 {
+			f.recycle(n)
+		}
 		n = g.owner
 	}
 }

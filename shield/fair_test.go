@@ -320,3 +320,47 @@ func TestStrangerEvictsFromLargestNetwork(t *testing.T) {
 		t.Fatalf("evicted %d active %d, want 1 and 9", st.Evicted, st.Active)
 	}
 }
+
+// A connection from a network that holds none, counted then forgotten,
+// allocates nothing once the fair shares have a network to reuse (issue
+// 15: it cost seven allocations per stranger), for IPv4 and IPv6.
+func TestFairSharesReuseNetworks(t *testing.T) {
+	f := newFairShares()
+	for _, family := range []string{"v4", "v6"} {
+		conns := make([]Conn, 200) // made here: the test's own allocations
+		for i := range conns {
+			conns[i].addr = netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
+			if family == "v6" {
+				conns[i].addr = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 8), byte(i), 15: 1})
+			}
+		}
+		i := 0
+		churn := func() {
+			c := &conns[i]
+			i++
+			f.add(c)
+			f.remove(c)
+		}
+		churn() // the first networks are new
+		if n := testing.AllocsPerRun(100, churn); n != 0 {
+			t.Errorf("%s: %v allocations per connection from a new network", family, n)
+		}
+	}
+	if len(f.top.members) != 0 || len(f.freeInner) > fairFree || len(f.freeLeaf) > fairFree {
+		t.Fatalf("networks left %d, free lists %d and %d (at most %d)", len(f.top.members), len(f.freeInner), len(f.freeLeaf), fairFree)
+	}
+}
+
+// BenchmarkFairSharesNewNetwork: one connection from a network that holds
+// none, counted and forgotten (allocs/op: 0).
+func BenchmarkFairSharesNewNetwork(b *testing.B) {
+	f := newFairShares()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		c := &Conn{addr: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), 1})}
+		f.add(c)
+		f.remove(c)
+	}
+}

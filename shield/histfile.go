@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/agua-mail/agua/internal/atomicfile"
 )
 
 // historyFile is the name of the persisted history inside Options.StateDir:
@@ -283,11 +285,9 @@ func (h *history) persist(lines []byte) {
 	if len(lines) == 0 {
 		return
 	}
-	_, err := h.file.Write(lines)
-	if err == nil {
-		err = h.file.Sync()
-	}
-	if err != nil {
+	// Synced a chunk at a time: a fold of a busy minute is megabytes, and
+	// deliveries syncing meanwhile would wait for all of it.
+	if err := atomicfile.WriteSync(h.file, lines); err != nil {
 		h.log.Error("shield history save failed", "err", err)
 		h.file.Close()
 		h.file = nil

@@ -280,7 +280,7 @@ func (l *listener) admit(c net.Conn, addr netip.Addr, remote net.Addr, r *bufio.
 	}
 	s.act.admitted(addr, knownGood)
 	sc := &Conn{Conn: c, s: s, l: l, addr: addr, remote: remote, since: now, release: release,
-		done: make(chan struct{}), id: s.connIDs.Add(1)}
+		id: s.connIDs.Add(1)}
 	sc.knownGood.Store(knownGood)
 	if r != nil && r.Buffered() > 0 {
 		sc.r = r
@@ -448,8 +448,11 @@ type Conn struct {
 	release   func()
 	relOnce   sync.Once
 	closeOnce sync.Once
-	done      chan struct{}
 	doneOnce  sync.Once
+	onDoneMu  sync.Mutex    // guards the three below
+	kicked    bool          // the shield wants it gone
+	done      chan struct{} // Done's, made when asked for: most connections never are
+	onDone    func()        // OnDone's
 }
 
 func (c *Conn) links() *links[Conn] { return &c.fairLinks }
@@ -511,11 +514,11 @@ func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		err = c.Conn.Close()
-		select {
-		case <-c.done:
+		c.onDoneMu.Lock()
+		if c.kicked {
 			err = nil // the shield closed it already
-		default:
 		}
+		c.onDoneMu.Unlock()
 		c.unregister()
 	})
 	return err
@@ -557,7 +560,19 @@ func (l *listener) markUntrusted(c *Conn) {
 // kick is the shield closing the connection: Done is closed, the socket
 // closed and the slots released.
 func (c *Conn) kick() {
-	c.doneOnce.Do(func() { close(c.done) })
+	c.doneOnce.Do(func() {
+		c.onDoneMu.Lock()
+		c.kicked = true
+		if c.done != nil {
+			close(c.done)
+		}
+		f := c.onDone
+		c.onDone = nil
+		c.onDoneMu.Unlock()
+		if f != nil {
+			go f()
+		}
+	})
 	c.Conn.Close()
 	c.unregister()
 }
@@ -565,7 +580,35 @@ func (c *Conn) kick() {
 // Done is closed when the shield wants this connection gone: its address was
 // newly denied by a reloaded rule (CloseOnDeny), banned, evicted to make
 // room, or locked out. The socket is closed too.
-func (c *Conn) Done() <-chan struct{} { return c.done }
+func (c *Conn) Done() <-chan struct{} {
+	c.onDoneMu.Lock()
+	defer c.onDoneMu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.kicked {
+			close(c.done)
+		}
+	}
+	return c.done
+}
+
+// OnDone has f run, in a goroutine of its own, when the shield wants this
+// connection gone (when Done is closed), or at once if it does already: a
+// service that only needs to end its session then spares itself a
+// goroutine per connection waiting on Done. A connection holds one such
+// function; OnDone(nil) forgets it (the session ended first).
+func (c *Conn) OnDone(f func()) {
+	c.onDoneMu.Lock()
+	if c.kicked {
+		c.onDoneMu.Unlock()
+		if f != nil {
+			go f()
+		}
+		return
+	}
+	c.onDone = f
+	c.onDoneMu.Unlock()
+}
 
 // Report records a behaviour of this connection's client. If the decision's
 // Action is not Allow the caller answers (Temporary: a 421-style temporary

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/agua-mail/agua/internal/atomicfile"
 )
 
 // banLogMax bounds a LocalStore's ban log.
@@ -54,7 +56,7 @@ type localState struct {
 	mu        sync.Mutex
 	bans      map[netip.Prefix]BanRecord
 	offenders *lru[netip.Prefix, OffenderRecord]
-	knownGood *lru[netip.Addr, time.Time]
+	knownGood *netTable[time.Time]
 	counters  *lru[counterKey, int64] // AddCounts, by window; old windows fall out of the LRU
 	banLog    []BanEvent              // BanLog, at most banLogMax, oldest first
 	lockdown  bool
@@ -96,7 +98,7 @@ func OpenLocalStore(dir string, opts LocalStoreOptions) (*LocalStore, error) {
 		st = &localState{key: key, dir: dir, now: opts.Now, cap: opts.Capacity,
 			bans:      make(map[netip.Prefix]BanRecord),
 			offenders: newLRU[netip.Prefix, OffenderRecord](opts.Capacity, hashPrefix),
-			knownGood: newLRU[netip.Addr, time.Time](opts.Capacity, hashAddr),
+			knownGood: newNetTable[time.Time](opts.Capacity),
 			counters:  newLRU[counterKey, int64](2*opts.Capacity, hashCounter),
 			handles:   make(map[*LocalStore]struct{})}
 		if dir != "" {
@@ -368,9 +370,10 @@ func (h *LocalStore) MarkKnownGood(_ context.Context, addr netip.Addr, until tim
 func (h *LocalStore) RevokeKnownGood(_ context.Context, p netip.Prefix) error {
 	p = canonPrefix(p)
 	return h.change(Change{Kind: ChangeRevokeKnownGood, Prefix: p}, func(st *localState) error {
-		// Every behaviour ban comes here: lookups, not a walk over up
-		// to table_size known-good addresses (deleteIn).
-		deleteIn(st.knownGood, p)
+		// Every behaviour ban comes here, under st.mu: the network
+		// index, not a walk over up to table_size known-good addresses
+		// (netTable).
+		st.knownGood.deleteIn(p)
 		return nil
 	})
 }
@@ -517,34 +520,15 @@ func readJSONFile(path string, v any, what string) (found bool, err error) {
 	return true, nil
 }
 
-// writeFileAtomic writes dir/name through a temporary file, fsync, rename
-// and fsync of the folder; errors start with what.
+// writeFileAtomic replaces dir/name with data (internal/atomicfile: a
+// temporary file synced a chunk at a time, rename, fsync of the folder);
+// errors start with what.
 func writeFileAtomic(dir, name string, data []byte, what string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	f, err := os.CreateTemp(dir, name+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, name), data, 0o600); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -139,16 +139,7 @@ func TestReleaseExactlyOnce(t *testing.T) {
 	inner, _ := net.Listen("tcp", "127.0.0.1:0")
 	ln := h.s.Listener(inner, ListenerConfig{Name: "x"})
 	defer ln.Close()
-	accepted := make(chan *Conn, 2)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c.(*Conn)
-		}
-	}()
+	accepted := acceptConns(ln, 2)
 	for range 2 {
 		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.94.0.1")}}).Dial("tcp", inner.Addr().String())
 		if err != nil {
@@ -228,4 +219,74 @@ func TestReportThroughTLS(t *testing.T) {
 	if d := ReportAuth(tc, "x", true); d.Source != "ban:pregreet" {
 		t.Fatalf("banned address must stay banned after auth: %+v", d)
 	}
+}
+
+// OnDone: the function runs when the shield kicks the connection, runs at
+// once when registered after the kick, and not at all once forgotten
+// (OnDone(nil), the session ended first).
+func TestOnDone(t *testing.T) {
+	h := newHarness(t, testConfig(), Options{})
+	inner, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln := h.s.Listener(inner, ListenerConfig{Name: "x"})
+	defer ln.Close()
+	accepted := acceptConns(ln, 3)
+	dial := func(ip string) *Conn {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return <-accepted
+	}
+	kicked, forgotten := dial("127.95.0.1"), dial("127.95.0.2")
+	ran := make(chan string, 3)
+	kicked.OnDone(func() { ran <- "kicked" })
+	forgotten.OnDone(func() { ran <- "forgotten" })
+	forgotten.OnDone(nil)
+	for _, ip := range []string{"127.95.0.1/32", "127.95.0.2/32"} {
+		if err := h.s.Ban(mustPrefix(ip), time.Hour, "test", Drop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []*Conn{kicked, forgotten} {
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("Done not closed by the ban")
+		}
+	}
+	kicked.OnDone(func() { ran <- "late" }) // after the kick: at once
+	got := map[string]bool{}
+	for range 2 {
+		select {
+		case s := <-ran:
+			got[s] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("OnDone functions run: %v, want kicked and late", got)
+		}
+	}
+	if !got["kicked"] || !got["late"] {
+		t.Fatalf("OnDone functions run: %v, want kicked and late", got)
+	}
+	select {
+	case s := <-ran:
+		t.Fatalf("%s ran too", s)
+	default:
+	}
+}
+
+// acceptConns accepts on ln until it is closed, handing each connection
+// over on the channel it returns (buffered for n).
+func acceptConns(ln net.Listener, n int) <-chan *Conn {
+	accepted := make(chan *Conn, n)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c.(*Conn)
+		}
+	}()
+	return accepted
 }

@@ -57,7 +57,7 @@ type Shield struct {
 	ips       *lru[netip.Addr, ipState]
 	prefixes  *lru[netip.Prefix, prefixState]
 	offenders *lru[netip.Prefix, offender]
-	knownGood *lru[netip.Addr, int64]    // until, unix nanoseconds
+	knownGood *netTable[int64]           // until, unix nanoseconds
 	rep       reputation                 // SetReputation
 	repAddrs  *lru[netip.Addr, repRec]   // reputation score per address (score.go)
 	repNets   *lru[netip.Prefix, repRec] // and per network
@@ -135,7 +135,7 @@ func New(cfg Config, opts Options) (*Shield, error) {
 	s.prefixes = newLRU[netip.Prefix, prefixState](n, hashPrefix)
 	s.prefixes.keep = func(v *prefixState) bool { return v.conns > 0 }
 	s.offenders = newLRU[netip.Prefix, offender](n, hashPrefix)
-	s.knownGood = newLRU[netip.Addr, int64](n, hashAddr)
+	s.knownGood = newNetTable[int64](n)
 	s.accounts = newLRU[string, accountState](n, hashString)
 	s.newRepTables(n)
 	s.bans.Store(new(bart.Table[*ban]))

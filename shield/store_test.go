@@ -11,12 +11,15 @@ import (
 
 // twoNodes is two Shields sharing one state through two LocalStore
 // handles on the same folder, as two nodes share a Redis.
-func twoNodes(t *testing.T) (*harness, *harness) {
+func twoNodes(t *testing.T) (*harness, *harness) { return twoNodesOf(t, 1000) }
+
+// twoNodesOf is twoNodes with a store of the given capacity.
+func twoNodesOf(t *testing.T, capacity int) (*harness, *harness) {
 	dir := t.TempDir()
 	var hs [2]*harness
 	clock := newFakeClock()
 	for i := range hs {
-		st, err := OpenLocalStore(dir, LocalStoreOptions{Capacity: 1000, Now: clock.Now})
+		st, err := OpenLocalStore(dir, LocalStoreOptions{Capacity: capacity, Now: clock.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -304,5 +307,66 @@ func TestMergeClusterBans(t *testing.T) {
 	}
 	if bans != 2 {
 		t.Errorf("timeline counts %d bans, want 2", bans)
+	}
+}
+
+// TestNetworkBansDoNotWalkKnownGood: an IPv6 botnet in one /48 gets its
+// /64s banned in a burst. Each ban takes known-good status from the
+// addresses of its /64 in three tables (the banning node's, the store's,
+// the other node's through the store change) without walking any of them:
+// a walk per ban over up to table_size addresses, under the locks the
+// accept path takes, stalled every client for seconds. The revoked
+// addresses are gone everywhere; the others stay.
+func TestNetworkBansDoNotWalkKnownGood(t *testing.T) {
+	n1, n2 := twoNodesOf(t, 10_000)
+	store := n1.s.store.(*LocalStore).st.knownGood
+	const nets = 300
+	var banned, kept []netip.Addr
+	for i := range nets {
+		for _, host := range []string{":5", "ffff::1"} {
+			banned = append(banned, mustAddr(fmt.Sprintf("2001:db8:7:%x:%s", i, host)))
+		}
+		kept = append(kept, mustAddr(fmt.Sprintf("2001:db8:8:%x::5", i)), // another /48
+			mustAddr(fmt.Sprintf("192.0.%d.%d", i/250, i%250+1)))
+	}
+	ns := n1.clock.Now().UnixNano()
+	for _, a := range append(append([]netip.Addr(nil), banned...), kept...) {
+		n1.s.markKnownGood(a, ns)
+	}
+	total := len(banned) + len(kept)
+	eventually(t, "known-good in the store and on node 2", func() bool {
+		return store.len() == total && n2.s.knownGood.len() == total
+	})
+	walks := map[string]int64{"node 1": n1.s.knownGood.walks.Load(), "node 2": n2.s.knownGood.walks.Load(),
+		"store": store.walks.Load()}
+
+	for i := range nets {
+		if err := n1.s.Ban(mustPrefix(fmt.Sprintf("2001:db8:7:%x::/64", i)), time.Hour, "botnet", Drop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "revocations reach the store and node 2", func() bool {
+		return store.len() == len(kept) && n2.s.knownGood.len() == len(kept)
+	})
+	after := map[string]int64{"node 1": n1.s.knownGood.walks.Load(), "node 2": n2.s.knownGood.walks.Load(),
+		"store": store.walks.Load()}
+	for name, w := range walks {
+		if after[name] != w {
+			t.Errorf("%s: %d walks of the known-good table for %d network bans, want none", name, after[name]-w, nets)
+		}
+	}
+	now := n1.clock.Now()
+	for _, a := range banned {
+		if n1.s.isKnownGood(a, now.UnixNano()) || n2.s.isKnownGood(a, now.UnixNano()) {
+			t.Fatalf("%s: still known-good on a node after its /64 was banned", a)
+		}
+		if _, good, _ := n1.s.store.KnownGood(context.Background(), a); good {
+			t.Fatalf("%s: still known-good in the store after its /64 was banned", a)
+		}
+	}
+	for _, a := range kept {
+		if !n1.s.isKnownGood(a, now.UnixNano()) || !n2.s.isKnownGood(a, now.UnixNano()) {
+			t.Fatalf("%s: lost known-good status, outside every banned network", a)
+		}
 	}
 }

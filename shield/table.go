@@ -4,6 +4,9 @@ import (
 	"hash/maphash"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+
+	"github.com/gaissmai/bart"
 )
 
 // lru is a bounded, sharded, least-recently-used map. Every table keyed by
@@ -23,6 +26,13 @@ type lru[K comparable, V any] struct {
 	// of the evictSample least recently used entries (reputation: a score
 	// that has decayed to nothing goes before a recent ban).
 	significance func(*V) float64
+	// added and removed, when set, hear of every key that enters or
+	// leaves the table (insert, delete, eviction, each), under its shard
+	// lock; netTable keeps its network index with them.
+	added, removed func(K)
+	// walks counts the calls of each: a test's proof that a hot path
+	// (revoking a banned network's known-good addresses) does not walk.
+	walks atomic.Int64
 }
 
 // evictSample is how many least recently used entries eviction compares
@@ -84,12 +94,7 @@ func (t *lru[K, V]) do(k K, create bool, fn func(v *V, created bool)) bool {
 	if !create {
 		return false
 	}
-	if len(sh.m) >= sh.cap {
-		t.evict(sh)
-	}
-	n = &lruNode[K, V]{key: k, shard: sh}
-	sh.m[k] = n
-	sh.pushFront(n)
+	n = t.insert(sh, k)
 	fn(&n.val, true)
 	return true
 }
@@ -107,14 +112,33 @@ func (t *lru[K, V]) doNode(k K, fn func(v *V, created bool)) *lruNode[K, V] {
 		fn(&n.val, false)
 		return n
 	}
+	n = t.insert(sh, k)
+	fn(&n.val, true)
+	return n
+}
+
+// insert adds k to sh (full: after evicting one entry). Called under
+// sh.mu.
+func (t *lru[K, V]) insert(sh *lruShard[K, V], k K) *lruNode[K, V] {
 	if len(sh.m) >= sh.cap {
 		t.evict(sh)
 	}
-	n = &lruNode[K, V]{key: k, shard: sh}
+	n := &lruNode[K, V]{key: k, shard: sh}
 	sh.m[k] = n
 	sh.pushFront(n)
-	fn(&n.val, true)
+	if t.added != nil {
+		t.added(k)
+	}
 	return n
+}
+
+// remove takes n out of sh. Called under sh.mu.
+func (t *lru[K, V]) remove(sh *lruShard[K, V], n *lruNode[K, V]) {
+	sh.unlink(n)
+	delete(sh.m, n.key)
+	if t.removed != nil {
+		t.removed(n.key)
+	}
 }
 
 // withNode runs fn on n's value under its shard lock.
@@ -135,8 +159,7 @@ func (t *lru[K, V]) evict(sh *lruShard[K, V]) {
 			}
 		}
 		if victim != nil {
-			sh.unlink(victim)
-			delete(sh.m, victim.key)
+			t.remove(sh, victim)
 		}
 		return
 	}
@@ -144,8 +167,7 @@ func (t *lru[K, V]) evict(sh *lruShard[K, V]) {
 		sh.moveFront(sh.tail)
 	}
 	if v := sh.tail; v != nil {
-		sh.unlink(v)
-		delete(sh.m, v.key)
+		t.remove(sh, v)
 	}
 }
 
@@ -154,8 +176,7 @@ func (t *lru[K, V]) delete(k K) {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	if n, ok := sh.m[k]; ok {
-		sh.unlink(n)
-		delete(sh.m, k)
+		t.remove(sh, n)
 	}
 	sh.mu.Unlock()
 }
@@ -163,14 +184,14 @@ func (t *lru[K, V]) delete(k K) {
 // each visits every entry, shard by shard, under the shard lock; fn returns
 // false to delete the entry.
 func (t *lru[K, V]) each(fn func(k K, v *V) (keep bool)) {
+	t.walks.Add(1)
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
 		for n := sh.tail; n != nil; {
 			prev := n.prev
 			if !fn(n.key, &n.val) {
-				sh.unlink(n)
-				delete(sh.m, n.key)
+				t.remove(sh, n)
 			}
 			n = prev
 		}
@@ -178,33 +199,59 @@ func (t *lru[K, V]) each(fn func(k K, v *V) (keep bool)) {
 	}
 }
 
-// deleteIn removes every address in p from an address-keyed table. A
-// network ban comes here for each known-good table (the Shield's and the
-// store's), and a harvest or junk flood from one /16 bans hundreds of /24s
-// a second: walking up to table_size entries for each of them, under the
-// shard locks the accept path takes, cost whole seconds of CPU and stalled
-// every client (seen in compare/scenarios.sh harvest, legit p99 × 10 in the
-// second the bans came). So an IPv4 prefix of up to maxEnumerate addresses
-// is looked up address by address; only wider prefixes and IPv6 networks
-// (which cannot be enumerated) walk the table.
-func deleteIn[V any](t *lru[netip.Addr, V], p netip.Prefix) {
+// netTable is an address-keyed lru with an index of its addresses by
+// network: a bart prefix set holding each key as a host route (about 90
+// bytes an address, so bounded with the table), kept by the lru's added
+// and removed hooks.
+//
+// A network ban revokes the known-good status of its addresses in two such
+// tables (the Shield's and the LocalStore's), and a harvest or junk flood
+// from one /16 (or one IPv6 /48) bans hundreds of networks a second.
+// Walking up to table_size entries for each ban, under the shard locks the
+// accept path takes, cost whole seconds of CPU and stalled every client
+// (compare/scenarios.sh harvest: legit p99 × 10 in the second the bans
+// came). With the index, deleteIn costs the addresses it removes, for a
+// /24, a /64 or a /48 alike.
+type netTable[V any] struct {
+	*lru[netip.Addr, V]
+	mu    sync.Mutex // hosts; taken under a shard lock, never the other way round
+	hosts bart.Lite
+}
+
+func newNetTable[V any](capacity int) *netTable[V] {
+	t := &netTable[V]{lru: newLRU[netip.Addr, V](capacity, hashAddr)}
+	t.added = func(a netip.Addr) {
+		t.mu.Lock()
+		t.hosts.Insert(netip.PrefixFrom(a, a.BitLen()))
+		t.mu.Unlock()
+	}
+	t.removed = func(a netip.Addr) {
+		t.mu.Lock()
+		t.hosts.Delete(netip.PrefixFrom(a, a.BitLen()))
+		t.mu.Unlock()
+	}
+	return t
+}
+
+// deleteIn removes every address in p.
+func (t *netTable[V]) deleteIn(p netip.Prefix) {
 	p = p.Masked()
 	if p.IsSingleIP() {
 		t.delete(p.Addr())
 		return
 	}
-	if p.Addr().Is4() && 32-p.Bits() <= maxEnumerateBits {
-		for a := p.Addr(); a.IsValid() && p.Contains(a); a = a.Next() {
-			t.delete(a)
-		}
-		return
+	var in []netip.Addr
+	t.mu.Lock()
+	for h := range t.hosts.Subnets(p) {
+		in = append(in, h.Addr())
 	}
-	t.each(func(a netip.Addr, _ *V) bool { return !p.Contains(a) })
+	t.mu.Unlock()
+	// Deleted outside t.mu: delete takes a shard lock, and the hooks take
+	// t.mu under it.
+	for _, a := range in {
+		t.delete(a)
+	}
 }
-
-// maxEnumerateBits: deleteIn looks up each address of an IPv4 prefix of at
-// most 2^12 = 4,096 addresses (a /20) rather than walk the table.
-const maxEnumerateBits = 12
 
 // len returns the number of entries.
 func (t *lru[K, V]) len() int {

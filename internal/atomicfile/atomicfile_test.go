@@ -1,6 +1,7 @@
 package atomicfile
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -53,5 +54,37 @@ func TestWriteFailureKeepsOld(t *testing.T) {
 	}
 	if err := Write(filepath.Join(dir, "missing", "f"), []byte("x"), 0o600); err == nil {
 		t.Fatal("write into a missing folder succeeded")
+	}
+}
+
+// TestWriteSyncChunks writes more than one chunk, a chunk boundary and a
+// remainder, into a new file and after existing content: every byte lands
+// in order.
+func TestWriteSyncChunks(t *testing.T) {
+	for _, size := range []int{0, 1, chunk - 1, chunk, chunk + 1, 3*chunk + 12345} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i*7 + i/chunk)
+		}
+		p := filepath.Join(t.TempDir(), "big")
+		if err := Write(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("size %d: read %d bytes (%v), not what was written", size, len(got), err)
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteSync(f, data); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		got, _ = os.ReadFile(p)
+		if !bytes.Equal(got, append(append([]byte(nil), data...), data...)) {
+			t.Fatalf("size %d: appended file has %d bytes, not the data twice", size, len(got))
+		}
 	}
 }

@@ -197,8 +197,13 @@ var ErrLineTooLong = errors.New("line too long")
 func ReadLine(r *bufio.Reader, max int) (string, error) {
 	frag, err := r.ReadSlice('\n')
 	if err == nil && len(frag) <= max {
-		// The usual case, the whole line in the buffer: one allocation.
-		return string(trimEOL(frag)), nil
+		// The usual case, the whole line in the buffer: one allocation,
+		// none for the commands without arguments that most sessions send.
+		line := trimEOL(frag)
+		if c, ok := bareCommand(line); ok {
+			return c, nil
+		}
+		return string(line), nil
 	}
 	var buf []byte
 	tooLong := false
@@ -224,6 +229,34 @@ func ReadLine(r *bufio.Reader, max int) (string, error) {
 		return "", ErrLineTooLong
 	}
 	return string(trimEOL(buf)), nil
+}
+
+// bareCommand returns line as a constant string when it is one of the
+// argument-less commands of SMTP (DATA, QUIT, RSET, NOOP, STARTTLS) or
+// POP3 (STAT, LIST, UIDL, CAPA, QUIT) as clients usually send them (upper
+// case): a one-message SMTP session sends two of them (issue 15).
+func bareCommand(line []byte) (string, bool) {
+	switch string(line) { // compiled without a conversion
+	case "DATA":
+		return "DATA", true
+	case "QUIT":
+		return "QUIT", true
+	case "RSET":
+		return "RSET", true
+	case "NOOP":
+		return "NOOP", true
+	case "STARTTLS":
+		return "STARTTLS", true
+	case "STAT":
+		return "STAT", true
+	case "LIST":
+		return "LIST", true
+	case "UIDL":
+		return "UIDL", true
+	case "CAPA":
+		return "CAPA", true
+	}
+	return "", false
 }
 
 // trimEOL drops the LF, and the CR before it, from a line.

@@ -71,3 +71,21 @@ func TestShutdownWakesIdleSessions(t *testing.T) {
 		t.Fatalf("sessions left: %d", tr.Sessions())
 	}
 }
+
+// ReadLine returns an argument-less command as a constant, without an
+// allocation, and any other line as it came (one allocation).
+func TestReadLineBareCommands(t *testing.T) {
+	for _, tc := range []struct {
+		line   string
+		allocs float64
+	}{{"DATA", 0}, {"QUIT", 0}, {"STARTTLS", 0}, {"STAT", 0}, {"", 0},
+		{"data", 1}, {"DATA ", 1}, {"MAIL FROM:<a@b>", 1}} {
+		r := bufio.NewReader(strings.NewReader(strings.Repeat(tc.line+"\r\n", 200)))
+		if got, err := ReadLine(r, 100); err != nil || got != tc.line {
+			t.Fatalf("ReadLine of %q: %q, %v", tc.line, got, err)
+		}
+		if n := testing.AllocsPerRun(100, func() { ReadLine(r, 100) }); n != tc.allocs {
+			t.Errorf("ReadLine of %q: %v allocations, want %v", tc.line, n, tc.allocs)
+		}
+	}
+}

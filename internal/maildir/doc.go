@@ -59,10 +59,13 @@
 //
 // # Quota
 //
-// Usage per mailbox is kept in memory, computed lazily by listing new/ and
-// cur/ (reading ",S=" from names and calling stat only for names without it)
-// and recomputed when older than a minute, so deletions by other programs are
-// noticed. Deliver reserves the bytes of every recipient before writing
+// Usage per mailbox is kept in memory, computed by listing new/ and cur/
+// (reading ",S=" from names and calling stat only for names without it):
+// for every mailbox in the background after Open, and again when older than
+// a minute, so deletions by other programs are noticed. A listing runs
+// without the mailbox's lock and a delivery never waits for it, except the
+// first delivery to a mailbox whose usage was never listed; the files
+// committed while it runs are reconciled with what it saw. Deliver reserves the bytes of every recipient before writing
 // anything, so two concurrent deliveries cannot both pass a check only one of
 // them fits; if any recipient is over quota nothing is written for anyone.
 //

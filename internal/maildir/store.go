@@ -72,9 +72,12 @@ type Store struct {
 	now      func() time.Time // for tests
 	// beforeSyncfs, if set, runs before each commit step's syncfs (tests).
 	beforeSyncfs func()
-	fsyncEach    bool
-	batches      atomic.Int64 // commits made, for benchmarks
-	committed    atomic.Int64 // deliveries in them
+	// beforeList and afterList, if set, run around each listing of a
+	// mailbox's folders for its usage, in the listing's goroutine (tests).
+	beforeList, afterList func(path string)
+	fsyncEach             bool
+	batches               atomic.Int64 // commits made, for benchmarks
+	committed             atomic.Int64 // deliveries in them
 
 	fsMu  sync.Mutex
 	fsFDs map[uint64]*os.File // device → an open folder on it, for syncfs
@@ -86,8 +89,12 @@ type Store struct {
 
 	closeMu sync.RWMutex // held for reading while sending to queue
 	closed  bool
-	queue   chan *commit
-	done    chan struct{} // closed when the committer has drained queue
+	// warmed is closed when warmUsage has listed every mailbox (or
+	// stopped at Close).
+	warmed chan struct{}
+	stop   atomic.Bool // Close was called: warmUsage stops
+	queue  chan *commit
+	done   chan struct{} // closed when the committer has drained queue
 }
 
 // counter makes names unique among deliveries of this process in the same
@@ -138,10 +145,34 @@ func Open(root string, opts Options) (*Store, error) {
 		mailboxes: map[string]*mailbox{},
 		queue:     make(chan *commit, maxBatch),
 		done:      make(chan struct{}),
+		warmed:    make(chan struct{}),
 	}
 	s.cleanTmp()
 	go s.committer()
+	go s.warmUsage()
 	return s, nil
+}
+
+// warmUsage lists the usage of every mailbox once, in the background, so
+// that the first deliveries after a start find it known instead of waiting
+// for a listing of their mailbox (a few hundred milliseconds for 100,000
+// messages on a busy disk, every delivery to it waiting meanwhile: the
+// stall of the first second after `agua serve` started).
+func (s *Store) warmUsage() {
+	defer close(s.warmed)
+	s.eachMaildir(func(domain, box string) bool {
+		if s.stop.Load() {
+			return false
+		}
+		name := unescapeName(box) + "@" + unescapeName(domain)
+		if s.MaildirPath(name) != filepath.Join(s.root, domain, box) {
+			return true // not a name this store writes (e.g. no domain): listed at first use
+		}
+		if _, _, err := s.Usage(name); err != nil {
+			s.log.Warn("maildir: listing a mailbox's usage", "mailbox", name, "err", err)
+		}
+		return true
+	})
 }
 
 // Close waits for the pending commits and stops the committer. Deliver
@@ -154,7 +185,9 @@ func (s *Store) Close() error {
 		close(s.queue)
 	}
 	s.closeMu.Unlock()
+	s.stop.Store(true)
 	<-s.done
+	<-s.warmed
 	if !first {
 		return nil
 	}
@@ -219,9 +252,18 @@ func escapeName(s string) string {
 // cleanTmp removes files older than tmpMaxAge from every tmp/ folder.
 func (s *Store) cleanTmp() {
 	cutoff := s.now().Add(-tmpMaxAge)
+	s.eachMaildir(func(domain, box string) bool {
+		s.cleanTmpDir(filepath.Join(s.root, domain, box, "tmp"), cutoff)
+		return true
+	})
+}
+
+// eachMaildir calls fn with the folder names of every mailbox, domain by
+// domain, until fn returns false.
+func (s *Store) eachMaildir(fn func(domain, box string) bool) {
 	domains, err := os.ReadDir(s.root)
 	if err != nil {
-		s.log.Warn("maildir: listing mail root for tmp cleanup", "err", err)
+		s.log.Warn("maildir: listing mail root", "err", err)
 		return
 	}
 	for _, d := range domains {
@@ -230,12 +272,12 @@ func (s *Store) cleanTmp() {
 		}
 		boxes, err := os.ReadDir(filepath.Join(s.root, d.Name()))
 		if err != nil {
-			s.log.Warn("maildir: listing domain for tmp cleanup", "domain", d.Name(), "err", err)
+			s.log.Warn("maildir: listing domain", "domain", d.Name(), "err", err)
 			continue
 		}
 		for _, b := range boxes {
-			if b.IsDir() {
-				s.cleanTmpDir(filepath.Join(s.root, d.Name(), b.Name(), "tmp"), cutoff)
+			if b.IsDir() && !fn(d.Name(), b.Name()) {
+				return
 			}
 		}
 	}
@@ -260,6 +302,25 @@ func (s *Store) cleanTmpDir(tmp string, cutoff time.Time) {
 			s.log.Info("maildir: removed stale tmp file", "file", filepath.Join(tmp, e.Name()))
 		}
 	}
+}
+
+// unescapeName undoes escapeName.
+func unescapeName(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // uniqueName returns a new Maildir file name for a file of size bytes.
@@ -406,13 +467,15 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 	f.fs = fs
 	var b [512]byte
 	tmp := s.appendUniqueName(append(append(b[:0], dir...), "/tmp/"...), f.size)
-	tmpPath := string(tmp)
-	name := tmpPath[len(dir)+len("/tmp/"):]
+	name := tmp[len(dir)+len("/tmp/"):]
+	// Both paths in one allocation: dir/tmp/name then dir/new/name.
+	both := string(append(append(append(tmp, dir...), "/new/"...), name...))
+	tmpPath := both[:len(tmp)]
 	fd, err := unix.Open(tmpPath, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, filePerm)
 	if err != nil {
 		return fmt.Errorf("maildir: creating %s: %w", name, &os.PathError{Op: "open", Path: tmpPath, Err: err})
 	}
-	f.tmpPath, f.newPath = tmpPath, dir+"/new/"+name
+	f.tmpPath, f.newPath = tmpPath, both[len(tmp):]
 	defer func() {
 		if cerr := unix.Close(fd); cerr != nil && err == nil {
 			err = fmt.Errorf("maildir: closing %s: %w", f.tmpPath, cerr)

@@ -67,11 +67,17 @@ func (l *Local) Deliver(ctx context.Context, env Envelope, msg io.ReaderAt, size
 		prefixes = append(prefixes, "\r\n"...)
 		rcpts[i] = mailstore.Recipient{Mailbox: r.Address, Quota: r.Quota, Prefix: prefixes[start:len(prefixes):len(prefixes)], Folder: r.Folder}
 	}
-	err := l.store.Deliver(ctx, mailstore.Delivery{R: msg, Size: size}, rcpts)
+	if err := l.store.Deliver(ctx, mailstore.Delivery{R: msg, Size: size}, rcpts); err != nil {
+		return deliveryError(err)
+	}
+	return nil
+}
+
+// deliveryError is the reply to a store's failed delivery. Apart from
+// Deliver, whose success then allocates nothing for errors.As's target.
+func deliveryError(err error) error {
 	var qe *mailstore.QuotaError
 	switch {
-	case err == nil:
-		return nil
 	case errors.As(err, &qe):
 		if qe.Permanent {
 			return smtpd.Errorf(552, "5.2.2", "Message exceeds the mailbox quota of %s", qe.Mailbox)

@@ -34,12 +34,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/greylist"
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/smtpd"
@@ -190,7 +190,7 @@ func (r *Router) Authenticate(ctx context.Context, s *smtpd.Session, user, pass 
 // address or an alias of theirs (RFC 6409 6.1), and the null reverse-path
 // is refused.
 func (r *Router) NewTransaction(ctx context.Context, s *smtpd.Session, mail smtpd.Mail) (smtpd.Transaction, error) {
-	t := &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8, seen: map[string]bool{}}
+	t := &transaction{r: r, s: s, from: mail.From, utf8: mail.SMTPUTF8}
 	if s.Mode != smtpd.ModeMX {
 		if err := r.checkSender(ctx, s.User, mail.From); err != nil {
 			return nil, err
@@ -207,17 +207,9 @@ func (r *Router) NewTransaction(ctx context.Context, s *smtpd.Session, mail smtp
 	// mail: their senders are not checked (RFC 7489 does not apply to mail
 	// a domain's own servers relay).
 	if r.cfg.Auth != nil && s.Mode == smtpd.ModeMX && s.User == "" && !s.Trusted {
-		t.auth = r.cfg.Auth.Begin(ctx, mailauth.Envelope{IP: remoteIP(s.RemoteAddr), Helo: s.Helo, From: mail.From})
+		t.auth = r.cfg.Auth.Begin(ctx, mailauth.Envelope{IP: connsrv.IP(s.RemoteAddr), Helo: s.Helo, From: mail.From})
 	}
 	return t, nil
-}
-
-// remoteIP is the client's address, or the zero Addr.
-func remoteIP(a net.Addr) netip.Addr {
-	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
 }
 
 func (r *Router) checkSender(ctx context.Context, user, from string) error {

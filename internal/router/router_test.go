@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -330,5 +331,34 @@ func TestAuthenticate(t *testing.T) {
 	f.dir.Close() // the accounts fail: a temporary reply, not a refusal
 	if _, err := r.Authenticate(ctx, submission, "alice@example.test", "pw"); !errors.Is(err, smtpd.ErrTempAuth) {
 		t.Errorf("with the accounts closed: %v", err)
+	}
+}
+
+// firstRoute admits each address once, whether it scans the recipients
+// routed so far (a few) or keeps them in a map (past seenScan), and across
+// local, remote and forward recipients.
+func TestFirstRoute(t *testing.T) {
+	var tx transaction
+	for i := range 3 * seenScan {
+		a := fmt.Sprintf("user%d@example.test", i)
+		if !tx.firstRoute(a) {
+			t.Fatalf("%s: not routed yet, but firstRoute said it was", a)
+		}
+		switch i % 3 {
+		case 0:
+			tx.local = append(tx.local, Recipient{Address: a})
+		case 1:
+			tx.remote = append(tx.remote, Recipient{Address: a})
+		default:
+			tx.forward = append(tx.forward, Recipient{Address: a})
+		}
+		for j := 0; j <= i; j += 7 { // every earlier one is routed already
+			if b := fmt.Sprintf("user%d@example.test", j); tx.firstRoute(b) {
+				t.Fatalf("after %d recipients: %s routed twice", i+1, b)
+			}
+		}
+	}
+	if tx.seen == nil {
+		t.Fatal("no map past seenScan recipients")
 	}
 }

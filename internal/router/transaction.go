@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/mailauth"
 	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/internal/smtpd"
@@ -28,7 +29,8 @@ type transaction struct {
 	// rewritten by SRS in fwdDomain (the first forwarding alias's domain).
 	forward   []Recipient
 	fwdDomain string
-	seen      map[string]bool // mailboxes and remote addresses already routed
+	seen      map[string]bool // with many recipients: the addresses routed (see firstRoute)
+	localBuf  [2]Recipient    // local's first recipients: no allocation for most messages
 	msg       io.ReaderAt
 	size      int64
 	auth      *mailauth.Check  // sender authentication, on MX; nil otherwise
@@ -96,8 +98,7 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 	t.policy = pol
 	for _, u := range users {
 		if u.Forward {
-			if !t.seen[u.Address] {
-				t.seen[u.Address] = true
+			if t.firstRoute(u.Address) {
 				t.forward = append(t.forward, Recipient{Address: u.Address})
 				if t.fwdDomain == "" {
 					t.fwdDomain = domainOf(rcpt)
@@ -105,8 +106,10 @@ func (t *transaction) AddRcpt(ctx context.Context, rcpt string) error {
 			}
 			continue
 		}
-		if !t.seen[u.Address] {
-			t.seen[u.Address] = true
+		if t.firstRoute(u.Address) {
+			if t.local == nil {
+				t.local = t.localBuf[:0]
+			}
 			t.local = append(t.local, Recipient{Address: u.Address, Quota: u.Quota})
 		}
 	}
@@ -143,7 +146,7 @@ func (t *transaction) greylist(rcpt string) error {
 	if g == nil || s.Mode != smtpd.ModeMX || s.User != "" || s.Trusted || s.KnownGood {
 		return nil
 	}
-	ip := remoteIP(s.RemoteAddr)
+	ip := connsrv.IP(s.RemoteAddr)
 	if !ip.IsValid() {
 		return nil
 	}
@@ -179,8 +182,7 @@ func (t *transaction) addRemote(ctx context.Context, rcpt string) error {
 	if err := t.limitRcpt(rcpt, true); err != nil {
 		return err
 	}
-	if !t.seen[rcpt] {
-		t.seen[rcpt] = true
+	if t.firstRoute(rcpt) {
 		t.remote = append(t.remote, Recipient{Address: rcpt})
 	}
 	return nil
@@ -217,11 +219,46 @@ func (t *transaction) addReturn(ctx context.Context, rcpt string, depth int) err
 	if err := t.r.cfg.Remote.Check(ctx, Recipient{Address: orig}); err != nil {
 		return err
 	}
-	if !t.seen[orig] {
-		t.seen[orig] = true
+	if t.firstRoute(orig) {
 		t.remote = append(t.remote, Recipient{Address: orig})
 	}
 	return nil
+}
+
+// seenScan is how many routed recipients firstRoute scans before it keeps
+// them in a map.
+const seenScan = 16
+
+// firstRoute records addr as routed and reports whether it was not yet:
+// each mailbox and remote address gets the message once. The addresses
+// routed are those of local, remote and forward; with few of them (most
+// messages have one or two) it scans them, which allocates nothing, and
+// past seenScan it keeps them in a map.
+func (t *transaction) firstRoute(addr string) bool {
+	if t.seen == nil {
+		n := len(t.local) + len(t.remote) + len(t.forward)
+		for _, rs := range [...][]Recipient{t.local, t.remote, t.forward} {
+			for _, r := range rs {
+				if r.Address == addr {
+					return false
+				}
+			}
+		}
+		if n < seenScan {
+			return true
+		}
+		t.seen = make(map[string]bool, 2*n)
+		for _, rs := range [...][]Recipient{t.local, t.remote, t.forward} {
+			for _, r := range rs {
+				t.seen[r.Address] = true
+			}
+		}
+	}
+	if t.seen[addr] {
+		return false
+	}
+	t.seen[addr] = true
+	return true
 }
 
 func domainOf(addr string) string {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/agua-mail/agua/internal/config"
+	"github.com/agua-mail/agua/internal/connsrv"
 	"github.com/agua-mail/agua/internal/dnsbl"
 	"github.com/agua-mail/agua/internal/mailevents"
 	"github.com/agua-mail/agua/internal/smtpd"
@@ -82,7 +83,7 @@ func (s *Server) dnsblWhy(ctx context.Context, addr netip.Addr) *dnsbl.Result {
 func (s *Server) dnsblScreen(conn net.Conn) func(context.Context) smtpd.Screening {
 	st := s.dnsbl.load()
 	c, d := st.c, st.cfg
-	addr := remoteAddr(conn)
+	addr := connsrv.IP(conn.RemoteAddr())
 	if c == nil || !addr.IsValid() || shield.Allowlisted(conn) {
 		return nil
 	}
@@ -118,13 +119,6 @@ func (s *Server) dnsblScreen(conn net.Conn) func(context.Context) smtpd.Screenin
 		}
 		return smtpd.Screening{}
 	}
-}
-
-func remoteAddr(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
 }
 
 // dnsblReputation gives the shield the cached [dnsbl] scores, so that a

@@ -27,12 +27,13 @@ func (ss *session) greet(arg string, extended bool) error {
 	}
 	// RFC 5321 4.1.1.1: the greeting, then one extension per line.
 	writeReplyLine(ss.w, 250, '-', "", ss.srv.cfg.Hostname, " Hello ", arg)
-	exts := ss.srv.extensions
+	var buf [16]string // on the stack: no allocation per EHLO
+	exts := append(buf[:0], ss.srv.extensions...)
 	if ss.srv.cfg.TLS != nil && !ss.info.TLS {
-		exts = append(exts[:len(exts):len(exts)], "STARTTLS")
+		exts = append(exts, "STARTTLS")
 	}
 	if ss.authOffered() {
-		exts = append(exts[:len(exts):len(exts)], "AUTH PLAIN LOGIN")
+		exts = append(exts, "AUTH PLAIN LOGIN")
 	}
 	ss.replyLines(250, exts...)
 	return nil
@@ -222,7 +223,7 @@ func (ss *session) cmdHELP(arg string) error {
 }
 
 func (ss *session) cmdQUIT(arg string) error {
-	ss.replyLine(221, "2.0.0", ss.srv.cfg.Hostname+" closing connection")
+	ss.replyLine(221, "2.0.0", ss.srv.cfg.Hostname, " closing connection")
 	return errQuit
 }
 

@@ -159,13 +159,19 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 		if rerr != nil && rerr != bufio.ErrBufferFull {
 			return nil, rerr
 		}
-		if !tooLong {
-			if len(line)+len(frag) > cfg.MaxLineLength {
-				tooLong = true
-				line = line[:0]
-			} else {
-				line = append(line, frag...)
-			}
+		borrowed := false
+		switch {
+		case tooLong:
+		case len(line)+len(frag) > cfg.MaxLineLength:
+			tooLong = true
+			line = line[:0]
+		case rerr == nil && len(line) == 0:
+			// The whole line in the reader's buffer (the usual case): used
+			// where it is, valid until the next read; no copy, and no
+			// allocation for one (issue 15).
+			line, borrowed = frag, true
+		default:
+			line = append(line, frag...)
 		}
 		if rerr == bufio.ErrBufferFull {
 			continue
@@ -218,7 +224,11 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 		if bad == nil {
 			w.Write(body)
 		}
-		line = line[:0]
+		if borrowed {
+			line = nil // the reader's buffer: not ours to append to
+		} else {
+			line = line[:0]
+		}
 	}
 }
 
