@@ -152,3 +152,18 @@ listen = ""
 		t.Errorf("reload after a hostname change: %q", out)
 	}
 }
+
+// dkim keygen for a domain that is not local (a typo) makes the keys, as
+// before, but warns.
+func TestDKIMKeygenWarnsForANonLocalDomain(t *testing.T) {
+	data := t.TempDir()
+	mustAgua(t, "", "domain", "add", "example.org", "-data", data)
+	code, out, errs := agua(t, "", "dkim", "keygen", "exmaple.org", "-algo", "ed25519", "-data", data)
+	if code != 0 || !strings.Contains(out, "._domainkey.exmaple.org.") ||
+		!strings.Contains(errs, "warning: exmaple.org is not a local domain: its keys sign nothing until `agua domain add exmaple.org`") {
+		t.Errorf("typo: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if code, _, errs := agua(t, "", "dkim", "keygen", "Example.ORG", "-algo", "ed25519", "-data", data); code != 0 || errs != "" {
+		t.Errorf("local domain: exit %d, stderr %q", code, errs)
+	}
+}

@@ -56,6 +56,8 @@ tls_listen = []
 [imap]
 listen = []
 tls_listen = []
+[admin]
+listen = ""  # the default 127.0.0.1:8025 may be another agua's on this machine
 [dns]
 resolver = [%q]
 [postgres]
