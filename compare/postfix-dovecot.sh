@@ -31,6 +31,8 @@ DOMAIN=${DOMAIN:-example.test}
 USERS=${USERS:-demo user0 user1 user2 user3 user4 user5 user6 user7 user8 user9}
 VMAIL=${VMAIL:-/var/lib/agua-bench/vmail}
 DENY_SRC=${DENY_SRC:-127.81.0.0/16} # refused by postscreen with "drop" (the deny-rule run)
+DC_LOGIN_LIMIT=${DC_LOGIN_LIMIT:-100} # login processes per protocol (Dovecot's default_process_limit)
+DC_AUTH_CACHE=${DC_AUTH_CACHE:-0} # 1: Dovecot's auth_cache on (10M, 5 min TTL, as agua's login cache); 0: its default, off
 DC_CONF=/etc/dovecot/agua-bench.conf
 DC_PASSWD=/etc/dovecot/agua-bench.passwd
 DC_BASE=/run/dovecot-agua-bench
@@ -130,9 +132,15 @@ ssl_cert = </etc/ssl/certs/ssl-cert-snakeoil.pem
 ssl_key = </etc/ssl/private/ssl-cert-snakeoil.key
 mail_privileged_group = mail
 mail_location = maildir:~
+# The benchmarks' clients are strangers on loopback addresses other than
+# 127.0.0.1 (issue 13), which Dovecot does not count as local: without this
+# it refuses their USER/LOGIN in plain text ("-ERR [AUTH] Plaintext
+# authentication disallowed"), while agua serves them.
+disable_plaintext_auth = no
 log_path = /var/log/dovecot-agua-bench.log
 first_valid_uid = 100
 
+$( [ "$DC_AUTH_CACHE" = 1 ] && printf '%s\n' "# DC_AUTH_CACHE=1: successful logins remembered, as agua's login cache does" "auth_cache_size = 10M" "auth_cache_ttl = 5 mins" "auth_cache_negative_ttl = 0" )
 passdb {
   driver = passwd-file
   args = $DC_PASSWD
@@ -145,7 +153,7 @@ userdb {
 # Anti-abuse, stated explicitly although these are Dovecot 2.3's defaults:
 # a failed login is answered after 2s; logins run in "high-security mode"
 # (one imap-login/pop3-login process per connection, service_count = 1);
-# at most 100 login processes per protocol; at most 10 sessions per user
+# at most DC_LOGIN_LIMIT (100) login processes per protocol; at most 10 sessions per user
 # and address per protocol.
 auth_failure_delay = 2 secs
 mail_max_userip_connections = 10
@@ -158,7 +166,7 @@ service pop3-login {
     port = 0
   }
   service_count = 1
-  process_limit = 100
+  process_limit = $DC_LOGIN_LIMIT
 }
 service imap-login {
   inet_listener imap {
@@ -169,7 +177,7 @@ service imap-login {
     port = 0
   }
   service_count = 1
-  process_limit = 100
+  process_limit = $DC_LOGIN_LIMIT
 }
 EOF
   dovecot -c "$DC_CONF" -n >/dev/null

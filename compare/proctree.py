@@ -5,6 +5,7 @@ process count, and the CPU seconds the tree used while sampled.
 
     compare/proctree.py PID [INTERVAL_S] > out.json &  ...  kill $!
     compare/proctree.py cpu PID[,PID]  # the tree's (trees') CPU seconds so far, once
+    compare/proctree.py mem PID        # the tree's RSS, PSS and anonymous PSS now, once (JSON)
 
 For a one-process server (agua) RSS and PSS are about equal; for
 multi-process servers (Postfix, Dovecot) the RSS sum counts shared pages
@@ -54,12 +55,12 @@ def stat_cpu(pid, with_children):
     return t / TICK
 
 
-def mem_kb(pid):
+def mem_kb(pid, rss_key="Rss:"):
     rss = pss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Rss:"):
+                if line.startswith(rss_key):
                     rss = int(line.split()[1])
                 elif line.startswith("Pss:"):
                     pss = int(line.split()[1])
@@ -85,6 +86,12 @@ def sample(root):
 def main():
     if sys.argv[1] == "cpu":  # PID[,PID...]: the trees' CPU seconds summed
         print(round(sum(sample(int(p))[0] for p in sys.argv[2].split(",")), 2))
+        return
+    if sys.argv[1] == "mem":  # PID: the tree's memory now
+        _, rss, pss, n = sample(int(sys.argv[2]))
+        anon = sum(mem_kb(p, "Pss_Anon:")[0] for p in tree(int(sys.argv[2])))
+        print(json.dumps({"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1),
+                          "pss_anon_mb": round(anon / 1024, 1), "procs": n}))
         return
     root = int(sys.argv[1])
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0

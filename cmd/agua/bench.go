@@ -29,6 +29,7 @@ func cmdBench(e *env) error {
 	legitPool := f.String("legit-pool", bench.DefaultLegitPool.String(), "IPv4 loopback prefix legitimate clients come from: half of them at fixed addresses (returning users), half at random ones drawn for each run (never seen before); must not hold 127.0.0.1 or overlap -attack-src")
 	f.IntVar(&cfg.PerSession, "per-session", 1, "messages per legitimate session")
 	f.IntVar(&cfg.MaxSessions, "sessions", 0, "sessions per legitimate client, then it stops (0 = for the whole -duration)")
+	f.IntVar(&cfg.LegitRate, "legit-rate", 0, "legitimate sessions started per second, all clients together (0 = each client back to back); e.g. -legit 1000 -sessions 1 -legit-rate 100 is 1,000 logins arriving over 10 s")
 	f.IntVar(&cfg.MsgSize, "size", 2048, "message size in bytes")
 	f.StringVar(&cfg.From, "from", "", "MAIL FROM of legitimate mail (default: -user with -proto submission, else bench@bench.example)")
 	f.StringVar(&cfg.Rcpt, "rcpt", "demo@example.test", "recipient of legitimate mail; %d is replaced by the client number (its domain is harvested by -attack harvest)")

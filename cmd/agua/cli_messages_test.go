@@ -55,15 +55,20 @@ func TestReloadWithoutServer(t *testing.T) {
 	}
 }
 
-// A verb that lists accounts, run against a data folder agua never used
+// A verb that reads accounts, run against a data folder agua never used
 // (the wrong working folder, a forgotten -config), says so instead of
-// creating an empty database and listing nothing.
+// creating an empty database; list still exits 0 with an empty list
+// (scripts list before they add on a fresh folder), dns fails.
 func TestListVerbsOnAFolderWithoutDatabase(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "agua-data")
 	for _, args := range [][]string{{"user", "list"}, {"domain", "list"}, {"alias", "list"}, {"domain", "dns", "example.org"}} {
+		want := 0
+		if args[1] == "dns" {
+			want = 1
+		}
 		code, out, errs := agua(t, "", append(args, "-data", data)...)
-		if code != 1 || out != "" || !strings.Contains(errs, "no accounts database at "+filepath.Join(data, "agua.db")) {
-			t.Errorf("agua %v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		if code != want || out != "" || !strings.Contains(errs, "no accounts database at "+filepath.Join(data, "agua.db")) {
+			t.Errorf("agua %v: exit %d (want %d), stdout %q, stderr %q", args, code, want, out, errs)
 		}
 	}
 	if _, err := os.Stat(data); err == nil {
@@ -150,5 +155,20 @@ listen = ""
 	out := mustAgua(t, "", "reload", "-config", file)
 	if !strings.Contains(out, "changed but applied only at the next restart: hostname") {
 		t.Errorf("reload after a hostname change: %q", out)
+	}
+}
+
+// dkim keygen for a domain that is not local (a typo) makes the keys, as
+// before, but warns.
+func TestDKIMKeygenWarnsForANonLocalDomain(t *testing.T) {
+	data := t.TempDir()
+	mustAgua(t, "", "domain", "add", "example.org", "-data", data)
+	code, out, errs := agua(t, "", "dkim", "keygen", "exmaple.org", "-algo", "ed25519", "-data", data)
+	if code != 0 || !strings.Contains(out, "._domainkey.exmaple.org.") ||
+		!strings.Contains(errs, "warning: exmaple.org is not a local domain: its keys sign nothing until `agua domain add exmaple.org`") {
+		t.Errorf("typo: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if code, _, errs := agua(t, "", "dkim", "keygen", "Example.ORG", "-algo", "ed25519", "-data", data); code != 0 || errs != "" {
+		t.Errorf("local domain: exit %d, stderr %q", code, errs)
 	}
 }

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/agua-mail/agua/internal/dkim"
+	"github.com/agua-mail/agua/internal/server"
 )
 
 const dkimUsage = "dkim keygen DOMAIN [-algo ed25519|rsa|both] [-selector S] [-start 48h], or dkim list [DOMAIN]"
@@ -69,6 +74,7 @@ func dkimKeygen(e *env, domain, algoFlag, selector string, start time.Time) erro
 		// into a zone as it is.
 		fmt.Fprintf(e.stdout, "; %s %s key, selector %s, in %s\n%s\n", k.Domain, k.Algo, k.Selector, k.Path, k.ZoneRecord())
 	}
+	warnNotLocal(e, domain)
 	if start.IsZero() {
 		fmt.Fprintln(e.stdout, "; publish the record(s) above in DNS: the new key(s) sign from now on")
 	} else {
@@ -112,4 +118,27 @@ func dkimList(e *env, domain string) error {
 		fmt.Fprintln(e.stdout, k.ZoneRecord())
 	}
 	return err
+}
+
+// warnNotLocal warns on stderr when domain is not a local domain of the
+// accounts database: keys are made for the data folder alone (a domain
+// may get its keys before it is added), but a typo would otherwise go
+// unnoticed until its mail is sent unsigned. Nothing is said when the
+// accounts cannot be read.
+func warnNotLocal(e *env, domain string) {
+	if noDatabaseToRead(e.cfg, []string{"list"}) != nil {
+		return
+	}
+	d, err := server.OpenDirectory(e.cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	ds, err := d.ListDomains(context.Background())
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	if err != nil || slices.Contains(ds, domain) {
+		return
+	}
+	fmt.Fprintf(e.stderr, "agua: warning: %s is not a local domain: its keys sign nothing until `agua domain add %s`; a typo? remove %s\n",
+		domain, domain, filepath.Join(e.cfg.DataDir, "dkim", domain))
 }

@@ -231,7 +231,7 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// writeProfile writes the named runtime profile (block, mutex) to file.
+// writeProfile writes the named runtime profile (block, mutex, heap) to file.
 func writeProfile(name, file string, stderr io.Writer) {
 	f, err := os.Create(file)
 	if err == nil {
@@ -249,6 +249,7 @@ func cmdServe(e *env) error {
 	cpuProfile := e.flags.String("cpuprofile", "", "write a CPU profile to this file until the server stops (for diagnosis)")
 	blockProfile := e.flags.String("blockprofile", "", "write a profile of where goroutines waited (channels, I/O-free blocking) to this file when the server stops (for diagnosis)")
 	mutexProfile := e.flags.String("mutexprofile", "", "write a profile of mutex contention to this file when the server stops (for diagnosis)")
+	memProfile := e.flags.String("memprofile", "", "write a heap profile (memory in use as of the last garbage collection, and every allocation since the start) to this file when the server stops (for diagnosis: go tool pprof)")
 	pos, err := e.parse()
 	if err != nil {
 		return err
@@ -293,6 +294,9 @@ func cmdServe(e *env) error {
 	if *mutexProfile != "" {
 		runtime.SetMutexProfileFraction(1) // every contention
 		defer writeProfile("mutex", *mutexProfile, e.stderr)
+	}
+	if *memProfile != "" {
+		defer writeProfile("heap", *memProfile, e.stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

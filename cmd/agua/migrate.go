@@ -103,6 +103,9 @@ func cmdMigrate(e *env) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("migrate interrupted; run the same command again to resume: %w", err)
 		}
+		if errors.Is(err, mailstore.ErrNotEmpty) {
+			return fmt.Errorf("%w\nThe target already holds other mail in that folder (delivered there, or copied the other way): agua copies only into an empty folder, or resumes its own copy. Move that mail aside first, or migrate in the other direction", err)
+		}
 		return err
 	}
 	fmt.Fprintln(e.stdout, "verified: every folder's UIDVALIDITY, UIDNEXT, UIDs, sizes and flags match")

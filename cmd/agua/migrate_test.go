@@ -170,3 +170,18 @@ func TestMigrateThereAndBack(t *testing.T) {
 		t.Fatalf("migrate sideways: exit %d %q", code, errs)
 	}
 }
+
+// A target folder that already holds other mail is refused, and the
+// message says what that means and what to do, beyond the UID figures.
+func TestMigrateIntoAFolderWithOtherMail(t *testing.T) {
+	data, db := t.TempDir(), t.TempDir()
+	useDBStore(t, func(t *testing.T) mailstore.Store { return dataMaildir(t, db) })
+	mustAgua(t, "", "domain", "add", "example.test", "-data", data)
+	mustAgua(t, "pass-word-1\n", "user", "add", "erin@example.test", "-data", data)
+	fillMail(t, dataMaildir(t, data), "erin@example.test", 3)
+	fillMail(t, dataMaildir(t, db), "erin@example.test", 4) // other mail, other UIDVALIDITY
+	code, _, errs := agua(t, "", "migrate", "maildir-to-db", "-data", data)
+	if code != 1 || !strings.Contains(errs, "folder is not empty") || !strings.Contains(errs, "Move that mail aside first") {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+}

@@ -57,7 +57,7 @@ tls_listen = []
 listen = []
 tls_listen = []
 [admin]
-listen = ""
+listen = ""  # the default 127.0.0.1:8025 may be another agua's on this machine
 [dns]
 resolver = [%q]
 [postgres]

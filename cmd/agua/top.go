@@ -42,6 +42,9 @@ func cmdTop(e *env) error {
 				fmt.Fprint(e.stdout, "\x1b[H\x1b[2J") // home, clear
 			}
 			renderTop(e.stdout, &live, prev)
+			if !*once {
+				fmt.Fprint(e.stdout, topFooter)
+			}
 			if *once {
 				return nil
 			}
@@ -54,6 +57,10 @@ func cmdTop(e *env) error {
 		}
 	}
 }
+
+// topFooter ends each frame of the live view: how to leave it (q does
+// not, the terminal stays in line mode).
+const topFooter = "\n(refreshing every -interval; Ctrl-C quits)\n"
 
 func renderTop(w io.Writer, l, prev *admin.Live) {
 	lock := "off"

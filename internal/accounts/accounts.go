@@ -97,7 +97,12 @@ type Admin interface {
 	SetPassword(ctx context.Context, address, password string) error          // ErrNotFound, ErrInvalid
 	SetQuota(ctx context.Context, address string, quota int64) error          // ErrNotFound, ErrInvalid
 	RemoveUser(ctx context.Context, address string) error                     // ErrNotFound
-	GetUser(ctx context.Context, address string) (User, error)                // ErrNotFound
+	// ImportUsers adds users whose password hashes were made elsewhere
+	// (argon2id or bcrypt, passwd.CheckHash), all in one transaction: all
+	// of them or, on the first error (as AddUser's, naming the address),
+	// none.
+	ImportUsers(ctx context.Context, users []ImportedUser) error
+	GetUser(ctx context.Context, address string) (User, error) // ErrNotFound
 	// ListUsers returns the users of domain ("" for all), sorted by
 	// address within each domain. ErrNotFound for a domain that is not local.
 	ListUsers(ctx context.Context, domain string) ([]User, error)
@@ -105,6 +110,13 @@ type Admin interface {
 	RemoveAlias(ctx context.Context, from, to string) error // ErrNotFound
 	// ListAliases returns the aliases of domain ("" for all), sorted.
 	ListAliases(ctx context.Context, domain string) ([]Alias, error)
+}
+
+// ImportedUser is a user added with a stored password hash (Admin.ImportUsers).
+type ImportedUser struct {
+	Address string
+	Hash    string // an argon2id PHC string or a bcrypt hash
+	Quota   int64  // 0: the default quota
 }
 
 // Directory is a complete accounts backend.

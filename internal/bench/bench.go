@@ -35,6 +35,7 @@ type Config struct {
 	LegitPool   netip.Prefix  // where legitimate clients come from when LegitSrc is empty (sources.go); default DefaultLegitPool
 	PerSession  int           // messages per legitimate session (>= 1)
 	MaxSessions int           // sessions per legitimate client, then it stops (0 = until the end of the run)
+	LegitRate   int           // legitimate sessions started per second, all clients together (0 = back to back)
 	MsgSize     int           // bytes per message body
 	From, Rcpt  string        // envelope of legitimate mail; "%d" in Rcpt is the client's number (0, 1, ...)
 	User, Pass  string        // login for "submission", "pop3" and "imap"; "%d" in User is the client's number
@@ -51,7 +52,8 @@ type Config struct {
 	PID      int          // target process to sample from /proc (0 = none)
 	Progress func(Report) // called about once a second with the figures so far
 
-	sources *legitSources // the legitimate sessions' source addresses
+	sources   *legitSources    // the legitimate sessions' source addresses
+	legitTick <-chan time.Time // with LegitRate: one tick per session start
 }
 
 func (c *Config) setDefaults() {
@@ -264,6 +266,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("unknown attack scenario %q (have %s)", a, scenarioNames())
 		}
 	}
+	if cfg.LegitRate < 0 || cfg.LegitRate > 1_000_000 {
+		return nil, fmt.Errorf("legitimate session rate %d/s: want 0 (back to back) to 1000000", cfg.LegitRate)
+	}
 	if cfg.Legit == 0 && len(cfg.Attacks) == 0 {
 		return nil, fmt.Errorf("nothing to do: set legitimate clients and/or attacks")
 	}
@@ -297,6 +302,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	var sampler *resourceSampler
 	if cfg.PID > 0 {
 		sampler = newResourceSampler(cfg.PID)
+	}
+	if cfg.LegitRate > 0 {
+		// A burst of logins arriving at a set pace (1,000 in 10 s), not as
+		// fast as the server answers. A tick nobody waits for is lost, so
+		// a server slower than the pace lowers it.
+		t := time.NewTicker(time.Second / time.Duration(cfg.LegitRate))
+		defer t.Stop()
+		cfg.legitTick = t.C
 	}
 	for i := 0; i < cfg.Legit; i++ {
 		wg.Add(1)

@@ -24,6 +24,13 @@ func runLegit(ctx context.Context, cfg *Config, i int, st *legitStats) {
 	rcpt := cfg.Rcpt
 	body := message(cfg.From, rcpt, cfg.MsgSize)
 	for done := 0; ctx.Err() == nil && (cfg.MaxSessions == 0 || done < cfg.MaxSessions); done++ {
+		if cfg.legitTick != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-cfg.legitTick:
+			}
+		}
 		src := cfg.sources.addr(i, done)
 		start := time.Now()
 		var n int

@@ -51,7 +51,6 @@ type Directory struct {
 	defaultQuota int64
 	log          *slog.Logger
 	hasher       *passwd.Hasher
-	dummyHash    string        // verified for unknown users so they cost the same
 	snaps        *snapshots    // nil: every lookup reads SQL
 	cache        *passwd.Cache // nil: every login is verified
 }
@@ -118,10 +117,6 @@ func Open(path string, opts Options) (*Directory, error) {
 	if err := d.migrate(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if d.dummyHash, err = passwd.Hash("agua dummy password for unknown users"); err != nil {
-		db.Close()
-		return nil, err
 	}
 	return d, nil
 }

@@ -31,28 +31,48 @@ func (d *Directory) AddUser(ctx context.Context, address, password string, quota
 	if err != nil {
 		return err
 	}
+	return d.tx(ctx, func(tx *sql.Tx) error { return insertUser(ctx, tx, addr, domain, hash, quota) })
+}
+
+// ImportUsers adds users with hashes made elsewhere, in one transaction.
+func (d *Directory) ImportUsers(ctx context.Context, users []accounts.ImportedUser) error {
+	checked, err := accounts.CheckImported(users, passwd.CheckHash)
+	if err != nil {
+		return err
+	}
 	return d.tx(ctx, func(tx *sql.Tx) error {
-		if err := requireDomain(ctx, tx, domain); err != nil {
-			return err
-		}
-		if ok, err := exists(ctx, tx, `SELECT 1 FROM users WHERE address = ?`, addr); err != nil {
-			return err
-		} else if ok {
-			return newErr(ErrExists, "user "+addr+" already exists")
-		}
-		// A user would shadow the alias (Resolve prefers users), so the
-		// operator must choose.
-		if ok, err := exists(ctx, tx, `SELECT 1 FROM aliases WHERE source = ?`, addr); err != nil {
-			return err
-		} else if ok {
-			return newErr(ErrExists, addr+" is already an alias; remove the alias first")
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO users (address, domain, password, quota, created) VALUES (?, ?, ?, ?, ?)`,
-			addr, domain, hash, quota, time.Now().Unix()); err != nil {
-			return fmt.Errorf("adding user %s: %w", addr, err)
+		for _, u := range checked {
+			if err := insertUser(ctx, tx, u.Address, u.Domain, u.Hash, u.Quota); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
+}
+
+// insertUser adds a user inside tx: its domain must be local and the
+// address neither a user nor an alias yet.
+func insertUser(ctx context.Context, tx *sql.Tx, addr, domain, hash string, quota int64) error {
+	if err := requireDomain(ctx, tx, domain); err != nil {
+		return err
+	}
+	if ok, err := exists(ctx, tx, `SELECT 1 FROM users WHERE address = ?`, addr); err != nil {
+		return err
+	} else if ok {
+		return newErr(ErrExists, "user "+addr+" already exists")
+	}
+	// A user would shadow the alias (Resolve prefers users), so the
+	// operator must choose.
+	if ok, err := exists(ctx, tx, `SELECT 1 FROM aliases WHERE source = ?`, addr); err != nil {
+		return err
+	} else if ok {
+		return newErr(ErrExists, addr+" is already an alias; remove the alias first")
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO users (address, domain, password, quota, created) VALUES (?, ?, ?, ?, ?)`,
+		addr, domain, hash, quota, time.Now().Unix()); err != nil {
+		return fmt.Errorf("adding user %s: %w", addr, err)
+	}
+	return nil
 }
 
 // SetPassword replaces a user's password. ErrNotFound for an unknown user.
@@ -208,7 +228,7 @@ func (d *Directory) Authenticate(ctx context.Context, address, password string) 
 		}
 	}
 	var user User
-	hash, err := d.hasher.Check(ctx, d.dummyHash, password, usable, func() (string, bool, error) {
+	hash, err := d.hasher.Check(ctx, password, usable, func() (string, bool, error) {
 		stored, u, found, err := d.authUser(ctx, addr)
 		user = u
 		return stored, found, err

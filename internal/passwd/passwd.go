@@ -93,33 +93,71 @@ func schemeOf(hash string) string {
 	return "(malformed)"
 }
 
-func verifyArgon2id(hash, password string) (bool, error) {
+// CheckHash reports whether hash is a stored hash Verify can check: an
+// argon2id PHC string with parameters in the supported range, or a bcrypt
+// hash. It computes nothing: `agua user import` uses it to refuse a bad line
+// before anything is stored.
+func CheckHash(hash string) error {
+	switch {
+	case strings.HasPrefix(hash, "$argon2id$"):
+		_, err := parseArgon2id(hash)
+		return err
+	case strings.HasPrefix(hash, "$2a$"), strings.HasPrefix(hash, "$2b$"), strings.HasPrefix(hash, "$2y$"):
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return fmt.Errorf("bcrypt hash: %w", err)
+		}
+		if len(hash) != 60 {
+			return fmt.Errorf("bcrypt hash: %d characters, want 60", len(hash))
+		}
+		return nil
+	default:
+		return fmt.Errorf("unsupported password hash scheme %q (want argon2id or bcrypt)", schemeOf(hash))
+	}
+}
+
+// argon2Params is a parsed argon2id PHC string.
+type argon2Params struct {
+	m, t       uint32
+	p          uint8
+	salt, want []byte
+}
+
+func parseArgon2id(hash string) (argon2Params, error) {
 	// $argon2id$v=19$m=19456,t=2,p=1$salt$hash
+	var a argon2Params
 	parts := strings.Split(hash, "$")
 	if len(parts) != 6 || parts[0] != "" {
-		return false, fmt.Errorf("malformed argon2id hash")
+		return a, fmt.Errorf("malformed argon2id hash")
 	}
 	var version int
 	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
-		return false, fmt.Errorf("argon2id hash has unsupported version %q", parts[2])
+		return a, fmt.Errorf("argon2id hash has unsupported version %q", parts[2])
 	}
 	var m, t, p uint32
 	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil {
-		return false, fmt.Errorf("argon2id hash has malformed parameters %q", parts[3])
+		return a, fmt.Errorf("argon2id hash has malformed parameters %q", parts[3])
 	}
 	if m == 0 || t == 0 || p == 0 || m > maxArgonMemory || t > maxArgonTime || p > maxArgonThreads {
-		return false, fmt.Errorf("argon2id hash parameters %q are out of the supported range", parts[3])
+		return a, fmt.Errorf("argon2id hash parameters %q are out of the supported range", parts[3])
 	}
 	salt, err := b64.DecodeString(parts[4])
 	if err != nil || len(salt) < 8 {
-		return false, fmt.Errorf("argon2id hash has a malformed salt")
+		return a, fmt.Errorf("argon2id hash has a malformed salt")
 	}
 	want, err := b64.DecodeString(parts[5])
 	if err != nil || len(want) < 16 || len(want) > 128 {
-		return false, fmt.Errorf("argon2id hash has a malformed key")
+		return a, fmt.Errorf("argon2id hash has a malformed key")
 	}
-	got := argon2.IDKey([]byte(password), salt, t, m, uint8(p), uint32(len(want)))
-	return subtle.ConstantTimeCompare(got, want) == 1, nil
+	return argon2Params{m: m, t: t, p: uint8(p), salt: salt, want: want}, nil
+}
+
+func verifyArgon2id(hash, password string) (bool, error) {
+	a, err := parseArgon2id(hash)
+	if err != nil {
+		return false, err
+	}
+	got := argon2.IDKey([]byte(password), a.salt, a.t, a.m, a.p, uint32(len(a.want)))
+	return subtle.ConstantTimeCompare(got, a.want) == 1, nil
 }
 
 // HashSlot is the memory one verification of agua's own argon2id hashes
@@ -141,13 +179,14 @@ type Hasher struct {
 	big sync.Mutex // held while taking several slots, so two such never deadlock
 	// observe, when set (tests), is called for every hash computed.
 	Observe func()
+	idle    *idleReturn // hands the work memory back after a burst (idle.go)
 }
 
 // NewHasher sizes the semaphore from a memory budget in bytes and the
 // number of cores.
 func NewHasher(budget int64, cores int) *Hasher {
 	n := int(min(budget/HashSlot, int64(cores)))
-	return &Hasher{sem: make(chan struct{}, max(n, 1))}
+	return &Hasher{sem: make(chan struct{}, max(n, 1)), idle: newIdleReturn()}
 }
 
 // slots returns how many slots verifying against hash takes.
@@ -198,7 +237,11 @@ func (h *Hasher) Acquire(ctx context.Context, n int) (release func(), err error)
 	if h.Observe != nil {
 		h.Observe()
 	}
-	return give, nil
+	h.idle.begin()
+	return sync.OnceFunc(func() {
+		give()
+		h.idle.end()
+	}), nil
 }
 
 // Cap is the number of slots.
@@ -231,17 +274,26 @@ func (h *Hasher) Verify(ctx context.Context, hash, password string) (bool, error
 // MaxLen. An unusable one still costs a verification in Check.
 func Usable(password string) bool { return password != "" && len(password) <= MaxLen }
 
+// dummyHash is what Check verifies when there is no stored hash, so that an
+// unknown user costs what a wrong password does: agua's own parameters, a
+// fixed salt and a key no password is known to give (it never matters:
+// Check fails an unknown user whatever the outcome). A constant, not a
+// hash computed at start: that cost every server and CLI start one hash
+// and 19 MiB that stayed in the process's RSS until the runtime returned it.
+var dummyHash = fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
+	b64.EncodeToString([]byte("agua-dummy-salt!")), b64.EncodeToString([]byte("no password is known to hash to.")))
+
 // Check is the password check of every backend's Authenticate. usable says
 // the address is valid and the password Usable; lookup, called only then,
 // reads the stored hash (found false for an unknown user). It verifies
-// exactly once in every case, against dummy when there is no stored hash
+// exactly once in every case, against dummyHash when there is no stored hash
 // and with a password cut to MaxLen, so that timing does not tell an
 // unknown user from a wrong password. It returns the stored hash that
 // matched; accounts.ErrAuthFailed for a wrong password or an unknown user;
 // the error of lookup, or of a verification that could not run (ctx, a
 // corrupt stored hash), as it is: the operator's problem, not the client's.
-func (h *Hasher) Check(ctx context.Context, dummy, password string, usable bool, lookup func() (stored string, found bool, err error)) (string, error) {
-	hash, found := dummy, false
+func (h *Hasher) Check(ctx context.Context, password string, usable bool, lookup func() (stored string, found bool, err error)) (string, error) {
+	hash, found := dummyHash, false
 	if usable {
 		stored, ok, err := lookup()
 		if err != nil {

@@ -99,3 +99,21 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A passwd-file parser never panics, and its errors never show a hash.
+func FuzzReadPasswdFile(f *testing.F) {
+	f.Add("a@example.org:{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaA:1:1::/h::\n")
+	f.Add("a@example.org:{BLF-CRYPT}$2y$05$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz01234\n# x\n\n")
+	f.Add("nocolon\n{\n:{X")
+	f.Fuzz(func(t *testing.T, file string) {
+		users, err := ReadPasswdFile(strings.NewReader(file), 0)
+		if err != nil && users != nil {
+			t.Fatal("users and an error")
+		}
+		for _, u := range users {
+			if CheckHash(u.Hash) != nil {
+				t.Fatalf("accepted a hash CheckHash refuses: %q", u.Hash)
+			}
+		}
+	})
+}

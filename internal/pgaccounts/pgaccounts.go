@@ -78,7 +78,6 @@ type Directory struct {
 	defaultQuota int64
 	log          *slog.Logger
 	hasher       *passwd.Hasher
-	dummyHash    string        // verified for unknown users so they cost the same
 	cache        *passwd.Cache // nil: every login is verified
 	w            *watcher      // nil: no snapshot and no cache, nothing to keep true
 	stop         context.CancelFunc
@@ -121,10 +120,6 @@ func open(ctx context.Context, pool *pgxpool.Pool, opts Options, dial func(conte
 		pool: pool, closePool: opts.ClosePool, defaultQuota: opts.DefaultQuota, log: log,
 		hasher: passwd.NewHasher(opts.HashMemory, runtime.GOMAXPROCS(0)),
 		done:   make(chan struct{}),
-	}
-	var err error
-	if d.dummyHash, err = passwd.Hash("agua dummy password for unknown users"); err != nil {
-		return nil, err
 	}
 	if opts.AuthCacheTTL > 0 {
 		d.cache = passwd.NewCache(opts.AuthCacheTTL, opts.AuthCacheSize)

@@ -31,28 +31,48 @@ func (d *Directory) AddUser(ctx context.Context, address, password string, quota
 	if err != nil {
 		return err
 	}
+	return d.write(ctx, func(ctx context.Context, tx pgx.Tx) error { return insertUser(ctx, tx, addr, domain, hash, quota) })
+}
+
+// ImportUsers adds users with hashes made elsewhere, in one transaction.
+func (d *Directory) ImportUsers(ctx context.Context, users []accounts.ImportedUser) error {
+	checked, err := accounts.CheckImported(users, passwd.CheckHash)
+	if err != nil {
+		return err
+	}
 	return d.write(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		if err := requireDomain(ctx, tx, domain); err != nil {
-			return err
-		}
-		if ok, err := exists(ctx, tx, `SELECT 1 FROM accounts_users WHERE address = $1`, addr); err != nil {
-			return err
-		} else if ok {
-			return newErr(accounts.ErrExists, "user "+addr+" already exists")
-		}
-		// A user would shadow the alias (Resolve prefers users), so the
-		// operator must choose.
-		if ok, err := exists(ctx, tx, `SELECT 1 FROM accounts_aliases WHERE source = $1`, addr); err != nil {
-			return err
-		} else if ok {
-			return newErr(accounts.ErrExists, addr+" is already an alias; remove the alias first")
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO accounts_users (address, domain, password, quota) VALUES ($1, $2, $3, $4)`,
-			addr, domain, hash, quota); err != nil {
-			return dbErr("adding user "+addr, err)
+		for _, u := range checked {
+			if err := insertUser(ctx, tx, u.Address, u.Domain, u.Hash, u.Quota); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
+}
+
+// insertUser adds a user inside tx: its domain must be local and the
+// address neither a user nor an alias yet.
+func insertUser(ctx context.Context, tx pgx.Tx, addr, domain, hash string, quota int64) error {
+	if err := requireDomain(ctx, tx, domain); err != nil {
+		return err
+	}
+	if ok, err := exists(ctx, tx, `SELECT 1 FROM accounts_users WHERE address = $1`, addr); err != nil {
+		return err
+	} else if ok {
+		return newErr(accounts.ErrExists, "user "+addr+" already exists")
+	}
+	// A user would shadow the alias (Resolve prefers users), so the
+	// operator must choose.
+	if ok, err := exists(ctx, tx, `SELECT 1 FROM accounts_aliases WHERE source = $1`, addr); err != nil {
+		return err
+	} else if ok {
+		return newErr(accounts.ErrExists, addr+" is already an alias; remove the alias first")
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO accounts_users (address, domain, password, quota) VALUES ($1, $2, $3, $4)`,
+		addr, domain, hash, quota); err != nil {
+		return dbErr("adding user "+addr, err)
+	}
+	return nil
 }
 
 // SetPassword replaces a user's password. ErrNotFound for an unknown user.
@@ -201,7 +221,7 @@ func (d *Directory) Authenticate(ctx context.Context, address, password string) 
 		}
 	}
 	var user User
-	hash, err := d.hasher.Check(ctx, d.dummyHash, password, usable, func() (string, bool, error) {
+	hash, err := d.hasher.Check(ctx, password, usable, func() (string, bool, error) {
 		stored, u, found, err := d.authUser(ctx, addr)
 		user = u
 		return stored, found, err

@@ -94,6 +94,7 @@ func TestRedisOpsPerConnection(t *testing.T) {
 	// PUBLISH, EXEC) and nothing per connection it then refuses.
 	// A first ban loads the scripts (EVALSHA, NOSCRIPT, EVAL): once per
 	// Redis start, not per ban.
+	execs := commandStats(t, rdb)["exec"]
 	if err := n.sh.Ban(netip.MustParsePrefix("127.0.9.8/32"), time.Hour, "warm-up", shield.Reject); err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +102,10 @@ func TestRedisOpsPerConnection(t *testing.T) {
 		bans, _ := st.Bans(context.Background())
 		return len(bans) == 1
 	})
+	// The ban is stored before the store writer runs its known-good
+	// revocation (one MULTI … EXEC): wait for that too, or it lands in
+	// the count below.
+	waitUntil(t, "first ban's known-good revocation", func() bool { return commandStats(t, rdb)["exec"] > execs })
 	before = commandStats(t, rdb)
 	if err := n.sh.Ban(netip.MustParsePrefix("127.0.9.9/32"), time.Hour, "ops", shield.Reject); err != nil {
 		t.Fatal(err)

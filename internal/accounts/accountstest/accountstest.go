@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/agua-mail/agua/internal/accounts"
+	"github.com/agua-mail/agua/internal/passwd"
 )
 
 // DefaultQuota is the default quota the suite asks a new backend for.
@@ -37,6 +40,7 @@ func Run(t *testing.T, newDir NewFunc) {
 		{"Domains", testDomains},
 		{"Users", testUsers},
 		{"Authenticate", testAuthenticate},
+		{"ImportUsers", testImportUsers},
 		{"Aliases", testAliases},
 		{"Resolve", testResolve},
 		{"CanSendAs", testCanSendAs},
@@ -209,6 +213,54 @@ func testAuthenticate(t *testing.T, d accounts.Directory) {
 	must(t, err)
 	wantErr(t, d.SetPassword(ctx, "alice@example.org", ""), accounts.ErrInvalid)
 	wantErr(t, d.SetPassword(ctx, "nobody@example.org", "x"), accounts.ErrNotFound)
+}
+
+// ImportUsers stores hashes made elsewhere as they are (both schemes log
+// in), and adds all of the users or, on any bad one, none.
+func testImportUsers(t *testing.T, d accounts.Directory) {
+	ctx := context.Background()
+	must(t, d.AddDomain(ctx, "example.org"))
+	must(t, d.AddUser(ctx, "taken@example.org", "pw", 0))
+	must(t, d.AddAlias(ctx, "alias@example.org", "taken@example.org"))
+	argon, err := passwd.Hash("argon pw")
+	must(t, err)
+	bc, err := bcrypt.GenerateFromPassword([]byte("bcrypt pw"), bcrypt.MinCost)
+	must(t, err)
+	good := []accounts.ImportedUser{{Address: "A@example.org", Hash: argon}, {Address: "b@example.org", Hash: string(bc), Quota: 4000}}
+	for _, c := range []struct {
+		name string
+		bad  accounts.ImportedUser
+		kind error
+	}{
+		{"existing user", accounts.ImportedUser{Address: "taken@example.org", Hash: argon}, accounts.ErrExists},
+		{"alias", accounts.ImportedUser{Address: "alias@example.org", Hash: argon}, accounts.ErrExists},
+		{"foreign domain", accounts.ImportedUser{Address: "c@nowhere.org", Hash: argon}, accounts.ErrNotFound},
+		{"given twice", accounts.ImportedUser{Address: "a@EXAMPLE.org", Hash: argon}, accounts.ErrInvalid},
+		{"bad address", accounts.ImportedUser{Address: "no at", Hash: argon}, accounts.ErrInvalid},
+		{"negative quota", accounts.ImportedUser{Address: "c@example.org", Hash: argon, Quota: -1}, accounts.ErrInvalid},
+		{"plain password", accounts.ImportedUser{Address: "c@example.org", Hash: "secret"}, accounts.ErrInvalid},
+		{"broken argon2id", accounts.ImportedUser{Address: "c@example.org", Hash: argon[:len(argon)-30]}, accounts.ErrInvalid},
+		{"huge argon2id memory", accounts.ImportedUser{Address: "c@example.org", Hash: strings.Replace(argon, "m=19456", "m=9999999", 1)}, accounts.ErrInvalid},
+		{"broken bcrypt", accounts.ImportedUser{Address: "c@example.org", Hash: string(bc[:40])}, accounts.ErrInvalid},
+	} {
+		err := d.ImportUsers(ctx, append(slices.Clone(good), c.bad))
+		if !errors.Is(err, c.kind) {
+			t.Errorf("%s: ImportUsers = %v, want %v", c.name, err, c.kind)
+		}
+		if _, err := d.GetUser(ctx, "a@example.org"); !errors.Is(err, accounts.ErrNotFound) {
+			t.Fatalf("%s: a refused import added a user (GetUser: %v)", c.name, err)
+		}
+	}
+	must(t, d.ImportUsers(ctx, good))
+	if u, err := d.Authenticate(ctx, "a@example.org", "argon pw"); err != nil || u.Quota != DefaultQuota {
+		t.Errorf("imported argon2id user: %+v, %v", u, err)
+	}
+	if u, err := d.Authenticate(ctx, "b@example.org", "bcrypt pw"); err != nil || u.Quota != 4000 {
+		t.Errorf("imported bcrypt user: %+v, %v", u, err)
+	}
+	_, err = d.Authenticate(ctx, "b@example.org", "argon pw")
+	wantErr(t, err, accounts.ErrAuthFailed)
+	wantErr(t, d.ImportUsers(ctx, good[:1]), accounts.ErrExists)
 }
 
 // aliasSetup: example.org with alice and bob, example.net with carol.
