@@ -118,22 +118,8 @@ func TestStoppedVerbsOnAFolderAguaNeverUsed(t *testing.T) {
 func TestReloadNamesRestartOnlyChanges(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "agua.toml")
-	body := `data_dir = %q
-hostname = %q
-[smtp]
-listen = ["127.0.0.1:0"]
-submission_listen = []
-submissions_listen = []
-[pop3]
-listen = []
-tls_listen = []
-[imap]
-listen = []
-tls_listen = []
-[admin]
-listen = ""
-`
-	os.WriteFile(file, []byte(fmt.Sprintf(body, filepath.Join(dir, "data"), "mx1.example.org")), 0o644)
+	body := func(host string) string { return smtpOnlyConfig(filepath.Join(dir, "data"), host, "127.0.0.1:0", "") }
+	os.WriteFile(file, []byte(body("mx1.example.org")), 0o644)
 	cfg, err := config.Load(file)
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +137,7 @@ listen = ""
 	if out := mustAgua(t, "", "reload", "-config", file); strings.Contains(out, "next restart") {
 		t.Errorf("reload of an unchanged file: %q", out)
 	}
-	os.WriteFile(file, []byte(fmt.Sprintf(body, filepath.Join(dir, "data"), "mx2.example.org")), 0o644)
+	os.WriteFile(file, []byte(body("mx2.example.org")), 0o644)
 	out := mustAgua(t, "", "reload", "-config", file)
 	if !strings.Contains(out, "changed but applied only at the next restart: hostname") {
 		t.Errorf("reload after a hostname change: %q", out)
@@ -171,4 +157,26 @@ func TestDKIMKeygenWarnsForANonLocalDomain(t *testing.T) {
 	if code, _, errs := agua(t, "", "dkim", "keygen", "Example.ORG", "-algo", "ed25519", "-data", data); code != 0 || errs != "" {
 		t.Errorf("local domain: exit %d, stderr %q", code, errs)
 	}
+}
+
+// smtpOnlyConfig is the text of a config for a test's agua serve: data
+// folder, hostname, the MX listener on smtpAddr and no other listener (the
+// admin one off too: the default 127.0.0.1:8025 may be another agua's on
+// this machine, and serve refuses a port in use), then extra sections.
+func smtpOnlyConfig(data, hostname, smtpAddr, extra string) string {
+	return fmt.Sprintf(`data_dir = %q
+hostname = %q
+[smtp]
+listen = [%q]
+submission_listen = []
+submissions_listen = []
+[pop3]
+listen = []
+tls_listen = []
+[imap]
+listen = []
+tls_listen = []
+[admin]
+listen = ""
+`, data, hostname, smtpAddr) + extra
 }

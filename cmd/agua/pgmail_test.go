@@ -42,29 +42,15 @@ func TestPostgresMailKill9(t *testing.T) {
 	smtpAddr := ln.Addr().String()
 	ln.Close()
 	cfgFile := filepath.Join(t.TempDir(), "agua.toml")
-	cfgText := fmt.Sprintf(`data_dir = %q
-hostname = "mx.example.test"
-[log]
+	cfgText := smtpOnlyConfig(data, "mx.example.test", smtpAddr, fmt.Sprintf(`[log]
 level = "warn"
-[smtp]
-listen = [%q]
-submission_listen = []
-submissions_listen = []
-[pop3]
-listen = []
-tls_listen = []
-[imap]
-listen = []
-tls_listen = []
-[admin]
-listen = ""  # the default 127.0.0.1:8025 may be another agua's on this machine
 [dns]
 resolver = [%q]
 [postgres]
 url = %q
 mail = true
 migrate = true
-`, data, smtpAddr, dns.Addr, url)
+`, dns.Addr, url))
 	if err := os.WriteFile(cfgFile, []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
