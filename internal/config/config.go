@@ -63,7 +63,7 @@ type AccountsConfig struct {
 // StoreConfig configures how deliveries reach the disk. Either way a
 // message is on disk (data and directory entry) before the 250 reply.
 type StoreConfig struct {
-	Sync string `toml:"sync" doc:"How a batch of concurrent deliveries is made durable: \"syncfs\" (syncfs(2) calls shared by a whole batch: one per batch under continuous load, two for a lone delivery; fastest on a file system of its own) or \"fsync\" (each file fsynced, then each folder once; better when the data folder shares a file system with other busy writers)."`
+	Sync string `toml:"sync" doc:"How a batch of concurrent deliveries is made durable: \"syncfs\" (one syncfs(2) call shared by a whole batch, and one for a lone delivery; the message is acknowledged once its file is on disk, and a start after a crash finishes moving such files from tmp/ into new/; fastest on a file system of its own) or \"fsync\" (each file fsynced, then each folder once; better when the data folder shares a file system with other busy writers)."`
 }
 
 // SMTPConfig configures the SMTP listeners and their limits.

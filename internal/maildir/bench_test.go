@@ -23,7 +23,8 @@ func benchMessage() Message {
 }
 
 // BenchmarkDeliverSerial measures one sender: every delivery pays a full
-// commit (file fsync, rename, directory fsync).
+// commit of its own (one syncfs and a rename; in FsyncEach mode a file
+// fsync, a rename and a directory fsync).
 func BenchmarkDeliverSerial(b *testing.B) {
 	s := openTest(b)
 	msg := benchMessage()

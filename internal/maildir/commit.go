@@ -10,85 +10,66 @@ import (
 )
 
 // committer runs the group commits until the queue is closed and every
-// delivery has its outcome.
-//
-// In syncfs mode the steps of consecutive batches overlap: one syncfs
-// makes the data of the batch just taken durable and, with it, the renames
-// of the batch before, which is then acknowledged (see step). Under
-// continuous load that is one syncfs per batch instead of two; a batch
-// with no successor gets its second syncfs at once.
+// delivery has its outcome. It takes whatever queued while the previous
+// commit ran, without waiting for more: waiting would only add latency, and
+// a single sender never has a companion to wait for.
 func (s *Store) committer() {
 	defer close(s.done)
 	batch := make([]*commit, 0, s.maxBatch)
-	pending := make([]*commit, 0, s.maxBatch) // renamed, not yet synced
-	open := true
-	for open || len(pending) > 0 {
-		if len(pending) == 0 {
-			c, ok := <-s.queue
-			if !ok {
-				return
-			}
-			batch = append(batch, c)
+	for {
+		c, ok := <-s.queue
+		if !ok {
+			return
 		}
-		// Take whatever queued while the previous step ran, without
-		// waiting for more: waiting would only add latency.
-		open = s.take(&batch, open)
-		if len(batch) > 0 {
-			s.batches.Add(1)
-			s.committed.Add(int64(len(batch)))
-		}
+		batch = append(batch, c)
+		s.take(&batch)
+		s.batches.Add(1)
+		s.committed.Add(int64(len(batch)))
 		if s.fsyncEach {
 			s.flushEach(batch)
-			clear(batch)
-			batch = batch[:0]
-			continue
+		} else {
+			s.step(batch)
 		}
-		renamed := s.step(pending, batch)
-		clear(pending)
-		// The renamed deliveries wait for the next step's syncfs; the old
-		// pending array takes the next batch.
-		pending, batch = renamed, pending[:0]
+		clear(batch)
+		batch = batch[:0]
 	}
 }
 
-// take adds what is queued, up to maxBatch, to *batch without waiting, and
-// reports whether the queue is still open.
-func (s *Store) take(batch *[]*commit, open bool) bool {
-	for open && len(*batch) < s.maxBatch {
+// take adds what is queued, up to maxBatch, to *batch without waiting. A
+// closed queue is noticed by the committer's next receive.
+func (s *Store) take(batch *[]*commit) {
+	for len(*batch) < s.maxBatch {
 		select {
 		case c, ok := <-s.queue:
 			if !ok {
-				return false
+				return
 			}
 			*batch = append(*batch, c)
 		default:
-			return true
+			return
 		}
 	}
-	return open
 }
 
-// step is one syncfs-mode commit step:
+// step is one syncfs-mode commit (doc.go, "Durability"):
 //
-//  1. syncfs(2) of every file system pending and batch wrote to: the data
-//     of batch's files, and pending's new/ entries, are on disk;
-//  2. pending is acknowledged;
-//  3. every file of batch is renamed from tmp/ to new/.
+//  1. syncfs(2) of every file system the batch wrote to: the data of its
+//     files and their entries in tmp/ are on disk, and each file's name
+//     carries the checksum that lets Open tell it from a torn one;
+//  2. every file of the batch is renamed from tmp/ to new/;
+//  3. the batch is acknowledged.
 //
-// It returns the deliveries of batch whose renames succeeded, in batch's
-// array: they are acknowledged by the next step, after its syncfs. A
-// delivery whose rename fails gets the error at once, with its files
-// already in new/ removed again; when the syncfs fails, pending's files
-// are removed from new/ and every delivery of both gets the error (batch's
-// tmp/ files are removed by Deliver).
-func (s *Store) step(pending, batch []*commit) []*commit {
+// The renames are made durable by the next syncfs, or redone by Open
+// (recover.go) after a crash that lost them: the acknowledged message is
+// complete in tmp/. A delivery whose rename fails gets the error, with its
+// files already in new/ removed again; when the syncfs fails every delivery
+// gets the error (their tmp/ files are removed by Deliver).
+func (s *Store) step(batch []*commit) {
 	var fss []*os.File // the file systems written to, usually one
-	for _, l := range [2][]*commit{pending, batch} {
-		for _, c := range l {
-			for i := range c.files {
-				if fs := c.files[i].fs; !slices.Contains(fss, fs) {
-					fss = append(fss, fs)
-				}
+	for _, c := range batch {
+		for i := range c.files {
+			if fs := c.files[i].fs; !slices.Contains(fss, fs) {
+				fss = append(fss, fs)
 			}
 		}
 	}
@@ -96,27 +77,18 @@ func (s *Store) step(pending, batch []*commit) []*commit {
 		s.beforeSyncfs()
 	}
 	if err := syncfs(fss); err != nil {
-		for _, c := range pending {
-			c.fail(s, err)
-		}
 		for _, c := range batch {
 			c.err <- err
 		}
-		return batch[:0]
+		return
 	}
-	for _, c := range pending {
-		c.err <- nil
-	}
-	renamed := batch[:0]
 	for _, c := range batch {
 		if err := c.rename(); err != nil {
 			c.fail(s, err)
 			continue
 		}
-		renamed = append(renamed, c)
+		c.err <- nil
 	}
-	clear(batch[len(renamed):]) // answered: not held by the array
-	return renamed
 }
 
 // rename moves every file of c from tmp/ to new/, stopping at the first

@@ -20,42 +20,50 @@
 //
 // # Durability
 //
-// Deliver returns nil only when the data of every file and its directory
-// entry in new/ are on disk. Each delivery writes its files into tmp/ and
-// hands them to one committer goroutine, which takes everything that queued
-// while it was busy (up to Options.MaxBatch deliveries, without waiting for
-// more) and commits the batch in three steps:
+// Deliver returns nil only when every file of the delivery is complete on
+// disk and in new/. Each delivery writes its files into tmp/ and hands them
+// to one committer goroutine, which takes everything that queued while it
+// was busy (up to Options.MaxBatch deliveries, without waiting for more)
+// and commits the batch in three steps:
 //
 //  1. syncfs(2) on each file system the batch wrote to (usually one; a
 //     domain folder may be a mount point): the data of every file of the
-//     batch is on disk;
+//     batch, and its entry in tmp/, are on disk;
 //  2. rename every file from tmp/ to new/ (RENAME_NOREPLACE);
-//  3. syncfs again: the new directory entries are on disk.
+//  3. acknowledge the batch.
 //
-// Step 3 of one batch is step 1 of the next: one syncfs makes the next
-// batch's data and this batch's renames durable together, and this batch
-// is acknowledged after it. Under continuous load that is one flush per
-// batch, whatever its size; a batch with no successor gets its step 3 at
-// once. That is what makes thousands of
-// durable deliveries a second possible with twenty concurrent senders; with
-// an fsync per file the journal commits many times per batch and creating
-// files stalls behind it (see BenchmarkDeliverParallel). The price is that
-// syncfs also writes other programs' dirty data on the same file system,
-// and that before Linux 5.8 it did not report write errors. Options.FsyncEach
-// selects the classic scheme instead: each delivering goroutine fsyncs its
-// own files (concurrent fsyncs still share journal commits), and the commit
-// fsyncs each distinct new/ folder once.
+// That is one flush per batch, whatever its size, and one per message for
+// a single sender: what makes thousands of durable deliveries a second
+// possible with twenty concurrent senders. With an fsync per file the
+// journal commits many times per batch and creating files stalls behind it
+// (see BenchmarkDeliverParallel). The price is that syncfs also writes
+// other programs' dirty data on the same file system, and that before
+// Linux 5.8 it did not report write errors. Options.FsyncEach selects the
+// classic scheme instead: each delivering goroutine fsyncs its own files
+// (concurrent fsyncs still share journal commits), and the commit renames
+// them and fsyncs each distinct new/ folder once before acknowledging.
 //
-// Why either is crash-safe: a file's data is durable before its name appears
-// in new/ (step 1 precedes step 2), and rename is atomic, so a reader never
-// sees a partial message in new/, even after a crash. A crash before step 3
-// can lose the rename, leaving the complete file in tmp/; Deliver had not
-// returned, so the sender had no acknowledgement and will retry. Such
-// leftovers are removed at Open when older than 36 hours, as the Maildir
-// specification advises. On an error before the commit the tmp/ files are
-// removed; if a rename or step 3 fails, the delivery's files already in new/
-// are removed again (best effort, logged), so a failed delivery leaves
-// nothing behind for any recipient.
+// Why syncfs mode is crash-safe with one flush: the renames of step 2 reach
+// the disk with the next flush, not before the acknowledgement, so a crash
+// may leave an acknowledged message in tmp/, complete. Its name says so: in
+// syncfs mode a file is named with ",C=" and the CRC-32C of its content
+// after ",S=" and its size, and Open, when no other Store has the folder
+// open (a flock(2) of root/.agua-store.lock), moves every such tmp/ file
+// whose size and checksum match into new/ (after a syncfs, since a kill -9
+// leaves the page cache unflushed) and removes the others, which are torn:
+// their delivery was never acknowledged, as acknowledgement follows a
+// syncfs that began after the file was written. A file's data is on disk
+// before its name can appear in new/ (step 1 precedes step 2, and recovery
+// flushes first), and rename is atomic, so a reader never sees a partial
+// message in new/, even after a crash. A complete file whose
+// acknowledgement never reached the sender is delivered by recovery too;
+// the sender retries, and the recipient may get that message twice (RFC
+// 5321 6.1 prefers that to losing it). Other leftovers in tmp/ (FsyncEach
+// mode, other programs) are removed at Open when older than 36 hours, as
+// the Maildir specification advises. On an error before the commit the
+// tmp/ files are removed; if a rename fails, the delivery's files already
+// in new/ are removed again (best effort, logged), so a failed delivery
+// leaves nothing behind for any recipient.
 //
 // # Quota
 //

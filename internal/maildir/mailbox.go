@@ -203,13 +203,9 @@ func (l *listing) has(path string) bool {
 // see it), reading ",S=" from names and calling stat only for names
 // without it.
 func listUsage(path string) (*listing, error) {
-	dirs := []string{filepath.Join(path, "new"), filepath.Join(path, "cur")}
-	if entries, err := os.ReadDir(path); err == nil {
-		for _, e := range entries {
-			if n := e.Name(); e.IsDir() && strings.HasPrefix(n, ".") && n != "." && n != ".." {
-				dirs = append(dirs, filepath.Join(path, n, "new"), filepath.Join(path, n, "cur"))
-			}
-		}
+	var dirs []string
+	for _, dir := range withFolders(path) {
+		dirs = append(dirs, filepath.Join(dir, "new"), filepath.Join(dir, "cur"))
 	}
 	l := &listing{entries: make(map[string][]os.DirEntry, len(dirs))}
 	for _, dir := range dirs {
@@ -242,6 +238,20 @@ func listUsage(path string) (*listing, error) {
 		}
 	}
 	return l, nil
+}
+
+// withFolders returns the Maildir at path followed by its Maildir++
+// folders (.Sent, .Trash, …), which may not exist.
+func withFolders(path string) []string {
+	dirs := []string{path}
+	if entries, err := os.ReadDir(path); err == nil {
+		for _, e := range entries {
+			if n := e.Name(); e.IsDir() && strings.HasPrefix(n, ".") && n != "." && n != ".." {
+				dirs = append(dirs, filepath.Join(path, n))
+			}
+		}
+	}
+	return dirs
 }
 
 // sizeFromName reads the Dovecot ",S=<size>" field of a Maildir file name,

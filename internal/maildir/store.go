@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"golang.org/x/sys/unix"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"os"
@@ -79,6 +80,8 @@ type Store struct {
 	batches               atomic.Int64 // commits made, for benchmarks
 	committed             atomic.Int64 // deliveries in them
 
+	lock *os.File // shared flock of root/.agua-store.lock (recover.go)
+
 	fsMu  sync.Mutex
 	fsFDs map[uint64]*os.File // device → an open folder on it, for syncfs
 
@@ -101,8 +104,11 @@ type Store struct {
 // microsecond, across Stores.
 var counter atomic.Uint64
 
-// Open opens the store rooted at root, creating the folder if needed, and
-// removes tmp/ files older than 36 hours left by crashes.
+// Open opens the store rooted at root, creating the folder if needed. When
+// no other Store has root open, it moves the complete files of
+// acknowledged deliveries that a crash left in tmp/ into new/ and removes
+// torn ones (recover.go); in any case it removes other tmp/ files older
+// than 36 hours.
 func Open(root string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(root, dirPerm); err != nil {
 		return nil, fmt.Errorf("maildir: creating root: %w", err)
@@ -132,8 +138,14 @@ func Open(root string, opts Options) (*Store, error) {
 		rootFD.Close()
 		return nil, fmt.Errorf("maildir: stat root: %w", err)
 	}
+	lock, exclusive, err := lockStore(root)
+	if err != nil {
+		rootFD.Close()
+		return nil, err
+	}
 	s := &Store{
 		root: root,
+		lock: lock,
 		// Maildir spec: "/" and ":" in the host name are written in octal.
 		hostname:  strings.NewReplacer("/", `\057`, ":", `\072`).Replace(host),
 		pid:       os.Getpid(),
@@ -147,7 +159,15 @@ func Open(root string, opts Options) (*Store, error) {
 		done:      make(chan struct{}),
 		warmed:    make(chan struct{}),
 	}
-	s.cleanTmp()
+	s.sweepTmp(exclusive)
+	if exclusive {
+		// Recovered: other Stores may open the root now (recover.go).
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_SH); err != nil {
+			lock.Close()
+			rootFD.Close()
+			return nil, fmt.Errorf("maildir: locking %s: %w", lock.Name(), err)
+		}
+	}
 	go s.committer()
 	go s.warmUsage()
 	return s, nil
@@ -193,7 +213,7 @@ func (s *Store) Close() error {
 	}
 	s.fsMu.Lock()
 	defer s.fsMu.Unlock()
-	var err error
+	err := s.lock.Close()
 	for _, fd := range s.fsFDs {
 		if cerr := fd.Close(); cerr != nil && err == nil {
 			err = cerr
@@ -249,15 +269,6 @@ func escapeName(s string) string {
 	return b.String()
 }
 
-// cleanTmp removes files older than tmpMaxAge from every tmp/ folder.
-func (s *Store) cleanTmp() {
-	cutoff := s.now().Add(-tmpMaxAge)
-	s.eachMaildir(func(domain, box string) bool {
-		s.cleanTmpDir(filepath.Join(s.root, domain, box, "tmp"), cutoff)
-		return true
-	})
-}
-
 // eachMaildir calls fn with the folder names of every mailbox, domain by
 // domain, until fn returns false.
 func (s *Store) eachMaildir(fn func(domain, box string) bool) {
@@ -279,27 +290,6 @@ func (s *Store) eachMaildir(fn func(domain, box string) bool) {
 			if b.IsDir() && !fn(d.Name(), b.Name()) {
 				return
 			}
-		}
-	}
-}
-
-func (s *Store) cleanTmpDir(tmp string, cutoff time.Time) {
-	entries, err := os.ReadDir(tmp)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			s.log.Warn("maildir: listing tmp for cleanup", "dir", tmp, "err", err)
-		}
-		return
-	}
-	for _, e := range entries {
-		info, err := e.Info()
-		if err != nil || !info.Mode().IsRegular() || !info.ModTime().Before(cutoff) {
-			continue
-		}
-		if err := os.Remove(filepath.Join(tmp, e.Name())); err != nil {
-			s.log.Warn("maildir: removing stale tmp file", "file", filepath.Join(tmp, e.Name()), "err", err)
-		} else {
-			s.log.Info("maildir: removed stale tmp file", "file", filepath.Join(tmp, e.Name()))
 		}
 	}
 }
@@ -451,9 +441,12 @@ func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (er
 
 // writeTmp writes the recipient's prefix and the message to a new file in
 // the tmp/ folder of f's mailbox (or of its folder r.Folder), and fsyncs it
-// in FsyncEach mode. The file is written through its bare descriptor: one
-// open(2), one write(2) for a message up to 64 KiB with its prefix, one
-// close(2), without the fcntl(2) and epoll_ctl(2) calls an *os.File costs.
+// in FsyncEach mode. In syncfs mode the file's name ends in ",C=" and the
+// CRC-32C of its content, so that Open can tell a complete file left in
+// tmp/ by a crash from a torn one (recover.go). The file is written through
+// its bare descriptor: one open(2), one write(2) for a message up to 64 KiB
+// with its prefix, one close(2), without the fcntl(2) and epoll_ctl(2)
+// calls an *os.File costs.
 func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 	dir, fs, err := f.mb.ensureDirs(s)
 	if err != nil {
@@ -465,8 +458,21 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 		}
 	}
 	f.fs = fs
+	bp := writeBufs.Get().(*[]byte)
+	defer writeBufs.Put(bp)
+	buf, off, err := fill(append((*bp)[:0], r.Prefix...), msg, 0)
+	if err != nil {
+		return err
+	}
 	var b [1024]byte // both paths, on the stack
 	tmp := s.appendUniqueName(append(append(b[:0], dir...), "/tmp/"...), f.size)
+	if !s.fsyncEach {
+		sum, err := checksum(buf, msg, off)
+		if err != nil {
+			return err
+		}
+		tmp = appendChecksum(tmp, sum)
+	}
 	name := tmp[len(dir)+len("/tmp/"):]
 	// Both paths in one allocation: dir/tmp/name then dir/new/name.
 	both := string(append(append(append(tmp, dir...), "/new/"...), name...))
@@ -481,26 +487,15 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 			err = fmt.Errorf("maildir: closing %s: %w", f.tmpPath, cerr)
 		}
 	}()
-	bp := writeBufs.Get().(*[]byte)
-	defer writeBufs.Put(bp)
-	buf := append((*bp)[:0], r.Prefix...)
-	for off := int64(0); ; {
-		if n := min(int64(cap(buf)-len(buf)), msg.Size-off); n > 0 {
-			m, rerr := msg.R.ReadAt(buf[len(buf):len(buf)+int(n)], off)
-			if int64(m) < n {
-				if rerr == nil || rerr == io.EOF {
-					rerr = io.ErrUnexpectedEOF
-				}
-				return fmt.Errorf("maildir: message is %d bytes, expected %d: %w", off+int64(m), msg.Size, rerr)
-			}
-			buf, off = buf[:len(buf)+m], off+int64(m)
-		}
+	for {
 		if err := writeFull(fd, buf); err != nil {
 			return fmt.Errorf("maildir: writing %s: %w", f.tmpPath, err)
 		}
-		buf = buf[:0]
 		if off == msg.Size {
 			break
+		}
+		if buf, off, err = fill(buf[:0], msg, off); err != nil {
+			return err
 		}
 	}
 	// The data must be on disk before the rename can make it visible.
@@ -511,6 +506,44 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 		return fmt.Errorf("maildir: syncing %s: %w", f.tmpPath, err)
 	}
 	return nil
+}
+
+// fill appends the message from off to buf, as much as fits in its
+// capacity, and returns buf and the offset after what it read.
+func fill(buf []byte, msg Message, off int64) ([]byte, int64, error) {
+	n := min(int64(cap(buf)-len(buf)), msg.Size-off)
+	if n <= 0 {
+		return buf, off, nil
+	}
+	m, err := msg.R.ReadAt(buf[len(buf):len(buf)+int(n)], off)
+	if int64(m) < n {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return buf, off, fmt.Errorf("maildir: message is %d bytes, expected %d: %w", off+int64(m), msg.Size, err)
+	}
+	return buf[:len(buf)+m], off + int64(m), nil
+}
+
+// checksum returns the CRC-32C of head followed by the message from off:
+// the content of a file whose first bytes, head, are already read. A
+// message larger than the write buffer is read twice.
+func checksum(head []byte, msg Message, off int64) (uint32, error) {
+	sum := crc32.Update(0, castagnoli, head)
+	if off == msg.Size {
+		return sum, nil
+	}
+	bp := writeBufs.Get().(*[]byte)
+	defer writeBufs.Put(bp)
+	for off < msg.Size {
+		var chunk []byte
+		var err error
+		if chunk, off, err = fill((*bp)[:0], msg, off); err != nil {
+			return 0, err
+		}
+		sum = crc32.Update(sum, castagnoli, chunk)
+	}
+	return sum, nil
 }
 
 // writeFull writes all of p to fd.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"slices"
@@ -96,8 +97,11 @@ func TestDeliver(t *testing.T) {
 		if content != want {
 			t.Errorf("content = %q, want %q", content, want)
 		}
-		if !strings.HasSuffix(name, fmt.Sprintf(",S=%d", len(want))) {
+		if size, ok := sizeFromName(name); !ok || size != int64(len(want)) {
 			t.Errorf("name %q lacks ,S=%d", name, len(want))
+		}
+		if _, sum, ok := sealedName(name); !testFsyncEach && (!ok || sum != crc32.Checksum([]byte(want), castagnoli)) {
+			t.Errorf("name %q lacks ,C= with the content's CRC-32C", name)
 		}
 		if !strings.Contains(name, `.mx\0571\072test,`) {
 			t.Errorf("name %q lacks the escaped host name", name)
@@ -473,36 +477,42 @@ func TestDeliverToFolder(t *testing.T) {
 	}
 }
 
-// In syncfs mode one syncfs makes a batch's data and the previous batch's
-// renames durable together (doc.go), and a delivery is acknowledged only
-// after a syncfs that began once its file was in new/. A first delivery
-// holds the committer in its syncfs until 20 more have queued: three
-// syncfs calls for the two batches (two per batch would be four), and at
-// the start of each, no more deliveries have returned than there were files
-// in new/ when the previous one began.
-func TestCommitStepsOverlap(t *testing.T) {
+// In syncfs mode a batch costs one syncfs (doc.go), and a delivery is
+// acknowledged only after a syncfs that began once its file was written. A
+// first delivery holds the committer in its syncfs until 20 more have
+// queued: two syncfs calls for the two batches, and when each begins, no
+// more deliveries have returned than there were files written (in tmp/ or
+// new/) when the previous one began.
+func TestOneSyncfsPerBatch(t *testing.T) {
 	if testFsyncEach {
 		t.Skip("syncfs mode only")
 	}
 	s := openTest(t)
 	ctx := context.Background()
-	newDir := filepath.Join(s.MaildirPath("box@example.org"), "new")
+	box := s.MaildirPath("box@example.org")
+	written := func() int {
+		tmp, _ := os.ReadDir(filepath.Join(box, "tmp"))
+		nw, _ := os.ReadDir(filepath.Join(box, "new"))
+		return len(tmp) + len(nw)
+	}
 	var returned atomic.Int64
-	var inNew []int // files in new/ at the start of each syncfs
+	var atSyncfs []int // files written at the start of each syncfs
 	var violations []string
+	check := func(when string) {
+		if k := len(atSyncfs); k > 0 && returned.Load() > int64(atSyncfs[k-1]) {
+			violations = append(violations, fmt.Sprintf("%s: %d deliveries returned, %d files were written at syncfs %d", when, returned.Load(), atSyncfs[k-1], k))
+		}
+	}
 	release := make(chan struct{})
 	s.beforeSyncfs = func() { // the committer's goroutine: no lock needed
-		ents, _ := os.ReadDir(newDir)
-		if k := len(inNew); k > 0 && returned.Load() > int64(inNew[k-1]) {
-			violations = append(violations, fmt.Sprintf("syncfs %d: %d deliveries returned, %d files were in new/ at syncfs %d", k+1, returned.Load(), inNew[k-1], k))
-		}
-		inNew = append(inNew, len(ents))
-		if len(inNew) == 1 {
+		check(fmt.Sprintf("syncfs %d", len(atSyncfs)+1))
+		atSyncfs = append(atSyncfs, written())
+		if len(atSyncfs) == 1 {
 			<-release
 		}
 	}
 	deliver := func(errs chan<- error) {
-		err := s.Deliver(ctx, message("Subject: overlap\r\n\r\nbody\r\n"), []Recipient{rcpt("box@example.org", 1<<30)})
+		err := s.Deliver(ctx, message("Subject: batch\r\n\r\nbody\r\n"), []Recipient{rcpt("box@example.org", 1<<30)})
 		if err == nil {
 			returned.Add(1)
 		}
@@ -521,14 +531,35 @@ func TestCommitStepsOverlap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	check("at the end")
 	if len(violations) > 0 {
-		t.Fatalf("acknowledged before a syncfs after the rename: %v", violations)
+		t.Fatalf("acknowledged before a syncfs that began after the file was written: %v", violations)
 	}
-	if len(inNew) != 3 || s.batches.Load() != 2 {
-		t.Fatalf("%d syncfs calls for %d batches, want 3 for 2 (files in new/ at each: %v)", len(inNew), s.batches.Load(), inNew)
+	if len(atSyncfs) != 2 || s.batches.Load() != 2 {
+		t.Fatalf("%d syncfs calls for %d batches, want 2 for 2 (files written at each: %v)", len(atSyncfs), s.batches.Load(), atSyncfs)
 	}
-	if ents, _ := os.ReadDir(newDir); len(ents) != 21 {
+	if ents, _ := os.ReadDir(filepath.Join(box, "new")); len(ents) != 21 {
 		t.Fatalf("%d files in new/, want 21", len(ents))
+	}
+}
+
+// One sender, one message at a time: each delivery waits for one syncfs,
+// not two (the data's and then the rename's, as before the checksummed
+// names let a crash's leftovers in tmp/ be recovered).
+func TestOneSyncfsPerSerialDelivery(t *testing.T) {
+	if testFsyncEach {
+		t.Skip("syncfs mode only")
+	}
+	s := openTest(t)
+	var calls atomic.Int64
+	s.beforeSyncfs = func() { calls.Add(1) }
+	for range 5 {
+		if err := s.Deliver(context.Background(), message(body), []Recipient{rcpt("box@example.org", 1<<30)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := calls.Load(); n != 5 {
+		t.Fatalf("%d syncfs calls for 5 deliveries one after the other, want 5", n)
 	}
 }
 

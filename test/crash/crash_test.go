@@ -19,6 +19,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"net"
 	"net/mail"
@@ -471,12 +472,20 @@ func checkMaildir(t *testing.T, srv *harness.Server, led *ledger) {
 // the clients sent, and returns its token.
 func checkFile(errorf func(string, ...any), f harness.MailFile, led *ledger) (string, bool) {
 	name := filepath.Base(f.Path)
-	// Maildir names carry ",S=<size>" (see internal/maildir): a shorter
-	// file is a torn write.
-	if i := strings.LastIndex(name, ",S="); i >= 0 {
-		size, _, _ := strings.Cut(name[i+3:], ":")
-		if want, err := strconv.Atoi(size); err != nil || want != len(f.Data) {
-			errorf("%s: name says %s bytes, file has %d", f.Path, size, len(f.Data))
+	// Maildir names carry ",S=<size>" and, from syncfs-mode deliveries,
+	// ",C=<CRC-32C>" of the content (see internal/maildir): a file that
+	// does not match them is a torn write.
+	base, _, _ := strings.Cut(name, ":")
+	for _, field := range strings.Split(base, ",")[1:] {
+		switch k, v, _ := strings.Cut(field, "="); k {
+		case "S":
+			if want, err := strconv.Atoi(v); err != nil || want != len(f.Data) {
+				errorf("%s: name says %s bytes, file has %d", f.Path, v, len(f.Data))
+			}
+		case "C":
+			if sum := fmt.Sprintf("%08x", crc32.Checksum(f.Data, crc32.MakeTable(crc32.Castagnoli))); sum != v {
+				errorf("%s: name says CRC-32C %s, file has %s", f.Path, v, sum)
+			}
 		}
 	}
 	msg, err := mail.ReadMessage(bytes.NewReader(f.Data))
