@@ -122,14 +122,6 @@ func appendRecLine(b []byte, kind string, where netip.Prefix, r *histRec) []byte
 		b = where.AppendTo(b)
 		b = append(b, '"')
 	}
-	num := func(name string, v uint64) {
-		if v != 0 {
-			b = append(b, ',', '"')
-			b = append(b, name...)
-			b = append(b, '"', ':')
-			b = strconv.AppendUint(b, v, 10)
-		}
-	}
 	inum := func(name string, v int64) {
 		if v != 0 {
 			b = append(b, ',', '"')
@@ -141,8 +133,8 @@ func appendRecLine(b []byte, kind string, where netip.Prefix, r *histRec) []byte
 	inum("m", r.minute)
 	inum("f", r.first)
 	inum("l", r.last)
-	num("ad", uint64(r.admitted))
-	num("ag", uint64(r.admittedGood))
+	inum("ad", int64(r.admitted)) // uint32: no overflow
+	inum("ag", int64(r.admittedGood))
 	n := 0
 	for i, c := range r.events {
 		if c == 0 || !Event(i).valid() {
