@@ -75,6 +75,12 @@ func lockStore(root string) (lock *os.File, exclusive bool, err error) {
 	if err == nil {
 		return lock, true, nil
 	}
+	if errors.Is(err, unix.ENOLCK) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+		// A file system without flock (some network file systems): no
+		// Store can tell whether another has the root open, so none
+		// recovers; the leftovers stay in tmp/ (Open logs them).
+		return lock, false, nil
+	}
 	if !errors.Is(err, unix.EWOULDBLOCK) {
 		lock.Close()
 		return nil, false, fmt.Errorf("maildir: locking %s: %w", lock.Name(), err)
@@ -96,8 +102,8 @@ type leftover struct {
 // sweepTmp goes through the tmp/ folder of every mailbox and Maildir++
 // folder: when recover is set (the Store holds the root exclusively), a
 // sealed file (sealedName) is moved into new/ when complete and removed
-// when torn; any other file is removed when older than tmpMaxAge, as the
-// Maildir specification advises.
+// when torn, and otherwise left alone whatever its age; any other file is
+// removed when older than tmpMaxAge, as the Maildir specification advises.
 func (s *Store) sweepTmp(recover bool) {
 	cutoff := s.now().Add(-tmpMaxAge)
 	var found []leftover
@@ -125,7 +131,13 @@ func (s *Store) sweepTmpDir(dir string, cutoff time.Time, recover bool, found []
 	}
 	for _, e := range entries {
 		path := filepath.Join(tmp, e.Name())
-		if size, sum, ok := sealedName(e.Name()); ok && recover && e.Type().IsRegular() {
+		size, sum, sealed := sealedName(e.Name())
+		if sealed && !recover {
+			// Possibly an acknowledged message: never removed for its age.
+			s.log.Info("maildir: a file in tmp/ that a crash may have left, not recovered: another Store has the folder open", "file", path)
+			continue
+		}
+		if sealed && e.Type().IsRegular() {
 			complete, dev, err := checkSealed(path, size, sum)
 			switch {
 			case err != nil:
