@@ -116,6 +116,49 @@ ban_ttl = 600
 	}
 }
 
+// A value of the wrong type reads the same in every section, the shield's
+// thresholds (decoded by the shield itself) and sizes included: file:line,
+// key, the type wanted and the value given with its type.
+func TestWrongTypeWordedAlikeEverywhere(t *testing.T) {
+	src := `[smtp]
+max_errors = "ten"
+max_message_size = true
+max_connections = 1.5
+[log]
+level = 5
+[shield.limits]
+per_ip_conns = "ten"  # a comment
+[shield.thresholds.message]
+count = "ten"
+[shield.thresholds.pregreet]
+dry_run = "yes"
+[shield.thresholds.recipient]
+window = 5
+`
+	_, err := Parse("types.toml", []byte(src))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	want := []string{
+		`types.toml:2: smtp.max_errors: wrong type: want a number, got "ten" (a string)`,
+		`types.toml:3: smtp.max_message_size: wrong type: want a number of bytes or a size such as "25MiB", got true (true or false)`,
+		`types.toml:4: smtp.max_connections: wrong type: want a number, got 1.5 (a decimal number)`,
+		`types.toml:6: log.level: wrong type: want a string, got 5 (a number)`,
+		`types.toml:8: shield.limits.per_ip_conns: wrong type: want a number, got "ten" (a string)`,
+		`types.toml:10: shield.thresholds.message.count: wrong type: want a number, got "ten" (a string)`,
+		`types.toml:12: shield.thresholds.pregreet.dry_run: wrong type: want true or false, got "yes" (a string)`,
+		`types.toml:14: shield.thresholds.recipient.window: a duration needs a unit, as a string: e.g. "30s", "5m", "24h" (a bare number would be nanoseconds)`,
+	}
+	got := make([]string, len(ce.Problems))
+	for i, p := range ce.Problems {
+		got[i] = p.String()
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 func TestByteSize(t *testing.T) {
 	for in, want := range map[string]ByteSize{"512": 512, "64KiB": 64 << 10, "25MiB": 25 << 20, "1g": 1 << 30, "10MB": 10e6, "1.5KiB": 1536} {
 		got, err := ParseByteSize(in)

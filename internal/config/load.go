@@ -69,6 +69,7 @@ func Load(path string) (Config, error) {
 func Parse(name string, data []byte) (Config, error) {
 	probs, cfg, md := decodeAll(name, data)
 	lines := keyLines(data)
+	bareDurations := map[string]bool{}
 	if md != nil {
 		// The demo account belongs to the embedded defaults: a config
 		// file has it only when it asks for it.
@@ -86,10 +87,14 @@ func Parse(name string, data []byte) (Config, error) {
 			if durations[k.String()] && md.Type(k...) == "Integer" {
 				probs = append(probs, Problem{File: name, Line: lines.find(k.String()), Key: k.String(),
 					Msg: `a duration needs a unit, as a string: e.g. "30s", "5m", "24h" (a bare number would be nanoseconds)`})
+				bareDurations[k.String()] = true
 			}
 		}
 	}
 	for _, p := range cfg.Validate() {
+		if bareDurations[p.Key] {
+			continue // said above, better
+		}
 		p.File = name
 		p.Line = lines.find(p.Key)
 		probs = append(probs, p)
@@ -118,7 +123,7 @@ func decodeAll(name string, data []byte) ([]Problem, Config, *toml.MetaData) {
 		if err == nil {
 			return probs, cfg, &md
 		}
-		p, ok := valueProblem(name, err)
+		p, ok := valueProblem(name, text, err)
 		if !ok {
 			return append(probs, p), cfg, nil
 		}
@@ -152,14 +157,66 @@ func syntaxProblem(name string, data []byte, err error) Problem {
 // `toml: line 2 (last key "smtp.max_errors"): incompatible types: ...`.
 var typeErr = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
 
-// tomlTypes names the decoder's type words for an operator.
-var tomlTypes = strings.NewReplacer("integer", "a number", "Integer", "a number", "String", "a string",
-	"string", "a string", "Bool", "true or false", "bool", "true or false", "Float", "a decimal number",
-	"float", "a decimal number", "Array", "a list", "slice", "a list", "Hash", "a table", "struct", "a table")
+// typeWords names the decoder's type words (TOML's and Go's) for an operator.
+var typeWords = map[string]string{
+	"integer": "a number", "Integer": "a number", "int64": "a number",
+	"float": "a decimal number", "Float": "a decimal number", "float64": "a decimal number",
+	"string": "a string", "String": "a string",
+	"bool": "true or false", "Bool": "true or false",
+	"Array": "a list", "slice": "a list", "[]interface {}": "a list",
+	"Hash": "a table", "struct": "a table", "map[string]interface {}": "a table",
+	"Datetime": "a date-time", "time.Time": "a date-time",
+}
+
+func typeWord(t string) string {
+	if w, ok := typeWords[t]; ok {
+		return w
+	}
+	return t
+}
+
+// wrongType is the one wording of a value of the wrong type, in every
+// section: `wrong type: want a number, got "ten" (a string)`. got is the
+// value as written in the file ("" when unknown), gotType its type word.
+func wrongType(want, got, gotType string) string {
+	if got == "" {
+		return "wrong type: want " + want + ", got " + typeWord(gotType)
+	}
+	return "wrong type: want " + want + ", got " + got + " (" + typeWord(gotType) + ")"
+}
+
+// lineValue is the value written on line n (1-based) of text, after its
+// "key =", without a trailing comment; "" when there is none or it is long.
+func lineValue(text []byte, n int) string {
+	lines := bytes.Split(text, []byte("\n"))
+	if n < 1 || n > len(lines) {
+		return ""
+	}
+	_, v, ok := strings.Cut(string(lines[n-1]), "=")
+	v = strings.TrimSpace(v)
+	if !ok || v == "" {
+		return ""
+	}
+	switch v[0] {
+	case '"':
+		v, _ = strconv.QuotedPrefix(v)
+	case '\'':
+		if i := strings.IndexByte(v[1:], '\''); i >= 0 {
+			v = v[:i+2]
+		}
+	default:
+		v, _, _ = strings.Cut(v, "#")
+		v = strings.TrimSpace(v)
+	}
+	if len(v) > 40 {
+		return ""
+	}
+	return v
+}
 
 // valueProblem turns a decoder error about one value into a Problem with
 // line and key; ok is false when the error cannot be located.
-func valueProblem(name string, err error) (p Problem, ok bool) {
+func valueProblem(name string, text []byte, err error) (p Problem, ok bool) {
 	p = Problem{File: name, Msg: err.Error()}
 	var pe toml.ParseError
 	if errors.As(err, &pe) && pe.Position.Line > 0 {
@@ -173,7 +230,7 @@ func valueProblem(name string, err error) (p Problem, ok bool) {
 	p.Line, _ = strconv.Atoi(m[1])
 	p.Key, p.Msg = m[2], m[3]
 	if got, want, ok := strings.Cut(strings.TrimPrefix(p.Msg, "incompatible types: TOML value has type "), "; destination has type "); ok {
-		p.Msg = "wrong type: want " + tomlTypes.Replace(want) + ", not " + tomlTypes.Replace(got)
+		p.Msg = wrongType(typeWord(want), lineValue(text, p.Line), got)
 	}
 	return p, true
 }
