@@ -249,3 +249,30 @@ func TestListenerClashes(t *testing.T) {
 		}
 	}
 }
+
+// An unknown key names the closest known key of its table when it is a
+// likely typo, and nothing when no key is close.
+func TestUnknownKeyDidYouMean(t *testing.T) {
+	src := "[shild]\n[smtp]\nmax_conections = 5\nzzz = 1\nmax_errros = 3\n[log]\nlvel = \"info\"\n[shield.limits]\nper_ip_con = 4\n[imap]\nx = 1\n"
+	_, err := Parse("keys.toml", []byte(src))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	got := make([]string, len(ce.Problems))
+	for i, p := range ce.Problems {
+		got[i] = p.String()
+	}
+	want := []string{
+		"keys.toml:1: shild: unknown key (did you mean shield?)",
+		"keys.toml:3: smtp.max_conections: unknown key (did you mean max_connections?)",
+		"keys.toml:4: smtp.zzz: unknown key",
+		"keys.toml:5: smtp.max_errros: unknown key (did you mean max_errors?)",
+		"keys.toml:7: log.lvel: unknown key (did you mean level?)",
+		"keys.toml:9: shield.limits.per_ip_con: unknown key (did you mean per_ip_conns?)",
+		"keys.toml:11: imap.x: unknown key",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -76,9 +76,17 @@ func Parse(name string, data []byte) (Config, error) {
 		if !md.IsDefined("accounts", "demo") {
 			cfg.Accounts.Demo = false
 		}
+		var known map[string][]string
 		for _, k := range md.Undecoded() {
 			key := k.String()
-			probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: "unknown key"})
+			if known == nil {
+				known = knownKeys()
+			}
+			msg := "unknown key"
+			if s := didYouMean(key, known); s != "" {
+				msg += " (did you mean " + s + "?)"
+			}
+			probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: msg})
 		}
 		// BurntSushi/toml reads a bare integer as nanoseconds; an operator
 		// writing idle_timeout = 1800 means seconds. Refuse it.
