@@ -321,8 +321,8 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"smtp.listen", s.Listen}, {"smtp.submission_listen", s.SubmissionListen}, {"smtp.submissions_listen", s.SubmissionsListen}} {
 		for _, a := range l.addrs {
-			if !validHostPort(a) {
-				bad(l.key, "%q is not host:port", a)
+			if msg := hostPortProblem(a); msg != "" {
+				bad(l.key, "%s", msg)
 			}
 		}
 	}
@@ -331,8 +331,8 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"pop3.listen", c.POP3.Listen}, {"pop3.tls_listen", c.POP3.TLSListen}} {
 		for _, a := range l.addrs {
-			if !validHostPort(a) {
-				bad(l.key, "%q is not host:port", a)
+			if msg := hostPortProblem(a); msg != "" {
+				bad(l.key, "%s", msg)
 			}
 		}
 	}
@@ -362,8 +362,8 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"imap.listen", c.IMAP.Listen}, {"imap.tls_listen", c.IMAP.TLSListen}} {
 		for _, a := range l.addrs {
-			if !validHostPort(a) {
-				bad(l.key, "%q is not host:port", a)
+			if msg := hostPortProblem(a); msg != "" {
+				bad(l.key, "%s", msg)
 			}
 		}
 	}
@@ -394,7 +394,7 @@ func (c Config) Validate() []Problem {
 		ip := net.ParseIP(host)
 		switch {
 		case err != nil || port == "" || !validHostPort(a):
-			bad("admin.listen", "%q is not host:port", a)
+			bad("admin.listen", "%s", hostPortProblem(a))
 		case (ip == nil || !ip.IsLoopback()) && host != "localhost" && (c.Admin.Token == "" || !c.Admin.TLS):
 			// The admin API can lift bans and switch lockdown: never expose
 			// it off loopback without both.
@@ -545,13 +545,23 @@ func hostsOverlap(a, b string) bool {
 
 // validHostPort accepts host:port with a port from 0 (any free port) to
 // 65535.
-func validHostPort(a string) bool {
+func validHostPort(a string) bool { return hostPortProblem(a) == "" }
+
+// hostPortProblem says what is wrong with a host:port, or "" when nothing:
+// `"127.0.0.1:99999": port 99999 is out of range 1-65535`.
+func hostPortProblem(a string) string {
 	_, port, err := net.SplitHostPort(a)
 	if err != nil || port == "" {
-		return false
+		return strconv.Quote(a) + " is not host:port"
 	}
 	n, err := strconv.Atoi(port)
-	return err == nil && n >= 0 && n <= 65535
+	switch {
+	case err != nil && strings.Trim(port, "0123456789") != "":
+		return strconv.Quote(a) + ": port " + strconv.Quote(port) + " is not a number"
+	case err != nil || n < 0 || n > 65535:
+		return strconv.Quote(a) + ": port " + port + " is out of range 1-65535"
+	}
+	return ""
 }
 
 // shieldProblem turns a shield validation error ("limits.per_ip_conns: must
