@@ -121,6 +121,7 @@ var (
 // vocabulary readable in one place.
 var (
 	errBadSequence    = Errorf(503, "5.5.1", "Bad sequence of commands")
+	errTLSActive      = Errorf(503, "5.5.1", "Bad sequence of commands: TLS is already active")
 	errSyntax         = Errorf(501, "5.5.4", "Syntax error in parameters or arguments")
 	errUnknownCommand = Errorf(500, "5.5.2", "Command not recognized")
 	errLineTooLong    = Errorf(500, "5.5.2", "Line too long")
