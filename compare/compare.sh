@@ -40,32 +40,17 @@ PF_SMTP=127.0.0.1:2526 PF_TLS=127.0.0.1:2466 DC_POP3=127.0.0.1:2111 DC_IMAP=127.
 ATTACK_DENIED=127.81.0.0/16   # denied with "drop" in both (shield.rules / postscreen_access_list)
 SLOW_SRC=127.80.0.0/16
 
-log() { echo "== $(date -u +%T) $*" >&2; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
-
 agua=$work/agua
 cfg=$work/agua.toml
 agua_pid=
-start_agua() { # [config]
-  if (exec 3<>"/dev/tcp/${AG_SMTP%:*}/${AG_SMTP#*:}") 2>/dev/null; then
-    echo "something already listens on $AG_SMTP: stop it first" >&2; exit 1
-  fi
-  (ulimit -n 20000; exec "$agua" serve -config "${1:-$cfg}" >> "$out/agua.log" 2>&1) &
-  agua_pid=$!
-  echo "$agua_pid" > "$work/agua.pid"
-  wait_port "$AG_SMTP"
-  kill -0 "$agua_pid" 2>/dev/null || { echo "agua did not start: see $out/agua.log" >&2; exit 1; }
-}
-stop_agua() {
-  if [ -n "$agua_pid" ] && kill -0 "$agua_pid" 2>/dev/null; then
-    kill -INT "$agua_pid"; wait "$agua_pid" 2>/dev/null || true
-  fi
-  agua_pid=
-}
+agua_addrs=$AG_SMTP
+agua_pidfile=$work/agua.pid
+# shellcheck source=compare/lib.sh
+. "$root/compare/lib.sh"
 cleanup() {
   stop_agua
   kill "${loadavg_pid:-}" 2>/dev/null || true
-  [ "${KEEP_RUNNING:-0}" = 1 ] || "$pd" stop || true
+  stop_postfix_dovecot
 }
 trap cleanup EXIT
 
@@ -126,9 +111,7 @@ EOF
 }
 
 setup() {
-  log "build agua ($(git -C "$root" rev-parse --short HEAD))"
-  mkdir -p "$work"
-  (cd "$root" && go build -o "$agua" ./cmd/agua)
+  build_agua
   rm -rf "$work/agua-data"
   mkdir -p "$work/agua-data"
   write_cfg "$cfg" 1000

@@ -67,27 +67,22 @@ for c in smtp-source taskset postfix python3 go; do
 done
 [ "$(nproc)" -ge 2 ] || { echo "pinning needs 2 CPUs" >&2; exit 1; }
 
-log() { echo "== $(date -u +%T) $*" >&2; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
-
+agua=$work/agua
+cfg=$work/agua.toml
 agua_pid=
+# shellcheck source=compare/lib.sh
+. "$root/compare/lib.sh"
 cleanup() {
-  [ -z "$agua_pid" ] || { kill -INT "$agua_pid" 2>/dev/null; wait "$agua_pid" 2>/dev/null; } || true
-  [ -z "${aguapg_pid:-}" ] || { kill -INT "$aguapg_pid" 2>/dev/null; wait "$aguapg_pid" 2>/dev/null; } || true
-  for p in "${aguaopen_pid:-}" "${aguaauth_pid:-}"; do [ -z "$p" ] || { kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null; } || true; done
+  for p in "$agua_pid" "${aguapg_pid:-}" "${aguaopen_pid:-}" "${aguaauth_pid:-}"; do stop_pid "$p"; done
   [ -z "${stub_pid:-}" ] || kill "$stub_pid" 2>/dev/null || true
   # runuser does not pass SIGINT on to postgres: pg_ctl stops it.
   [ -z "${pg_pid:-}" ] || { runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null 2>&1; wait "$pg_pid" 2>/dev/null; } || true
-  [ "${KEEP_RUNNING:-0}" = 1 ] || "$pd" stop || true
+  stop_postfix_dovecot
 }
 trap cleanup EXIT
 
 # --- agua --------------------------------------------------------------------
-agua=$work/agua
-cfg=$work/agua.toml
-log "build agua ($(git -C "$root" rev-parse --short HEAD))"
-mkdir -p "$work"
-(cd "$root" && go build -o "$agua" ./cmd/agua)
+build_agua
 rm -rf "$work/data"
 cat > "$cfg" <<EOF
 # agua under compare/durable.sh: defaults, ports of its own.
@@ -115,8 +110,8 @@ enabled = false
 EOF
 "$agua" domain add example.test -config "$cfg" >/dev/null
 echo 'durable bench password' | "$agua" user add demo@example.test -config "$cfg" >/dev/null
-(ulimit -n 20000; exec "$agua" serve -config "$cfg" >> "$out/agua.log" 2>&1) &
-agua_pid=$!
+serve_agua "$cfg" "$out/agua.log"
+agua_pid=$serve_pid
 wait_port "$AG_SMTP"
 
 # --- agua on PostgreSQL (PG=1) -------------------------------------------------
@@ -137,8 +132,8 @@ if [ "${PG:-0}" = 1 ]; then
   "$agua" db migrate -config "$work/agua-pg.toml" >/dev/null
   "$agua" domain add example.test -config "$work/agua-pg.toml" >/dev/null
   echo 'durable bench password' | "$agua" user add demo@example.test -config "$work/agua-pg.toml" >/dev/null
-  (ulimit -n 20000; exec "$agua" serve -config "$work/agua-pg.toml" >> "$out/agua-pg.log" 2>&1) &
-  aguapg_pid=$!
+  serve_agua "$work/agua-pg.toml" "$out/agua-pg.log"
+  aguapg_pid=$serve_pid
   wait_port "$AG_PG_SMTP"
 fi
 
@@ -157,8 +152,8 @@ if [ "${AUTH:-0}" = 1 ]; then
     printf '[auth]\nenabled = %s\n[dns]\nresolver = ["127.0.0.1:5399"]\n[shield]\nallow = []\n[shield.limits]\nper_ip_conns = 1000\nper_ip_rate = 100000.0\nper_ip_burst = 100000\nper_prefix_conns = 1000\nper_prefix_rate = 100000.0\nper_prefix_burst = 100000\n[shield.thresholds.message]\ncount = 10000000\n[shield.thresholds.recipient]\ncount = 10000000\n[shield.thresholds.network_message]\ncount = 10000000\n' "$enabled" >> "$work/agua-$v.toml"
     "$agua" domain add example.test -config "$work/agua-$v.toml" >/dev/null
     echo 'durable bench password' | "$agua" user add demo@example.test -config "$work/agua-$v.toml" >/dev/null
-    (ulimit -n 20000; exec "$agua" serve -config "$work/agua-$v.toml" >> "$out/agua-$v.log" 2>&1) &
-    eval "agua${v}_pid=\$!"
+    serve_agua "$work/agua-$v.toml" "$out/agua-$v.log"
+    eval "agua${v}_pid=\$serve_pid"
     wait_port "$port"
   done
 fi

@@ -87,34 +87,23 @@ VMAIL=${VMAIL:-/var/lib/agua-bench/vmail}
 [ "$(id -u)" = 0 ] || { echo "run as root (Dovecot)" >&2; exit 1; }
 for c in python3 go; do command -v "$c" >/dev/null || { echo "$c not found" >&2; exit 1; }; done
 
-log() { echo "== $(date -u +%T) $*" >&2; }
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
-busy() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
-
 agua=$work/agua
 cfg=$work/agua.toml
 agua_pid=
+agua_addrs="$AG_POP3 $AG_SMTP $AG_IMAP" # start_agua waits for POP3
+wait_tries=300
 step=
-start_agua() {
-  for a in "$AG_SMTP" "$AG_POP3" "$AG_IMAP"; do
-    if busy "$a"; then echo "something already listens on $a: stop it first" >&2; exit 1; fi
-  done
+# shellcheck source=compare/lib.sh
+. "$root/compare/lib.sh"
+# start_step: start_agua, with a heap profile of the step with PROFILE=1.
+start_step() {
   local prof=()
   [ "${PROFILE:-0}" = 1 ] && prof=(-memprofile "$out/heap-$step.pprof")
-  (ulimit -n 20000; exec "$agua" serve -config "$cfg" "${prof[@]}" >> "$out/agua.log" 2>&1) &
-  agua_pid=$!
-  wait_port "$AG_POP3"
-  kill -0 "$agua_pid" 2>/dev/null || { echo "agua did not start: see $out/agua.log" >&2; exit 1; }
-}
-stop_agua() {
-  if [ -n "$agua_pid" ] && kill -0 "$agua_pid" 2>/dev/null; then
-    kill -INT "$agua_pid"; wait "$agua_pid" 2>/dev/null || true
-  fi
-  agua_pid=
+  start_agua "$cfg" "${prof[@]}"
 }
 cleanup() {
   stop_agua
-  [ "${KEEP_RUNNING:-0}" = 1 ] || "$pd" stop >/dev/null 2>&1 || true
+  stop_postfix_dovecot >/dev/null 2>&1
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -135,9 +124,7 @@ mem() { python3 "$root/compare/proctree.py" mem "$1"; }
 results() { python3 -c 'import json, sys; print(json.dumps({"name": sys.argv[1], "data": json.loads(sys.argv[2])}))' "$1" "$2" >> "$out/results.jsonl"; }
 
 setup() {
-  log "build agua ($(git -C "$root" rev-parse --short HEAD))"
-  mkdir -p "$work"
-  (cd "$root" && go build -o "$agua" ./cmd/agua)
+  build_agua
   rm -rf "$work/agua-data"
   mkdir -p "$work/agua-data"
   local mlline=""
@@ -188,7 +175,7 @@ sys.stdout.write("".join(f"user{i}@{d}:{{ARGON2ID}}{h}\n" for i in range(n)))' "
   "$pd" start
 
   step=fill
-  start_agua
+  start_step
   log "fill $mailboxes mailboxes with $msgs messages each (agua over SMTP; the same files into Dovecot's Maildirs)"
   "$agua" bench -quiet -json -target "$AG_SMTP" -legit "$mailboxes" -sessions 1 -per-session "$msgs" -size 1024 \
     -legit-rate 500 -rcpt "user%d@$domain" -pid 0 -duration 300s > "$out/fill.json"
@@ -231,7 +218,7 @@ PY
 idle() {
   step=idle
   restart_dovecot
-  start_agua
+  start_step
   log "idle: settle ${settle}s"
   sleep "$settle"
   results idle_start "{\"agua\": $(mem "$agua_pid"), \"dovecot\": $(mem "$(dovecot_pid)")}"
@@ -266,7 +253,7 @@ burst() {
     local clients=$repeat_users sessions=$polls
     [ $v = distinct ] && { clients=$burst; sessions=1; }
     step=burst-$v
-    start_agua
+    start_step
     sleep 2
     burst_one agua "$AG_POP3" "$agua_pid" $v "$clients" "$sessions"
     stop_agua
@@ -278,7 +265,7 @@ burst() {
 
 rate() {
   step=rate
-  start_agua
+  start_step
   local p a d s srv
   for p in pop3 imap; do
     [ $p = pop3 ] && { a=$AG_POP3; d=$DC_POP3; } || { a=$AG_IMAP; d=$DC_IMAP; }

@@ -35,15 +35,16 @@ done
 
 pid=
 cleanup() {
-  [ -z "$pid" ] || kill -INT "$pid" 2>/dev/null || true
+  stop_pid "$pid"
   wait 2>/dev/null || true
   [ "${KEEP:-0}" = 1 ] || rm -rf "$work"
 }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
 
 agua=$work/agua
 cfg=$work/agua.toml
+# shellcheck source=compare/lib.sh
+. "$root/compare/lib.sh"
 (cd "$root" && go build -o "$agua" ./cmd/agua)
 cat > "$cfg" <<EOF
 # compare/profile-accept.sh: defaults, ports of its own, no sender checks

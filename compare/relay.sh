@@ -54,9 +54,10 @@ if [ $((count % (sessions * per))) -ne 0 ]; then
 fi
 rounds=$((count / sessions / per))
 
-log() { echo "== $(date -u +%T) $*" >&2; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
-busy() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
+agua=$work/agua
+cfg=$work/agua.toml
+# shellcheck source=compare/lib.sh
+. "$root/compare/lib.sh"
 for a in $SINK $AG_SMTP $AG_SUB $PF_SMTP; do
   if busy "$a"; then echo "something already listens on $a" >&2; exit 1; fi
 done
@@ -78,10 +79,7 @@ pids+=($!)
 wait_port "$SINK"
 
 # --- agua -------------------------------------------------------------------
-agua=$work/agua
-cfg=$work/agua.toml
-log "build agua ($(git -C "$root" rev-parse --short HEAD))"
-(cd "$root" && go build -o "$agua" ./cmd/agua)
+build_agua
 cat > "$cfg" <<EOF
 # agua relaying to smtp-sink (compare/relay.sh): defaults otherwise.
 data_dir = "$work/agua-data"

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -371,34 +372,65 @@ func (t *ThresholdsConfig) UnmarshalTOML(v any) error {
 		sort.Strings(keys)
 		for _, k := range keys {
 			x := tab[k]
-			ok := true
+			// Reported by Validate, which names the key, so the config
+			// loader can point at its line; worded as its own type errors.
+			bad := ""
 			switch k {
 			case "count":
-				var n int64
-				n, ok = x.(int64)
-				ok = ok && n >= 0 && n <= 1<<31
+				n, ok := x.(int64)
+				switch {
+				case !ok:
+					bad = wrongType("a number", x)
+				case n < 0 || n > 1<<31:
+					bad = fmt.Sprintf("out of range: want 0 to %d, got %d", 1<<31, n)
+				}
 				th.Count = int(n)
 			case "window":
-				var str string
-				str, ok = x.(string)
+				str, ok := x.(string)
 				d, err := time.ParseDuration(str)
-				ok = ok && err == nil
+				switch {
+				case !ok:
+					bad = wrongType(`a duration such as "10m"`, x)
+				case err != nil:
+					bad = fmt.Sprintf(`not a duration: want e.g. "30s", "10m", "24h", got %q`, str)
+				}
 				th.Window = d
 			case "dry_run":
-				th.DryRun, ok = x.(bool)
+				var ok bool
+				if th.DryRun, ok = x.(bool); !ok {
+					bad = wrongType("true or false", x)
+				}
 			default:
-				// Reported by Validate, which names the key, so the
-				// config loader can point at its line.
-				th.badKey, th.badMsg = k, "unknown key (want count, window, dry_run)"
-				continue
+				bad = "unknown key (want count, window, dry_run)"
 			}
-			if !ok {
-				th.badKey, th.badMsg = k, fmt.Sprintf("bad value %v", x)
+			if bad != "" {
+				th.badKey, th.badMsg = k, bad
 			}
 		}
 		(*t)[name] = th
 	}
 	return nil
+}
+
+// wrongType words a value of the wrong type as agua's config loader does:
+// `wrong type: want a number, got "ten" (a string)`.
+func wrongType(want string, x any) string {
+	got, kind := fmt.Sprint(x), fmt.Sprintf("%T", x)
+	switch v := x.(type) {
+	case string:
+		got, kind = strconv.Quote(v), "a string"
+	case int64:
+		kind = "a number"
+	case float64:
+		kind = "a decimal number"
+	case bool:
+		kind = "true or false"
+	case []any:
+		kind = "a list"
+	case map[string]any:
+		kind = "a table"
+	}
+	return "wrong type: want " + want + ", got " + got + " (" + kind + ")"
 }
 
 // defaultThresholds returns the thresholds of every registered behaviour.

@@ -113,7 +113,7 @@ func TestThresholdsTOMLMerge(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := fmt.Sprint(wrap.Shield.Validate())
-	if !strings.Contains(text, "thresholds.auth_failure.cuont: unknown key") || !strings.Contains(text, "thresholds.pregreet.count: bad value x") {
+	if !strings.Contains(text, "thresholds.auth_failure.cuont: unknown key") || !strings.Contains(text, `thresholds.pregreet.count: wrong type: want a number, got "x" (a string)`) {
 		t.Fatalf("bad keys not reported: %s", text)
 	}
 	cfg := DefaultConfig()

@@ -41,6 +41,11 @@ func cmdQueue(e *env) error {
 	if !known || len(args) != n {
 		return usagef(queueUsage)
 	}
+	// Checked here rather than by the queue, so that the hint holds when
+	// the running server answers through its admin API too.
+	if n == 1 && !queue.ValidID(args[0]) {
+		return fmt.Errorf("%w %q: %s", queue.ErrBadID, args[0], queueIDHint)
+	}
 	ops, remote, done, err := openQueue(e)
 	if err != nil {
 		return err
@@ -63,7 +68,7 @@ func cmdQueue(e *env) error {
 	case "show":
 		m, err := ops.Get(args[0])
 		if err != nil {
-			return err
+			return withIDHint(err, args[0])
 		}
 		return printJSON(e, m)
 	case "stats":
@@ -110,6 +115,22 @@ func cmdQueue(e *env) error {
 	}
 	if err == nil {
 		fmt.Fprintln(e.stdout, "ok")
+		return nil
+	}
+	if len(args) == 1 {
+		return withIDHint(err, args[0])
+	}
+	return err
+}
+
+// queueIDHint says what a queue ID is and where to find one.
+const queueIDHint = "a message ID is lower-case hex, 24 digits as `agua queue list` shows them (e.g. 1879f0c2a3b4d5e6a1b2c3d4)"
+
+// withIDHint names the ID that matched no queued message and points to
+// `agua queue list`.
+func withIDHint(err error, id string) error {
+	if errors.Is(err, queue.ErrNotFound) {
+		return fmt.Errorf("%w %q: it may have been delivered or deleted; `agua queue list` shows the queued ones", err, id)
 	}
 	return err
 }

@@ -72,8 +72,13 @@ func queueVerbs(t *testing.T, flags []string, get func(id string) (queue.Message
 		t.Fatal("delete had no effect")
 	}
 	code, _, errs := agua(t, "", args("queue", "show", a)...)
-	if code != 1 || !strings.Contains(errs, "no such message") {
+	if code != 1 || !strings.Contains(errs, "no such message \""+a+"\"") || !strings.Contains(errs, "`agua queue list` shows the queued ones") {
 		t.Fatalf("show deleted: %d %s", code, errs)
+	}
+	// A malformed ID: what an ID looks like, and where to find them.
+	code, _, errs = agua(t, "", args("queue", "show", "BADID")...)
+	if code != 1 || !strings.Contains(errs, `malformed message ID "BADID": a message ID is lower-case hex, 24 digits as `+"`agua queue list`") {
+		t.Fatalf("show BADID: %d %s", code, errs)
 	}
 	code, _, errs = agua(t, "", args("queue", "hold", "../../etc")...)
 	if code != 1 || !strings.Contains(errs, "malformed message ID") {

@@ -63,7 +63,7 @@ func (c *Client) Do(method, path string, body, out any) error {
 	if resp.StatusCode >= 300 {
 		var ae apiError
 		if json.Unmarshal(data, &ae) == nil && ae.Error != "" {
-			return errors.New(ae.Error)
+			return &StatusError{Status: resp.StatusCode, Msg: ae.Error}
 		}
 		return fmt.Errorf("admin API: %s", resp.Status)
 	}
@@ -72,3 +72,15 @@ func (c *Client) Do(method, path string, body, out any) error {
 	}
 	return nil
 }
+
+// StatusError is an error the admin API answered: its text, and the HTTP
+// status that lets a client tell "no such thing" (404) from a refusal.
+type StatusError struct {
+	Status int
+	Msg    string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// HTTPStatus is the answer's status code.
+func (e *StatusError) HTTPStatus() int { return e.Status }

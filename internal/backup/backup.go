@@ -50,9 +50,9 @@ const (
 
 // Errors that decide what the CLI says.
 var (
-	ErrRunning   = errors.New("backup: the server is running")
-	ErrNotEmpty  = errors.New("backup: the target is not empty")
-	ErrNotBackup = errors.New("backup: not a finished backup (no manifest.json)")
+	ErrRunning   = errors.New("the server is running")
+	ErrNotEmpty  = errors.New("the target is not empty")
+	ErrNotBackup = errors.New("not a finished backup (no manifest.json)")
 )
 
 // Manifest describes a backup.
@@ -86,8 +86,16 @@ type Options struct {
 }
 
 // Create writes a backup of o.DataDir into dest, which must not exist or be
-// empty, and must not be inside the data folder.
+// empty, and must not be inside the data folder. Its errors start "backup: ".
 func Create(ctx context.Context, dest string, o Options) (Manifest, error) {
+	m, err := create(ctx, dest, o)
+	if err != nil {
+		err = fmt.Errorf("backup: %w", err)
+	}
+	return m, err
+}
+
+func create(ctx context.Context, dest string, o Options) (Manifest, error) {
 	m := Manifest{Format: format, Created: time.Now().UTC(), Version: o.Version, DataDir: o.DataDir}
 	absData, err1 := filepath.Abs(o.DataDir)
 	absDest, err2 := filepath.Abs(dest)

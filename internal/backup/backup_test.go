@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/agua-mail/agua/internal/directory"
@@ -74,7 +75,8 @@ func TestCopiesAcrossFileSystems(t *testing.T) {
 		t.Fatalf("dkim key: %v %v", fi.Mode(), err)
 	}
 	// A second backup into the same folder is refused.
-	if _, err := Create(context.Background(), dest, Options{DataDir: data, Database: db}); !errors.Is(err, ErrNotEmpty) {
+	if _, err := Create(context.Background(), dest, Options{DataDir: data, Database: db}); !errors.Is(err, ErrNotEmpty) ||
+		!strings.HasPrefix(err.Error(), "backup: the target is not empty: ") {
 		t.Fatalf("backup into a non-empty folder: %v", err)
 	}
 	// A backup inside the data folder would copy itself.
@@ -82,8 +84,9 @@ func TestCopiesAcrossFileSystems(t *testing.T) {
 		t.Fatal("backup inside the data folder accepted")
 	}
 	// Restore refuses a folder without a manifest.
-	if _, err := Restore(context.Background(), t.TempDir(), RestoreOptions{DataDir: t.TempDir(), Database: filepath.Join(t.TempDir(), "a.db")}); !errors.Is(err, ErrNotBackup) {
-		t.Fatalf("restore from a non-backup: %v", err)
+	if _, err := Restore(context.Background(), t.TempDir(), RestoreOptions{DataDir: t.TempDir(), Database: filepath.Join(t.TempDir(), "a.db")}); !errors.Is(err, ErrNotBackup) ||
+		!strings.HasPrefix(err.Error(), "restore: not a finished backup (no manifest.json): ") {
+		t.Fatalf("restore from a non-backup: %v (want it named restore:)", err)
 	}
 }
 

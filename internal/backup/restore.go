@@ -33,8 +33,17 @@ type Restored struct {
 
 // Restore puts the backup in src into o.DataDir. Messages are hard-linked
 // from the backup where possible (they are never modified, only renamed or
-// unlinked, so the backup keeps its own); every other file is copied.
+// unlinked, so the backup keeps its own); every other file is copied. Its
+// errors start "restore: ".
 func Restore(ctx context.Context, src string, o RestoreOptions) (Restored, error) {
+	r, err := restore(ctx, src, o)
+	if err != nil {
+		err = fmt.Errorf("restore: %w", err)
+	}
+	return r, err
+}
+
+func restore(ctx context.Context, src string, o RestoreOptions) (Restored, error) {
 	var r Restored
 	m, err := ReadManifest(src)
 	if err != nil {

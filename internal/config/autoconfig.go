@@ -24,7 +24,7 @@ func (a AutoconfigConfig) validate() []Problem {
 	var ps []Problem
 	bad := func(key, msg string) { ps = append(ps, Problem{Key: "autoconfig." + key, Msg: msg}) }
 	if a.Listen != "" && !validHostPort(a.Listen) {
-		bad("listen", "\""+a.Listen+"\" is not host:port")
+		bad("listen", hostPortProblem(a.Listen))
 	}
 	switch a.MTASTSMode {
 	case "testing", "enforce", "none":

@@ -116,6 +116,38 @@ ban_ttl = 600
 	}
 }
 
+// A value of the wrong type reads the same in every section, the shield's
+// thresholds (decoded by the shield itself) and sizes included: file:line,
+// key, the type wanted and the value given with its type.
+func TestWrongTypeWordedAlikeEverywhere(t *testing.T) {
+	src := `[smtp]
+max_errors = "ten"
+max_message_size = true
+max_connections = 1.5
+[log]
+level = 5
+[shield.limits]
+per_ip_conns = "ten"  # a comment
+[shield.thresholds.message]
+count = "ten"
+[shield.thresholds.pregreet]
+dry_run = "yes"
+[shield.thresholds.recipient]
+window = 5
+`
+	want := []string{
+		`types.toml:2: smtp.max_errors: wrong type: want a number, got "ten" (a string)`,
+		`types.toml:3: smtp.max_message_size: wrong type: want a number of bytes or a size such as "25MiB", got true (true or false)`,
+		`types.toml:4: smtp.max_connections: wrong type: want a number, got 1.5 (a decimal number)`,
+		`types.toml:6: log.level: wrong type: want a string, got 5 (a number)`,
+		`types.toml:8: shield.limits.per_ip_conns: wrong type: want a number, got "ten" (a string)`,
+		`types.toml:10: shield.thresholds.message.count: wrong type: want a number, got "ten" (a string)`,
+		`types.toml:12: shield.thresholds.pregreet.dry_run: wrong type: want true or false, got "yes" (a string)`,
+		`types.toml:14: shield.thresholds.recipient.window: a duration needs a unit, as a string: e.g. "30s", "5m", "24h" (a bare number would be nanoseconds)`,
+	}
+	wantProblems(t, "types.toml", src, want)
+}
+
 func TestByteSize(t *testing.T) {
 	for in, want := range map[string]ByteSize{"512": 512, "64KiB": 64 << 10, "25MiB": 25 << 20, "1g": 1 << 30, "10MB": 10e6, "1.5KiB": 1536} {
 		got, err := ParseByteSize(in)
@@ -204,5 +236,52 @@ func TestListenerClashes(t *testing.T) {
 		if got != tc.clash {
 			t.Errorf("%s and %s: clash %v, want %v", tc.a, tc.b, got, tc.clash)
 		}
+	}
+}
+
+// An unknown key names the closest known key of its table when it is a
+// likely typo, and nothing when no key is close.
+func TestUnknownKeyDidYouMean(t *testing.T) {
+	src := "[shild]\n[smtp]\nmax_conections = 5\nzzz = 1\nmax_errros = 3\n[log]\nlvel = \"info\"\n[shield.limits]\nper_ip_con = 4\n[imap]\nx = 1\n"
+	want := []string{
+		"keys.toml:1: shild: unknown key (did you mean shield?)",
+		"keys.toml:3: smtp.max_conections: unknown key (did you mean max_connections?)",
+		"keys.toml:4: smtp.zzz: unknown key",
+		"keys.toml:5: smtp.max_errros: unknown key (did you mean max_errors?)",
+		"keys.toml:7: log.lvel: unknown key (did you mean level?)",
+		"keys.toml:9: shield.limits.per_ip_con: unknown key (did you mean per_ip_conns?)",
+		"keys.toml:11: imap.x: unknown key",
+	}
+	wantProblems(t, "keys.toml", src, want)
+}
+
+// A listener's port past 65535 is named as out of range, not as a
+// malformed address; a name for a port is not a number.
+func TestListenPortOutOfRange(t *testing.T) {
+	src := "[smtp]\nlisten = [\"127.0.0.1:99999\", \"127.0.0.1:smtp\", \"nohost\"]\n[admin]\nlisten = \"127.0.0.1:70000\"\n"
+	want := []string{
+		`ports.toml:2: smtp.listen: "127.0.0.1:99999": port 99999 is out of range 1-65535`,
+		`ports.toml:2: smtp.listen: "127.0.0.1:smtp": port "smtp" is not a number`,
+		`ports.toml:2: smtp.listen: "nohost" is not host:port`,
+		`ports.toml:4: admin.listen: "127.0.0.1:70000": port 70000 is out of range 1-65535`,
+	}
+	wantProblems(t, "ports.toml", src, want)
+}
+
+// wantProblems parses src, which must fail with exactly the problems want,
+// as text, in order.
+func wantProblems(t *testing.T, name, src string, want []string) {
+	t.Helper()
+	_, err := Parse(name, []byte(src))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	got := make([]string, len(ce.Problems))
+	for i, p := range ce.Problems {
+		got[i] = p.String()
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

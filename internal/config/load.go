@@ -69,15 +69,24 @@ func Load(path string) (Config, error) {
 func Parse(name string, data []byte) (Config, error) {
 	probs, cfg, md := decodeAll(name, data)
 	lines := keyLines(data)
+	bareDurations := map[string]bool{}
 	if md != nil {
 		// The demo account belongs to the embedded defaults: a config
 		// file has it only when it asks for it.
 		if !md.IsDefined("accounts", "demo") {
 			cfg.Accounts.Demo = false
 		}
+		var known map[string][]string
 		for _, k := range md.Undecoded() {
 			key := k.String()
-			probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: "unknown key"})
+			if known == nil {
+				known = knownKeys()
+			}
+			msg := "unknown key"
+			if s := didYouMean(key, known); s != "" {
+				msg += " (did you mean " + s + "?)"
+			}
+			probs = append(probs, Problem{File: name, Line: lines.find(key), Key: key, Msg: msg})
 		}
 		// BurntSushi/toml reads a bare integer as nanoseconds; an operator
 		// writing idle_timeout = 1800 means seconds. Refuse it.
@@ -86,10 +95,14 @@ func Parse(name string, data []byte) (Config, error) {
 			if durations[k.String()] && md.Type(k...) == "Integer" {
 				probs = append(probs, Problem{File: name, Line: lines.find(k.String()), Key: k.String(),
 					Msg: `a duration needs a unit, as a string: e.g. "30s", "5m", "24h" (a bare number would be nanoseconds)`})
+				bareDurations[k.String()] = true
 			}
 		}
 	}
 	for _, p := range cfg.Validate() {
+		if bareDurations[p.Key] {
+			continue // said above, better
+		}
 		p.File = name
 		p.Line = lines.find(p.Key)
 		probs = append(probs, p)
@@ -118,7 +131,7 @@ func decodeAll(name string, data []byte) ([]Problem, Config, *toml.MetaData) {
 		if err == nil {
 			return probs, cfg, &md
 		}
-		p, ok := valueProblem(name, err)
+		p, ok := valueProblem(name, text, err)
 		if !ok {
 			return append(probs, p), cfg, nil
 		}
@@ -152,14 +165,66 @@ func syntaxProblem(name string, data []byte, err error) Problem {
 // `toml: line 2 (last key "smtp.max_errors"): incompatible types: ...`.
 var typeErr = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
 
-// tomlTypes names the decoder's type words for an operator.
-var tomlTypes = strings.NewReplacer("integer", "a number", "Integer", "a number", "String", "a string",
-	"string", "a string", "Bool", "true or false", "bool", "true or false", "Float", "a decimal number",
-	"float", "a decimal number", "Array", "a list", "slice", "a list", "Hash", "a table", "struct", "a table")
+// typeWords names the decoder's type words (TOML's and Go's) for an operator.
+var typeWords = map[string]string{
+	"integer": "a number", "Integer": "a number", "int64": "a number",
+	"float": "a decimal number", "Float": "a decimal number", "float64": "a decimal number",
+	"string": "a string", "String": "a string",
+	"bool": "true or false", "Bool": "true or false",
+	"Array": "a list", "slice": "a list", "[]interface {}": "a list",
+	"Hash": "a table", "struct": "a table", "map[string]interface {}": "a table",
+	"Datetime": "a date-time", "time.Time": "a date-time",
+}
+
+func typeWord(t string) string {
+	if w, ok := typeWords[t]; ok {
+		return w
+	}
+	return t
+}
+
+// wrongType is the one wording of a value of the wrong type, in every
+// section: `wrong type: want a number, got "ten" (a string)`. got is the
+// value as written in the file ("" when unknown), gotType its type word.
+func wrongType(want, got, gotType string) string {
+	if got == "" {
+		return "wrong type: want " + want + ", got " + typeWord(gotType)
+	}
+	return "wrong type: want " + want + ", got " + got + " (" + typeWord(gotType) + ")"
+}
+
+// lineValue is the value written on line n (1-based) of text, after its
+// "key =", without a trailing comment; "" when there is none or it is long.
+func lineValue(text []byte, n int) string {
+	lines := bytes.Split(text, []byte("\n"))
+	if n < 1 || n > len(lines) {
+		return ""
+	}
+	_, v, ok := strings.Cut(string(lines[n-1]), "=")
+	v = strings.TrimSpace(v)
+	if !ok || v == "" {
+		return ""
+	}
+	switch v[0] {
+	case '"':
+		v, _ = strconv.QuotedPrefix(v)
+	case '\'':
+		if i := strings.IndexByte(v[1:], '\''); i >= 0 {
+			v = v[:i+2]
+		}
+	default:
+		v, _, _ = strings.Cut(v, "#")
+		v = strings.TrimSpace(v)
+	}
+	if len(v) > 40 {
+		return ""
+	}
+	return v
+}
 
 // valueProblem turns a decoder error about one value into a Problem with
 // line and key; ok is false when the error cannot be located.
-func valueProblem(name string, err error) (p Problem, ok bool) {
+func valueProblem(name string, text []byte, err error) (p Problem, ok bool) {
 	p = Problem{File: name, Msg: err.Error()}
 	var pe toml.ParseError
 	if errors.As(err, &pe) && pe.Position.Line > 0 {
@@ -173,7 +238,7 @@ func valueProblem(name string, err error) (p Problem, ok bool) {
 	p.Line, _ = strconv.Atoi(m[1])
 	p.Key, p.Msg = m[2], m[3]
 	if got, want, ok := strings.Cut(strings.TrimPrefix(p.Msg, "incompatible types: TOML value has type "), "; destination has type "); ok {
-		p.Msg = "wrong type: want " + tomlTypes.Replace(want) + ", not " + tomlTypes.Replace(got)
+		p.Msg = wrongType(typeWord(want), lineValue(text, p.Line), got)
 	}
 	return p, true
 }
@@ -256,8 +321,8 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"smtp.listen", s.Listen}, {"smtp.submission_listen", s.SubmissionListen}, {"smtp.submissions_listen", s.SubmissionsListen}} {
 		for _, a := range l.addrs {
-			if !validHostPort(a) {
-				bad(l.key, "%q is not host:port", a)
+			if msg := hostPortProblem(a); msg != "" {
+				bad(l.key, "%s", msg)
 			}
 		}
 	}
@@ -266,8 +331,8 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"pop3.listen", c.POP3.Listen}, {"pop3.tls_listen", c.POP3.TLSListen}} {
 		for _, a := range l.addrs {
-			if !validHostPort(a) {
-				bad(l.key, "%q is not host:port", a)
+			if msg := hostPortProblem(a); msg != "" {
+				bad(l.key, "%s", msg)
 			}
 		}
 	}
@@ -297,8 +362,8 @@ func (c Config) Validate() []Problem {
 		addrs []string
 	}{{"imap.listen", c.IMAP.Listen}, {"imap.tls_listen", c.IMAP.TLSListen}} {
 		for _, a := range l.addrs {
-			if !validHostPort(a) {
-				bad(l.key, "%q is not host:port", a)
+			if msg := hostPortProblem(a); msg != "" {
+				bad(l.key, "%s", msg)
 			}
 		}
 	}
@@ -329,7 +394,7 @@ func (c Config) Validate() []Problem {
 		ip := net.ParseIP(host)
 		switch {
 		case err != nil || port == "" || !validHostPort(a):
-			bad("admin.listen", "%q is not host:port", a)
+			bad("admin.listen", "%s", hostPortProblem(a))
 		case (ip == nil || !ip.IsLoopback()) && host != "localhost" && (c.Admin.Token == "" || !c.Admin.TLS):
 			// The admin API can lift bans and switch lockdown: never expose
 			// it off loopback without both.
@@ -480,13 +545,23 @@ func hostsOverlap(a, b string) bool {
 
 // validHostPort accepts host:port with a port from 0 (any free port) to
 // 65535.
-func validHostPort(a string) bool {
+func validHostPort(a string) bool { return hostPortProblem(a) == "" }
+
+// hostPortProblem says what is wrong with a host:port, or "" when nothing:
+// `"127.0.0.1:99999": port 99999 is out of range 1-65535`.
+func hostPortProblem(a string) string {
 	_, port, err := net.SplitHostPort(a)
 	if err != nil || port == "" {
-		return false
+		return strconv.Quote(a) + " is not host:port"
 	}
 	n, err := strconv.Atoi(port)
-	return err == nil && n >= 0 && n <= 65535
+	switch {
+	case err != nil && strings.Trim(port, "0123456789") != "":
+		return strconv.Quote(a) + ": port " + strconv.Quote(port) + " is not a number"
+	case err != nil || n < 0 || n > 65535:
+		return strconv.Quote(a) + ": port " + port + " is out of range 1-65535"
+	}
+	return ""
 }
 
 // shieldProblem turns a shield validation error ("limits.per_ip_conns: must

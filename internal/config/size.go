@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 )
@@ -63,7 +65,7 @@ func (b *ByteSize) UnmarshalTOML(v any) error {
 		*b = n
 		return nil
 	default:
-		return fmt.Errorf("size must be a number of bytes or a string like \"25MiB\", not %T", v)
+		return errors.New(wrongType(`a number of bytes or a size such as "25MiB"`, tomlValue(reflect.ValueOf(v)), fmt.Sprintf("%T", v)))
 	}
 }
 

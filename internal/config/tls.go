@@ -54,7 +54,7 @@ func (c Config) validateTLS() []Problem {
 		bad("acme_challenge", "must be tls-alpn-01 or http-01, not \""+t.ACMEChallenge+"\"")
 	}
 	if t.ACMEListen != "" && !validHostPort(t.ACMEListen) {
-		bad("acme_challenge_listen", "\""+t.ACMEListen+"\" is not host:port")
+		bad("acme_challenge_listen", hostPortProblem(t.ACMEListen))
 	}
 	if u, err := url.Parse(t.ACMEDirectory); err != nil || u.Scheme != "https" || u.Host == "" {
 		bad("acme_directory", "must be an https:// URL, not \""+t.ACMEDirectory+"\"")

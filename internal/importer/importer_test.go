@@ -353,4 +353,18 @@ func TestProgress(t *testing.T) {
 	if !strings.Contains(b.String(), "\r[###############...............]  50% 2/4") || !strings.HasSuffix(b.String(), "\n") {
 		t.Fatalf("bar: %q", b.String())
 	}
+	// Nothing to copy, or stopped before the first message: no line
+	// naming a folder ("folder " with no name).
+	for total, want := range map[int]string{
+		0: "import: 0 messages to copy\n",
+		3: "import: 3 messages to copy\nimport: 0/3 messages (0%)\n",
+	} {
+		b.Reset()
+		p = NewProgress(&b, false, time.Hour)
+		p.start(total)
+		p.finish()
+		if b.String() != want {
+			t.Fatalf("%d to copy, none copied: %q, want %q", total, b.String(), want)
+		}
+	}
 }

@@ -64,6 +64,9 @@ func (p *Progress) finish() {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.total == 0 && !p.tty {
+		return // "0 messages to copy" said it all
+	}
 	p.draw(p.now())
 	if p.tty {
 		fmt.Fprintln(p.w)
@@ -82,7 +85,11 @@ func (p *Progress) draw(now time.Time) {
 		rate = fmt.Sprintf(" %.0f msg/s", float64(p.done)/el)
 	}
 	if !p.tty {
-		fmt.Fprintf(p.w, "import: %d/%d messages (%d%%)%s, folder %s\n", p.done, p.total, pct, rate, p.folder)
+		where := ""
+		if p.folder != "" { // none yet: stopped before the first message
+			where = ", folder " + p.folder
+		}
+		fmt.Fprintf(p.w, "import: %d/%d messages (%d%%)%s%s\n", p.done, p.total, pct, rate, where)
 		return
 	}
 	const width = 30

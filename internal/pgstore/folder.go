@@ -341,38 +341,9 @@ func (f *folder) SetUIDs(validity, next uint32) error {
 }
 
 // AppendUID stores a message under uid (mailstore.UIDKeeper): not New.
+// It is AppendUIDs of one message: the same checks, errors and flags.
 func (f *folder) AppendUID(r io.Reader, size int64, uid uint32, flags string, date time.Time) error {
-	body, err := readBody(r, size)
-	if err != nil {
-		return err
-	}
-	if date.IsZero() {
-		date = time.Now()
-	}
-	return f.change("appending", func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE mail_users SET used = used + $2 WHERE usr = $1`, f.user, size); err != nil {
-			return err
-		}
-		var top int64
-		err := tx.QueryRow(ctx, `WITH f AS (SELECT id FROM mail_folders WHERE id = $1 FOR UPDATE)
-SELECT coalesce((SELECT max(uid) FROM mail_messages WHERE folder = f.id), 0) FROM f`, f.id).Scan(&top)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return f.gone()
-		}
-		if err != nil {
-			return err
-		}
-		if uid == 0 || int64(uid) <= top {
-			return fmt.Errorf("%w: %d, the folder has %d", mailstore.ErrBadUID, uid, top)
-		}
-		if _, err := tx.Exec(ctx, `UPDATE mail_folders SET uidnext = greatest(uidnext, $2) WHERE id = $1`, f.id, int64(uid)+1); err != nil {
-			return err
-		}
-		if _, err := touch(ctx, tx, f.id); err != nil {
-			return err
-		}
-		return f.insert(ctx, tx, []int64{int64(uid)}, [][]byte{body}, flags, date, false)
-	})
+	return f.AppendUIDs([]mailstore.UIDMessage{{R: r, Size: size, UID: uid, Flags: flags, Date: date}})
 }
 
 // Close releases the folder and the maildrop lock it holds.

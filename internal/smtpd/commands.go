@@ -49,8 +49,14 @@ func (ss *session) authOffered() bool {
 }
 
 func (ss *session) cmdSTARTTLS(arg string) error {
-	if ss.srv.cfg.TLS == nil || ss.info.TLS {
+	if ss.srv.cfg.TLS == nil {
 		return Errorf(502, "5.5.1", "STARTTLS not available")
+	}
+	// RFC 3207 4 names no reply for STARTTLS on a session already under
+	// TLS (4.2: it is no longer offered). The command is implemented, just
+	// not valid now: RFC 5321 4.2.4's 503, as OpenSMTPD answers.
+	if ss.info.TLS {
+		return errTLSActive
 	}
 	if arg != "" {
 		return errSyntax

@@ -180,7 +180,7 @@ func (ss *session) readData(w io.Writer) (bad *Error, err error) {
 			tooLong = false
 			prevCRLF = true
 			if bad == nil {
-				bad = errDataLine
+				bad = errDataLine(cfg.MaxLineLength)
 			}
 			continue
 		}

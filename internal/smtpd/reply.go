@@ -121,6 +121,7 @@ var (
 // vocabulary readable in one place.
 var (
 	errBadSequence    = Errorf(503, "5.5.1", "Bad sequence of commands")
+	errTLSActive      = Errorf(503, "5.5.1", "Bad sequence of commands: TLS is already active")
 	errSyntax         = Errorf(501, "5.5.4", "Syntax error in parameters or arguments")
 	errUnknownCommand = Errorf(500, "5.5.2", "Command not recognized")
 	errLineTooLong    = Errorf(500, "5.5.2", "Line too long")
@@ -140,7 +141,6 @@ var (
 	// ErrTooManyHops: the message has MaxReceived or more Received fields
 	// (RFC 5321 6.3): a mail loop.
 	ErrTooManyHops       = Errorf(554, "5.4.6", "Too many hops: the message has passed through too many servers (mail loop?)")
-	errDataLine          = Errorf(554, "5.6.0", "Message contains a line longer than allowed")
 	errUTF8Addr          = Errorf(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter (RFC 6531)")
 	errSTARTTLSPipelined = Errorf(554, "5.5.1", "Commands pipelined after STARTTLS are not allowed; closing")
 	errNoChunking        = Errorf(502, "5.5.1", "CHUNKING is not offered; closing")
@@ -158,3 +158,10 @@ var (
 	errBodyType          = Errorf(555, "5.5.4", "Unsupported BODY type")
 	errRcptParam         = Errorf(555, "5.5.4", "Unsupported RCPT parameter")
 )
+
+// errDataLine refuses message data with a line over limit octets, CRLF
+// included (smtp.max_line_length), and says the limit: RFC 5321 4.5.3.1.6
+// asks every server to take text lines of 1000 octets with CRLF.
+func errDataLine(limit int) *Error {
+	return Errorf(554, "5.6.0", "Message contains a line longer than %d octets with CRLF (RFC 5321 4.5.3.1.6)", limit)
+}

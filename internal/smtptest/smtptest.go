@@ -147,6 +147,7 @@ func (c *Client) StartTLS() {
 //	raw: text\r\n               send bytes; \r \n \t \\ are unescaped
 //	s: 250 2.1.0                read a reply whose last line starts with this
 //	s: 250 | SIZE | AUTH PLAIN  ... and which contains each of these
+//	starttls                    STARTTLS (220 2.0.0) and the TLS handshake
 //	closed                      the server has closed the connection
 //	# anything else             a comment
 //
@@ -188,6 +189,8 @@ func Run(t *testing.T, script string, addr func(t *testing.T, listener string) s
 		case strings.HasPrefix(line, "s: "):
 			t.Logf("line %d", n+1)
 			c.Expect(line[3:])
+		case line == "starttls":
+			c.StartTLS()
 		case line == "closed":
 			c.ExpectClosed()
 		default:

@@ -58,8 +58,8 @@ func TestConfigCheckReportsEachProblemOnce(t *testing.T) {
 		{"syntax.toml", "data_dir = \"x\"\n[smtp\nmax_errors = 3\n", []string{"syntax.toml:2: TOML syntax: "}, "1 config problem(s)"},
 		{"array.toml", "[smtp]\nlisten = [\"127.0.0.1:2525\"\nmax_errors = 3\n", []string{"array.toml:3: TOML syntax: "}, "1 config problem(s)"},
 		{"types.toml", "[smtp]\nmax_errors = \"ten\"\nmax_recipients = true\n", []string{
-			"types.toml:2: smtp.max_errors: wrong type: want a number, not a string",
-			"types.toml:3: smtp.max_recipients: wrong type: want a number, not true or false",
+			`types.toml:2: smtp.max_errors: wrong type: want a number, got "ten" (a string)`,
+			"types.toml:3: smtp.max_recipients: wrong type: want a number, got true (true or false)",
 		}, "2 config problem(s)"},
 		{"clash.toml", "[smtp]\nlisten = [\"127.0.0.1:2525\"]\nsubmission_listen = [\"127.0.0.1:2525\"]\n[pop3]\nlisten = [\"0.0.0.0:2465\"]\n", []string{
 			`clash.toml:3: smtp.submission_listen: "127.0.0.1:2525" clashes with smtp.listen = "127.0.0.1:2525"`,

@@ -118,29 +118,46 @@ type DoFunc func(method, path string, body, out any) error
 // Client implements Ops over the admin API.
 type Client struct{ Do DoFunc }
 
+// do is c.Do with the answers of Handler's own errors made the queue's
+// sentinels again (404 ErrNotFound, 400 ErrBadID), so that callers match
+// them with errors.Is as they do on a local queue.
+func (c Client) do(method, path string, body, out any) error {
+	err := c.Do(method, path, body, out)
+	var st interface{ HTTPStatus() int }
+	if errors.As(err, &st) {
+		switch st.HTTPStatus() {
+		case http.StatusNotFound:
+			return queue.ErrNotFound
+		case http.StatusBadRequest:
+			return queue.ErrBadID
+		}
+	}
+	return err
+}
+
 func (c Client) List() ([]queue.Message, error) {
 	var l []queue.Message
-	return l, c.Do("GET", "/v1/queue", nil, &l)
+	return l, c.do("GET", "/v1/queue", nil, &l)
 }
 
 func (c Client) Get(id string) (queue.Message, error) {
 	var m queue.Message
-	return m, c.Do("GET", "/v1/queue/"+url.PathEscape(id), nil, &m)
+	return m, c.do("GET", "/v1/queue/"+url.PathEscape(id), nil, &m)
 }
 
 func (c Client) Hold(id string) error {
-	return c.Do("POST", "/v1/queue/"+url.PathEscape(id)+"/hold", nil, nil)
+	return c.do("POST", "/v1/queue/"+url.PathEscape(id)+"/hold", nil, nil)
 }
 func (c Client) Release(id string) error {
-	return c.Do("POST", "/v1/queue/"+url.PathEscape(id)+"/release", nil, nil)
+	return c.do("POST", "/v1/queue/"+url.PathEscape(id)+"/release", nil, nil)
 }
 func (c Client) Delete(id string) error {
-	return c.Do("DELETE", "/v1/queue/"+url.PathEscape(id), nil, nil)
+	return c.do("DELETE", "/v1/queue/"+url.PathEscape(id), nil, nil)
 }
 
 // Retry asks the server; its clock decides "now".
 func (c Client) Retry(id string, _ time.Time) error {
-	return c.Do("POST", "/v1/queue/"+url.PathEscape(id)+"/retry", nil, nil)
+	return c.do("POST", "/v1/queue/"+url.PathEscape(id)+"/retry", nil, nil)
 }
 
 // RetryAllRemote asks the server to retry every message.
