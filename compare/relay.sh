@@ -97,6 +97,8 @@ tls_listen = []
 [imap]
 listen = []
 tls_listen = []
+[admin]
+listen = ""
 [outbound]
 relay_host = "$SINK"
 relay_require_tls = false
