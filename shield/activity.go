@@ -77,18 +77,16 @@ func (a *activity) admitted(addr netip.Addr, knownGood bool) { a.add(addr, true,
 // event counts one reported event from addr.
 func (a *activity) event(addr netip.Addr, ev Event) { a.add(addr, false, false, ev) }
 
-// take returns and resets the counts.
-func (a *activity) take() map[actKey]actVal {
-	out := make(map[actKey]actVal)
+// take returns and resets the counts, one map per shard. Each shard starts
+// the next minute with room for as many addresses as it had in this one.
+func (a *activity) take() []map[actKey]actVal {
+	out := make([]map[actKey]actVal, len(a.shards))
 	for i := range a.shards {
 		sh := &a.shards[i]
 		sh.mu.Lock()
-		m := sh.m
-		sh.m = make(map[actKey]actVal)
+		out[i] = sh.m
+		sh.m = make(map[actKey]actVal, len(out[i]))
 		sh.mu.Unlock()
-		for k, v := range m {
-			out[k] = v
-		}
 	}
 	return out
 }

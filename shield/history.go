@@ -335,16 +335,24 @@ func (s *Shield) foldHistory() {
 
 // fold merges denial counts and activity into records, applies them and
 // persists them.
-func (h *history) fold(denials []aggEntry, act map[actKey]actVal, now time.Time) {
+func (h *history) fold(denials []aggEntry, act []map[actKey]actVal, now time.Time) {
 	type dk struct {
 		where  netip.Prefix
 		minute int64
 	}
-	deltas := make(map[dk]*histRec)
+	n := len(denials)
+	for _, m := range act {
+		n += len(m)
+	}
+	// One allocation for the map and one for the records (a busy minute has
+	// tens of thousands): recs never outgrows n, so the pointers stay valid.
+	deltas := make(map[dk]*histRec, n)
+	recs := make([]histRec, 0, n)
 	get := func(where netip.Prefix, minute int64) *histRec {
 		d := deltas[dk{where, minute}]
 		if d == nil {
-			d = &histRec{minute: minute}
+			recs = append(recs, histRec{minute: minute})
+			d = &recs[len(recs)-1]
 			deltas[dk{where, minute}] = d
 		}
 		return d
@@ -354,12 +362,14 @@ func (h *history) fold(denials []aggEntry, act map[actKey]actVal, now time.Time)
 		d.merge(&histRec{first: e.v.first, last: e.v.last})
 		d.addRefusal(refCount{source: e.k.source, action: e.k.action, dryRun: e.k.dryRun, n: uint32(min(e.v.hist, uint64(^uint32(0))))})
 	}
-	for k, v := range act {
-		var where netip.Prefix
-		if k.addr.IsValid() {
-			where = hostPrefix(k.addr)
+	for _, m := range act {
+		for k, v := range m {
+			var where netip.Prefix
+			if k.addr.IsValid() {
+				where = hostPrefix(k.addr)
+			}
+			get(where, k.minute).merge(&histRec{first: v.first, last: v.last, admitted: v.admitted, admittedGood: v.admittedGood, events: v.events.slice()})
 		}
-		get(where, k.minute).merge(&histRec{first: v.first, last: v.last, admitted: v.admitted, admittedGood: v.admittedGood, events: v.events.slice()})
 	}
 	keys := make([]dk, 0, len(deltas))
 	for k := range deltas {
@@ -374,8 +384,9 @@ func (h *history) fold(denials []aggEntry, act map[actKey]actVal, now time.Time)
 	// Encoding is the slow part: done before taking the lock.
 	var lines []byte
 	if h.persisted.Load() {
+		lines = make([]byte, 0, 100*len(keys)) // a record's line is ~70–150 bytes
 		for _, k := range keys {
-			lines = appendLine(lines, deltaLine("d", k.where, deltas[k]))
+			lines = appendRecLine(lines, "d", k.where, deltas[k])
 		}
 	}
 	h.qmu.Lock()

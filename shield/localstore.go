@@ -191,7 +191,7 @@ func (st *localState) load() error {
 // snapshot returns every unexpired record. Called under st.mu.
 func (st *localState) snapshot() State {
 	now := st.now()
-	var s State
+	s := State{KnownGood: make([]KnownGoodRecord, 0, st.knownGood.len())}
 	for p, b := range st.bans {
 		if now.Before(b.Expires) {
 			s.Bans = append(s.Bans, b)
@@ -485,22 +485,37 @@ func (h *LocalStore) Flush(context.Context) error {
 	st.mu.Lock()
 	s := st.snapshot()
 	st.mu.Unlock()
-	p := persisted{Version: 2, Saved: st.now(), Lockdown: s.Lockdown}
-	for _, b := range s.Bans {
-		p.Bans = append(p.Bans, persistedBan{Prefix: b.Prefix, Reason: b.Reason, Action: b.Action, Manual: b.Manual,
-			Temp: b.Temporary, Created: b.Created, Expires: b.Expires, Count: b.Count, Node: b.Node})
-	}
-	for _, o := range s.Offenders {
-		p.Offenders = append(p.Offenders, persistedOff{Prefix: o.Prefix, Count: o.Count, Last: o.Last, Expires: o.Expires})
-	}
-	for _, g := range s.KnownGood {
-		p.KnownGood = append(p.KnownGood, persistedGood{Addr: g.Addr, Until: g.Until})
-	}
-	data, err := json.Marshal(p)
+	// The file is persisted's form, written a record at a time
+	// (statewriter.go says why not json.Marshal).
+	sw, err := newStateWriter(st.dir, stateFile, "shield state")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(st.dir, stateFile, data, "shield state")
+	sw.b = append(sw.b, `{"version":2,"saved":`...)
+	sw.b = appendJSONTime(sw.b, st.now())
+	sw.raw(`,"bans":[`)
+	for i, b := range s.Bans {
+		sw.sep(i)
+		sw.value(persistedBan{Prefix: b.Prefix, Reason: b.Reason, Action: b.Action, Manual: b.Manual,
+			Temp: b.Temporary, Created: b.Created, Expires: b.Expires, Count: b.Count, Node: b.Node})
+	}
+	sw.raw(`],"offenders":[`)
+	for i, o := range s.Offenders {
+		sw.sep(i)
+		sw.value(persistedOff{Prefix: o.Prefix, Count: o.Count, Last: o.Last, Expires: o.Expires})
+	}
+	sw.raw(`],"known_good":[`)
+	for i, g := range s.KnownGood {
+		sw.sep(i)
+		sw.b = appendGood(sw.b, g.Addr, g.Until)
+		sw.spill()
+	}
+	sw.raw("]")
+	if s.Lockdown {
+		sw.raw(`,"lockdown":true`)
+	}
+	sw.raw("}")
+	return sw.commit()
 }
 
 // readJSONFile decodes the JSON file at path into v; found is false when

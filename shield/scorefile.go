@@ -1,7 +1,6 @@
 package shield
 
 import (
-	"encoding/json"
 	"net/netip"
 	"path/filepath"
 	"sort"
@@ -28,40 +27,70 @@ type savedRecs struct {
 	Parts  map[string]float64 `json:"parts"`
 }
 
-func saveRec(p netip.Prefix, r *repRec) (savedRecs, bool) {
-	if len(r.parts) == 0 {
-		return savedRecs{}, false
-	}
-	sr := savedRecs{Prefix: p, At: r.at, Parts: make(map[string]float64, len(r.parts))}
-	for _, part := range r.parts {
-		sr.Parts[part.in.String()] = part.v
-	}
-	return sr, true
-}
-
-// saveReputation writes the score tables to the state folder.
+// saveReputation writes the score tables to the state folder in
+// savedReputation's form. The records are copied out of the tables first
+// (the shard locks are the accept path's) and written a record at a time
+// (statewriter.go says why not json.Marshal).
 func (s *Shield) saveReputation() error {
 	if s.stateDir == "" {
 		return nil
 	}
-	out := savedReputation{Version: 1, Saved: s.now()}
-	s.repAddrs.each(func(a netip.Addr, r *repRec) bool {
-		if sr, ok := saveRec(hostPrefix(a), r); ok {
-			out.Addrs = append(out.Addrs, sr)
-		}
+	addrs := newRepCopy(s.repAddrs.len())
+	s.repAddrs.each(func(k netip.Addr, r *repRec) bool {
+		addrs.add(hostPrefix(k), r)
 		return true
 	})
-	s.repNets.each(func(p netip.Prefix, r *repRec) bool {
-		if sr, ok := saveRec(p, r); ok {
-			out.Nets = append(out.Nets, sr)
-		}
+	nets := newRepCopy(s.repNets.len())
+	s.repNets.each(func(k netip.Prefix, r *repRec) bool {
+		nets.add(k, r)
 		return true
 	})
-	data, err := json.Marshal(out)
+	sw, err := newStateWriter(s.stateDir, reputationFile, "shield reputation")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(s.stateDir, reputationFile, data, "shield reputation")
+	sw.b = append(sw.b, `{"version":1,"saved":`...)
+	sw.b = appendJSONTime(sw.b, s.now())
+	write := func(c *repCopy) {
+		for i, r := range c.recs {
+			sw.sep(i)
+			sw.b = appendRep(sw.b, r.p, r.at, c.parts[r.lo:r.hi])
+			sw.spill()
+		}
+	}
+	sw.raw(`,"addresses":[`)
+	write(addrs)
+	sw.raw(`],"networks":[`)
+	write(nets)
+	sw.raw("]}")
+	return sw.commit()
+}
+
+// repCopy is a score table's records with parts, copied out for a save:
+// keys and times, and every record's parts in one shared slice.
+type repCopy struct {
+	recs  []repCopied
+	parts []repPart
+}
+
+type repCopied struct {
+	p      netip.Prefix
+	at     int64
+	lo, hi int // the record's parts in repCopy.parts
+}
+
+func newRepCopy(n int) *repCopy {
+	return &repCopy{recs: make([]repCopied, 0, n), parts: make([]repPart, 0, 2*n)}
+}
+
+// add copies r unless it has no parts (nothing to save).
+func (c *repCopy) add(p netip.Prefix, r *repRec) {
+	if len(r.parts) == 0 {
+		return
+	}
+	lo := len(c.parts)
+	c.parts = append(c.parts, r.parts...)
+	c.recs = append(c.recs, repCopied{p: p, at: r.at, lo: lo, hi: len(c.parts)})
 }
 
 // loadReputation reads the saved score tables back; a missing file is a

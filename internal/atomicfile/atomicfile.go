@@ -19,6 +19,7 @@
 package atomicfile
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 )
@@ -26,26 +27,99 @@ import (
 // Write replaces path with data, created with mode (before the umask is
 // applied to nothing: the mode is set explicitly). The folder must exist.
 func Write(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	w, err := Create(path, mode)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(f.Name()) // after a successful rename: no such file, ignored
+	w.Write(data) // an error is kept and returned by Commit
+	return w.Commit()
+}
+
+// Writer builds a replacement of a file as it is written, for contents too
+// big to build in memory first: it holds at most one chunk, writes and
+// syncs a chunk at a time (as WriteSync does), and Commit puts the file in
+// place. Until Commit the old file is untouched; Abort (or a failed Write
+// and Commit) leaves it so and removes the temporary file.
+type Writer struct {
+	f    *os.File
+	path string
+	buf  []byte
+	err  error
+	done bool
+}
+
+// Create starts the replacement of path (mode as for Write). The folder
+// must exist.
+func Create(path string, mode os.FileMode) (*Writer, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return nil, err
+	}
 	if err := f.Chmod(mode); err != nil {
 		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return &Writer{f: f, path: path}, nil
+}
+
+// Write buffers p, writing and syncing each full chunk. After the first
+// error every Write returns it, and so does Commit.
+func (w *Writer) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 && w.err == nil {
+		if w.buf == nil {
+			w.buf = make([]byte, 0, chunk)
+		}
+		k := min(len(p), chunk-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if len(w.buf) == chunk {
+			w.err = WriteSync(w.f, w.buf)
+			w.buf = w.buf[:0]
+		}
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	return n, nil
+}
+
+// Commit writes and syncs what is buffered, renames the file over the
+// target and syncs the folder. On error the target keeps its old contents.
+func (w *Writer) Commit() error {
+	if w.done {
+		return errors.New("atomicfile: " + w.path + " already committed or aborted")
+	}
+	w.done = true
+	defer os.Remove(w.f.Name()) // after a successful rename: no such file, ignored
+	err := w.err
+	if err == nil {
+		err = WriteSync(w.f, w.buf)
+	}
+	w.buf = nil
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
-	if err := WriteSync(f, data); err != nil {
-		f.Close()
+	if err := os.Rename(w.f.Name(), w.path); err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
+	return syncDir(filepath.Dir(w.path))
+}
+
+// Abort drops the replacement; the target keeps its old contents. It does
+// nothing after Commit.
+func (w *Writer) Abort() {
+	if w.done {
+		return
 	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+	w.done = true
+	w.buf = nil
+	w.f.Close()
+	os.Remove(w.f.Name())
 }
 
 // chunk is how much WriteSync writes before it syncs.

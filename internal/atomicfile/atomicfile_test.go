@@ -88,3 +88,53 @@ func TestWriteSyncChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestWriterPieces writes a file in pieces of odd sizes across chunk
+// boundaries: the old contents stay until Commit, every byte lands in
+// order, Abort keeps the old file and leaves no temporary.
+func TestWriterPieces(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	if err := Write(p, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var want []byte
+	w, err := Create(p, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; len(want) < 3*chunk; i++ {
+		piece := bytes.Repeat([]byte{byte(i)}, 1+i*7919%(chunk/3))
+		if n, err := w.Write(piece); err != nil || n != len(piece) {
+			t.Fatalf("write %d: %d, %v", len(piece), n, err)
+		}
+		want = append(want, piece...)
+		if i == 3 {
+			if b, _ := os.ReadFile(p); string(b) != "old" {
+				t.Fatalf("before Commit the file holds %d bytes, want the old contents", len(b))
+			}
+		}
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, wrote %d: not the same", len(got), len(want))
+	}
+	if err := w.Commit(); err == nil {
+		t.Fatal("a second Commit succeeded")
+	}
+
+	w, err = Create(p, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(bytes.Repeat([]byte("x"), chunk+5))
+	w.Abort()
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, want) {
+		t.Fatal("Abort changed the file")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("folder holds %d entries after Abort, want only the file", len(ents))
+	}
+}
