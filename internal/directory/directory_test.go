@@ -2,6 +2,7 @@ package directory
 
 import (
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"errors"
 	"os"
@@ -224,5 +225,27 @@ func TestAuthenticateFlood(t *testing.T) {
 	}
 	if d.hasher.InUse() != 0 {
 		t.Errorf("%d hasher slots still taken", d.hasher.InUse())
+	}
+}
+
+// Every connection the directory opens has its page cache bounded to
+// cacheKiB, not SQLite's 2,000 KiB: several held at once (the snapshot's
+// own, the pool's) to see that it is each one's setting, not one's.
+func TestConnectionPageCacheBounded(t *testing.T) {
+	d, _ := openTest(t)
+	ctx := context.Background()
+	var conns []*sql.Conn
+	for range 3 {
+		c, err := d.db.Conn(ctx)
+		must(t, err)
+		conns = append(conns, c)
+	}
+	for i, c := range conns {
+		var n int
+		must(t, c.QueryRowContext(ctx, `PRAGMA cache_size`).Scan(&n))
+		if n != -cacheKiB {
+			t.Errorf("connection %d: cache_size %d, want %d (KiB)", i, n, -cacheKiB)
+		}
+		c.Close()
 	}
 }

@@ -26,15 +26,26 @@ import (
 // users (Forget, Retain, Clear) as it learns of changes. Failures are never
 // cached: a wrong password always pays the full verification, as does an
 // unknown user.
+//
+// Expired entries go at the first Put a TTL after the last sweep (one pass
+// over the map, at most once per TTL), and when that leaves the map at less
+// than a quarter of the most it held, the map is built afresh: a Go map
+// keeps the room of its largest size, so after a burst of first logins
+// (100,000 of them: about 15 MB) the memory would otherwise stay for good.
 type Cache struct {
 	ttl time.Duration
 	max int
 	Now func() time.Time // the clock; tests replace it
 	key [32]byte
 
-	mu sync.Mutex
-	m  map[string]entry
+	mu        sync.Mutex
+	m         map[string]entry
+	peak      int       // most entries m held since it was made
+	nextSweep time.Time // expired entries go at the first Put from then
 }
+
+// shrinkMin is the smallest peak worth making a map afresh for.
+const shrinkMin = 1024
 
 type entry struct {
 	mac     [sha256.Size]byte
@@ -75,16 +86,14 @@ func (c *Cache) Hit(addr, password string, pwFP uint64) bool {
 // put records a successful login. When the cache is full, expired entries
 // go first, then arbitrary ones: it is bounded, not exact.
 func (c *Cache) Put(addr, password string, pwFP uint64) {
-	e := entry{mac: c.mac(addr, password), pwFP: pwFP, expires: c.Now().Add(c.ttl)}
+	now := c.Now()
+	e := entry{mac: c.mac(addr, password), pwFP: pwFP, expires: now.Add(c.ttl)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if _, ok := c.m[addr]; !ok && len(c.m) >= c.max || !now.Before(c.nextSweep) {
+		c.sweep(now)
+	}
 	if _, ok := c.m[addr]; !ok && len(c.m) >= c.max {
-		now := c.Now()
-		for a, old := range c.m {
-			if !now.Before(old.expires) {
-				delete(c.m, a)
-			}
-		}
 		for a := range c.m {
 			if len(c.m) < c.max {
 				break
@@ -93,6 +102,25 @@ func (c *Cache) Put(addr, password string, pwFP uint64) {
 		}
 	}
 	c.m[strings.Clone(addr)] = e // not a piece of the client's command line
+	c.peak = max(c.peak, len(c.m))
+}
+
+// sweep drops the expired entries and makes the map afresh when it holds
+// less than a quarter of its peak; c.mu is held.
+func (c *Cache) sweep(now time.Time) {
+	c.nextSweep = now.Add(c.ttl)
+	for a, old := range c.m {
+		if !now.Before(old.expires) {
+			delete(c.m, a)
+		}
+	}
+	if c.peak >= shrinkMin && len(c.m) < c.peak/4 {
+		m := make(map[string]entry, len(c.m))
+		for a, e := range c.m {
+			m[a] = e
+		}
+		c.m, c.peak = m, len(m)
+	}
 }
 
 // forget drops the entry of addr.
@@ -120,7 +148,7 @@ func (c *Cache) Retain(current func(addr string) (fp uint64, ok bool)) {
 func (c *Cache) Clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	clear(c.m)
+	c.m, c.peak = map[string]entry{}, 0
 }
 
 // fpSeed keys the fingerprints of password hashes; per process, so a

@@ -179,14 +179,14 @@ type Hasher struct {
 	big sync.Mutex // held while taking several slots, so two such never deadlock
 	// observe, when set (tests), is called for every hash computed.
 	Observe func()
-	idle    *idleReturn // hands the work memory back after a burst (idle.go)
+	drain   *drainRelease // hands the work memory back when the queue drains (idle.go)
 }
 
 // NewHasher sizes the semaphore from a memory budget in bytes and the
 // number of cores.
 func NewHasher(budget int64, cores int) *Hasher {
 	n := int(min(budget/HashSlot, int64(cores)))
-	return &Hasher{sem: make(chan struct{}, max(n, 1)), idle: newIdleReturn()}
+	return &Hasher{sem: make(chan struct{}, max(n, 1)), drain: newDrainRelease()}
 }
 
 // slots returns how many slots verifying against hash takes.
@@ -215,6 +215,7 @@ func argonMemoryOf(hash string) int64 {
 // acquire waits for n slots, honouring ctx, and returns the function that
 // gives them back.
 func (h *Hasher) Acquire(ctx context.Context, n int) (release func(), err error) {
+	h.drain.enter()
 	if n > 1 {
 		h.big.Lock()
 		defer h.big.Unlock()
@@ -231,16 +232,16 @@ func (h *Hasher) Acquire(ctx context.Context, n int) (release func(), err error)
 			taken++
 		case <-ctx.Done():
 			give()
+			h.drain.leave(false)
 			return nil, ctx.Err()
 		}
 	}
 	if h.Observe != nil {
 		h.Observe()
 	}
-	h.idle.begin()
 	return sync.OnceFunc(func() {
 		give()
-		h.idle.end()
+		h.drain.leave(true)
 	}), nil
 }
 

@@ -2,6 +2,9 @@ package passwd
 
 import (
 	"context"
+	"fmt"
+	"runtime"
+	"runtime/metrics"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +36,48 @@ func TestAuthCacheBounded(t *testing.T) {
 	}
 	if !c.Hit("j@example.org", "pw", 1) || c.Hit("j@example.org", "pw", 2) || c.Hit("j@example.org", "px", 1) {
 		t.Fatal("hit does not check the password and the stored hash")
+	}
+}
+
+// liveHeap is the heap the last garbage collection found live, after one.
+func liveHeap() uint64 {
+	runtime.GC()
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// After a burst of logins whose entries all expired, the cache drops them
+// at the next login and gives their memory back: its map is made afresh,
+// not left at the burst's size. Entries are kept until they expire.
+func TestAuthCacheShrinksAfterBurst(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	c := NewCache(5*time.Minute, 200_000)
+	c.Now = func() time.Time { return now }
+	base := liveHeap()
+	const burst = 100_000
+	for i := range burst {
+		c.Put(fmt.Sprintf("user%d@example.org", i), "pw", 1)
+	}
+	full := liveHeap()
+	now = now.Add(4 * time.Minute)
+	c.Put("late@example.org", "pw", 1)
+	if c.Len() != burst+1 || !c.Hit("user7@example.org", "pw", 1) {
+		t.Fatalf("%d entries before they expire, want %d, all hits", c.Len(), burst+1)
+	}
+	now = now.Add(2 * time.Minute) // the burst's entries expired, not late's
+	c.Put("next@example.org", "pw", 1)
+	if c.Len() != 2 || !c.Hit("late@example.org", "pw", 1) {
+		t.Fatalf("%d entries once the burst's expired, want the 2 live ones", c.Len())
+	}
+	after := liveHeap()
+	runtime.KeepAlive(c) // measured with the cache in use
+	t.Logf("live heap: %d KiB before, %d KiB with the burst's entries, %d KiB once they went", base>>10, full>>10, after>>10)
+	if full-base < burst*64 {
+		t.Fatalf("the burst took %d bytes: the test measures nothing", full-base)
+	}
+	if after > base && after-base > (full-base)/8 {
+		t.Fatalf("%d bytes still held once the entries went, of %d", after-base, full-base)
 	}
 }
 

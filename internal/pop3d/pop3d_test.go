@@ -137,6 +137,38 @@ func TestWriteMessageLongLines(t *testing.T) {
 	}
 }
 
+// RETR and TOP read messages through reused buffers: sending one allocates
+// nothing (it was a 32 KiB buffer a message), and a reused buffer carries
+// nothing of the message before it.
+func TestWriteMessageAllocatesNothing(t *testing.T) {
+	msgs := []string{"Subject: one\r\n\r\n.first body\r\n", "Subject: two\n\nsecond\n"}
+	wants := []string{"Subject: one\r\n\r\n..first body\r\n", "Subject: two\r\n\r\nsecond\r\n"}
+	var out bytes.Buffer
+	w := bufio.NewWriter(&out)
+	sr := strings.NewReader("")
+	for i := range 4 {
+		out.Reset()
+		sr.Reset(msgs[i%2])
+		if err := writeMessage(w, sr, -1); err != nil {
+			t.Fatal(err)
+		}
+		w.Flush()
+		if out.String() != wants[i%2] {
+			t.Fatalf("message %d: %q, want %q", i, out.String(), wants[i%2])
+		}
+	}
+	w = bufio.NewWriter(io.Discard)
+	allocs := testing.AllocsPerRun(100, func() {
+		sr.Reset(msgs[0])
+		if err := writeMessage(w, sr, -1); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations to send a message, want none", allocs)
+	}
+}
+
 // One session per maildrop: the second gets [IN-USE] and stays in
 // AUTHORIZATION, and logs in once the first has quit.
 func TestInUse(t *testing.T) {
