@@ -11,8 +11,6 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
-
-	"github.com/agua-mail/agua/internal/atomicfile"
 )
 
 // banLogMax bounds a LocalStore's ban log.
@@ -533,19 +531,6 @@ func readJSONFile(path string, v any, what string) (found bool, err error) {
 		return false, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	return true, nil
-}
-
-// writeFileAtomic replaces dir/name with data (internal/atomicfile: a
-// temporary file synced a chunk at a time, rename, fsync of the folder);
-// errors start with what.
-func writeFileAtomic(dir, name string, data []byte, what string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if err := atomicfile.Write(filepath.Join(dir, name), data, 0o600); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
 }
 
 // Close flushes and releases the handle; the last handle of a folder
