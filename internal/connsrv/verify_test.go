@@ -59,7 +59,7 @@ func TestWhileVerifyingClientGone(t *testing.T) {
 			fr := tr.Open(server, "pop3", time.Hour)
 			defer fr.End()
 			before := tr.Abandoned()
-			ctx, end := fr.WhileVerifying(bufio.NewReader(server))
+			ctx, end := fr.WhileVerifying(server, bufio.NewReader(server))
 			if how == "reset" {
 				client.(*net.TCPConn).SetLinger(0) // close with RST
 			}
@@ -88,7 +88,7 @@ func TestWhileVerifyingCompletedCheck(t *testing.T) {
 	client, server := tcpPair(t)
 	fr := tr.Open(server, "imap", time.Hour)
 	defer fr.End()
-	ctx, end := fr.WhileVerifying(nil)
+	ctx, end := fr.WhileVerifying(server, nil)
 	client.Close()
 	waitDone(t, ctx, "close")
 	if end(errors.New("wrong password")) || end(nil) {
@@ -110,7 +110,7 @@ func TestWhileVerifyingKeepsBytes(t *testing.T) {
 	defer fr.End()
 	r := bufio.NewReader(server)
 	server.SetReadDeadline(time.Now().Add(-time.Second)) // what a session may leave behind
-	ctx, end := fr.WhileVerifying(r)
+	ctx, end := fr.WhileVerifying(server, r)
 	if _, err := io.WriteString(client, "STAT\r\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestWhileVerifyingKeepsBytes(t *testing.T) {
 	}
 	// A watch stopped while the client is silent leaves the next read
 	// waiting for it, not failing at once.
-	_, end = fr.WhileVerifying(r)
+	_, end = fr.WhileVerifying(server, r)
 	if end(nil) {
 		t.Error("a silent client's check was reported abandoned")
 	}
@@ -149,7 +149,7 @@ func TestWhileVerifyingNotWatched(t *testing.T) {
 	if l, err := ReadLine(r, 100); err != nil || l != "PASS x" {
 		t.Fatalf("read %q, %v", l, err)
 	}
-	ctx, end := fr.WhileVerifying(r)
+	ctx, end := fr.WhileVerifying(server, r)
 	client.Close()
 	if l, err := ReadLine(r, 100); err != nil || l != "STAT" {
 		t.Fatalf("read %q, %v", l, err)
@@ -165,7 +165,7 @@ func TestWhileVerifyingNotWatched(t *testing.T) {
 	defer ps.Close()
 	fp := tr.Open(ps, "smtp", time.Hour)
 	defer fp.End()
-	ctx, end = fp.WhileVerifying(nil)
+	ctx, end = fp.WhileVerifying(ps, nil)
 	pc.Close()
 	if ctx.Err() != nil || end(nil) {
 		t.Error("a pipe was watched")
@@ -173,42 +173,49 @@ func TestWhileVerifyingNotWatched(t *testing.T) {
 }
 
 // A TLS session is watched on the TCP connection beneath it: the client's
-// leaving ends the check; a TLS record from it (data) does not, and stays
-// for the session to read.
+// leaving ends the check, whether it drops the connection or closes it
+// properly (close_notify, then FIN: RFC 8446 6.1); a TLS record from a
+// client that stays (data) does not, and stays for the session to read.
 func TestWhileVerifyingTLS(t *testing.T) {
 	tr := New("test", slog.New(slog.DiscardHandler))
 	cfg := testTLSConfig(t)
-	for _, leave := range []bool{true, false} {
-		client, server := tcpPair(t)
-		tc := tls.Client(client, &tls.Config{InsecureSkipVerify: true})
-		ts := tls.Server(server, cfg)
-		errc := make(chan error, 1)
-		go func() { errc <- tc.Handshake() }()
-		if err := ts.Handshake(); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
-		fr := tr.Open(server, "imap", time.Hour)
-		r := bufio.NewReader(ts)
-		ctx, end := fr.WhileVerifying(r)
-		if leave {
-			client.Close() // no close_notify: the TCP connection goes
-			waitDone(t, ctx, "tls")
+	for _, how := range []string{"drop", "close_notify", "stay"} {
+		t.Run(how, func(t *testing.T) {
+			client, server := tcpPair(t)
+			tc := tls.Client(client, &tls.Config{InsecureSkipVerify: true})
+			ts := tls.Server(server, cfg)
+			errc := make(chan error, 1)
+			go func() { errc <- tc.Handshake() }()
+			if err := ts.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			fr := tr.Open(server, "imap", time.Hour)
+			defer fr.End()
+			r := bufio.NewReader(ts)
+			ctx, end := fr.WhileVerifying(ts, r)
+			switch how {
+			case "drop":
+				client.Close() // no close_notify: the TCP connection goes
+			case "close_notify":
+				tc.Close() // close_notify, then FIN
+			case "stay":
+				io.WriteString(tc, "a NOOP\r\n")
+				if end(nil) {
+					t.Error("a live client's check was abandoned")
+				}
+				if l, err := ReadLine(r, 100); err != nil || l != "a NOOP" {
+					t.Errorf("after the watch %q, %v", l, err)
+				}
+				return
+			}
+			waitDone(t, ctx, how)
 			if !end(ctx.Err()) {
-				t.Error("TLS: the departed client's check was not abandoned")
+				t.Error("the departed client's check was not abandoned")
 			}
-		} else {
-			io.WriteString(tc, "a NOOP\r\n")
-			if end(nil) {
-				t.Error("TLS: a live client's check was abandoned")
-			}
-			if l, err := ReadLine(r, 100); err != nil || l != "a NOOP" {
-				t.Errorf("TLS: after the watch %q, %v", l, err)
-			}
-		}
-		fr.End()
+		})
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,7 +90,8 @@ func (a *hashedAuth) waitQueued(t *testing.T) {
 // A client that sends LOGIN (or AUTHENTICATE PLAIN) and leaves while the
 // hasher is busy gives up its place: once the slot is free, no
 // verification runs for it, it is no failed login, and it is counted as
-// abandoned. In implicit TLS the TCP connection beneath is watched. The
+// abandoned. In implicit TLS the TCP connection beneath is watched, and a
+// client that closes properly (close_notify, then FIN) is gone too. The
 // old code kept the check queued on the session's context, which ends
 // only with the session, so the hasher verified for nobody.
 func TestLoginAbandonedByDepartedClient(t *testing.T) {
@@ -111,6 +113,7 @@ func TestLoginAbandonedByDepartedClient(t *testing.T) {
 			c.send(plainResp)
 		}},
 		{"LOGIN in TLS", true, func(c *client) { c.send(`a LOGIN "` + testUser + `" "wrong"`) }},
+		{"LOGIN in TLS, close_notify", true, func(c *client) { c.send(`a LOGIN "` + testUser + `" "wrong"`) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts, a, release, failed := startHashed(t, func(c *Config) { c.ImplicitTLS = tc.tls })
@@ -118,7 +121,11 @@ func TestLoginAbandonedByDepartedClient(t *testing.T) {
 			c.expect("* OK")
 			tc.login(c)
 			a.waitQueued(t)
-			raw.Close()
+			if strings.HasSuffix(tc.name, "close_notify") {
+				c.conn.Close() // TLS close_notify (RFC 8446 6.1), then FIN
+			} else {
+				raw.Close()
+			}
 			// Not fatal: the old code fails here, and below.
 			if !eventually(func() bool { return ts.srv.Abandoned() == 1 }) {
 				t.Error("the departed client's login was not abandoned")

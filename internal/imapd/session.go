@@ -100,7 +100,7 @@ func (s *session) Close() error {
 // leaves while the check waits for the password hasher gives up its place
 // in the queue (Frame.WhileVerifying).
 func (s *session) Login(user, pass string) error {
-	ctx, end := s.conn.frame.WhileVerifying(s.conn.in)
+	ctx, end := s.conn.frame.WhileVerifying(s.conn.Conn, s.conn.in)
 	canonical, quota, err := s.srv.auth.Authenticate(ctx, user, pass)
 	if end(err) {
 		// The client left while its login waited: no one to answer.

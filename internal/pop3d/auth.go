@@ -94,7 +94,7 @@ func (ss *session) challenge() ([]byte, error) {
 // check waits for the password hasher gives up its place in the queue
 // (Frame.WhileVerifying).
 func (ss *session) login(user, pass string) error {
-	ctx, end := ss.frame.WhileVerifying(ss.r)
+	ctx, end := ss.frame.WhileVerifying(ss.conn, ss.r)
 	canonical, err := ss.srv.backend.Authenticate(ctx, &ss.info, user, pass)
 	if end(err) {
 		return errQuit // the client left while its login waited: no one to answer

@@ -41,7 +41,7 @@ func (ss *session) cmdAUTH(arg string) error {
 	// error means the credentials were refused.
 	// A client that leaves while the check waits for the password hasher
 	// gives up its place in the queue (Frame.WhileVerifying).
-	ctx, end := ss.frame.WhileVerifying(ss.r)
+	ctx, end := ss.frame.WhileVerifying(ss.conn, ss.r)
 	canonical, err := ss.srv.backend.Authenticate(ctx, &ss.info, user, pass)
 	if end(err) {
 		return errQuit // no one to answer
