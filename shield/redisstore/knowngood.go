@@ -30,19 +30,24 @@ import (
 // build it once. Deleting kgx by hand rebuilds it the same way.
 //
 // Rolling upgrade: once kgx exists, a node of the previous version still
-// marks addresses in kgs and the keys only, and revokes a network by
-// walking kgs (DEL and ZREM kgs, leaving its kgx members behind). So while
-// both versions run, a new node's network revocation misses an address
-// only an old node marked: its key stays in Redis until it expires (at
-// most the known-good TTL), though every node still forgets it from
-// memory (the revocation is published as before), the ban that caused
-// the revocation refuses it meanwhile, a single-address revocation is
-// exact (it deletes the key by name), and the address's next mark by a
-// new node indexes it. A kgx member an old node left behind costs a
-// useless DEL when its network is revoked, which removes it. We accept
-// that for the length of an upgrade rather than make every write check
-// the two indexes against each other; `DEL <prefix>kgx` after the
-// upgrade rebuilds an exact index.
+// writes kgs and the keys only: its marks do not reach kgx, and its
+// pruning, cap and revocations (a walk of kgs) leave kgx members behind.
+// So while both versions run:
+//   - a new node's network revocation misses an address only an old node
+//     marked. Every running node still forgets it (the revocation is
+//     published as before) and the ban that caused it refuses it while it
+//     lasts; what stays is its record in Redis, which a node that loads
+//     the state (a restart, a resync) takes as known-good until it expires
+//     (at most the known-good TTL). A new node's mark of an address indexes
+//     it, and single-address revocations are exact (the key by name).
+//   - a kgx member whose address an old node dropped stays until a
+//     revocation of its network removes it (one useless DEL) or the
+//     address is marked and dropped again.
+//
+// We accept that for the length of an upgrade: the alternative, every
+// write checking the two indexes against each other, costs every node
+// forever. `DEL <prefix>kgx` once the upgrade is done rebuilds an exact
+// index on the next known-good write.
 
 // kgLib is the Lua the known-good scripts share: the kgx member of an
 // address as kgs spells it (nil for anything Go's netip.Addr.String does

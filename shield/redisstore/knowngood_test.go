@@ -2,8 +2,10 @@ package redisstore_test
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -309,3 +311,44 @@ func TestKnownGoodRevokeReadsOnlyNetwork(t *testing.T) {
 // addresses: EVALSHA, EXISTS, ZRANGEBYLEX, DEL, ZREM, ZREMRANGEBYLEX,
 // PUBLISH (7), and 1 to spare (none is per address).
 const maxOpsPerNetworkRevoke = 8
+
+// The script spells a kgx member from the address as kgs holds it
+// (Go's text form): the sort key is "4" and the 4 bytes or "6" and the 16
+// bytes in hex, whatever run of zero groups "::" stands for.
+func TestKnownGoodIndexMembers(t *testing.T) {
+	srv := redistest.Start(t)
+	f := newKGFixture(t, srv, 10_000)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var all []netip.Addr
+	for range 500 {
+		var b [16]byte
+		for g := range 8 { // each group zero, small, or any
+			switch rng.IntN(3) {
+			case 1:
+				b[2*g+1] = byte(rng.IntN(256))
+			case 2:
+				b[2*g], b[2*g+1] = byte(rng.IntN(256)), byte(rng.IntN(256))
+			}
+		}
+		all = append(all, netip.AddrFrom16(b).Unmap(), netip.AddrFrom4([4]byte(b[:4])))
+	}
+	f.mark(t, time.Hour, all...)
+	kgx, err := f.rdb.ZRange(context.Background(), f.prefix+"kgx", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(map[string]bool)
+	for _, m := range kgx {
+		got[m] = true
+	}
+	for _, a := range all {
+		sort := "4" + hex.EncodeToString(a.AsSlice())
+		if a.Is6() {
+			sort = "6" + hex.EncodeToString(a.AsSlice())
+		}
+		if m := sort + "|" + a.String(); !got[m] {
+			t.Errorf("%s: no kgx member %s", a, m)
+		}
+	}
+	f.indexed(t)
+}
