@@ -352,3 +352,19 @@ func TestKnownGoodIndexMembers(t *testing.T) {
 	}
 	f.indexed(t)
 }
+
+// An address marked by a node of the previous version once kgx exists
+// (a rolling upgrade) is in kgs only; deleting kgx rebuilds it with that
+// address on the next write, as the package says.
+func TestKnownGoodIndexRebuild(t *testing.T) {
+	srv := redistest.Start(t)
+	f := newKGFixture(t, srv, 1000)
+	all := addrs("192.0.2.1", "192.0.2.200", "192.0.3.1")
+	f.mark(t, time.Hour, all[0], all[2])
+	writeOldLayout(t, f.rdb, f.prefix, time.UnixMilli(f.now.Load()).Add(time.Hour), all[1:2])
+	if err := f.rdb.Del(context.Background(), f.prefix+"kgx").Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.revoke(t, "192.0.2.0/24")
+	f.want(t, all, func(a netip.Addr) bool { return a == all[2] })
+}
