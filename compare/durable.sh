@@ -27,6 +27,13 @@
 # OUT_DIR/durable.jsonl has one line per run, OUT_DIR/summary.md the table
 # with agua/Postfix ratios.
 #
+# The floor: smtp-sink(1), Postfix's test server, in the same run (SINK=1,
+# the default). It is a single C process on one event loop that answers
+# every command at once and throws the message away: no file, no flush, no
+# policy. Its rate and CPU per message are what the client, the loopback
+# TCP stack and this machine's system calls cost on their own, the bound
+# under any durable server's figures here.
+#
 # PG=1 adds a third server: agua with the accounts and the mailboxes on
 # PostgreSQL ([postgres] accounts, mail; issue 17), against a PostgreSQL
 # this script starts (initdb in WORK/pg, loopback port 3732, fsync and
@@ -44,7 +51,7 @@
 #
 # Environment: COUNT (4000: messages with 20 sessions), COUNT1 (1000: with
 # 1 session), SIZE (2048), RUNS ("20 1": session counts), PIN ("no yes"),
-# SYNC (syncfs, or fsync: agua's [store] sync), WORK (/var/tmp/agua-durable,
+# SYNC (syncfs, or fsync: agua's [store] sync), SINK (1: also smtp-sink), WORK (/var/tmp/agua-durable,
 # agua's data), KEEP_RUNNING (1: leave Postfix running).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,7 +69,7 @@ AG_SMTP=127.0.0.1:3725
 PF_SMTP=127.0.0.1:${PF_PORT:-2526}
 
 [ "$(id -u)" = 0 ] || { echo "run as root (Postfix)" >&2; exit 1; }
-for c in smtp-source taskset postfix python3 go; do
+for c in smtp-source smtp-sink taskset postfix python3 go; do
   command -v "$c" >/dev/null || { echo "$c not found (Debian: apt-get install postfix util-linux python3)" >&2; exit 1; }
 done
 [ "$(nproc)" -ge 2 ] || { echo "pinning needs 2 CPUs" >&2; exit 1; }
@@ -75,6 +82,7 @@ agua_pid=
 cleanup() {
   for p in "$agua_pid" "${aguapg_pid:-}" "${aguaopen_pid:-}" "${aguaauth_pid:-}"; do stop_pid "$p"; done
   [ -z "${stub_pid:-}" ] || kill "$stub_pid" 2>/dev/null || true
+  [ -z "${sink_pid:-}" ] || kill "$sink_pid" 2>/dev/null || true
   # runuser does not pass SIGINT on to postgres: pg_ctl stops it.
   [ -z "${pg_pid:-}" ] || { runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null 2>&1; wait "$pg_pid" 2>/dev/null; } || true
   stop_postfix_dovecot
@@ -113,6 +121,16 @@ echo 'durable bench password' | "$agua" user add demo@example.test -config "$cfg
 serve_agua "$cfg" "$out/agua.log"
 agua_pid=$serve_pid
 wait_port "$AG_SMTP"
+
+# --- the floor: smtp-sink (SINK=1) ----------------------------------------------
+SINK_SMTP=127.0.0.1:3727
+sink_pid=
+if [ "${SINK:-1}" = 1 ]; then
+  # -u: as root it must drop privileges; 256: its listen backlog.
+  smtp-sink -u nobody "$SINK_SMTP" 256 &
+  sink_pid=$!
+  wait_port "$SINK_SMTP"
+fi
 
 # --- agua on PostgreSQL (PG=1) -------------------------------------------------
 AG_PG_SMTP=127.0.0.1:3726
@@ -245,6 +263,7 @@ PY
 : > "$out/durable.jsonl"
 for s in $runs; do
   for pin in $pins; do
+    [ -z "$sink_pid" ] || one smtp-sink "$SINK_SMTP" "$sink_pid" "$s" "$pin"
     one agua "$AG_SMTP" "$agua_pid" "$s" "$pin"
     [ -z "$aguapg_pid" ] || one agua-pg "$AG_PG_SMTP" "$aguapg_pid,$pg_pid" "$s" "$pin"
     [ -z "$aguaopen_pid" ] || one agua-open "$AG_OPEN_SMTP" "$aguaopen_pid" "$s" "$pin"
@@ -274,6 +293,18 @@ for (s, p), d in by.items():
     print(f"| {s} | {'yes' if p else 'no'} | {a['accept_per_s']} | {f['accept_per_s']} | {f['in_maildir_per_s']} | "
           f"{a['accept_per_s'] / f['accept_per_s']:.1f}× | {a['server_cpu_ms_per_msg']} | {f['server_cpu_ms_per_msg']} | "
           f"{a['smtp_source_cpu_ms_per_msg']}, {f['smtp_source_cpu_ms_per_msg']} |")
+floor_rows = []
+for (s, p), d in by.items():
+    k, a, f = d.get("smtp-sink"), d.get("agua"), d.get("postfix")
+    if k and a and f:
+        floor_rows.append(f"| {s} | {'yes' if p else 'no'} | {k['accept_per_s']} | {k['accept_per_s'] / f['accept_per_s']:.1f}× | "
+                          f"{a['accept_per_s'] / k['accept_per_s']:.0%} | {k['server_cpu_ms_per_msg']} | {a['server_cpu_ms_per_msg']} | "
+                          f"{k['smtp_source_cpu_ms_per_msg']} |")
+if floor_rows:
+    print("\nThe floor: smtp-sink, which answers at once and keeps nothing (no file, no flush), with the same client:\n")
+    print("| sessions | pinned | smtp-sink accepted/s | smtp-sink/Postfix | agua/smtp-sink | smtp-sink CPU ms/msg | agua CPU ms/msg | smtp-source CPU ms/msg (smtp-sink) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(floor_rows))
 auth_rows = []
 for (s, p), d in by.items():
     o, h = d.get("agua-open"), d.get("agua-auth")

@@ -259,6 +259,21 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// CanonPrefix is p as the shield holds it: masked, and ::ffff:a.b.c.d/N
+// (N >= 96) as a.b.c.d/(N-96). A StateStore indexing addresses uses it to
+// match what the shield passes and stores.
+func CanonPrefix(p netip.Prefix) netip.Prefix { return canonPrefix(p) }
+
+// LastAddr is the last address of p.
+func LastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
 // canonPrefix masks p and turns ::ffff:a.b.c.d/N (N >= 96) into a.b.c.d/(N-96).
 func canonPrefix(p netip.Prefix) netip.Prefix {
 	a := p.Addr()

@@ -356,7 +356,7 @@ func kernelElements(p netip.Prefix, exp, now time.Time) (int, []nftables.SetElem
 	if p.Addr().Is6() {
 		i = 1
 	}
-	last := lastAddr(p)
+	last := LastAddr(p)
 	end := last.Next()
 	if !end.IsValid() || (i == 0 && !end.Is4()) {
 		return i, nil
@@ -373,16 +373,6 @@ func kernelElements(p netip.Prefix, exp, now time.Time) (int, []nftables.SetElem
 		{Key: p.Addr().AsSlice(), Timeout: ttl},
 		{Key: end.AsSlice(), IntervalEnd: true},
 	}
-}
-
-// lastAddr returns the last address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Addr().AsSlice()
-	for bit := p.Bits(); bit < len(b)*8; bit++ {
-		b[bit/8] |= 0x80 >> (bit % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // kernelCount reads the per-element counters and adds each prefix's new

@@ -244,21 +244,11 @@ func (a *Server) checkWidth(p netip.Prefix) error {
 	if p.Bits() >= widest {
 		return nil
 	}
-	covers := fmt.Sprintf("2^%d addresses, %s to %s", p.Addr().BitLen()-p.Bits(), p.Masked().Addr(), lastAddr(p))
+	covers := fmt.Sprintf("2^%d addresses, %s to %s", p.Addr().BitLen()-p.Bits(), p.Masked().Addr(), shield.LastAddr(p))
 	if p.Bits() == 0 {
 		covers = "every " + family + " address: the whole Internet"
 	}
 	return fmt.Errorf("%s would block %s; blocks wider than /%d need force (agua block -force)", p, covers, widest)
-}
-
-// lastAddr is the highest address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 func (a *Server) unban(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,7 @@
 package maildir
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,46 +10,64 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// committer runs the group commits until the queue is closed and every
-// delivery has its outcome. It takes whatever queued while the previous
-// commit ran, without waiting for more: waiting would only add latency, and
-// a single sender never has a companion to wait for.
-func (s *Store) committer() {
-	defer close(s.done)
-	batch := make([]*commit, 0, s.maxBatch)
-	for {
-		c, ok := <-s.queue
-		if !ok {
-			return
-		}
-		batch = append(batch, c)
-		s.take(&batch)
-		s.batches.Add(1)
-		s.committed.Add(int64(len(batch)))
-		if s.fsyncEach {
-			s.flushEach(batch)
-		} else {
-			s.step(batch)
-		}
-		clear(batch)
-		batch = batch[:0]
-	}
-}
+// errLead is sent to a waiting delivery instead of its outcome when it is
+// to lead the next group commit.
+var errLead = errors.New("maildir: lead the next commit")
 
-// take adds what is queued, up to maxBatch, to *batch without waiting. A
-// closed queue is noticed by the committer's next receive.
-func (s *Store) take(batch *[]*commit) {
-	for len(*batch) < s.maxBatch {
-		select {
-		case c, ok := <-s.queue:
-			if !ok {
-				return
-			}
-			*batch = append(*batch, c)
-		default:
-			return
+// commit makes c durable in a group commit and returns its outcome.
+//
+// The deliveries elect their committer among themselves (the leader/
+// follower scheme of LevelDB's write queue): a delivery that finds no
+// commit running leads one itself, on its own goroutine; deliveries that
+// arrive meanwhile queue and wait. When its commit is done the leader hands
+// the lead to the first waiting delivery, which commits everything that
+// queued (up to maxBatch) in the next one, without waiting for more:
+// waiting would only add latency, and a single sender never has a companion
+// to wait for. A lone delivery thus commits without waking any other
+// goroutine; before, handing each one to a committer goroutine and back
+// cost two goroutine switches per message, most of a lone sender's
+// scheduler time on a 2-core machine (BENCHMARKS.md, session 6).
+//
+// s.pending holds one entry per delivery waiting in Deliver, so it is
+// bounded by the deliveries running at once (the servers' session limits).
+func (s *Store) commit(c *commit) error {
+	s.cmu.Lock()
+	s.pending = append(s.pending, c)
+	if s.leading {
+		s.cmu.Unlock()
+		if err := <-c.err; err != errLead {
+			return err
 		}
+		s.cmu.Lock() // the previous leader left s.leading set for us
+	} else {
+		s.leading = true
 	}
+	// c is s.pending[0]: the lead goes to the first waiting delivery, and a
+	// new leader found the queue empty.
+	n := min(len(s.pending), s.maxBatch)
+	batch := append(s.batch[:0], s.pending[:n]...)
+	rest := copy(s.pending, s.pending[n:])
+	clear(s.pending[rest:])
+	s.pending = s.pending[:rest]
+	s.cmu.Unlock()
+
+	s.batches.Add(1)
+	s.committed.Add(int64(len(batch)))
+	if s.fsyncEach {
+		s.flushEach(batch)
+	} else {
+		s.step(batch)
+	}
+	clear(batch)
+	s.cmu.Lock()
+	s.batch = batch[:0]
+	if len(s.pending) > 0 {
+		s.pending[0].err <- errLead
+	} else {
+		s.leading = false
+	}
+	s.cmu.Unlock()
+	return <-c.err
 }
 
 // step is one syncfs-mode commit (doc.go, "Durability"):
@@ -116,6 +135,9 @@ func (c *commit) fail(s *Store, err error) {
 // folder sync fails gets the error, and any of its files already in new/
 // are removed again.
 func (s *Store) flushEach(batch []*commit) {
+	if s.beforeFlushEach != nil {
+		s.beforeFlushEach()
+	}
 	errs := make([]error, len(batch))
 	dirs := map[string][]int{} // new/ folder → deliveries with a file in it
 	for i, c := range batch {

@@ -21,10 +21,11 @@
 // # Durability
 //
 // Deliver returns nil only when every file of the delivery is complete on
-// disk and in new/. Each delivery writes its files into tmp/ and hands them
-// to one committer goroutine, which takes everything that queued while it
-// was busy (up to Options.MaxBatch deliveries, without waiting for more)
-// and commits the batch in three steps:
+// disk and in new/. Each delivery writes its files into tmp/ and queues
+// for a group commit. One delivery at a time commits, on its own
+// goroutine, everything that queued while the previous commit ran (up to
+// Options.MaxBatch deliveries, without waiting for more; commit.go), in
+// three steps:
 //
 //  1. syncfs(2) on each file system the batch wrote to (usually one; a
 //     domain folder may be a mount point): the data of every file of the

@@ -23,7 +23,7 @@ type mailbox struct {
 	// made is an open folder on the mailbox's file system (Store.fsFor)
 	// once its tmp/, new/ and cur/ exist, nil before and after Forget: read
 	// without the lock, so that a delivery does not wait for the
-	// committer's renames (which hold mu) to learn that they exist.
+	// group commit's renames (which hold mu) to learn that they exist.
 	made atomic.Pointer[os.File]
 
 	mu       sync.Mutex

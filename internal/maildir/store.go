@@ -73,6 +73,9 @@ type Store struct {
 	now      func() time.Time // for tests
 	// beforeSyncfs, if set, runs before each commit step's syncfs (tests).
 	beforeSyncfs func()
+	// beforeFlushEach, if set, runs before each FsyncEach-mode commit
+	// (tests).
+	beforeFlushEach func()
 	// beforeList and afterList, if set, run around each listing of a
 	// mailbox's folders for its usage, in the listing's goroutine (tests).
 	beforeList, afterList func(path string)
@@ -90,14 +93,22 @@ type Store struct {
 
 	folders folderTable // UID indexes of open folders (folder.go)
 
-	closeMu sync.RWMutex // held for reading while sending to queue
+	closeMu sync.RWMutex // held for reading while adding to inflight
 	closed  bool
+	// inflight counts the deliveries handed to commit, which Close waits
+	// for.
+	inflight sync.WaitGroup
 	// warmed is closed when warmUsage has listed every mailbox (or
 	// stopped at Close).
 	warmed chan struct{}
 	stop   atomic.Bool // Close was called: warmUsage stops
-	queue  chan *commit
-	done   chan struct{} // closed when the committer has drained queue
+
+	// The group commit (commit.go): the deliveries waiting for a commit,
+	// whether one is running, and the running one's batch.
+	cmu     sync.Mutex
+	pending []*commit
+	leading bool
+	batch   []*commit
 }
 
 // counter makes names unique among deliveries of this process in the same
@@ -155,8 +166,6 @@ func Open(root string, opts Options) (*Store, error) {
 		fsFDs:     map[uint64]*os.File{uint64(st.Dev): rootFD},
 		now:       time.Now,
 		mailboxes: map[string]*mailbox{},
-		queue:     make(chan *commit, maxBatch),
-		done:      make(chan struct{}),
 		warmed:    make(chan struct{}),
 	}
 	s.sweepTmp(exclusive)
@@ -168,7 +177,6 @@ func Open(root string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("maildir: locking %s: %w", lock.Name(), err)
 		}
 	}
-	go s.committer()
 	go s.warmUsage()
 	return s, nil
 }
@@ -195,18 +203,17 @@ func (s *Store) warmUsage() {
 	})
 }
 
-// Close waits for the pending commits and stops the committer. Deliver
-// fails with ErrClosed afterwards.
+// Close waits for the pending commits. Deliver fails with ErrClosed
+// afterwards.
 func (s *Store) Close() error {
 	s.closeMu.Lock()
 	first := !s.closed
 	if first {
 		s.closed = true
-		close(s.queue)
 	}
 	s.closeMu.Unlock()
 	s.stop.Store(true)
-	<-s.done
+	s.inflight.Wait()
 	<-s.warmed
 	if !first {
 		return nil
@@ -346,12 +353,14 @@ type file struct {
 	renamed bool
 }
 
-// commit is one delivery waiting for the committer. Commits are reused
-// (commits), with their files and channel: the committer is done with one
-// once it has sent the outcome.
+// commit is one delivery waiting for a group commit. Commits are reused
+// (commits), with their files and channel: the group commit is done with
+// one once it has sent the outcome.
 type commit struct {
 	files []file
-	err   chan error // receives the outcome once
+	// err receives the outcome once, and before it errLead when the
+	// delivery is to lead the next group commit (commit.go).
+	err chan error
 }
 
 var commits = sync.Pool{New: func() any { return &commit{err: make(chan error, 1)} }}
@@ -365,7 +374,7 @@ var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return
 // deduplicates), and returns when every file and directory entry is on
 // disk. If any recipient's quota does not allow the message (*QuotaError),
 // or anything fails, nothing is delivered to anyone. ctx is honoured until
-// the files are handed to the committer; after that Deliver waits for the
+// the files are handed to the group commit; after that Deliver waits for the
 // commit, which is short and cannot be undone halfway.
 func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (err error) {
 	if len(rcpts) == 0 {
@@ -389,7 +398,7 @@ func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (er
 	c := commits.Get().(*commit)
 	defer func() {
 		if err != nil {
-			// Files the committer renamed were removed and accounted by it.
+			// Files the group commit renamed were removed and accounted by it.
 			for i := range c.files {
 				f := &c.files[i]
 				if f.renamed {
@@ -426,17 +435,18 @@ func (s *Store) Deliver(ctx context.Context, msg Message, rcpts []Recipient) (er
 		}
 	}
 
-	// Hand the files to the committer and wait for the outcome. The
-	// committer removes whatever it renamed if the commit fails, and
+	// Hand the files to the group commit and wait for the outcome. The
+	// commit removes whatever it renamed if the commit fails, and
 	// accounts the bytes of what it commits.
 	s.closeMu.RLock()
 	if s.closed {
 		s.closeMu.RUnlock()
 		return ErrClosed
 	}
-	s.queue <- c
+	s.inflight.Add(1)
 	s.closeMu.RUnlock()
-	return <-c.err
+	defer s.inflight.Done()
+	return s.commit(c)
 }
 
 // writeTmp writes the recipient's prefix and the message to a new file in
@@ -500,7 +510,7 @@ func (s *Store) writeTmp(f *file, msg Message, r Recipient) (err error) {
 	}
 	// The data must be on disk before the rename can make it visible.
 	if !s.fsyncEach {
-		return nil // the committer's syncfs covers it
+		return nil // the group commit's syncfs covers it
 	}
 	if err := unix.Fsync(fd); err != nil {
 		return fmt.Errorf("maildir: syncing %s: %w", f.tmpPath, err)

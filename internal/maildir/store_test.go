@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -479,7 +480,7 @@ func TestDeliverToFolder(t *testing.T) {
 
 // In syncfs mode a batch costs one syncfs (doc.go), and a delivery is
 // acknowledged only after a syncfs that began once its file was written. A
-// first delivery holds the committer in its syncfs until 20 more have
+// first delivery holds its group commit in its syncfs until 20 more have
 // queued: two syncfs calls for the two batches, and when each begins, no
 // more deliveries have returned than there were files written (in tmp/ or
 // new/) when the previous one began.
@@ -504,7 +505,7 @@ func TestOneSyncfsPerBatch(t *testing.T) {
 		}
 	}
 	release := make(chan struct{})
-	s.beforeSyncfs = func() { // the committer's goroutine: no lock needed
+	s.beforeSyncfs = func() { // one group commit at a time: no lock needed
 		check(fmt.Sprintf("syncfs %d", len(atSyncfs)+1))
 		atSyncfs = append(atSyncfs, written())
 		if len(atSyncfs) == 1 {
@@ -524,7 +525,11 @@ func TestOneSyncfsPerBatch(t *testing.T) {
 	for range 20 {
 		go deliver(errs)
 	}
-	waitFor(t, func() bool { return len(s.queue) == 20 })
+	waitFor(t, func() bool {
+		s.cmu.Lock()
+		defer s.cmu.Unlock()
+		return len(s.pending) == 20
+	})
 	close(release)
 	for range 21 {
 		if err := <-errs; err != nil {
@@ -572,5 +577,35 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached in 20 s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A lone delivery commits on its own goroutine (commit.go): the syncfs runs
+// inside its Deliver call, with no goroutine woken to do it and to wake it
+// again.
+func TestLoneDeliveryCommitsItself(t *testing.T) {
+	s := openTest(t)
+	var stacks []string
+	hook := func() {
+		buf := make([]byte, 64<<10)
+		stacks = append(stacks, string(buf[:runtime.Stack(buf, false)]))
+	}
+	if testFsyncEach {
+		s.beforeFlushEach = hook
+	} else {
+		s.beforeSyncfs = hook
+	}
+	for range 3 {
+		if err := s.Deliver(context.Background(), message(body), []Recipient{rcpt("box@example.org", 1<<30)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(stacks) != 3 {
+		t.Fatalf("%d commits for 3 lone deliveries, want 3", len(stacks))
+	}
+	for _, st := range stacks {
+		if !strings.Contains(st, "maildir.(*Store).Deliver(") {
+			t.Fatalf("the commit ran on another goroutine than its delivery:\n%s", st)
+		}
 	}
 }

@@ -1,14 +1,17 @@
 package redisstore_test
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/agua-mail/agua/shield"
+	"github.com/agua-mail/agua/shield/redisstore"
 	"github.com/agua-mail/agua/shield/redisstore/redistest"
 )
 
@@ -94,4 +97,65 @@ func BenchmarkDecideCluster(b *testing.B) {
 		waitUntil(b, "node2 has the bans", func() bool { return len(n2.sh.Bans()) == 1000 })
 		run(b, n2.sh)
 	})
+}
+
+// BenchmarkRevokeNetwork revokes the known-good status of a /24 (256
+// addresses) among 100,000 known-good addresses, as every network ban
+// does; each revoked /24 is marked again outside the timer, so the index
+// keeps its size:
+//
+//	go test -run '^$' -bench RevokeNetwork -benchtime 200x ./shield/redisstore/
+func BenchmarkRevokeNetwork(b *testing.B) {
+	const total, nets = 100_000, 100_000 / 256
+	srv := redistest.Start(b)
+	open := func() *redisstore.Store {
+		st, err := redisstore.Open(redisstore.Options{URL: srv.URL(0), Capacity: 2 * total,
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { st.Close() })
+		return st
+	}
+	ctx := context.Background()
+	until := time.Now().Add(time.Hour)
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}) }
+	mark := func(st *redisstore.Store, from, to int) error {
+		for i := from; i < to; i++ {
+			if err := st.MarkKnownGood(ctx, addr(i), until); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Eight handles fill the index at once (each writes in order).
+	var wg sync.WaitGroup
+	for w := range 8 {
+		st := open()
+		wg.Go(func() {
+			if err := mark(st, w*total/8, (w+1)*total/8); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+	st := open()
+	b.ResetTimer()
+	for i := range b.N {
+		n := i % nets
+		if err := st.RevokeKnownGood(ctx, netip.PrefixFrom(addr(n*256), 24)); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if _, ok, _ := st.KnownGood(ctx, addr(n*256+7)); ok {
+			b.Fatalf("%s still known-good", addr(n*256+7))
+		}
+		if err := mark(st, n*256, (n+1)*256); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
 }

@@ -14,6 +14,7 @@
 //	offs             sorted set of offender prefixes, score = Expires
 //	kg:<addr>        known-good until (ms), expiring then
 //	kgs              sorted set of known-good addresses, score = until
+//	kgx              sorted set of the same addresses by address, score 0, member "4"|"6" + hex + "|" + addr (knowngood.go)
 //	lockdown         "1" while lockdown is on (no expiry)
 //	cnt:<name>:<subject>:<k>  shared behaviour counter of window k, expiring 2 windows after its last add
 //	nodes            hash: node name → last heartbeat (ms)
@@ -454,61 +455,6 @@ func (s *Store) Offender(ctx context.Context, p netip.Prefix) (shield.OffenderRe
 		return o, false, fmt.Errorf("shield redis store: offender %s: %w", p, err)
 	}
 	return o, s.opts.Now().Before(o.Expires), nil
-}
-
-// MarkKnownGood makes addr known-good until the given time.
-func (s *Store) MarkKnownGood(ctx context.Context, addr netip.Addr, until time.Time) error {
-	if !addr.IsValid() {
-		return errors.New("shield redis store: invalid address")
-	}
-	addr = addr.Unmap()
-	return s.putCapped(ctx, "kgs", "kg:", addr.String(), strconv.FormatInt(ms(until), 10), until,
-		shield.Change{Kind: shield.ChangeKnownGood, Addr: addr, Until: until})
-}
-
-// RevokeKnownGood takes known-good status from every address in p: one
-// key for a single address, a walk of the index for a wider prefix.
-func (s *Store) RevokeKnownGood(ctx context.Context, p netip.Prefix) error {
-	p = p.Masked()
-	msg := s.encode(shield.Change{Kind: shield.ChangeRevokeKnownGood, Prefix: p})
-	return s.write(ctx, func(ctx context.Context) error {
-		var gone []string
-		if p.IsSingleIP() {
-			gone = []string{p.Addr().Unmap().String()}
-		} else {
-			members, err := s.rdb.ZRange(ctx, s.key("kgs", ""), 0, -1).Result()
-			if err != nil {
-				return err
-			}
-			for _, m := range members {
-				if a, err := netip.ParseAddr(m); err == nil && p.Contains(a) {
-					gone = append(gone, m)
-				}
-			}
-		}
-		_, err := s.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, m := range gone {
-				pipe.Del(ctx, s.key("kg:", m))
-				pipe.ZRem(ctx, s.key("kgs", ""), m)
-			}
-			pipe.Publish(ctx, s.channel(), msg)
-			return nil
-		})
-		return err
-	})
-}
-
-// KnownGood returns until when addr is known-good, if it is.
-func (s *Store) KnownGood(ctx context.Context, addr netip.Addr) (time.Time, bool, error) {
-	v, err := s.rdb.Get(ctx, s.key("kg:", addr.Unmap().String())).Int64()
-	if errors.Is(err, redis.Nil) {
-		return time.Time{}, false, nil
-	}
-	if err != nil {
-		return time.Time{}, false, err
-	}
-	until := time.UnixMilli(v).UTC()
-	return until, s.opts.Now().Before(until), nil
 }
 
 // AddAccountFailure tells the other nodes of a failed login; nothing is
