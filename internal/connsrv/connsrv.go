@@ -35,6 +35,9 @@ type Tracker struct {
 	wg       sync.WaitGroup
 	sessions atomic.Int64
 	panics   atomic.Uint64
+	// abandoned counts credential checks cut short by the client's
+	// leaving (Frame.WhileVerifying).
+	abandoned atomic.Uint64
 }
 
 // New returns a tracker; name appears in its log lines ("smtp", "pop3").
@@ -180,6 +183,10 @@ func (t *Tracker) Panicked() { t.panics.Add(1) }
 
 // Panics returns how many sessions ended in a recovered panic.
 func (t *Tracker) Panics() uint64 { return t.panics.Load() }
+
+// Abandoned returns how many credential checks were cut short because
+// the client left while they waited (Frame.WhileVerifying).
+func (t *Tracker) Abandoned() uint64 { return t.abandoned.Load() }
 
 // IsTimeout reports a deadline error (including Shutdown's wake-up).
 func IsTimeout(err error) bool {

@@ -15,7 +15,10 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/agua-mail/agua/shield"
 )
@@ -209,6 +212,145 @@ func (f *Frame) FailedLogin(user string, delay time.Duration, accountDelay func(
 	}
 	f.Wait(delay)
 	return d
+}
+
+// ErrClientGone is the cause (context.Cause) of a credential check's
+// context that WhileVerifying ended because the client closed its
+// connection.
+var ErrClientGone = errors.New("the client closed the connection")
+
+// WhileVerifying watches the connection while the session checks
+// credentials, which may wait a long time for the password hasher in a
+// login flood: when the client closes its connection meanwhile, the
+// returned context (a child of Ctx) is cancelled, so that the departed
+// login gives up its place in the hasher's queue instead of costing an
+// argon2id computation for nobody while live clients wait.
+//
+// c is the session's connection (TLS, or the accepted one) and r the
+// session's reader of it. The watch consumes no byte: it peeks at the
+// socket beneath c (recv with MSG_PEEK). A client that has sent more (a
+// pipelined command, bytes already in r) is alive and is not watched
+// further, except in TLS, where the bytes may be the close_notify alert
+// a client sends before it closes (RFC 8446 6.1): there the client is
+// gone when its FIN follows them. A connection that is no socket
+// (net.Pipe in tests) is not watched.
+//
+// The caller calls end with the check's error once the check returns. end
+// stops the watch, leaving the connection's read deadline at the
+// session's (every read sets its own before reading), and reports whether
+// the check was abandoned: the client left and the check failed with the
+// cancellation. An abandoned check is no failed login (the shield is not
+// told, no delay): it is logged ("login abandoned", at debug) and counted
+// (Tracker.Abandoned), and the caller ends the session without a reply.
+func (f *Frame) WhileVerifying(c net.Conn, r *bufio.Reader) (ctx context.Context, end func(err error) (abandoned bool)) {
+	ctx, cancel := context.WithCancelCause(f.Ctx)
+	finish := func(err error) bool {
+		abandoned := errors.Is(err, context.Canceled) && errors.Is(context.Cause(ctx), ErrClientGone)
+		cancel(nil)
+		if abandoned {
+			f.t.abandoned.Add(1)
+			f.Log.Debug("login abandoned")
+		}
+		return abandoned
+	}
+	if r != nil && r.Buffered() > 0 {
+		return ctx, finish // the client has sent more: it was there a moment ago
+	}
+	sock, rc, inTLS := socketOf(c)
+	if rc == nil {
+		return ctx, finish
+	}
+	// The watch lasts the session at most, whatever the command timeout
+	// the session set for its last read.
+	sock.SetReadDeadline(f.Deadline)
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		if peerClosed(rc, inTLS) {
+			cancel(ErrClientGone)
+		}
+	}()
+	return ctx, func(err error) bool {
+		sock.SetReadDeadline(aLongTimeAgo) // wakes the watch
+		<-watching
+		sock.SetReadDeadline(f.Deadline)
+		return finish(err)
+	}
+}
+
+// aLongTimeAgo is a read deadline in the past: a read waiting for the
+// socket returns at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// socketOf is the socket beneath c (under TLS and the shield's wrappers)
+// and its raw access, or a nil RawConn when c is no socket; inTLS says a
+// TLS connection was on top.
+func socketOf(c net.Conn) (sock net.Conn, rc syscall.RawConn, inTLS bool) {
+	for range 8 {
+		if tc, ok := c.(*tls.Conn); ok {
+			c, inTLS = tc.NetConn(), true
+			continue
+		}
+		if sc, ok := c.(syscall.Conn); ok {
+			rc, err := sc.SyscallConn()
+			if err != nil {
+				return nil, nil, false
+			}
+			return c, rc, inTLS
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
+	return nil, nil, false
+}
+
+// TCP states (Linux include/net/tcp_states.h), as TCP_INFO gives them.
+const (
+	tcpClose     = 7
+	tcpCloseWait = 8 // the peer's FIN came (RFC 9293 3.3.2)
+)
+
+// maxDataWakes bounds how often a TLS watch looks again at bytes waiting
+// in the socket. Go's poller is edge-triggered, so each look follows new
+// bytes or the FIN: a handful covers a close_notify and the FIN behind it.
+const maxDataWakes = 8
+
+// peerClosed waits until the socket is readable and reports whether the
+// peer closed it (a FIN read as end of stream, or a reset). Data waiting
+// means the peer is alive, unless records (a TLS session) and the peer's
+// FIN came after the data; a read deadline that passes ends the watch.
+// The data stays in the socket for the session to read.
+func peerClosed(rc syscall.RawConn, records bool) bool {
+	var b [1]byte
+	closed, wakes := false, 0
+	err := rc.Read(func(fd uintptr) bool {
+		for {
+			n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false // nothing yet: the poller waits for the socket
+			case err != nil: // ECONNRESET, ETIMEDOUT...: the connection is gone
+				closed = true
+			case n == 0: // RFC 9293 3.6: the peer's FIN, end of its stream
+				closed = true
+			case records:
+				if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil &&
+					(info.State == tcpCloseWait || info.State == tcpClose) {
+					closed = true
+					return true
+				}
+				wakes++
+				return wakes > maxDataWakes // wait for more bytes, or the FIN
+			}
+			return true
+		}
+	})
+	return err == nil && closed
 }
 
 // clientAddr is the client's address: the shield's (after the PROXY

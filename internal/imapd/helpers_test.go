@@ -89,6 +89,12 @@ func onStores(t *testing.T, test func(*testing.T, *testServer)) {
 
 func startTestOn(t testing.TB, mutate func(*Config), hooks Hooks, inMemory bool) *testServer {
 	t.Helper()
+	return startTestAuth(t, mutate, hooks, inMemory, fakeAuth{})
+}
+
+// startTestAuth serves with auth checking the logins.
+func startTestAuth(t testing.TB, mutate func(*Config), hooks Hooks, inMemory bool, auth Authenticator) *testServer {
+	t.Helper()
 	cfg := Config{Hostname: "imap.example.test", TLS: testTLS(t), AllowInsecureAuthLoopback: true, IdlePoll: 50 * time.Millisecond}
 	if mutate != nil {
 		mutate(&cfg)
@@ -107,7 +113,7 @@ func startTestOn(t testing.TB, mutate func(*Config), hooks Hooks, inMemory bool)
 		}
 		ts.store, store = st, st.MailStore()
 	}
-	srv, err := NewServer(cfg, fakeAuth{}, store, hooks, log)
+	srv, err := NewServer(cfg, auth, store, hooks, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,9 +96,17 @@ func (s *session) Close() error {
 // Login checks credentials (LOGIN, and AUTHENTICATE PLAIN through the
 // engine), tells the shield, and creates the default folders at the first
 // login. A failed login is answered after AuthFailureDelay plus the
-// shield's per-account delay; a successful one never waits.
+// shield's per-account delay; a successful one never waits. A client that
+// leaves while the check waits for the password hasher gives up its place
+// in the queue (Frame.WhileVerifying).
 func (s *session) Login(user, pass string) error {
-	canonical, quota, err := s.srv.auth.Authenticate(s.ctx, user, pass)
+	ctx, end := s.conn.frame.WhileVerifying(s.conn.Conn, s.conn.in)
+	canonical, quota, err := s.srv.auth.Authenticate(ctx, user, pass)
+	if end(err) {
+		// The client left while its login waited: no one to answer.
+		s.conn.byeDecision(shield.Decision{Action: shield.Drop}, "")
+		return errSessionEnded
+	}
 	if err != nil && !errors.Is(err, ErrAuthFailed) {
 		s.log.Warn("imap auth temporary failure", "err", err)
 		return errTempAuth

@@ -1,6 +1,6 @@
 // Package metrics exposes agua's Prometheus metrics (prometheus/client_golang):
-// connections by listener and outcome, active sessions, authentications,
-// messages and bytes, delivery latency, the fair delivery queue, bans, rule
+// connections by listener and outcome, active sessions, authentications
+// (and logins abandoned by their clients while they waited), messages and bytes, delivery latency, the fair delivery queue, bans, rule
 // reloads and lockdown; and
 // the outbound side (outbound.go): queue size, held and oldest, deliveries by
 // result and destination, delivery latency, suspended accounts, limit hits.
@@ -105,6 +105,26 @@ func (c *gateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(gateGrantedDesc, prometheus.CounterValue, float64(st.GrantedRest), "stranger")
 	ch <- prometheus.MustNewConstMetric(gateGrantedDesc, prometheus.CounterValue, float64(st.GrantedRep), "repeat")
 	ch <- prometheus.MustNewConstMetric(gateWaitedDesc, prometheus.CounterValue, float64(st.Waited))
+}
+
+// AbandonedLogins exports the logins whose client left while the password
+// check waited for the hasher (by listener name, read at scrape time):
+// they cost no verification and count as no failure in agua_auth_total.
+func (m *Metrics) AbandonedLogins(counts func() map[string]int64) {
+	m.reg.MustRegister(&abandonedCollector{counts: counts})
+}
+
+var abandonedDesc = prometheus.NewDesc("agua_auth_abandoned_total",
+	"Logins whose client left while the password check waited for the hasher, by listener: no verification ran and no failure was counted.", []string{"listener"}, nil)
+
+type abandonedCollector struct{ counts func() map[string]int64 }
+
+func (c *abandonedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- abandonedDesc }
+
+func (c *abandonedCollector) Collect(ch chan<- prometheus.Metric) {
+	for l, n := range c.counts() {
+		ch <- prometheus.MustNewConstMetric(abandonedDesc, prometheus.CounterValue, float64(n), l)
+	}
 }
 
 // Refused counts a message refused after DATA.

@@ -90,9 +90,15 @@ func (ss *session) challenge() ([]byte, error) {
 // login checks credentials, tells the shield, and opens the maildrop.
 // A failed login is answered after AuthFailureDelay plus the shield's
 // per-account delay; a successful one never waits, so the real user is not
-// slowed by an attack on their account.
+// slowed by an attack on their account. A client that leaves while the
+// check waits for the password hasher gives up its place in the queue
+// (Frame.WhileVerifying).
 func (ss *session) login(user, pass string) error {
-	canonical, err := ss.srv.backend.Authenticate(ss.ctx, &ss.info, user, pass)
+	ctx, end := ss.frame.WhileVerifying(ss.conn, ss.r)
+	canonical, err := ss.srv.backend.Authenticate(ctx, &ss.info, user, pass)
+	if end(err) {
+		return errQuit // the client left while its login waited: no one to answer
+	}
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) && e.Temporary() {

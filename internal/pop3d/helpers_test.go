@@ -179,6 +179,12 @@ func startTest(t *testing.T, mutate func(*Config)) *testServer {
 
 func startTestHooks(t *testing.T, mutate func(*Config), hooks Hooks) *testServer {
 	t.Helper()
+	return startTestBackend(t, mutate, hooks, nil)
+}
+
+// startTestBackend serves the fake backend through wrap (nil: as it is).
+func startTestBackend(t *testing.T, mutate func(*Config), hooks Hooks, wrap func(*fakeBackend) Backend) *testServer {
+	t.Helper()
 	cfg := Config{Hostname: "pop.example.test", TLS: testTLS(t), AllowInsecureAuthLoopback: true, MaxErrors: 10}
 	if mutate != nil {
 		mutate(&cfg)
@@ -186,7 +192,11 @@ func startTestHooks(t *testing.T, mutate func(*Config), hooks Hooks) *testServer
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := newFakeBackend()
-	srv, err := NewServer(cfg, b, hooks, log)
+	var backend Backend = b
+	if wrap != nil {
+		backend = wrap(b)
+	}
+	srv, err := NewServer(cfg, backend, hooks, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -362,3 +362,26 @@ func TestFirstRoute(t *testing.T) {
 		t.Fatal("no map past seenScan recipients")
 	}
 }
+
+// cancelledAccounts fails every check as one cut short by its context does
+// (passwd.Hasher.Check while it queues for the hasher).
+type cancelledAccounts struct{ accounts.Lookup }
+
+func (cancelledAccounts) Authenticate(ctx context.Context, address, password string) (accounts.User, error) {
+	return accounts.User{}, fmt.Errorf("verifying a password: %w", context.Canceled)
+}
+
+// A check cut short by its context (the client left: connsrv's
+// WhileVerifying) stays a temporary failure that still says so, so that
+// the session tells it from a refusal and counts no failed login.
+func TestAuthenticateCancelled(t *testing.T) {
+	f := newFixture(t)
+	r, err := New(Config{Hostname: "mx.example.test", Accounts: cancelledAccounts{f.dir}, Local: NewLocal(f.store)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Authenticate(context.Background(), submission, "alice@example.test", "pw")
+	if !errors.Is(err, smtpd.ErrTempAuth) || !errors.Is(err, context.Canceled) {
+		t.Errorf("a cancelled check: %v, want ErrTempAuth wrapping context.Canceled", err)
+	}
+}

@@ -120,6 +120,30 @@ func httpReject(c net.Conn, d shield.Decision) {
 
 // sessionCounts reports running protocol sessions by listener name.
 func (s *Server) sessionCounts() map[string]int64 {
+	return s.perServer(func(srv any) (int64, bool) {
+		c, ok := srv.(interface{ Sessions() int64 })
+		if !ok {
+			return 0, false
+		}
+		return c.Sessions(), true
+	})
+}
+
+// abandonedLogins reports, by listener name, the logins whose client left
+// while the password check waited (connsrv.Frame.WhileVerifying).
+func (s *Server) abandonedLogins() map[string]int64 {
+	return s.perServer(func(srv any) (int64, bool) {
+		c, ok := srv.(interface{ Abandoned() uint64 })
+		if !ok {
+			return 0, false
+		}
+		return int64(c.Abandoned()), true
+	})
+}
+
+// perServer is figure of each protocol server, by the name of its first
+// listener (a server serving several listeners counts once).
+func (s *Server) perServer(figure func(srv any) (int64, bool)) map[string]int64 {
 	out := map[string]int64{}
 	seen := map[any]bool{}
 	for _, l := range s.listeners {
@@ -127,8 +151,8 @@ func (s *Server) sessionCounts() map[string]int64 {
 			continue
 		}
 		seen[l.srv] = true
-		if c, ok := l.srv.(interface{ Sessions() int64 }); ok {
-			out[l.name] += c.Sessions()
+		if n, ok := figure(l.srv); ok {
+			out[l.name] += n
 		}
 	}
 	return out

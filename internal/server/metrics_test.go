@@ -138,7 +138,7 @@ func TestAdminHTTPAndMetrics(t *testing.T) {
 	if metric(t, after, "agua_bans_active") < 1 {
 		t.Error("agua_bans_active is 0 with a ban in force")
 	}
-	for _, name := range []string{"agua_lockdown", "agua_rule_reloads_total", "agua_sessions_active", "agua_shield_rules", "agua_delivery_queue_waiting", "agua_delivery_queue_busy", "go_goroutines", "process_resident_memory_bytes"} {
+	for _, name := range []string{"agua_lockdown", "agua_rule_reloads_total", "agua_sessions_active", "agua_shield_rules", "agua_delivery_queue_waiting", "agua_delivery_queue_busy", "agua_auth_abandoned_total", "go_goroutines", "process_resident_memory_bytes"} {
 		if !regexp.MustCompile(`(?m)^` + name + `[{ ]`).MatchString(after) {
 			t.Errorf("metric %s missing", name)
 		}

@@ -199,6 +199,7 @@ func (s *Server) open(out io.Writer) (err error) {
 		return err
 	}
 	s.metrics = metrics.New(s.shield, s.sessionCounts)
+	s.metrics.AbandonedLogins(s.abandonedLogins)
 	if err := s.openSendLimits(); err != nil {
 		return err
 	}

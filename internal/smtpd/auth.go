@@ -39,7 +39,13 @@ func (ss *session) cmdAUTH(arg string) error {
 	}
 	// The backend returns a temporary *Error for its own failures; any other
 	// error means the credentials were refused.
-	canonical, err := ss.srv.backend.Authenticate(ss.ctx, &ss.info, user, pass)
+	// A client that leaves while the check waits for the password hasher
+	// gives up its place in the queue (Frame.WhileVerifying).
+	ctx, end := ss.frame.WhileVerifying(ss.conn, ss.r)
+	canonical, err := ss.srv.backend.Authenticate(ctx, &ss.info, user, pass)
+	if end(err) {
+		return errQuit // no one to answer
+	}
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) && e.Temporary() {

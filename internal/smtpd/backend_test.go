@@ -17,6 +17,7 @@ type memBackend struct {
 	users     map[string]bool                        // local mailboxes; nil: every address at example.test exists
 	failBody  error                                  // returned by Body when set
 	onRcpt    func(ctx context.Context, rcpt string) // called first by AddRcpt when set
+	onAuth    func(ctx context.Context) error        // called first by Authenticate when set; its error is returned
 	delivered []memMessage
 	aborted   int
 	open      int // transactions started and not yet ended
@@ -35,6 +36,11 @@ var testAccounts = map[string]string{
 }
 
 func (b *memBackend) Authenticate(ctx context.Context, s *Session, user, pass string) (string, error) {
+	if b.onAuth != nil {
+		if err := b.onAuth(ctx); err != nil {
+			return "", err
+		}
+	}
 	if p, ok := testAccounts[strings.ToLower(user)]; ok && p == pass {
 		return strings.ToLower(user), nil
 	}
