@@ -144,6 +144,9 @@ func cmdBans(e *env) error {
 		return err
 	}
 	if *asJSON {
+		if bans == nil {
+			bans = []shield.BanInfo{} // [], not null: scripts iterate over it
+		}
 		return printJSON(e, bans)
 	}
 	if stopped {

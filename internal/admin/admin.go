@@ -174,7 +174,11 @@ func describeRuleFiles(files []shield.RuleFile) string {
 }
 
 func (a *Server) bans(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, a.Shield.Bans())
+	bans := a.Shield.Bans()
+	if bans == nil {
+		bans = []shield.BanInfo{} // [], not null, as the other lists: scripts iterate over it
+	}
+	writeJSON(w, http.StatusOK, bans)
 }
 
 // ParsePrefix accepts "192.0.2.7", "192.0.2.0/24", "2001:db8::/32".

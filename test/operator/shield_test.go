@@ -173,3 +173,35 @@ func TestTopRatesAndBansWhenStopped(t *testing.T) {
 		t.Errorf("attack report on the operator's blocks:\n%s", out)
 	}
 }
+
+// agua bans -json and GET /v1/bans give an empty JSON list when there is
+// no ban, running or stopped, as agua queue list -json and GET
+// /v1/suspensions do: a script's `jq '.[]'` works on it. They printed
+// null, on which jq fails ("Cannot iterate over null").
+func TestBansJSONEmptyIsAList(t *testing.T) {
+	srv := harness.New(t, harness.Options{})
+	srv.Start(t)
+	isEmptyList := func(what, out string) {
+		t.Helper()
+		var v []json.RawMessage
+		if err := json.Unmarshal([]byte(out), &v); err != nil || v == nil || len(v) != 0 {
+			t.Errorf("%s: %q, want []", what, out)
+		}
+	}
+	isEmptyList("bans -json", srv.Agua(t, "", "bans", "-json"))
+	token, err := os.ReadFile(filepath.Join(srv.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+srv.Admin+"/v1/bans", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	isEmptyList("GET /v1/bans", string(body))
+	srv.Stop(t)
+	isEmptyList("bans -json while stopped", srv.Agua(t, "", "bans", "-json"))
+}
