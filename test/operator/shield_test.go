@@ -91,20 +91,9 @@ func TestBlockWidthAndAllowlistedTalkers(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	token, err := os.ReadFile(filepath.Join(srv.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		req, _ := http.NewRequest("GET", "http://"+srv.Admin+"/v1/live", nil)
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		body := adminGet(t, srv, "/v1/live")
 		var live struct {
 			Top []struct {
 				Prefix string `json:"prefix"`
@@ -189,19 +178,29 @@ func TestBansJSONEmptyIsAList(t *testing.T) {
 		}
 	}
 	isEmptyList("bans -json", srv.Agua(t, "", "bans", "-json"))
+	isEmptyList("GET /v1/bans", string(adminGet(t, srv, "/v1/bans")))
+	srv.Stop(t)
+	isEmptyList("bans -json while stopped", srv.Agua(t, "", "bans", "-json"))
+}
+
+// adminGet is the body of GET path on srv's admin HTTP listener, with the
+// token of its data folder.
+func adminGet(t *testing.T, srv *harness.Server, path string) []byte {
+	t.Helper()
 	token, err := os.ReadFile(filepath.Join(srv.DataDir, "admin.token"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("GET", "http://"+srv.Admin+"/v1/bans", nil)
+	req, _ := http.NewRequest("GET", "http://"+srv.Admin+path, nil)
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	isEmptyList("GET /v1/bans", string(body))
-	srv.Stop(t)
-	isEmptyList("bans -json while stopped", srv.Agua(t, "", "bans", "-json"))
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }
