@@ -232,6 +232,12 @@ func (a *Server) ban(w http.ResponseWriter, r *http.Request) {
 	if reason == "" {
 		reason = "manual"
 	}
+	if err := a.Shield.CanBan(p); err != nil {
+		// "prefix is allowlisted" alone left the operator to find which
+		// address and why; agua why names the rule.
+		fail(w, http.StatusConflict, "cannot block %s: %v: it is never refused, limited or banned (`agua why %s` names the rule)", p, err, p.Addr())
+		return
+	}
 	if err := a.Shield.Ban(p, ttl, reason, act); err != nil {
 		fail(w, http.StatusConflict, "%v", err)
 		return

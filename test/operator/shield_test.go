@@ -75,6 +75,12 @@ func TestBlockWidthAndAllowlistedTalkers(t *testing.T) {
 			t.Errorf("block %s: %v\n%s", tc.prefix, err, out)
 		}
 	}
+	// An allowlisted address: the refusal names it and the way to its
+	// rule. It said only "prefix is allowlisted".
+	if out, err := srv.TryAgua("", "block", "127.0.0.1"); err == nil ||
+		!strings.Contains(out, "cannot block 127.0.0.1/32: prefix is allowlisted: it is never refused, limited or banned (`agua why 127.0.0.1` names the rule)") {
+		t.Errorf("block 127.0.0.1: %v\n%s", err, out)
+	}
 	if out := srv.Agua(t, "", "bans"); !strings.Contains(out, "no bans") {
 		t.Fatalf("a refused block was applied:\n%s", out)
 	}
