@@ -294,6 +294,12 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 	}
 	x := a.Shield.Why(ip.Unmap())
 	res := WhyResult{Explanation: x, Limits: configView(reflect.ValueOf(x.Limits))}
+	for ev, th := range x.Counters.Thresholds {
+		if res.Thresholds == nil {
+			res.Thresholds = map[string]WhyThreshold{}
+		}
+		res.Thresholds[ev] = WhyThreshold{Count: th.Count, Window: th.Window.String(), DryRun: th.DryRun}
+	}
 	if a.DNSBL != nil {
 		res.DNSBL = a.DNSBL(r.Context(), ip.Unmap())
 	}
@@ -306,7 +312,17 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 type WhyResult struct {
 	shield.Explanation
 	Limits map[string]any `json:"limits"`
-	DNSBL  *dnsbl.Result  `json:"dnsbl,omitempty"` // each list's answer and the score; nil without [dnsbl] lists
+	// Thresholds are the [shield.thresholds] of the events counted
+	// against the address (counters.events): how near it is to a ban.
+	Thresholds map[string]WhyThreshold `json:"thresholds,omitempty"`
+	DNSBL      *dnsbl.Result           `json:"dnsbl,omitempty"` // each list's answer and the score; nil without [dnsbl] lists
+}
+
+// WhyThreshold is a behaviour threshold as the config writes it.
+type WhyThreshold struct {
+	Count  int    `json:"count"`
+	Window string `json:"window"`
+	DryRun bool   `json:"dry_run,omitempty"`
 }
 
 // configView renders a config struct as its TOML keys and values, with

@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -209,4 +210,48 @@ func adminGet(t *testing.T, srv *harness.Server, path string) []byte {
 		t.Fatal(err)
 	}
 	return body
+}
+
+// agua why says how near an address is to a behaviour ban: each event
+// counted against it with its threshold, and why -json has the
+// thresholds under their config names. It said "auth_failure = 1 in the
+// current window", without the window or the count that bans.
+func TestWhyShowsThresholds(t *testing.T) {
+	srv := harness.New(t, harness.Options{})
+	srv.Start(t)
+	srv.AddUser(t, "alice@example.test", "a long secret")
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 12, 0, 1)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", srv.POP3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(c)
+	for _, cmd := range []string{"", "USER alice@example.test", "PASS wrong"} {
+		if cmd != "" {
+			fmt.Fprintf(c, "%s\r\n", cmd)
+		}
+		if l, err := r.ReadString('\n'); err != nil {
+			t.Fatalf("%q: %v", cmd, err)
+		} else if cmd == "PASS wrong" && !strings.HasPrefix(l, "-ERR [AUTH]") {
+			t.Fatalf("PASS wrong: %q", l)
+		}
+	}
+	out := srv.Agua(t, "", "why", "127.12.0.1")
+	if !strings.Contains(out, "events:    auth_failure = 1 within 10m0s (10 ban the address)") {
+		t.Errorf("why after a failed login:\n%s", out)
+	}
+	var why struct {
+		Thresholds map[string]struct {
+			Count  int    `json:"count"`
+			Window string `json:"window"`
+		} `json:"thresholds"`
+	}
+	if err := json.Unmarshal([]byte(srv.Agua(t, "", "why", "127.12.0.1", "-json")), &why); err != nil {
+		t.Fatal(err)
+	}
+	if th := why.Thresholds["auth_failure"]; th.Count != 10 || th.Window != "10m0s" {
+		t.Errorf("why -json thresholds: %+v", why.Thresholds)
+	}
 }
