@@ -676,6 +676,10 @@ func summarize(p netip.Prefix, recs []histRec, bans []BanEvent) AddrHistory {
 		if len(evs) > 0 {
 			lines = append(lines, line{r.first, fmt.Sprintf("%s shield reported addr=%s %s", ts, whereString(p), strings.Join(evs, " "))})
 		}
+		var lastTS string
+		if len(r.refused) > 0 {
+			lastTS = time.Unix(0, r.last).UTC().Format(time.RFC3339)
+		}
 		for _, rc := range r.refused {
 			k := rc
 			k.n = 0
@@ -687,7 +691,11 @@ func summarize(p netip.Prefix, recs []histRec, bans []BanEvent) AddrHistory {
 			if rc.dryRun {
 				msg = "shield would block"
 			}
-			lines = append(lines, line{r.first, fmt.Sprintf("%s %s addr=%s count=%d source=%s action=%s", ts, msg, whereString(p), rc.n, rc.source, rc.action)})
+			// Stamped with the record's last activity, as the aggregated
+			// log line is written after the refusals it counts: a ban
+			// earned in the same minute comes before the refusals it
+			// caused, not after.
+			lines = append(lines, line{r.last, fmt.Sprintf("%s %s addr=%s count=%d source=%s action=%s", lastTS, msg, whereString(p), rc.n, rc.source, rc.action)})
 		}
 	}
 	for _, k := range order {

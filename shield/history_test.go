@@ -300,3 +300,47 @@ func TestHistoryNamesABotnet(t *testing.T) {
 		t.Errorf("%d log lines", lines)
 	}
 }
+
+// An address's evidence tells its story in order within a minute: the
+// failed logins, the ban they earned, then the connections refused for
+// it. The refusals of a minute's record were stamped with the minute's
+// first activity, so an abuse report read "shield denied ...
+// source=ban:auth_failure" before the "shield ban" that caused it.
+func TestHistoryEvidenceInOrder(t *testing.T) {
+	cfg := testConfig()
+	h := newHarness(t, cfg, Options{StateDir: t.TempDir()})
+	srv := startServer(t, h.s, ListenerConfig{Name: "smtp", Reject: replyReject})
+	start := h.clock.Now().Truncate(time.Minute)
+	h.clock.Advance(start.Add(5 * time.Second).Sub(h.clock.Now())) // 5 s into a minute
+	bad := dialFrom(t, srv.addr, "127.0.8.1")
+	bad.expect("220")
+	n := cfg.Thresholds["auth_failure"].Count
+	for range n - 1 {
+		bad.cmd("AUTH bob wrong")
+	}
+	h.clock.Advance(10 * time.Second)
+	if l := bad.cmd("AUTH bob wrong"); !strings.HasPrefix(l, "554") {
+		t.Fatalf("the last failure was answered %q, want the ban's 554", l)
+	}
+	h.clock.Advance(10 * time.Second)
+	dialAndClose(t, srv.addr, "127.0.8.1", 2)
+	eventually(t, "the banned client refused", func() bool { return h.s.Stats().Listeners["smtp"].Rejected == 2 })
+
+	var ev []string
+	for _, a := range h.s.History(start) {
+		if a.Addr == netip.MustParsePrefix("127.0.8.1/32") {
+			ev = a.Evidence
+		}
+	}
+	var order []string
+	for _, l := range ev {
+		for _, what := range []string{"shield reported", "shield ban", "shield denied"} {
+			if strings.Contains(l, what) {
+				order = append(order, what)
+			}
+		}
+	}
+	if strings.Join(order, ", ") != "shield reported, shield ban, shield denied" {
+		t.Errorf("evidence out of order:\n%s", strings.Join(ev, "\n"))
+	}
+}

@@ -24,6 +24,10 @@ type Counters struct {
 	IPTokens     float64          `json:"ip_tokens"`
 	PrefixTokens float64          `json:"prefix_tokens"`
 	Events       map[string]int32 `json:"events,omitempty"` // event counts inside their threshold windows
+	// Thresholds are the thresholds of the events in Events: Count of
+	// them within Window ban the address (agua's admin API writes them
+	// under their config names).
+	Thresholds map[string]Threshold `json:"-"`
 }
 
 // Explanation says why the shield treats an address the way it does.
@@ -74,8 +78,10 @@ func (s *Shield) Why(addr netip.Addr) Explanation {
 			if n := w.current(ns, r.th.Window.Nanoseconds()); n > 0 {
 				if e.Counters.Events == nil {
 					e.Counters.Events = make(map[string]int32)
+					e.Counters.Thresholds = make(map[string]Threshold)
 				}
 				e.Counters.Events[ev.String()] = n
+				e.Counters.Thresholds[ev.String()] = r.th
 			}
 		})
 	})

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -144,6 +146,9 @@ func cmdBans(e *env) error {
 		return err
 	}
 	if *asJSON {
+		if bans == nil {
+			bans = []shield.BanInfo{} // [], not null: scripts iterate over it
+		}
 		return printJSON(e, bans)
 	}
 	if stopped {
@@ -229,8 +234,17 @@ func formatWhy(x admin.WhyResult) string {
 	c := x.Counters
 	fmt.Fprintf(&b, "  counters:  %d conn(s) from this address, %d from %s; rate tokens left %.1f (address), %.1f (prefix)\n",
 		c.IPConns, c.PrefixConns, c.Prefix, c.IPTokens, c.PrefixTokens)
-	for ev, n := range c.Events {
-		fmt.Fprintf(&b, "  events:    %s = %d in the current window\n", ev, n)
+	for _, ev := range slices.Sorted(maps.Keys(c.Events)) {
+		n := c.Events[ev]
+		th, ok := x.Thresholds[ev]
+		switch {
+		case !ok: // a server without thresholds in its answer
+			fmt.Fprintf(&b, "  events:    %s = %d in the current window\n", ev, n)
+		case th.DryRun:
+			fmt.Fprintf(&b, "  events:    %s = %d within %s (dry run: %d would ban)\n", ev, n, th.Window, th.Count)
+		default:
+			fmt.Fprintf(&b, "  events:    %s = %d within %s (%d ban the address)\n", ev, n, th.Window, th.Count)
+		}
 	}
 	formatReputation(&b, &x.Reputation)
 	if d := x.DNSBL; d != nil {

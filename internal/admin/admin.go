@@ -174,7 +174,11 @@ func describeRuleFiles(files []shield.RuleFile) string {
 }
 
 func (a *Server) bans(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, a.Shield.Bans())
+	bans := a.Shield.Bans()
+	if bans == nil {
+		bans = []shield.BanInfo{} // [], not null, as the other lists: scripts iterate over it
+	}
+	writeJSON(w, http.StatusOK, bans)
 }
 
 // ParsePrefix accepts "192.0.2.7", "192.0.2.0/24", "2001:db8::/32".
@@ -227,6 +231,12 @@ func (a *Server) ban(w http.ResponseWriter, r *http.Request) {
 	reason := req.Reason
 	if reason == "" {
 		reason = "manual"
+	}
+	if err := a.Shield.CanBan(p); err != nil {
+		// "prefix is allowlisted" alone left the operator to find which
+		// address and why; agua why names the rule.
+		fail(w, http.StatusConflict, "cannot block %s: %v: it is never refused, limited or banned (`agua why %s` names the rule)", p, err, p.Addr())
+		return
 	}
 	if err := a.Shield.Ban(p, ttl, reason, act); err != nil {
 		fail(w, http.StatusConflict, "%v", err)
@@ -284,6 +294,12 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 	}
 	x := a.Shield.Why(ip.Unmap())
 	res := WhyResult{Explanation: x, Limits: configView(reflect.ValueOf(x.Limits))}
+	for ev, th := range x.Counters.Thresholds {
+		if res.Thresholds == nil {
+			res.Thresholds = map[string]WhyThreshold{}
+		}
+		res.Thresholds[ev] = WhyThreshold{Count: th.Count, Window: th.Window.String(), DryRun: th.DryRun}
+	}
 	if a.DNSBL != nil {
 		res.DNSBL = a.DNSBL(r.Context(), ip.Unmap())
 	}
@@ -296,7 +312,17 @@ func (a *Server) why(w http.ResponseWriter, r *http.Request) {
 type WhyResult struct {
 	shield.Explanation
 	Limits map[string]any `json:"limits"`
-	DNSBL  *dnsbl.Result  `json:"dnsbl,omitempty"` // each list's answer and the score; nil without [dnsbl] lists
+	// Thresholds are the [shield.thresholds] of the events counted
+	// against the address (counters.events): how near it is to a ban.
+	Thresholds map[string]WhyThreshold `json:"thresholds,omitempty"`
+	DNSBL      *dnsbl.Result           `json:"dnsbl,omitempty"` // each list's answer and the score; nil without [dnsbl] lists
+}
+
+// WhyThreshold is a behaviour threshold as the config writes it.
+type WhyThreshold struct {
+	Count  int    `json:"count"`
+	Window string `json:"window"`
+	DryRun bool   `json:"dry_run,omitempty"`
 }
 
 // configView renders a config struct as its TOML keys and values, with

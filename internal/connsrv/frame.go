@@ -238,20 +238,32 @@ var ErrClientGone = errors.New("the client closed the connection")
 // The caller calls end with the check's error once the check returns. end
 // stops the watch, leaving the connection's read deadline at the
 // session's (every read sets its own before reading), and reports whether
-// the check was abandoned: the client left and the check failed with the
-// cancellation. An abandoned check is no failed login (the shield is not
-// told, no delay): it is logged ("login abandoned", at debug) and counted
-// (Tracker.Abandoned), and the caller ends the session without a reply.
-func (f *Frame) WhileVerifying(c net.Conn, r *bufio.Reader) (ctx context.Context, end func(err error) (abandoned bool)) {
+// the session is over: the check failed with the cancellation because the
+// client left (the check was abandoned) or because the session ended
+// meanwhile (a shield kick: a ban, a rule, lockdown, closed the socket).
+// Neither is a failed login (the shield is not told, no delay) nor a
+// failure of the server (no warning with the cancelled query's error:
+// "postgresql unavailable: ... context canceled" said the database was
+// down when a ban had closed the session). An abandoned check is logged
+// ("login abandoned", at debug) and counted (Tracker.Abandoned); one cut
+// short by the session's end is logged ("login cut short: session
+// ended", at debug). Either way the caller ends the session without a
+// reply.
+func (f *Frame) WhileVerifying(c net.Conn, r *bufio.Reader) (ctx context.Context, end func(err error) (over bool)) {
 	ctx, cancel := context.WithCancelCause(f.Ctx)
 	finish := func(err error) bool {
-		abandoned := errors.Is(err, context.Canceled) && errors.Is(context.Cause(ctx), ErrClientGone)
+		cancelled := errors.Is(err, context.Canceled)
+		abandoned := cancelled && errors.Is(context.Cause(ctx), ErrClientGone)
+		ended := cancelled && !abandoned && f.Ctx.Err() != nil
 		cancel(nil)
-		if abandoned {
+		switch {
+		case abandoned:
 			f.t.abandoned.Add(1)
 			f.Log.Debug("login abandoned")
+		case ended:
+			f.Log.Debug("login cut short: session ended")
 		}
-		return abandoned
+		return abandoned || ended
 	}
 	if r != nil && r.Buffered() > 0 {
 		return ctx, finish // the client has sent more: it was there a moment ago

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -78,6 +79,27 @@ func TestWhileVerifyingClientGone(t *testing.T) {
 				t.Error("the session's context ended")
 			}
 		})
+	}
+}
+
+// A check cancelled because the session ended meanwhile (a shield kick
+// cancels the session's context) reports the session over, so that the
+// caller ends it without a reply and without taking the cancelled check
+// for a failure of the server; it is not counted as abandoned: the client
+// did not leave. The old end reported false, and the sessions answered a
+// temporary failure and logged the cancelled query's error at warn.
+func TestWhileVerifyingSessionEnded(t *testing.T) {
+	tr := New("test", slog.New(slog.DiscardHandler))
+	_, server := tcpPair(t)
+	fr := tr.Open(server, "pop3", time.Hour)
+	ctx, end := fr.WhileVerifying(server, bufio.NewReader(server))
+	fr.End() // what a shield kick does to the session's context
+	waitDone(t, ctx, "session end")
+	if !end(fmt.Errorf("reading user: %w", ctx.Err())) {
+		t.Error("end did not report the session over")
+	}
+	if tr.Abandoned() != 0 {
+		t.Errorf("abandoned checks counted: %d, want 0", tr.Abandoned())
 	}
 }
 

@@ -103,7 +103,8 @@ func (s *session) Login(user, pass string) error {
 	ctx, end := s.conn.frame.WhileVerifying(s.conn.Conn, s.conn.in)
 	canonical, quota, err := s.srv.auth.Authenticate(ctx, user, pass)
 	if end(err) {
-		// The client left while its login waited: no one to answer.
+		// The client left, or the shield closed the session, while its
+		// login waited: no one to answer.
 		s.conn.byeDecision(shield.Decision{Action: shield.Drop}, "")
 		return errSessionEnded
 	}

@@ -210,6 +210,19 @@ func (s *Store) CreateDefaultFolders(mailbox string, names []string) error {
 	return syncDir(filepath.Dir(marker))
 }
 
+// DefaultFoldersMade reports whether CreateDefaultFolders has run for
+// mailbox (its marker file exists).
+func (s *Store) DefaultFoldersMade(mailbox string) (bool, error) {
+	_, err := os.Stat(filepath.Join(s.MaildirPath(mailbox), defaultFoldersMarker))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("maildir: %w", err)
+}
+
 // FolderUsage returns the bytes and messages in every folder of mailbox,
 // INBOX and Maildir++ folders together (Usage counts INBOX only, which is
 // what SMTP's quota check has always done).

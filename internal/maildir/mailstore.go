@@ -21,8 +21,9 @@ func (s *Store) MailStore() mailstore.Store { return mailStore{s} }
 type mailStore struct{ s *Store }
 
 var (
-	_ mailstore.Store  = mailStore{}
-	_ mailstore.Folder = (*mailFolder)(nil)
+	_ mailstore.Store          = mailStore{}
+	_ mailstore.DefaultsKeeper = mailStore{}
+	_ mailstore.Folder         = (*mailFolder)(nil)
 )
 
 func (m mailStore) Folder(_ context.Context, user, name string) (mailstore.Folder, error) {
@@ -51,6 +52,11 @@ func (m mailStore) ListFolders(_ context.Context, user string) ([]string, error)
 
 func (m mailStore) CreateDefaultFolders(_ context.Context, user string, names []string) error {
 	return m.s.CreateDefaultFolders(user, names)
+}
+
+// DefaultFoldersMade is mailstore.DefaultsKeeper: the marker file.
+func (m mailStore) DefaultFoldersMade(_ context.Context, user string) (bool, error) {
+	return m.s.DefaultFoldersMade(user)
 }
 
 func (m mailStore) Usage(_ context.Context, user string) (int64, error) {

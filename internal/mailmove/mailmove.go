@@ -161,6 +161,18 @@ func Move(ctx context.Context, src, dst mailstore.Store, opts Options) (Report, 
 	for u := range done {
 		// The user's folders are the source's: the server must not add
 		// its default folders (Sent, Junk...) the user may have deleted.
+		// A user who never got them (never logged in over IMAP: a new
+		// user, a POP3 user) gets them at the next login, as before the
+		// move.
+		if dk, ok := src.(mailstore.DefaultsKeeper); ok {
+			made, err := dk.DefaultFoldersMade(ctx, u)
+			if err != nil {
+				return m.rep, fmt.Errorf("mailmove: %s: %w", u, err)
+			}
+			if !made {
+				continue
+			}
+		}
 		if err := dst.CreateDefaultFolders(ctx, u, nil); err != nil {
 			return m.rep, fmt.Errorf("mailmove: %s: %w", u, err)
 		}

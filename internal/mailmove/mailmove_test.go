@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -313,5 +314,51 @@ func TestPrinter(t *testing.T) {
 	if !strings.HasPrefix(out, "\r\x1b[K["+strings.Repeat("#", 15)+strings.Repeat(".", 15)+"] 1/2 messages") ||
 		!strings.Contains(out, "\r\x1b[K["+strings.Repeat("#", 30)+"] 2/2 messages") || !strings.HasSuffix(out, "\n") {
 		t.Fatalf("progress bar: %q", out)
+	}
+}
+
+// A move carries over whether the user got the default folders: one who
+// never logged in over IMAP (a user added just before the move, as the
+// README's cluster walkthrough does, or a POP3 user) gets Sent, Trash...
+// at the first login after it, as the source would have made them; one
+// who got them and deleted one keeps it deleted. The old move marked
+// every user's defaults as made, so a user who never logged in had only
+// INBOX on PostgreSQL, for good.
+func TestMoveCarriesDefaultFolders(t *testing.T) {
+	defaults := []string{"Sent", "Trash"}
+	for _, tc := range []struct {
+		name  string
+		login bool // the user got the defaults and deleted Trash before the move
+		want  []string
+	}{
+		{"never logged in", false, []string{"Sent", "Trash"}},
+		{"logged in, deleted Trash", true, []string{"Sent"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			fillMaildir(t, root, 3)
+			src := openMaildir(t, root)
+			if tc.login {
+				must(t, src.CreateDefaultFolders(ctx, user, defaults))
+				must(t, src.DeleteFolder(ctx, user, "Trash"))
+			}
+			dst := memstore.Open(memstore.NewData())
+			_, err := mailmove.Move(ctx, src, dst, mailmove.Options{Users: []string{user}})
+			must(t, err)
+			must(t, dst.CreateDefaultFolders(ctx, user, defaults)) // the first IMAP login after the move
+			names, err := dst.ListFolders(ctx, user)
+			must(t, err)
+			if !slices.Equal(names, tc.want) {
+				t.Errorf("folders after the first login on the target: %q, want %q", names, tc.want)
+			}
+			// And back: the target's state is carried to a Maildir.
+			back := openMaildir(t, t.TempDir())
+			_, err = mailmove.Move(ctx, dst, back, mailmove.Options{Users: []string{user}})
+			must(t, err)
+			made, err := back.(mailstore.DefaultsKeeper).DefaultFoldersMade(ctx, user)
+			if err != nil || !made {
+				t.Errorf("moved back: defaults made %v, %v; want true", made, err)
+			}
+		})
 	}
 }

@@ -194,6 +194,18 @@ type UIDKeeper interface {
 	AppendUID(r io.Reader, size int64, uid uint32, flags string, date time.Time) error
 }
 
+// DefaultsKeeper is a Store that says whether CreateDefaultFolders has
+// run for a user, so that a move between stores (agua migrate) carries
+// that over: a user who never logged in over IMAP still gets Sent, Drafts,
+// Trash and Junk at the first login after the move, and one who deleted
+// some keeps them deleted. Every backend implements it; the conformance
+// suite checks it.
+type DefaultsKeeper interface {
+	// DefaultFoldersMade reports whether CreateDefaultFolders has run for
+	// user (false for a user the store has never seen).
+	DefaultFoldersMade(ctx context.Context, user string) (bool, error)
+}
+
 // ErrBadUID: AppendUID was given a UID not above every UID of the folder.
 var ErrBadUID = errors.New("uid not above the folder's uids")
 

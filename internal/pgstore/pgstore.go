@@ -112,7 +112,10 @@ type Store struct {
 	wg      sync.WaitGroup // committers
 }
 
-var _ mailstore.Store = (*Store)(nil)
+var (
+	_ mailstore.Store          = (*Store)(nil)
+	_ mailstore.DefaultsKeeper = (*Store)(nil)
+)
 
 // Open returns the store on pool, whose database must have Migrations
 // applied, and starts its committers and change listener. It does not
@@ -464,6 +467,22 @@ func (s *Store) ListFolders(ctx context.Context, user string) ([]string, error) 
 	}
 	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	return names, dbErr("listing folders", err)
+}
+
+// DefaultFoldersMade is mailstore.DefaultsKeeper: mail_users.defaults_made
+// (false for a user without a row).
+func (s *Store) DefaultFoldersMade(ctx context.Context, user string) (bool, error) {
+	if err := validUser(user); err != nil {
+		return false, err
+	}
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	var made bool
+	err := s.pool.QueryRow(ctx, `SELECT defaults_made FROM mail_users WHERE usr = $1`, user).Scan(&made)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return made, dbErr("reading default folders", err)
 }
 
 // CreateDefaultFolders creates names the first time it is called for user.

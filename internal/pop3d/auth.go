@@ -97,7 +97,7 @@ func (ss *session) login(user, pass string) error {
 	ctx, end := ss.frame.WhileVerifying(ss.conn, ss.r)
 	canonical, err := ss.srv.backend.Authenticate(ctx, &ss.info, user, pass)
 	if end(err) {
-		return errQuit // the client left while its login waited: no one to answer
+		return errQuit // the client left, or the shield closed the session, while its login waited: no one to answer
 	}
 	if err != nil {
 		var e *Error

@@ -3,12 +3,16 @@ package pop3d
 import (
 	"bufio"
 	"context"
+	"log/slog"
 	"net"
+	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/agua-mail/agua/internal/passwd"
+	"github.com/agua-mail/agua/shield"
 )
 
 // hashedBackend checks credentials as the accounts backends do: in a slot
@@ -191,4 +195,54 @@ func eventually(cond func() bool) bool {
 		}
 	}
 	return true
+}
+
+// A login waiting for the hasher when the shield closes its session (a
+// ban issued meanwhile, here as another node's ban arrives) ends quietly:
+// no reply, no failed login, no verification, not counted as abandoned,
+// and no warning. The old code answered the cancelled check as a failure
+// of the server and logged it at warn, "pop3 command failed" with the
+// cancelled query's error, which with the accounts on PostgreSQL read
+// "postgresql unavailable: ... context canceled" while the database was
+// fine.
+func TestLoginCutShortByShieldKick(t *testing.T) {
+	ts, hb, release, failed := startHashed(t)
+	sh, err := shield.New(shield.DefaultConfig(), shield.Options{Logger: slog.New(slog.DiscardHandler), StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sh.Close() })
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := sh.Listener(inner, shield.ListenerConfig{Name: "pop3"})
+	go ts.srv.Serve(ln)
+	t.Cleanup(func() { ln.Close() })
+
+	c := dialFrom(t, ln.Addr().String())
+	c.expect("+OK")
+	c.cmd("USER "+testUser, "+OK")
+	c.send("PASS wrong")
+	waitQueued(t, hb)
+	if err := sh.Ban(netip.MustParsePrefix("127.11.0.2/32"), time.Hour, "test", shield.Reject); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the session to end", func() bool { return ts.srv.Sessions() == 0 })
+	release()
+	if line, err := c.r.ReadString('\n'); err == nil {
+		t.Errorf("the kicked session answered %q", line)
+	}
+	if n := hb.verified.Load(); n != 0 {
+		t.Errorf("%d verifications ran for a session the shield had closed", n)
+	}
+	if n := failed.Load(); n != 0 {
+		t.Errorf("%d failed logins counted for a session the shield had closed", n)
+	}
+	if n := ts.srv.Abandoned(); n != 0 {
+		t.Errorf("%d logins counted as abandoned; the client did not leave, the shield closed it", n)
+	}
+	if logs := ts.logs.String(); strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "login cut short") {
+		t.Errorf("want no warning and a debug line \"login cut short\"; log:\n%s", logs)
+	}
 }

@@ -181,7 +181,12 @@ func (r *AttackReport) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "Period: %s to %s (UTC)\n\n", utc(r.Since), utc(r.Now))
 
 	fmt.Fprintf(w, "Summary\n")
-	fmt.Fprintf(w, "  connections refused:  %d (%s)\n", r.Refused, sortedCounts(r.RefusedByAction))
+	// A dry run's "would block" is no refusal: not in the count, nor in
+	// its parts, but on a line of its own.
+	fmt.Fprintf(w, "  connections refused:  %d (%s)\n", r.Refused, sortedCounts(without(r.RefusedByAction, "would_block")))
+	if n := r.RefusedByAction["would_block"]; n > 0 {
+		fmt.Fprintf(w, "  dry run:              %d served that a rule or limit in dry run would have refused\n", n)
+	}
 	fmt.Fprintf(w, "  connections admitted: %d, of which from known-good clients: %d\n", r.Admitted, r.AdmittedKnownGood)
 	if r.PeakRefused.Count > 0 {
 		fmt.Fprintf(w, "  peak refused:         %d per %s at %s (%s)\n", r.PeakRefused.Count, r.Step, utc(r.PeakRefused.At), perSecond(r.PeakRefused.Count, r.Step))

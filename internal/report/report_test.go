@@ -351,3 +351,26 @@ func netipPrefix(s string) netip.Prefix {
 	a := netip.MustParseAddr(s)
 	return netip.PrefixFrom(a, a.BitLen())
 }
+
+// The summary's refusals add up: a dry run's "would block" (served) is
+// not among their parts but on a line of its own. The old line read
+// "connections refused: 5 (drop 3, reject 2, would_block 1)".
+func TestAttackSummaryKeepsDryRunApart(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC)
+	snap := shield.HistorySnapshot{Now: at.Add(time.Minute), Since: at, Step: time.Minute, Timeline: []shield.TimelinePoint{
+		{Start: at, Admitted: 4, Refused: map[string]uint64{"drop": 3, "reject": 2, "would_block": 1}},
+	}}
+	var b bytes.Buffer
+	if err := Attack(snap, AttackOptions{}).WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"  connections refused:  5 (drop 3, reject 2)\n",
+		"  dry run:              1 served that a rule or limit in dry run would have refused\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("want %q in:\n%s", want, out)
+		}
+	}
+}

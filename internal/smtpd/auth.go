@@ -44,7 +44,7 @@ func (ss *session) cmdAUTH(arg string) error {
 	ctx, end := ss.frame.WhileVerifying(ss.conn, ss.r)
 	canonical, err := ss.srv.backend.Authenticate(ctx, &ss.info, user, pass)
 	if end(err) {
-		return errQuit // no one to answer
+		return errQuit // the client left, or the shield closed the session: no one to answer
 	}
 	if err != nil {
 		var e *Error

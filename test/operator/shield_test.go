@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -75,6 +76,12 @@ func TestBlockWidthAndAllowlistedTalkers(t *testing.T) {
 			t.Errorf("block %s: %v\n%s", tc.prefix, err, out)
 		}
 	}
+	// An allowlisted address: the refusal names it and the way to its
+	// rule. It said only "prefix is allowlisted".
+	if out, err := srv.TryAgua("", "block", "127.0.0.1"); err == nil ||
+		!strings.Contains(out, "cannot block 127.0.0.1/32: prefix is allowlisted: it is never refused, limited or banned (`agua why 127.0.0.1` names the rule)") {
+		t.Errorf("block 127.0.0.1: %v\n%s", err, out)
+	}
 	if out := srv.Agua(t, "", "bans"); !strings.Contains(out, "no bans") {
 		t.Fatalf("a refused block was applied:\n%s", out)
 	}
@@ -91,20 +98,9 @@ func TestBlockWidthAndAllowlistedTalkers(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	token, err := os.ReadFile(filepath.Join(srv.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		req, _ := http.NewRequest("GET", "http://"+srv.Admin+"/v1/live", nil)
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		body := adminGet(t, srv, "/v1/live")
 		var live struct {
 			Top []struct {
 				Prefix string `json:"prefix"`
@@ -171,5 +167,91 @@ func TestTopRatesAndBansWhenStopped(t *testing.T) {
 	out = srv.Agua(t, "", "report", "attack", "-since", "1h")
 	if strings.Contains(out, "manual (") || !strings.Contains(out, "by the operator:    2 (no reason given 1, scanner 1)") {
 		t.Errorf("attack report on the operator's blocks:\n%s", out)
+	}
+}
+
+// agua bans -json and GET /v1/bans give an empty JSON list when there is
+// no ban, running or stopped, as agua queue list -json and GET
+// /v1/suspensions do: a script's `jq '.[]'` works on it. They printed
+// null, on which jq fails ("Cannot iterate over null").
+func TestBansJSONEmptyIsAList(t *testing.T) {
+	srv := harness.New(t, harness.Options{})
+	srv.Start(t)
+	isEmptyList := func(what, out string) {
+		t.Helper()
+		var v []json.RawMessage
+		if err := json.Unmarshal([]byte(out), &v); err != nil || v == nil || len(v) != 0 {
+			t.Errorf("%s: %q, want []", what, out)
+		}
+	}
+	isEmptyList("bans -json", srv.Agua(t, "", "bans", "-json"))
+	isEmptyList("GET /v1/bans", string(adminGet(t, srv, "/v1/bans")))
+	srv.Stop(t)
+	isEmptyList("bans -json while stopped", srv.Agua(t, "", "bans", "-json"))
+}
+
+// adminGet is the body of GET path on srv's admin HTTP listener, with the
+// token of its data folder.
+func adminGet(t *testing.T, srv *harness.Server, path string) []byte {
+	t.Helper()
+	token, err := os.ReadFile(filepath.Join(srv.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+srv.Admin+path, nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+// agua why says how near an address is to a behaviour ban: each event
+// counted against it with its threshold, and why -json has the
+// thresholds under their config names. It said "auth_failure = 1 in the
+// current window", without the window or the count that bans.
+func TestWhyShowsThresholds(t *testing.T) {
+	srv := harness.New(t, harness.Options{})
+	srv.Start(t)
+	srv.AddUser(t, "alice@example.test", "a long secret")
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 12, 0, 1)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", srv.POP3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(c)
+	for _, cmd := range []string{"", "USER alice@example.test", "PASS wrong"} {
+		if cmd != "" {
+			fmt.Fprintf(c, "%s\r\n", cmd)
+		}
+		if l, err := r.ReadString('\n'); err != nil {
+			t.Fatalf("%q: %v", cmd, err)
+		} else if cmd == "PASS wrong" && !strings.HasPrefix(l, "-ERR [AUTH]") {
+			t.Fatalf("PASS wrong: %q", l)
+		}
+	}
+	out := srv.Agua(t, "", "why", "127.12.0.1")
+	if !strings.Contains(out, "events:    auth_failure = 1 within 10m0s (10 ban the address)") {
+		t.Errorf("why after a failed login:\n%s", out)
+	}
+	var why struct {
+		Thresholds map[string]struct {
+			Count  int    `json:"count"`
+			Window string `json:"window"`
+		} `json:"thresholds"`
+	}
+	if err := json.Unmarshal([]byte(srv.Agua(t, "", "why", "127.12.0.1", "-json")), &why); err != nil {
+		t.Fatal(err)
+	}
+	if th := why.Thresholds["auth_failure"]; th.Count != 10 || th.Window != "10m0s" {
+		t.Errorf("why -json thresholds: %+v", why.Thresholds)
 	}
 }

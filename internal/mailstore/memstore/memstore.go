@@ -248,6 +248,14 @@ func (s store) CreateDefaultFolders(_ context.Context, user string, names []stri
 	return nil
 }
 
+// DefaultFoldersMade is mailstore.DefaultsKeeper.
+func (s store) DefaultFoldersMade(_ context.Context, user string) (bool, error) {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	u := s.d.users[user]
+	return u != nil && u.defaults, nil
+}
+
 func (s store) Usage(_ context.Context, user string) (int64, error) {
 	s.d.mu.Lock()
 	defer s.d.mu.Unlock()
@@ -400,7 +408,10 @@ func (h *handle) Close() error {
 	return nil
 }
 
-var _ mailstore.UIDKeeper = (*handle)(nil)
+var (
+	_ mailstore.UIDKeeper      = (*handle)(nil)
+	_ mailstore.DefaultsKeeper = store{}
+)
 
 // SetUIDs: mailstore.UIDKeeper. An empty folder that keeps its validity
 // does not lower its next, so no UID is handed out twice.

@@ -274,7 +274,18 @@ func testFolders(t *testing.T, e *env) {
 	}
 
 	// Default folders are made once: one deleted later stays deleted.
+	// DefaultFoldersMade says whether they were (agua migrate carries it).
+	dk, ok := e.s.(mailstore.DefaultsKeeper)
+	if !ok {
+		t.Fatal("the store is no mailstore.DefaultsKeeper")
+	}
+	if made, err := dk.DefaultFoldersMade(ctx, Other); err != nil || made {
+		t.Fatalf("DefaultFoldersMade before CreateDefaultFolders: %v %v, want false", made, err)
+	}
 	must(t, e.s.CreateDefaultFolders(ctx, Other, []string{"Drafts", "Sent"}))
+	if made, err := dk.DefaultFoldersMade(ctx, Other); err != nil || !made {
+		t.Fatalf("DefaultFoldersMade after CreateDefaultFolders: %v %v, want true", made, err)
+	}
 	must(t, e.s.DeleteFolder(ctx, Other, "Drafts"))
 	must(t, e.s.CreateDefaultFolders(ctx, Other, []string{"Drafts", "Sent"}))
 	if names, err := e.s.ListFolders(ctx, Other); err != nil || !slices.Equal(names, []string{"Sent"}) {
