@@ -53,11 +53,7 @@ func (s *Store) commit(c *commit) error {
 
 	s.batches.Add(1)
 	s.committed.Add(int64(len(batch)))
-	if s.fsyncEach {
-		s.flushEach(batch)
-	} else {
-		s.step(batch)
-	}
+	s.run(batch)
 	clear(batch)
 	s.cmu.Lock()
 	s.batch = batch[:0]
@@ -68,6 +64,27 @@ func (s *Store) commit(c *commit) error {
 	}
 	s.cmu.Unlock()
 	return <-c.err
+}
+
+// run commits batch in the Store's mode. A panic inside a commit would
+// leave the batch's outcomes unsent and the lead held, so that every later
+// delivery waited forever; and the leader runs on a session's goroutine,
+// whose recover (connsrv) would turn the panic into that hang. So run
+// crashes the process instead, as a panic in the committer goroutine of
+// earlier versions did: acknowledged messages are on disk, and the clients
+// of the others retry.
+func (s *Store) run(batch []*commit) {
+	defer func() {
+		if r := recover(); r != nil {
+			go func() { panic(fmt.Sprintf("maildir: group commit: %v", r)) }()
+			select {} // until the process dies
+		}
+	}()
+	if s.fsyncEach {
+		s.flushEach(batch)
+	} else {
+		s.step(batch)
+	}
 }
 
 // step is one syncfs-mode commit (doc.go, "Durability"):

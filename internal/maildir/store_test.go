@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -607,5 +608,29 @@ func TestLoneDeliveryCommitsItself(t *testing.T) {
 		if !strings.Contains(st, "maildir.(*Store).Deliver(") {
 			t.Fatalf("the commit ran on another goroutine than its delivery:\n%s", st)
 		}
+	}
+}
+
+// A panic inside a group commit ends the process (commit.go, run): the
+// leader runs on a session's goroutine, and a session's recover must not
+// turn it into deliveries that wait forever. The test runs itself again
+// in a child process that panics in its commit.
+func TestPanicInCommitEndsProcess(t *testing.T) {
+	if os.Getenv("AGUA_MAILDIR_PANIC_CHILD") == "1" {
+		s := openTest(t)
+		s.beforeSyncfs = func() { panic("boom") }
+		s.beforeFlushEach = s.beforeSyncfs
+		func() {
+			defer func() { recover() }() // what connsrv does for a session
+			s.Deliver(context.Background(), message(body), []Recipient{rcpt("box@example.org", 1<<30)})
+		}()
+		t.Fatal("the commit's panic was recovered and Deliver returned")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPanicInCommitEndsProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "AGUA_MAILDIR_PANIC_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !strings.Contains(string(out), "maildir: group commit: boom") {
+		t.Fatalf("child: %v, want it to die of the commit's panic; output:\n%s", err, out)
 	}
 }
